@@ -1,0 +1,28 @@
+"""The asynchronous request-reply pattern for Flask, on Celery and SQLAlchemy."""
+
+from __future__ import annotations
+
+from .exceptions import (
+    AsyncRequestError,
+    ConfigurationError,
+    EnqueueError,
+    InvalidReply,
+    InvalidToken,
+    WorkerResolutionError,
+)
+from .extension import AsyncRequest
+from .models import Job, JobStatus
+from .worker import Worker
+
+__all__ = [
+    "AsyncRequest",
+    "AsyncRequestError",
+    "ConfigurationError",
+    "EnqueueError",
+    "InvalidReply",
+    "InvalidToken",
+    "Job",
+    "JobStatus",
+    "Worker",
+    "WorkerResolutionError",
+]

@@ -1,0 +1,35 @@
+"""Errors raised by flask-async-request."""
+
+from __future__ import annotations
+
+
+class AsyncRequestError(Exception):
+    """Base class of every error this library raises."""
+
+
+class ConfigurationError(AsyncRequestError, ValueError):
+    """An ``ASYNC_REQUEST_*`` or ``CELERY`` setting has a wrong type or value."""
+
+
+class InvalidToken(AsyncRequestError):
+    """A job token is missing, malformed, tampered with or expired."""
+
+
+class EnqueueError(AsyncRequestError):
+    """The job's row was committed but its message could not be published.
+
+    The row stays ``waiting`` with its id in :attr:`job_id`, so the job can be
+    published again once the broker is reachable.
+    """
+
+    def __init__(self, message: str, job_id: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class WorkerResolutionError(AsyncRequestError):
+    """A stored worker path does not name an importable :class:`Worker` subclass."""
+
+
+class InvalidReply(AsyncRequestError):
+    """A worker's ``execute`` returned something other than ``(status, body)``."""

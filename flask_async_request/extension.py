@@ -1,0 +1,60 @@
+"""The :class:`AsyncRequest` Flask extension."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import sqlalchemy as sa
+
+from flask import Flask
+
+from .config import load_settings
+from .models import TABLE_NAME, Job
+from .state import EXTENSION_KEY, AsyncRequestState
+from .tasks import init_celery
+from .views import blueprint
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+
+class AsyncRequest:
+    """The asynchronous request-reply pattern for a Flask app.
+
+    :param app: the app to initialise now, or ``None`` to call :meth:`init_app` later.
+    :param db: the app's :class:`~flask_sqlalchemy.SQLAlchemy`; by default the one
+        registered in ``app.extensions["sqlalchemy"]``.
+    """
+
+    def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:
+        self._db = db
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, *, db: SQLAlchemy | None = None) -> None:
+        """Validate the configuration, register the status endpoint and the Celery app.
+
+        :raises RuntimeError: the app is already initialised, or has no SQLAlchemy.
+        :raises ConfigurationError: a setting has a wrong type or value.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "flask-async-request is already initialised on this app; call init_app once"
+                " per app (remove the second AsyncRequest(app) or init_app(app) call)."
+            )
+        db = db or self._db or app.extensions.get("sqlalchemy")
+        if db is None:
+            raise RuntimeError(
+                "No Flask-SQLAlchemy extension found on this app; call db.init_app(app) before"
+                " async_request.init_app(app), or pass init_app(app, db=db)."
+            )
+        settings = load_settings(app.config)
+        # The jobs table joins the app's metadata, so db.create_all() creates it and
+        # Flask-Migrate's autogenerate sees it.
+        if TABLE_NAME not in db.metadata.tables:
+            cast(sa.Table, Job.__table__).to_metadata(db.metadata)
+        celery_app, embedded = init_celery(app, settings)
+        app.extensions[EXTENSION_KEY] = AsyncRequestState(
+            db=db, settings=settings, celery=celery_app, embedded=embedded
+        )
+        app.register_blueprint(blueprint, url_prefix=settings.url_prefix)

@@ -1,0 +1,123 @@
+"""The :class:`Job` model and its :class:`JobStatus`."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+TABLE_NAME = "async_request_jobs"
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life; stored as its lowercase value."""
+
+    WAITING = "waiting"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has a stored reply and will not run again."""
+        return self in (JobStatus.PROCESSED, JobStatus.FAILED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class _Base(DeclarativeBase):
+    """Private registry: ``init_app`` copies the table into the app's ``db.metadata``."""
+
+    metadata = sa.MetaData()
+
+
+class Job(_Base):
+    """One asynchronous request: the worker to run, its arguments and, once done, its reply."""
+
+    __tablename__ = TABLE_NAME
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True
+    )
+    uid: Mapped[str] = mapped_column(
+        sa.String(32), unique=True, nullable=False, default=lambda: uuid.uuid4().hex
+    )
+    worker: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(sa.JSON(), nullable=False)
+    status: Mapped[JobStatus] = mapped_column(
+        sa.Enum(
+            JobStatus,
+            name="async_request_job_status",
+            native_enum=False,
+            length=16,
+            values_callable=lambda statuses: [s.value for s in statuses],
+            validate_strings=True,
+        ),
+        nullable=False,
+        default=JobStatus.WAITING,
+        index=True,
+    )
+    status_code: Mapped[int | None] = mapped_column(sa.Integer())
+    response: Mapped[str | None] = mapped_column(sa.Text())
+    attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
+    )
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.worker} {self.status}>"
+
+    @property
+    def args(self) -> list[Any]:
+        """The positional arguments ``execute`` is called with."""
+        return list(self.params.get("args", []))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments ``execute`` is called with."""
+        return dict(self.params.get("kwargs", {}))
+
+    @property
+    def token(self) -> str:
+        """A signed token that lets a client read this job from the status endpoint."""
+        from .tokens import encode_token
+
+        return encode_token(self)
+
+    @classmethod
+    def create_and_enqueue(cls, worker_class: type[Worker], *args: Any, **kwargs: Any) -> Job:
+        """Store a ``waiting`` job for ``worker_class`` and publish it to the workers.
+
+        The row is committed before the message is published, so a worker never
+        sees a message for a job it cannot read.
+
+        :param worker_class: a :class:`~flask_async_request.Worker` subclass that a
+            worker process can import by its dotted path.
+        :param args: positional arguments for ``execute``; JSON-serialisable.
+        :param kwargs: keyword arguments for ``execute``; JSON-serialisable.
+        :raises TypeError: ``worker_class`` is not a ``Worker`` subclass, or an
+            argument cannot be stored as JSON.
+        :raises ValueError: ``worker_class`` cannot be imported by its path.
+        :raises EnqueueError: the row is stored but the broker refused the message.
+        """
+        from .jobs import create_and_enqueue
+
+        return create_and_enqueue(worker_class, args, kwargs)

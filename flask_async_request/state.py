@@ -1,0 +1,43 @@
+"""Per-app state of the extension, kept in ``app.extensions["async_request"]``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .config import Settings
+    from .tasks import EmbeddedWorker
+
+EXTENSION_KEY = "async_request"
+
+
+@dataclasses.dataclass
+class AsyncRequestState:
+    """What one app's :class:`AsyncRequest` knows, kept in ``app.extensions["async_request"]``."""
+
+    db: SQLAlchemy
+    settings: Settings
+    celery: Celery
+    #: The in-process worker of embedded mode; ``None`` when a broker is configured.
+    embedded: EmbeddedWorker | None
+
+
+def get_state(app: Flask | None = None) -> AsyncRequestState:
+    """Return the state of ``app`` (default: the current app).
+
+    :raises RuntimeError: when :meth:`AsyncRequest.init_app` was not called on the app.
+    """
+    app = current_app if app is None else app
+    try:
+        return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+    except KeyError:
+        raise RuntimeError(
+            "flask-async-request is not initialised on this app; call"
+            " async_request.init_app(app) in the app factory."
+        ) from None

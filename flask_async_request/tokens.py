@@ -1,0 +1,85 @@
+"""Encoding and verification of job tokens (JWT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import jwt
+
+from .exceptions import InvalidToken
+from .models import utcnow
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .models import Job
+
+#: Longer header values are refused before any parsing or signature check.
+MAX_TOKEN_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified token says: which job, and which row of that id (its uid)."""
+
+    job_id: int
+    uid: str
+
+
+def encode_token(job: Job, settings: Settings | None = None) -> str:
+    """Sign a token for ``job`` that expires after ``ASYNC_REQUEST_TOKEN_EXPIRATION``."""
+    if settings is None:
+        from .state import get_state
+
+        settings = get_state().settings
+    if job.id is None:
+        raise ValueError("The job has no id yet; a token can only be made for a stored job.")
+    now = utcnow()
+    claims = {
+        "job_id": job.id,
+        "jti": job.uid,
+        "iat": now,
+        "exp": now + settings.token_expiration,
+    }
+    return jwt.encode(claims, settings.encode_key, algorithm=settings.algorithm)
+
+
+def token_from_header(value: str | None) -> str:
+    """Take the token out of a header value: ``Bearer <token>`` or the bare token.
+
+    As in the original gem, the last space-separated word is the token.
+
+    :raises InvalidToken: for a missing, empty or oversized value.
+    """
+    if not value:
+        raise InvalidToken("missing token")
+    if len(value) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("token too long")
+    words = value.split()
+    if not words:
+        raise InvalidToken("missing token")
+    return words[-1]
+
+
+def decode_token(token: str, settings: Settings) -> TokenClaims:
+    """Verify ``token`` with the configured algorithm and key, and return its claims.
+
+    The algorithm is pinned to ``ASYNC_REQUEST_SIGN_ALGORITHM``: a token that
+    names another one (``none``, or HS256 signed with an RS256 public key) is
+    refused.
+
+    :raises InvalidToken: for any token that is malformed, tampered with or expired.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            settings.decode_key,
+            algorithms=[settings.algorithm],
+            options={"require": ["exp", "job_id", "jti"]},
+        )
+    except (jwt.InvalidTokenError, ValueError, TypeError) as e:
+        raise InvalidToken(str(e)) from e
+    job_id, uid = claims["job_id"], claims["jti"]
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or not isinstance(uid, str):
+        raise InvalidToken("malformed claims")
+    return TokenClaims(job_id=job_id, uid=uid)

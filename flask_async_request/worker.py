@@ -1,0 +1,149 @@
+"""The :class:`Worker` base class and its resolution by dotted path."""
+
+from __future__ import annotations
+
+import importlib
+from http import HTTPStatus
+from typing import Any
+
+from .exceptions import InvalidReply, WorkerResolutionError
+
+#: Rack status names (the Rails symbols of the original gem) that differ from
+#: :class:`http.HTTPStatus` member names.
+_RACK_NAMES = {
+    "payload_too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    "content_too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    "uri_too_long": HTTPStatus.REQUEST_URI_TOO_LONG,
+    "range_not_satisfiable": HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+    "unprocessable_content": HTTPStatus.UNPROCESSABLE_ENTITY,
+}
+
+
+class Worker:
+    """Base class of the jobs that can be enqueued and run.
+
+    Subclass it and implement :meth:`execute`; only subclasses can be enqueued,
+    and a worker process refuses to run anything else. A new instance is made
+    for every run, so instance attributes never leak between jobs.
+    """
+
+    #: The id of the job being run, set before :meth:`execute` is called.
+    job_id: int | None = None
+
+    def execute(self, *args: Any, **kwargs: Any) -> tuple[int | HTTPStatus | str, str | None]:
+        """Do the work and return the reply as ``(status, body)``.
+
+        ``status`` is an int, an :class:`http.HTTPStatus` or a status name such
+        as ``"ok"`` or ``"bad_request"``; ``body`` is a str, or ``None`` for an
+        empty body. An exception marks the job ``failed`` with status 500.
+        """
+        raise NotImplementedError(f"{type(self).__qualname__} must implement execute()")
+
+
+def worker_path(worker_class: object) -> str:
+    """Return the ``module:QualName`` path of a worker class, checking that it resolves.
+
+    :raises TypeError: ``worker_class`` is not a :class:`Worker` subclass.
+    :raises ValueError: the class cannot be imported by that path.
+    """
+    if not isinstance(worker_class, type) or not issubclass(worker_class, Worker):
+        raise TypeError(
+            f"worker_class must be a subclass of flask_async_request.Worker, got {worker_class!r}."
+        )
+    if worker_class is Worker:
+        raise TypeError("worker_class must be a subclass of Worker, not Worker itself.")
+    path = f"{worker_class.__module__}:{worker_class.__qualname__}"
+    if "<locals>" in worker_class.__qualname__:
+        raise ValueError(
+            f"{path} is defined inside a function, so a worker process cannot import it;"
+            " define it at module level."
+        )
+    try:
+        found = resolve_worker(path)
+    except WorkerResolutionError as e:
+        raise ValueError(f"{path} cannot be imported by its path: {e}") from e
+    if found is not worker_class:
+        raise ValueError(
+            f"{path} resolves to another class than the one given; define each worker once,"
+            " at module level."
+        )
+    return path
+
+
+def resolve_worker(path: str) -> type[Worker]:
+    """Import the :class:`Worker` subclass named by ``module:QualName``.
+
+    Anything else (a function, ``os:system``, a class that is not a ``Worker``)
+    is refused, so a row in the database can never name arbitrary code to run.
+
+    :raises WorkerResolutionError: with a message that says why.
+    """
+    module_name, sep, qualname = path.partition(":")
+    if not sep or not module_name or not qualname:
+        raise WorkerResolutionError(f"{path!r} is not a worker path of the form 'module:Class'.")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:
+        raise WorkerResolutionError(f"module {module_name!r} cannot be imported: {e}") from e
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise WorkerResolutionError(f"{path!r} does not exist.") from e
+    if not isinstance(obj, type) or not issubclass(obj, Worker) or obj is Worker:
+        raise WorkerResolutionError(
+            f"{path!r} is not a subclass of flask_async_request.Worker; refusing to run it."
+        )
+    return obj
+
+
+def status_code_of(status: object) -> int:
+    """Turn a worker's ``status`` (int, ``HTTPStatus`` or name) into an HTTP status code.
+
+    :raises InvalidReply: for anything else, or a code outside 100-599.
+    """
+    if isinstance(status, bool):
+        raise InvalidReply(f"status {status!r} is a bool, not an HTTP status")
+    if isinstance(status, int):
+        code = int(status)
+    elif isinstance(status, str):
+        name = status.strip().lstrip(":").lower()
+        if name in _RACK_NAMES:
+            code = _RACK_NAMES[name].value
+        else:
+            try:
+                code = HTTPStatus[name.upper()].value
+            except KeyError:
+                raise InvalidReply(f"status {status!r} is not a known HTTP status name") from None
+    else:
+        raise InvalidReply(
+            f"status {status!r} is a {type(status).__name__}; expected an int, an"
+            " http.HTTPStatus or a status name such as 'ok'"
+        )
+    if not 100 <= code <= 599:
+        raise InvalidReply(f"status {code} is outside the HTTP range 100-599")
+    return code
+
+
+def normalize_reply(reply: object) -> tuple[int, str]:
+    """Check a worker's return value and turn it into ``(status_code, body)``.
+
+    :raises InvalidReply: when ``reply`` is not a ``(status, body)`` pair of the right types.
+    """
+    if not isinstance(reply, (tuple, list)) or len(reply) != 2:
+        raise InvalidReply(f"returned {_short(reply)}; expected a (status, body) pair")
+    status, body = reply
+    code = status_code_of(status)
+    if body is None:
+        body = ""
+    if not isinstance(body, str):
+        raise InvalidReply(
+            f"returned a body of type {type(body).__name__}; expected a str"
+            " (serialise it, for example with json.dumps)"
+        )
+    return code, body
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
