@@ -72,8 +72,12 @@ def create_and_enqueue(
     job = Job(worker=path, params=params, status=JobStatus.WAITING)
     session = state.db.session
     session.add(job)
+    session.flush()
+    job_id = job.id
     session.commit()
-    publish(job.id)
+    # The id was read before the commit expired the row, so the job is loaded
+    # afresh on next access: it may already have run (eager mode, fast workers).
+    publish(job_id)
     return job
 
 

@@ -1,0 +1,95 @@
+"""App-factory fixtures: unit tests run Celery eagerly on SQLite."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_async_request import AsyncRequest, Job, JobStatus
+from flask_async_request.state import get_state
+
+SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[AppFactory]:
+    """Build apps with their own SQLite file, eager Celery and any config overrides."""
+    counter = itertools.count()
+    made: list[Flask] = []
+
+    def factory(create_tables: bool = True, **config: Any) -> Flask:
+        app = Flask(__name__)
+        app.config.update(
+            TESTING=True,
+            SECRET_KEY=SECRET,
+            SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/app{next(counter)}.db",
+            CELERY={"task_always_eager": True},
+        )
+        app.config.update(config)
+        db = SQLAlchemy()
+        db.init_app(app)
+        AsyncRequest(app)
+        if create_tables:
+            with app.app_context():
+                db.create_all()
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        state = app.extensions.get("async_request")
+        if state is not None and state.embedded is not None:
+            state.embedded.stop()
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Iterator[Flask]:
+    """An app on SQLite with eager Celery, inside an app context."""
+    app = make_app()
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def client(app: Flask) -> Any:
+    return app.test_client()
+
+
+def add_job(
+    worker: str = "tests.workers:Echo",
+    status: JobStatus = JobStatus.WAITING,
+    *,
+    args: list[Any] | None = None,
+    status_code: int | None = None,
+    response: str | None = None,
+    finished_at: datetime | None = None,
+) -> Job:
+    """Insert a job row directly, without publishing it (needs an app context)."""
+    session = get_state().db.session
+    job = Job(
+        worker=worker,
+        params={"args": args or [], "kwargs": {}},
+        status=status,
+        status_code=status_code,
+        response=response,
+        finished_at=finished_at,
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
+def poll(client: Any, token: str, header: str = "X-JOB-AUTHORIZATION") -> Any:
+    """GET the status endpoint with ``Bearer <token>``."""
+    return client.get("/async_request/job", headers={header: f"Bearer {token}"})
