@@ -1,0 +1,139 @@
+"""Validation of ASYNC_REQUEST_* settings at init_app."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from flask_async_request import ConfigurationError
+from tests.conftest import AppFactory
+
+
+def rsa_pem_pair() -> tuple[str, str]:
+    """A fresh RSA key pair as PEM strings (private, public)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+def test_defaults_are_filled_in(make_app: AppFactory) -> None:
+    """Missing keys get the documented defaults, visible in app.config."""
+    app = make_app()
+    settings = app.extensions["async_request"].settings
+    assert app.config["ASYNC_REQUEST_SIGN_ALGORITHM"] == "HS256"
+    assert app.config["ASYNC_REQUEST_HEADER_KEY"] == "X-JOB-AUTHORIZATION"
+    assert settings.token_expiration == timedelta(days=1)
+    assert settings.jobs_expiration == timedelta(hours=24)
+    assert settings.retry == 0
+    assert settings.queue is None
+    assert settings.clean_jobs is True
+    assert settings.encode_key == settings.decode_key == app.config["SECRET_KEY"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("ASYNC_REQUEST_SIGN_ALGORITHM", "HS1024", "ASYNC_REQUEST_SIGN_ALGORITHM is 'HS1024'"),
+        ("ASYNC_REQUEST_SIGN_ALGORITHM", "none", "ASYNC_REQUEST_SIGN_ALGORITHM is 'none'"),
+        ("ASYNC_REQUEST_TOKEN_EXPIRATION", "1 day", "ASYNC_REQUEST_TOKEN_EXPIRATION is '1 day'"),
+        ("ASYNC_REQUEST_TOKEN_EXPIRATION", 0, "a positive duration"),
+        ("ASYNC_REQUEST_TOKEN_EXPIRATION", True, "ASYNC_REQUEST_TOKEN_EXPIRATION is True"),
+        ("ASYNC_REQUEST_JOBS_EXPIRATION", timedelta(0), "a positive duration"),
+        ("ASYNC_REQUEST_HEADER_KEY", "X JOB", "an HTTP header name"),
+        ("ASYNC_REQUEST_HEADER_KEY", 42, "an HTTP header name"),
+        ("ASYNC_REQUEST_URL_PREFIX", "jobs", 'starting with "/"'),
+        ("ASYNC_REQUEST_QUEUE", "", "a queue name"),
+        ("ASYNC_REQUEST_RETRY", True, "False or a number of retries"),
+        ("ASYNC_REQUEST_RETRY", -1, "False or a number of retries"),
+        ("ASYNC_REQUEST_RETRY", "3", "False or a number of retries"),
+        ("ASYNC_REQUEST_CLEAN_JOBS", "yes", "True or False"),
+        ("ASYNC_REQUEST_CLEAN_JOBS_CRON", "daily", "crontab string of five fields"),
+        ("ASYNC_REQUEST_CLEAN_JOBS_CRON", "61 * * * *", "valid crontab"),
+        ("ASYNC_REQUEST_TIMEOUT", 3, "Unknown setting 'ASYNC_REQUEST_TIMEOUT'"),
+        ("CELERY", "redis://", "CELERY is 'redis://'"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(
+    make_app: AppFactory, key: str, value: object, message: str
+) -> None:
+    """A wrong type or value is a ConfigurationError whose message names the key."""
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")) as info:
+        make_app(create_tables=False, **{key: value})
+    assert key in str(info.value)
+
+
+def test_configuration_error_is_a_value_error() -> None:
+    """Callers catching ValueError catch configuration errors too."""
+    assert issubclass(ConfigurationError, ValueError)
+
+
+def test_hs256_without_any_secret(make_app: AppFactory) -> None:
+    """HS256 with neither ENCODE_KEY nor SECRET_KEY fails at init_app."""
+    with pytest.raises(ConfigurationError, match="ASYNC_REQUEST_ENCODE_KEY.*SECRET_KEY"):
+        make_app(create_tables=False, SECRET_KEY=None)
+
+
+def test_hs256_refuses_a_pem_key(make_app: AppFactory) -> None:
+    """An asymmetric PEM key given as an HMAC secret is refused."""
+    _, public = rsa_pem_pair()
+    with pytest.raises(ConfigurationError, match="ASYNC_REQUEST_ENCODE_KEY"):
+        make_app(create_tables=False, ASYNC_REQUEST_ENCODE_KEY=public)
+
+
+def test_rs256_needs_an_encode_key(make_app: AppFactory) -> None:
+    """RS256 without ASYNC_REQUEST_ENCODE_KEY does not fall back to SECRET_KEY."""
+    with pytest.raises(ConfigurationError, match="ASYNC_REQUEST_ENCODE_KEY is not set"):
+        make_app(create_tables=False, ASYNC_REQUEST_SIGN_ALGORITHM="RS256")
+
+
+def test_rs256_refuses_a_non_pem_key(make_app: AppFactory) -> None:
+    """A secret string is not an RSA private key."""
+    with pytest.raises(ConfigurationError, match="PEM private key for RS256"):
+        make_app(
+            create_tables=False,
+            ASYNC_REQUEST_SIGN_ALGORITHM="RS256",
+            ASYNC_REQUEST_ENCODE_KEY="not a key",
+        )
+
+
+def test_rs256_refuses_a_public_key_for_signing(make_app: AppFactory) -> None:
+    """The encode key must be the private half."""
+    _, public = rsa_pem_pair()
+    with pytest.raises(ConfigurationError, match="PEM private key"):
+        make_app(
+            create_tables=False,
+            ASYNC_REQUEST_SIGN_ALGORITHM="RS256",
+            ASYNC_REQUEST_ENCODE_KEY=public,
+        )
+
+
+def test_rs256_refuses_a_bad_decode_key(make_app: AppFactory) -> None:
+    """A decode key that is not a PEM public key is refused."""
+    private, _ = rsa_pem_pair()
+    with pytest.raises(ConfigurationError, match="ASYNC_REQUEST_DECODE_KEY"):
+        make_app(
+            create_tables=False,
+            ASYNC_REQUEST_SIGN_ALGORITHM="RS256",
+            ASYNC_REQUEST_ENCODE_KEY=private,
+            ASYNC_REQUEST_DECODE_KEY="garbage",
+        )
+
+
+def test_int_seconds_are_accepted(make_app: AppFactory) -> None:
+    """Durations may be given as int seconds."""
+    app = make_app(ASYNC_REQUEST_TOKEN_EXPIRATION=60, ASYNC_REQUEST_JOBS_EXPIRATION=3600)
+    settings = app.extensions["async_request"].settings
+    assert settings.token_expiration == timedelta(seconds=60)
+    assert settings.jobs_expiration == timedelta(hours=1)
