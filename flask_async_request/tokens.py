@@ -80,6 +80,12 @@ def decode_token(token: str, settings: Settings) -> TokenClaims:
     except (jwt.InvalidTokenError, ValueError, TypeError) as e:
         raise InvalidToken(str(e)) from e
     job_id, uid = claims["job_id"], claims["jti"]
-    if isinstance(job_id, bool) or not isinstance(job_id, int) or not isinstance(uid, str):
+    if (
+        isinstance(job_id, bool)
+        or not isinstance(job_id, int)
+        # Out-of-range ids would overflow the database's BIGINT.
+        or not 0 < job_id < 2**63
+        or not isinstance(uid, str)
+    ):
         raise InvalidToken("malformed claims")
     return TokenClaims(job_id=job_id, uid=uid)

@@ -15,7 +15,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_async_request import AsyncRequest, Job, JobStatus
 from flask_async_request.state import get_state
 
-SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+SECRET = "test-secret-key-long-enough-for-every-hmac-algorithm-hs256-hs384-hs512"
 
 AppFactory = Callable[..., Flask]
 
