@@ -136,6 +136,7 @@ class EmbeddedWorker:
         self.concurrency = concurrency
         self._lock = threading.Lock()
         self._controller: Any = None
+        self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
     @property
@@ -171,11 +172,13 @@ class EmbeddedWorker:
             # Publishing before the consumer is up is safe (the message waits in
             # the in-memory queue), but waiting makes start-up errors visible here.
             ready.wait(timeout=10)
-            self._controller, self._pid = controller, os.getpid()
+            self._controller, self._thread, self._pid = controller, thread, os.getpid()
 
-    def stop(self) -> None:
-        """Stop the worker thread, letting running jobs finish."""
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the worker thread, letting running jobs finish for up to ``timeout`` seconds."""
         with self._lock:
             if self.running:
                 self._controller.stop(in_sighandler=False)
-            self._controller = self._pid = None
+                if self._thread is not None:
+                    self._thread.join(timeout)
+            self._controller = self._thread = self._pid = None
