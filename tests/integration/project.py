@@ -1,0 +1,51 @@
+"""A small app wired to real services; the tests and the `celery worker` process both import it.
+
+Settings come from the environment, so each test run can use its own queue.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_async_request import AsyncRequest
+
+DATABASE_URL = os.environ.get(
+    "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("FAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+AMQP_URL = os.environ.get("FAR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+db = SQLAlchemy()
+async_request = AsyncRequest()
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="integration-secret-key-long-enough-for-every-hmac-algorithm-here",
+        SQLALCHEMY_DATABASE_URI=DATABASE_URL,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        CELERY={
+            "broker_url": os.environ.get("FAR_TEST_BROKER_URL", REDIS_URL),
+            "broker_connection_retry_on_startup": True,
+            "worker_prefetch_multiplier": 1,
+        },
+        ASYNC_REQUEST_QUEUE=os.environ.get("FAR_TEST_QUEUE", "far-test"),
+    )
+    db.init_app(app)
+    async_request.init_app(app)
+    return app
+
+
+app = create_app()
+celery_app = app.extensions["celery"]
+
+# Like many apps, touch the database at import: the `celery worker` parent then
+# holds pooled connections when it forks its children, the case that corrupts
+# transactions unless each child gets its own pool.
+with app.app_context():
+    db.session.execute(db.text("SELECT 1"))
+    db.session.commit()
