@@ -120,7 +120,9 @@ def _keys(config: Mapping[str, Any], algorithm: str) -> tuple[Any, Any]:
     try:
         private = algo.prepare_key(encode_key)
     except (jwt.InvalidKeyError, ValueError, TypeError) as e:
-        raise _fail("ASYNC_REQUEST_ENCODE_KEY", "<key>", f"a PEM private key for {algorithm}") from e
+        raise _fail(
+            "ASYNC_REQUEST_ENCODE_KEY", "<key>", f"a PEM private key for {algorithm}"
+        ) from e
     if not hasattr(private, "sign"):
         raise _fail(
             "ASYNC_REQUEST_ENCODE_KEY", "<public key>", f"a PEM private key for {algorithm}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 import sqlalchemy as sa
-
 from flask import Flask
 
 from .config import load_settings

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import sqlalchemy as sa
 
 from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
-from .state import get_state
 from .models import Job, JobStatus, utcnow
+from .state import get_state
 from .tasks import PROCESS_TASK
 from .worker import normalize_reply, resolve_worker, worker_path
 
@@ -61,7 +61,7 @@ def check_json(value: Any, where: str = "arguments") -> None:
 def create_and_enqueue(
     worker_class: type[Worker], args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> Job:
-    """Validate, commit a ``waiting`` row, then publish its message (see :meth:`Job.create_and_enqueue`)."""
+    """Validate, commit a ``waiting`` row, then publish it (see :meth:`Job.create_and_enqueue`)."""
     state = get_state()
     path = worker_path(worker_class)
     params = {"args": list(args), "kwargs": dict(kwargs)}

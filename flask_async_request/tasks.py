@@ -108,7 +108,7 @@ def _register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
         celery_app.conf.beat_schedule = schedule
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]
 def _dispose_inherited_pools(**kwargs: Any) -> None:
     """Give each forked worker child its own connection pools.
 

@@ -10,7 +10,6 @@ from flask import Blueprint, Response, jsonify, request
 
 from .exceptions import InvalidToken
 from .jobs import fetch_reply
-from .models import JobStatus
 from .state import get_state
 from .tokens import decode_token, token_from_header
 

@@ -81,7 +81,7 @@ def test_configuration_error_is_a_value_error() -> None:
 
 def test_hs256_without_any_secret(make_app: AppFactory) -> None:
     """HS256 with neither ENCODE_KEY nor SECRET_KEY fails at init_app."""
-    with pytest.raises(ConfigurationError, match="ASYNC_REQUEST_ENCODE_KEY.*SECRET_KEY"):
+    with pytest.raises(ConfigurationError, match=r"ASYNC_REQUEST_ENCODE_KEY.*SECRET_KEY"):
         make_app(create_tables=False, SECRET_KEY=None)
 
 

@@ -127,8 +127,14 @@ def test_message_for_a_deleted_job_does_nothing(app: Flask) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["os:system", "tests.workers:NotAWorker", "flask_async_request:Worker", "no.such.module:X",
-     "tests.workers:Missing", "nocolon"],
+    [
+        "os:system",
+        "tests.workers:NotAWorker",
+        "flask_async_request:Worker",
+        "no.such.module:X",
+        "tests.workers:Missing",
+        "nocolon",
+    ],
 )
 def test_stored_path_that_is_no_worker_is_refused(app: Flask, path: str) -> None:
     """A row naming anything but a Worker subclass fails without running it."""

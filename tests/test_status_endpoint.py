@@ -291,7 +291,9 @@ header_values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(value=header_values)
 def test_no_header_value_gives_a_500(client: Any, value: str) -> None:
     """Whatever the header holds, the answer is a 400, 404 or 202, never a 500."""

@@ -1,4 +1,4 @@
-"""Real services: PostgreSQL for the jobs, Redis or RabbitMQ as broker, a `celery worker` process."""
+"""Real services: PostgreSQL for jobs, Redis or RabbitMQ as broker, a `celery worker` process."""
 
 from __future__ import annotations
 
