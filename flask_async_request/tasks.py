@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
+from celery._state import _set_task_join_will_block
 from celery.signals import worker_process_init
 from flask import Flask
 
@@ -172,6 +173,9 @@ class EmbeddedWorker:
             # Publishing before the consumer is up is safe (the message waits in
             # the in-memory queue), but waiting makes start-up errors visible here.
             ready.wait(timeout=10)
+            # Starting a pool marks the whole process as a worker, where
+            # AsyncResult.get() is refused; the web process is not one.
+            _set_task_join_will_block(False)
             self._controller, self._thread, self._pid = controller, thread, os.getpid()
 
     def stop(self, timeout: float = 10) -> None:

@@ -67,3 +67,17 @@ def test_several_jobs_finish(make_app: AppFactory) -> None:
     client = app.test_client()
     tokens = [client.post("/sleep").json["token"] for _ in range(5)]
     assert {_poll_until_done(client, t).json["status"] for t in tokens} == {"processed"}
+
+
+def test_web_process_can_still_wait_on_results(make_app: AppFactory) -> None:
+    """Starting the embedded worker does not turn AsyncResult.get() off in the web process."""
+    app = _app_with_view(make_app)
+    app.test_client().post("/sleep")
+    celery_app = app.extensions["celery"]
+    celery_app.conf.task_always_eager = True
+
+    @celery_app.task(shared=False)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add.delay(2, 3).get(timeout=5) == 5
