@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -11,9 +12,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from hypothesis import settings
 
 from flask_async_request import AsyncRequest, Job, JobStatus
 from flask_async_request.state import get_state
+
+# CI explores the same examples each run, so a red run always reproduces;
+# local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 SECRET = "test-secret-key-long-enough-for-every-hmac-algorithm-hs256-hs384-hs512"
 
