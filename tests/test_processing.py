@@ -187,3 +187,10 @@ def test_http_status_enum_name_lookup_is_case_insensitive(app: Flask) -> None:
     """'Not_Found' and HTTPStatus.NOT_FOUND give the same code."""
     job = _reply(app, "Not_Found", "")
     assert job.status_code == HTTPStatus.NOT_FOUND
+
+
+def test_job_is_processing_while_it_runs(app: Flask) -> None:
+    """The row is claimed as processing before execute is called."""
+    job = Job.create_and_enqueue(workers.ReportOwnStatus)
+    assert job.response == "processing"
+    assert job.status is JobStatus.PROCESSED

@@ -86,3 +86,15 @@ class NotAWorker:
 
     def execute(self) -> tuple[int, str]:
         return 200, "should never run"
+
+
+class ReportOwnStatus(Worker):
+    """Answers with the status its own job row has while execute runs."""
+
+    def execute(self) -> tuple[int, str]:
+        from flask_async_request import Job
+        from flask_async_request.state import get_state
+
+        job = get_state().db.session.get(Job, self.job_id)
+        assert job is not None
+        return 200, job.status.value
