@@ -36,6 +36,8 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +53,23 @@ class Settings:
     queue: str | None
     retry: int
     clean_jobs: bool
-    clean_jobs_cron: crontab
+    clean_jobs_cron: crontab | timedelta
     jobs_expiration: timedelta
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"90"``, ``"30s"``, ``"15m"``, ``"2h"``, ``"7d"`` or ``"1w"`` into a timedelta.
+
+    :raises ValueError: for anything else.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a duration; use a number with an optional unit s, m, h, d or w,"
+            " such as 90, 15m, 2h or 7d."
+        )
+    number, unit = match.groups()
+    return timedelta(seconds=float(number) * _UNITS[unit.lower()])
 
 
 def _fail(key: str, got: object, expected: str) -> ConfigurationError:
@@ -70,8 +87,16 @@ def _duration(config: Mapping[str, Any], key: str) -> timedelta:
     return value
 
 
-def _crontab(key: str, value: object) -> crontab:
-    if not isinstance(value, str) or len(value.split()) != 5:
+def _schedule(config: Mapping[str, Any], key: str) -> crontab | timedelta:
+    """A crontab string, or an interval (seconds or timedelta) for frequent runs."""
+    value = config[key]
+    if not isinstance(value, str):
+        if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
+            return _duration(config, key)
+        raise _fail(
+            key, value, 'a crontab string such as "0 0 * * *", or a number of seconds between runs'
+        )
+    if len(value.split()) != 5:
         raise _fail(key, value, 'a crontab string of five fields, such as "0 0 * * *"')
     minute, hour, day_of_month, month_of_year, day_of_week = value.split()
     try:
@@ -194,8 +219,6 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
         queue=queue,
         retry=retry,
         clean_jobs=clean_jobs,
-        clean_jobs_cron=_crontab(
-            "ASYNC_REQUEST_CLEAN_JOBS_CRON", config["ASYNC_REQUEST_CLEAN_JOBS_CRON"]
-        ),
+        clean_jobs_cron=_schedule(config, "ASYNC_REQUEST_CLEAN_JOBS_CRON"),
         jobs_expiration=_duration(config, "ASYNC_REQUEST_JOBS_EXPIRATION"),
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 import sqlalchemy as sa
 from flask import Flask
 
+from .cli import cli
 from .config import load_settings
 from .models import TABLE_NAME, Job
 from .state import EXTENSION_KEY, AsyncRequestState
@@ -57,3 +58,4 @@ class AsyncRequest:
             db=db, settings=settings, celery=celery_app, embedded=embedded
         )
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
+        app.cli.add_command(cli)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 
-from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
-from .models import Job, JobStatus, utcnow
+from .exceptions import AsyncRequestError, EnqueueError, InvalidReply, WorkerResolutionError
+from .models import Job, JobStatus, as_utc, utcnow
 from .state import get_state
 from .tasks import PROCESS_TASK
 from .worker import normalize_reply, resolve_worker, worker_path
@@ -225,27 +226,58 @@ def fetch_reply(job_id: int) -> JobReply | None:
     return None if row is None else JobReply(*row)
 
 
-def purge_jobs(older_than: timedelta, batch_size: int = PURGE_BATCH_SIZE) -> int:
-    """Delete finished jobs that finished more than ``older_than`` ago.
+FINISHED_STATUSES = (JobStatus.PROCESSED, JobStatus.FAILED)
+
+
+def _purge_filter(older_than: timedelta, statuses: Iterable[JobStatus]) -> sa.ColumnElement[bool]:
+    """Finished jobs count their age from ``finished_at``, pending ones from ``created_at``."""
+    cutoff = utcnow() - older_than
+    statuses = set(statuses)
+    finished = [s for s in JobStatus if s in statuses and s.finished]
+    pending = [s for s in JobStatus if s in statuses and not s.finished]
+    conditions = []
+    if finished:
+        conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
+    if pending:
+        conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
+    return sa.or_(sa.false(), *conditions)
+
+
+def count_purgeable(
+    older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
+) -> int:
+    """How many jobs :func:`purge_jobs` would delete now."""
+    session = get_state().db.session
+    query = sa.select(sa.func.count()).select_from(Job).where(_purge_filter(older_than, statuses))
+    count = session.execute(query).scalar_one()
+    session.commit()
+    return int(count)
+
+
+def purge_jobs(
+    older_than: timedelta,
+    statuses: Iterable[JobStatus] = FINISHED_STATUSES,
+    *,
+    batch_size: int = PURGE_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete jobs in ``statuses`` (default: finished ones) older than ``older_than``.
 
     Rows go in batches of ``batch_size``, each in its own short transaction, so
     memory stays bounded and the status endpoint is never blocked for long.
-    ``waiting`` and ``processing`` jobs are kept.
+    ``waiting`` and ``processing`` jobs are kept unless ``statuses`` names them.
 
+    :param progress: called with the running total after each batch.
     :returns: the number of rows deleted.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size is {batch_size}; expected a positive int.")
     session = get_state().db.session
-    cutoff = utcnow() - older_than
-    finished = (JobStatus.PROCESSED, JobStatus.FAILED)
+    condition = _purge_filter(older_than, statuses)
     deleted = 0
     while True:
         ids = (
-            session.execute(
-                sa.select(Job.id)
-                .where(Job.status.in_(finished), Job.finished_at < cutoff)
-                .order_by(Job.id)
-                .limit(batch_size)
-            )
+            session.execute(sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size))
             .scalars()
             .all()
         )
@@ -256,7 +288,90 @@ def purge_jobs(older_than: timedelta, batch_size: int = PURGE_BATCH_SIZE) -> int
         )
         session.commit()
         deleted += len(ids)
+        if progress is not None:
+            progress(deleted)
     session.commit()
     if deleted:
-        logger.info("Purged %s finished jobs older than %s.", deleted, older_than)
+        logger.info("Purged %s jobs older than %s.", deleted, older_than)
     return deleted
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStats:
+    """Counts for operators: see :func:`job_stats`."""
+
+    counts: dict[JobStatus, int]
+    oldest_waiting_age: timedelta | None
+    finished_last_hour: int
+
+
+def job_stats() -> JobStats:
+    """Count jobs per status, the oldest waiting job's age and jobs finished in the last hour."""
+    session = get_state().db.session
+    now = utcnow()
+    counts = dict.fromkeys(JobStatus, 0)
+    for status, count in session.execute(
+        sa.select(Job.status, sa.func.count()).group_by(Job.status)
+    ):
+        counts[status] = count
+    oldest = session.execute(
+        sa.select(sa.func.min(Job.created_at)).where(Job.status == JobStatus.WAITING)
+    ).scalar()
+    finished = session.execute(
+        sa.select(sa.func.count())
+        .select_from(Job)
+        .where(Job.status.in_(FINISHED_STATUSES), Job.finished_at >= now - timedelta(hours=1))
+    ).scalar_one()
+    session.commit()
+    return JobStats(counts, None if oldest is None else now - as_utc(oldest), int(finished))
+
+
+def list_jobs(
+    statuses: Iterable[JobStatus] = (),
+    older_than: timedelta | None = None,
+    newer_than: timedelta | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """The newest jobs first, filtered by status and by age (from ``created_at``)."""
+    session = get_state().db.session
+    query = sa.select(Job).order_by(Job.id.desc()).limit(limit)
+    statuses = list(statuses)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    now = utcnow()
+    if older_than is not None:
+        query = query.where(Job.created_at < now - older_than)
+    if newer_than is not None:
+        query = query.where(Job.created_at >= now - newer_than)
+    return list(session.execute(query).scalars())
+
+
+def retry_job(job_id: int) -> None:
+    """Run a ``failed`` job again: back to ``waiting`` with its reply cleared, then published.
+
+    :raises AsyncRequestError: no such job, or the job has not failed.
+    """
+    session = get_state().db.session
+    changed = session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.FAILED)
+        .values(
+            status=JobStatus.WAITING,
+            status_code=None,
+            response=None,
+            attempts=0,
+            started_at=None,
+            finished_at=None,
+            updated_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        job = session.get(Job, job_id)
+        if job is None:
+            raise AsyncRequestError(f"There is no job {job_id}.")
+        raise AsyncRequestError(
+            f"Job {job_id} is {job.status.value}; only failed jobs can be retried."
+        )
+    publish(job_id)

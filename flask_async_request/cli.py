@@ -1,0 +1,311 @@
+"""``flask async-request ...``: thin click wrappers over the plain functions of the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy.exc
+from flask import current_app
+from flask.cli import AppGroup
+
+from . import jobs
+from .config import parse_duration
+from .exceptions import AsyncRequestError
+from .migrations import init_app_files
+from .models import Job, JobStatus, as_utc, utcnow
+from .state import get_state
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+cli = AppGroup("async-request", help="Manage flask-async-request jobs, workers and migrations.")
+
+
+def _errors_as_messages(f: F) -> F:
+    """Turn the library's and the database's errors into ``Error: ...`` lines."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except (AsyncRequestError, ValueError) as e:
+            raise click.ClickException(str(e)) from e
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            raise click.ClickException(
+                f"The database refused the query ({detail}). Is it reachable, and is the jobs"
+                " table created (`flask db upgrade`, or `flask async-request init` first)?"
+            ) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Duration(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+DURATION = _Duration()
+STATUS = click.Choice([s.value for s in JobStatus], case_sensitive=False)
+
+
+def _age(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    return _format_duration(now - as_utc(moment))
+
+
+def _format_duration(delta: timedelta) -> str:
+    """A short human age: 42s, 5m07s, 3h02m, 2d04h."""
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+@cli.command("init")
+@click.option(
+    "--config-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("async_request_settings.py"),
+    show_default=True,
+    help="Where to write the commented settings snippet.",
+)
+@click.option("--force", is_flag=True, help="Overwrite the settings snippet if it exists.")
+@_errors_as_messages
+def init_command(config_file: Path, force: bool) -> None:
+    """Add the jobs table to the app's migrations and write a settings snippet.
+
+    Writes an Alembic revision that creates the async_request_jobs table into
+    the Flask-Migrate versions folder (running `flask db init` first when there
+    is none), then `flask db upgrade` creates the table. Safe to run again: a
+    revision that already creates the table is kept, and the snippet is only
+    rewritten with --force.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    result = init_app_files(app, config_file, force=force)
+    if result.migrations_created:
+        click.echo("Created the migrations folder (flask db init).")
+    if result.revision_written:
+        click.echo(f"Wrote the jobs table revision: {result.revision}")
+        click.echo("Next: run `flask db upgrade` to create the table.")
+    else:
+        click.echo(f"The jobs table revision exists already, left as is: {result.revision}")
+    if result.config_written:
+        click.echo(f"Wrote the settings snippet: {result.config}")
+    else:
+        click.echo(
+            f"The settings snippet exists, left as is (--force rewrites it): {result.config}"
+        )
+
+
+@cli.command("purge")
+@click.option(
+    "--older-than",
+    type=DURATION,
+    default=None,
+    help="Age of the jobs to delete, such as 2h or 7d [default: ASYNC_REQUEST_JOBS_EXPIRATION].",
+)
+@click.option(
+    "--status",
+    "statuses",
+    type=STATUS,
+    multiple=True,
+    help="Statuses to delete; repeat for several [default: processed and failed]. Naming"
+    " waiting or processing deletes unfinished jobs too.",
+)
+@click.option("--dry-run", is_flag=True, help="Count the jobs that would go; delete nothing.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=jobs.PURGE_BATCH_SIZE,
+    show_default=True,
+    help="Rows deleted per transaction.",
+)
+@_errors_as_messages
+def purge_command(
+    older_than: timedelta | None, statuses: tuple[str, ...], dry_run: bool, batch_size: int
+) -> None:
+    """Delete old jobs, finished ones by default, in short batches."""
+    age = older_than or get_state().settings.jobs_expiration
+    chosen = [JobStatus(s.lower()) for s in statuses] or list(jobs.FINISHED_STATUSES)
+    names = ", ".join(s.value for s in chosen)
+    if dry_run:
+        count = jobs.count_purgeable(age, chosen)
+        click.echo(f"Would delete {count} jobs ({names}) older than {_format_duration(age)}.")
+        return
+    total = jobs.count_purgeable(age, chosen)
+    if total == 0:
+        click.echo(f"No jobs ({names}) older than {_format_duration(age)}.")
+        return
+    with click.progressbar(length=total, label=f"Deleting {names} jobs", file=None) as bar:
+        last = 0
+
+        def advance(done: int) -> None:
+            nonlocal last
+            bar.update(done - last)
+            last = done
+
+        deleted = jobs.purge_jobs(age, chosen, batch_size=batch_size, progress=advance)
+    click.echo(f"Deleted {deleted} jobs ({names}) older than {_format_duration(age)}.")
+
+
+@cli.command("list")
+@click.option("--status", "statuses", type=STATUS, multiple=True, help="Only these statuses.")
+@click.option("--older-than", type=DURATION, help="Only jobs created before this age ago.")
+@click.option("--newer-than", type=DURATION, help="Only jobs created within this age.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@_errors_as_messages
+def list_command(
+    statuses: tuple[str, ...],
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+    limit: int,
+) -> None:
+    """List jobs, newest first."""
+    found = jobs.list_jobs([JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit)
+    if not found:
+        click.echo("No jobs.")
+        return
+    now = utcnow()
+    rows = [["ID", "STATUS", "CODE", "WORKER", "AGE", "TRIES"]]
+    rows += [
+        [
+            str(job.id),
+            job.status.value,
+            "-" if job.status_code is None else str(job.status_code),
+            job.worker,
+            _age(job.created_at, now),
+            str(job.attempts),
+        ]
+        for job in found
+    ]
+    click.echo(_table(rows))
+
+
+def _load(job_id: int) -> Job:
+    job = get_state().db.session.get(Job, job_id)
+    if job is None:
+        raise AsyncRequestError(f"There is no job {job_id}.")
+    return job
+
+
+@cli.command("show")
+@click.argument("job_id", type=int)
+@_errors_as_messages
+def show_command(job_id: int) -> None:
+    """Show one job: worker, params, reply and times."""
+    job = _load(job_id)
+    fields = [
+        ("id", str(job.id)),
+        ("uid", job.uid),
+        ("status", job.status.value),
+        ("worker", job.worker),
+        ("params", json.dumps(job.params, indent=2)),
+        ("attempts", str(job.attempts)),
+        ("status code", "-" if job.status_code is None else str(job.status_code)),
+        ("response", "-" if job.response is None else job.response),
+    ]
+    for name in ("created_at", "updated_at", "started_at", "finished_at"):
+        moment = getattr(job, name)
+        fields.append(
+            (name.replace("_", " "), "-" if moment is None else as_utc(moment).isoformat())
+        )
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        lines = value.splitlines() or [""]
+        click.echo(f"{name.ljust(width)}  {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"{' ' * width}  {line}")
+
+
+@cli.command("retry")
+@click.argument("job_id", type=int)
+@_errors_as_messages
+def retry_command(job_id: int) -> None:
+    """Run a failed job again."""
+    jobs.retry_job(job_id)
+    click.echo(f"Job {job_id} is waiting to run again.")
+
+
+@cli.command("stats")
+@_errors_as_messages
+def stats_command() -> None:
+    """Count jobs per status; show the oldest waiting job's age and the last hour's output."""
+    stats = jobs.job_stats()
+    rows = [["STATUS", "JOBS"]] + [[s.value, str(n)] for s, n in stats.counts.items()]
+    click.echo(_table(rows))
+    oldest = "-" if stats.oldest_waiting_age is None else _format_duration(stats.oldest_waiting_age)
+    click.echo(f"oldest waiting job: {oldest}")
+    click.echo(f"finished in the last hour: {stats.finished_last_hour}")
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def _broker_required(command: str) -> Any:
+    state = get_state()
+    if state.embedded is not None or state.celery.conf.task_always_eager:
+        raise click.ClickException(
+            f"No broker is configured, so jobs run inside the web process and a separate"
+            f" {command} has nothing to consume. Set CELERY = {{'broker_url': ...}} (Redis or"
+            " RabbitMQ) in the app config first."
+        )
+    return state.celery
+
+
+@cli.command("worker", context_settings=_PASS_THROUGH)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker_command(celery_args: tuple[str, ...]) -> None:
+    """Start a Celery worker for this app; other options go to `celery worker`.
+
+    For example: flask async-request worker --concurrency 4 --loglevel INFO
+    """
+    celery_app = _broker_required("worker")
+    queue = get_state().settings.queue
+    args = list(celery_args)
+    if queue and not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
+        args += ["--queues", queue]
+    code = celery_app.start(["worker", *args])
+    if code:
+        raise SystemExit(code)
+
+
+@cli.command("beat", context_settings=_PASS_THROUGH)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat_command(celery_args: tuple[str, ...]) -> None:
+    """Start Celery beat for this app (runs the periodic purge); options go to `celery beat`.
+
+    For example: flask async-request beat --schedule /var/run/beat-schedule
+    """
+    celery_app = _broker_required("beat")
+    code = celery_app.start(["beat", *celery_args])
+    if code:
+        raise SystemExit(code)

@@ -1,0 +1,200 @@
+"""The `flask async-request` operator commands, run through Flask's CLI runner."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_async_request import Job, JobStatus
+from flask_async_request.config import parse_duration
+from flask_async_request.models import utcnow
+from flask_async_request.state import get_state
+from tests import workers
+from tests.conftest import AppFactory, add_job
+
+
+def run(app: Flask, *args: str) -> Any:
+    return app.test_cli_runner().invoke(args=["async-request", *args])
+
+
+def _statuses(app: Flask) -> list[str]:
+    with app.app_context():
+        session = get_state().db.session
+        return sorted(job.response or "" for job in session.query(Job))
+
+
+@pytest.fixture
+def filled(make_app: AppFactory) -> Flask:
+    """An app with old and recent jobs in every status; each job's response names it."""
+    app = make_app()
+    old, recent = utcnow() - timedelta(days=2), utcnow() - timedelta(minutes=5)
+    with app.app_context():
+        add_job(status=JobStatus.PROCESSED, response="old processed", finished_at=old)
+        add_job(status=JobStatus.FAILED, response="old failed", finished_at=old, status_code=500)
+        add_job(status=JobStatus.PROCESSED, response="recent processed", finished_at=recent)
+        job = add_job(status=JobStatus.WAITING, response="old waiting")
+        job.created_at = old
+        add_job(status=JobStatus.PROCESSING, response="processing")
+        get_state().db.session.commit()
+    return app
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("90", 90), ("30s", 30), ("15m", 900), ("2h", 7200), ("7d", 604800), ("1w", 604800)],
+)
+def test_parse_duration(text: str, expected: int) -> None:
+    """Durations take an optional unit."""
+    assert parse_duration(text) == timedelta(seconds=expected)
+
+
+def test_parse_duration_refuses_garbage() -> None:
+    """An unknown unit is a ValueError that shows the accepted forms."""
+    with pytest.raises(ValueError, match="such as 90, 15m, 2h or 7d"):
+        parse_duration("2 fortnights")
+
+
+def test_purge_deletes_old_finished_jobs(filled: Flask) -> None:
+    """By default purge deletes finished jobs older than ASYNC_REQUEST_JOBS_EXPIRATION."""
+    result = run(filled, "purge")
+    assert result.exit_code == 0, result.output
+    assert "Deleted 2 jobs (processed, failed) older than 1d00h." in result.output
+    assert _statuses(filled) == ["old waiting", "processing", "recent processed"]
+
+
+def test_purge_dry_run_deletes_nothing(filled: Flask) -> None:
+    """--dry-run only counts."""
+    result = run(filled, "purge", "--dry-run")
+    assert "Would delete 2 jobs" in result.output
+    assert len(_statuses(filled)) == 5
+
+
+def test_purge_older_than(filled: Flask) -> None:
+    """--older-than overrides the configured age."""
+    result = run(filled, "purge", "--older-than", "1m")
+    assert "Deleted 3 jobs" in result.output
+    assert _statuses(filled) == ["old waiting", "processing"]
+
+
+def test_purge_pending_only_when_named(filled: Flask) -> None:
+    """Waiting jobs go only when --status names them."""
+    result = run(filled, "purge", "--status", "waiting", "--older-than", "1d")
+    assert "Deleted 1 jobs (waiting)" in result.output
+    assert "old waiting" not in _statuses(filled)
+    assert "processing" in _statuses(filled)
+
+
+def test_purge_in_small_batches(filled: Flask) -> None:
+    """--batch-size 1 still deletes every matching job."""
+    assert (
+        "Deleted 3 jobs" in run(filled, "purge", "--older-than", "1m", "--batch-size", "1").output
+    )
+
+
+def test_purge_bad_duration_is_an_error_line(filled: Flask) -> None:
+    """A bad --older-than is a usage error naming the option, not a traceback."""
+    result = run(filled, "purge", "--older-than", "soon")
+    assert result.exit_code == 2
+    assert "Invalid value for '--older-than'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_list_shows_a_table(filled: Flask) -> None:
+    """list prints a header and one row per job, newest first."""
+    result = run(filled, "list")
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "CODE", "WORKER", "AGE", "TRIES"]
+    assert [line.split()[0] for line in lines[1:]] == ["5", "4", "3", "2", "1"]
+
+
+def test_list_filters_by_status_and_age(filled: Flask) -> None:
+    """--status and --older-than narrow the list."""
+    assert [
+        ln.split()[0] for ln in run(filled, "list", "--status", "failed").output.splitlines()[1:]
+    ] == ["2"]
+    older = run(filled, "list", "--older-than", "1d").output.splitlines()[1:]
+    assert [line.split()[1] for line in older] == ["waiting"]
+    newer = run(filled, "list", "--newer-than", "1h").output.splitlines()[1:]
+    assert len(newer) == 4
+    assert (
+        run(filled, "list", "--status", "failed", "--older-than", "1h").output.strip() == "No jobs."
+    )
+
+
+def test_show_prints_the_job(filled: Flask) -> None:
+    """show prints params, reply and times of one job."""
+    result = run(filled, "show", "2")
+    assert result.exit_code == 0
+    assert "status       failed" in result.output
+    assert "status code  500" in result.output
+    assert '"args": []' in result.output
+    assert "finished at" in result.output
+
+
+def test_show_missing_job_is_an_error_line(filled: Flask) -> None:
+    """An unknown id is 'Error: ...' with exit code 1."""
+    result = run(filled, "show", "999")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: There is no job 999."
+
+
+def test_retry_runs_a_failed_job_again(make_app: AppFactory, tmp_path: Path) -> None:
+    """retry puts a failed job back and it runs again."""
+    app = make_app()
+    with app.app_context():
+        job_id = Job.create_and_enqueue(workers.FlakyThenOk, str(tmp_path / "runs"), 1).id
+        assert get_state().db.session.get(Job, job_id).status is JobStatus.FAILED
+    result = run(app, "retry", str(job_id))
+    assert result.output.strip() == f"Job {job_id} is waiting to run again."
+    with app.app_context():
+        job = get_state().db.session.get(Job, job_id)
+        assert (job.status, job.response) == (JobStatus.PROCESSED, "2")
+
+
+def test_retry_refuses_a_job_that_did_not_fail(filled: Flask) -> None:
+    """Only failed jobs can be retried."""
+    result = run(filled, "retry", "1")
+    assert result.exit_code == 1
+    assert "Error: Job 1 is processed; only failed jobs can be retried." in result.output
+
+
+def test_stats(filled: Flask) -> None:
+    """stats counts per status, the oldest waiting job and the last hour's finished jobs."""
+    output = run(filled, "stats").output
+    assert "processed   2" in output
+    assert "failed      1" in output
+    assert "oldest waiting job: 2d00h" in output
+    assert "finished in the last hour: 1" in output
+
+
+def test_missing_table_is_an_error_line(make_app: AppFactory) -> None:
+    """A database without the jobs table gives advice, not a traceback."""
+    app = make_app(create_tables=False)
+    result = run(app, "stats")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: The database refused the query")
+    assert "flask db upgrade" in result.output
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_worker_and_beat_need_a_broker(make_app: AppFactory, command: str) -> None:
+    """Without a broker, worker and beat explain what to configure."""
+    app = make_app(CELERY={})
+    result = run(app, command)
+    assert result.exit_code == 1
+    assert "No broker is configured" in result.output
+
+
+@pytest.mark.parametrize(
+    "command", ["init", "purge", "list", "show", "retry", "stats", "worker", "beat"]
+)
+def test_every_command_has_help(app: Flask, command: str) -> None:
+    """--help explains each command."""
+    result = run(app, command, "--help")
+    assert result.exit_code == 0
+    assert "Usage: " in result.output
+    assert len(result.output.splitlines()) > 3
