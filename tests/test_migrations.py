@@ -112,7 +112,9 @@ def test_init_upgrade_then_migrate_finds_no_change(project: Path, database_url: 
 
     migrate = flask(project, database_url, "db", "migrate", "-m", "check")
     assert "No changes in schema detected" in migrate
-    assert "Detected" not in migrate
+    assert "Detected added" not in migrate
+    assert "Detected removed" not in migrate
+    assert not [n for n in _versions(project) if "check" in n]
 
 
 def test_revision_goes_after_the_current_head(project: Path, tmp_path: Path) -> None:
