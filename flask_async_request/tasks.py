@@ -105,7 +105,11 @@ def _register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
 
     if settings.clean_jobs:
         schedule = dict(celery_app.conf.beat_schedule or {})
-        schedule[PURGE_SCHEDULE] = {"task": PURGE_TASK, "schedule": settings.clean_jobs_cron}
+        entry: dict[str, Any] = {"task": PURGE_TASK, "schedule": settings.clean_jobs_cron}
+        if settings.queue:
+            # Workers started for this app consume ASYNC_REQUEST_QUEUE, maybe only it.
+            entry["options"] = {"queue": settings.queue}
+        schedule[PURGE_SCHEDULE] = entry
         celery_app.conf.beat_schedule = schedule
 
 

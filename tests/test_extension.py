@@ -177,3 +177,11 @@ def test_broker_configured_means_no_embedded_worker(make_app: AppFactory) -> Non
     app = make_app(CELERY={"broker_url": "redis://127.0.0.1:6379/15"})
     assert app.extensions["async_request"].embedded is None
     assert app.extensions["celery"].conf.broker_url == "redis://127.0.0.1:6379/15"
+
+
+def test_cleanup_goes_to_the_jobs_queue(make_app: AppFactory) -> None:
+    """With ASYNC_REQUEST_QUEUE set, beat sends the purge to that queue."""
+    app = make_app(ASYNC_REQUEST_QUEUE="jobs", ASYNC_REQUEST_CLEAN_JOBS_CRON=30)
+    entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
+    assert entry["options"] == {"queue": "jobs"}
+    assert entry["schedule"].total_seconds() == 30

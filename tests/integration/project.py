@@ -35,6 +35,9 @@ def create_app() -> Flask:
         },
         ASYNC_REQUEST_QUEUE=os.environ.get("FAR_TEST_QUEUE", "far-test"),
     )
+    if "FAR_TEST_CLEAN_EVERY" in os.environ:
+        app.config["ASYNC_REQUEST_CLEAN_JOBS_CRON"] = float(os.environ["FAR_TEST_CLEAN_EVERY"])
+        app.config["ASYNC_REQUEST_JOBS_EXPIRATION"] = 3600
     db.init_app(app)
     async_request.init_app(app)
     return app
