@@ -94,7 +94,7 @@ def fill(url: str, rows: int) -> float:
 
 
 def purge_in_this_process(url: str, batch_size: int) -> dict[str, float]:
-    from flask_async_request.jobs import purge_jobs
+    from flask_async_request.maintenance import purge_jobs
 
     app, _ = make_app(url)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from flask_async_request.jobs import PURGE_BATCH_SIZE
+    from flask_async_request.maintenance import PURGE_BATCH_SIZE
 
     batch_size = args.batch_size or PURGE_BATCH_SIZE
     if args.child:

@@ -14,7 +14,7 @@ import sqlalchemy.exc
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import jobs
+from . import maintenance
 from .config import parse_duration
 from .exceptions import AsyncRequestError
 from .migrations import init_app_files
@@ -145,7 +145,7 @@ def init_command(config_file: Path, force: bool) -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=jobs.PURGE_BATCH_SIZE,
+    default=maintenance.PURGE_BATCH_SIZE,
     show_default=True,
     help="Rows deleted per transaction.",
 )
@@ -155,13 +155,13 @@ def purge_command(
 ) -> None:
     """Delete old jobs, finished ones by default, in short batches."""
     age = older_than or get_state().settings.jobs_expiration
-    chosen = [JobStatus(s.lower()) for s in statuses] or list(jobs.FINISHED_STATUSES)
+    chosen = [JobStatus(s.lower()) for s in statuses] or list(maintenance.FINISHED_STATUSES)
     names = ", ".join(s.value for s in chosen)
     if dry_run:
-        count = jobs.count_purgeable(age, chosen)
+        count = maintenance.count_purgeable(age, chosen)
         click.echo(f"Would delete {count} jobs ({names}) older than {_format_duration(age)}.")
         return
-    total = jobs.count_purgeable(age, chosen)
+    total = maintenance.count_purgeable(age, chosen)
     if total == 0:
         click.echo(f"No jobs ({names}) older than {_format_duration(age)}.")
         return
@@ -173,7 +173,7 @@ def purge_command(
             bar.update(done - last)
             last = done
 
-        deleted = jobs.purge_jobs(age, chosen, batch_size=batch_size, progress=advance)
+        deleted = maintenance.purge_jobs(age, chosen, batch_size=batch_size, progress=advance)
     click.echo(f"Deleted {deleted} jobs ({names}) older than {_format_duration(age)}.")
 
 
@@ -190,7 +190,9 @@ def list_command(
     limit: int,
 ) -> None:
     """List jobs, newest first."""
-    found = jobs.list_jobs([JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit)
+    found = maintenance.list_jobs(
+        [JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit
+    )
     if not found:
         click.echo("No jobs.")
         return
@@ -251,7 +253,7 @@ def show_command(job_id: int) -> None:
 @_errors_as_messages
 def retry_command(job_id: int) -> None:
     """Run a failed job again."""
-    jobs.retry_job(job_id)
+    maintenance.retry_job(job_id)
     click.echo(f"Job {job_id} is waiting to run again.")
 
 
@@ -259,7 +261,7 @@ def retry_command(job_id: int) -> None:
 @_errors_as_messages
 def stats_command() -> None:
     """Count jobs per status; show the oldest waiting job's age and the last hour's output."""
-    stats = jobs.job_stats()
+    stats = maintenance.job_stats()
     rows = [["STATUS", "JOBS"]] + [[s.value, str(n)] for s, n in stats.counts.items()]
     click.echo(_table(rows))
     oldest = "-" if stats.oldest_waiting_age is None else _format_duration(stats.oldest_waiting_age)

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "ASYNC_REQUEST_CLEAN_JOBS": True,
     "ASYNC_REQUEST_CLEAN_JOBS_CRON": "0 0 * * *",
     "ASYNC_REQUEST_JOBS_EXPIRATION": timedelta(hours=24),
+    "ASYNC_REQUEST_LEASE": timedelta(seconds=60),
+    "ASYNC_REQUEST_WAITING_TIMEOUT": timedelta(minutes=5),
+    "ASYNC_REQUEST_SWEEP_INTERVAL": timedelta(seconds=30),
 }
 
 #: Algorithms whose keys are one shared secret.
@@ -55,6 +58,9 @@ class Settings:
     clean_jobs: bool
     clean_jobs_cron: crontab | timedelta
     jobs_expiration: timedelta
+    lease: timedelta
+    waiting_timeout: timedelta
+    sweep_interval: timedelta | None
 
 
 def parse_duration(text: str) -> timedelta:
@@ -221,4 +227,11 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
         clean_jobs=clean_jobs,
         clean_jobs_cron=_schedule(config, "ASYNC_REQUEST_CLEAN_JOBS_CRON"),
         jobs_expiration=_duration(config, "ASYNC_REQUEST_JOBS_EXPIRATION"),
+        lease=_duration(config, "ASYNC_REQUEST_LEASE"),
+        waiting_timeout=_duration(config, "ASYNC_REQUEST_WAITING_TIMEOUT"),
+        sweep_interval=(
+            None
+            if config["ASYNC_REQUEST_SWEEP_INTERVAL"] is None
+            else _duration(config, "ASYNC_REQUEST_SWEEP_INTERVAL")
+        ),
     )

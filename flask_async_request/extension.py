@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import sqlalchemy as sa
 from flask import Flask
@@ -17,6 +18,8 @@ from .views import blueprint
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
+C = TypeVar("C", bound=Callable[[], object])
+
 
 class AsyncRequest:
     """The asynchronous request-reply pattern for a Flask app.
@@ -28,8 +31,24 @@ class AsyncRequest:
 
     def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:
         self._db = db
+        self.identity_loader_callback: Callable[[], object] | None = None
         if app is not None:
             self.init_app(app)
+
+    def identity_loader(self, callback: C) -> C:
+        """Register the function that returns the current identity (or ``None``).
+
+        Its value, as a string, is stored as the owner of every job created while
+        it returns one, and put in the job's token. Only a request for which the
+        loader returns the same identity can then read the job; any other gets
+        404, as if the job did not exist. In the Flask-Login style::
+
+            @async_request.identity_loader
+            def current_identity():
+                return current_user.get_id() if current_user.is_authenticated else None
+        """
+        self.identity_loader_callback = callback
+        return callback
 
     def init_app(self, app: Flask, *, db: SQLAlchemy | None = None) -> None:
         """Validate the configuration, register the status endpoint and the Celery app.
@@ -55,7 +74,7 @@ class AsyncRequest:
             cast(sa.Table, Job.__table__).to_metadata(db.metadata)
         celery_app, embedded = init_celery(app, settings)
         app.extensions[EXTENSION_KEY] = AsyncRequestState(
-            db=db, settings=settings, celery=celery_app, embedded=embedded
+            db=db, settings=settings, celery=celery_app, embedded=embedded, extension=self
         )
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)

@@ -1,19 +1,21 @@
-"""Creating, publishing, running and purging jobs: plain functions the tasks, views and CLI call."""
+"""Creating, publishing and running jobs, and reading their replies."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
-from .exceptions import AsyncRequestError, EnqueueError, InvalidReply, WorkerResolutionError
-from .models import Job, JobStatus, as_utc, utcnow
+from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
+from .leases import keeper
+from .models import Job, JobStatus, utcnow
 from .state import get_state
 from .tasks import PROCESS_TASK
 from .worker import normalize_reply, resolve_worker, worker_path
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flask_async_request")
 
-#: Rows deleted per transaction by :func:`purge_jobs`.
-PURGE_BATCH_SIZE = 1000
 #: Longest wait between two attempts of a retried job.
 MAX_RETRY_DELAY = 600.0
 
@@ -59,10 +59,26 @@ def check_json(value: Any, where: str = "arguments") -> None:
     )
 
 
+def _explicit_transaction(session: Session) -> bool:
+    """Whether the caller opened the session's transaction with ``session.begin()``."""
+    transaction = session.get_transaction()
+    return transaction is not None and transaction.origin is SessionTransactionOrigin.BEGIN
+
+
 def create_and_enqueue(
-    worker_class: type[Worker], args: Sequence[Any], kwargs: Mapping[str, Any]
+    worker_class: type[Worker],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    commit: bool = True,
 ) -> Job:
-    """Validate, commit a ``waiting`` row, then publish it (see :meth:`Job.create_and_enqueue`)."""
+    """Validate and store a ``waiting`` job; publish it once its row is committed.
+
+    See :meth:`Job.create_and_enqueue`. With ``commit=False``, or inside a
+    transaction the caller opened with ``db.session.begin()``, the row is only
+    flushed: the message goes out when the caller's transaction commits, and
+    never if it rolls back.
+    """
     state = get_state()
     path = worker_path(worker_class)
     params = {"args": list(args), "kwargs": dict(kwargs)}
@@ -70,16 +86,44 @@ def create_and_enqueue(
     check_json(params["kwargs"], "kwargs")
     # Store exactly what the worker will get back.
     params = json.loads(json.dumps(params))
-    job = Job(worker=path, params=params, status=JobStatus.WAITING)
-    session = state.db.session
+    owner = state.identity()
+    job = Job(worker=path, params=params, status=JobStatus.WAITING, owner=owner)
+    session: Session = state.db.session()
     session.add(job)
     session.flush()
     job_id = job.id
+    if not commit or _explicit_transaction(session):
+        session.info.setdefault(_PENDING_KEY, []).append(job_id)
+        return job
     session.commit()
     # The id was read before the commit expired the row, so the job is loaded
     # afresh on next access: it may already have run (eager mode, fast workers).
     publish(job_id)
     return job
+
+
+#: Where a session keeps the ids of jobs to publish when it commits.
+_PENDING_KEY = "flask_async_request.publish_on_commit"
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_on_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING_KEY, None)
+    for job_id in pending or ():
+        try:
+            publish(job_id)
+        except EnqueueError:
+            # The commit has happened and cannot fail now; the row stays waiting
+            # and the sweeper publishes it again.
+            logger.exception("Job %s is stored but could not be published yet.", job_id)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> None:
+    # After a commit the list is already gone; what is left belongs to a rolled
+    # back transaction, whose rows never existed.
+    if transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)
 
 
 def publish(job_id: int, countdown: float | None = None) -> None:
@@ -111,9 +155,14 @@ def _failure(message: str) -> _Outcome:
     return _Outcome(JobStatus.FAILED, 500, json.dumps({"error": message}))
 
 
-def _retry_delay(attempt: int) -> float:
+def retry_delay(attempt: int) -> float:
     """Exponential backoff: 1, 2, 4 ... seconds, capped at :data:`MAX_RETRY_DELAY`."""
     return float(min(2 ** (attempt - 1), MAX_RETRY_DELAY))
+
+
+def _fenced(job_id: int, attempt: int) -> tuple[sa.ColumnElement[bool], ...]:
+    """Match the row only while it is still this attempt's: not swept, retried or deleted."""
+    return (Job.id == job_id, Job.status == JobStatus.PROCESSING, Job.attempts == attempt)
 
 
 def run_job(job_id: int) -> JobStatus | None:
@@ -121,11 +170,13 @@ def run_job(job_id: int) -> JobStatus | None:
 
     The claim is one conditional UPDATE (``waiting`` -> ``processing``), so a
     duplicate or redelivered message for a job that is already claimed, finished
-    or deleted does nothing.
+    or deleted does nothing. While the worker runs, its lease is renewed; the
+    reply is stored only if the lease was not taken over meanwhile.
 
     :returns: the status the job was left in, or ``None`` when it was not claimed.
     """
     state = get_state()
+    settings = state.settings
     session = state.db.session
     now = utcnow()
     claimed = session.execute(
@@ -135,6 +186,7 @@ def run_job(job_id: int) -> JobStatus | None:
             status=JobStatus.PROCESSING,
             started_at=now,
             updated_at=now,
+            lease_expires_at=now + settings.lease,
             attempts=Job.attempts + 1,
         )
         .execution_options(synchronize_session=False)
@@ -148,57 +200,92 @@ def run_job(job_id: int) -> JobStatus | None:
     if job is None:  # Deleted between the claim and this read.
         return None
     worker, attempt = job.worker, job.attempts
+    engine = state.db.engine
+    keeper.hold(engine, job_id, attempt, settings.lease)
     try:
-        worker_class = resolve_worker(worker)
-        instance = worker_class()
-        instance.job_id = job_id
-        reply = instance.execute(*job.args, **job.kwargs)
-        outcome = _Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
-    except WorkerResolutionError as e:
-        session.rollback()
-        logger.error("Job %s: %s", job_id, e)
-        outcome = _failure(str(e))
-    except InvalidReply as e:
-        session.rollback()
-        logger.error("Job %s: worker %s %s", job_id, worker, e)
-        outcome = _failure(f"Worker {worker} {e}")
-    except Exception as e:
-        # The worker may have left its own work half-done in the session.
-        session.rollback()
-        logger.exception("Job %s: worker %s raised %s", job_id, worker, type(e).__name__)
-        if attempt <= state.settings.retry:
-            return _schedule_retry(job_id, attempt)
-        outcome = _failure(str(e) or type(e).__name__)
+        outcome = _execute(job, worker, attempt)
+    finally:
+        keeper.release(engine, job_id)
+    if outcome is None:
+        return _schedule_retry(job_id, attempt)
 
     now = utcnow()
-    session.execute(
+    stored = session.execute(
         sa.update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING)
+        .where(*_fenced(job_id, attempt))
         .values(
             status=outcome.status,
             status_code=outcome.status_code,
             response=outcome.body,
             finished_at=now,
             updated_at=now,
+            lease_expires_at=None,
         )
         .execution_options(synchronize_session=False)
     )
     session.commit()
+    if stored.rowcount != 1:  # type: ignore[attr-defined]
+        logger.warning(
+            "Job %s: attempt %s finished after its lease was taken over; reply dropped.",
+            job_id,
+            attempt,
+        )
+        return None
     return outcome.status
 
 
-def _schedule_retry(job_id: int, attempt: int) -> JobStatus:
+def _execute(job: Job, worker: str, attempt: int) -> _Outcome | None:
+    """Run the worker; return its outcome, or ``None`` when the job should be retried."""
     session = get_state().db.session
-    session.execute(
+    job_id = job.id
+    retry_on: tuple[type[BaseException], ...] = ()
+    try:
+        worker_class = resolve_worker(worker)
+        retry_on = worker_class.retry_on
+        instance = worker_class()
+        instance.job_id = job_id
+        reply = instance.execute(*job.args, **job.kwargs)
+        return _Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
+    except WorkerResolutionError as e:
+        session.rollback()
+        logger.error("Job %s: %s", job_id, e)
+        return _failure(str(e))
+    except InvalidReply as e:
+        session.rollback()
+        logger.error("Job %s: worker %s %s", job_id, worker, e)
+        return _failure(f"Worker {worker} {e}")
+    except Exception as e:
+        # The worker may have left its own work half-done in the session.
+        session.rollback()
+        logger.exception("Job %s: worker %s raised %s", job_id, worker, type(e).__name__)
+        if attempt <= get_state().settings.retry and isinstance(e, retry_on):
+            return None
+        return _failure(str(e) or type(e).__name__)
+
+
+def _schedule_retry(job_id: int, attempt: int) -> JobStatus | None:
+    session = get_state().db.session
+    delay = retry_delay(attempt)
+    now = utcnow()
+    changed = session.execute(
         sa.update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING)
-        .values(status=JobStatus.WAITING, updated_at=utcnow())
+        .where(*_fenced(job_id, attempt))
+        .values(
+            status=JobStatus.WAITING,
+            due_at=now + timedelta(seconds=delay),
+            updated_at=now,
+            lease_expires_at=None,
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    delay = _retry_delay(attempt)
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
     logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, attempt, delay)
-    publish(job_id, countdown=delay)
+    try:
+        publish(job_id, countdown=delay)
+    except EnqueueError:
+        logger.exception("Job %s: the retry could not be published; the sweeper will.", job_id)
     return JobStatus.WAITING
 
 
@@ -206,12 +293,13 @@ class JobReply(NamedTuple):
     """The columns the status endpoint reads."""
 
     uid: str
+    owner: str | None
     status: JobStatus
     status_code: int | None
     response: str | None
 
 
-_REPLY_COLUMNS = sa.select(Job.uid, Job.status, Job.status_code, Job.response)
+_REPLY_COLUMNS = sa.select(Job.uid, Job.owner, Job.status, Job.status_code, Job.response)
 
 
 def fetch_reply(job_id: int) -> JobReply | None:
@@ -224,154 +312,3 @@ def fetch_reply(job_id: int) -> JobReply | None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = conn.execute(_REPLY_COLUMNS.where(Job.id == job_id)).first()
     return None if row is None else JobReply(*row)
-
-
-FINISHED_STATUSES = (JobStatus.PROCESSED, JobStatus.FAILED)
-
-
-def _purge_filter(older_than: timedelta, statuses: Iterable[JobStatus]) -> sa.ColumnElement[bool]:
-    """Finished jobs count their age from ``finished_at``, pending ones from ``created_at``."""
-    cutoff = utcnow() - older_than
-    statuses = set(statuses)
-    finished = [s for s in JobStatus if s in statuses and s.finished]
-    pending = [s for s in JobStatus if s in statuses and not s.finished]
-    conditions = []
-    if finished:
-        conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
-    if pending:
-        conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
-    return sa.or_(sa.false(), *conditions)
-
-
-def count_purgeable(
-    older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
-) -> int:
-    """How many jobs :func:`purge_jobs` would delete now."""
-    session = get_state().db.session
-    query = sa.select(sa.func.count()).select_from(Job).where(_purge_filter(older_than, statuses))
-    count = session.execute(query).scalar_one()
-    session.commit()
-    return int(count)
-
-
-def purge_jobs(
-    older_than: timedelta,
-    statuses: Iterable[JobStatus] = FINISHED_STATUSES,
-    *,
-    batch_size: int = PURGE_BATCH_SIZE,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Delete jobs in ``statuses`` (default: finished ones) older than ``older_than``.
-
-    Rows go in batches of ``batch_size``, each in its own short transaction, so
-    memory stays bounded and the status endpoint is never blocked for long.
-    ``waiting`` and ``processing`` jobs are kept unless ``statuses`` names them.
-
-    :param progress: called with the running total after each batch.
-    :returns: the number of rows deleted.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size is {batch_size}; expected a positive int.")
-    session = get_state().db.session
-    condition = _purge_filter(older_than, statuses)
-    deleted = 0
-    while True:
-        ids = (
-            session.execute(sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size))
-            .scalars()
-            .all()
-        )
-        if not ids:
-            break
-        session.execute(
-            sa.delete(Job).where(Job.id.in_(ids)).execution_options(synchronize_session=False)
-        )
-        session.commit()
-        deleted += len(ids)
-        if progress is not None:
-            progress(deleted)
-    session.commit()
-    if deleted:
-        logger.info("Purged %s jobs older than %s.", deleted, older_than)
-    return deleted
-
-
-@dataclasses.dataclass(frozen=True)
-class JobStats:
-    """Counts for operators: see :func:`job_stats`."""
-
-    counts: dict[JobStatus, int]
-    oldest_waiting_age: timedelta | None
-    finished_last_hour: int
-
-
-def job_stats() -> JobStats:
-    """Count jobs per status, the oldest waiting job's age and jobs finished in the last hour."""
-    session = get_state().db.session
-    now = utcnow()
-    counts = dict.fromkeys(JobStatus, 0)
-    for status, count in session.execute(
-        sa.select(Job.status, sa.func.count()).group_by(Job.status)
-    ):
-        counts[status] = count
-    oldest = session.execute(
-        sa.select(sa.func.min(Job.created_at)).where(Job.status == JobStatus.WAITING)
-    ).scalar()
-    finished = session.execute(
-        sa.select(sa.func.count())
-        .select_from(Job)
-        .where(Job.status.in_(FINISHED_STATUSES), Job.finished_at >= now - timedelta(hours=1))
-    ).scalar_one()
-    session.commit()
-    return JobStats(counts, None if oldest is None else now - as_utc(oldest), int(finished))
-
-
-def list_jobs(
-    statuses: Iterable[JobStatus] = (),
-    older_than: timedelta | None = None,
-    newer_than: timedelta | None = None,
-    limit: int = 50,
-) -> list[Job]:
-    """The newest jobs first, filtered by status and by age (from ``created_at``)."""
-    session = get_state().db.session
-    query = sa.select(Job).order_by(Job.id.desc()).limit(limit)
-    statuses = list(statuses)
-    if statuses:
-        query = query.where(Job.status.in_(statuses))
-    now = utcnow()
-    if older_than is not None:
-        query = query.where(Job.created_at < now - older_than)
-    if newer_than is not None:
-        query = query.where(Job.created_at >= now - newer_than)
-    return list(session.execute(query).scalars())
-
-
-def retry_job(job_id: int) -> None:
-    """Run a ``failed`` job again: back to ``waiting`` with its reply cleared, then published.
-
-    :raises AsyncRequestError: no such job, or the job has not failed.
-    """
-    session = get_state().db.session
-    changed = session.execute(
-        sa.update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.FAILED)
-        .values(
-            status=JobStatus.WAITING,
-            status_code=None,
-            response=None,
-            attempts=0,
-            started_at=None,
-            finished_at=None,
-            updated_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
-        job = session.get(Job, job_id)
-        if job is None:
-            raise AsyncRequestError(f"There is no job {job_id}.")
-        raise AsyncRequestError(
-            f"Job {job_id} is {job.status.value}; only failed jobs can be retried."
-        )
-    publish(job_id)

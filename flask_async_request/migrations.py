@@ -36,6 +36,9 @@ _DESCRIPTIONS = {
     "ASYNC_REQUEST_CLEAN_JOBS": "Purge old finished jobs periodically (needs `celery beat`).",
     "ASYNC_REQUEST_CLEAN_JOBS_CRON": "When the purge runs: crontab string, or seconds between runs",
     "ASYNC_REQUEST_JOBS_EXPIRATION": "Age at which finished jobs are purged (seconds, timedelta).",
+    "ASYNC_REQUEST_LEASE": "A running job's lease; a worker silent this long is presumed lost.",
+    "ASYNC_REQUEST_WAITING_TIMEOUT": "A waiting job not claimed this long after due is sent again.",
+    "ASYNC_REQUEST_SWEEP_INTERVAL": "How often beat sweeps lost and stuck jobs; None turns it off.",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,16 @@ class Job(_Base):
     )
     status_code: Mapped[int | None] = mapped_column(sa.Integer())
     response: Mapped[str | None] = mapped_column(sa.Text())
+    #: Bumped by every claim; it fences off a worker whose lease was taken over.
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0)
+    #: The identity that created the job (see ``AsyncRequest.identity_loader``).
+    owner: Mapped[str | None] = mapped_column(sa.String(255))
+    #: When the job should run: its creation, or the end of a retry's backoff.
+    due_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    #: A processing job whose lease runs out has lost its worker.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, default=utcnow
     )
@@ -110,21 +120,44 @@ class Job(_Base):
         return encode_token(self)
 
     @classmethod
-    def create_and_enqueue(cls, worker_class: type[Worker], *args: Any, **kwargs: Any) -> Job:
+    def create_and_enqueue(
+        cls, worker_class: type[Worker], *args: Any, commit: bool = True, **kwargs: Any
+    ) -> Job:
         """Store a ``waiting`` job for ``worker_class`` and publish it to the workers.
 
         The row is committed before the message is published, so a worker never
-        sees a message for a job it cannot read.
+        sees a message for a job it cannot read. ``commit`` is the only keyword
+        taken for the library; all others go to ``execute`` (use
+        :meth:`enqueue_call` for an ``execute`` that takes ``commit`` itself).
 
         :param worker_class: a :class:`~flask_async_request.Worker` subclass that a
             worker process can import by its dotted path.
         :param args: positional arguments for ``execute``; JSON-serialisable.
+        :param commit: ``True`` commits the session, then publishes. ``False``
+            only flushes the row: the message is published when the caller
+            commits, and never if the transaction rolls back. Inside a
+            ``db.session.begin()`` block the job always waits for that commit.
         :param kwargs: keyword arguments for ``execute``; JSON-serialisable.
         :raises TypeError: ``worker_class`` is not a ``Worker`` subclass, or an
             argument cannot be stored as JSON.
         :raises ValueError: ``worker_class`` cannot be imported by its path.
-        :raises EnqueueError: the row is stored but the broker refused the message.
+        :raises EnqueueError: the row is stored but the broker refused the message;
+            the sweeper publishes it once the broker is back.
         """
         from .jobs import create_and_enqueue
 
-        return create_and_enqueue(worker_class, args, kwargs)
+        return create_and_enqueue(worker_class, args, kwargs, commit=commit)
+
+    @classmethod
+    def enqueue_call(
+        cls,
+        worker_class: type[Worker],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        commit: bool = True,
+    ) -> Job:
+        """Like :meth:`create_and_enqueue`, with the arguments of ``execute`` given whole."""
+        from .jobs import create_and_enqueue
+
+        return create_and_enqueue(worker_class, args, kwargs or {}, commit=commit)

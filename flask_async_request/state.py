@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
     from .config import Settings
+    from .extension import AsyncRequest
     from .tasks import EmbeddedWorker
 
 EXTENSION_KEY = "async_request"
@@ -26,6 +27,16 @@ class AsyncRequestState:
     celery: Celery
     #: The in-process worker of embedded mode; ``None`` when a broker is configured.
     embedded: EmbeddedWorker | None
+    #: The extension object, which holds the identity loader.
+    extension: AsyncRequest
+
+    def identity(self) -> str | None:
+        """The current identity, as the app's identity loader gives it, or ``None``."""
+        loader = self.extension.identity_loader_callback
+        if loader is None:
+            return None
+        identity = loader()
+        return None if identity is None else str(identity)
 
 
 def get_state(app: Flask | None = None) -> AsyncRequestState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -25,6 +26,8 @@ logger = logging.getLogger("flask_async_request")
 PROCESS_TASK = "flask_async_request.process_job"
 PURGE_TASK = "flask_async_request.purge_jobs"
 PURGE_SCHEDULE = "flask_async_request.purge_jobs"
+SWEEP_TASK = "flask_async_request.sweep_jobs"
+SWEEP_SCHEDULE = "flask_async_request.sweep_jobs"
 
 #: Apps whose engines a forked worker child must not share with its parent.
 _apps: weakref.WeakSet[Flask] = weakref.WeakSet()
@@ -98,19 +101,36 @@ def _register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
         name=PURGE_TASK, base=Task, shared=False, ignore_result=True
     )
     def purge_jobs() -> int:
-        from .jobs import purge_jobs as purge
+        from .maintenance import purge_jobs as purge
 
         with app.app_context():
             return purge(settings.jobs_expiration)
 
+    @celery_app.task(  # type: ignore[untyped-decorator]
+        name=SWEEP_TASK, base=Task, shared=False, ignore_result=True
+    )
+    def sweep_jobs() -> dict[str, int]:
+        from .maintenance import sweep_jobs as sweep
+
+        with app.app_context():
+            return dataclasses.asdict(sweep())
+
+    schedule = dict(celery_app.conf.beat_schedule or {})
+    # Workers started for this app consume ASYNC_REQUEST_QUEUE, maybe only it.
+    options = {"options": {"queue": settings.queue}} if settings.queue else {}
     if settings.clean_jobs:
-        schedule = dict(celery_app.conf.beat_schedule or {})
-        entry: dict[str, Any] = {"task": PURGE_TASK, "schedule": settings.clean_jobs_cron}
-        if settings.queue:
-            # Workers started for this app consume ASYNC_REQUEST_QUEUE, maybe only it.
-            entry["options"] = {"queue": settings.queue}
-        schedule[PURGE_SCHEDULE] = entry
-        celery_app.conf.beat_schedule = schedule
+        schedule[PURGE_SCHEDULE] = {
+            "task": PURGE_TASK,
+            "schedule": settings.clean_jobs_cron,
+            **options,
+        }
+    if settings.sweep_interval is not None:
+        schedule[SWEEP_SCHEDULE] = {
+            "task": SWEEP_TASK,
+            "schedule": settings.sweep_interval,
+            **options,
+        }
+    celery_app.conf.beat_schedule = schedule
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

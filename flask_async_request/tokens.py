@@ -24,6 +24,8 @@ class TokenClaims:
 
     job_id: int
     uid: str
+    #: The identity the job belongs to, if it was created with one.
+    owner: str | None = None
 
 
 def encode_token(job: Job, settings: Settings | None = None) -> str:
@@ -35,12 +37,14 @@ def encode_token(job: Job, settings: Settings | None = None) -> str:
     if job.id is None:
         raise ValueError("The job has no id yet; a token can only be made for a stored job.")
     now = utcnow()
-    claims = {
+    claims: dict[str, object] = {
         "job_id": job.id,
         "jti": job.uid,
         "iat": now,
         "exp": now + settings.token_expiration,
     }
+    if job.owner is not None:
+        claims["sub"] = job.owner
     return jwt.encode(claims, settings.encode_key, algorithm=settings.algorithm)
 
 
@@ -79,13 +83,14 @@ def decode_token(token: str, settings: Settings) -> TokenClaims:
         )
     except (jwt.InvalidTokenError, ValueError, TypeError) as e:
         raise InvalidToken(str(e)) from e
-    job_id, uid = claims["job_id"], claims["jti"]
+    job_id, uid, owner = claims["job_id"], claims["jti"], claims.get("sub")
     if (
         isinstance(job_id, bool)
         or not isinstance(job_id, int)
         # Out-of-range ids would overflow the database's BIGINT.
         or not 0 < job_id < 2**63
         or not isinstance(uid, str)
+        or not (owner is None or isinstance(owner, str))
     ):
         raise InvalidToken("malformed claims")
-    return TokenClaims(job_id=job_id, uid=uid)
+    return TokenClaims(job_id=job_id, uid=uid, owner=owner)

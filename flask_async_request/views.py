@@ -28,14 +28,15 @@ def _error(message: str, status: int, **headers: Any) -> tuple[Response, int, di
 @blueprint.get("/job", endpoint="job")
 def job_status() -> Any:
     """Answer with the job named by the request's token: 202 pending, 200 finished."""
-    settings = get_state().settings
+    state = get_state()
+    settings = state.settings
     try:
         claims = decode_token(token_from_header(request.headers.get(settings.header_key)), settings)
     except InvalidToken:
         return _error("Invalid token", 400)
     try:
         reply = fetch_reply(claims.job_id)
-    except sqlalchemy.exc.OperationalError:
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
         logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
         return _error(
             "The job store is unavailable; try again later.",
@@ -45,6 +46,10 @@ def job_status() -> Any:
     # A row with the same id but another uid is a different job (ids can be reused
     # after a purge or a table reset): the token does not reach it.
     if reply is None or reply.uid != claims.uid:
+        return _error("Job not found", 404)
+    # A job bound to an identity answers only that identity; to anyone else it
+    # does not exist.
+    if reply.owner is not None and (claims.owner != reply.owner or state.identity() != reply.owner):
         return _error("Job not found", 404)
     if not reply.status.finished:
         return jsonify(status=reply.status.value), 202

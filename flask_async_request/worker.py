@@ -30,6 +30,11 @@ class Worker:
     #: The id of the job being run, set before :meth:`execute` is called.
     job_id: int | None = None
 
+    #: Exceptions worth retrying when ``ASYNC_REQUEST_RETRY`` allows retries;
+    #: any other exception fails the job at once. Narrow it to the transient
+    #: errors of the work, for example ``(ConnectionError, TimeoutError)``.
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
     def execute(self, *args: Any, **kwargs: Any) -> tuple[int | HTTPStatus | str, str | None]:
         """Do the work and return the reply as ``(status, body)``.
 

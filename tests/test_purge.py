@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import Flask
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.jobs import purge_jobs
+from flask_async_request.maintenance import purge_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from flask_async_request.tasks import PURGE_TASK

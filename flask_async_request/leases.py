@@ -1,0 +1,104 @@
+"""Leases of running jobs, renewed from one daemon thread per process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from .models import Job, JobStatus, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+logger = logging.getLogger("flask_async_request")
+
+#: The longest the renewal thread sleeps when nothing is held.
+_IDLE_WAIT = 60.0
+
+
+@dataclass
+class _Held:
+    engine: Engine
+    attempt: int
+    lease: timedelta
+    renew_at: float  # time.monotonic()
+
+
+class LeaseKeeper:
+    """Keeps the leases of the jobs this process is running from running out.
+
+    A held job's lease is renewed every third of its length; a worker process
+    that dies stops renewing, and the sweeper finds the lease expired. A job that
+    finishes within a third of its lease costs no renewal at all. Renewals are
+    fenced by the job's attempt number, so a worker that lost its job to another
+    never extends the other's lease.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[int, int], _Held] = {}
+        self._wake = threading.Event()
+        self._next_wake = float("inf")
+        self._pid: int | None = None
+
+    def hold(self, engine: Engine, job_id: int, attempt: int, lease: timedelta) -> None:
+        """Renew job ``job_id``'s lease (just set by its claim) until :meth:`release`."""
+        renew_at = time.monotonic() + lease.total_seconds() / 3
+        with self._lock:
+            self._held[(id(engine), job_id)] = _Held(engine, attempt, lease, renew_at)
+            if self._pid != os.getpid():
+                # First use in this process (or in a forked child): the thread runs here.
+                self._pid = os.getpid()
+                self._next_wake = renew_at
+                threading.Thread(
+                    target=self._run, name="flask-async-request-leases", daemon=True
+                ).start()
+            elif renew_at < self._next_wake:
+                self._wake.set()
+
+    def release(self, engine: Engine, job_id: int) -> None:
+        """Stop renewing job ``job_id``'s lease."""
+        with self._lock:
+            self._held.pop((id(engine), job_id), None)
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            with self._lock:
+                now = time.monotonic()
+                due = [(key, held) for key, held in self._held.items() if held.renew_at <= now]
+                for _, held in due:
+                    held.renew_at = now + held.lease.total_seconds() / 3
+                upcoming = [held.renew_at for held in self._held.values()]
+                self._next_wake = min(upcoming, default=now + _IDLE_WAIT)
+                self._wake.clear()
+            for (_, job_id), held in due:
+                self._renew(held.engine, job_id, held.attempt, held.lease)
+            self._wake.wait(max(self._next_wake - time.monotonic(), 0.01))
+
+    @staticmethod
+    def _renew(engine: Engine, job_id: int, attempt: int, lease: timedelta) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.status == JobStatus.PROCESSING,
+                        Job.attempts == attempt,
+                    )
+                    .values(lease_expires_at=utcnow() + lease)
+                )
+        except Exception:
+            logger.warning("Could not renew the lease of job %s.", job_id, exc_info=True)
+
+
+#: The lease keeper of this process.
+keeper = LeaseKeeper()
