@@ -177,6 +177,22 @@ def purge_command(
     click.echo(f"Deleted {deleted} jobs ({names}) older than {_format_duration(age)}.")
 
 
+@cli.command("sweep")
+@_errors_as_messages
+def sweep_command() -> None:
+    """Rescue lost and stuck jobs now (beat does it every ASYNC_REQUEST_SWEEP_INTERVAL).
+
+    Processing jobs whose lease ran out lost their worker: they run again while
+    retries remain, else they fail saying so. Waiting jobs not claimed within
+    ASYNC_REQUEST_WAITING_TIMEOUT lost their message: it is sent again.
+    """
+    result = maintenance.sweep_jobs()
+    click.echo(
+        f"Lost workers: {result.requeued} jobs put back to run, {result.failed} failed."
+        f" Waiting jobs sent again: {result.republished}."
+    )
+
+
 @cli.command("list")
 @click.option("--status", "statuses", type=STATUS, multiple=True, help="Only these statuses.")
 @click.option("--older-than", type=DURATION, help="Only jobs created before this age ago.")

@@ -98,3 +98,54 @@ class ReportOwnStatus(Worker):
         job = get_state().db.session.get(Job, self.job_id)
         assert job is not None
         return 200, job.status.value
+
+
+class Picky(Worker):
+    """Retries only ConnectionError; raises whatever it is told to."""
+
+    retry_on = (ConnectionError,)
+
+    def execute(self, counter_file: str, error: str) -> tuple[int, str]:
+        path = Path(counter_file)
+        path.write_text(str(int(path.read_text()) + 1 if path.exists() else 1))
+        raise {"connection": ConnectionError, "value": ValueError}[error](error)
+
+
+class Hijacked(Worker):
+    """Simulates a sweeper taking the job over mid-run: another attempt claims the row."""
+
+    def execute(self) -> tuple[int, str]:
+        import sqlalchemy as sa
+
+        from flask_async_request.state import get_state
+
+        with get_state().db.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE async_request_jobs SET attempts = attempts + 1 WHERE id = :id"),
+                {"id": self.job_id},
+            )
+        return 200, "stale reply"
+
+
+class LeaseProbe(Worker):
+    """Reads its own lease before and after sleeping, from another connection."""
+
+    def execute(self, seconds: float) -> tuple[int, str]:
+        import sqlalchemy as sa
+
+        from flask_async_request.state import get_state
+
+        engine = get_state().db.engine
+
+        def lease() -> str:
+            with engine.connect() as conn:
+                return str(
+                    conn.execute(
+                        sa.text("SELECT lease_expires_at FROM async_request_jobs WHERE id = :id"),
+                        {"id": self.job_id},
+                    ).scalar()
+                )
+
+        before = lease()
+        time.sleep(seconds)
+        return 200, json.dumps({"before": before, "after": lease()})
