@@ -35,6 +35,16 @@ def create_app() -> Flask:
         },
         ASYNC_REQUEST_QUEUE=os.environ.get("FAR_TEST_QUEUE", "far-test"),
     )
+    # Short clocks for the chaos test; the defaults elsewhere.
+    for key, env in (
+        ("ASYNC_REQUEST_LEASE", "FAR_TEST_LEASE"),
+        ("ASYNC_REQUEST_WAITING_TIMEOUT", "FAR_TEST_WAITING_TIMEOUT"),
+        ("ASYNC_REQUEST_SWEEP_INTERVAL", "FAR_TEST_SWEEP_EVERY"),
+    ):
+        if env in os.environ:
+            app.config[key] = float(os.environ[env])
+    if "FAR_TEST_RETRY" in os.environ:
+        app.config["ASYNC_REQUEST_RETRY"] = int(os.environ["FAR_TEST_RETRY"])
     if "FAR_TEST_CLEAN_EVERY" in os.environ:
         app.config["ASYNC_REQUEST_CLEAN_JOBS_CRON"] = float(os.environ["FAR_TEST_CLEAN_EVERY"])
         app.config["ASYNC_REQUEST_JOBS_EXPIRATION"] = 3600

@@ -1,0 +1,155 @@
+"""Chaos: 500 jobs while the worker is SIGKILLed and Redis restarts; every job still ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from flask_async_request import EnqueueError, Job, JobStatus
+from flask_async_request.state import get_state
+from tests import workers
+from tests.integration.conftest import ROOT, _environment, _load_project, effects
+
+pytestmark = pytest.mark.integration
+
+JOBS = 500
+REDIS_PORT = 6379
+
+
+def _redis_up() -> bool:
+    return (
+        subprocess.run(
+            ["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True
+        ).stdout.strip()
+        == b"PONG"
+    )
+
+
+def _restart_redis() -> None:
+    subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True)
+    deadline = time.monotonic() + 10
+    while _redis_up() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # Down for a moment: publishing and consuming fail meanwhile.
+    subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
+         "--save", "", "--appendonly", "no"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not _redis_up():
+        assert time.monotonic() < deadline, "Redis did not come back"
+        time.sleep(0.1)
+
+
+def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "celery", "-A", "tests.integration.project:celery_app", *args]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return _start(
+        env, log, "worker", "--pool", "prefork", "--concurrency", "2", "--queues",
+        env["FAR_TEST_QUEUE"], "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+        "--hostname", f"chaos-{uuid.uuid4().hex[:6]}@%h",
+    )  # fmt: skip
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _counts(app: object) -> Counter[JobStatus]:
+    with app.app_context():  # type: ignore[attr-defined]
+        session = get_state().db.session
+        rows = session.query(Job.status).all()
+        session.commit()
+    return Counter(status for (status,) in rows)
+
+
+def test_jobs_survive_a_killed_worker_and_a_redis_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every job ends processed or failed; none ran its effect twice without a retry."""
+    env = _environment(tmp_path, os.environ.get("FAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+    env.update(FAR_TEST_LEASE="3", FAR_TEST_WAITING_TIMEOUT="4", FAR_TEST_SWEEP_EVERY="1")
+    env.update(FAR_TEST_RETRY="2")
+    for key in ("FAR_TEST_LEASE", "FAR_TEST_WAITING_TIMEOUT", "FAR_TEST_SWEEP_EVERY"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("FAR_TEST_RETRY", "2")
+    project = _load_project(env, monkeypatch)
+    with project.app.app_context():
+        project.db.drop_all()
+        project.db.create_all()
+
+    worker_log, beat_log = tmp_path / "worker.log", tmp_path / "beat.log"
+    beat = _start(env, beat_log, "beat", "--schedule", str(tmp_path / "schedule"), "-l", "INFO")
+    worker = _worker(env, worker_log)
+    try:
+        with project.app.app_context():
+            for i in range(JOBS):
+                # On EnqueueError the job is stored all the same; the sweeper sends it.
+                with contextlib.suppress(EnqueueError):
+                    Job.create_and_enqueue(workers.Sleep, 0.05, tag=str(i))
+
+        # Kill the worker (parent and children at once) while it runs jobs.
+        deadline = time.monotonic() + 120
+        while True:
+            counts = _counts(project.app)
+            if counts[JobStatus.PROCESSED] >= 60 and counts[JobStatus.PROCESSING] > 0:
+                break
+            assert time.monotonic() < deadline, worker_log.read_text()
+            time.sleep(0.02)
+        _kill_group(worker, signal.SIGKILL)
+        worker = _worker(env, worker_log)
+
+        # Restart Redis, losing every message it held.
+        while _counts(project.app)[JobStatus.PROCESSED] < 200:
+            assert time.monotonic() < deadline, worker_log.read_text()
+            time.sleep(0.1)
+        _restart_redis()
+
+        deadline = time.monotonic() + 180
+        while True:
+            counts = _counts(project.app)
+            if counts[JobStatus.WAITING] + counts[JobStatus.PROCESSING] == 0:
+                break
+            assert time.monotonic() < deadline, f"{counts}\n{beat_log.read_text()[-3000:]}"
+            time.sleep(0.5)
+    finally:
+        _kill_group(worker, signal.SIGTERM)
+        _kill_group(beat, signal.SIGTERM)
+
+    with project.app.app_context():
+        jobs = get_state().db.session.query(Job).all()
+        assert len(jobs) == JOBS
+        assert {job.status for job in jobs} <= {JobStatus.PROCESSED, JobStatus.FAILED}
+        runs = Counter(int(name.split("-")[0]) for name in effects(tmp_path))
+        for job in jobs:
+            if job.status is JobStatus.PROCESSED:
+                assert runs[job.id] >= 1, f"job {job.id} processed without running"
+            # An effect can repeat only if an earlier attempt was lost after it.
+            assert runs[job.id] <= 1 or job.attempts > 1, f"job {job.id} ran {runs[job.id]} times"
+            assert runs[job.id] <= job.attempts
+        retried = sum(1 for job in jobs if job.attempts > 1)
+        print(f"chaos: {Counter(j.status for j in jobs)}; {retried} jobs ran more than once")
