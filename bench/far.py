@@ -1,0 +1,42 @@
+"""flask-async-request on PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, url_for
+from flask_sqlalchemy import SQLAlchemy
+
+from bench.settings import DATABASE_URL, FAR_QUEUE, REDIS_URL, SECRET_KEY
+from flask_async_request import AsyncRequest, Job, Worker
+
+db = SQLAlchemy()
+
+
+class Noop(Worker):
+    def execute(self) -> tuple[int, str]:
+        return 200, '{"ok": true}'
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=SECRET_KEY,
+        SQLALCHEMY_DATABASE_URI=DATABASE_URL,
+        CELERY={"broker_url": REDIS_URL},
+        ASYNC_REQUEST_QUEUE=FAR_QUEUE,
+        ASYNC_REQUEST_CLEAN_JOBS=False,
+    )
+    db.init_app(app)
+    AsyncRequest(app)
+
+    @app.post("/submit")
+    def submit() -> tuple[dict[str, Any], int]:
+        job = Job.create_and_enqueue(Noop)
+        return {"token": job.token, "url": url_for("async_request.job", _external=True)}, 202
+
+    return app
+
+
+app = create_app()
+celery_app = app.extensions["celery"]
