@@ -13,6 +13,7 @@ from .config import load_settings
 from .models import TABLE_NAME, Job
 from .state import EXTENSION_KEY, AsyncRequestState
 from .tasks import init_celery
+from .tokens import TokenVerifier
 from .views import blueprint
 
 if TYPE_CHECKING:
@@ -74,7 +75,12 @@ class AsyncRequest:
             cast(sa.Table, Job.__table__).to_metadata(db.metadata)
         celery_app, embedded = init_celery(app, settings)
         app.extensions[EXTENSION_KEY] = AsyncRequestState(
-            db=db, settings=settings, celery=celery_app, embedded=embedded, extension=self
+            db=db,
+            settings=settings,
+            celery=celery_app,
+            embedded=embedded,
+            extension=self,
+            verify_token=TokenVerifier(settings),
         )
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)

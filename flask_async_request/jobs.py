@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
 from .leases import keeper
 from .models import Job, JobStatus, utcnow
+from .reader import JobReply
 from .state import get_state
 from .tasks import PROCESS_TASK
 from .worker import normalize_reply, resolve_worker, worker_path
@@ -289,26 +290,6 @@ def _schedule_retry(job_id: int, attempt: int) -> JobStatus | None:
     return JobStatus.WAITING
 
 
-class JobReply(NamedTuple):
-    """The columns the status endpoint reads."""
-
-    uid: str
-    owner: str | None
-    status: JobStatus
-    status_code: int | None
-    response: str | None
-
-
-_REPLY_COLUMNS = sa.select(Job.uid, Job.owner, Job.status, Job.status_code, Job.response)
-
-
 def fetch_reply(job_id: int) -> JobReply | None:
-    """Read what the status endpoint needs of job ``job_id`` in one indexed lookup.
-
-    It runs on a pooled connection in autocommit mode, outside the ORM session,
-    so a poll costs one query and no ROLLBACK round trip.
-    """
-    engine = get_state().db.engine
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        row = conn.execute(_REPLY_COLUMNS.where(Job.id == job_id)).first()
-    return None if row is None else JobReply(*row)
+    """Read what the status endpoint needs of job ``job_id`` in one indexed lookup."""
+    return get_state().reader().fetch(job_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
@@ -13,7 +14,9 @@ if TYPE_CHECKING:
 
     from .config import Settings
     from .extension import AsyncRequest
+    from .reader import ReplyReader
     from .tasks import EmbeddedWorker
+    from .tokens import TokenVerifier
 
 EXTENSION_KEY = "async_request"
 
@@ -29,6 +32,19 @@ class AsyncRequestState:
     embedded: EmbeddedWorker | None
     #: The extension object, which holds the identity loader.
     extension: AsyncRequest
+    #: Verifies the status endpoint's tokens, remembering good ones.
+    verify_token: TokenVerifier
+    #: The status endpoint's reader, made on first use in each process.
+    _reader: ReplyReader | None = dataclasses.field(default=None, repr=False)
+
+    def reader(self) -> ReplyReader:
+        """The reader of job replies for this app in this process."""
+        reader = self._reader
+        if reader is None or reader.pid != os.getpid():
+            from .reader import ReplyReader
+
+            reader = self._reader = ReplyReader.for_app(current_app, self.db.engine)
+        return reader
 
     def identity(self) -> str | None:
         """The current identity, as the app's identity loader gives it, or ``None``."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 import jwt
 
@@ -65,7 +67,41 @@ def token_from_header(value: str | None) -> str:
     return words[-1]
 
 
-def decode_token(token: str, settings: Settings) -> TokenClaims:
+class TokenVerifier:
+    """Verifies tokens for one app, remembering the ones it verified until they expire.
+
+    A client polls with the same token many times; checking its signature once
+    and its expiry on every poll saves most of the work. Only tokens that
+    verified are remembered, at most ``size`` of them.
+    """
+
+    def __init__(self, settings: Settings, size: int = 4096) -> None:
+        self.settings = settings
+        self._verified = functools.lru_cache(maxsize=size)(self._verify)
+
+    def _verify(self, token: str) -> tuple[TokenClaims, float]:
+        return decode_token(token, self.settings, with_expiry=True)
+
+    def __call__(self, token: str) -> TokenClaims:
+        """The claims of ``token``.
+
+        :raises InvalidToken: for any token that is malformed, tampered with or expired.
+        """
+        claims, expires = self._verified(token)
+        if time.time() >= expires:
+            raise InvalidToken("expired")
+        return claims
+
+
+@overload
+def decode_token(token: str, settings: Settings) -> TokenClaims: ...
+@overload
+def decode_token(
+    token: str, settings: Settings, *, with_expiry: Literal[True]
+) -> tuple[TokenClaims, float]: ...
+def decode_token(
+    token: str, settings: Settings, *, with_expiry: bool = False
+) -> TokenClaims | tuple[TokenClaims, float]:
     """Verify ``token`` with the configured algorithm and key, and return its claims.
 
     The algorithm is pinned to ``ASYNC_REQUEST_SIGN_ALGORITHM``: a token that
@@ -93,4 +129,5 @@ def decode_token(token: str, settings: Settings) -> TokenClaims:
         or not (owner is None or isinstance(owner, str))
     ):
         raise InvalidToken("malformed claims")
-    return TokenClaims(job_id=job_id, uid=uid, owner=owner)
+    result = TokenClaims(job_id=job_id, uid=uid, owner=owner)
+    return (result, float(claims["exp"])) if with_expiry else result

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from .exceptions import InvalidToken
 from .jobs import fetch_reply
 from .state import get_state
-from .tokens import decode_token, token_from_header
+from .tokens import token_from_header
 
 logger = logging.getLogger("flask_async_request")
 
@@ -31,7 +31,7 @@ def job_status() -> Any:
     state = get_state()
     settings = state.settings
     try:
-        claims = decode_token(token_from_header(request.headers.get(settings.header_key)), settings)
+        claims = state.verify_token(token_from_header(request.headers.get(settings.header_key)))
     except InvalidToken:
         return _error("Invalid token", 400)
     try:

@@ -310,3 +310,16 @@ def add_job_once(client: Any) -> None:
     """Keep one job with id 1 in the table, so valid ids can hit a real row."""
     if get_state().db.session.get(Job, 1) is None:
         add_job()
+
+
+def test_remembered_token_still_expires(make_app: AppFactory) -> None:
+    """A token verified once is refused after its exp, though its check was remembered."""
+    import time
+
+    app = make_app(ASYNC_REQUEST_TOKEN_EXPIRATION=1)
+    with app.app_context():
+        token = add_job().token
+    client = app.test_client()
+    assert poll(client, token).status_code == 202
+    time.sleep(1.1)
+    assert poll(client, token).status_code == 400
