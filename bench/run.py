@@ -62,8 +62,13 @@ TARGETS = {
 
 def env() -> dict[str, str]:
     environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return environment
+
+
+def bearer(token: str) -> str:
+    return f"{HEADER}: Bearer {token}"
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -89,7 +94,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            command, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=ROOT,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         yield proc
@@ -98,7 +108,8 @@ def process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def gunicorn(name: str, target: str, logs: Path) -> contextlib.AbstractContextManager[Any]:
-    command = [sys.executable, "-m", "gunicorn", *GUNICORN, "-b", f"127.0.0.1:{PORTS[name]}", target]
+    command = [sys.executable, "-m", "gunicorn", *GUNICORN]
+    command += ["-b", f"127.0.0.1:{PORTS[name]}", target]
     return process(command, logs / f"gunicorn-{name}.log")
 
 
@@ -117,20 +128,19 @@ _LATENCY = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILIN
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, seconds: int, connections: int, header: str | None = None, post: bool = False) -> dict[str, float]:
+def wrk(
+    url: str, seconds: int, connections: int, header: str | None = None, post: bool = False
+) -> dict[str, float]:
     """Load ``url`` with wrk; return requests per second and latency percentiles in ms."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if header:
         command += ["-H", header]
-    script = None
-    if post:
-        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write('wrk.method = "POST"\n')
-        script.close()
-        command += ["-s", script.name]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    if script:
-        os.unlink(script.name)
+    with tempfile.TemporaryDirectory() as scratch:
+        if post:
+            script = Path(scratch) / "post.lua"
+            script.write_text('wrk.method = "POST"\n')
+            command += ["-s", str(script)]
+        output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if errors:
         raise RuntimeError(f"{url} answered {errors.group(1)} errors:\n{output}")
@@ -172,7 +182,8 @@ def far_pending_token() -> str:
     from flask_async_request import Job, JobStatus
 
     with app.app_context():
-        job = Job(worker="bench.far:Noop", params={"args": [], "kwargs": {}}, status=JobStatus.WAITING)
+        params = {"args": [], "kwargs": {}}
+        job = Job(worker="bench.far:Noop", params=params, status=JobStatus.WAITING)
         db.session.add(job)
         db.session.commit()
         return job.token
@@ -267,8 +278,8 @@ def far_fill(total: int) -> str:
         old = utcnow() - dt.timedelta(days=2)
         db.session.execute(
             sa.text(
-                "INSERT INTO async_request_jobs (uid, worker, params, status, status_code, response,"
-                " attempts, created_at, updated_at, due_at, started_at, finished_at)"
+                "INSERT INTO async_request_jobs (uid, worker, params, status, status_code,"
+                " response, attempts, created_at, updated_at, due_at, started_at, finished_at)"
                 " SELECT md5(random()::text || i::text), 'bench.far:Noop',"
                 " '{\"args\": [], \"kwargs\": {}}', 'processed', 200, '{\"ok\": true}', 1,"
                 " :old, :old, :old, :old, :old FROM generate_series(1, :n) AS i"
@@ -284,10 +295,9 @@ def far_fill(total: int) -> str:
 
 
 def purge(logs: Path) -> dict[str, float]:
-    child = subprocess.run(
-        [sys.executable, str(HERE / "purge.py"), "--child", "--database-url", settings.DATABASE_URL],
-        capture_output=True, text=True, check=True, env=env(),
-    )  # fmt: skip
+    command = [sys.executable, str(HERE / "purge.py"), "--child"]
+    command += ["--database-url", settings.DATABASE_URL]
+    child = subprocess.run(command, capture_output=True, text=True, check=True, env=env())
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -299,7 +309,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"logs in {logs}")
     reset_database()
     reset_broker()
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results: dict[str, Any] = {"machine": machine}
     load = {"seconds": args.duration, "connections": args.connections}
     base = {name: f"http://127.0.0.1:{port}" for name, port in PORTS.items()}
 
@@ -315,27 +326,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["poll_pending"] = {
             "bare": wrk(f"{base['bare']}/poll", **load),
             "peer": wrk(f"{base['peer']}/result/{uuid.uuid4()}", **load),
-            "far": wrk(f"{base['far']}/async_request/job", header=f"{HEADER}: Bearer {far_pending}", **load),
+            "far": wrk(f"{base['far']}/async_request/job", header=bearer(far_pending), **load),
         }
         print("submissions (no worker running) ...")
         results["submit"] = {name: wrk(f"{base[name]}/submit", post=True, **load) for name in base}
         reset_broker()
         far_truncate()
 
-        with celery_worker("peer", logs), celery_worker("far", logs), httpx.Client(timeout=30) as client:
+        with (
+            celery_worker("peer", logs),
+            celery_worker("far", logs),
+            httpx.Client(timeout=30) as client,
+        ):
             peer_done = peer_submit_and_wait(client)
             far_done = far_submit_and_wait(client)
             print("polls of a finished job ...")
             results["poll_finished"] = {
                 "bare": results["poll_pending"]["bare"],
                 "peer": wrk(f"{base['peer']}/result/{peer_done}", **load),
-                "far": wrk(f"{base['far']}/async_request/job", header=f"{HEADER}: Bearer {far_done}", **load),
+                "far": wrk(f"{base['far']}/async_request/job", header=bearer(far_done), **load),
             }
             print(f"end-to-end latency ({args.samples} jobs each) ...")
             results["end_to_end"] = end_to_end(args.samples)
 
         print(f"worker throughput (burst of {args.burst}) ...")
-        results["throughput"] = {"peer": peer_burst(args.burst, logs), "far": far_burst(args.burst, logs)}
+        results["throughput"] = {
+            "peer": peer_burst(args.burst, logs),
+            "far": far_burst(args.burst, logs),
+        }
 
         print("poll latency by table size ...")
         far_truncate()
@@ -343,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for rows in (10_000, args.rows):
             token = far_fill(rows)
             results["poll_by_rows"][str(rows)] = wrk(
-                f"{base['far']}/async_request/job", header=f"{HEADER}: Bearer {token}", **load
+                f"{base['far']}/async_request/job", header=bearer(token), **load
             )
 
     print(f"purge of {args.rows:,} finished rows ...")
@@ -356,15 +374,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:
-    big = str(r["rows"])
+    def rps(figure: str, system: str) -> float:
+        return float(r[figure][system]["rps"])
+
+    e2e, rows = r["end_to_end"], r["poll_by_rows"]
     return {
-        "poll_pending_vs_peer": r["poll_pending"]["far"]["rps"] / r["poll_pending"]["peer"]["rps"],
-        "poll_finished_vs_peer": r["poll_finished"]["far"]["rps"] / r["poll_finished"]["peer"]["rps"],
-        "poll_pending_vs_bare": r["poll_pending"]["far"]["rps"] / r["poll_pending"]["bare"]["rps"],
-        "submit_vs_peer": r["submit"]["far"]["rps"] / r["submit"]["peer"]["rps"],
-        "e2e_median_vs_peer_max": r["end_to_end"]["far"]["median_ms"] / r["end_to_end"]["peer"]["median_ms"],
+        "poll_pending_vs_peer": rps("poll_pending", "far") / rps("poll_pending", "peer"),
+        "poll_finished_vs_peer": rps("poll_finished", "far") / rps("poll_finished", "peer"),
+        "poll_pending_vs_bare": rps("poll_pending", "far") / rps("poll_pending", "bare"),
+        "submit_vs_peer": rps("submit", "far") / rps("submit", "peer"),
+        "e2e_median_vs_peer_max": e2e["far"]["median_ms"] / e2e["peer"]["median_ms"],
         "throughput_vs_peer": r["throughput"]["far"] / r["throughput"]["peer"],
-        "poll_1m_vs_10k_max": r["poll_by_rows"][big]["p50_ms"] / r["poll_by_rows"]["10000"]["p50_ms"],
+        "poll_1m_vs_10k_max": rows[str(r["rows"])]["p50_ms"] / rows["10000"]["p50_ms"],
         "purge_seconds_max": r["purge"]["seconds"],
         "purge_peak_mb_max": r["purge"]["peak_rss_mb"],
     }
@@ -379,40 +400,71 @@ def table(r: dict[str, Any]) -> list[list[str]]:
     q = ratios(r)
     big = f"{r['rows']:,}"
 
-    def row(label: str, bare: str, peer: str, far: str, key: str, shown: str) -> list[str]:
-        sign = "<=" if key.endswith("_max") else ">="
-        return [label, bare, peer, far, shown, f"{sign} {TARGETS[key]}", "yes" if met(key, q[key]) else "NO"]
+    def num(value: float) -> str:
+        return f"{value:,.0f}"
 
-    f0 = "{:,.0f}".format
+    def rps(figure: str) -> list[str]:
+        return [num(r[figure][system]["rps"]) for system in ("bare", "peer", "far")]
+
+    def row(label: str, cells: list[str], key: str, unit: str = "") -> list[str]:
+        sign = "<=" if key.endswith("_max") else ">="
+        ratio = "" if key.startswith("purge") else f"{q[key]:.2f}x{unit}"
+        verdict = "yes" if met(key, q[key]) else "NO"
+        return [label, *cells, ratio, f"{sign} {TARGETS[key]}", verdict]
+
+    e2e, rows = r["end_to_end"], r["poll_by_rows"]
     return [
         ["figure", "bare Flask", "Flask + Celery", "flask-async-request", "ratio", "target", "met"],
-        row("poll, pending job (req/s)", f0(r["poll_pending"]["bare"]["rps"]), f0(r["poll_pending"]["peer"]["rps"]),
-            f0(r["poll_pending"]["far"]["rps"]), "poll_pending_vs_peer", f"{q['poll_pending_vs_peer']:.2f}x peer"),
-        row("poll, pending job vs bare", "", "", "", "poll_pending_vs_bare", f"{q['poll_pending_vs_bare']:.2f}x bare"),
-        row("poll, finished job (req/s)", f0(r["poll_finished"]["bare"]["rps"]), f0(r["poll_finished"]["peer"]["rps"]),
-            f0(r["poll_finished"]["far"]["rps"]), "poll_finished_vs_peer", f"{q['poll_finished_vs_peer']:.2f}x peer"),
-        row("submissions (req/s)", f0(r["submit"]["bare"]["rps"]), f0(r["submit"]["peer"]["rps"]),
-            f0(r["submit"]["far"]["rps"]), "submit_vs_peer", f"{q['submit_vs_peer']:.2f}x peer"),
-        row("end-to-end median (ms)", "", f"{r['end_to_end']['peer']['median_ms']:.1f}",
-            f"{r['end_to_end']['far']['median_ms']:.1f}", "e2e_median_vs_peer_max", f"{q['e2e_median_vs_peer_max']:.2f}x peer"),
-        ["end-to-end p95 (ms)", "", f"{r['end_to_end']['peer']['p95_ms']:.1f}", f"{r['end_to_end']['far']['p95_ms']:.1f}", "", "", ""],
-        row(f"worker throughput, burst of {r['burst']:,} (jobs/s)", "", f0(r["throughput"]["peer"]),
-            f0(r["throughput"]["far"]), "throughput_vs_peer", f"{q['throughput_vs_peer']:.2f}x peer"),
-        row(f"poll p50 at 10,000 / {big} rows (ms)", "", "",
-            f"{r['poll_by_rows']['10000']['p50_ms']:.2f} / {r['poll_by_rows'][str(r['rows'])]['p50_ms']:.2f}",
-            "poll_1m_vs_10k_max", f"{q['poll_1m_vs_10k_max']:.2f}x"),
-        row(f"purge of {big} rows (s)", "", "", f"{r['purge']['seconds']:.1f}", "purge_seconds_max", ""),
-        row("purge peak memory (MB)", "", "", f"{r['purge']['peak_rss_mb']:.0f}", "purge_peak_mb_max", ""),
-    ]  # fmt: skip
+        row("poll, pending job (req/s)", rps("poll_pending"), "poll_pending_vs_peer", " peer"),
+        row("poll, pending job vs bare", ["", "", ""], "poll_pending_vs_bare", " bare"),
+        row("poll, finished job (req/s)", rps("poll_finished"), "poll_finished_vs_peer", " peer"),
+        row("submissions (req/s)", rps("submit"), "submit_vs_peer", " peer"),
+        row(
+            "end-to-end median (ms)",
+            ["", f"{e2e['peer']['median_ms']:.1f}", f"{e2e['far']['median_ms']:.1f}"],
+            "e2e_median_vs_peer_max",
+            " peer",
+        ),
+        [
+            "end-to-end p95 (ms)",
+            "",
+            f"{e2e['peer']['p95_ms']:.1f}",
+            f"{e2e['far']['p95_ms']:.1f}",
+            *("", "", ""),
+        ],
+        row(
+            f"worker throughput, burst of {r['burst']:,} (jobs/s)",
+            ["", num(r["throughput"]["peer"]), num(r["throughput"]["far"])],
+            "throughput_vs_peer",
+            " peer",
+        ),
+        row(
+            f"poll p50 at 10,000 / {big} rows (ms)",
+            ["", "", f"{rows['10000']['p50_ms']:.2f} / {rows[str(r['rows'])]['p50_ms']:.2f}"],
+            "poll_1m_vs_10k_max",
+        ),
+        row(
+            f"purge of {big} rows (s)",
+            ["", "", f"{r['purge']['seconds']:.1f}"],
+            "purge_seconds_max",
+        ),
+        row(
+            "purge peak memory (MB)",
+            ["", "", f"{r['purge']['peak_rss_mb']:.0f}"],
+            "purge_peak_mb_max",
+        ),
+    ]
 
 
 def render(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     rule = "  ".join("=" * w for w in widths)
-    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)).rstrip(), rule]
-    for row in rows[1:]:
-        cells = [c or ".." for c in row]
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    lines = [rule, line(rows[0]), rule]
+    lines += [line([c or ".." for c in row]) for row in rows[1:]]
     lines.append(rule)
     return "\n".join(lines)
 
@@ -427,11 +479,16 @@ def chart(r: dict[str, Any], path: Path) -> None:
     systems = ["bare", "peer", "far"]
     labels = ["bare Flask", "Flask + Celery", "flask-async-request"]
     colors = ["#9e9e9e", "#5c6bc0", "#26a69a"]
-    groups = [("poll, pending", "poll_pending"), ("poll, finished", "poll_finished"), ("submit", "submit")]
+    groups = [
+        ("poll, pending", "poll_pending"),
+        ("poll, finished", "poll_finished"),
+        ("submit", "submit"),
+    ]
     width = 0.27
     for i, (system, label, color) in enumerate(zip(systems, labels, colors, strict=True)):
         values = [r[key][system]["rps"] for _, key in groups]
-        axes[0].bar([g + (i - 1) * width for g in range(len(groups))], values, width, label=label, color=color)
+        where = [g + (i - 1) * width for g in range(len(groups))]
+        axes[0].bar(where, values, width, label=label, color=color)
     axes[0].set_xticks(range(len(groups)), [g for g, _ in groups])
     axes[0].set_ylabel("requests / s")
     axes[0].set_title("HTTP throughput")
@@ -439,13 +496,14 @@ def chart(r: dict[str, Any], path: Path) -> None:
 
     e2e = r["end_to_end"]
     for i, (system, color) in enumerate((("peer", colors[1]), ("far", colors[2]))):
-        axes[1].bar([i - 0.2, i + 0.2], [e2e[system]["median_ms"], e2e[system]["p95_ms"]], 0.38, color=color)
+        values = [e2e[system]["median_ms"], e2e[system]["p95_ms"]]
+        axes[1].bar([i - 0.2, i + 0.2], values, 0.38, color=color)
     axes[1].set_xticks([-0.2, 0.2, 0.8, 1.2], ["median", "p95", "median", "p95"])
     axes[1].set_ylabel("ms")
     axes[1].set_title("end-to-end latency (peer | flask-async-request)")
 
-    axes[2].bar(["Flask + Celery", "flask-async-request"], [r["throughput"]["peer"], r["throughput"]["far"]],
-                color=colors[1:])  # fmt: skip
+    throughput = [r["throughput"]["peer"], r["throughput"]["far"]]
+    axes[2].bar(["Flask + Celery", "flask-async-request"], throughput, color=colors[1:])
     axes[2].set_ylabel("jobs / s")
     axes[2].set_title(f"worker throughput, burst of {r['burst']:,}")
     fig.suptitle(f"flask-async-request benchmark, {r['when']} ({r['machine']['cpus']} cores)")
@@ -509,7 +567,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4, help="wrk connections")
     parser.add_argument("--samples", type=int, default=100, help="end-to-end jobs per system")
     parser.add_argument("--burst", type=int, default=2000, help="jobs in the throughput burst")
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the size and purge figures")
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="rows for the size and purge figures"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("Error: wrk is not installed; `apt-get install -y wrk` installs it.")

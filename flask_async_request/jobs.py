@@ -9,16 +9,16 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
 from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
 from .leases import keeper
 from .models import Job, JobStatus, utcnow
-from .reader import JobReply
 from .state import get_state
+from .store import Claim, JobReply
 from .tasks import PROCESS_TASK
+from .tokens import encode_token
 from .worker import normalize_reply, resolve_worker, worker_path
 
 if TYPE_CHECKING:
@@ -93,6 +93,8 @@ def create_and_enqueue(
     session.add(job)
     session.flush()
     job_id = job.id
+    # Signed now, while id and uid are loaded: the commit below expires them.
+    job._token = encode_token(job, state.settings)
     if not commit or _explicit_transaction(session):
         session.info.setdefault(_PENDING_KEY, []).append(job_id)
         return job
@@ -161,11 +163,6 @@ def retry_delay(attempt: int) -> float:
     return float(min(2 ** (attempt - 1), MAX_RETRY_DELAY))
 
 
-def _fenced(job_id: int, attempt: int) -> tuple[sa.ColumnElement[bool], ...]:
-    """Match the row only while it is still this attempt's: not swept, retried or deleted."""
-    return (Job.id == job_id, Job.status == JobStatus.PROCESSING, Job.attempts == attempt)
-
-
 def run_job(job_id: int) -> JobStatus | None:
     """Claim job ``job_id``, run its worker and store the reply.
 
@@ -174,78 +171,43 @@ def run_job(job_id: int) -> JobStatus | None:
     or deleted does nothing. While the worker runs, its lease is renewed; the
     reply is stored only if the lease was not taken over meanwhile.
 
-    :returns: the status the job was left in, or ``None`` when it was not claimed.
+    :returns: the status the job was left in, or ``None`` when it was not claimed
+        or its reply was dropped.
     """
     state = get_state()
-    settings = state.settings
-    session = state.db.session
-    now = utcnow()
-    claimed = session.execute(
-        sa.update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.WAITING)
-        .values(
-            status=JobStatus.PROCESSING,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=now + settings.lease,
-            attempts=Job.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    store = state.store()
+    claim = store.claim(job_id, state.settings.lease)
+    if claim is None:
         logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
         return None
-
-    job = session.get(Job, job_id)
-    if job is None:  # Deleted between the claim and this read.
-        return None
-    worker, attempt = job.worker, job.attempts
-    engine = state.db.engine
-    keeper.hold(engine, job_id, attempt, settings.lease)
+    keeper.hold(store, job_id, claim.attempt, state.settings.lease)
     try:
-        outcome = _execute(job, worker, attempt)
+        outcome = _execute(job_id, claim)
     finally:
-        keeper.release(engine, job_id)
+        keeper.release(store, job_id)
     if outcome is None:
-        return _schedule_retry(job_id, attempt)
-
-    now = utcnow()
-    stored = session.execute(
-        sa.update(Job)
-        .where(*_fenced(job_id, attempt))
-        .values(
-            status=outcome.status,
-            status_code=outcome.status_code,
-            response=outcome.body,
-            finished_at=now,
-            updated_at=now,
-            lease_expires_at=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if stored.rowcount != 1:  # type: ignore[attr-defined]
+        return _schedule_retry(job_id, claim.attempt)
+    if not store.finish(job_id, claim.attempt, *outcome):
         logger.warning(
             "Job %s: attempt %s finished after its lease was taken over; reply dropped.",
             job_id,
-            attempt,
+            claim.attempt,
         )
         return None
     return outcome.status
 
 
-def _execute(job: Job, worker: str, attempt: int) -> _Outcome | None:
+def _execute(job_id: int, claim: Claim) -> _Outcome | None:
     """Run the worker; return its outcome, or ``None`` when the job should be retried."""
     session = get_state().db.session
-    job_id = job.id
+    worker = claim.worker
     retry_on: tuple[type[BaseException], ...] = ()
     try:
         worker_class = resolve_worker(worker)
         retry_on = worker_class.retry_on
         instance = worker_class()
         instance.job_id = job_id
-        reply = instance.execute(*job.args, **job.kwargs)
+        reply = instance.execute(*claim.params.get("args", ()), **claim.params.get("kwargs", {}))
         return _Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
     except WorkerResolutionError as e:
         session.rollback()
@@ -259,28 +221,15 @@ def _execute(job: Job, worker: str, attempt: int) -> _Outcome | None:
         # The worker may have left its own work half-done in the session.
         session.rollback()
         logger.exception("Job %s: worker %s raised %s", job_id, worker, type(e).__name__)
-        if attempt <= get_state().settings.retry and isinstance(e, retry_on):
+        if claim.attempt <= get_state().settings.retry and isinstance(e, retry_on):
             return None
         return _failure(str(e) or type(e).__name__)
 
 
 def _schedule_retry(job_id: int, attempt: int) -> JobStatus | None:
-    session = get_state().db.session
     delay = retry_delay(attempt)
-    now = utcnow()
-    changed = session.execute(
-        sa.update(Job)
-        .where(*_fenced(job_id, attempt))
-        .values(
-            status=JobStatus.WAITING,
-            due_at=now + timedelta(seconds=delay),
-            updated_at=now,
-            lease_expires_at=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
+    due_at = utcnow() + timedelta(seconds=delay)
+    if not get_state().store().reschedule(job_id, attempt, due_at):
         return None
     logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, attempt, delay)
     try:
@@ -292,4 +241,4 @@ def _schedule_retry(job_id: int, attempt: int) -> JobStatus | None:
 
 def fetch_reply(job_id: int) -> JobReply | None:
     """Read what the status endpoint needs of job ``job_id`` in one indexed lookup."""
-    return get_state().reader().fetch(job_id)
+    return get_state().store().fetch_reply(job_id)

@@ -10,12 +10,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-
-from .models import Job, JobStatus, utcnow
-
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
 
@@ -25,7 +21,7 @@ _IDLE_WAIT = 60.0
 
 @dataclass
 class _Held:
-    engine: Engine
+    store: JobStore
     attempt: int
     lease: timedelta
     renew_at: float  # time.monotonic()
@@ -48,11 +44,11 @@ class LeaseKeeper:
         self._next_wake = float("inf")
         self._pid: int | None = None
 
-    def hold(self, engine: Engine, job_id: int, attempt: int, lease: timedelta) -> None:
+    def hold(self, store: JobStore, job_id: int, attempt: int, lease: timedelta) -> None:
         """Renew job ``job_id``'s lease (just set by its claim) until :meth:`release`."""
         renew_at = time.monotonic() + lease.total_seconds() / 3
         with self._lock:
-            self._held[(id(engine), job_id)] = _Held(engine, attempt, lease, renew_at)
+            self._held[(id(store), job_id)] = _Held(store, attempt, lease, renew_at)
             if self._pid != os.getpid():
                 # First use in this process (or in a forked child): the thread runs here.
                 self._pid = os.getpid()
@@ -63,10 +59,10 @@ class LeaseKeeper:
             elif renew_at < self._next_wake:
                 self._wake.set()
 
-    def release(self, engine: Engine, job_id: int) -> None:
+    def release(self, store: JobStore, job_id: int) -> None:
         """Stop renewing job ``job_id``'s lease."""
         with self._lock:
-            self._held.pop((id(engine), job_id), None)
+            self._held.pop((id(store), job_id), None)
 
     def _run(self) -> None:
         pid = os.getpid()
@@ -80,22 +76,13 @@ class LeaseKeeper:
                 self._next_wake = min(upcoming, default=now + _IDLE_WAIT)
                 self._wake.clear()
             for (_, job_id), held in due:
-                self._renew(held.engine, job_id, held.attempt, held.lease)
+                self._renew(held.store, job_id, held.attempt, held.lease)
             self._wake.wait(max(self._next_wake - time.monotonic(), 0.01))
 
     @staticmethod
-    def _renew(engine: Engine, job_id: int, attempt: int, lease: timedelta) -> None:
+    def _renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> None:
         try:
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.update(Job)
-                    .where(
-                        Job.id == job_id,
-                        Job.status == JobStatus.PROCESSING,
-                        Job.attempts == attempt,
-                    )
-                    .values(lease_expires_at=utcnow() + lease)
-                )
+            store.renew(job_id, attempt, lease)
         except Exception:
             logger.warning("Could not renew the lease of job %s.", job_id, exc_info=True)
 

@@ -56,6 +56,8 @@ class Job(_Base):
     """One asynchronous request: the worker to run, its arguments and, once done, its reply."""
 
     __tablename__ = TABLE_NAME
+    # Annotations without Mapped[] (``_token``) are plain attributes.
+    __allow_unmapped__ = True
 
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True
@@ -112,9 +114,14 @@ class Job(_Base):
         """The keyword arguments ``execute`` is called with."""
         return dict(self.params.get("kwargs", {}))
 
+    #: The token signed when the job was created, so reading it costs no query.
+    _token: str | None = None
+
     @property
     def token(self) -> str:
         """A signed token that lets a client read this job from the status endpoint."""
+        if self._token is not None:
+            return self._token
         from .tokens import encode_token
 
         return encode_token(self)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from .config import Settings
     from .extension import AsyncRequest
-    from .reader import ReplyReader
+    from .store import JobStore
     from .tasks import EmbeddedWorker
     from .tokens import TokenVerifier
 
@@ -34,17 +34,17 @@ class AsyncRequestState:
     extension: AsyncRequest
     #: Verifies the status endpoint's tokens, remembering good ones.
     verify_token: TokenVerifier
-    #: The status endpoint's reader, made on first use in each process.
-    _reader: ReplyReader | None = dataclasses.field(default=None, repr=False)
+    #: The hot paths' statements, made on first use in each process.
+    _store: JobStore | None = dataclasses.field(default=None, repr=False)
 
-    def reader(self) -> ReplyReader:
-        """The reader of job replies for this app in this process."""
-        reader = self._reader
-        if reader is None or reader.pid != os.getpid():
-            from .reader import ReplyReader
+    def store(self) -> JobStore:
+        """The job store of this app in this process."""
+        store = self._store
+        if store is None or store.pid != os.getpid():
+            from .store import JobStore
 
-            reader = self._reader = ReplyReader.for_app(current_app, self.db.engine)
-        return reader
+            store = self._store = JobStore.for_app(current_app, self.db.engine)
+        return store
 
     def identity(self) -> str | None:
         """The current identity, as the app's identity loader gives it, or ``None``."""

@@ -1,0 +1,194 @@
+"""The hot paths' SQL: one statement per step, on pooled autocommit connections.
+
+Polls, claims, replies and lease renewals are single statements run many
+times per job. Through the ORM session each would open a transaction and end
+it (two more round trips) and pay for building the statement again; here each
+is compiled once and, on a network database, runs on a connection in
+autocommit mode from a small pool of its own, so no BEGIN, COMMIT or ROLLBACK
+is ever sent for them. SQLite, where there is no network to save, uses the
+app's engine.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import sqlalchemy as sa
+
+from .models import Job, JobStatus, utcnow
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from sqlalchemy.engine import Engine
+
+_REPLY = sa.select(Job.uid, Job.owner, Job.status, Job.status_code, Job.response).where(
+    Job.id == sa.bindparam("job_id")
+)
+
+_CLAIM = (
+    sa.update(Job)
+    .where(Job.id == sa.bindparam("job_id"), Job.status == JobStatus.WAITING)
+    .values(
+        status=JobStatus.PROCESSING,
+        started_at=sa.bindparam("now"),
+        updated_at=sa.bindparam("now"),
+        lease_expires_at=sa.bindparam("lease_until"),
+        attempts=Job.attempts + 1,
+    )
+)
+_CLAIMED = sa.select(Job.worker, Job.params, Job.attempts).where(Job.id == sa.bindparam("job_id"))
+
+_HELD = (
+    Job.id == sa.bindparam("job_id"),
+    Job.status == JobStatus.PROCESSING,
+    Job.attempts == sa.bindparam("attempt"),
+)
+_FINISH = (
+    sa.update(Job)
+    .where(*_HELD)
+    .values(
+        status=sa.bindparam("status"),
+        status_code=sa.bindparam("status_code"),
+        response=sa.bindparam("response"),
+        finished_at=sa.bindparam("now"),
+        updated_at=sa.bindparam("now"),
+        lease_expires_at=None,
+    )
+)
+_RESCHEDULE = (
+    sa.update(Job)
+    .where(*_HELD)
+    .values(
+        status=JobStatus.WAITING,
+        due_at=sa.bindparam("due_at"),
+        updated_at=sa.bindparam("now"),
+        lease_expires_at=None,
+    )
+)
+_RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
+
+
+class JobReply(NamedTuple):
+    """The columns the status endpoint reads."""
+
+    uid: str
+    owner: str | None
+    status: JobStatus
+    status_code: int | None
+    response: str | None
+
+
+class Claim(NamedTuple):
+    """What a worker needs of the job it just claimed."""
+
+    worker: str
+    params: dict[str, Any]
+    attempt: int
+
+
+class JobStore:
+    """Runs the hot paths' statements for one app in one process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pid = os.getpid()
+        self._claim = _CLAIM.returning(Job.worker, Job.params, Job.attempts)
+        self._returning = bool(engine.dialect.update_returning)
+        # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
+        # execution layer costs more than the query itself there.
+        self._reply_sql = _REPLY.compile(dialect=engine.dialect).string
+        self._positional = bool(engine.dialect.positional)
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+
+    @classmethod
+    def for_app(cls, app: Flask, engine: Engine) -> JobStore:
+        """A store for ``app``'s jobs table, reached through ``engine`` (its default engine)."""
+        if engine.dialect.name == "sqlite":
+            # No round trips to save, and a second engine would not see an
+            # in-memory database.
+            return cls(engine)
+        options: dict[str, Any] = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+        options.pop("isolation_level", None)
+        autocommit = sa.create_engine(
+            engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
+        )
+        return cls(autocommit)
+
+    def fetch_reply(self, job_id: int) -> JobReply | None:
+        """The reply columns of job ``job_id``, or ``None`` when there is no such row.
+
+        :raises sqlalchemy.exc.DBAPIError: the database could not be reached or queried.
+        """
+        params: Any = (job_id,) if self._positional else {"job_id": job_id}
+        try:
+            connection = self.engine.raw_connection()
+        except self._dbapi_error as e:
+            # The pool hands out unwrapped driver errors.
+            raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._reply_sql, params)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except self._dbapi_error as e:
+            connection.invalidate(e)
+            raise sa.exc.DBAPIError.instance(
+                self._reply_sql, params, e, self._dbapi_error, connection_invalidated=True
+            ) from e
+        finally:
+            connection.close()
+        if row is None:
+            return None
+        uid, owner, status, status_code, response = row
+        return JobReply(uid, owner, JobStatus(status), status_code, response)
+
+    def claim(self, job_id: int, lease: timedelta) -> Claim | None:
+        """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.
+
+        One conditional UPDATE, so of several workers given the same job, one wins.
+        """
+        now = utcnow()
+        params = {"job_id": job_id, "now": now, "lease_until": now + lease}
+        with self.engine.begin() as conn:
+            if self._returning:
+                row = conn.execute(self._claim, params).first()
+            else:
+                claimed = conn.execute(_CLAIM, params).rowcount == 1
+                row = conn.execute(_CLAIMED, params).first() if claimed else None
+        return None if row is None else Claim(*row)
+
+    def finish(
+        self, job_id: int, attempt: int, status: JobStatus, status_code: int, response: str
+    ) -> bool:
+        """Store the reply, if ``attempt`` still holds the job; tell whether it did."""
+        params = {
+            "job_id": job_id,
+            "attempt": attempt,
+            "status": status,
+            "status_code": status_code,
+            "response": response,
+            "now": utcnow(),
+        }
+        return self._update(_FINISH, params)
+
+    def reschedule(self, job_id: int, attempt: int, due_at: datetime) -> bool:
+        """Put the job back to ``waiting`` until ``due_at``, if ``attempt`` still holds it."""
+        params = {"job_id": job_id, "attempt": attempt, "due_at": due_at, "now": utcnow()}
+        return self._update(_RESCHEDULE, params)
+
+    def renew(self, job_id: int, attempt: int, lease: timedelta) -> bool:
+        """Extend the job's lease, if ``attempt`` still holds it."""
+        params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
+        return self._update(_RENEW, params)
+
+    def _update(self, statement: sa.Update, params: dict[str, Any]) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(statement, params).rowcount == 1
+
+    def dispose(self) -> None:
+        """Close the store's own pooled connections."""
+        self.engine.dispose()
