@@ -8,10 +8,13 @@ from .exceptions import (
     EnqueueError,
     InvalidReply,
     InvalidToken,
+    JobCancelled,
+    JobFinished,
     WorkerResolutionError,
 )
 from .extension import AsyncRequest
 from .models import Job, JobStatus
+from .views import accepted
 from .worker import Worker
 
 __all__ = [
@@ -22,7 +25,10 @@ __all__ = [
     "InvalidReply",
     "InvalidToken",
     "Job",
+    "JobCancelled",
+    "JobFinished",
     "JobStatus",
     "Worker",
     "WorkerResolutionError",
+    "accepted",
 ]

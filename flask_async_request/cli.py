@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import click
 import sqlalchemy.exc
-from flask import current_app
 from flask.cli import AppGroup
 
 from . import maintenance
@@ -19,7 +18,7 @@ from .config import parse_duration
 from .exceptions import AsyncRequestError
 from .migrations import init_app_files
 from .models import Job, JobStatus, as_utc, utcnow
-from .state import get_state
+from .state import current_flask_app, get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,8 +108,7 @@ def init_command(config_file: Path, force: bool) -> None:
     revision that already creates the table is kept, and the snippet is only
     rewritten with --force.
     """
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    result = init_app_files(app, config_file, force=force)
+    result = init_app_files(current_flask_app(), config_file, force=force)
     if result.migrations_created:
         click.echo("Created the migrations folder (flask db init).")
     if result.revision_written:

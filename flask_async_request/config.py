@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNC_REQUEST_LEASE": timedelta(seconds=60),
     "ASYNC_REQUEST_WAITING_TIMEOUT": timedelta(minutes=5),
     "ASYNC_REQUEST_SWEEP_INTERVAL": timedelta(seconds=30),
+    "ASYNC_REQUEST_RETRY_AFTER": 1,
 }
 
 #: Algorithms whose keys are one shared secret.
@@ -61,6 +62,7 @@ class Settings:
     lease: timedelta
     waiting_timeout: timedelta
     sweep_interval: timedelta | None
+    retry_after: int
 
 
 def parse_duration(text: str) -> timedelta:
@@ -211,6 +213,10 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
     elif isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
         raise _fail("ASYNC_REQUEST_RETRY", retry, "False or a number of retries (an int >= 0)")
 
+    retry_after = config["ASYNC_REQUEST_RETRY_AFTER"]
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
+        raise _fail("ASYNC_REQUEST_RETRY_AFTER", retry_after, "a whole number of seconds (>= 0)")
+
     clean_jobs = config["ASYNC_REQUEST_CLEAN_JOBS"]
     if not isinstance(clean_jobs, bool):
         raise _fail("ASYNC_REQUEST_CLEAN_JOBS", clean_jobs, "True or False")
@@ -234,4 +240,5 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
             if config["ASYNC_REQUEST_SWEEP_INTERVAL"] is None
             else _duration(config, "ASYNC_REQUEST_SWEEP_INTERVAL")
         ),
+        retry_after=retry_after,
     )

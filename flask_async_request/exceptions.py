@@ -33,3 +33,15 @@ class WorkerResolutionError(AsyncRequestError):
 
 class InvalidReply(AsyncRequestError):
     """A worker's ``execute`` returned something other than ``(status, body)``."""
+
+
+class JobCancelled(AsyncRequestError):
+    """Raised inside a worker whose job was cancelled, to stop its work early.
+
+    :meth:`Worker.progress` and :meth:`Worker.check_cancelled` raise it; the
+    library catches it and leaves the job ``cancelled``.
+    """
+
+
+class JobFinished(AsyncRequestError):
+    """The job has finished already, so it cannot be cancelled."""

@@ -12,10 +12,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
-from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
+from .exceptions import (
+    EnqueueError,
+    InvalidReply,
+    JobCancelled,
+    JobFinished,
+    WorkerResolutionError,
+)
 from .leases import keeper
 from .models import Job, JobStatus, utcnow
-from .state import get_state
+from .running import RunContext
+from .signals import job_cancelled, job_enqueued, job_failed, job_finished, job_started
+from .state import current_flask_app, get_state
 from .store import Claim, JobReply
 from .tasks import PROCESS_TASK
 from .tokens import encode_token
@@ -102,6 +110,7 @@ def create_and_enqueue(
     # The id was read before the commit expired the row, so the job is loaded
     # afresh on next access: it may already have run (eager mode, fast workers).
     publish(job_id)
+    job_enqueued.send(current_flask_app(), job_id=job_id)
     return job
 
 
@@ -115,6 +124,7 @@ def _publish_on_commit(session: Session) -> None:
     for job_id in pending or ():
         try:
             publish(job_id)
+            job_enqueued.send(current_flask_app(), job_id=job_id)
         except EnqueueError:
             # The commit has happened and cannot fail now; the row stays waiting
             # and the sweeper publishes it again.
@@ -129,6 +139,11 @@ def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> No
         session.info.pop(_PENDING_KEY, None)
 
 
+def task_id(job_id: int) -> str:
+    """The Celery task id of every message for job ``job_id``, so one revoke stops them all."""
+    return f"async-request-{job_id}"
+
+
 def publish(job_id: int, countdown: float | None = None) -> None:
     """Send the message that makes a worker run job ``job_id``.
 
@@ -139,7 +154,9 @@ def publish(job_id: int, countdown: float | None = None) -> None:
         state.embedded.ensure_started()
     task = state.celery.tasks[PROCESS_TASK]
     try:
-        task.apply_async((job_id,), queue=state.settings.queue, countdown=countdown)
+        task.apply_async(
+            (job_id,), queue=state.settings.queue, countdown=countdown, task_id=task_id(job_id)
+        )
     except Exception as e:
         if state.celery.conf.task_always_eager:
             raise
@@ -169,7 +186,7 @@ def run_job(job_id: int) -> JobStatus | None:
     The claim is one conditional UPDATE (``waiting`` -> ``processing``), so a
     duplicate or redelivered message for a job that is already claimed, finished
     or deleted does nothing. While the worker runs, its lease is renewed; the
-    reply is stored only if the lease was not taken over meanwhile.
+    reply is stored only if the job was neither cancelled nor taken over meanwhile.
 
     :returns: the status the job was left in, or ``None`` when it was not claimed
         or its reply was dropped.
@@ -180,25 +197,34 @@ def run_job(job_id: int) -> JobStatus | None:
     if claim is None:
         logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
         return None
+    app = current_flask_app()
+    job_started.send(app, job_id=job_id, attempt=claim.attempt)
     keeper.hold(store, job_id, claim.attempt, state.settings.lease)
     try:
-        outcome = _execute(job_id, claim)
+        outcome = _execute(job_id, claim, RunContext(app, store, job_id, claim.attempt))
     finally:
         keeper.release(store, job_id)
-    if outcome is None:
+    if outcome is _RETRY:
         return _schedule_retry(job_id, claim.attempt)
-    if not store.finish(job_id, claim.attempt, *outcome):
-        logger.warning(
-            "Job %s: attempt %s finished after its lease was taken over; reply dropped.",
-            job_id,
-            claim.attempt,
+    if outcome is _ABANDONED or not store.finish(job_id, claim.attempt, *outcome):
+        logger.info(
+            "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt
         )
         return None
+    if outcome.status is JobStatus.PROCESSED:
+        job_finished.send(app, job_id=job_id, status_code=outcome.status_code)
+    else:
+        job_failed.send(app, job_id=job_id, error=json.loads(outcome.body)["error"])
     return outcome.status
 
 
-def _execute(job_id: int, claim: Claim) -> _Outcome | None:
-    """Run the worker; return its outcome, or ``None`` when the job should be retried."""
+#: Outcomes of :func:`_execute` that store no reply.
+_RETRY = _Outcome(JobStatus.WAITING, 0, "")
+_ABANDONED = _Outcome(JobStatus.CANCELLED, 0, "")
+
+
+def _execute(job_id: int, claim: Claim, run: RunContext) -> _Outcome:
+    """Run the worker and return its outcome, :data:`_RETRY` or :data:`_ABANDONED`."""
     session = get_state().db.session
     worker = claim.worker
     retry_on: tuple[type[BaseException], ...] = ()
@@ -207,8 +233,13 @@ def _execute(job_id: int, claim: Claim) -> _Outcome | None:
         retry_on = worker_class.retry_on
         instance = worker_class()
         instance.job_id = job_id
+        instance._run = run
         reply = instance.execute(*claim.params.get("args", ()), **claim.params.get("kwargs", {}))
         return _Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
+    except JobCancelled:
+        session.rollback()
+        logger.info("Job %s: the worker stopped, its job cancelled.", job_id)
+        return _ABANDONED
     except WorkerResolutionError as e:
         session.rollback()
         logger.error("Job %s: %s", job_id, e)
@@ -222,7 +253,7 @@ def _execute(job_id: int, claim: Claim) -> _Outcome | None:
         session.rollback()
         logger.exception("Job %s: worker %s raised %s", job_id, worker, type(e).__name__)
         if claim.attempt <= get_state().settings.retry and isinstance(e, retry_on):
-            return None
+            return _RETRY
         return _failure(str(e) or type(e).__name__)
 
 
@@ -237,6 +268,32 @@ def _schedule_retry(job_id: int, attempt: int) -> JobStatus | None:
     except EnqueueError:
         logger.exception("Job %s: the retry could not be published; the sweeper will.", job_id)
     return JobStatus.WAITING
+
+
+def cancel_job(job_id: int) -> None:
+    """Cancel job ``job_id``: a waiting job never runs, a running one is told to stop.
+
+    The row becomes ``cancelled`` at once (status code 499); any queued message
+    is revoked, and a running worker finds out at its next progress report or
+    :attr:`Worker.cancelled` check, and its reply is never stored.
+
+    :raises LookupError: there is no such job.
+    :raises JobFinished: the job has finished already.
+    """
+    state = get_state()
+    if not state.store().cancel(job_id):
+        reply = state.store().fetch_reply(job_id)
+        if reply is None:
+            raise LookupError(f"There is no job {job_id}.")
+        raise JobFinished(f"Job {job_id} is {reply.status.value} already.")
+    if not state.celery.conf.task_always_eager:
+        try:
+            state.celery.control.revoke(task_id(job_id))
+        except Exception:
+            # The row is cancelled, which is what stops the job; the revoke only
+            # spares a worker the claim attempt.
+            logger.warning("Job %s: could not revoke its Celery task.", job_id, exc_info=True)
+    job_cancelled.send(current_flask_app(), job_id=job_id)
 
 
 def fetch_reply(job_id: int) -> JobReply | None:

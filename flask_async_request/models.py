@@ -24,11 +24,12 @@ class JobStatus(str, enum.Enum):
     PROCESSING = "processing"
     PROCESSED = "processed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         """Whether the job has a stored reply and will not run again."""
-        return self in (JobStatus.PROCESSED, JobStatus.FAILED)
+        return self in (JobStatus.PROCESSED, JobStatus.FAILED, JobStatus.CANCELLED)
 
     def __str__(self) -> str:
         return self.value
@@ -81,6 +82,10 @@ class Job(_Base):
         index=True,
     )
     status_code: Mapped[int | None] = mapped_column(sa.Integer())
+    #: How far the worker got, from 0 to 1, as it last reported.
+    progress: Mapped[float | None] = mapped_column(sa.Float())
+    #: What the worker said it was doing, as it last reported.
+    progress_message: Mapped[str | None] = mapped_column(sa.String(255))
     response: Mapped[str | None] = mapped_column(sa.Text())
     #: Bumped by every claim; it fences off a worker whose lease was taken over.
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0)

@@ -55,6 +55,11 @@ class AsyncRequestState:
         return None if identity is None else str(identity)
 
 
+def current_flask_app() -> Flask:
+    """The current app itself, not its proxy (for signal senders and threads)."""
+    return current_app._get_current_object()  # type: ignore[attr-defined, no-any-return]
+
+
 def get_state(app: Flask | None = None) -> AsyncRequestState:
     """Return the state of ``app`` (default: the current app).
 

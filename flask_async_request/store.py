@@ -23,9 +23,15 @@ if TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy.engine import Engine
 
-_REPLY = sa.select(Job.uid, Job.owner, Job.status, Job.status_code, Job.response).where(
-    Job.id == sa.bindparam("job_id")
-)
+_REPLY = sa.select(
+    Job.uid,
+    Job.owner,
+    Job.status,
+    Job.status_code,
+    Job.response,
+    Job.progress,
+    Job.progress_message,
+).where(Job.id == sa.bindparam("job_id"))
 
 _CLAIM = (
     sa.update(Job)
@@ -55,6 +61,7 @@ _FINISH = (
         finished_at=sa.bindparam("now"),
         updated_at=sa.bindparam("now"),
         lease_expires_at=None,
+        progress=sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
     )
 )
 _RESCHEDULE = (
@@ -68,6 +75,31 @@ _RESCHEDULE = (
     )
 )
 _RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
+_PROGRESS = (
+    sa.update(Job)
+    .where(*_HELD)
+    .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message"))
+)
+_HELD_NOW = sa.select(Job.id).where(*_HELD)
+
+#: What a cancelled job's reply says (499: the client closed the request).
+CANCELLED_STATUS_CODE = 499
+CANCELLED_BODY = '{"error": "Job cancelled"}'
+_CANCEL = (
+    sa.update(Job)
+    .where(
+        Job.id == sa.bindparam("job_id"),
+        Job.status.in_([JobStatus.WAITING, JobStatus.PROCESSING]),
+    )
+    .values(
+        status=JobStatus.CANCELLED,
+        status_code=CANCELLED_STATUS_CODE,
+        response=CANCELLED_BODY,
+        finished_at=sa.bindparam("now"),
+        updated_at=sa.bindparam("now"),
+        lease_expires_at=None,
+    )
+)
 
 
 class JobReply(NamedTuple):
@@ -78,6 +110,8 @@ class JobReply(NamedTuple):
     status: JobStatus
     status_code: int | None
     response: str | None
+    progress: float | None
+    message: str | None
 
 
 class Claim(NamedTuple):
@@ -143,8 +177,8 @@ class JobStore:
             connection.close()
         if row is None:
             return None
-        uid, owner, status, status_code, response = row
-        return JobReply(uid, owner, JobStatus(status), status_code, response)
+        uid, owner, status, status_code, response, progress, message = row
+        return JobReply(uid, owner, JobStatus(status), status_code, response, progress, message)
 
     def claim(self, job_id: int, lease: timedelta) -> Claim | None:
         """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.
@@ -172,6 +206,7 @@ class JobStore:
             "status_code": status_code,
             "response": response,
             "now": utcnow(),
+            "progress": 1.0 if status is JobStatus.PROCESSED else None,
         }
         return self._update(_FINISH, params)
 
@@ -184,6 +219,21 @@ class JobStore:
         """Extend the job's lease, if ``attempt`` still holds it."""
         params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
         return self._update(_RENEW, params)
+
+    def set_progress(self, job_id: int, attempt: int, progress: float, message: str | None) -> bool:
+        """Store progress, if ``attempt`` still holds the job; tell whether it does."""
+        params = {"job_id": job_id, "attempt": attempt, "progress": progress, "message": message}
+        return self._update(_PROGRESS, params)
+
+    def held(self, job_id: int, attempt: int) -> bool:
+        """Whether ``attempt`` still holds the job (not cancelled, not taken over)."""
+        with self.engine.begin() as conn:
+            params = {"job_id": job_id, "attempt": attempt}
+            return conn.execute(_HELD_NOW, params).first() is not None
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel the job if it is waiting or processing; tell whether it was."""
+        return self._update(_CANCEL, {"job_id": job_id, "now": utcnow()})
 
     def _update(self, statement: sa.Update, params: dict[str, Any]) -> bool:
         with self.engine.begin() as conn:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .exceptions import InvalidReply, WorkerResolutionError
+from .exceptions import InvalidReply, JobCancelled, WorkerResolutionError
+from .running import fraction_of
+
+if TYPE_CHECKING:
+    from .running import RunContext
 
 #: Rack status names (the Rails symbols of the original gem) that differ from
 #: :class:`http.HTTPStatus` member names.
@@ -34,6 +38,35 @@ class Worker:
     #: any other exception fails the job at once. Narrow it to the transient
     #: errors of the work, for example ``(ConnectionError, TimeoutError)``.
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    #: The run this instance serves; ``None`` when ``execute`` is called directly.
+    _run: RunContext | None = None
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report how far the work got: a fraction (``0.4``) or ``done`` of ``total``.
+
+        Polls of the job show it while it runs. Cheap enough for a tight loop:
+        the database is written at most a few times a second. Raises
+        :class:`~flask_async_request.JobCancelled` once the job was cancelled,
+        which stops the work; let it propagate.
+
+        :raises ValueError: for numbers that are not finite, or a total that is not positive.
+        """
+        fraction = fraction_of(done, total)
+        if message is not None:
+            message = str(message)[:255]
+        if self._run is not None:
+            self._run.report(fraction, message)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled; check it now and then in long work."""
+        return self._run is not None and self._run.cancelled()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`~flask_async_request.JobCancelled` if the job was cancelled."""
+        if self.cancelled:
+            raise JobCancelled(f"Job {self.job_id} was cancelled.")
 
     def execute(self, *args: Any, **kwargs: Any) -> tuple[int | HTTPStatus | str, str | None]:
         """Do the work and return the reply as ``(status, body)``.

@@ -55,7 +55,7 @@ def test_pending_job_answers_202(client: Any, status: JobStatus) -> None:
     job = add_job(status=status)
     response = poll(client, job.token)
     assert response.status_code == 202
-    assert response.json == {"status": status.value}
+    assert response.json == {"status": status.value, "progress": None, "message": None}
 
 
 def test_bare_token_is_accepted(client: Any) -> None:

@@ -149,3 +149,57 @@ class LeaseProbe(Worker):
         before = lease()
         time.sleep(seconds)
         return 200, json.dumps({"before": before, "after": lease()})
+
+
+class ProgressProbe(Worker):
+    """Reports progress once, then reads its own row back from another connection."""
+
+    def execute(self) -> tuple[int, str]:
+        import sqlalchemy as sa
+
+        from flask_async_request.state import get_state
+
+        self.progress(3, 4, "three quarters")
+        with get_state().db.engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT progress, progress_message FROM async_request_jobs WHERE id = :id"),
+                {"id": self.job_id},
+            ).one()
+        return 200, json.dumps({"progress": row[0], "message": row[1]})
+
+
+class TightLoop(Worker):
+    """Reports progress many times as fast as it can."""
+
+    def execute(self, steps: int) -> tuple[int, str]:
+        for step in range(steps):
+            self.progress(step, steps)
+        return 200, str(steps)
+
+
+class CancelsItself(Worker):
+    """Cancels its own job mid-run (as a client's DELETE would), then keeps reporting."""
+
+    def execute(self, counter_file: str) -> tuple[int, str]:
+        from flask_async_request.jobs import cancel_job
+
+        cancel_job(self.job_id)
+        assert self.cancelled
+        for step in range(10):
+            Path(counter_file).write_text(str(step))
+            self.progress(step, 10)
+            time.sleep(0.25)
+        return 200, "should not be stored"
+
+
+class SlowSteps(Worker):
+    """Works in steps, reporting progress; stops when cancelled."""
+
+    def execute(self, steps: int, pause: float) -> tuple[int, str]:
+        for step in range(steps):
+            self.progress(step, steps, f"step {step + 1} of {steps}")
+            time.sleep(pause)
+            effects = os.environ.get(EFFECTS_DIR_ENV)
+            if effects:
+                (Path(effects) / f"{self.job_id}-step-{step}").touch()
+        return 200, json.dumps({"steps": steps})

@@ -1,0 +1,79 @@
+"""The link between a running worker and its job row: progress and cancellation."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+from .exceptions import JobCancelled
+from .signals import job_progress
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .store import JobStore
+
+#: Progress is written, and cancellation checked, at most this often (seconds).
+CHECK_INTERVAL = 0.2
+
+
+class RunContext:
+    """What a worker's :meth:`~Worker.progress` and :attr:`~Worker.cancelled` talk to.
+
+    Progress may be reported in a tight loop: a report costs a clock read, and
+    at most one short UPDATE goes to the database per :data:`CHECK_INTERVAL`.
+    That UPDATE is fenced by the attempt, so it also tells when the job was
+    cancelled (or taken over after a lost lease): the worker is then stopped
+    with :class:`JobCancelled`.
+    """
+
+    def __init__(self, app: Flask, store: JobStore, job_id: int, attempt: int) -> None:
+        self.app = app
+        self.store = store
+        self.job_id = job_id
+        self.attempt = attempt
+        self._last_write = 0.0
+        self._last_check = 0.0
+        self._cancelled = False
+
+    def report(self, fraction: float, message: str | None) -> None:
+        """Store progress if the last write is old enough; stop a cancelled job."""
+        if self._cancelled:
+            raise JobCancelled(f"Job {self.job_id} was cancelled.")
+        now = time.monotonic()
+        if now - self._last_write < CHECK_INTERVAL:
+            return
+        self._last_write = self._last_check = now
+        if not self.store.set_progress(self.job_id, self.attempt, fraction, message):
+            self._cancelled = True
+            raise JobCancelled(f"Job {self.job_id} was cancelled.")
+        job_progress.send(self.app, job_id=self.job_id, progress=fraction, message=message)
+
+    def cancelled(self) -> bool:
+        """Whether the job is no longer this run's (checked at most every interval)."""
+        if not self._cancelled:
+            now = time.monotonic()
+            if now - self._last_check >= CHECK_INTERVAL:
+                self._last_check = now
+                self._cancelled = not self.store.held(self.job_id, self.attempt)
+        return self._cancelled
+
+
+def fraction_of(done: float, total: float | None) -> float:
+    """``done`` out of ``total`` (or ``done`` alone as a fraction), clamped to 0-1.
+
+    :raises ValueError: for numbers that are not finite, or a total that is not positive.
+    """
+    for name, value in (("done", done), ("total", total)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"progress {name} is {value!r}; expected a finite number.")
+    if total is not None:
+        if total <= 0:
+            raise ValueError(f"progress total is {total!r}; expected a positive number.")
+        done = done / total
+    return min(max(float(done), 0.0), 1.0)

@@ -1,0 +1,208 @@
+"""The richer protocol: 202 with progress and Retry-After, accepted(), cancellation, signals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_async_request import Job, JobStatus, accepted, signals
+from flask_async_request.jobs import run_job
+from flask_async_request.state import get_state
+from flask_async_request.store import JobStore
+from tests import workers
+from tests.conftest import AppFactory, add_job, poll
+
+
+def delete(client: Any, token: str) -> Any:
+    return client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": f"Bearer {token}"})
+
+
+def test_pending_answer_has_progress_and_retry_after(app: Flask, client: Any) -> None:
+    """A 202 carries Retry-After and a body with status, progress and message."""
+    job = add_job(status=JobStatus.PROCESSING)
+    job.progress, job.progress_message = 0.5, "halfway"
+    get_state().db.session.commit()
+    response = poll(client, job.token)
+    assert response.status_code == 202
+    assert response.headers["Retry-After"] == "1"
+    assert response.json == {"status": "processing", "progress": 0.5, "message": "halfway"}
+
+
+def test_retry_after_is_configurable(make_app: AppFactory) -> None:
+    """ASYNC_REQUEST_RETRY_AFTER sets the header."""
+    app = make_app(ASYNC_REQUEST_RETRY_AFTER=5)
+    with app.app_context():
+        token = add_job().token
+    assert poll(app.test_client(), token).headers["Retry-After"] == "5"
+
+
+def test_accepted_builds_the_202(app: Flask) -> None:
+    """accepted(job) answers 202 with token, url, Location and Retry-After."""
+
+    @app.post("/start")
+    def start() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Echo, 1), kind="echo")
+
+    response = app.test_client().post("/start")
+    assert response.status_code == 202
+    assert response.json["url"] == "http://localhost/async_request/job"
+    assert response.json["kind"] == "echo"
+    assert response.headers["Location"] == "http://localhost/async_request/job"
+    assert response.headers["Retry-After"] == "1"
+    assert poll(app.test_client(), response.json["token"]).status_code == 200
+
+
+# Progress ------------------------------------------------------------------------------
+
+
+def test_progress_is_stored_while_running(app: Flask) -> None:
+    """progress(done, total, message) is visible in the row while the job runs."""
+    job = Job.create_and_enqueue(workers.ProgressProbe)
+    assert json.loads(job.response) == {"progress": 0.75, "message": "three quarters"}
+    assert job.progress == 1.0
+
+
+def test_progress_in_a_tight_loop_writes_rarely(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100,000 reports cost a handful of writes."""
+    writes: list[float] = []
+    original = JobStore.set_progress
+
+    def counting(self: JobStore, *args: Any) -> bool:
+        writes.append(args[2])
+        return original(self, *args)
+
+    monkeypatch.setattr(JobStore, "set_progress", counting)
+    job = Job.create_and_enqueue(workers.TightLoop, 100_000)
+    assert job.status is JobStatus.PROCESSED
+    assert 1 <= len(writes) <= 20
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "message"),
+    [(float("nan"), None, "done is nan"), (1, 0, "total is 0"), ("half", None, "finite number")],
+)
+def test_bad_progress_is_a_value_error(done: Any, total: Any, message: str) -> None:
+    """Bad numbers raise ValueError naming them."""
+    with pytest.raises(ValueError, match=message):
+        workers.Echo().progress(done, total)
+
+
+def test_progress_outside_a_run_is_harmless() -> None:
+    """Calling execute directly (in a unit test of a worker) reports nowhere."""
+    worker = workers.TightLoop()
+    assert worker.execute(10) == (200, "10")
+    assert worker.cancelled is False
+
+
+# Cancellation --------------------------------------------------------------------------
+
+
+def test_cancel_a_waiting_job(app: Flask, client: Any, tmp_path: Path) -> None:
+    """DELETE cancels a waiting job; it answers 200 cancelled and never runs."""
+    counter = tmp_path / "runs"
+    job = add_job(worker="tests.workers:FlakyThenOk", args=[str(counter), 0])
+    response = delete(client, job.token)
+    assert response.status_code == 200
+    assert response.json == {
+        "status": "cancelled",
+        "response": {"status_code": 499, "body": '{"error": "Job cancelled"}'},
+    }
+    assert run_job(job.id) is None
+    assert not counter.exists()
+    assert poll(client, job.token).json["status"] == "cancelled"
+
+
+def test_cancel_a_running_job_stops_it(app: Flask, tmp_path: Path) -> None:
+    """A running worker stops at its next progress report; its reply is never stored."""
+    counter = tmp_path / "step"
+    job = Job.create_and_enqueue(workers.CancelsItself, str(counter))
+    assert job.status is JobStatus.CANCELLED
+    assert job.status_code == 499
+    assert counter.read_text() == "0"
+
+
+def test_cancel_a_finished_job_is_409(app: Flask, client: Any) -> None:
+    """A finished job cannot be cancelled."""
+    job = Job.create_and_enqueue(workers.Echo)
+    response = delete(client, job.token)
+    assert response.status_code == 409
+    assert response.json["errors"][0]["message"].startswith("The job has finished already")
+    assert _reload(job).status is JobStatus.PROCESSED
+
+
+def test_cancel_needs_a_valid_token(app: Flask, client: Any) -> None:
+    """DELETE with a bad token is 400, with a token of a deleted job 404."""
+    assert delete(client, "garbage").status_code == 400
+    job = add_job()
+    token = job.token
+    get_state().db.session.delete(job)
+    get_state().db.session.commit()
+    assert delete(client, token).status_code == 404
+
+
+def test_cancel_revokes_the_task(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelling revokes the job's Celery task id, so a queued message is dropped."""
+    app = make_app(CELERY={"broker_url": "redis://127.0.0.1:6379/15"})
+    revoked: list[str] = []
+    monkeypatch.setattr(app.extensions["celery"].control, "revoke", revoked.append)
+    with app.app_context():
+        job = add_job()
+        assert delete(app.test_client(), job.token).status_code == 200
+    assert revoked == [f"async-request-{job.id}"]
+
+
+def _reload(job: Job) -> Job:
+    session = get_state().db.session
+    session.expire_all()
+    found = session.get(Job, job.id)
+    assert found is not None
+    return found
+
+
+# Signals -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every signal sent during the test, as (name, keyword arguments)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    names = ["job_enqueued", "job_started", "job_progress", "job_finished", "job_failed"]
+    names.append("job_cancelled")
+    receivers = []
+    for name in names:
+
+        def receiver(sender: Flask, _name: str = name, **kwargs: Any) -> None:
+            seen.append((_name, kwargs))
+
+        getattr(signals, name).connect(receiver)
+        receivers.append((name, receiver))
+    yield seen
+    for name, receiver in receivers:
+        getattr(signals, name).disconnect(receiver)
+
+
+def test_signals_of_a_successful_job(app: Flask, received: list[Any]) -> None:
+    """A job sends enqueued, started, progress and finished."""
+    job = Job.create_and_enqueue(workers.ProgressProbe)
+    names = [name for name, _ in received]
+    assert names == ["job_started", "job_progress", "job_finished", "job_enqueued"]
+    assert all(kwargs["job_id"] == job.id for _, kwargs in received)
+    assert received[2][1]["status_code"] == 200
+
+
+def test_signals_of_a_failed_and_a_cancelled_job(
+    app: Flask, client: Any, received: list[Any]
+) -> None:
+    """A raising job sends failed with the error; a DELETE sends cancelled."""
+    Job.create_and_enqueue(workers.Boom, "bad")
+    assert ("job_failed", {"job_id": 1, "error": "bad"}) in received
+    job = add_job()
+    delete(client, job.token)
+    assert received[-1] == ("job_cancelled", {"job_id": job.id})
