@@ -1,0 +1,94 @@
+"""Progress and cancellation end to end: real worker, PostgreSQL, Redis, HTTP polls."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import request
+
+from flask_async_request import Job, accepted
+from tests import workers
+from tests.conftest import poll
+from tests.integration.conftest import Stack, effects
+
+pytestmark = pytest.mark.integration
+
+
+def _start(app: Any, steps: int, pause: float) -> str:
+    if "steps_view" not in app.view_functions:
+
+        @app.post("/steps")
+        def steps_view() -> Any:
+            body = request.get_json()
+            return accepted(Job.create_and_enqueue(workers.SlowSteps, body["steps"], body["pause"]))
+
+    response = app.test_client().post("/steps", json={"steps": steps, "pause": pause})
+    assert response.status_code == 202
+    assert response.headers["Location"].endswith("/async_request/job")
+    return str(response.json["token"])
+
+
+def test_polls_show_progress_then_the_reply(stack: Stack) -> None:
+    """While the worker runs, polls show rising progress and its message; then 200."""
+    app, _ = stack()
+    token = _start(app, steps=8, pause=0.25)
+    client = app.test_client()
+    seen: list[tuple[float, str]] = []
+    deadline = time.monotonic() + 30
+    while (response := poll(client, token)).status_code == 202:
+        assert response.headers["Retry-After"] == "1"
+        body = response.json
+        if body["progress"] is not None:
+            seen.append((body["progress"], body["message"]))
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert response.status_code == 200
+    assert response.json["status"] == "processed"
+    fractions = [fraction for fraction, _ in seen]
+    assert fractions == sorted(fractions)
+    assert len(set(fractions)) >= 3, seen
+    assert seen[-1][1].startswith("step ")
+
+
+def test_delete_stops_a_running_job(stack: Stack, tmp_path: Path) -> None:
+    """DELETE while the worker runs: the worker stops early and polls say cancelled."""
+    app, _ = stack()
+    token = _start(app, steps=40, pause=0.1)
+    client = app.test_client()
+    deadline = time.monotonic() + 30
+    while poll(client, token).json.get("status") != "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    response = client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": token})
+    assert response.status_code == 200
+    assert response.json["status"] == "cancelled"
+    time.sleep(1.0)  # let the worker notice and stop
+    steps_done = len(effects(tmp_path))
+    time.sleep(1.0)
+    assert len(effects(tmp_path)) == steps_done, "the worker kept going after the cancel"
+    assert steps_done < 40
+    final = poll(client, token)
+    assert final.status_code == 200
+    assert final.json["response"]["status_code"] == 499
+
+
+def test_delete_of_a_queued_job_means_it_never_runs(stack: Stack, tmp_path: Path) -> None:
+    """A job cancelled before any worker took it never runs."""
+    app, _ = stack(concurrency=1)
+    blocker = _start(app, steps=6, pause=0.25)
+    queued = _start(app, steps=3, pause=0.01)
+    client = app.test_client()
+    cancelled = client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": queued})
+    assert cancelled.status_code == 200
+    deadline = time.monotonic() + 30
+    while poll(client, blocker).status_code == 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)
+    runs = {name.split("-")[0] for name in effects(tmp_path)}
+    assert len(runs) == 1, f"only the blocker ran, got {runs}"
+    assert poll(client, queued).json["status"] == "cancelled"
