@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNC_REQUEST_WAITING_TIMEOUT": timedelta(minutes=5),
     "ASYNC_REQUEST_SWEEP_INTERVAL": timedelta(seconds=30),
     "ASYNC_REQUEST_RETRY_AFTER": 1,
+    "ASYNC_REQUEST_MAX_WAIT": 30,
 }
 
 #: Algorithms whose keys are one shared secret.
@@ -63,6 +64,7 @@ class Settings:
     waiting_timeout: timedelta
     sweep_interval: timedelta | None
     retry_after: int
+    max_wait: int
 
 
 def parse_duration(text: str) -> timedelta:
@@ -217,6 +219,10 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
     if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
         raise _fail("ASYNC_REQUEST_RETRY_AFTER", retry_after, "a whole number of seconds (>= 0)")
 
+    max_wait = config["ASYNC_REQUEST_MAX_WAIT"]
+    if isinstance(max_wait, bool) or not isinstance(max_wait, int) or max_wait < 0:
+        raise _fail("ASYNC_REQUEST_MAX_WAIT", max_wait, "a whole number of seconds (>= 0)")
+
     clean_jobs = config["ASYNC_REQUEST_CLEAN_JOBS"]
     if not isinstance(clean_jobs, bool):
         raise _fail("ASYNC_REQUEST_CLEAN_JOBS", clean_jobs, "True or False")
@@ -241,4 +247,5 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
             else _duration(config, "ASYNC_REQUEST_SWEEP_INTERVAL")
         ),
         retry_after=retry_after,
+        max_wait=max_wait,
     )

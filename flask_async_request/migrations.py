@@ -40,6 +40,7 @@ _DESCRIPTIONS = {
     "ASYNC_REQUEST_WAITING_TIMEOUT": "A waiting job not claimed this long after due is sent again.",
     "ASYNC_REQUEST_SWEEP_INTERVAL": "How often beat sweeps lost and stuck jobs; None turns it off.",
     "ASYNC_REQUEST_RETRY_AFTER": "Seconds a 202 asks the client to wait before polling again.",
+    "ASYNC_REQUEST_MAX_WAIT": "Longest wait a poll may ask for with `Prefer: wait=N`; 0: none.",
 }
 
 

@@ -12,6 +12,7 @@ app's engine.
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -102,6 +103,20 @@ _CANCEL = (
 )
 
 
+#: The PostgreSQL channel on which finished and cancelled jobs are announced.
+CHANNEL = "async_request_jobs"
+
+
+def _notifying(update: sa.Update) -> sa.Select[tuple[Any]]:
+    """``update`` that also announces the changed job on :data:`CHANNEL`, in one statement."""
+    done = update.returning(Job.id).cte("done")
+    return sa.select(sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))).select_from(done)
+
+
+#: Backoff of a long poll where no notification exists (seconds).
+_POLL_FIRST, _POLL_MAX = 0.05, 0.5
+
+
 class JobReply(NamedTuple):
     """The columns the status endpoint reads."""
 
@@ -135,6 +150,11 @@ class JobStore:
         self._reply_sql = _REPLY.compile(dialect=engine.dialect).string
         self._positional = bool(engine.dialect.positional)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # On PostgreSQL with psycopg 3, finishing a job notifies long polls, which
+        # LISTEN instead of polling.
+        self._listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+        self._finish = _notifying(_FINISH) if self._listen else _FINISH
+        self._cancel = _notifying(_CANCEL) if self._listen else _CANCEL
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -208,7 +228,7 @@ class JobStore:
             "now": utcnow(),
             "progress": 1.0 if status is JobStatus.PROCESSED else None,
         }
-        return self._update(_FINISH, params)
+        return self._update(self._finish, params)
 
     def reschedule(self, job_id: int, attempt: int, due_at: datetime) -> bool:
         """Put the job back to ``waiting`` until ``due_at``, if ``attempt`` still holds it."""
@@ -233,11 +253,58 @@ class JobStore:
 
     def cancel(self, job_id: int) -> bool:
         """Cancel the job if it is waiting or processing; tell whether it was."""
-        return self._update(_CANCEL, {"job_id": job_id, "now": utcnow()})
+        return self._update(self._cancel, {"job_id": job_id, "now": utcnow()})
 
-    def _update(self, statement: sa.Update, params: dict[str, Any]) -> bool:
+    def _update(self, statement: sa.Update | sa.Select[Any], params: dict[str, Any]) -> bool:
         with self.engine.begin() as conn:
-            return conn.execute(statement, params).rowcount == 1
+            result = conn.execute(statement, params)
+            if isinstance(statement, sa.Select):  # _notifying: one row per changed job
+                return result.first() is not None
+            return result.rowcount == 1
+
+    def wait_until_finished(self, job_id: int, timeout: float) -> JobReply | None:
+        """Wait up to ``timeout`` seconds for the job to finish; return its reply then.
+
+        On PostgreSQL (psycopg 3) the wait LISTENs for the worker's notification,
+        so it costs no queries while it waits; elsewhere it polls with a backoff
+        from 50 ms to 500 ms.
+        """
+        deadline = time.monotonic() + timeout
+        if self._listen:
+            self._wait_listening(job_id, deadline)
+        else:
+            delay = _POLL_FIRST
+            while (reply := self.fetch_reply(job_id)) is not None and not reply.status.finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return reply
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, _POLL_MAX)
+            return reply
+        return self.fetch_reply(job_id)
+
+    def _wait_listening(self, job_id: int, deadline: float) -> None:
+        connection = self.engine.raw_connection()
+        try:
+            pg = connection.driver_connection
+            assert pg is not None  # A checked-out connection has its driver connection.
+            pg.execute(f"LISTEN {CHANNEL}")
+            try:
+                # Checked after LISTEN, so a job finishing in between is not missed.
+                reply = self.fetch_reply(job_id)
+                if reply is None or reply.status.finished:
+                    return
+                wanted = str(job_id)
+                while (remaining := deadline - time.monotonic()) > 0:
+                    if any(n.payload == wanted for n in pg.notifies(timeout=remaining)):
+                        return
+            finally:
+                pg.execute(f"UNLISTEN {CHANNEL}")
+        except self._dbapi_error as e:
+            connection.invalidate(e)
+            raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
+        finally:
+            connection.close()
 
     def dispose(self) -> None:
         """Close the store's own pooled connections."""

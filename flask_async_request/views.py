@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import sqlalchemy.exc
@@ -64,34 +65,64 @@ def _fetch(job_id: int) -> JobReply | None:
         return fetch_reply(job_id)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
         logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
-        raise _Refusal(
-            _error(
-                "The job store is unavailable; try again later.",
-                503,
-                **{"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
-            )
-        ) from None
+        raise _Refusal(_unavailable()) from None
 
 
-def _answer(reply: JobReply) -> Any:
+def _unavailable() -> tuple[Response, int, dict[str, Any]]:
+    return _error(
+        "The job store is unavailable; try again later.",
+        503,
+        **{"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
     """202 with status and progress while pending; 200 with the stored reply when finished."""
     if not reply.status.finished:
         body = {"status": reply.status.value, "progress": reply.progress, "message": reply.message}
         return body, 202, {"Retry-After": str(get_state().settings.retry_after)}
-    return {
-        "status": reply.status.value,
-        "response": {"status_code": reply.status_code, "body": reply.response or ""},
-    }
+    response = {"status_code": reply.status_code, "body": reply.response or ""}
+    return {"status": reply.status.value, "response": response}, 200, {}
+
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", re.IGNORECASE)
+
+
+def requested_wait() -> int | None:
+    """Seconds asked for with ``Prefer: wait=N`` (RFC 7240), or ``None``."""
+    match = _PREFER_WAIT.search(",".join(request.headers.getlist("Prefer")))
+    return None if match is None else int(match.group(1))
 
 
 @blueprint.get("/job", endpoint="job")
 def job_status() -> Any:
-    """Answer with the job named by the request's token: 202 pending, 200 finished."""
+    """Answer with the job named by the request's token: 202 pending, 200 finished.
+
+    With ``Prefer: wait=N`` a pending job is waited for, up to N seconds (at most
+    ``ASYNC_REQUEST_MAX_WAIT``), and the answer comes as soon as it finishes.
+    """
     try:
-        _, reply = _job_for_request()
+        claims, reply = _job_for_request()
+        wait = requested_wait()
+        applied = None
+        if wait is not None and not reply.status.finished:
+            applied = min(wait, get_state().settings.max_wait)
+            if applied > 0:
+                reply = _wait(claims.job_id, applied) or reply
     except _Refusal as refusal:
         return refusal.response
-    return _answer(reply)
+    body, status, headers = _answer(reply)
+    if applied is not None:
+        headers["Preference-Applied"] = f"wait={applied}"
+    return body, status, headers
+
+
+def _wait(job_id: int, seconds: int) -> JobReply | None:
+    try:
+        return get_state().store().wait_until_finished(job_id, seconds)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
+        logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
+        raise _Refusal(_unavailable()) from None
 
 
 @blueprint.delete("/job")

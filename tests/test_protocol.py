@@ -206,3 +206,74 @@ def test_signals_of_a_failed_and_a_cancelled_job(
     job = add_job()
     delete(client, job.token)
     assert received[-1] == ("job_cancelled", {"job_id": job.id})
+
+
+# Long polling ------------------------------------------------------------------------
+
+
+def _prefer(client: Any, token: str, prefer: str) -> Any:
+    return client.get(
+        "/async_request/job",
+        headers={"X-JOB-AUTHORIZATION": f"Bearer {token}", "Prefer": prefer},
+    )
+
+
+def test_prefer_wait_answers_when_the_job_finishes(app: Flask, client: Any) -> None:
+    """A long poll returns as soon as the job finishes, with its reply."""
+    import threading
+    import time
+
+    import sqlalchemy as sa
+
+    job = add_job(status=JobStatus.PROCESSING)
+    token, job_id = job.token, job.id
+    engine = get_state().db.engine
+
+    def finish_soon() -> None:
+        time.sleep(0.4)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE async_request_jobs SET status = 'processed', status_code = 200,"
+                    " response = 'done' WHERE id = :id"
+                ),
+                {"id": job_id},
+            )
+
+    threading.Thread(target=finish_soon).start()
+    started = time.monotonic()
+    response = _prefer(client, token, "wait=10")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.json["response"]["body"] == "done"
+    assert response.headers["Preference-Applied"] == "wait=10"
+    assert 0.3 < elapsed < 3
+
+
+def test_prefer_wait_is_capped(make_app: AppFactory) -> None:
+    """The wait is capped by ASYNC_REQUEST_MAX_WAIT; a pending job then answers 202."""
+    import time
+
+    app = make_app(ASYNC_REQUEST_MAX_WAIT=1)
+    with app.app_context():
+        token = add_job().token
+    started = time.monotonic()
+    response = _prefer(app.test_client(), token, "respond-async, wait=100")
+    assert response.status_code == 202
+    assert response.headers["Preference-Applied"] == "wait=1"
+    assert 0.9 < time.monotonic() - started < 3
+
+
+def test_without_prefer_a_poll_does_not_wait(app: Flask, client: Any) -> None:
+    """Plain polls answer at once and apply no preference."""
+    response = poll(client, add_job().token)
+    assert response.status_code == 202
+    assert "Preference-Applied" not in response.headers
+
+
+def test_prefer_wait_on_a_finished_job_answers_at_once(app: Flask, client: Any) -> None:
+    """A finished job needs no wait."""
+    token = Job.create_and_enqueue(workers.Echo).token
+    response = _prefer(client, token, "wait=30")
+    assert response.status_code == 200
+    assert "Preference-Applied" not in response.headers

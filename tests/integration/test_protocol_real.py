@@ -92,3 +92,50 @@ def test_delete_of_a_queued_job_means_it_never_runs(stack: Stack, tmp_path: Path
     runs = {name.split("-")[0] for name in effects(tmp_path)}
     assert len(runs) == 1, f"only the blocker ran, got {runs}"
     assert poll(client, queued).json["status"] == "cancelled"
+
+
+def test_long_poll_returns_when_the_worker_finishes(stack: Stack) -> None:
+    """Prefer: wait=N on PostgreSQL: the answer comes on the worker's notification."""
+    app, _ = stack()
+    token = _start(app, steps=4, pause=0.2)
+    client = app.test_client()
+    started = time.monotonic()
+    response = client.get(
+        "/async_request/job",
+        headers={"X-JOB-AUTHORIZATION": f"Bearer {token}", "Prefer": "wait=20"},
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "processed"
+    assert response.headers["Preference-Applied"] == "wait=20"
+    assert 0.5 < elapsed < 5
+
+
+def test_long_poll_listens_instead_of_polling(stack: Stack) -> None:
+    """While a long poll waits on PostgreSQL it sends no queries (LISTEN/NOTIFY)."""
+    from flask_async_request.state import get_state
+    from flask_async_request.store import JobStore
+
+    app, _ = stack()
+    token = _start(app, steps=6, pause=0.25)
+    client = app.test_client()
+    fetches: list[int] = []
+    original = JobStore.fetch_reply
+
+    def counting(self: JobStore, job_id: int) -> Any:
+        fetches.append(job_id)
+        return original(self, job_id)
+
+    JobStore.fetch_reply = counting  # type: ignore[method-assign]
+    try:
+        response = client.get(
+            "/async_request/job",
+            headers={"X-JOB-AUTHORIZATION": f"Bearer {token}", "Prefer": "wait=20"},
+        )
+    finally:
+        JobStore.fetch_reply = original  # type: ignore[method-assign]
+    assert response.status_code == 200
+    with app.app_context():
+        assert get_state().store()._listen
+    # The first read, the re-check after LISTEN and the final read: no polling.
+    assert len(fetches) <= 3, fetches
