@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
+from importlib import resources
 from typing import Any
 
 import sqlalchemy.exc
@@ -141,6 +144,28 @@ def cancel() -> Any:
         return refusal.response
     assert reply is not None  # Cancelled rows are kept.
     return _answer(reply)
+
+
+@functools.cache
+def _openapi_template() -> str:
+    return (resources.files(__package__) / "openapi.json").read_text(encoding="utf-8")
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the status endpoint, with this app's prefix and header."""
+    settings = get_state().settings
+    document: dict[str, Any] = json.loads(_openapi_template())
+    paths = document["paths"]
+    operations = paths.pop("/async_request/job")
+    operations["parameters"][0]["name"] = settings.header_key
+    paths[f"{settings.url_prefix}/job"] = operations
+    return document
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Any:
+    """Serve the OpenAPI document of the status endpoint."""
+    return openapi_document()
 
 
 def accepted(job: Job, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
