@@ -1,13 +1,17 @@
-"""A small app with one slow endpoint: a prime-number report computed by a Celery worker.
+"""An example app: a prime-number report computed by a worker, with a browser page.
 
-Run it on the embedded default (SQLite, a worker thread in the web process)::
+The page starts a report, shows its progress as the worker reports it, lets you
+cancel it, and shows the result. Run it on the embedded default (SQLite, and a
+worker thread in the web process)::
 
     flask --app example.app run
 
-or against real services, with ``celery -A example.app:celery_app worker`` running beside it::
+or against real services, with worker processes beside it::
 
-    DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1/test \\
-    CELERY_BROKER_URL=redis://127.0.0.1:6379/0 flask --app example.app run
+    export DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1/test
+    export CELERY_BROKER_URL=redis://127.0.0.1:6379/0
+    flask --app example.app async-request worker --concurrency 2 &
+    flask --app example.app run
 """
 
 from __future__ import annotations
@@ -18,33 +22,55 @@ import os
 import time
 from typing import Any
 
-from flask import Flask, request, url_for
+from flask import Flask, render_template, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_async_request import AsyncRequest, Job, Worker
+from flask_async_request import AsyncRequest, Job, Worker, accepted
 
 db = SQLAlchemy()
 async_request = AsyncRequest()
 
-MAX_LIMIT = 50_000_000
+MAX_LIMIT = 500_000_000
+SEGMENT = 1_000_000
 
 
 class PrimeReport(Worker):
-    """Sieves the primes below ``limit`` and reports on them."""
+    """Counts the primes and twin primes below ``limit`` with a segmented sieve."""
 
     def execute(self, limit: int) -> tuple[str, str]:
         started = time.perf_counter()
-        sieve = bytearray([1]) * limit
-        sieve[0:2] = b"\x00\x00"
-        for n in range(2, math.isqrt(limit - 1) + 1):
-            if sieve[n]:
-                sieve[n * n :: n] = bytes(len(range(n * n, limit, n)))
-        count = sieve.count(1)
-        largest = sieve.rindex(1) if count else None
-        twins = sum(1 for p in range(3, limit - 2) if sieve[p] and sieve[p + 2])
+        root = math.isqrt(limit - 1) + 1
+        base = bytearray([1]) * root
+        base[0:2] = b"\x00\x00"
+        for n in range(2, math.isqrt(root - 1) + 1):
+            if base[n]:
+                base[n * n :: n] = bytes(len(range(n * n, root, n)))
+        small = [n for n in range(2, root) if base[n]]
+
+        primes = twins = 0
+        largest = previous = None
+        for low in range(0, limit, SEGMENT):
+            high = min(low + SEGMENT, limit)
+            segment = bytearray([1]) * (high - low)
+            for p in small:
+                start = max(p * p, (low + p - 1) // p * p)
+                if start < high:
+                    segment[start - low :: p] = bytes(len(range(start, high, p)))
+            for n in range(max(low, 0), min(high, 2)):
+                segment[n - low] = 0
+            index = segment.find(1)
+            while index != -1:
+                n = low + index
+                if previous is not None and n - previous == 2:
+                    twins += 1
+                previous = largest = n
+                primes += 1
+                index = segment.find(1, index + 1)
+            self.progress(high, limit, f"sieved {high:,} of {limit:,}")
+
         report = {
             "limit": limit,
-            "primes": count,
+            "primes": primes,
             "largest": largest,
             "twin_prime_pairs": twins,
             "seconds": round(time.perf_counter() - started, 3),
@@ -65,15 +91,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     async_request.init_app(app)
 
+    @app.get("/")
+    def index() -> str:
+        return render_template("index.html", default_limit=200_000_000, max_limit=MAX_LIMIT)
+
     @app.post("/primes")
     def primes() -> Any:
         """Start a prime report; answers 202 with the token and the status url."""
         payload = request.get_json(silent=True) or {}
         limit = payload.get("limit", 10_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 2 <= limit <= MAX_LIMIT:
-            return {"errors": [{"message": f"limit must be an int from 2 to {MAX_LIMIT}"}]}, 400
-        job = Job.create_and_enqueue(PrimeReport, limit)
-        return {"token": job.token, "url": url_for("async_request.job", _external=True)}, 202
+            return {"errors": [{"message": f"limit must be an int from 2 to {MAX_LIMIT:,}"}]}, 400
+        return accepted(Job.create_and_enqueue(PrimeReport, limit))
 
     with app.app_context():
         db.create_all()

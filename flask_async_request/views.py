@@ -21,7 +21,8 @@ from .tokens import TokenClaims, token_from_header
 
 logger = logging.getLogger("flask_async_request")
 
-blueprint = Blueprint("async_request", __name__)
+#: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
+blueprint = Blueprint("async_request", __name__, static_folder="static")
 
 #: Seconds a client is asked to wait before polling again after a database outage.
 UNAVAILABLE_RETRY_AFTER = 5
