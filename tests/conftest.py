@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import settings
+from werkzeug.serving import make_server
 
 from flask_async_request import AsyncRequest, Job, JobStatus
 from flask_async_request.state import get_state
@@ -72,6 +74,22 @@ def app(make_app: AppFactory) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> Any:
     return app.test_client()
+
+
+@pytest.fixture
+def served_example(tmp_path: Path) -> Iterator[str]:
+    """The example app on the embedded default, served on 127.0.0.1; yields its base url."""
+    from example.app import create_app
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/example.db"})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        app.extensions["async_request"].embedded.stop()
 
 
 def add_job(

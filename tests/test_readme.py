@@ -1,0 +1,47 @@
+"""The README's quickstart runs as written."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.rst"
+
+
+def quickstart_code() -> str:
+    text = README.read_text()
+    start = text.index(".. code-block:: python\n\n    import json\n    from flask import Flask\n")
+    block = text[start:].split("\n\n", 1)[1].split("\n\nSave it as")[0]
+    return "\n".join(line[4:] for line in block.splitlines()) + "\n"
+
+
+def test_quickstart_is_short() -> None:
+    """The quickstart reaches a working endpoint in under 20 lines of code."""
+    lines = [line for line in quickstart_code().splitlines() if line.strip()]
+    assert len(lines) < 20
+
+
+def test_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved as quickstart.py, it answers 202 and then the sum."""
+    (tmp_path / "quickstart.py").write_text(quickstart_code())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("quickstart")
+    try:
+        client = module.app.test_client()
+        created = client.post("/sums/1000")
+        assert created.status_code == 202
+        headers = {"X-JOB-AUTHORIZATION": f"Bearer {created.json['token']}"}
+        deadline = time.monotonic() + 30
+        while (response := client.get("/async_request/job", headers=headers)).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert json.loads(response.json["response"]["body"]) == {"sum": 332833500}
+    finally:
+        module.app.extensions["async_request"].embedded.stop()
+        sys.modules.pop("quickstart", None)
