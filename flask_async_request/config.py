@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNC_REQUEST_SWEEP_INTERVAL": timedelta(seconds=30),
     "ASYNC_REQUEST_RETRY_AFTER": 1,
     "ASYNC_REQUEST_MAX_WAIT": 30,
+    "ASYNC_REQUEST_CALLBACK_KEY": None,
 }
 
 #: Algorithms whose keys are one shared secret.
@@ -65,6 +66,7 @@ class Settings:
     sweep_interval: timedelta | None
     retry_after: int
     max_wait: int
+    callback_key: str | bytes | None
 
 
 def parse_duration(text: str) -> timedelta:
@@ -223,6 +225,14 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
     if isinstance(max_wait, bool) or not isinstance(max_wait, int) or max_wait < 0:
         raise _fail("ASYNC_REQUEST_MAX_WAIT", max_wait, "a whole number of seconds (>= 0)")
 
+    callback_key = config["ASYNC_REQUEST_CALLBACK_KEY"]
+    if callback_key is None:
+        callback_key = config.get("SECRET_KEY") or None
+    if callback_key is not None and (
+        not isinstance(callback_key, (str, bytes)) or not callback_key
+    ):
+        raise _fail("ASYNC_REQUEST_CALLBACK_KEY", "<key>", "a non-empty str or bytes secret")
+
     clean_jobs = config["ASYNC_REQUEST_CLEAN_JOBS"]
     if not isinstance(clean_jobs, bool):
         raise _fail("ASYNC_REQUEST_CLEAN_JOBS", clean_jobs, "True or False")
@@ -248,4 +258,5 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
         ),
         retry_after=retry_after,
         max_wait=max_wait,
+        callback_key=callback_key,
     )

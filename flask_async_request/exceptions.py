@@ -45,3 +45,11 @@ class JobCancelled(AsyncRequestError):
 
 class JobFinished(AsyncRequestError):
     """The job has finished already, so it cannot be cancelled."""
+
+
+class IdempotencyConflict(AsyncRequestError, ValueError):
+    """An idempotency key was used before for a request with other arguments."""
+
+    def __init__(self, message: str, job_id: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id

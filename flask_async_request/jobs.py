@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
 from .exceptions import (
     EnqueueError,
+    IdempotencyConflict,
     InvalidReply,
     JobCancelled,
     JobFinished,
@@ -25,7 +29,7 @@ from .running import RunContext
 from .signals import job_cancelled, job_enqueued, job_failed, job_finished, job_started
 from .state import current_flask_app, get_state
 from .store import Claim, JobReply
-from .tasks import PROCESS_TASK
+from .tasks import CALLBACK_TASK, PROCESS_TASK
 from .tokens import encode_token
 from .worker import normalize_reply, resolve_worker, worker_path
 
@@ -80,6 +84,8 @@ def create_and_enqueue(
     kwargs: Mapping[str, Any],
     *,
     commit: bool = True,
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
 ) -> Job:
     """Validate and store a ``waiting`` job; publish it once its row is committed.
 
@@ -95,23 +101,79 @@ def create_and_enqueue(
     check_json(params["kwargs"], "kwargs")
     # Store exactly what the worker will get back.
     params = json.loads(json.dumps(params))
+    if callback_url is not None:
+        check_callback_url(callback_url)
     owner = state.identity()
-    job = Job(worker=path, params=params, status=JobStatus.WAITING, owner=owner)
     session: Session = state.db.session()
+    scope = None
+    if idempotency_key is not None:
+        scope = _idempotency_scope(idempotency_key, owner)
+        existing = session.execute(sa.select(Job).where(Job.idempotency_scope == scope)).scalar()
+        if existing is not None:
+            return _same_request(existing, path, params, idempotency_key)
+    job = Job(
+        worker=path,
+        params=params,
+        status=JobStatus.WAITING,
+        owner=owner,
+        idempotency_scope=scope,
+        callback_url=callback_url,
+    )
     session.add(job)
-    session.flush()
-    job_id = job.id
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:
+        if scope is None:
+            raise
+        # Another request with the same key won the race.
+        session.rollback()
+        existing = session.execute(sa.select(Job).where(Job.idempotency_scope == scope)).scalar()
+        if existing is None:
+            raise
+        return _same_request(existing, path, params, idempotency_key or "")
+    job_id, uid = job.id, job.uid
     # Signed now, while id and uid are loaded: the commit below expires them.
     job._token = encode_token(job, state.settings)
     if not commit or _explicit_transaction(session):
-        session.info.setdefault(_PENDING_KEY, []).append(job_id)
+        session.info.setdefault(_PENDING_KEY, []).append((job_id, uid))
         return job
     session.commit()
     # The id was read before the commit expired the row, so the job is loaded
     # afresh on next access: it may already have run (eager mode, fast workers).
-    publish(job_id)
+    publish(job_id, uid)
     job_enqueued.send(current_flask_app(), job_id=job_id)
     return job
+
+
+def _idempotency_scope(key: str, owner: str | None) -> str:
+    if not isinstance(key, str) or not key or len(key) > 255:
+        raise ValueError(
+            f"idempotency_key is {key!r}; expected a non-empty str of 255 chars at most."
+        )
+    return hashlib.sha256(f"{owner or ''}\x00{key}".encode()).hexdigest()
+
+
+def _same_request(job: Job, path: str, params: dict[str, Any], key: str) -> Job:
+    """The job a key first created, if this request is the same; else a conflict."""
+    if job.worker != path or job.params != params:
+        raise IdempotencyConflict(
+            f"Idempotency key {key!r} was used for job {job.id} with other arguments;"
+            " use a new key for a new request.",
+            job.id,
+        )
+    return job
+
+
+def check_callback_url(url: str) -> None:
+    """:raises ValueError: unless ``url`` is an absolute http(s) url of 2,048 chars at most."""
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or len(url) > 2048
+    ):
+        raise ValueError(f"callback_url is {url!r}; expected an absolute http or https url.")
 
 
 #: Where a session keeps the ids of jobs to publish when it commits.
@@ -121,9 +183,9 @@ _PENDING_KEY = "flask_async_request.publish_on_commit"
 @event.listens_for(Session, "after_commit")
 def _publish_on_commit(session: Session) -> None:
     pending = session.info.pop(_PENDING_KEY, None)
-    for job_id in pending or ():
+    for job_id, uid in pending or ():
         try:
-            publish(job_id)
+            publish(job_id, uid)
             job_enqueued.send(current_flask_app(), job_id=job_id)
         except EnqueueError:
             # The commit has happened and cannot fail now; the row stays waiting
@@ -139,12 +201,16 @@ def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> No
         session.info.pop(_PENDING_KEY, None)
 
 
-def task_id(job_id: int) -> str:
-    """The Celery task id of every message for job ``job_id``, so one revoke stops them all."""
-    return f"async-request-{job_id}"
+def task_id(job_id: int, uid: str) -> str:
+    """The Celery task id of every message for a job, so one revoke stops them all.
+
+    The uid makes it unique across databases and table resets: workers remember
+    revoked ids, and Celery apps sharing a broker share their revokes.
+    """
+    return f"async-request-{job_id}-{uid}"
 
 
-def publish(job_id: int, countdown: float | None = None) -> None:
+def publish(job_id: int, uid: str, countdown: float | None = None) -> None:
     """Send the message that makes a worker run job ``job_id``.
 
     :raises EnqueueError: the broker could not be reached; the row is left as it is.
@@ -155,7 +221,7 @@ def publish(job_id: int, countdown: float | None = None) -> None:
     task = state.celery.tasks[PROCESS_TASK]
     try:
         task.apply_async(
-            (job_id,), queue=state.settings.queue, countdown=countdown, task_id=task_id(job_id)
+            (job_id,), queue=state.settings.queue, countdown=countdown, task_id=task_id(job_id, uid)
         )
     except Exception as e:
         if state.celery.conf.task_always_eager:
@@ -205,7 +271,7 @@ def run_job(job_id: int) -> JobStatus | None:
     finally:
         keeper.release(store, job_id)
     if outcome is _RETRY:
-        return _schedule_retry(job_id, claim.attempt)
+        return _schedule_retry(job_id, claim.uid, claim.attempt)
     if outcome is _ABANDONED or not store.finish(job_id, claim.attempt, *outcome):
         logger.info(
             "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt
@@ -215,7 +281,20 @@ def run_job(job_id: int) -> JobStatus | None:
         job_finished.send(app, job_id=job_id, status_code=outcome.status_code)
     else:
         job_failed.send(app, job_id=job_id, error=json.loads(outcome.body)["error"])
+    if claim.callback_url:
+        send_callback(job_id)
     return outcome.status
+
+
+def send_callback(job_id: int) -> None:
+    """Have the job's end POSTed to its callback url, by a task of its own."""
+    state = get_state()
+    try:
+        state.celery.tasks[CALLBACK_TASK].apply_async(
+            (job_id,), queue=state.settings.queue, task_id=f"async-request-callback-{job_id}"
+        )
+    except Exception:
+        logger.exception("Job %s: its callback could not be queued.", job_id)
 
 
 #: Outcomes of :func:`_execute` that store no reply.
@@ -257,14 +336,14 @@ def _execute(job_id: int, claim: Claim, run: RunContext) -> _Outcome:
         return _failure(str(e) or type(e).__name__)
 
 
-def _schedule_retry(job_id: int, attempt: int) -> JobStatus | None:
+def _schedule_retry(job_id: int, uid: str, attempt: int) -> JobStatus | None:
     delay = retry_delay(attempt)
     due_at = utcnow() + timedelta(seconds=delay)
     if not get_state().store().reschedule(job_id, attempt, due_at):
         return None
     logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, attempt, delay)
     try:
-        publish(job_id, countdown=delay)
+        publish(job_id, uid, countdown=delay)
     except EnqueueError:
         logger.exception("Job %s: the retry could not be published; the sweeper will.", job_id)
     return JobStatus.WAITING
@@ -281,19 +360,26 @@ def cancel_job(job_id: int) -> None:
     :raises JobFinished: the job has finished already.
     """
     state = get_state()
-    if not state.store().cancel(job_id):
-        reply = state.store().fetch_reply(job_id)
-        if reply is None:
-            raise LookupError(f"There is no job {job_id}.")
+    cancelled = state.store().cancel(job_id)
+    reply = state.store().fetch_reply(job_id)
+    if reply is None:
+        raise LookupError(f"There is no job {job_id}.")
+    if not cancelled:
         raise JobFinished(f"Job {job_id} is {reply.status.value} already.")
     if not state.celery.conf.task_always_eager:
         try:
-            state.celery.control.revoke(task_id(job_id))
+            state.celery.control.revoke(task_id(job_id, reply.uid))
         except Exception:
             # The row is cancelled, which is what stops the job; the revoke only
             # spares a worker the claim attempt.
             logger.warning("Job %s: could not revoke its Celery task.", job_id, exc_info=True)
     job_cancelled.send(current_flask_app(), job_id=job_id)
+    callback_url = state.db.session.execute(
+        sa.select(Job.callback_url).where(Job.id == job_id)
+    ).scalar()
+    state.db.session.commit()
+    if callback_url:
+        send_callback(job_id)
 
 
 def fetch_reply(job_id: int) -> JobReply | None:

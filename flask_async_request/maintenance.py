@@ -171,7 +171,9 @@ def retry_job(job_id: int) -> None:
         raise AsyncRequestError(
             f"Job {job_id} is {job.status.value}; only failed jobs can be retried."
         )
-    publish(job_id)
+    uid = session.execute(sa.select(Job.uid).where(Job.id == job_id)).scalar_one()
+    session.commit()
+    publish(job_id, uid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,13 +208,13 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
     requeued = failed = republished = 0
 
     lost = session.execute(
-        sa.select(Job.id, Job.attempts, Job.lease_expires_at)
+        sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at)
         .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < now)
         .order_by(Job.id)
         .limit(batch_size)
     ).all()
     session.commit()
-    for job_id, attempt, expired_at in lost:
+    for job_id, uid, attempt, expired_at in lost:
         assert expired_at is not None  # The query selected expired leases only.
         still_lost = (
             Job.id == job_id,
@@ -249,24 +251,20 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
         logger.warning("Job %s: its worker was lost; running it again.", job_id)
         requeued += 1
         try:
-            publish(job_id)
+            publish(job_id, uid)
         except EnqueueError:
             logger.exception("Job %s could not be published; the next sweep retries.", job_id)
 
-    stale = (
-        session.execute(
-            sa.select(Job.id)
-            .where(Job.status == JobStatus.WAITING, Job.due_at < now - settings.waiting_timeout)
-            .order_by(Job.id)
-            .limit(batch_size)
-        )
-        .scalars()
-        .all()
-    )
+    stale = session.execute(
+        sa.select(Job.id, Job.uid)
+        .where(Job.status == JobStatus.WAITING, Job.due_at < now - settings.waiting_timeout)
+        .order_by(Job.id)
+        .limit(batch_size)
+    ).all()
     session.commit()
-    for job_id in stale:
+    for job_id, uid in stale:
         try:
-            publish(job_id)
+            publish(job_id, uid)
         except EnqueueError:
             logger.exception("Job %s could not be published; the next sweep retries.", job_id)
             break  # The broker is down: the rest would fail the same way.

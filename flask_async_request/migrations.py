@@ -41,6 +41,7 @@ _DESCRIPTIONS = {
     "ASYNC_REQUEST_SWEEP_INTERVAL": "How often beat sweeps lost and stuck jobs; None turns it off.",
     "ASYNC_REQUEST_RETRY_AFTER": "Seconds a 202 asks the client to wait before polling again.",
     "ASYNC_REQUEST_MAX_WAIT": "Longest wait a poll may ask for with `Prefer: wait=N`; 0: none.",
+    "ASYNC_REQUEST_CALLBACK_KEY": "Key that signs completion callbacks; None means SECRET_KEY.",
 }
 
 

@@ -91,6 +91,10 @@ class Job(_Base):
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0)
     #: The identity that created the job (see ``AsyncRequest.identity_loader``).
     owner: Mapped[str | None] = mapped_column(sa.String(255))
+    #: Hash of the owner and the Idempotency-Key the job was created with.
+    idempotency_scope: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    #: Where a signed POST announces the job's end.
+    callback_url: Mapped[str | None] = mapped_column(sa.String(2048))
     #: When the job should run: its creation, or the end of a retry's backoff.
     due_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, default=utcnow
@@ -133,14 +137,21 @@ class Job(_Base):
 
     @classmethod
     def create_and_enqueue(
-        cls, worker_class: type[Worker], *args: Any, commit: bool = True, **kwargs: Any
+        cls,
+        worker_class: type[Worker],
+        *args: Any,
+        commit: bool = True,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        **kwargs: Any,
     ) -> Job:
         """Store a ``waiting`` job for ``worker_class`` and publish it to the workers.
 
         The row is committed before the message is published, so a worker never
-        sees a message for a job it cannot read. ``commit`` is the only keyword
-        taken for the library; all others go to ``execute`` (use
-        :meth:`enqueue_call` for an ``execute`` that takes ``commit`` itself).
+        sees a message for a job it cannot read. ``commit``, ``idempotency_key``
+        and ``callback_url`` are taken for the library; all other keywords go to
+        ``execute`` (use :meth:`enqueue_call` for an ``execute`` that takes one
+        of those names itself).
 
         :param worker_class: a :class:`~flask_async_request.Worker` subclass that a
             worker process can import by its dotted path.
@@ -149,6 +160,13 @@ class Job(_Base):
             only flushes the row: the message is published when the caller
             commits, and never if the transaction rolls back. Inside a
             ``db.session.begin()`` block the job always waits for that commit.
+        :param idempotency_key: a client's ``Idempotency-Key``: the same key
+            (for the same identity) returns the job it first created, as long as
+            that job is kept; with other arguments it raises
+            :class:`~flask_async_request.IdempotencyConflict` (the status
+            endpoint's app answers 422 for it).
+        :param callback_url: an http(s) url that receives a signed POST when the
+            job ends (see :mod:`flask_async_request.webhooks`).
         :param kwargs: keyword arguments for ``execute``; JSON-serialisable.
         :raises TypeError: ``worker_class`` is not a ``Worker`` subclass, or an
             argument cannot be stored as JSON.
@@ -158,7 +176,14 @@ class Job(_Base):
         """
         from .jobs import create_and_enqueue
 
-        return create_and_enqueue(worker_class, args, kwargs, commit=commit)
+        return create_and_enqueue(
+            worker_class,
+            args,
+            kwargs,
+            commit=commit,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )
 
     @classmethod
     def enqueue_call(
@@ -168,8 +193,17 @@ class Job(_Base):
         kwargs: Mapping[str, Any] | None = None,
         *,
         commit: bool = True,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Like :meth:`create_and_enqueue`, with the arguments of ``execute`` given whole."""
         from .jobs import create_and_enqueue
 
-        return create_and_enqueue(worker_class, args, kwargs or {}, commit=commit)
+        return create_and_enqueue(
+            worker_class,
+            args,
+            kwargs or {},
+            commit=commit,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )

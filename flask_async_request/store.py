@@ -45,7 +45,9 @@ _CLAIM = (
         attempts=Job.attempts + 1,
     )
 )
-_CLAIMED = sa.select(Job.worker, Job.params, Job.attempts).where(Job.id == sa.bindparam("job_id"))
+_CLAIMED = sa.select(Job.uid, Job.worker, Job.params, Job.attempts, Job.callback_url).where(
+    Job.id == sa.bindparam("job_id")
+)
 
 _HELD = (
     Job.id == sa.bindparam("job_id"),
@@ -132,9 +134,11 @@ class JobReply(NamedTuple):
 class Claim(NamedTuple):
     """What a worker needs of the job it just claimed."""
 
+    uid: str
     worker: str
     params: dict[str, Any]
     attempt: int
+    callback_url: str | None
 
 
 class JobStore:
@@ -143,7 +147,9 @@ class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.pid = os.getpid()
-        self._claim = _CLAIM.returning(Job.worker, Job.params, Job.attempts)
+        self._claim = _CLAIM.returning(
+            Job.uid, Job.worker, Job.params, Job.attempts, Job.callback_url
+        )
         self._returning = bool(engine.dialect.update_returning)
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,9 @@ PROCESS_TASK = "flask_async_request.process_job"
 PURGE_TASK = "flask_async_request.purge_jobs"
 PURGE_SCHEDULE = "flask_async_request.purge_jobs"
 SWEEP_TASK = "flask_async_request.sweep_jobs"
+CALLBACK_TASK = "flask_async_request.deliver_callback"
+#: Deliveries of a callback before it is given up, with backoff 2, 4 ... 600 s.
+CALLBACK_RETRIES = 8
 SWEEP_SCHEDULE = "flask_async_request.sweep_jobs"
 
 #: Apps whose engines a forked worker child must not share with its parent.
@@ -67,6 +71,9 @@ def init_celery(app: Flask, settings: Settings) -> tuple[Celery, EmbeddedWorker 
         if not celery_app.conf.broker_url and not celery_app.conf.task_always_eager:
             celery_app.conf.broker_url = "memory://localhost/"
             celery_app.conf.broker_transport_options = {"polling_interval": 0.05}
+            # The in-memory transport's queues are shared by the whole process: a
+            # queue of its own keeps each embedded app's jobs with its own worker.
+            celery_app.conf.task_default_queue = f"async-request-embedded-{uuid.uuid4().hex[:8]}"
             embedded = EmbeddedWorker(celery_app)
             logger.warning(
                 "flask-async-request runs jobs in an embedded worker inside this process because"
@@ -114,6 +121,23 @@ def _register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
 
         with app.app_context():
             return dataclasses.asdict(sweep())
+
+    @celery_app.task(  # type: ignore[untyped-decorator]
+        name=CALLBACK_TASK, base=Task, shared=False, ignore_result=True, bind=True
+    )
+    def deliver_callback(task: Task, job_id: int) -> bool:
+        from .webhooks import DeliveryError, deliver
+
+        with app.app_context():
+            try:
+                return deliver(job_id)
+            except DeliveryError as e:
+                if task.request.retries >= CALLBACK_RETRIES:
+                    logger.error("Job %s: giving up its callback: %s", job_id, e)
+                    return False
+                logger.warning("Job %s: callback failed, will retry: %s", job_id, e)
+                countdown = min(2 ** (task.request.retries + 1), 600)
+                raise task.retry(exc=e, countdown=countdown, max_retries=CALLBACK_RETRIES) from e
 
     schedule = dict(celery_app.conf.beat_schedule or {})
     # Workers started for this app consume ASYNC_REQUEST_QUEUE, maybe only it.

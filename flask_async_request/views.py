@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy.exc
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from .exceptions import InvalidToken, JobFinished
+from .exceptions import IdempotencyConflict, InvalidToken, JobFinished
 from .jobs import cancel_job, fetch_reply
 from .models import Job
 from .state import get_state
@@ -145,6 +145,12 @@ def cancel() -> Any:
         return refusal.response
     assert reply is not None  # Cancelled rows are kept.
     return _answer(reply)
+
+
+@blueprint.app_errorhandler(IdempotencyConflict)
+def idempotency_conflict(error: IdempotencyConflict) -> Any:
+    """A reused Idempotency-Key with other arguments: 422, in any view of the app."""
+    return _error(str(error), 422)
 
 
 @functools.cache

@@ -154,8 +154,9 @@ def test_cancel_revokes_the_task(make_app: AppFactory, monkeypatch: pytest.Monke
     monkeypatch.setattr(app.extensions["celery"].control, "revoke", revoked.append)
     with app.app_context():
         job = add_job()
+        expected = f"async-request-{job.id}-{job.uid}"
         assert delete(app.test_client(), job.token).status_code == 200
-    assert revoked == [f"async-request-{job.id}"]
+    assert revoked == [expected]
 
 
 def _reload(job: Job) -> Job:

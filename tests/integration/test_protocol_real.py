@@ -139,3 +139,30 @@ def test_long_poll_listens_instead_of_polling(stack: Stack) -> None:
         assert get_state().store()._listen
     # The first read, the re-check after LISTEN and the final read: no polling.
     assert len(fetches) <= 3, fetches
+
+
+def test_callback_from_a_real_worker(stack: Stack) -> None:
+    """A real worker's job end reaches a loopback receiver, signed."""
+    from flask_async_request.webhooks import verify_callback
+    from tests.test_idempotency_webhooks import Receiver
+
+    app, _ = stack()
+    receiver = Receiver()
+    try:
+        with app.app_context():
+            job_id = Job.create_and_enqueue(workers.Echo, "hook", callback_url=receiver.url).id
+        receiver.wait(timeout=30)
+        body, headers = receiver.calls[0]
+        assert verify_callback(body, headers, key=app.config["SECRET_KEY"])
+        assert f'"job_id":{job_id}' in body.decode()
+    finally:
+        receiver.server.shutdown()
+
+
+def test_idempotent_creation_with_a_real_worker(stack: Stack) -> None:
+    """Two creations with one key make one job, run once."""
+    app, _ = stack()
+    with app.app_context():
+        first = Job.create_and_enqueue(workers.Sleep, 0.2, tag="once", idempotency_key="k1").id
+        again = Job.create_and_enqueue(workers.Sleep, 0.2, tag="once", idempotency_key="k1").id
+    assert first == again

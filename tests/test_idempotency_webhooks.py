@@ -1,0 +1,179 @@
+"""Idempotent creation and signed completion callbacks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask, request
+from werkzeug.serving import make_server
+
+from flask_async_request import IdempotencyConflict, Job, accepted
+from flask_async_request.state import get_state
+from flask_async_request.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_callback
+from tests import workers
+from tests.conftest import SECRET, AppFactory, add_job
+
+
+def _count() -> int:
+    return get_state().db.session.query(Job).count()
+
+
+# Idempotency ---------------------------------------------------------------------------
+
+
+def test_same_key_returns_the_same_job(app: Flask) -> None:
+    """A repeated key with the same arguments returns the job it first created."""
+    first = Job.create_and_enqueue(workers.Echo, 1, idempotency_key="order-7")
+    again = Job.create_and_enqueue(workers.Echo, 1, idempotency_key="order-7")
+    assert again.id == first.id
+    assert _count() == 1
+
+
+def test_same_key_other_arguments_is_a_conflict(app: Flask) -> None:
+    """A repeated key with other arguments raises IdempotencyConflict and stores nothing."""
+    first = Job.create_and_enqueue(workers.Echo, 1, idempotency_key="order-7")
+    with pytest.raises(IdempotencyConflict, match="'order-7' was used for job") as info:
+        Job.create_and_enqueue(workers.Echo, 2, idempotency_key="order-7")
+    assert info.value.job_id == first.id
+    assert _count() == 1
+
+
+def test_keys_are_per_identity(make_app: AppFactory) -> None:
+    """The same key from two identities makes two jobs."""
+    app = make_app()
+    who = {"name": "alice"}
+    app.extensions["async_request"].extension.identity_loader(lambda: who["name"])
+    with app.app_context():
+        alice = Job.create_and_enqueue(workers.Echo, idempotency_key="k").id
+        who["name"] = "bob"
+        bob = Job.create_and_enqueue(workers.Echo, idempotency_key="k").id
+        assert alice != bob
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256])
+def test_bad_key_is_a_value_error(app: Flask, key: str) -> None:
+    """An empty or overlong key is refused before anything is stored."""
+    with pytest.raises(ValueError, match="idempotency_key"):
+        Job.create_and_enqueue(workers.Echo, idempotency_key=key)
+    assert _count() == 0
+
+
+def test_idempotency_key_header_in_a_view(app: Flask) -> None:
+    """A view passing the Idempotency-Key header: same token twice, 422 on misuse."""
+
+    @app.post("/echo/<int:n>")
+    def echo(n: int) -> Any:
+        key = request.headers.get("Idempotency-Key")
+        return accepted(Job.create_and_enqueue(workers.Echo, n, idempotency_key=key))
+
+    client = app.test_client()
+    first = client.post("/echo/1", headers={"Idempotency-Key": "abc"})
+    again = client.post("/echo/1", headers={"Idempotency-Key": "abc"})
+    assert first.status_code == again.status_code == 202
+    claims = [json.loads(_payload(r.json["token"]))["job_id"] for r in (first, again)]
+    assert claims[0] == claims[1]
+    conflict = client.post("/echo/2", headers={"Idempotency-Key": "abc"})
+    assert conflict.status_code == 422
+    assert "was used for job" in conflict.json["errors"][0]["message"]
+
+
+def _payload(token: str) -> str:
+    import base64
+
+    part = token.split(".")[1]
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+
+
+# Callbacks -----------------------------------------------------------------------------
+
+
+class Receiver:
+    """An HTTP server on loopback that records the callbacks it gets."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.calls: list[tuple[bytes, dict[str, str]]] = []
+        receiver = Flask("receiver")
+
+        @receiver.post("/hook")
+        def hook() -> Any:
+            self.calls.append((request.get_data(), dict(request.headers)))
+            return "", self.status
+
+        self.server = make_server("127.0.0.1", 0, receiver, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int = 1, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.calls) < count:
+            assert time.monotonic() < deadline, "no callback arrived"
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.server.shutdown()
+
+
+def test_processed_job_calls_back_signed(app: Flask, receiver: Receiver) -> None:
+    """The job's end is POSTed, signed, with its reply."""
+    job = Job.create_and_enqueue(workers.Echo, 5, callback_url=receiver.url)
+    receiver.wait()
+    body, headers = receiver.calls[0]
+    assert json.loads(body) == {
+        "job_id": job.id,
+        "status": "processed",
+        "response": {"status_code": 200, "body": job.response},
+    }
+    assert verify_callback(body, headers, key=SECRET)
+
+
+def test_signature_checks(app: Flask, receiver: Receiver) -> None:
+    """A changed body, another key or an old timestamp does not verify."""
+    Job.create_and_enqueue(workers.Echo, callback_url=receiver.url)
+    receiver.wait()
+    body, headers = receiver.calls[0]
+    assert not verify_callback(body + b" ", headers, key=SECRET)
+    assert not verify_callback(body, headers, key="another key")
+    later = int(headers[TIMESTAMP_HEADER]) + 3600
+    assert not verify_callback(body, headers, key=SECRET, now=later)
+    assert not verify_callback(body, {SIGNATURE_HEADER: headers[SIGNATURE_HEADER]}, key=SECRET)
+
+
+def test_failed_and_cancelled_jobs_call_back(app: Flask, receiver: Receiver) -> None:
+    """Failures and cancellations are announced too."""
+    Job.create_and_enqueue(workers.Boom, "no", callback_url=receiver.url)
+    job = add_job()
+    job.callback_url = receiver.url
+    get_state().db.session.commit()
+    client = app.test_client()
+    client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": job.token})
+    receiver.wait(2)
+    statuses = [json.loads(body)["status"] for body, _ in receiver.calls]
+    assert statuses == ["failed", "cancelled"]
+
+
+def test_failing_receiver_is_retried(app: Flask) -> None:
+    """A receiver answering 500 gets the callback again."""
+    server = Receiver(status=500)
+    try:
+        Job.create_and_enqueue(workers.Echo, callback_url=server.url)
+        server.wait(2)
+    finally:
+        server.server.shutdown()
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y", "not a url", "/relative", "http://"])
+def test_bad_callback_url_stores_nothing(app: Flask, url: str) -> None:
+    """Only absolute http(s) urls are accepted."""
+    with pytest.raises(ValueError, match="callback_url"):
+        Job.create_and_enqueue(workers.Echo, callback_url=url)
+    assert _count() == 0
