@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .asyncview import asynchronous
 from .exceptions import (
     AsyncRequestError,
     ConfigurationError,
@@ -33,4 +34,5 @@ __all__ = [
     "Worker",
     "WorkerResolutionError",
     "accepted",
+    "asynchronous",
 ]

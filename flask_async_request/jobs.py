@@ -235,6 +235,7 @@ class _Outcome(NamedTuple):
     status: JobStatus
     status_code: int
     body: str
+    content_type: str | None = None
 
 
 def _failure(message: str) -> _Outcome:

@@ -87,6 +87,8 @@ class Job(_Base):
     #: What the worker said it was doing, as it last reported.
     progress_message: Mapped[str | None] = mapped_column(sa.String(255))
     response: Mapped[str | None] = mapped_column(sa.Text())
+    #: The reply's media type, when the worker (or an asynchronous view) gave one.
+    content_type: Mapped[str | None] = mapped_column(sa.String(255))
     #: Bumped by every claim; it fences off a worker whose lease was taken over.
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0)
     #: The identity that created the job (see ``AsyncRequest.identity_loader``).

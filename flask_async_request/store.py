@@ -32,6 +32,7 @@ _REPLY = sa.select(
     Job.response,
     Job.progress,
     Job.progress_message,
+    Job.content_type,
 ).where(Job.id == sa.bindparam("job_id"))
 
 _CLAIM = (
@@ -61,6 +62,7 @@ _FINISH = (
         status=sa.bindparam("status"),
         status_code=sa.bindparam("status_code"),
         response=sa.bindparam("response"),
+        content_type=sa.bindparam("content_type"),
         finished_at=sa.bindparam("now"),
         updated_at=sa.bindparam("now"),
         lease_expires_at=None,
@@ -129,6 +131,7 @@ class JobReply(NamedTuple):
     response: str | None
     progress: float | None
     message: str | None
+    content_type: str | None = None
 
 
 class Claim(NamedTuple):
@@ -203,8 +206,8 @@ class JobStore:
             connection.close()
         if row is None:
             return None
-        uid, owner, status, status_code, response, progress, message = row
-        return JobReply(uid, owner, JobStatus(status), status_code, response, progress, message)
+        uid, owner, status, *rest = row
+        return JobReply(uid, owner, JobStatus(status), *rest)
 
     def claim(self, job_id: int, lease: timedelta) -> Claim | None:
         """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.
@@ -222,7 +225,13 @@ class JobStore:
         return None if row is None else Claim(*row)
 
     def finish(
-        self, job_id: int, attempt: int, status: JobStatus, status_code: int, response: str
+        self,
+        job_id: int,
+        attempt: int,
+        status: JobStatus,
+        status_code: int,
+        response: str,
+        content_type: str | None = None,
     ) -> bool:
         """Store the reply, if ``attempt`` still holds the job; tell whether it did."""
         params = {
@@ -231,6 +240,7 @@ class JobStore:
             "status": status,
             "status_code": status_code,
             "response": response,
+            "content_type": content_type,
             "now": utcnow(),
             "progress": 1.0 if status is JobStatus.PROCESSED else None,
         }

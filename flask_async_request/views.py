@@ -85,7 +85,9 @@ def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
     if not reply.status.finished:
         body = {"status": reply.status.value, "progress": reply.progress, "message": reply.message}
         return body, 202, {"Retry-After": str(get_state().settings.retry_after)}
-    response = {"status_code": reply.status_code, "body": reply.response or ""}
+    response: dict[str, Any] = {"status_code": reply.status_code, "body": reply.response or ""}
+    if reply.content_type:
+        response["content_type"] = reply.content_type
     return {"status": reply.status.value, "response": response}, 200, {}
 
 

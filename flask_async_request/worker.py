@@ -23,6 +23,11 @@ _RACK_NAMES = {
 }
 
 
+Status = int | HTTPStatus | str
+#: What ``execute`` returns: ``(status, body)`` or ``(status, body, content_type)``.
+Reply = tuple[Status, str | None] | tuple[Status, str | None, str | None]
+
+
 class Worker:
     """Base class of the jobs that can be enqueued and run.
 
@@ -68,12 +73,13 @@ class Worker:
         if self.cancelled:
             raise JobCancelled(f"Job {self.job_id} was cancelled.")
 
-    def execute(self, *args: Any, **kwargs: Any) -> tuple[int | HTTPStatus | str, str | None]:
+    def execute(self, *args: Any, **kwargs: Any) -> Reply:
         """Do the work and return the reply as ``(status, body)``.
 
         ``status`` is an int, an :class:`http.HTTPStatus` or a status name such
         as ``"ok"`` or ``"bad_request"``; ``body`` is a str, or ``None`` for an
-        empty body. An exception marks the job ``failed`` with status 500.
+        empty body; a third item, the body's media type, is optional. An
+        exception marks the job ``failed`` with status 500.
         """
         raise NotImplementedError(f"{type(self).__qualname__} must implement execute()")
 
@@ -163,14 +169,20 @@ def status_code_of(status: object) -> int:
     return code
 
 
-def normalize_reply(reply: object) -> tuple[int, str]:
-    """Check a worker's return value and turn it into ``(status_code, body)``.
+def normalize_reply(reply: object) -> tuple[int, str, str | None]:
+    """Check a worker's return value and turn it into ``(status_code, body, content_type)``.
 
-    :raises InvalidReply: when ``reply`` is not a ``(status, body)`` pair of the right types.
+    A worker returns ``(status, body)``, or ``(status, body, content_type)`` to
+    say what the body is.
+
+    :raises InvalidReply: when ``reply`` is not such a tuple of the right types.
     """
-    if not isinstance(reply, (tuple, list)) or len(reply) != 2:
+    if not isinstance(reply, (tuple, list)) or len(reply) not in (2, 3):
         raise InvalidReply(f"returned {_short(reply)}; expected a (status, body) pair")
-    status, body = reply
+    status, body, *rest = reply
+    content_type = rest[0] if rest else None
+    if content_type is not None and (not isinstance(content_type, str) or len(content_type) > 255):
+        raise InvalidReply(f"returned content type {_short(content_type)}; expected a str")
     code = status_code_of(status)
     if body is None:
         body = ""
@@ -179,7 +191,7 @@ def normalize_reply(reply: object) -> tuple[int, str]:
             f"returned a body of type {type(body).__name__}; expected a str"
             " (serialise it, for example with json.dumps)"
         )
-    return code, body
+    return code, body, content_type
 
 
 def _short(value: object, limit: int = 200) -> str:

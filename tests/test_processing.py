@@ -76,7 +76,8 @@ def test_raising_worker_fails_with_500_and_logs(
     [
         (42, "returned 42; expected a (status, body) pair"),
         ([200], "returned [200]; expected a (status, body) pair"),
-        ((200, "a", "b"), "expected a (status, body) pair"),
+        ((200, "a", "text/plain", "x"), "expected a (status, body) pair"),
+        ((200, "a", 5), "returned content type 5; expected a str"),
         (None, "returned None; expected a (status, body) pair"),
         ((999, "x"), "status 999 is outside the HTTP range"),
         (("teapot_ish", "x"), "status 'teapot_ish' is not a known HTTP status name"),
@@ -194,3 +195,17 @@ def test_job_is_processing_while_it_runs(app: Flask) -> None:
     job = Job.create_and_enqueue(workers.ReportOwnStatus)
     assert job.response == "processing"
     assert job.status is JobStatus.PROCESSED
+
+
+def test_reply_may_name_its_content_type(app: Flask) -> None:
+    """(status, body, content_type) stores the media type; polls show it."""
+    job = Job.create_and_enqueue(workers.ReturnValue, [201, "<p>hi</p>", "text/html"])
+    assert (job.status_code, job.response, job.content_type) == (201, "<p>hi</p>", "text/html")
+    response = app.test_client().get(
+        "/async_request/job", headers={"X-JOB-AUTHORIZATION": job.token}
+    )
+    assert response.json["response"] == {
+        "status_code": 201,
+        "body": "<p>hi</p>",
+        "content_type": "text/html",
+    }

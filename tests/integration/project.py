@@ -6,11 +6,12 @@ Settings come from the environment, so each test run can use its own queue.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_async_request import AsyncRequest
+from flask_async_request import AsyncRequest, asynchronous
 
 DATABASE_URL = os.environ.get(
     "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -50,6 +51,14 @@ def create_app() -> Flask:
         app.config["ASYNC_REQUEST_JOBS_EXPIRATION"] = 3600
     db.init_app(app)
     async_request.init_app(app)
+
+    @app.post("/squares/<int:n>")
+    @asynchronous
+    def squares(n: int) -> Any:
+        """An ordinary view made asynchronous: the worker process runs it."""
+        scale = request.get_json()["scale"]
+        return {"squares": [i * i * scale for i in range(n)], "pid": os.getpid()}, 201
+
     return app
 
 

@@ -166,3 +166,25 @@ def test_idempotent_creation_with_a_real_worker(stack: Stack) -> None:
         first = Job.create_and_enqueue(workers.Sleep, 0.2, tag="once", idempotency_key="k1").id
         again = Job.create_and_enqueue(workers.Sleep, 0.2, tag="once", idempotency_key="k1").id
     assert first == again
+
+
+def test_asynchronous_view_runs_in_the_worker_process(stack: Stack) -> None:
+    """An @asynchronous view is replayed by the real worker; its response is the reply."""
+    import json
+    import os
+
+    app, _ = stack()
+    client = app.test_client()
+    response = client.post("/squares/4", json={"scale": 10})
+    assert response.status_code == 202
+    waited = client.get(
+        "/async_request/job",
+        headers={"X-JOB-AUTHORIZATION": response.json["token"], "Prefer": "wait=20"},
+    )
+    assert waited.status_code == 200
+    reply = waited.json["response"]
+    assert reply["status_code"] == 201
+    assert reply["content_type"] == "application/json"
+    body = json.loads(reply["body"])
+    assert body["squares"] == [0, 10, 40, 90]
+    assert body["pid"] != os.getpid()

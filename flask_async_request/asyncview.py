@@ -1,0 +1,128 @@
+"""Turn an existing view into an asynchronous one with one decorator.
+
+The request (method, path, query, body and chosen headers) is stored with the
+job; a worker replays it through the app, under an equivalent request context
+with the app's ``before_request`` hooks and error handlers, and the view's
+response (status, body, content type) becomes the job's reply::
+
+    @app.post("/reports/<int:year>")
+    @asynchronous
+    def report(year):
+        return render_report(year, request.args["format"]), 201
+
+The client gets 202 (see :func:`~flask_async_request.accepted`) and polls. With
+``Prefer: wait=N`` a job that finishes within N seconds answers directly with the
+view's own response; ``Prefer: respond-async`` always gets the 202.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from flask import Response, request
+
+from .exceptions import InvalidReply, WorkerResolutionError
+from .models import Job, JobStatus
+from .state import current_flask_app, get_state
+from .views import accepted, requested_wait
+from .worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Marks a replayed request, so the decorated view runs instead of enqueueing.
+REPLAY_KEY = "flask_async_request.replay"
+#: Headers stored by default. ``Authorization`` and ``Cookie`` are left out on
+#: purpose: they would be stored in clear with the job; name them to keep them.
+DEFAULT_HEADERS = ("Accept", "Accept-Language", "Content-Type")
+
+
+@overload
+def asynchronous(view: F) -> F: ...
+@overload
+def asynchronous(*, headers: Iterable[str] = DEFAULT_HEADERS) -> Callable[[F], F]: ...
+def asynchronous(
+    view: F | None = None, *, headers: Iterable[str] = DEFAULT_HEADERS
+) -> F | Callable[[F], F]:
+    """Run the decorated view in a worker; the client gets 202 and polls for its response.
+
+    :param headers: request headers stored with the job and replayed to the view.
+    """
+    kept = tuple(headers)
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if request.environ.get(REPLAY_KEY):
+                return function(*args, **kwargs)
+            job = Job.enqueue_call(
+                ViewWorker,
+                [capture_request(kept)],
+                idempotency_key=request.headers.get("Idempotency-Key") or None,
+            )
+            return _answer(job)
+
+        wrapper._async_request_view = True  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(view) if view is not None else decorate
+
+
+def _answer(job: Job) -> Any:
+    """202 for the new job; the view's own response if it finishes within ``Prefer: wait``."""
+    prefer = ",".join(request.headers.getlist("Prefer")).lower()
+    wait = requested_wait()
+    if wait and "respond-async" not in prefer:
+        seconds = min(wait, get_state().settings.max_wait)
+        reply = get_state().store().wait_until_finished(job.id, seconds) if seconds else None
+        if reply is not None and reply.status is JobStatus.PROCESSED:
+            response = Response(reply.response or "", reply.status_code or 200)
+            if reply.content_type:
+                response.content_type = reply.content_type
+            response.headers["Preference-Applied"] = f"wait={seconds}"
+            return response
+    return accepted(job)
+
+
+def capture_request(headers: Iterable[str]) -> dict[str, Any]:
+    """What the worker needs to replay the current request (JSON-serialisable)."""
+    return {
+        "method": request.method,
+        "path": request.path,
+        "base_url": request.host_url,
+        "query_string": request.query_string.decode("latin-1"),
+        "headers": {name: request.headers[name] for name in headers if name in request.headers},
+        "body": base64.b64encode(request.get_data()).decode("ascii"),
+    }
+
+
+class ViewWorker(Worker):
+    """Replays a stored request through the app and returns the view's response."""
+
+    def execute(self, snapshot: dict[str, Any]) -> tuple[int, str, str | None]:
+        app = current_flask_app()
+        with app.test_request_context(
+            snapshot["path"],
+            base_url=snapshot["base_url"],
+            method=snapshot["method"],
+            query_string=snapshot["query_string"],
+            headers=snapshot["headers"],
+            data=base64.b64decode(snapshot["body"]),
+            environ_overrides={REPLAY_KEY: True},
+        ):
+            rule = request.url_rule
+            view = app.view_functions.get(rule.endpoint) if rule is not None else None
+            if view is None or not getattr(view, "_async_request_view", False):
+                # Only views that asked to run asynchronously are replayed.
+                raise WorkerResolutionError(
+                    f"{snapshot['method']} {snapshot['path']} is not an asynchronous view."
+                )
+            response = app.full_dispatch_request()
+            data = response.get_data()
+        try:
+            body = data.decode(response.mimetype_params.get("charset", "utf-8"))
+        except (UnicodeDecodeError, LookupError):
+            raise InvalidReply("returned a binary body; only text replies can be stored") from None
+        return response.status_code, body, response.content_type

@@ -1,0 +1,154 @@
+"""@asynchronous: an existing view runs in a worker; its response becomes the reply."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask import Flask, abort, g, jsonify, request
+
+from flask_async_request import Job, asynchronous
+from flask_async_request.asyncview import ViewWorker
+from flask_async_request.state import get_state
+from tests.conftest import AppFactory, poll
+
+
+@pytest.fixture
+def views_app(make_app: AppFactory) -> Flask:
+    app = make_app()
+
+    @app.before_request
+    def load_user() -> None:
+        g.user = request.headers.get("Accept-Language", "nobody")
+
+    @app.post("/reports/<int:year>")
+    @asynchronous
+    def report(year: int) -> Any:
+        payload = request.get_json(silent=True) or dict(request.form)
+        body = {"year": year, "fmt": request.args.get("fmt"), "payload": payload, "user": g.user}
+        return jsonify(body), 201
+
+    @app.get("/custom")
+    @asynchronous(headers=("X-Custom",))
+    def custom() -> Any:
+        return {
+            "custom": request.headers.get("X-Custom"),
+            "lang": request.headers.get("Accept-Language"),
+        }
+
+    @app.get("/missing")
+    @asynchronous
+    def missing() -> Any:
+        abort(404)
+
+    @app.get("/plain")
+    def plain() -> str:
+        return "not asynchronous"
+
+    return app
+
+
+def _reply(app: Flask, response: Any) -> dict[str, Any]:
+    assert response.status_code == 202, response.data
+    answer = poll(app.test_client(), response.json["token"])
+    assert answer.status_code == 200
+    return dict(answer.json["response"])
+
+
+def test_json_request_is_replayed(views_app: Flask) -> None:
+    """Path, query, JSON body and before_request hooks reach the view in the worker."""
+    client = views_app.test_client()
+    response = client.post(
+        "/reports/2026?fmt=pdf", json={"pages": 3}, headers={"Accept-Language": "fr"}
+    )
+    reply = _reply(views_app, response)
+    assert reply["status_code"] == 201
+    assert reply["content_type"] == "application/json"
+    assert json.loads(reply["body"]) == {
+        "year": 2026,
+        "fmt": "pdf",
+        "payload": {"pages": 3},
+        "user": "fr",
+    }
+
+
+def test_form_request_is_replayed(views_app: Flask) -> None:
+    """A form body is replayed too."""
+    response = views_app.test_client().post("/reports/1999", data={"title": "old"})
+    assert json.loads(_reply(views_app, response)["body"])["payload"] == {"title": "old"}
+
+
+def test_only_chosen_headers_are_kept(views_app: Flask) -> None:
+    """Headers named in the decorator reach the worker; others do not."""
+    response = views_app.test_client().get(
+        "/custom", headers={"X-Custom": "yes", "Accept-Language": "de"}
+    )
+    assert json.loads(_reply(views_app, response)["body"]) == {"custom": "yes", "lang": None}
+
+
+def test_abort_becomes_the_reply(views_app: Flask) -> None:
+    """An HTTP error raised by the view is its reply, as it would be in a request."""
+    reply = _reply(views_app, views_app.test_client().get("/missing"))
+    assert reply["status_code"] == 404
+
+
+def test_prefer_wait_answers_with_the_views_own_response(views_app: Flask) -> None:
+    """With Prefer: wait=N a fast job answers directly, as the view would have."""
+    response = views_app.test_client().post("/reports/2000", json={}, headers={"Prefer": "wait=5"})
+    assert response.status_code == 201
+    assert response.content_type == "application/json"
+    assert response.json["year"] == 2000
+    assert response.headers["Preference-Applied"] == "wait=5"
+
+
+def test_respond_async_always_gets_202(views_app: Flask) -> None:
+    """Prefer: respond-async wins over wait."""
+    response = views_app.test_client().post(
+        "/reports/2000", json={}, headers={"Prefer": "respond-async, wait=5"}
+    )
+    assert response.status_code == 202
+    assert response.headers["Location"].endswith("/async_request/job")
+
+
+def test_idempotency_key_header(views_app: Flask) -> None:
+    """The Idempotency-Key header makes a repeated request return the same job."""
+    client = views_app.test_client()
+    headers = {"Idempotency-Key": "r-1"}
+    client.post("/reports/1", json={}, headers=headers)
+    client.post("/reports/1", json={}, headers=headers)
+    with views_app.app_context():
+        assert get_state().db.session.query(Job).count() == 1
+    assert client.post("/reports/2", json={}, headers=headers).status_code == 422
+
+
+def test_worker_replays_only_asynchronous_views(views_app: Flask) -> None:
+    """A stored request for an ordinary view is refused by the worker."""
+    snapshot = {
+        "method": "GET",
+        "path": "/plain",
+        "base_url": "http://localhost/",
+        "query_string": "",
+        "headers": {},
+        "body": "",
+    }
+    with views_app.app_context():
+        job = Job.create_and_enqueue(ViewWorker, snapshot)
+        assert job.status.value == "failed"
+        assert "is not an asynchronous view" in json.loads(job.response)["error"]
+
+
+def test_raising_view_fails_the_job(make_app: AppFactory) -> None:
+    """An unhandled exception in the replayed view fails the job, as a raising worker does."""
+    app = make_app()
+
+    @app.get("/explode")
+    @asynchronous
+    def explode() -> Any:
+        raise RuntimeError("kaboom")
+
+    response = app.test_client().get("/explode")
+    assert response.status_code == 202
+    reply = poll(app.test_client(), response.json["token"]).json
+    assert reply["status"] == "failed"
+    assert reply["response"] == {"status_code": 500, "body": '{"error": "kaboom"}'}
