@@ -47,9 +47,11 @@ def _environment(tmp_path: Path, broker_url: str) -> dict[str, str]:
         FAR_TEST_BROKER_URL=broker_url,
         FAR_TEST_QUEUE=f"far-test-{uuid.uuid4().hex[:12]}",
         FAR_TEST_EFFECTS_DIR=str(tmp_path / "effects"),
+        FAR_TEST_SIGNALS_DIR=str(tmp_path / "signals"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
     )
     (tmp_path / "effects").mkdir(exist_ok=True)
+    (tmp_path / "signals").mkdir(exist_ok=True)
     return env
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_async_request import AsyncRequest, asynchronous
+from flask_async_request import AsyncRequest, asynchronous, signals
 
 DATABASE_URL = os.environ.get(
     "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -60,6 +60,15 @@ def create_app() -> Flask:
         return {"squares": [i * i * scale for i in range(n)], "pid": os.getpid()}, 201
 
     return app
+
+
+@signals.job_finished.connect
+def _record_finished(sender: Flask, job_id: int, **extra: Any) -> None:
+    """Leave a trace of the worker-side signal for the tests to find."""
+    folder = os.environ.get("FAR_TEST_SIGNALS_DIR")
+    if folder:
+        with open(os.path.join(folder, f"finished-{job_id}-{extra['status_code']}"), "w"):
+            pass
 
 
 app = create_app()

@@ -188,3 +188,27 @@ def test_asynchronous_view_runs_in_the_worker_process(stack: Stack) -> None:
     body = json.loads(reply["body"])
     assert body["squares"] == [0, 10, 40, 90]
     assert body["pid"] != os.getpid()
+
+
+def test_signals_fire_in_web_and_worker_processes(stack: Stack, tmp_path: Path) -> None:
+    """job_enqueued fires in the web process, job_finished in the worker process."""
+    from flask_async_request import signals
+
+    app, _ = stack()
+    enqueued: list[int] = []
+
+    def on_enqueued(sender: Any, job_id: int, **extra: Any) -> None:
+        enqueued.append(job_id)
+
+    signals.job_enqueued.connect(on_enqueued)
+    try:
+        with app.app_context():
+            job_id = Job.create_and_enqueue(workers.Echo, "signal").id
+    finally:
+        signals.job_enqueued.disconnect(on_enqueued)
+    assert enqueued == [job_id]
+    deadline = time.monotonic() + 30
+    trace = tmp_path / "signals" / f"finished-{job_id}-200"
+    while not trace.exists():
+        assert time.monotonic() < deadline, "job_finished never fired in the worker"
+        time.sleep(0.1)
