@@ -108,7 +108,7 @@ def create_and_enqueue(
     scope = None
     if idempotency_key is not None:
         scope = _idempotency_scope(idempotency_key, owner)
-        existing = session.execute(sa.select(Job).where(Job.idempotency_scope == scope)).scalar()
+        existing = _job_with_scope(session, scope)
         if existing is not None:
             return _same_request(existing, path, params, idempotency_key)
     job = Job(
@@ -127,7 +127,7 @@ def create_and_enqueue(
             raise
         # Another request with the same key won the race.
         session.rollback()
-        existing = session.execute(sa.select(Job).where(Job.idempotency_scope == scope)).scalar()
+        existing = _job_with_scope(session, scope)
         if existing is None:
             raise
         return _same_request(existing, path, params, idempotency_key or "")
@@ -151,6 +151,10 @@ def _idempotency_scope(key: str, owner: str | None) -> str:
             f"idempotency_key is {key!r}; expected a non-empty str of 255 chars at most."
         )
     return hashlib.sha256(f"{owner or ''}\x00{key}".encode()).hexdigest()
+
+
+def _job_with_scope(session: Session, scope: str) -> Job | None:
+    return session.execute(sa.select(Job).where(Job.idempotency_scope == scope)).scalar()
 
 
 def _same_request(job: Job, path: str, params: dict[str, Any], key: str) -> Job:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import re
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -65,8 +67,15 @@ def _job_for_request() -> tuple[TokenClaims, JobReply]:
 
 
 def _fetch(job_id: int) -> JobReply | None:
-    try:
+    with _database():
         return fetch_reply(job_id)
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[None]:
+    """Turn a database that cannot be reached into a 503 answer."""
+    try:
+        yield
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
         logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
         raise _Refusal(_unavailable()) from None
@@ -124,11 +133,8 @@ def job_status() -> Any:
 
 
 def _wait(job_id: int, seconds: int) -> JobReply | None:
-    try:
+    with _database():
         return get_state().store().wait_until_finished(job_id, seconds)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
-        logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
-        raise _Refusal(_unavailable()) from None
 
 
 @blueprint.delete("/job")
