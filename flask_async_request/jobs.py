@@ -119,6 +119,25 @@ def create_and_enqueue(
         idempotency_scope=scope,
         callback_url=callback_url,
     )
+    store = state.store()
+    if (
+        commit
+        and store.autocommit
+        and scope is None
+        and not (session.new or session.dirty or session.deleted)
+        and not _explicit_transaction(session)
+    ):
+        # Nothing of the caller's to commit along: one autocommit INSERT makes
+        # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
+        store.insert(job)
+        session.add(job)
+        job._token = encode_token(job, state.settings)
+        job_id, uid = job.id, job.uid
+        # Loaded afresh on next access: it may already have run.
+        session.expire(job)
+        publish(job_id, uid)
+        job_enqueued.send(current_flask_app(), job_id=job_id)
+        return job
     session.add(job)
     try:
         session.flush()

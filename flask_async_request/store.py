@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.orm import make_transient_to_detached
 
 from .models import Job, JobStatus, utcnow
 
@@ -147,8 +149,10 @@ class Claim(NamedTuple):
 class JobStore:
     """Runs the hot paths' statements for one app in one process."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, autocommit: bool = False) -> None:
         self.engine = engine
+        #: Whether statements commit on their own (a network database's own pool).
+        self.autocommit = autocommit
         self.pid = os.getpid()
         self._claim = _CLAIM.returning(
             Job.uid, Job.worker, Job.params, Job.attempts, Job.callback_url
@@ -177,7 +181,7 @@ class JobStore:
         autocommit = sa.create_engine(
             engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
         )
-        return cls(autocommit)
+        return cls(autocommit, autocommit=True)
 
     def fetch_reply(self, job_id: int) -> JobReply | None:
         """The reply columns of job ``job_id``, or ``None`` when there is no such row.
@@ -208,6 +212,35 @@ class JobStore:
             return None
         uid, owner, status, *rest = row
         return JobReply(uid, owner, JobStatus(status), *rest)
+
+    def insert(self, job: Job) -> None:
+        """Store a new job in one autocommitted statement, and make ``job`` its persistent row.
+
+        The defaults (uid, times) are filled in here, so the instance holds every
+        column; it is then attached as a loaded row, with no query.
+        """
+        now = utcnow()
+        values = {
+            "uid": job.uid or uuid.uuid4().hex,
+            "worker": job.worker,
+            "params": job.params,
+            "status": job.status or JobStatus.WAITING,
+            "owner": job.owner,
+            "idempotency_scope": job.idempotency_scope,
+            "callback_url": job.callback_url,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "due_at": now,
+        }
+        with self.engine.begin() as conn:
+            key = conn.execute(sa.insert(Job), values).inserted_primary_key
+        assert key is not None  # An INSERT of one row always has its key.
+        (job_id,) = key
+        for key, value in values.items():
+            setattr(job, key, value)
+        job.id = job_id
+        make_transient_to_detached(job)
 
     def claim(self, job_id: int, lease: timedelta) -> Claim | None:
         """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.

@@ -101,3 +101,27 @@ def test_rabbitmq_broker(stack: Stack) -> None:
     job = _wait_all_finished(app, [job_id])[job_id]
     assert job.status is JobStatus.PROCESSED
     assert json.loads(job.response)["args"] == ["rabbit"]
+
+
+def test_creation_paths_on_postgres(stack: Stack) -> None:
+    """A clean session takes the one-statement insert; pending work is committed along."""
+    import sqlalchemy as sa
+
+    app, _ = stack()
+    with app.app_context():
+        state = get_state()
+        assert state.store().autocommit
+        quick = Job.create_and_enqueue(workers.Echo, "quick")
+        assert quick in state.db.session
+        assert quick.params == {"args": ["quick"], "kwargs": {}}
+        other = Job.create_and_enqueue(workers.Echo, "other")
+        other.params = {"args": ["changed"], "kwargs": {}}  # pending in the session
+        Job.create_and_enqueue(workers.Echo, "after")
+        with state.db.engine.connect() as conn:
+            stored = conn.execute(
+                sa.text("SELECT params FROM async_request_jobs WHERE id = :id"), {"id": other.id}
+            ).scalar_one()
+        assert stored["args"] == ["changed"]
+        quick_id = quick.id
+    jobs = _wait_all_finished(app, [quick_id])
+    assert jobs[quick_id].status is JobStatus.PROCESSED
