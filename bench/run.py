@@ -585,7 +585,8 @@ REASONS = {
     "poll_pending_vs_bare": "The bare view does no I/O at all.",
     "submit_vs_peer": (
         "A submission makes the job durable before answering: one INSERT, committed at once,"
-        " that waits for PostgreSQL's WAL flush, then the same Celery publish the peer does. The peer stores nothing until a worker runs the task. Making the row durable"
+        " that waits for PostgreSQL's WAL flush, then the same Celery publish the peer does."
+        " The peer stores nothing until a worker runs the task. Making the row durable"
         " is the point of the library (a reply that outlives restarts, a job that is never"
         " lost), so this cost is kept; it shrinks with a faster disk or with"
         " synchronous_commit = off, at the price of that durability."
