@@ -120,12 +120,13 @@ def create_and_enqueue(
         callback_url=callback_url,
     )
     store = state.store()
+    # Published on the caller's commit rather than ours.
+    deferred = not commit or _explicit_transaction(session)
     if (
-        commit
+        not deferred
         and store.autocommit
         and scope is None
         and not (session.new or session.dirty or session.deleted)
-        and not _explicit_transaction(session)
     ):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
@@ -135,8 +136,7 @@ def create_and_enqueue(
         job_id, uid = job.id, job.uid
         # Loaded afresh on next access: it may already have run.
         session.expire(job)
-        publish(job_id, uid)
-        job_enqueued.send(current_flask_app(), job_id=job_id)
+        _publish_new(job_id, uid)
         return job
     session.add(job)
     try:
@@ -153,15 +153,20 @@ def create_and_enqueue(
     job_id, uid = job.id, job.uid
     # Signed now, while id and uid are loaded: the commit below expires them.
     job._token = encode_token(job, state.settings)
-    if not commit or _explicit_transaction(session):
+    if deferred:
         session.info.setdefault(_PENDING_KEY, []).append((job_id, uid))
         return job
     session.commit()
     # The id was read before the commit expired the row, so the job is loaded
     # afresh on next access: it may already have run (eager mode, fast workers).
+    _publish_new(job_id, uid)
+    return job
+
+
+def _publish_new(job_id: int, uid: str) -> None:
+    """Publish a newly stored job and announce it (``job_enqueued``)."""
     publish(job_id, uid)
     job_enqueued.send(current_flask_app(), job_id=job_id)
-    return job
 
 
 def _idempotency_scope(key: str, owner: str | None) -> str:
@@ -208,8 +213,7 @@ def _publish_on_commit(session: Session) -> None:
     pending = session.info.pop(_PENDING_KEY, None)
     for job_id, uid in pending or ():
         try:
-            publish(job_id, uid)
-            job_enqueued.send(current_flask_app(), job_id=job_id)
+            _publish_new(job_id, uid)
         except EnqueueError:
             # The commit has happened and cannot fail now; the row stays waiting
             # and the sweeper publishes it again.
@@ -373,13 +377,14 @@ def _schedule_retry(job_id: int, uid: str, attempt: int) -> JobStatus | None:
     return JobStatus.WAITING
 
 
-def cancel_job(job_id: int) -> None:
+def cancel_job(job_id: int) -> JobReply:
     """Cancel job ``job_id``: a waiting job never runs, a running one is told to stop.
 
     The row becomes ``cancelled`` at once (status code 499); any queued message
     is revoked, and a running worker finds out at its next progress report or
     :attr:`Worker.cancelled` check, and its reply is never stored.
 
+    :returns: the job's reply, now that it is cancelled.
     :raises LookupError: there is no such job.
     :raises JobFinished: the job has finished already.
     """
@@ -404,6 +409,7 @@ def cancel_job(job_id: int) -> None:
     state.db.session.commit()
     if callback_url:
         send_callback(job_id)
+    return reply
 
 
 def fetch_reply(job_id: int) -> JobReply | None:

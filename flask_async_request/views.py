@@ -142,16 +142,13 @@ def cancel() -> Any:
     """Cancel the job named by the request's token; 409 if it has finished already."""
     try:
         claims, _ = _job_for_request()
-        try:
-            cancel_job(claims.job_id)
-        except JobFinished:
-            return _error("The job has finished already and cannot be cancelled.", 409)
-        except LookupError:
-            return _error("Job not found", 404)
-        reply = _fetch(claims.job_id)
+        reply = cancel_job(claims.job_id)
     except _Refusal as refusal:
         return refusal.response
-    assert reply is not None  # Cancelled rows are kept.
+    except JobFinished:
+        return _error("The job has finished already and cannot be cancelled.", 409)
+    except LookupError:
+        return _error("Job not found", 404)
     return _answer(reply)
 
 
