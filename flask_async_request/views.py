@@ -142,7 +142,8 @@ def cancel() -> Any:
     """Cancel the job named by the request's token; 409 if it has finished already."""
     try:
         claims, _ = _job_for_request()
-        reply = cancel_job(claims.job_id)
+        with _database():
+            reply = cancel_job(claims.job_id)
     except _Refusal as refusal:
         return refusal.response
     except JobFinished:

@@ -250,7 +250,7 @@ def test_hs256_token_refused_by_rs256_app(make_app: AppFactory) -> None:
 
 
 def test_database_down_answers_503(tmp_path: Any, make_app: AppFactory) -> None:
-    """An unreachable database answers 503 with Retry-After and a JSON error."""
+    """An unreachable database answers polls and cancels with 503, Retry-After and a JSON error."""
     app = make_app(
         create_tables=False,
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/missing-dir/jobs.db",
@@ -259,10 +259,13 @@ def test_database_down_answers_503(tmp_path: Any, make_app: AppFactory) -> None:
         token = jwt.encode(
             {"job_id": 1, "jti": "x" * 32, "exp": 4102444800}, SECRET, algorithm="HS256"
         )
-    response = poll(app.test_client(), token)
-    assert response.status_code == 503
-    assert response.headers["Retry-After"].isdigit()
-    assert response.json["errors"][0]["message"].startswith("The job store is unavailable")
+    for response in (
+        poll(app.test_client(), token),
+        app.test_client().delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": token}),
+    ):
+        assert response.status_code == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert response.json["errors"][0]["message"].startswith("The job store is unavailable")
 
 
 header_values = st.one_of(
