@@ -36,7 +36,8 @@ class _Response:
 
 def test_wait_for_returns_the_reply(served_example: str) -> None:
     """wait_for(url=, token=) long-polls until the job finishes and returns its reply."""
-    started = _start(served_example, 50_000_000)
+    # Long enough (a few seconds) that the 1 s long polls see it pending first.
+    started = _start(served_example, 200_000_000)
     progress: list[Any] = []
     result = wait_for(
         url=started["url"],
@@ -46,7 +47,7 @@ def test_wait_for_returns_the_reply(served_example: str) -> None:
     )
     assert isinstance(result, JobResult)
     assert result.ok
-    assert json.loads(result.body)["primes"] == 3001134
+    assert json.loads(result.body)["primes"] == 11078937
     assert progress, "no pending answer was reported"
 
 
