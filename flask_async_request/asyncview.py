@@ -28,6 +28,7 @@ from .exceptions import InvalidReply, WorkerResolutionError
 from .models import Job, JobStatus
 from .state import current_flask_app, get_state
 from .views import accepted, requested_wait
+from .web import create_job
 from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,9 +58,10 @@ def asynchronous(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.environ.get(REPLAY_KEY):
                 return function(*args, **kwargs)
-            job = Job.enqueue_call(
+            job = create_job(
                 ViewWorker,
                 [capture_request(kept)],
+                {},
                 idempotency_key=request.headers.get("Idempotency-Key") or None,
             )
             return _answer(job)

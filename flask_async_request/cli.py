@@ -15,8 +15,7 @@ from flask.cli import AppGroup
 
 from . import maintenance
 from .config import parse_duration
-from .exceptions import AsyncRequestError
-from .migrations import init_app_files
+from .exceptions import AsyncRequestError, JobNotFound
 from .models import Job, JobStatus, as_utc, utcnow
 from .state import current_flask_app, get_state
 
@@ -108,6 +107,9 @@ def init_command(config_file: Path, force: bool) -> None:
     revision that already creates the table is kept, and the snippet is only
     rewritten with --force.
     """
+    # Imported here for its cost: Alembic is only needed by this command.
+    from .migrations import init_app_files
+
     result = init_app_files(current_flask_app(), config_file, force=force)
     if result.migrations_created:
         click.echo("Created the migrations folder (flask db init).")
@@ -136,8 +138,8 @@ def init_command(config_file: Path, force: bool) -> None:
     "statuses",
     type=STATUS,
     multiple=True,
-    help="Statuses to delete; repeat for several [default: processed and failed]. Naming"
-    " waiting or processing deletes unfinished jobs too.",
+    help="Statuses to delete; repeat for several [default: processed, failed and cancelled]."
+    " Naming waiting or processing deletes unfinished jobs too.",
 )
 @click.option("--dry-run", is_flag=True, help="Count the jobs that would go; delete nothing.")
 @click.option(
@@ -152,7 +154,7 @@ def purge_command(
     older_than: timedelta | None, statuses: tuple[str, ...], dry_run: bool, batch_size: int
 ) -> None:
     """Delete old jobs, finished ones by default, in short batches."""
-    age = older_than or get_state().settings.jobs_expiration
+    age = get_state().settings.jobs_expiration if older_than is None else older_than
     chosen = [JobStatus(s.lower()) for s in statuses] or list(maintenance.FINISHED_STATUSES)
     names = ", ".join(s.value for s in chosen)
     if dry_run:
@@ -229,7 +231,7 @@ def list_command(
 def _load(job_id: int) -> Job:
     job = get_state().db.session.get(Job, job_id)
     if job is None:
-        raise AsyncRequestError(f"There is no job {job_id}.")
+        raise JobNotFound(job_id)
     return job
 
 

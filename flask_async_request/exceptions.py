@@ -43,8 +43,30 @@ class JobCancelled(AsyncRequestError):
     """
 
 
-class JobFinished(AsyncRequestError):
-    """The job has finished already, so it cannot be cancelled."""
+class JobNotFound(AsyncRequestError, LookupError):
+    """There is no job with this id (it never existed, or it was purged)."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"There is no job {job_id}.")
+        self.job_id = job_id
+
+
+class JobStateError(AsyncRequestError):
+    """The job is in a status that does not allow what was asked of it."""
+
+    def __init__(self, message: str, job_id: int, status: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        #: The job's status when the change was refused (a ``JobStatus`` value).
+        self.status = status
+
+
+class JobFinished(JobStateError):
+    """The job has finished already (processed, failed or cancelled), so it cannot be cancelled."""
+
+
+class JobNotFailed(JobStateError):
+    """Only a failed job can be run again, and this one has not failed."""
 
 
 class IdempotencyConflict(AsyncRequestError, ValueError):

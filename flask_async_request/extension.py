@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy as sa
 from flask import Flask
 
+from . import web
+from .broker import make_celery
 from .cli import cli
 from .config import load_settings
 from .models import TABLE_NAME, Job
 from .state import EXTENSION_KEY, AsyncRequestState
-from .tasks import init_celery
+from .tasks import register_tasks
 from .tokens import TokenVerifier
 from .views import blueprint
 
@@ -73,7 +75,12 @@ class AsyncRequest:
         # Flask-Migrate's autogenerate sees it.
         if TABLE_NAME not in db.metadata.tables:
             cast(sa.Table, Job.__table__).to_metadata(db.metadata)
-        celery_app, embedded = init_celery(app, settings)
+        celery_app, embedded = make_celery(app)
+        register_tasks(celery_app, app, settings)
+        web.listen(db.session)
+        # What the model needs of the extension, given to it rather than imported
+        # by it (Flask-SQLAlchemy gives its models ``__fsa__`` the same way).
+        Job.__async_request__ = self
         app.extensions[EXTENSION_KEY] = AsyncRequestState(
             db=db,
             settings=settings,
@@ -84,3 +91,27 @@ class AsyncRequest:
         )
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)
+
+    def create_job(
+        self,
+        worker_class: type,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        commit: bool = True,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        """Validate, store and publish a job (see :meth:`Job.create_and_enqueue`)."""
+        return web.create_job(
+            worker_class,
+            args,
+            kwargs,
+            commit=commit,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )
+
+    def sign_token(self, job: Job) -> str:
+        """A token for the stored ``job``, signed with the current app's settings."""
+        return web.sign_token(job)

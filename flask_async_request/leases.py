@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from . import lifecycle
+
 if TYPE_CHECKING:
     from .store import JobStore
 
@@ -82,7 +84,7 @@ class LeaseKeeper:
     @staticmethod
     def _renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> None:
         try:
-            store.renew(job_id, attempt, lease)
+            lifecycle.renew(store, job_id, attempt, lease)
         except Exception:
             logger.warning("Could not renew the lease of job %s.", job_id, exc_info=True)
 

@@ -1,17 +1,22 @@
-"""Operating on jobs in bulk: purge, sweep lost and stuck jobs, statistics, listing, retry."""
+"""Operating on jobs in bulk: purge, sweep lost and stuck jobs, statistics, listing, retry.
+
+Every change of a row goes through :mod:`.lifecycle`; this module decides
+which jobs to change, and reads for operators.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 import sqlalchemy as sa
 
-from .exceptions import AsyncRequestError, EnqueueError
-from .jobs import publish
+from . import lifecycle
+from .broker import publish
+from .exceptions import EnqueueError
+from .lifecycle import FINISHED_STATUSES
 from .models import Job, JobStatus, as_utc, utcnow
 from .state import get_state
 
@@ -22,32 +27,26 @@ PURGE_BATCH_SIZE = 1000
 #: Jobs looked at per kind by one :func:`sweep_jobs`.
 SWEEP_BATCH_SIZE = 500
 
-FINISHED_STATUSES = (JobStatus.PROCESSED, JobStatus.FAILED)
-
-
-def _purge_filter(older_than: timedelta, statuses: Iterable[JobStatus]) -> sa.ColumnElement[bool]:
-    """Finished jobs count their age from ``finished_at``, pending ones from ``created_at``."""
-    cutoff = utcnow() - older_than
-    statuses = set(statuses)
-    finished = [s for s in JobStatus if s in statuses and s.finished]
-    pending = [s for s in JobStatus if s in statuses and not s.finished]
-    conditions = []
-    if finished:
-        conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
-    if pending:
-        conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
-    return sa.or_(sa.false(), *conditions)
+__all__ = [
+    "FINISHED_STATUSES",
+    "PURGE_BATCH_SIZE",
+    "SWEEP_BATCH_SIZE",
+    "JobStats",
+    "SweepResult",
+    "count_purgeable",
+    "job_stats",
+    "list_jobs",
+    "purge_jobs",
+    "retry_job",
+    "sweep_jobs",
+]
 
 
 def count_purgeable(
     older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
 ) -> int:
     """How many jobs :func:`purge_jobs` would delete now."""
-    session = get_state().db.session
-    query = sa.select(sa.func.count()).select_from(Job).where(_purge_filter(older_than, statuses))
-    count = session.execute(query).scalar_one()
-    session.commit()
-    return int(count)
+    return lifecycle.count_purgeable(get_state().store(), older_than, statuses)
 
 
 def purge_jobs(
@@ -59,34 +58,19 @@ def purge_jobs(
 ) -> int:
     """Delete jobs in ``statuses`` (default: finished ones) older than ``older_than``.
 
-    Rows go in batches of ``batch_size``, each in its own short transaction, so
-    memory stays bounded and the status endpoint is never blocked for long.
-    ``waiting`` and ``processing`` jobs are kept unless ``statuses`` names them.
+    Finished means processed, failed or cancelled. Rows go in batches of
+    ``batch_size``, each in its own short statement, so memory stays bounded
+    and the status endpoint is never blocked for long. ``waiting`` and
+    ``processing`` jobs are kept unless ``statuses`` names them.
 
     :param progress: called with the running total after each batch.
     :returns: the number of rows deleted.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}; expected a positive int.")
-    session = get_state().db.session
-    condition = _purge_filter(older_than, statuses)
-    deleted = 0
-    while True:
-        ids = (
-            session.execute(sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size))
-            .scalars()
-            .all()
-        )
-        if not ids:
-            break
-        session.execute(
-            sa.delete(Job).where(Job.id.in_(ids)).execution_options(synchronize_session=False)
-        )
-        session.commit()
-        deleted += len(ids)
-        if progress is not None:
-            progress(deleted)
-    session.commit()
+    deleted = lifecycle.purge(
+        get_state().store(), older_than, tuple(statuses), batch_size=batch_size, progress=progress
+    )
     if deleted:
         logger.info("Purged %s jobs older than %s.", deleted, older_than)
     return deleted
@@ -143,36 +127,13 @@ def list_jobs(
 
 
 def retry_job(job_id: int) -> None:
-    """Run a ``failed`` job again: back to ``waiting`` with its reply cleared, then published.
+    """Run a ``failed`` job again: back to ``waiting`` with its reply and progress cleared.
 
-    :raises AsyncRequestError: no such job, or the job has not failed.
+    :raises JobNotFound: there is no such job.
+    :raises JobNotFailed: the job has not failed.
+    :raises EnqueueError: the broker refused the message; the sweeper sends it later.
     """
-    session = get_state().db.session
-    changed = session.execute(
-        sa.update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.FAILED)
-        .values(
-            status=JobStatus.WAITING,
-            status_code=None,
-            response=None,
-            attempts=0,
-            started_at=None,
-            finished_at=None,
-            due_at=utcnow(),
-            updated_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
-        job = session.get(Job, job_id)
-        if job is None:
-            raise AsyncRequestError(f"There is no job {job_id}.")
-        raise AsyncRequestError(
-            f"Job {job_id} is {job.status.value}; only failed jobs can be retried."
-        )
-    uid = session.execute(sa.select(Job.uid).where(Job.id == job_id)).scalar_one()
-    session.commit()
+    uid = lifecycle.reset_for_retry(get_state().store(), job_id)
     publish(job_id, uid)
 
 
@@ -202,66 +163,32 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
     worker finishing meanwhile, never step on each other.
     """
     state = get_state()
+    store = state.store()
     settings = state.settings
-    session = state.db.session
     now = utcnow()
     requeued = failed = republished = 0
 
-    lost = session.execute(
-        sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at)
-        .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < now)
-        .order_by(Job.id)
-        .limit(batch_size)
-    ).all()
-    session.commit()
-    for job_id, uid, attempt, expired_at in lost:
-        assert expired_at is not None  # The query selected expired leases only.
-        still_lost = (
-            Job.id == job_id,
-            Job.status == JobStatus.PROCESSING,
-            Job.attempts == attempt,
-            Job.lease_expires_at < now,
-        )
-        if attempt <= settings.retry:
-            values: dict[str, object] = {"status": JobStatus.WAITING, "due_at": now}
-        else:
-            message = (
-                f"The worker running this job was lost: its lease expired at"
-                f" {as_utc(expired_at).isoformat(timespec='seconds')} with no reply stored."
-            )
-            values = {
-                "status": JobStatus.FAILED,
-                "status_code": 500,
-                "response": json.dumps({"error": message}),
-                "finished_at": now,
-            }
-        changed = session.execute(
-            sa.update(Job)
-            .where(*still_lost)
-            .values(lease_expires_at=None, updated_at=now, **values)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        if changed.rowcount != 1:  # type: ignore[attr-defined]
+    for job in lifecycle.lost_jobs(store, now, batch_size):
+        if job.attempt <= settings.retry:
+            if not lifecycle.requeue_lost(store, job, now):
+                continue
+            logger.warning("Job %s: its worker was lost; running it again.", job.id)
+            requeued += 1
+            try:
+                publish(job.id, job.uid)
+            except EnqueueError:
+                logger.exception("Job %s could not be published; the next sweep retries.", job.id)
             continue
-        if values["status"] is JobStatus.FAILED:
-            logger.error("Job %s: its worker was lost and no retry is left; failed.", job_id)
+        expired = as_utc(job.lease_expires_at).isoformat(timespec="seconds")
+        message = (
+            f"The worker running this job was lost: its lease expired at {expired}"
+            " with no reply stored."
+        )
+        if lifecycle.fail_lost(store, job, now, message) is not None:
+            logger.error("Job %s: its worker was lost and no retry is left; failed.", job.id)
             failed += 1
-            continue
-        logger.warning("Job %s: its worker was lost; running it again.", job_id)
-        requeued += 1
-        try:
-            publish(job_id, uid)
-        except EnqueueError:
-            logger.exception("Job %s could not be published; the next sweep retries.", job_id)
 
-    stale = session.execute(
-        sa.select(Job.id, Job.uid)
-        .where(Job.status == JobStatus.WAITING, Job.due_at < now - settings.waiting_timeout)
-        .order_by(Job.id)
-        .limit(batch_size)
-    ).all()
-    session.commit()
+    stale = lifecycle.stale_jobs(store, now - settings.waiting_timeout, batch_size)
     for job_id, uid in stale:
         try:
             publish(job_id, uid)
@@ -269,13 +196,7 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
             logger.exception("Job %s could not be published; the next sweep retries.", job_id)
             break  # The broker is down: the rest would fail the same way.
         # Restart its clock, so the next sweep leaves it to the workers for a while.
-        session.execute(
-            sa.update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.WAITING)
-            .values(due_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
+        lifecycle.touch_waiting(store, job_id)
         republished += 1
     if stale:
         logger.warning("Sent %s waiting jobs again that no worker had claimed.", republished)

@@ -6,13 +6,10 @@ import enum
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 TABLE_NAME = "async_request_jobs"
 
@@ -40,6 +37,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def new_uid() -> str:
+    """A new job's uid: 32 random hex digits."""
+    return uuid.uuid4().hex
+
+
 def as_utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
     if value.tzinfo is None:
@@ -57,15 +59,11 @@ class Job(_Base):
     """One asynchronous request: the worker to run, its arguments and, once done, its reply."""
 
     __tablename__ = TABLE_NAME
-    # Annotations without Mapped[] (``_token``) are plain attributes.
-    __allow_unmapped__ = True
 
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True
     )
-    uid: Mapped[str] = mapped_column(
-        sa.String(32), unique=True, nullable=False, default=lambda: uuid.uuid4().hex
-    )
+    uid: Mapped[str] = mapped_column(sa.String(32), unique=True, nullable=False, default=new_uid)
     worker: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(sa.JSON(), nullable=False)
     status: Mapped[JobStatus] = mapped_column(
@@ -125,22 +123,36 @@ class Job(_Base):
         """The keyword arguments ``execute`` is called with."""
         return dict(self.params.get("kwargs", {}))
 
-    #: The token signed when the job was created, so reading it costs no query.
-    _token: str | None = None
+    #: What the extension gives the model: set by ``AsyncRequest.init_app``, as
+    #: Flask-SQLAlchemy sets ``__fsa__`` on its models.
+    __async_request__: ClassVar[JobGateway | None] = None
+
+    @classmethod
+    def _gateway(cls) -> JobGateway:
+        gateway = cls.__async_request__
+        if gateway is None:
+            raise RuntimeError(
+                "flask-async-request is not initialised; call async_request.init_app(app)"
+                " in the app factory before creating or signing jobs."
+            )
+        return gateway
 
     @property
     def token(self) -> str:
-        """A signed token that lets a client read this job from the status endpoint."""
-        if self._token is not None:
-            return self._token
-        from .tokens import encode_token
+        """A signed token that lets a client read this job from the status endpoint.
 
-        return encode_token(self)
+        Signed on first use and kept on the instance, so reading it again costs
+        no query even after a commit has expired the row.
+        """
+        token: str | None = self.__dict__.get("_signed_token")
+        if token is None:
+            token = self.__dict__["_signed_token"] = self._gateway().sign_token(self)
+        return token
 
     @classmethod
     def create_and_enqueue(
         cls,
-        worker_class: type[Worker],
+        worker_class: type,
         *args: Any,
         commit: bool = True,
         idempotency_key: str | None = None,
@@ -158,10 +170,11 @@ class Job(_Base):
         :param worker_class: a :class:`~flask_async_request.Worker` subclass that a
             worker process can import by its dotted path.
         :param args: positional arguments for ``execute``; JSON-serialisable.
-        :param commit: ``True`` commits the session, then publishes. ``False``
-            only flushes the row: the message is published when the caller
-            commits, and never if the transaction rolls back. Inside a
-            ``db.session.begin()`` block the job always waits for that commit.
+        :param commit: ``True`` commits the session (and whatever the caller did
+            in it), then publishes. ``False`` only flushes the row: the message is
+            published when the caller commits, and never if the transaction rolls
+            back. Inside a ``db.session.begin()`` block the job always waits for
+            that commit.
         :param idempotency_key: a client's ``Idempotency-Key``: the same key
             (for the same identity) returns the job it first created, as long as
             that job is kept; with other arguments it raises
@@ -176,9 +189,7 @@ class Job(_Base):
         :raises EnqueueError: the row is stored but the broker refused the message;
             the sweeper publishes it once the broker is back.
         """
-        from .jobs import create_and_enqueue
-
-        return create_and_enqueue(
+        return cls._gateway().create_job(
             worker_class,
             args,
             kwargs,
@@ -190,7 +201,7 @@ class Job(_Base):
     @classmethod
     def enqueue_call(
         cls,
-        worker_class: type[Worker],
+        worker_class: type,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         *,
@@ -199,9 +210,7 @@ class Job(_Base):
         callback_url: str | None = None,
     ) -> Job:
         """Like :meth:`create_and_enqueue`, with the arguments of ``execute`` given whole."""
-        from .jobs import create_and_enqueue
-
-        return create_and_enqueue(
+        return cls._gateway().create_job(
             worker_class,
             args,
             kwargs or {},
@@ -209,3 +218,22 @@ class Job(_Base):
             idempotency_key=idempotency_key,
             callback_url=callback_url,
         )
+
+
+class JobGateway(Protocol):
+    """What the model needs from the extension to create jobs and sign their tokens."""
+
+    def create_job(
+        self,
+        worker_class: type,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        commit: bool,
+        idempotency_key: str | None,
+        callback_url: str | None,
+    ) -> Job:
+        """Validate, store and publish a job (see :meth:`Job.create_and_enqueue`)."""
+
+    def sign_token(self, job: Job) -> str:
+        """A token for ``job``, signed with the current app's settings."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING
 
+from . import lifecycle
 from .exceptions import JobCancelled
 from .signals import job_progress
 
@@ -25,14 +25,18 @@ class RunContext:
     at most one short UPDATE goes to the database per :data:`CHECK_INTERVAL`.
     That UPDATE is fenced by the attempt, so it also tells when the job was
     cancelled (or taken over after a lost lease): the worker is then stopped
-    with :class:`JobCancelled`.
+    with :class:`JobCancelled`. With ``writes=False`` progress is only checked
+    against cancellation, not stored.
     """
 
-    def __init__(self, app: Flask, store: JobStore, job_id: int, attempt: int) -> None:
+    def __init__(
+        self, app: Flask, store: JobStore, job_id: int, attempt: int, *, writes: bool = True
+    ) -> None:
         self.app = app
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
+        self.writes = writes
         self._last_write = 0.0
         self._last_check = 0.0
         self._cancelled = False
@@ -45,7 +49,11 @@ class RunContext:
         if now - self._last_write < CHECK_INTERVAL:
             return
         self._last_write = self._last_check = now
-        if not self.store.set_progress(self.job_id, self.attempt, fraction, message):
+        if self.writes:
+            held = lifecycle.set_progress(self.store, self.job_id, self.attempt, fraction, message)
+        else:
+            held = lifecycle.held(self.store, self.job_id, self.attempt)
+        if not held:
             self._cancelled = True
             raise JobCancelled(f"Job {self.job_id} was cancelled.")
         job_progress.send(self.app, job_id=self.job_id, progress=fraction, message=message)
@@ -56,24 +64,5 @@ class RunContext:
             now = time.monotonic()
             if now - self._last_check >= CHECK_INTERVAL:
                 self._last_check = now
-                self._cancelled = not self.store.held(self.job_id, self.attempt)
+                self._cancelled = not lifecycle.held(self.store, self.job_id, self.attempt)
         return self._cancelled
-
-
-def fraction_of(done: float, total: float | None) -> float:
-    """``done`` out of ``total`` (or ``done`` alone as a fraction), clamped to 0-1.
-
-    :raises ValueError: for numbers that are not finite, or a total that is not positive.
-    """
-    for name, value in (("done", done), ("total", total)):
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"progress {name} is {value!r}; expected a finite number.")
-    if total is not None:
-        if total <= 0:
-            raise ValueError(f"progress total is {total!r}; expected a positive number.")
-        done = done / total
-    return min(max(float(done), 0.0), 1.0)

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from flask import Flask, current_app
+
+from .store import JobStore
 
 if TYPE_CHECKING:
     from celery import Celery
     from flask_sqlalchemy import SQLAlchemy
 
     from .config import Settings
-    from .extension import AsyncRequest
-    from .store import JobStore
-    from .tasks import EmbeddedWorker
+    from .embedded import EmbeddedWorker
     from .tokens import TokenVerifier
 
 EXTENSION_KEY = "async_request"
+
+
+class IdentitySource(Protocol):
+    """Holds the app's identity loader (the extension object does)."""
+
+    identity_loader_callback: Callable[[], object] | None
 
 
 @dataclasses.dataclass
@@ -31,7 +38,7 @@ class AsyncRequestState:
     #: The in-process worker of embedded mode; ``None`` when a broker is configured.
     embedded: EmbeddedWorker | None
     #: The extension object, which holds the identity loader.
-    extension: AsyncRequest
+    extension: IdentitySource
     #: Verifies the status endpoint's tokens, remembering good ones.
     verify_token: TokenVerifier
     #: The hot paths' statements, made on first use in each process.
@@ -41,8 +48,6 @@ class AsyncRequestState:
         """The job store of this app in this process."""
         store = self._store
         if store is None or store.pid != os.getpid():
-            from .store import JobStore
-
             store = self._store = JobStore.for_app(current_app, self.db.engine)
         return store
 

@@ -1,32 +1,30 @@
-"""The hot paths' SQL: one statement per step, on pooled autocommit connections.
+"""Where the jobs table is reached: pooled autocommit connections, and the status reads.
 
 Polls, claims, replies and lease renewals are single statements run many
-times per job. Through the ORM session each would open a transaction and end
-it (two more round trips) and pay for building the statement again; here each
-is compiled once and, on a network database, runs on a connection in
-autocommit mode from a small pool of its own, so no BEGIN, COMMIT or ROLLBACK
-is ever sent for them. SQLite, where there is no network to save, uses the
-app's engine.
+times per job (the writes are built in :mod:`.lifecycle`). Through the ORM
+session each would open a transaction and end it (two more round trips) and
+pay for building the statement again; here each is compiled once and, on a
+network database, runs on a connection in autocommit mode from a small pool of
+its own, so no BEGIN, COMMIT or ROLLBACK is ever sent for them. SQLite, where
+there is no network to save, uses the app's engine.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.orm import make_transient_to_detached
 
-from .models import Job, JobStatus, utcnow
+from .models import Job, JobStatus
 
 if TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy.engine import Engine
 
-_REPLY = sa.select(
+#: The columns of a :class:`JobReply`, in its order.
+REPLY_COLUMNS = (
     Job.uid,
     Job.owner,
     Job.status,
@@ -35,88 +33,11 @@ _REPLY = sa.select(
     Job.progress,
     Job.progress_message,
     Job.content_type,
-).where(Job.id == sa.bindparam("job_id"))
-
-_CLAIM = (
-    sa.update(Job)
-    .where(Job.id == sa.bindparam("job_id"), Job.status == JobStatus.WAITING)
-    .values(
-        status=JobStatus.PROCESSING,
-        started_at=sa.bindparam("now"),
-        updated_at=sa.bindparam("now"),
-        lease_expires_at=sa.bindparam("lease_until"),
-        attempts=Job.attempts + 1,
-    )
 )
-_CLAIMED = sa.select(Job.uid, Job.worker, Job.params, Job.attempts, Job.callback_url).where(
-    Job.id == sa.bindparam("job_id")
-)
-
-_HELD = (
-    Job.id == sa.bindparam("job_id"),
-    Job.status == JobStatus.PROCESSING,
-    Job.attempts == sa.bindparam("attempt"),
-)
-_FINISH = (
-    sa.update(Job)
-    .where(*_HELD)
-    .values(
-        status=sa.bindparam("status"),
-        status_code=sa.bindparam("status_code"),
-        response=sa.bindparam("response"),
-        content_type=sa.bindparam("content_type"),
-        finished_at=sa.bindparam("now"),
-        updated_at=sa.bindparam("now"),
-        lease_expires_at=None,
-        progress=sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
-    )
-)
-_RESCHEDULE = (
-    sa.update(Job)
-    .where(*_HELD)
-    .values(
-        status=JobStatus.WAITING,
-        due_at=sa.bindparam("due_at"),
-        updated_at=sa.bindparam("now"),
-        lease_expires_at=None,
-    )
-)
-_RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
-_PROGRESS = (
-    sa.update(Job)
-    .where(*_HELD)
-    .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message"))
-)
-_HELD_NOW = sa.select(Job.id).where(*_HELD)
-
-#: What a cancelled job's reply says (499: the client closed the request).
-CANCELLED_STATUS_CODE = 499
-CANCELLED_BODY = '{"error": "Job cancelled"}'
-_CANCEL = (
-    sa.update(Job)
-    .where(
-        Job.id == sa.bindparam("job_id"),
-        Job.status.in_([JobStatus.WAITING, JobStatus.PROCESSING]),
-    )
-    .values(
-        status=JobStatus.CANCELLED,
-        status_code=CANCELLED_STATUS_CODE,
-        response=CANCELLED_BODY,
-        finished_at=sa.bindparam("now"),
-        updated_at=sa.bindparam("now"),
-        lease_expires_at=None,
-    )
-)
-
+_REPLY = sa.select(*REPLY_COLUMNS).where(Job.id == sa.bindparam("job_id"))
 
 #: The PostgreSQL channel on which finished and cancelled jobs are announced.
 CHANNEL = "async_request_jobs"
-
-
-def _notifying(update: sa.Update) -> sa.Select[tuple[Any]]:
-    """``update`` that also announces the changed job on :data:`CHANNEL`, in one statement."""
-    done = update.returning(Job.id).cte("done")
-    return sa.select(sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))).select_from(done)
 
 
 #: Backoff of a long poll where no notification exists (seconds).
@@ -136,16 +57,6 @@ class JobReply(NamedTuple):
     content_type: str | None = None
 
 
-class Claim(NamedTuple):
-    """What a worker needs of the job it just claimed."""
-
-    uid: str
-    worker: str
-    params: dict[str, Any]
-    attempt: int
-    callback_url: str | None
-
-
 class JobStore:
     """Runs the hot paths' statements for one app in one process."""
 
@@ -154,20 +65,16 @@ class JobStore:
         #: Whether statements commit on their own (a network database's own pool).
         self.autocommit = autocommit
         self.pid = os.getpid()
-        self._claim = _CLAIM.returning(
-            Job.uid, Job.worker, Job.params, Job.attempts, Job.callback_url
-        )
-        self._returning = bool(engine.dialect.update_returning)
+        #: Whether an UPDATE can hand back the changed row (not on MariaDB or MySQL).
+        self.returning = bool(engine.dialect.update_returning)
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.
         self._reply_sql = _REPLY.compile(dialect=engine.dialect).string
         self._positional = bool(engine.dialect.positional)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-        # On PostgreSQL with psycopg 3, finishing a job notifies long polls, which
-        # LISTEN instead of polling.
-        self._listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
-        self._finish = _notifying(_FINISH) if self._listen else _FINISH
-        self._cancel = _notifying(_CANCEL) if self._listen else _CANCEL
+        #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
+        #: long polls LISTEN instead of polling.
+        self.listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -213,103 +120,29 @@ class JobStore:
         uid, owner, status, *rest = row
         return JobReply(uid, owner, JobStatus(status), *rest)
 
-    def insert(self, job: Job) -> None:
-        """Store a new job in one autocommitted statement, and make ``job`` its persistent row.
-
-        The defaults (uid, times) are filled in here, so the instance holds every
-        column; it is then attached as a loaded row, with no query.
-        """
-        now = utcnow()
-        values = {
-            "uid": job.uid or uuid.uuid4().hex,
-            "worker": job.worker,
-            "params": job.params,
-            "status": job.status or JobStatus.WAITING,
-            "owner": job.owner,
-            "idempotency_scope": job.idempotency_scope,
-            "callback_url": job.callback_url,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-            "due_at": now,
-        }
+    def first(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
+        """Run ``statement`` in a transaction of its own; its first row, if any."""
         with self.engine.begin() as conn:
-            key = conn.execute(sa.insert(Job), values).inserted_primary_key
-        assert key is not None  # An INSERT of one row always has its key.
-        (job_id,) = key
-        for key, value in values.items():
-            setattr(job, key, value)
-        job.id = job_id
-        make_transient_to_detached(job)
+            return conn.execute(statement, params).first()
 
-    def claim(self, job_id: int, lease: timedelta) -> Claim | None:
-        """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.
-
-        One conditional UPDATE, so of several workers given the same job, one wins.
-        """
-        now = utcnow()
-        params = {"job_id": job_id, "now": now, "lease_until": now + lease}
+    def all(self, statement: sa.Executable, params: dict[str, Any]) -> list[Any]:
+        """Run ``statement`` in a transaction of its own; all its rows."""
         with self.engine.begin() as conn:
-            if self._returning:
-                row = conn.execute(self._claim, params).first()
-            else:
-                claimed = conn.execute(_CLAIM, params).rowcount == 1
-                row = conn.execute(_CLAIMED, params).first() if claimed else None
-        return None if row is None else Claim(*row)
+            return list(conn.execute(statement, params))
 
-    def finish(
-        self,
-        job_id: int,
-        attempt: int,
-        status: JobStatus,
-        status_code: int,
-        response: str,
-        content_type: str | None = None,
-    ) -> bool:
-        """Store the reply, if ``attempt`` still holds the job; tell whether it did."""
-        params = {
-            "job_id": job_id,
-            "attempt": attempt,
-            "status": status,
-            "status_code": status_code,
-            "response": response,
-            "content_type": content_type,
-            "now": utcnow(),
-            "progress": 1.0 if status is JobStatus.PROCESSED else None,
-        }
-        return self._update(self._finish, params)
-
-    def reschedule(self, job_id: int, attempt: int, due_at: datetime) -> bool:
-        """Put the job back to ``waiting`` until ``due_at``, if ``attempt`` still holds it."""
-        params = {"job_id": job_id, "attempt": attempt, "due_at": due_at, "now": utcnow()}
-        return self._update(_RESCHEDULE, params)
-
-    def renew(self, job_id: int, attempt: int, lease: timedelta) -> bool:
-        """Extend the job's lease, if ``attempt`` still holds it."""
-        params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
-        return self._update(_RENEW, params)
-
-    def set_progress(self, job_id: int, attempt: int, progress: float, message: str | None) -> bool:
-        """Store progress, if ``attempt`` still holds the job; tell whether it does."""
-        params = {"job_id": job_id, "attempt": attempt, "progress": progress, "message": message}
-        return self._update(_PROGRESS, params)
-
-    def held(self, job_id: int, attempt: int) -> bool:
-        """Whether ``attempt`` still holds the job (not cancelled, not taken over)."""
+    def rowcount(self, statement: sa.Executable, params: dict[str, Any]) -> int:
+        """Run the UPDATE or DELETE ``statement`` in a transaction of its own; rows changed."""
         with self.engine.begin() as conn:
-            params = {"job_id": job_id, "attempt": attempt}
-            return conn.execute(_HELD_NOW, params).first() is not None
+            return int(conn.execute(statement, params).rowcount)
 
-    def cancel(self, job_id: int) -> bool:
-        """Cancel the job if it is waiting or processing; tell whether it was."""
-        return self._update(self._cancel, {"job_id": job_id, "now": utcnow()})
-
-    def _update(self, statement: sa.Update | sa.Select[Any], params: dict[str, Any]) -> bool:
+    def update_then_read(
+        self, update: sa.Update, read: sa.Select[Any], params: dict[str, Any]
+    ) -> Any:
+        """Where UPDATE cannot return rows: run ``update``, then ``read`` if it changed one row."""
         with self.engine.begin() as conn:
-            result = conn.execute(statement, params)
-            if isinstance(statement, sa.Select):  # _notifying: one row per changed job
-                return result.first() is not None
-            return result.rowcount == 1
+            if conn.execute(update, params).rowcount != 1:
+                return None
+            return conn.execute(read, params).first()
 
     def wait_until_finished(self, job_id: int, timeout: float) -> JobReply | None:
         """Wait up to ``timeout`` seconds for the job to finish; return its reply then.
@@ -319,7 +152,7 @@ class JobStore:
         from 50 ms to 500 ms.
         """
         deadline = time.monotonic() + timeout
-        if self._listen:
+        if self.listen:
             self._wait_listening(job_id, deadline)
         else:
             delay = _POLL_FIRST

@@ -14,7 +14,6 @@ from .models import utcnow
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .models import Job
 
 #: Longer header values are refused before any parsing or signature check.
 MAX_TOKEN_LENGTH = 4096
@@ -30,23 +29,20 @@ class TokenClaims:
     owner: str | None = None
 
 
-def encode_token(job: Job, settings: Settings | None = None) -> str:
-    """Sign a token for ``job`` that expires after ``ASYNC_REQUEST_TOKEN_EXPIRATION``."""
-    if settings is None:
-        from .state import get_state
+def encode_token(job_id: int, uid: str, owner: str | None, settings: Settings) -> str:
+    """Sign a token for job ``job_id`` (row ``uid``), valid for ``settings.token_expiration``.
 
-        settings = get_state().settings
-    if job.id is None:
-        raise ValueError("The job has no id yet; a token can only be made for a stored job.")
+    :param owner: the identity the job is bound to, put in the token's ``sub``.
+    """
     now = utcnow()
     claims: dict[str, object] = {
-        "job_id": job.id,
-        "jti": job.uid,
+        "job_id": job_id,
+        "jti": uid,
         "iat": now,
         "exp": now + settings.token_expiration,
     }
-    if job.owner is not None:
-        claims["sub"] = job.owner
+    if owner is not None:
+        claims["sub"] = owner
     return jwt.encode(claims, settings.encode_key, algorithm=settings.algorithm)
 
 

@@ -14,12 +14,12 @@ from typing import Any
 import sqlalchemy.exc
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from .exceptions import IdempotencyConflict, InvalidToken, JobFinished
-from .jobs import cancel_job, fetch_reply
+from .exceptions import IdempotencyConflict, InvalidToken, JobFinished, JobNotFound
 from .models import Job
 from .state import get_state
 from .store import JobReply
 from .tokens import TokenClaims, token_from_header
+from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")
 
@@ -54,11 +54,10 @@ def _job_for_request() -> tuple[TokenClaims, JobReply]:
         )
     except InvalidToken:
         raise _Refusal(_error("Invalid token", 400)) from None
-    reply = _fetch(claims.job_id)
-    # A row with the same id but another uid is a different job (ids can be reused
-    # after a purge or a table reset): the token does not reach it.
-    if reply is None or reply.uid != claims.uid:
-        raise _Refusal(_error("Job not found", 404))
+    with _database():
+        reply = state.store().fetch_reply(claims.job_id)
+    _check_same_job(claims, reply)
+    assert reply is not None  # _check_same_job refused a missing row.
     # A job bound to an identity answers only that identity; to anyone else it
     # does not exist.
     if reply.owner is not None and (claims.owner != reply.owner or state.identity() != reply.owner):
@@ -66,9 +65,14 @@ def _job_for_request() -> tuple[TokenClaims, JobReply]:
     return claims, reply
 
 
-def _fetch(job_id: int) -> JobReply | None:
-    with _database():
-        return fetch_reply(job_id)
+def _check_same_job(claims: TokenClaims, reply: JobReply | None) -> None:
+    """Refuse with 404 unless ``reply`` is the row the token was signed for.
+
+    A row with the same id but another uid is a different job (ids can be
+    reused after a purge or a table reset): the token does not reach it.
+    """
+    if reply is None or reply.uid != claims.uid:
+        raise _Refusal(_error("Job not found", 404))
 
 
 @contextlib.contextmanager
@@ -123,18 +127,18 @@ def job_status() -> Any:
         if wait is not None and not reply.status.finished:
             applied = min(wait, get_state().settings.max_wait)
             if applied > 0:
-                reply = _wait(claims.job_id, applied) or reply
+                with _database():
+                    waited = get_state().store().wait_until_finished(claims.job_id, applied)
+                # The job may have been purged meanwhile: then it is gone, as for a plain GET.
+                _check_same_job(claims, waited)
+                assert waited is not None  # _check_same_job refused a missing row.
+                reply = waited
     except _Refusal as refusal:
         return refusal.response
     body, status, headers = _answer(reply)
     if applied is not None:
         headers["Preference-Applied"] = f"wait={applied}"
     return body, status, headers
-
-
-def _wait(job_id: int, seconds: int) -> JobReply | None:
-    with _database():
-        return get_state().store().wait_until_finished(job_id, seconds)
 
 
 @blueprint.delete("/job")
@@ -148,7 +152,7 @@ def cancel() -> Any:
         return refusal.response
     except JobFinished:
         return _error("The job has finished already and cannot be cancelled.", 409)
-    except LookupError:
+    except JobNotFound:
         return _error("Job not found", 404)
     return _answer(reply)
 

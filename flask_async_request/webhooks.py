@@ -26,8 +26,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
+import sqlalchemy as sa
+
 from .exceptions import AsyncRequestError
-from .models import Job
+from .models import Job, JobStatus
 from .state import get_state
 
 TIMESTAMP_HEADER = "X-Async-Request-Timestamp"
@@ -75,14 +77,19 @@ def verify_callback(
     return hmac.compare_digest(sign(payload, timestamp, key), signature)
 
 
-def callback_payload(job: Job) -> bytes:
-    """The JSON body announcing ``job``'s end."""
-    body = {
-        "job_id": job.id,
-        "status": job.status.value,
-        "response": {"status_code": job.status_code, "body": job.response or ""},
+_CALLBACK = sa.select(Job.callback_url, Job.status, Job.status_code, Job.response).where(
+    Job.id == sa.bindparam("job_id")
+)
+
+
+def callback_payload(job_id: int, status: JobStatus, status_code: int | None, body: str) -> bytes:
+    """The JSON body announcing job ``job_id``'s end."""
+    payload = {
+        "job_id": job_id,
+        "status": status.value,
+        "response": {"status_code": status_code, "body": body},
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def deliver(job_id: int) -> bool:
@@ -90,18 +97,19 @@ def deliver(job_id: int) -> bool:
 
     :returns: ``False`` when there is nothing to deliver (no such job, no url).
     :raises DeliveryError: the receiver could not be reached or did not answer 2xx.
+    :raises sqlalchemy.exc.OperationalError: the database could not be read.
     """
     state = get_state()
-    job = state.db.session.get(Job, job_id)
-    if job is None or not job.callback_url:
+    row = state.store().first(_CALLBACK, {"job_id": job_id})
+    if row is None or not row.callback_url:
         return False
     key = state.settings.callback_key
     if key is None:
         raise DeliveryError("Callbacks need ASYNC_REQUEST_CALLBACK_KEY (or SECRET_KEY) set.")
-    payload = callback_payload(job)
+    payload = callback_payload(job_id, JobStatus(row.status), row.status_code, row.response or "")
     timestamp = str(int(time.time()))
     request = urllib.request.Request(
-        job.callback_url,
+        row.callback_url,
         data=payload,
         method="POST",
         headers={
@@ -111,7 +119,6 @@ def deliver(job_id: int) -> bool:
             SIGNATURE_HEADER: sign(payload, timestamp, key),
         },
     )
-    state.db.session.commit()
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             status = response.status

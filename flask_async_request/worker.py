@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import math
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .exceptions import InvalidReply, JobCancelled, WorkerResolutionError
-from .running import fraction_of
-
-if TYPE_CHECKING:
-    from .running import RunContext
 
 #: Rack status names (the Rails symbols of the original gem) that differ from
 #: :class:`http.HTTPStatus` member names.
@@ -21,6 +18,16 @@ _RACK_NAMES = {
     "range_not_satisfiable": HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
     "unprocessable_content": HTTPStatus.UNPROCESSABLE_ENTITY,
 }
+
+
+class RunLink(Protocol):
+    """What a running worker reports its progress to (the runner gives one)."""
+
+    def report(self, fraction: float, message: str | None) -> None:
+        """Store progress; raise :class:`JobCancelled` once the job is no longer this run's."""
+
+    def cancelled(self) -> bool:
+        """Whether the job is no longer this run's."""
 
 
 Status = int | HTTPStatus | str
@@ -44,8 +51,18 @@ class Worker:
     #: errors of the work, for example ``(ConnectionError, TimeoutError)``.
     retry_on: tuple[type[BaseException], ...] = (Exception,)
 
+    #: Commit the reply with the worker's own database writes, in one transaction.
+    #:
+    #: ``execute`` writes through the app's ``db.session`` and does not commit:
+    #: the library stores the reply in the same transaction and commits both.
+    #: A worker lost before that commit leaves no write behind, and an attempt
+    #: that was cancelled or taken over meanwhile (its lease ran out and the
+    #: sweeper ran the job again) is rolled back whole, so the job's writes are
+    #: applied once. A failing ``execute`` rolls its writes back.
+    transactional: bool = False
+
     #: The run this instance serves; ``None`` when ``execute`` is called directly.
-    _run: RunContext | None = None
+    _run: RunLink | None = None
 
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report how far the work got: a fraction (``0.4``) or ``done`` of ``total``.
@@ -197,3 +214,22 @@ def normalize_reply(reply: object) -> tuple[int, str, str | None]:
 def _short(value: object, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fraction_of(done: float, total: float | None) -> float:
+    """``done`` out of ``total`` (or ``done`` alone as a fraction), clamped to 0-1.
+
+    :raises ValueError: for numbers that are not finite, or a total that is not positive.
+    """
+    for name, value in (("done", done), ("total", total)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"progress {name} is {value!r}; expected a finite number.")
+    if total is not None:
+        if total <= 0:
+            raise ValueError(f"progress total is {total!r}; expected a positive number.")
+        done = done / total
+    return min(max(float(done), 0.0), 1.0)

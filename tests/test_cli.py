@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 
 from flask_async_request import Job, JobStatus
+from flask_async_request.broker import PURGE_TASK
 from flask_async_request.config import parse_duration
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
@@ -62,8 +63,43 @@ def test_purge_deletes_old_finished_jobs(filled: Flask) -> None:
     """By default purge deletes finished jobs older than ASYNC_REQUEST_JOBS_EXPIRATION."""
     result = run(filled, "purge")
     assert result.exit_code == 0, result.output
-    assert "Deleted 2 jobs (processed, failed) older than 1d00h." in result.output
+    assert "Deleted 2 jobs (processed, failed, cancelled) older than 1d00h." in result.output
     assert _statuses(filled) == ["old waiting", "processing", "recent processed"]
+
+
+def test_purge_deletes_old_cancelled_jobs(filled: Flask) -> None:
+    """Cancelled jobs are finished jobs: purge deletes them by default, the recent ones kept."""
+    with filled.app_context():
+        add_job(
+            status=JobStatus.CANCELLED,
+            response="old cancelled",
+            finished_at=utcnow() - timedelta(days=3),
+        )
+        add_job(status=JobStatus.CANCELLED, response="recent cancelled", finished_at=utcnow())
+    result = run(filled, "purge")
+    assert "Deleted 3 jobs" in result.output
+    assert "old cancelled" not in _statuses(filled)
+    assert "recent cancelled" in _statuses(filled)
+
+
+def test_scheduled_purge_deletes_old_cancelled_jobs(filled: Flask) -> None:
+    """The periodic purge task deletes old cancelled jobs too."""
+    with filled.app_context():
+        add_job(
+            status=JobStatus.CANCELLED,
+            response="old cancelled",
+            finished_at=utcnow() - timedelta(days=3),
+        )
+        purge = get_state().celery.tasks[PURGE_TASK]
+        assert purge.apply().get() == 3
+    assert "old cancelled" not in _statuses(filled)
+
+
+def test_purge_older_than_zero_means_now(filled: Flask) -> None:
+    """--older-than 0s deletes every finished job, not those past the default age."""
+    result = run(filled, "purge", "--older-than", "0s")
+    assert "Deleted 3 jobs" in result.output
+    assert _statuses(filled) == ["old waiting", "processing"]
 
 
 def test_purge_dry_run_deletes_nothing(filled: Flask) -> None:

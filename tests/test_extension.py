@@ -13,7 +13,7 @@ from flask import Flask, url_for
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import AsyncRequest, Job
-from flask_async_request.tasks import PROCESS_TASK, PURGE_SCHEDULE
+from flask_async_request.broker import PROCESS_TASK, PURGE_SCHEDULE
 from tests.conftest import SECRET, AppFactory, poll
 from tests.workers import Echo
 

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.jobs import run_job
+from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from tests import workers
 from tests.conftest import AppFactory, add_job

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_async_request import Job, JobStatus, accepted, signals
-from flask_async_request.jobs import run_job
+from flask_async_request import Job, JobStatus, accepted, lifecycle, signals
+from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
@@ -72,13 +72,13 @@ def test_progress_in_a_tight_loop_writes_rarely(
 ) -> None:
     """100,000 reports cost a handful of writes."""
     writes: list[float] = []
-    original = JobStore.set_progress
+    original = lifecycle.set_progress
 
-    def counting(self: JobStore, *args: Any) -> bool:
+    def counting(store: JobStore, *args: Any) -> bool:
         writes.append(args[2])
-        return original(self, *args)
+        return original(store, *args)
 
-    monkeypatch.setattr(JobStore, "set_progress", counting)
+    monkeypatch.setattr(lifecycle, "set_progress", counting)
     job = Job.create_and_enqueue(workers.TightLoop, 100_000)
     assert job.status is JobStatus.PROCESSED
     assert 1 <= len(writes) <= 20

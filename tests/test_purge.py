@@ -7,10 +7,10 @@ from datetime import timedelta
 from flask import Flask
 
 from flask_async_request import Job, JobStatus
+from flask_async_request.broker import PURGE_TASK
 from flask_async_request.maintenance import purge_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
-from flask_async_request.tasks import PURGE_TASK
 from tests.conftest import AppFactory, add_job
 
 

@@ -12,11 +12,11 @@ import pytest
 from flask import Flask
 
 from flask_async_request import EnqueueError, Job, JobStatus
-from flask_async_request.jobs import run_job
+from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
+from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
-from flask_async_request.tasks import PROCESS_TASK
 from tests import workers
 from tests.conftest import AppFactory, add_job
 

@@ -9,7 +9,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from flask_async_request import Worker
+from flask_async_request.state import get_state
 
 #: Files that record each run, for tests that count executions across processes.
 EFFECTS_DIR_ENV = "FAR_TEST_EFFECTS_DIR"
@@ -181,7 +184,7 @@ class CancelsItself(Worker):
     """Cancels its own job mid-run (as a client's DELETE would), then keeps reporting."""
 
     def execute(self, counter_file: str) -> tuple[int, str]:
-        from flask_async_request.jobs import cancel_job
+        from flask_async_request.web import cancel_job
 
         cancel_job(self.job_id)
         assert self.cancelled
@@ -203,3 +206,37 @@ class SlowSteps(Worker):
             if effects:
                 (Path(effects) / f"{self.job_id}-step-{step}").touch()
         return 200, json.dumps({"steps": steps})
+
+
+class WriteEffect(Worker):
+    """A transactional worker: inserts a row into ``effects`` through the app's session.
+
+    ``take_over`` first lets "another worker" take the job over (its attempt is
+    bumped on another connection), as the sweeper and a second claim would.
+    Each write leaves a file ``written-<job id>`` in the effects directory; the
+    first one then holds its uncommitted write for ``sleep`` seconds.
+    """
+
+    transactional = True
+
+    def execute(self, take_over: bool = False, fail: bool = False, sleep: float = 0.0) -> Any:
+        state = get_state()
+        if take_over:
+            with state.store().engine.begin() as conn:
+                conn.execute(
+                    sa.text("UPDATE async_request_jobs SET attempts = attempts + 1 WHERE id = :id"),
+                    {"id": self.job_id},
+                )
+        state.db.session.execute(
+            sa.text("INSERT INTO effects (job_id) VALUES (:id)"), {"id": self.job_id}
+        )
+        effects = os.environ.get(EFFECTS_DIR_ENV)
+        marker = Path(effects or ".") / f"written-{self.job_id}"
+        first = not (effects and marker.exists())
+        if effects:
+            marker.touch()
+        if first:
+            time.sleep(sleep)
+        if fail:
+            raise RuntimeError("failed after writing")
+        return 200, "written"

@@ -33,7 +33,7 @@ def test_jobs_run_and_answer_on_mariadb(maria_app: Any) -> None:
     """Create, claim (without RETURNING), run, store and poll."""
     with maria_app.app_context():
         store = get_state().store()
-        assert not store._returning
+        assert not store.returning
         job = Job.create_and_enqueue(workers.Echo, {"nested": [1, 2]}, key="v")
         token = job.token
         assert job.status is JobStatus.PROCESSED

@@ -136,7 +136,7 @@ def test_long_poll_listens_instead_of_polling(stack: Stack) -> None:
         JobStore.fetch_reply = original  # type: ignore[method-assign]
     assert response.status_code == 200
     with app.app_context():
-        assert get_state().store()._listen
+        assert get_state().store().listen
     # The first read, the re-check after LISTEN and the final read: no polling.
     assert len(fetches) <= 3, fetches
 

@@ -12,8 +12,8 @@ import pytest
 from flask import url_for
 
 from flask_async_request import Job, JobStatus
+from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.state import get_state
-from flask_async_request.tasks import PROCESS_TASK
 from tests import workers
 from tests.conftest import poll
 from tests.integration.conftest import Stack, effects

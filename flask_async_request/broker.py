@@ -1,0 +1,138 @@
+"""The Celery app made from Flask config, and the messages sent through it.
+
+Every message this library sends goes out here: a job to run, a callback to
+deliver, a revoke. The tasks that receive them are registered in :mod:`.tasks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+from flask import Flask
+
+from .embedded import EmbeddedWorker
+from .exceptions import ConfigurationError, EnqueueError
+from .state import get_state
+
+if TYPE_CHECKING:
+    from .state import AsyncRequestState
+
+logger = logging.getLogger("flask_async_request")
+
+PROCESS_TASK = "flask_async_request.process_job"
+PURGE_TASK = "flask_async_request.purge_jobs"
+PURGE_SCHEDULE = "flask_async_request.purge_jobs"
+SWEEP_TASK = "flask_async_request.sweep_jobs"
+SWEEP_SCHEDULE = "flask_async_request.sweep_jobs"
+CALLBACK_TASK = "flask_async_request.deliver_callback"
+
+
+def _flask_task_class(app: Flask) -> type[Task]:
+    class FlaskTask(Task):  # type: ignore[misc]
+        """Runs every task of this Celery app inside the Flask app's context."""
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    return FlaskTask
+
+
+def make_celery(app: Flask) -> tuple[Celery, EmbeddedWorker | None]:
+    """Make (or reuse) the app's Celery app, stored in ``app.extensions["celery"]``.
+
+    The Celery app is built from ``app.config["CELERY"]`` (lowercase Celery
+    settings, the Flask documentation's convention); one already there is
+    reused. Without a broker, jobs run on Celery's in-memory transport in a
+    worker thread of the web process (embedded mode, for development).
+
+    :raises ConfigurationError: ``CELERY`` is not a mapping.
+    """
+    celery_app: Celery | None = app.extensions.get("celery")
+    if celery_app is not None:
+        return celery_app, None
+    conf = app.config.setdefault("CELERY", {})
+    if not isinstance(conf, Mapping):
+        raise ConfigurationError(
+            f"CELERY is {conf!r}; expected a dict of lowercase Celery settings,"
+            ' such as {"broker_url": "redis://127.0.0.1:6379/0"}.'
+        )
+    celery_app = Celery(app.import_name, task_cls=_flask_task_class(app))
+    celery_app.config_from_object(dict(conf))
+    embedded = None
+    if not celery_app.conf.broker_url and not celery_app.conf.task_always_eager:
+        celery_app.conf.broker_url = "memory://localhost/"
+        celery_app.conf.broker_transport_options = {"polling_interval": 0.05}
+        # The in-memory transport's queues are shared by the whole process: a
+        # queue of its own keeps each embedded app's jobs with its own worker.
+        celery_app.conf.task_default_queue = f"async-request-embedded-{uuid.uuid4().hex[:8]}"
+        embedded = EmbeddedWorker(celery_app)
+        logger.warning(
+            "flask-async-request runs jobs in an embedded worker inside this process because"
+            ' CELERY has no "broker_url". This is for development only: in production set'
+            " a broker (Redis or RabbitMQ) and run `celery worker` processes."
+        )
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app, embedded
+
+
+def task_id(job_id: int, uid: str) -> str:
+    """The Celery task id of every message for a job, so one revoke stops them all.
+
+    The uid makes it unique across databases and table resets: workers remember
+    revoked ids, and Celery apps sharing a broker share their revokes.
+    """
+    return f"async-request-{job_id}-{uid}"
+
+
+def publish(job_id: int, uid: str, countdown: float | None = None) -> None:
+    """Send the message that makes a worker run job ``job_id``.
+
+    :raises EnqueueError: the broker could not be reached; the row is left as it is.
+    """
+    state = get_state()
+    if state.embedded is not None:
+        state.embedded.ensure_started()
+    task = state.celery.tasks[PROCESS_TASK]
+    try:
+        task.apply_async(
+            (job_id,), queue=state.settings.queue, countdown=countdown, task_id=task_id(job_id, uid)
+        )
+    except Exception as e:
+        if state.celery.conf.task_always_eager:
+            raise
+        raise EnqueueError(
+            f"Job {job_id} is stored but its message could not be published: {e}", job_id
+        ) from e
+
+
+def queue_callback(job_id: int) -> None:
+    """Have the job's end POSTed to its callback url, by a task of its own.
+
+    A broker that refuses the message is logged, not raised: the job has ended
+    either way.
+    """
+    state = get_state()
+    try:
+        state.celery.tasks[CALLBACK_TASK].apply_async(
+            (job_id,), queue=state.settings.queue, task_id=f"async-request-callback-{job_id}"
+        )
+    except Exception:
+        logger.exception("Job %s: its callback could not be queued.", job_id)
+
+
+def revoke(state: AsyncRequestState, job_id: int, uid: str) -> None:
+    """Tell the workers to drop job ``job_id``'s queued messages (best effort)."""
+    if state.celery.conf.task_always_eager:
+        return
+    try:
+        state.celery.control.revoke(task_id(job_id, uid))
+    except Exception:
+        # The row is cancelled, which is what stops the job; the revoke only
+        # spares a worker the claim attempt.
+        logger.warning("Job %s: could not revoke its Celery task.", job_id, exc_info=True)

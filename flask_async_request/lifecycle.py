@@ -1,0 +1,589 @@
+"""Every transition of a job's row, and what each end state triggers.
+
+A job lives through these statuses (``flask async-request`` and the sweeper
+call the same functions as the web and worker processes)::
+
+    create ──> waiting ──claim──> processing ──finish──> processed | failed
+                 ^  ^                  │ │ │
+                 │  └──reschedule──────┘ │ └──fail_lost (lease expired, no retry left)──> failed
+                 │  └──requeue_lost──────┘
+                 └──reset_for_retry── failed
+    waiting | processing ──cancel──> cancelled
+    processed | failed | cancelled ──purge──> (deleted)
+
+Each transition is one conditional statement, so two processes racing for the
+same job (two workers, a worker and the sweeper, a worker and a cancel) never
+both win. Writes made on behalf of a running attempt are fenced by its attempt
+number: a worker whose job was cancelled or taken over changes nothing.
+
+Every end state, whichever path reaches it, goes through :func:`announce`:
+long polls are woken (on PostgreSQL the NOTIFY is part of the ending
+statement itself), the signal is sent and the completion callback queued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .broker import queue_callback
+from .exceptions import JobFinished, JobNotFailed, JobNotFound
+from .models import Job, JobStatus, new_uid, utcnow
+from .signals import job_cancelled, job_failed, job_finished
+from .state import current_flask_app
+from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore
+
+logger = logging.getLogger("flask_async_request")
+
+#: Every status in which a job has its reply and will not run again.
+FINISHED_STATUSES = tuple(status for status in JobStatus if status.finished)
+
+#: What a cancelled job's reply says (499: the client closed the request).
+CANCELLED_STATUS_CODE = 499
+
+
+def error_body(message: str) -> str:
+    """The reply body of a job that failed or was cancelled: ``{"error": message}``."""
+    return json.dumps({"error": message})
+
+
+def error_message(body: str | None) -> str:
+    """The message of an :func:`error_body`; the body itself if it is not one."""
+    try:
+        message = json.loads(body or "")["error"]
+    except (ValueError, TypeError, KeyError):
+        return body or ""
+    return message if isinstance(message, str) else json.dumps(message)
+
+
+CANCELLED_BODY = error_body("Job cancelled")
+
+
+class Claim(NamedTuple):
+    """What a worker needs of the job it just claimed."""
+
+    uid: str
+    worker: str
+    params: dict[str, Any]
+    attempt: int
+    callback_url: str | None
+
+
+class Outcome(NamedTuple):
+    """How a run ended: the status to store and the reply."""
+
+    status: JobStatus
+    status_code: int
+    body: str
+    content_type: str | None = None
+
+
+def failure(message: str) -> Outcome:
+    """The outcome of a run that failed with ``message``."""
+    return Outcome(JobStatus.FAILED, 500, error_body(message))
+
+
+class Ended(NamedTuple):
+    """A job that has just reached an end state, as the ending statement left it."""
+
+    id: int
+    #: What the status endpoint answers for the job now.
+    reply: JobReply
+    callback_url: str | None
+
+    @property
+    def status(self) -> JobStatus:
+        """The end state reached."""
+        return self.reply.status
+
+    @property
+    def uid(self) -> str:
+        """The job's uid."""
+        return self.reply.uid
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Ended:
+        """Read a row of :data:`_ENDED_COLUMNS`."""
+        job_id, *reply, callback_url = row[: len(_ENDED_COLUMNS)]
+        return cls(job_id, JobReply(*reply), callback_url)
+
+
+# The statements ----------------------------------------------------------------------
+
+_ID = Job.id == sa.bindparam("job_id")
+#: The attempt still holds the job: not cancelled, finished, or taken over.
+_HELD = (_ID, Job.status == JobStatus.PROCESSING, Job.attempts == sa.bindparam("attempt"))
+#: The attempt lost its worker: still processing, and its lease ran out.
+_LOST = (*_HELD, Job.lease_expires_at < sa.bindparam("now"))
+
+_CLAIM = (
+    sa.update(Job)
+    .where(_ID, Job.status == JobStatus.WAITING)
+    .values(
+        status=JobStatus.PROCESSING,
+        started_at=sa.bindparam("now"),
+        updated_at=sa.bindparam("now"),
+        lease_expires_at=sa.bindparam("lease_until"),
+        attempts=Job.attempts + 1,
+    )
+)
+_CLAIM_COLUMNS = (Job.uid, Job.worker, Job.params, Job.attempts, Job.callback_url)
+_CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
+_CLAIMED = sa.select(*_CLAIM_COLUMNS).where(_ID)
+
+_RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
+_PROGRESS = (
+    sa.update(Job)
+    .where(*_HELD)
+    .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message"))
+)
+_HELD_NOW = sa.select(Job.id).where(*_HELD)
+
+_BACK_TO_WAITING: dict[str, Any] = {
+    "status": JobStatus.WAITING,
+    "due_at": sa.bindparam("due_at"),
+    "updated_at": sa.bindparam("now"),
+    "lease_expires_at": None,
+}
+_RESCHEDULE = sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING)
+_REQUEUE_LOST = sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING)
+_RESET_FOR_RETRY = (
+    sa.update(Job)
+    .where(_ID, Job.status == JobStatus.FAILED)
+    .values(
+        {
+            **_BACK_TO_WAITING,
+            "status_code": None,
+            "response": None,
+            "content_type": None,
+            "progress": None,
+            "progress_message": None,
+            "attempts": 0,
+            "started_at": None,
+            "finished_at": None,
+        }
+    )
+)
+_TOUCH_WAITING = (
+    sa.update(Job).where(_ID, Job.status == JobStatus.WAITING).values(due_at=sa.bindparam("now"))
+)
+
+_ENDING: dict[str, Any] = {
+    "status": sa.bindparam("status"),
+    "status_code": sa.bindparam("status_code"),
+    "response": sa.bindparam("response"),
+    "finished_at": sa.bindparam("now"),
+    "updated_at": sa.bindparam("now"),
+    "lease_expires_at": None,
+}
+_FINISH = (
+    sa.update(Job)
+    .where(*_HELD)
+    .values(
+        {
+            **_ENDING,
+            "content_type": sa.bindparam("content_type"),
+            "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
+        }
+    )
+)
+_FAIL_LOST = sa.update(Job).where(*_LOST).values(_ENDING)
+_CANCEL = (
+    sa.update(Job)
+    .where(_ID, Job.status.in_([JobStatus.WAITING, JobStatus.PROCESSING]))
+    .values(_ENDING)
+)
+
+_ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url)
+_READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
+_STATUS = sa.select(Job.status).where(_ID)
+
+_LOST_JOBS = (
+    sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at)
+    .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < sa.bindparam("now"))
+    .order_by(Job.id)
+    .limit(sa.bindparam("limit"))
+)
+_STALE_JOBS = (
+    sa.select(Job.id, Job.uid)
+    .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
+    .order_by(Job.id)
+    .limit(sa.bindparam("limit"))
+)
+
+
+class _Ending:
+    """An UPDATE that ends a job, in the forms each database can run.
+
+    On PostgreSQL with psycopg the changed row is announced on :data:`CHANNEL`
+    by the same statement (a ``pg_notify`` over the UPDATE's RETURNING), so no
+    end can be stored without waking the long polls that wait for it.
+    """
+
+    def __init__(self, update: sa.Update) -> None:
+        self.update = update
+        self.returning = update.returning(*_ENDED_COLUMNS)
+        done = self.returning.cte("done")
+        self.notifying = sa.select(
+            *done.c, sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))
+        ).select_from(done)
+
+    def run(self, store: JobStore, params: dict[str, Any]) -> Ended | None:
+        """Run it on the store's own connections; the ended job, if it changed the row."""
+        if store.listen:
+            row = store.first(self.notifying, params)
+        elif store.returning:
+            row = store.first(self.returning, params)
+        else:
+            row = store.update_then_read(self.update, _READ_ENDED, params)
+        return None if row is None else Ended.from_row(row)
+
+    def run_in(self, session: Session, store: JobStore, params: dict[str, Any]) -> Ended | None:
+        """Run it in ``session``'s transaction, which the caller then commits or rolls back."""
+        if store.listen:
+            row = session.execute(self.notifying, params).first()
+        elif store.returning:
+            row = session.execute(self.returning, params).first()
+        elif session.execute(self.update, params).rowcount == 1:  # type: ignore[attr-defined]
+            row = session.execute(_READ_ENDED, params).first()
+        else:
+            row = None
+        return None if row is None else Ended.from_row(row)
+
+
+_FINISHING = _Ending(_FINISH)
+_FAILING_LOST = _Ending(_FAIL_LOST)
+_CANCELLING = _Ending(_CANCEL)
+
+
+def announce(ended: Ended) -> None:
+    """Tell the app and the job's callback that the job ended; once per end state.
+
+    Long polls were woken by the ending statement itself. The signal
+    (``job_finished``, ``job_failed`` or ``job_cancelled``) goes out in this
+    process, and the callback, if the job has one, is queued for delivery.
+    """
+    app = current_flask_app()
+    if ended.status is JobStatus.PROCESSED:
+        job_finished.send(app, job_id=ended.id, status_code=ended.reply.status_code)
+    elif ended.status is JobStatus.FAILED:
+        job_failed.send(app, job_id=ended.id, error=error_message(ended.reply.response))
+    else:
+        job_cancelled.send(app, job_id=ended.id)
+    if ended.callback_url:
+        queue_callback(ended.id)
+
+
+def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "attempt": attempt,
+        "status": outcome.status,
+        "status_code": outcome.status_code,
+        "response": outcome.body,
+        "content_type": outcome.content_type,
+        "now": utcnow(),
+        "progress": 1.0 if outcome.status is JobStatus.PROCESSED else None,
+    }
+
+
+def _status_of(store: JobStore, job_id: int) -> JobStatus:
+    """The job's status, for the error of a transition that did not apply.
+
+    :raises JobNotFound: there is no such job.
+    """
+    row = store.first(_STATUS, {"job_id": job_id})
+    if row is None:
+        raise JobNotFound(job_id)
+    return JobStatus(row[0])
+
+
+# Creation ----------------------------------------------------------------------------
+
+
+def new_job(
+    worker: str,
+    params: dict[str, Any],
+    *,
+    owner: str | None = None,
+    idempotency_scope: str | None = None,
+    callback_url: str | None = None,
+) -> Job:
+    """A ``waiting`` job, not stored yet: add it to a session, or :func:`insert` it."""
+    return Job(
+        worker=worker,
+        params=params,
+        status=JobStatus.WAITING,
+        owner=owner,
+        idempotency_scope=idempotency_scope,
+        callback_url=callback_url,
+    )
+
+
+def insert(store: JobStore, job: Job) -> None:
+    """Store ``job`` in one autocommitted INSERT, filling in its id and defaults.
+
+    ``job`` is left transient, with every column set: the caller decides
+    whether a session should know it.
+    """
+    now = utcnow()
+    values = {
+        "uid": job.uid or new_uid(),
+        "worker": job.worker,
+        "params": job.params,
+        "status": JobStatus.WAITING,
+        "owner": job.owner,
+        "idempotency_scope": job.idempotency_scope,
+        "callback_url": job.callback_url,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "due_at": now,
+    }
+    with store.engine.begin() as conn:
+        key = conn.execute(sa.insert(Job), values).inserted_primary_key
+    assert key is not None  # An INSERT of one row always has its key.
+    for name, value in values.items():
+        setattr(job, name, value)
+    job.id = key[0]
+
+
+# A running attempt ---------------------------------------------------------------------
+
+
+def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
+    """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.
+
+    One conditional UPDATE, so of several workers given the same job, one wins;
+    a duplicate message, or one for a finished or deleted job, claims nothing.
+    """
+    now = utcnow()
+    params = {"job_id": job_id, "now": now, "lease_until": now + lease}
+    if store.returning:
+        row = store.first(_CLAIM_RETURNING, params)
+    else:
+        row = store.update_then_read(_CLAIM, _CLAIMED, params)
+    return None if row is None else Claim(*row)
+
+
+def renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> bool:
+    """Extend the job's lease, if ``attempt`` still holds it."""
+    params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
+    return store.rowcount(_RENEW, params) == 1
+
+
+def set_progress(
+    store: JobStore, job_id: int, attempt: int, progress: float, message: str | None
+) -> bool:
+    """Store progress, if ``attempt`` still holds the job; tell whether it does."""
+    params = {"job_id": job_id, "attempt": attempt, "progress": progress, "message": message}
+    return store.rowcount(_PROGRESS, params) == 1
+
+
+def held(store: JobStore, job_id: int, attempt: int) -> bool:
+    """Whether ``attempt`` still holds the job (not cancelled, not taken over)."""
+    return store.first(_HELD_NOW, {"job_id": job_id, "attempt": attempt}) is not None
+
+
+def reschedule(store: JobStore, job_id: int, attempt: int, due_at: datetime) -> bool:
+    """Put the job back to ``waiting`` until ``due_at``, if ``attempt`` still holds it."""
+    params = {"job_id": job_id, "attempt": attempt, "due_at": due_at, "now": utcnow()}
+    return store.rowcount(_RESCHEDULE, params) == 1
+
+
+def finish(store: JobStore, job_id: int, attempt: int, outcome: Outcome) -> Ended | None:
+    """Store the attempt's reply and announce the end, if ``attempt`` still holds the job.
+
+    :returns: the ended job, or ``None`` when the attempt had lost the job
+        (cancelled or taken over), in which case nothing is written.
+    """
+    ended = _FINISHING.run(store, _finish_params(job_id, attempt, outcome))
+    if ended is not None:
+        announce(ended)
+    return ended
+
+
+def finish_in_session(
+    session: Session, store: JobStore, job_id: int, attempt: int, outcome: Outcome
+) -> Ended | None:
+    """Store the reply in ``session``'s transaction with the worker's own writes, and commit.
+
+    The attempt's fence is part of that transaction: an attempt that lost its
+    job rolls back everything the worker wrote, so a job run again by the
+    sweeper never applies its database writes twice.
+
+    :returns: the ended job, or ``None`` when the attempt had lost it.
+    """
+    try:
+        ended = _FINISHING.run_in(session, store, _finish_params(job_id, attempt, outcome))
+        if ended is None:
+            session.rollback()
+            return None
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    announce(ended)
+    return ended
+
+
+# Cancel and retry --------------------------------------------------------------------------
+
+
+def cancel(store: JobStore, job_id: int) -> Ended:
+    """Cancel job ``job_id`` (``waiting`` or ``processing``) in one statement, and announce it.
+
+    :returns: the cancelled job, whose reply is the answer to the cancel.
+    :raises JobNotFound: there is no such job.
+    :raises JobFinished: the job has finished already.
+    """
+    params = {
+        "job_id": job_id,
+        "status": JobStatus.CANCELLED,
+        "status_code": CANCELLED_STATUS_CODE,
+        "response": CANCELLED_BODY,
+        "now": utcnow(),
+    }
+    ended = _CANCELLING.run(store, params)
+    if ended is None:
+        status = _status_of(store, job_id)
+        raise JobFinished(f"Job {job_id} is {status.value} already.", job_id, status.value)
+    announce(ended)
+    return ended
+
+
+def reset_for_retry(store: JobStore, job_id: int) -> str:
+    """Put a ``failed`` job back to ``waiting`` with its reply, progress and attempts cleared.
+
+    :returns: the job's uid, to publish it with.
+    :raises JobNotFound: there is no such job.
+    :raises JobNotFailed: the job is not failed.
+    """
+    now = utcnow()
+    params = {"job_id": job_id, "now": now, "due_at": now}
+    read = sa.select(Job.uid).where(_ID)
+    row = (
+        store.first(_RESET_FOR_RETRY.returning(Job.uid), params)
+        if store.returning
+        else store.update_then_read(_RESET_FOR_RETRY, read, params)
+    )
+    if row is None:
+        status = _status_of(store, job_id)
+        raise JobNotFailed(
+            f"Job {job_id} is {status.value}; only failed jobs can be retried.",
+            job_id,
+            status.value,
+        )
+    return str(row[0])
+
+
+# The sweeper's transitions -------------------------------------------------------------------
+
+
+class LostJob(NamedTuple):
+    """A ``processing`` job whose lease ran out."""
+
+    id: int
+    uid: str
+    attempt: int
+    lease_expires_at: datetime
+
+
+def lost_jobs(store: JobStore, now: datetime, limit: int) -> list[LostJob]:
+    """Processing jobs whose lease ran out before ``now``, oldest id first."""
+    return [LostJob(*row) for row in store.all(_LOST_JOBS, {"now": now, "limit": limit})]
+
+
+def requeue_lost(store: JobStore, job: LostJob, now: datetime) -> bool:
+    """Put a lost job back to ``waiting``, if its attempt is still the lost one."""
+    params = {"job_id": job.id, "attempt": job.attempt, "now": now, "due_at": now}
+    return store.rowcount(_REQUEUE_LOST, params) == 1
+
+
+def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> Ended | None:
+    """Fail a lost job with ``message`` and announce it, if its attempt is still the lost one."""
+    params = {
+        "job_id": job.id,
+        "attempt": job.attempt,
+        "now": now,
+        "status": JobStatus.FAILED,
+        "status_code": 500,
+        "response": error_body(message),
+    }
+    ended = _FAILING_LOST.run(store, params)
+    if ended is not None:
+        announce(ended)
+    return ended
+
+
+def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[tuple[int, str]]:
+    """``(id, uid)`` of waiting jobs due before ``due_before``, oldest id first."""
+    rows = store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})
+    return [(job_id, uid) for job_id, uid in rows]
+
+
+def touch_waiting(store: JobStore, job_id: int) -> bool:
+    """Restart a waiting job's clock (its message was just sent again)."""
+    return store.rowcount(_TOUCH_WAITING, {"job_id": job_id, "now": utcnow()}) == 1
+
+
+# Purge ---------------------------------------------------------------------------------------
+
+
+def purge_filter(
+    older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
+) -> sa.ColumnElement[bool]:
+    """Jobs in ``statuses`` older than ``older_than``.
+
+    Finished jobs count their age from ``finished_at``, pending ones from ``created_at``.
+    """
+    cutoff = utcnow() - older_than
+    chosen = set(statuses)
+    finished = [s for s in JobStatus if s in chosen and s.finished]
+    pending = [s for s in JobStatus if s in chosen and not s.finished]
+    conditions = []
+    if finished:
+        conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
+    if pending:
+        conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
+    return sa.or_(sa.false(), *conditions)
+
+
+def count_purgeable(
+    store: JobStore, older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
+) -> int:
+    """How many jobs :func:`purge` would delete now."""
+    query = sa.select(sa.func.count()).select_from(Job).where(purge_filter(older_than, statuses))
+    row = store.first(query, {})
+    return 0 if row is None else int(row[0])
+
+
+def purge(
+    store: JobStore,
+    older_than: timedelta,
+    statuses: Sequence[JobStatus] = FINISHED_STATUSES,
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete jobs in ``statuses`` older than ``older_than``, ``batch_size`` rows at a time.
+
+    Each batch is its own short statement, so memory stays bounded and the
+    status endpoint is never blocked for long.
+
+    :returns: the number of rows deleted.
+    """
+    condition = purge_filter(older_than, statuses)
+    batch = sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size)
+    deleted = 0
+    while ids := [row[0] for row in store.all(batch, {})]:
+        deleted += store.rowcount(sa.delete(Job).where(Job.id.in_(ids)), {})
+        if progress is not None:
+            progress(deleted)
+    return deleted

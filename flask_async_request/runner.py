@@ -1,0 +1,136 @@
+"""The worker side of a job's life: claim, run, retry, finish."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import NamedTuple
+
+from flask import Flask
+
+from . import lifecycle
+from .broker import publish
+from .exceptions import EnqueueError, InvalidReply, JobCancelled, WorkerResolutionError
+from .leases import keeper
+from .lifecycle import Claim, Outcome, failure
+from .models import JobStatus, utcnow
+from .running import RunContext
+from .signals import job_started
+from .state import AsyncRequestState, current_flask_app, get_state
+from .store import JobStore
+from .worker import normalize_reply, resolve_worker
+
+logger = logging.getLogger("flask_async_request")
+
+#: Longest wait between two attempts of a retried job.
+MAX_RETRY_DELAY = 600.0
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff: 1, 2, 4 ... seconds, capped at :data:`MAX_RETRY_DELAY`."""
+    return float(min(2 ** (attempt - 1), MAX_RETRY_DELAY))
+
+
+class _Run(NamedTuple):
+    """How :func:`_execute` left the job."""
+
+    #: What to store; ``None`` when nothing is (cancelled, or a retry is due).
+    outcome: Outcome | None
+    #: The worker failed in a way worth another attempt.
+    retry: bool = False
+    #: The reply is stored in the app's session with the worker's own writes.
+    in_session: bool = False
+
+
+def run_job(job_id: int) -> JobStatus | None:
+    """Claim job ``job_id``, run its worker and store the reply.
+
+    The claim is one conditional UPDATE (``waiting`` -> ``processing``), so a
+    duplicate or redelivered message for a job that is already claimed, finished
+    or deleted does nothing. While the worker runs, its lease is renewed; the
+    reply is stored only if the job was neither cancelled nor taken over meanwhile.
+
+    :returns: the status the job was left in, or ``None`` when it was not claimed
+        or its reply was dropped.
+    """
+    state = get_state()
+    store = state.store()
+    claim = lifecycle.claim(store, job_id, state.settings.lease)
+    if claim is None:
+        logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
+        return None
+    app = current_flask_app()
+    job_started.send(app, job_id=job_id, attempt=claim.attempt)
+    keeper.hold(store, job_id, claim.attempt, state.settings.lease)
+    try:
+        run = _execute(state, app, store, job_id, claim)
+    finally:
+        keeper.release(store, job_id)
+    if run.retry:
+        return _schedule_retry(store, job_id, claim.uid, claim.attempt)
+    ended = None
+    if run.outcome is not None:
+        if run.in_session:
+            session = state.db.session()
+            ended = lifecycle.finish_in_session(session, store, job_id, claim.attempt, run.outcome)
+        else:
+            ended = lifecycle.finish(store, job_id, claim.attempt, run.outcome)
+    if ended is None:
+        logger.info(
+            "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt
+        )
+        return None
+    return ended.status
+
+
+def _execute(
+    state: AsyncRequestState, app: Flask, store: JobStore, job_id: int, claim: Claim
+) -> _Run:
+    """Run the worker; what it returned, or how it failed."""
+    session = state.db.session
+    worker = claim.worker
+    retry_on: tuple[type[BaseException], ...] = ()
+    try:
+        worker_class = resolve_worker(worker)
+        retry_on = worker_class.retry_on
+        # A transactional worker's writes stay uncommitted until the reply is
+        # stored; on SQLite, whose one writer that is, progress is not written.
+        writes_progress = not (worker_class.transactional and store.engine.dialect.name == "sqlite")
+        instance = worker_class()
+        instance.job_id = job_id
+        instance._run = RunContext(app, store, job_id, claim.attempt, writes=writes_progress)
+        reply = instance.execute(*claim.params.get("args", ()), **claim.params.get("kwargs", {}))
+        outcome = Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
+        return _Run(outcome, in_session=worker_class.transactional)
+    except JobCancelled:
+        session.rollback()
+        logger.info("Job %s: the worker stopped, its job cancelled.", job_id)
+        return _Run(None)
+    except WorkerResolutionError as e:
+        session.rollback()
+        logger.error("Job %s: %s", job_id, e)
+        return _Run(failure(str(e)))
+    except InvalidReply as e:
+        session.rollback()
+        logger.error("Job %s: worker %s %s", job_id, worker, e)
+        return _Run(failure(f"Worker {worker} {e}"))
+    except Exception as e:
+        # The worker may have left its own work half-done in the session.
+        session.rollback()
+        logger.exception("Job %s: worker %s raised %s", job_id, worker, type(e).__name__)
+        if claim.attempt <= state.settings.retry and isinstance(e, retry_on):
+            return _Run(None, retry=True)
+        return _Run(failure(str(e) or type(e).__name__))
+
+
+def _schedule_retry(store: JobStore, job_id: int, uid: str, attempt: int) -> JobStatus | None:
+    delay = retry_delay(attempt)
+    due_at = utcnow() + timedelta(seconds=delay)
+    if not lifecycle.reschedule(store, job_id, attempt, due_at):
+        return None
+    logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, attempt, delay)
+    try:
+        publish(job_id, uid, countdown=delay)
+    except EnqueueError:
+        logger.exception("Job %s: the retry could not be published; the sweeper will.", job_id)
+    return JobStatus.WAITING

@@ -1,0 +1,269 @@
+"""The web side of a job's life: validate, store, publish on commit, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import (
+    Session,
+    SessionTransaction,
+    SessionTransactionOrigin,
+    make_transient_to_detached,
+    scoped_session,
+)
+
+from . import lifecycle
+from .broker import publish, revoke
+from .exceptions import EnqueueError, IdempotencyConflict
+from .models import Job
+from .signals import job_enqueued
+from .state import current_flask_app, get_state
+from .store import JobReply
+from .tokens import encode_token
+from .worker import worker_path
+
+logger = logging.getLogger("flask_async_request")
+
+#: Longest ``Idempotency-Key`` accepted (the key is stored hashed).
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def check_json(value: Any, where: str = "arguments") -> None:
+    """Check that ``value`` comes back equal after a JSON round trip.
+
+    :raises TypeError: naming the first value that JSON cannot store.
+    :raises ValueError: for a float that is not finite.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} contains {value!r}, which JSON cannot store.")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{where} contains a dict key {key!r} of type {type(key).__name__};"
+                    " JSON object keys must be str."
+                )
+            check_json(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        for index, item in enumerate(value):
+            check_json(item, f"{where}[{index}]")
+        return
+    raise TypeError(
+        f"{where} is {value!r} of type {type(value).__name__}, which is not JSON-serialisable."
+    )
+
+
+def check_callback_url(url: str) -> None:
+    """:raises ValueError: unless ``url`` is an absolute http(s) url of 2,048 chars at most."""
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or len(url) > 2048
+    ):
+        raise ValueError(f"callback_url is {url!r}; expected an absolute http or https url.")
+
+
+def sign_token(job: Job) -> str:
+    """A token for the stored ``job``, signed with the current app's settings."""
+    if job.id is None:
+        raise ValueError("The job has no id yet; a token can only be made for a stored job.")
+    return encode_token(job.id, job.uid, job.owner, get_state().settings)
+
+
+def _caller_transaction(session: Session) -> bool:
+    """Whether the session holds work of the caller's that a commit must carry.
+
+    Any begun transaction counts: besides pending ORM objects it may hold Core
+    statements (``session.execute(sa.update(...))``) that nothing else shows.
+    """
+    return session.in_transaction() or bool(session.new or session.dirty or session.deleted)
+
+
+def _explicit_transaction(session: Session) -> bool:
+    """Whether the caller opened the session's transaction with ``session.begin()``."""
+    transaction = session.get_transaction()
+    return transaction is not None and transaction.origin is SessionTransactionOrigin.BEGIN
+
+
+def create_job(
+    worker_class: type,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    commit: bool = True,
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+) -> Job:
+    """Validate and store a ``waiting`` job; publish it once its row is committed.
+
+    See :meth:`Job.create_and_enqueue`. With ``commit=False``, or inside a
+    transaction the caller opened with ``db.session.begin()``, the row is only
+    flushed: the message goes out when the caller's transaction commits, and
+    never if it rolls back.
+    """
+    state = get_state()
+    path = worker_path(worker_class)
+    params = {"args": list(args), "kwargs": dict(kwargs)}
+    check_json(params["args"], "args")
+    check_json(params["kwargs"], "kwargs")
+    # Store exactly what the worker will get back.
+    params = json.loads(json.dumps(params))
+    if callback_url is not None:
+        check_callback_url(callback_url)
+    owner = state.identity()
+    session: Session = state.db.session()
+    scope = None
+    if idempotency_key is not None:
+        scope = idempotency_scope(idempotency_key, owner)
+        existing = _job_with_scope(session, scope)
+        if existing is not None:
+            return _same_request(existing, path, params, idempotency_key)
+    job = lifecycle.new_job(
+        path, params, owner=owner, idempotency_scope=scope, callback_url=callback_url
+    )
+    store = state.store()
+    # Published on the caller's commit rather than ours.
+    deferred = not commit or _explicit_transaction(session)
+    if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
+        # Nothing of the caller's to commit along: one autocommit INSERT makes
+        # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
+        lifecycle.insert(store, job)
+        job.token  # noqa: B018 -- signed while every column is loaded
+        job_id, uid = job.id, job.uid
+        # Known to the session as the stored row it is (no INSERT at the next flush).
+        make_transient_to_detached(job)
+        session.add(job)
+        # Loaded afresh on next access: it may already have run.
+        session.expire(job)
+        _publish_new(job_id, uid)
+        return job
+    session.add(job)
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:
+        if scope is None:
+            raise
+        # Another request with the same key won the race.
+        session.rollback()
+        existing = _job_with_scope(session, scope)
+        if existing is None:
+            raise
+        return _same_request(existing, path, params, idempotency_key or "")
+    job_id, uid = job.id, job.uid
+    job.token  # noqa: B018 -- signed now, while id and uid are loaded: a commit expires them
+    if deferred:
+        session.info.setdefault(_PENDING_KEY, []).append((job_id, uid))
+        return job
+    session.commit()
+    # The job is loaded afresh on next access: it may already have run (eager
+    # mode, fast workers).
+    _publish_new(job_id, uid)
+    return job
+
+
+def _publish_new(job_id: int, uid: str) -> None:
+    """Publish a newly stored job and announce it (``job_enqueued``)."""
+    publish(job_id, uid)
+    job_enqueued.send(current_flask_app(), job_id=job_id)
+
+
+def idempotency_scope(key: str, owner: str | None) -> str:
+    """The stored hash of an ``Idempotency-Key`` for ``owner``.
+
+    :raises ValueError: for a key that is not a non-empty str of 255 chars at most.
+    """
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValueError(
+            f"idempotency_key is {key!r}; expected a non-empty str of"
+            f" {MAX_IDEMPOTENCY_KEY_LENGTH} chars at most."
+        )
+    return hashlib.sha256(f"{owner or ''}\x00{key}".encode()).hexdigest()
+
+
+def _job_with_scope(session: Session, scope: str) -> Job | None:
+    return session.execute(sa.select(Job).where(Job.idempotency_scope == scope)).scalar()
+
+
+def _same_request(job: Job, path: str, params: dict[str, Any], key: str) -> Job:
+    """The job a key first created, if this request is the same; else a conflict."""
+    if job.worker != path or job.params != params:
+        raise IdempotencyConflict(
+            f"Idempotency key {key!r} was used for job {job.id} with other arguments;"
+            " use a new key for a new request.",
+            job.id,
+        )
+    return job
+
+
+# Publishing on the caller's commit ---------------------------------------------------
+
+#: Where a session keeps the ids of jobs to publish when it commits.
+_PENDING_KEY = "flask_async_request.publish_on_commit"
+
+
+def _publish_on_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING_KEY, None)
+    for job_id, uid in pending or ():
+        try:
+            _publish_new(job_id, uid)
+        except EnqueueError:
+            # The commit has happened and cannot fail now; the row stays waiting
+            # and the sweeper publishes it again.
+            logger.exception("Job %s is stored but could not be published yet.", job_id)
+
+
+def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> None:
+    # After a commit the list is already gone; what is left belongs to a rolled
+    # back transaction, whose rows never existed.
+    if transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)
+
+
+def listen(session: scoped_session[Any]) -> None:
+    """Publish jobs created with ``commit=False`` when ``session`` commits.
+
+    The listeners go on the app's own session (its sessionmaker's class), not on
+    SQLAlchemy's global ``Session``, so other sessions in the process carry none.
+    """
+    for name, listener in (
+        ("after_commit", _publish_on_commit),
+        ("after_transaction_end", _forget_on_rollback),
+    ):
+        if not event.contains(session, name, listener):
+            event.listen(session, name, listener)
+
+
+# Cancel --------------------------------------------------------------------------------
+
+
+def cancel_job(job_id: int) -> JobReply:
+    """Cancel job ``job_id``: a waiting job never runs, a running one is told to stop.
+
+    The row becomes ``cancelled`` at once (status code 499) in one statement,
+    whose result is the answer; any queued message is revoked, and a running
+    worker finds out at its next progress report or :attr:`Worker.cancelled`
+    check, and its reply is never stored.
+
+    :returns: the job's reply, now that it is cancelled.
+    :raises JobNotFound: there is no such job.
+    :raises JobFinished: the job has finished already.
+    """
+    state = get_state()
+    ended = lifecycle.cancel(state.store(), job_id)
+    revoke(state, job_id, ended.uid)
+    return ended.reply

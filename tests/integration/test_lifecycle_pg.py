@@ -1,0 +1,217 @@
+"""The lifecycle on a real PostgreSQL: ends that wake long polls, cancels across a restart,
+the caller's transaction on the fast path, and transactional workers under SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_async_request import Job, JobStatus
+from flask_async_request.maintenance import sweep_jobs
+from flask_async_request.models import utcnow
+from flask_async_request.state import get_state
+from tests import workers
+from tests.conftest import AppFactory, add_job, poll
+from tests.integration.conftest import Stack, _environment, _start_worker
+from tests.test_idempotency_webhooks import Receiver
+
+pytestmark = pytest.mark.integration
+
+DATABASE_URL = os.environ.get(
+    "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def pg_app(make_app: AppFactory) -> Iterator[Flask]:
+    """An app on PostgreSQL with eager Celery and a fresh jobs table."""
+    app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=DATABASE_URL)
+    with app.app_context():
+        db = app.extensions["sqlalchemy"]
+        db.drop_all()
+        db.create_all()
+        yield app
+        db.session.remove()
+        get_state().store().dispose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.server.shutdown()
+
+
+def _terminate_other_backends() -> int:
+    """What a database restart does to every pooled connection: each is cut."""
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = 'test' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_long_poll_wakes_when_the_sweeper_fails_a_job(pg_app: Flask) -> None:
+    """A long poll on a lost job answers as soon as the sweeper fails it, not at its deadline."""
+    job = add_job(status=JobStatus.PROCESSING)
+    job.attempts, job.lease_expires_at = 1, utcnow() - timedelta(seconds=5)
+    get_state().db.session.commit()
+    token = job.token
+    answers: list[tuple[int, float]] = []
+
+    def long_poll() -> None:
+        response = pg_app.test_client().get(
+            "/async_request/job", headers={"X-JOB-AUTHORIZATION": token, "Prefer": "wait=10"}
+        )
+        answers.append((response.status_code, time.monotonic()))
+
+    waiter = threading.Thread(target=long_poll)
+    waiter.start()
+    time.sleep(0.5)  # the poll is listening by now
+    assert sweep_jobs().failed == 1
+    swept = time.monotonic()
+    waiter.join(15)
+    assert answers, "the long poll never answered"
+    status, answered = answers[0]
+    assert status == 200
+    assert answered - swept < 2
+
+
+def test_delete_after_a_database_restart_cancels_and_calls_back(
+    pg_app: Flask, receiver: Receiver
+) -> None:
+    """A DELETE made just after a restart cancels once, answers the cancelled reply, calls back."""
+    job = add_job()
+    job.callback_url = receiver.url
+    get_state().db.session.commit()
+    token = job.token
+    get_state().db.session.commit()  # the session holds no connection through the restart
+    client = pg_app.test_client()
+    headers = {"X-JOB-AUTHORIZATION": token}
+    assert client.get("/async_request/job", headers=headers).status_code == 202
+    assert _terminate_other_backends() >= 1
+    # The store's pool finds its connections cut: 503 once, then it reconnects.
+    for _ in range(3):
+        if client.get("/async_request/job", headers=headers).status_code == 202:
+            break
+    answer = client.delete("/async_request/job", headers=headers)
+    assert answer.status_code == 200, answer.json
+    assert answer.json["status"] == "cancelled"
+    receiver.wait()
+    assert json.loads(receiver.calls[0][0])["status"] == "cancelled"
+    assert client.delete("/async_request/job", headers=headers).status_code == 409
+
+
+def test_core_statement_before_enqueue_is_committed(pg_app: Flask) -> None:
+    """The caller's own Core statement in the session is committed with the job, never dropped."""
+    session = get_state().db.session
+    session.execute(sa.text("DROP TABLE IF EXISTS accounts"))
+    session.execute(sa.text("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER)"))
+    session.execute(sa.text("INSERT INTO accounts VALUES (1, 100)"))
+    session.commit()
+    session.execute(sa.text("UPDATE accounts SET balance = balance - 30 WHERE id = 1"))
+    job = Job.create_and_enqueue(workers.Echo, "debited")
+    assert job.status is JobStatus.PROCESSED
+    session.remove()
+    with get_state().db.engine.connect() as conn:
+        balance = conn.execute(sa.text("SELECT balance FROM accounts WHERE id = 1")).scalar_one()
+    assert balance == 70
+
+
+def test_clean_session_still_takes_the_one_statement_insert(
+    pg_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing of the caller's in the session the job is one autocommit INSERT."""
+    session = get_state().db.session
+    session.commit()
+    monkeypatch.setattr(session, "commit", lambda: pytest.fail("committed the session"))
+    job = Job.create_and_enqueue(workers.Echo, "quick")
+    assert job.id is not None
+
+
+# Transactional workers against a real prefork worker -----------------------------------------
+
+
+def _effects(app: Flask) -> list[int]:
+    with app.app_context(), get_state().db.engine.connect() as conn:
+        return list(conn.execute(sa.text("SELECT job_id FROM effects")).scalars())
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_transactional_worker_killed_mid_job_applies_its_writes_once(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL after the worker wrote leaves nothing; the sweeper's rerun writes exactly once."""
+    monkeypatch.setenv("FAR_TEST_LEASE", "2")
+    monkeypatch.setenv("FAR_TEST_RETRY", "1")
+    app, worker = stack()
+    with app.app_context():
+        session = get_state().db.session
+        session.execute(sa.text("DROP TABLE IF EXISTS effects"))
+        session.execute(sa.text("CREATE TABLE effects (job_id INTEGER NOT NULL)"))
+        session.commit()
+        job_id = Job.create_and_enqueue(workers.WriteEffect, sleep=30).id
+    written = tmp_path / "effects" / f"written-{job_id}"
+    _wait_for(written.exists, 30, "the worker's write")
+    for child in _children(worker.proc.pid):
+        os.kill(child, signal.SIGKILL)
+    worker.proc.kill()
+    worker.proc.wait(10)
+    assert _effects(app) == []
+    # The lease runs out; the sweeper puts the job back; a new worker runs it
+    # (without the long sleep, since it has written once before).
+    time.sleep(2.5)
+    with app.app_context():
+        assert sweep_jobs().requeued == 1
+    env = _environment(tmp_path, os.environ.get("FAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+    env["FAR_TEST_QUEUE"] = app.config["ASYNC_REQUEST_QUEUE"]
+    rerun = _start_worker(env, tmp_path / "rerun.log", 2)
+    try:
+        with app.app_context():
+            _wait_for(lambda: _status(job_id) is JobStatus.PROCESSED, 30, "the rerun")
+    finally:
+        rerun.stop()
+    assert _effects(app) == [job_id]
+
+
+def _status(job_id: int) -> JobStatus:
+    session = get_state().db.session
+    status = session.execute(sa.select(Job.status).where(Job.id == job_id)).scalar_one()
+    session.commit()
+    return JobStatus(status)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_poll_after_transactional_job(pg_app: Flask) -> None:
+    """A transactional job's reply is read by the status endpoint like any other."""
+    session = get_state().db.session
+    session.execute(sa.text("DROP TABLE IF EXISTS effects"))
+    session.execute(sa.text("CREATE TABLE effects (job_id INTEGER NOT NULL)"))
+    session.commit()
+    job = Job.create_and_enqueue(workers.WriteEffect)
+    answer = poll(pg_app.test_client(), job.token)
+    assert answer.status_code == 200
+    assert answer.json["response"]["body"] == "written"

@@ -1,0 +1,271 @@
+"""One owner for a job's life: every end announced the same way, and the seams between paths."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_async_request import Job, JobStatus, signals
+from flask_async_request.broker import PROCESS_TASK
+from flask_async_request.exceptions import (
+    AsyncRequestError,
+    JobFinished,
+    JobNotFailed,
+    JobNotFound,
+    JobStateError,
+)
+from flask_async_request.maintenance import retry_job, sweep_jobs
+from flask_async_request.models import utcnow
+from flask_async_request.state import get_state
+from flask_async_request.web import cancel_job
+from tests import workers
+from tests.conftest import AppFactory, add_job, poll
+from tests.test_idempotency_webhooks import Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.server.shutdown()
+
+
+@pytest.fixture
+def announced() -> Iterator[list[tuple[str, int]]]:
+    """The end signals sent, as (signal name, job id)."""
+    seen: list[tuple[str, int]] = []
+
+    def record(name: str) -> Any:
+        def receiver(sender: Flask, job_id: int, **extra: Any) -> None:
+            seen.append((name, job_id))
+
+        return receiver
+
+    receivers = {
+        signal: record(name)
+        for name, signal in (
+            ("finished", signals.job_finished),
+            ("failed", signals.job_failed),
+            ("cancelled", signals.job_cancelled),
+        )
+    }
+    for signal, receiver in receivers.items():
+        signal.connect(receiver)
+    yield seen
+    for signal, receiver in receivers.items():
+        signal.disconnect(receiver)
+
+
+def _job(job_id: int) -> Job:
+    session = get_state().db.session
+    session.expire_all()
+    job = session.get(Job, job_id)
+    assert job is not None
+    return job
+
+
+def _lost_job(callback_url: str | None = None) -> int:
+    """A processing job whose worker is gone: its lease ran out a while ago."""
+    job = add_job(status=JobStatus.PROCESSING)
+    job.attempts = 1
+    job.lease_expires_at = utcnow() - timedelta(seconds=5)
+    job.callback_url = callback_url
+    get_state().db.session.commit()
+    return job.id
+
+
+# Every end state announced once, whichever path reaches it --------------------------------
+
+
+def test_job_failed_by_the_sweeper_is_announced(
+    app: Flask, receiver: Receiver, announced: list[tuple[str, int]]
+) -> None:
+    """A lost job failed by the sweeper sends job_failed and POSTs its callback."""
+    job_id = _lost_job(receiver.url)
+    assert sweep_jobs().failed == 1
+    assert announced == [("failed", job_id)]
+    receiver.wait()
+    body = json.loads(receiver.calls[0][0])
+    assert body["status"] == "failed"
+    assert "worker running this job was lost" in body["response"]["body"]
+
+
+def test_each_end_is_announced_exactly_once(app: Flask, announced: list[tuple[str, int]]) -> None:
+    """Processed, failed by its worker, failed by the sweeper, cancelled: one signal each."""
+    processed = Job.create_and_enqueue(workers.Echo).id
+    failed = Job.create_and_enqueue(workers.Boom).id
+    lost = _lost_job()
+    waiting = add_job().id
+    sweep_jobs()
+    sweep_jobs()
+    cancel_job(waiting)
+    assert sorted(announced) == sorted(
+        [("finished", processed), ("failed", failed), ("failed", lost), ("cancelled", waiting)]
+    )
+
+
+def test_sweeper_loses_to_a_worker_that_finished(
+    app: Flask, announced: list[tuple[str, int]]
+) -> None:
+    """A lost job whose attempt has moved on meanwhile is not failed a second time."""
+    job_id = _lost_job()
+    job = _job(job_id)
+    job.status = JobStatus.PROCESSED
+    get_state().db.session.commit()
+    assert sweep_jobs().failed == 0
+    assert announced == []
+
+
+# Cancel: one statement whose result is the answer -------------------------------------------
+
+
+def test_cancel_answers_from_its_own_statement(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A successful cancel is one statement: its answer needs no second read."""
+    job_id = add_job().id
+    store = get_state().store()
+    monkeypatch.setattr(store, "fetch_reply", lambda job_id: pytest.fail("read again"))
+    monkeypatch.setattr(store, "update_then_read", lambda *a: pytest.fail("two statements"))
+    reply = cancel_job(job_id)
+    assert reply.status is JobStatus.CANCELLED
+    assert reply.status_code == 499
+    assert json.loads(reply.response or "") == {"error": "Job cancelled"}
+
+
+def test_cancel_errors_narrow(app: Flask) -> None:
+    """A missing job is JobNotFound (a LookupError); a finished one JobFinished."""
+    with pytest.raises(JobNotFound) as missing:
+        cancel_job(12345)
+    assert isinstance(missing.value, LookupError)
+    assert isinstance(missing.value, AsyncRequestError)
+    assert missing.value.job_id == 12345
+    done = add_job(status=JobStatus.PROCESSED, response="x", finished_at=utcnow())
+    with pytest.raises(JobFinished) as finished:
+        cancel_job(done.id)
+    assert isinstance(finished.value, JobStateError)
+    assert finished.value.status == "processed"
+
+
+# Long polls ---------------------------------------------------------------------------------
+
+
+def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
+    """A job deleted during a long poll answers 404, as a plain GET would."""
+    job = add_job()
+    token, job_id = job.token, job.id
+
+    def purge() -> None:
+        time.sleep(0.3)
+        with app.app_context():
+            get_state().db.session.execute(sa.delete(Job).where(Job.id == job_id))
+            get_state().db.session.commit()
+
+    remover = threading.Thread(target=purge)
+    remover.start()
+    started = time.monotonic()
+    response = app.test_client().get(
+        "/async_request/job", headers={"X-JOB-AUTHORIZATION": token, "Prefer": "wait=2"}
+    )
+    remover.join()
+    assert response.status_code == 404
+    assert time.monotonic() - started < 1.9
+    assert poll(app.test_client(), token).status_code == 404
+
+
+# Retry and purge from the CLI ---------------------------------------------------------------
+
+
+def test_retry_clears_progress_and_content_type(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried job starts afresh: no old reply, progress, message or content type."""
+    sent: list[int] = []
+    task = get_state().celery.tasks[PROCESS_TASK]
+    monkeypatch.setattr(task, "apply_async", lambda args, **options: sent.append(args[0]))
+    job = add_job(status=JobStatus.FAILED, status_code=500, response='{"error": "x"}')
+    job.progress, job.progress_message, job.content_type = 0.5, "half way", "text/csv"
+    job.attempts, job.finished_at = 3, utcnow()
+    get_state().db.session.commit()
+    retry_job(job.id)
+    job = _job(job.id)
+    assert sent == [job.id]
+    assert job.status is JobStatus.WAITING
+    assert (job.progress, job.progress_message, job.content_type) == (None, None, None)
+    assert (job.status_code, job.response, job.finished_at, job.attempts) == (None, None, None, 0)
+
+
+def test_retry_errors_narrow(app: Flask) -> None:
+    """Retrying a missing job is JobNotFound; one that has not failed is JobNotFailed."""
+    with pytest.raises(JobNotFound):
+        retry_job(999)
+    with pytest.raises(JobNotFailed, match="only failed jobs can be retried"):
+        retry_job(add_job().id)
+
+
+# Transactional workers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def effects_table(app: Flask) -> Iterator[None]:
+    session = get_state().db.session
+    session.execute(sa.text("CREATE TABLE effects (job_id INTEGER NOT NULL)"))
+    session.commit()
+    yield
+
+
+def _effects() -> list[int]:
+    session = get_state().db.session
+    rows = session.execute(sa.text("SELECT job_id FROM effects")).scalars().all()
+    session.commit()
+    return list(rows)
+
+
+def test_transactional_worker_commits_its_writes_with_the_reply(
+    app: Flask, effects_table: None
+) -> None:
+    """The worker's own write and the stored reply land together."""
+    job = Job.create_and_enqueue(workers.WriteEffect)
+    assert job.status is JobStatus.PROCESSED
+    assert job.response == "written"
+    assert _effects() == [job.id]
+
+
+def test_transactional_worker_taken_over_writes_nothing(
+    app: Flask, effects_table: None, announced: list[tuple[str, int]]
+) -> None:
+    """An attempt whose job was taken over rolls its writes back with its reply."""
+    job = Job.create_and_enqueue(workers.WriteEffect, take_over=True)
+    assert job.status is JobStatus.PROCESSING
+    assert job.response is None
+    assert _effects() == []
+    assert announced == []
+
+
+def test_transactional_worker_that_fails_writes_nothing(app: Flask, effects_table: None) -> None:
+    """A failing execute rolls its writes back; the failure is stored."""
+    job = Job.create_and_enqueue(workers.WriteEffect, fail=True)
+    assert job.status is JobStatus.FAILED
+    assert json.loads(job.response) == {"error": "failed after writing"}
+    assert _effects() == []
+
+
+def test_listeners_stay_on_the_apps_own_session(make_app: AppFactory) -> None:
+    """Another session in the process carries none of the library's listeners."""
+    make_app()
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from flask_async_request import web
+
+    assert not event.contains(Session, "after_commit", web._publish_on_commit)
+    other = Session(sa.create_engine("sqlite://"))
+    other.info[web._PENDING_KEY] = [(1, "x")]
+    other.commit()
+    assert web._PENDING_KEY in other.info
