@@ -12,6 +12,9 @@ from .exceptions import (
     InvalidToken,
     JobCancelled,
     JobFinished,
+    JobNotFailed,
+    JobNotFound,
+    JobStateError,
     WorkerResolutionError,
 )
 from .extension import AsyncRequest
@@ -30,6 +33,9 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobFinished",
+    "JobNotFailed",
+    "JobNotFound",
+    "JobStateError",
     "JobStatus",
     "Worker",
     "WorkerResolutionError",

@@ -1,0 +1,37 @@
+"""The lifecycle's model-based test on PostgreSQL, NOTIFYs included."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from flask_async_request.state import get_state
+from tests.lifecycle_model import LifecycleMachine, make_app
+
+pytestmark = pytest.mark.integration
+
+DATABASE_URL = os.environ.get(
+    "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def test_lifecycle_matches_its_model_on_postgresql() -> None:
+    """Random interleavings keep the table equal to the model; every end NOTIFYs once."""
+
+    class PostgresLifecycle(LifecycleMachine):
+        app = make_app(DATABASE_URL)
+
+    machine = settings(
+        max_examples=60,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )(PostgresLifecycle)
+    try:
+        machine.TestCase().runTest()
+    finally:
+        with PostgresLifecycle.app.app_context():
+            get_state().store().dispose()
+            PostgresLifecycle.app.extensions["sqlalchemy"].engine.dispose()
