@@ -31,7 +31,8 @@ def _errors_as_messages(f: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
-        except (AsyncRequestError, ValueError) as e:
+        # LookupError: SQLAlchemy's word for a status in the table that is not a JobStatus.
+        except (AsyncRequestError, ValueError, LookupError) as e:
             raise click.ClickException(str(e)) from e
         except sqlalchemy.exc.SQLAlchemyError as e:
             detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
@@ -250,6 +251,8 @@ def show_command(job_id: int) -> None:
         ("attempts", str(job.attempts)),
         ("status code", "-" if job.status_code is None else str(job.status_code)),
         ("response", "-" if job.response is None else job.response),
+        ("callback", job.callback_url or "-"),
+        ("callback status", job.callback_status or "-"),
     ]
     for name in ("created_at", "updated_at", "started_at", "finished_at"):
         moment = getattr(job, name)

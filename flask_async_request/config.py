@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "ASYNC_REQUEST_RETRY_AFTER": 1,
     "ASYNC_REQUEST_MAX_WAIT": 30,
     "ASYNC_REQUEST_CALLBACK_KEY": None,
+    "ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE": False,
 }
 
 #: Algorithms whose keys are one shared secret.
@@ -67,6 +68,7 @@ class Settings:
     retry_after: int
     max_wait: int
     callback_key: str | bytes | None
+    callback_allow_private: bool
 
 
 def parse_duration(text: str) -> timedelta:
@@ -237,6 +239,10 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
     if not isinstance(clean_jobs, bool):
         raise _fail("ASYNC_REQUEST_CLEAN_JOBS", clean_jobs, "True or False")
 
+    allow_private = config["ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE"]
+    if not isinstance(allow_private, bool):
+        raise _fail("ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE", allow_private, "True or False")
+
     return Settings(
         algorithm=algorithm,
         encode_key=encode_key,
@@ -259,4 +265,5 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
         retry_after=retry_after,
         max_wait=max_wait,
         callback_key=callback_key,
+        callback_allow_private=allow_private,
     )

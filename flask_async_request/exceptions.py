@@ -51,6 +51,14 @@ class JobNotFound(AsyncRequestError, LookupError):
         self.job_id = job_id
 
 
+class InvalidJobRow(AsyncRequestError):
+    """A job's row holds what the library never writes (a row edited by hand)."""
+
+    def __init__(self, message: str, job_id: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class JobStateError(AsyncRequestError):
     """The job is in a status that does not allow what was asked of it."""
 
@@ -67,6 +75,24 @@ class JobFinished(JobStateError):
 
 class JobNotFailed(JobStateError):
     """Only a failed job can be run again, and this one has not failed."""
+
+
+class InvalidRequest(AsyncRequestError, ValueError):
+    """Something a client sent cannot make a job; the app answers 400 for it.
+
+    Raised by :meth:`Job.create_and_enqueue` for a bad ``idempotency_key`` or
+    ``callback_url``, so a view that passes a client's header or field straight
+    through needs no check of its own: the status endpoint's app answers 400
+    with the JSON error envelope.
+    """
+
+
+class InvalidIdempotencyKey(InvalidRequest):
+    """An ``Idempotency-Key`` that is empty, too long or not a str."""
+
+
+class InvalidCallbackUrl(InvalidRequest):
+    """A ``callback_url`` that is not an absolute http(s) url of 2,048 chars at most."""
 
 
 class IdempotencyConflict(AsyncRequestError, ValueError):

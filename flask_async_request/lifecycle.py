@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .broker import queue_callback
-from .exceptions import JobFinished, JobNotFailed, JobNotFound
+from .exceptions import InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
 from .models import Job, JobStatus, new_uid, utcnow
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
@@ -70,9 +70,30 @@ class Claim(NamedTuple):
 
     uid: str
     worker: str
-    params: dict[str, Any]
+    #: The stored arguments, as JSON text: see :func:`decode_params`.
+    params: str
     attempt: int
     callback_url: str | None
+
+
+def decode_params(job_id: int, params: str | None) -> tuple[list[Any], dict[str, Any]]:
+    """The positional and keyword arguments stored as ``{"args": [...], "kwargs": {...}}``.
+
+    :raises InvalidJobRow: for anything else (a row edited by hand).
+    """
+    try:
+        decoded = json.loads(params or "")
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict):
+        args, kwargs = decoded.get("args", []), decoded.get("kwargs", {})
+        if isinstance(args, list) and isinstance(kwargs, dict):
+            return args, kwargs
+    raise InvalidJobRow(
+        f'Job {job_id}\'s stored params are not {{"args": [...], "kwargs": {{...}}}}:'
+        f" {(params or '')[:100]!r}",
+        job_id,
+    )
 
 
 class Outcome(NamedTuple):
@@ -133,9 +154,17 @@ _CLAIM = (
         attempts=Job.attempts + 1,
     )
 )
-_CLAIM_COLUMNS = (Job.uid, Job.worker, Job.params, Job.attempts, Job.callback_url)
+# The params come back as text, so a row edited by hand into bad JSON fails its
+# run with a readable error instead of the claim itself.
+_CLAIM_COLUMNS = (
+    Job.uid,
+    Job.worker,
+    sa.cast(Job.params, sa.Text).label("params"),
+    Job.attempts,
+    Job.callback_url,
+)
 _CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
-_CLAIMED = sa.select(*_CLAIM_COLUMNS).where(_ID)
+_CLAIMED: Any = sa.select(*_CLAIM_COLUMNS).where(_ID)
 
 _RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
 _PROGRESS = (
@@ -531,6 +560,20 @@ def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[tuple[
 def touch_waiting(store: JobStore, job_id: int) -> bool:
     """Restart a waiting job's clock (its message was just sent again)."""
     return store.rowcount(_TOUCH_WAITING, {"job_id": job_id, "now": utcnow()}) == 1
+
+
+# Callbacks -----------------------------------------------------------------------------------
+
+#: Longest callback status stored (the column's length).
+_CALLBACK_STATUS_LENGTH = 255
+_RECORD_CALLBACK = sa.update(Job).where(_ID).values(callback_status=sa.bindparam("callback_status"))
+
+
+def record_callback(store: JobStore, job_id: int, status: str) -> None:
+    """Note how the job's callback delivery went, where ``flask async-request show`` shows it."""
+    if len(status) > _CALLBACK_STATUS_LENGTH:
+        status = status[: _CALLBACK_STATUS_LENGTH - 3] + "..."
+    store.rowcount(_RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})
 
 
 # Purge ---------------------------------------------------------------------------------------

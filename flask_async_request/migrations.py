@@ -42,6 +42,7 @@ _DESCRIPTIONS = {
     "ASYNC_REQUEST_RETRY_AFTER": "Seconds a 202 asks the client to wait before polling again.",
     "ASYNC_REQUEST_MAX_WAIT": "Longest wait a poll may ask for with `Prefer: wait=N`; 0: none.",
     "ASYNC_REQUEST_CALLBACK_KEY": "Key that signs completion callbacks; None means SECRET_KEY.",
+    "ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE": "Deliver callbacks to loopback and private addresses.",
 }
 
 

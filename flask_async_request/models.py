@@ -95,6 +95,9 @@ class Job(_Base):
     idempotency_scope: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
     #: Where a signed POST announces the job's end.
     callback_url: Mapped[str | None] = mapped_column(sa.String(2048))
+    #: How the last delivery of the callback went, for operators ("delivered: 204",
+    #: "refused: ...", "failed: ...").
+    callback_status: Mapped[str | None] = mapped_column(sa.String(255))
     #: When the job should run: its creation, or the end of a retry's backoff.
     due_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, default=utcnow

@@ -10,9 +10,15 @@ from flask import Flask
 
 from . import lifecycle
 from .broker import publish
-from .exceptions import EnqueueError, InvalidReply, JobCancelled, WorkerResolutionError
+from .exceptions import (
+    EnqueueError,
+    InvalidJobRow,
+    InvalidReply,
+    JobCancelled,
+    WorkerResolutionError,
+)
 from .leases import keeper
-from .lifecycle import Claim, Outcome, failure
+from .lifecycle import Claim, Outcome, decode_params, failure
 from .models import JobStatus, utcnow
 from .running import RunContext
 from .signals import job_started
@@ -99,14 +105,15 @@ def _execute(
         instance = worker_class()
         instance.job_id = job_id
         instance._run = RunContext(app, store, job_id, claim.attempt, writes=writes_progress)
-        reply = instance.execute(*claim.params.get("args", ()), **claim.params.get("kwargs", {}))
+        args, kwargs = decode_params(job_id, claim.params)
+        reply = instance.execute(*args, **kwargs)
         outcome = Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
         return _Run(outcome, in_session=worker_class.transactional)
     except JobCancelled:
         session.rollback()
         logger.info("Job %s: the worker stopped, its job cancelled.", job_id)
         return _Run(None)
-    except WorkerResolutionError as e:
+    except (WorkerResolutionError, InvalidJobRow) as e:
         session.rollback()
         logger.error("Job %s: %s", job_id, e)
         return _Run(failure(str(e)))

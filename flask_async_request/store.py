@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 
+from .exceptions import InvalidJobRow
 from .models import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class JobStore:
         """The reply columns of job ``job_id``, or ``None`` when there is no such row.
 
         :raises sqlalchemy.exc.DBAPIError: the database could not be reached or queried.
+        :raises InvalidJobRow: the row's status is not a :class:`JobStatus`.
         """
         params: Any = (job_id,) if self._positional else {"job_id": job_id}
         try:
@@ -118,7 +120,15 @@ class JobStore:
         if row is None:
             return None
         uid, owner, status, *rest = row
-        return JobReply(uid, owner, JobStatus(status), *rest)
+        try:
+            known = JobStatus(status)
+        except ValueError:
+            raise InvalidJobRow(
+                f"Job {job_id} has the status {status!r}, which is not one of"
+                f" {', '.join(s.value for s in JobStatus)}.",
+                job_id,
+            ) from None
+        return JobReply(uid, owner, known, *rest)
 
     def first(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
         """Run ``statement`` in a transaction of its own; its first row, if any."""

@@ -26,7 +26,7 @@ from .broker import (
 )
 from .maintenance import purge_jobs, sweep_jobs
 from .runner import run_job
-from .webhooks import DeliveryError, deliver
+from .webhooks import DeliveryError, deliver, give_up
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -78,13 +78,14 @@ def register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
         name=CALLBACK_TASK, base=Task, shared=False, ignore_result=True, bind=True
     )
     def deliver_callback(task: Task, job_id: int) -> bool:
+        deliveries = task.request.retries + 1
         with app.app_context():
             try:
-                return deliver(job_id)
+                return deliver(job_id, deliveries)
             # A database that cannot be read now is as passing as a receiver that is down.
             except (DeliveryError, sqlalchemy.exc.OperationalError) as e:
                 if task.request.retries >= CALLBACK_RETRIES:
-                    logger.error("Job %s: giving up its callback: %s", job_id, e)
+                    give_up(job_id, deliveries, e)
                     return False
                 logger.warning("Job %s: callback failed, will retry: %s", job_id, e)
                 countdown = min(2 ** (task.request.retries + 1), 600)

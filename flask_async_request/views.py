@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
 from importlib import resources
@@ -14,7 +15,14 @@ from typing import Any
 import sqlalchemy.exc
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from .exceptions import IdempotencyConflict, InvalidToken, JobFinished, JobNotFound
+from .exceptions import (
+    IdempotencyConflict,
+    InvalidJobRow,
+    InvalidRequest,
+    InvalidToken,
+    JobFinished,
+    JobNotFound,
+)
 from .models import Job
 from .state import get_state
 from .store import JobReply
@@ -77,12 +85,17 @@ def _check_same_job(claims: TokenClaims, reply: JobReply | None) -> None:
 
 @contextlib.contextmanager
 def _database() -> Iterator[None]:
-    """Turn a database that cannot be reached into a 503 answer."""
+    """Turn a database that cannot be reached into 503, and a corrupt row into 409."""
     try:
         yield
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
         logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
         raise _Refusal(_unavailable()) from None
+    except InvalidJobRow as e:
+        # Not the client's doing, and nothing it can fix by asking again soon; a
+        # 409 says the job cannot be served as it is stored, and the log says why.
+        logger.error("%s Answering 409.", e)
+        raise _Refusal(_error("The job's stored row is not valid.", 409)) from None
 
 
 def _unavailable() -> tuple[Response, int, dict[str, Any]]:
@@ -96,7 +109,11 @@ def _unavailable() -> tuple[Response, int, dict[str, Any]]:
 def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
     """202 with status and progress while pending; 200 with the stored reply when finished."""
     if not reply.status.finished:
-        body = {"status": reply.status.value, "progress": reply.progress, "message": reply.message}
+        # JSON has no NaN or infinity, which a float column edited by hand may hold.
+        progress = (
+            reply.progress if reply.progress is None or math.isfinite(reply.progress) else None
+        )
+        body = {"status": reply.status.value, "progress": progress, "message": reply.message}
         return body, 202, {"Retry-After": str(get_state().settings.retry_after)}
     response: dict[str, Any] = {"status_code": reply.status_code, "body": reply.response or ""}
     if reply.content_type:
@@ -161,6 +178,12 @@ def cancel() -> Any:
 def idempotency_conflict(error: IdempotencyConflict) -> Any:
     """A reused Idempotency-Key with other arguments: 422, in any view of the app."""
     return _error(str(error), 422)
+
+
+@blueprint.app_errorhandler(InvalidRequest)
+def invalid_request(error: InvalidRequest) -> Any:
+    """A client's bad Idempotency-Key or callback url: 400, in any view of the app."""
+    return _error(str(error), 400)
 
 
 @functools.cache

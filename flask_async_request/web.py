@@ -22,7 +22,12 @@ from sqlalchemy.orm import (
 
 from . import lifecycle
 from .broker import publish, revoke
-from .exceptions import EnqueueError, IdempotencyConflict
+from .exceptions import (
+    EnqueueError,
+    IdempotencyConflict,
+    InvalidCallbackUrl,
+    InvalidIdempotencyKey,
+)
 from .models import Job
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
@@ -67,7 +72,11 @@ def check_json(value: Any, where: str = "arguments") -> None:
 
 
 def check_callback_url(url: str) -> None:
-    """:raises ValueError: unless ``url`` is an absolute http(s) url of 2,048 chars at most."""
+    """Check a callback url where it is given, before any row is stored.
+
+    :raises InvalidCallbackUrl: unless ``url`` is an absolute http(s) url of
+        2,048 chars at most. Where it points is checked at each delivery.
+    """
     parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
     if (
         parts is None
@@ -75,7 +84,16 @@ def check_callback_url(url: str) -> None:
         or not parts.netloc
         or len(url) > 2048
     ):
-        raise ValueError(f"callback_url is {url!r}; expected an absolute http or https url.")
+        raise InvalidCallbackUrl(
+            f"callback_url is {_short(url)}; expected an absolute http or https url"
+            " of 2,048 chars at most."
+        )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error messages may echo a client's input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
 def sign_token(job: Job) -> str:
@@ -185,12 +203,12 @@ def _publish_new(job_id: int, uid: str) -> None:
 def idempotency_scope(key: str, owner: str | None) -> str:
     """The stored hash of an ``Idempotency-Key`` for ``owner``.
 
-    :raises ValueError: for a key that is not a non-empty str of 255 chars at most.
+    :raises InvalidIdempotencyKey: for a key that is not a non-empty str of 255 chars at most.
     """
     if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise ValueError(
-            f"idempotency_key is {key!r}; expected a non-empty str of"
-            f" {MAX_IDEMPOTENCY_KEY_LENGTH} chars at most."
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key is {_short(key)}; expected a non-empty string of"
+            f" {MAX_IDEMPOTENCY_KEY_LENGTH} characters at most."
         )
     return hashlib.sha256(f"{owner or ''}\x00{key}".encode()).hexdigest()
 

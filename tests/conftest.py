@@ -43,6 +43,8 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
             SECRET_KEY=SECRET,
             SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/app{next(counter)}.db",
             CELERY={"task_always_eager": True},
+            # The tests' callback receivers listen on 127.0.0.1.
+            ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE=True,
         )
         app.config.update(config)
         db = SQLAlchemy()

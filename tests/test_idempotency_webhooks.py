@@ -10,11 +10,18 @@ from typing import Any
 
 import pytest
 from flask import Flask, request
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug.serving import make_server
 
-from flask_async_request import IdempotencyConflict, Job, accepted
+from flask_async_request import IdempotencyConflict, InvalidIdempotencyKey, Job, accepted
 from flask_async_request.state import get_state
-from flask_async_request.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_callback
+from flask_async_request.webhooks import (
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    receiver_secret,
+    verify_callback,
+)
 from tests import workers
 from tests.conftest import SECRET, AppFactory, add_job
 
@@ -58,7 +65,7 @@ def test_keys_are_per_identity(make_app: AppFactory) -> None:
 @pytest.mark.parametrize("key", ["", "x" * 256])
 def test_bad_key_is_a_value_error(app: Flask, key: str) -> None:
     """An empty or overlong key is refused before anything is stored."""
-    with pytest.raises(ValueError, match="idempotency_key"):
+    with pytest.raises(InvalidIdempotencyKey, match="Idempotency-Key"):
         Job.create_and_enqueue(workers.Echo, idempotency_key=key)
     assert _count() == 0
 
@@ -137,15 +144,67 @@ def test_processed_job_calls_back_signed(app: Flask, receiver: Receiver) -> None
 
 
 def test_signature_checks(app: Flask, receiver: Receiver) -> None:
-    """A changed body, another key or an old timestamp does not verify."""
+    """A changed body, id or key, an old timestamp or a missing header does not verify."""
     Job.create_and_enqueue(workers.Echo, callback_url=receiver.url)
     receiver.wait()
     body, headers = receiver.calls[0]
     assert not verify_callback(body + b" ", headers, key=SECRET)
     assert not verify_callback(body, headers, key="another key")
-    later = int(headers[TIMESTAMP_HEADER]) + 3600
+    assert not verify_callback(body, {**headers, "Webhook-Id": "msg_other"}, key=SECRET)
+    later = int(headers["Webhook-Timestamp"]) + 3600
     assert not verify_callback(body, headers, key=SECRET, now=later)
-    assert not verify_callback(body, {SIGNATURE_HEADER: headers[SIGNATURE_HEADER]}, key=SECRET)
+    assert not verify_callback(body, {SIGNATURE_HEADER: headers["Webhook-Signature"]}, key=SECRET)
+
+
+def test_callback_verifies_with_the_standard_webhooks_library(
+    app: Flask, receiver: Receiver
+) -> None:
+    """The reference Standard Webhooks implementation accepts the callback, and no changed one."""
+    job = Job.create_and_enqueue(workers.Echo, callback_url=receiver.url)
+    receiver.wait()
+    body, headers = receiver.calls[0]
+    hook = Webhook(receiver_secret(SECRET))
+    lowered = {name.lower(): value for name, value in headers.items()}
+    assert hook.verify(body, lowered)["job_id"] == job.id
+    with pytest.raises(WebhookVerificationError):
+        hook.verify(body.replace(b"processed", b"failed\x20\x20"), lowered)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(receiver_secret("another key")).verify(body, lowered)
+
+
+def test_redeliveries_carry_the_same_webhook_id(app: Flask) -> None:
+    """Every delivery of one end has one webhook-id, so a receiver can drop duplicates."""
+    server = Receiver(status=500)
+    try:
+        Job.create_and_enqueue(workers.Echo, callback_url=server.url)
+        server.wait(2)
+    finally:
+        server.server.shutdown()
+    ids = {headers["Webhook-Id"] for _, headers in server.calls}
+    timestamps = [headers["Webhook-Timestamp"] for _, headers in server.calls]
+    assert len(ids) == 1
+    assert all(t.isdigit() for t in timestamps)
+
+
+def test_verify_callback_takes_a_whsec_secret(app: Flask, receiver: Receiver) -> None:
+    """A receiver may hold the key in its Standard Webhooks form."""
+    Job.create_and_enqueue(workers.Echo, callback_url=receiver.url)
+    receiver.wait()
+    body, headers = receiver.calls[0]
+    assert verify_callback(body, headers, key=receiver_secret(SECRET))
+
+
+@pytest.mark.parametrize(
+    "signature", ["v1=\u00e9\u00e9", "v1,\u00e9\u00e9", "\u00e9", "v1,", "", "v1,AAAA v2,\u00ff"]
+)
+def test_non_ascii_signature_is_false_not_an_error(signature: str) -> None:
+    """A forged signature header with non-ASCII characters verifies False, never raises."""
+    headers = {
+        ID_HEADER: "msg_x",
+        TIMESTAMP_HEADER: str(int(time.time())),
+        SIGNATURE_HEADER: signature,
+    }
+    assert verify_callback(b"{}", headers, key=SECRET) is False
 
 
 def test_failed_and_cancelled_jobs_call_back(app: Flask, receiver: Receiver) -> None:

@@ -35,6 +35,8 @@ def create_app() -> Flask:
             "worker_prefetch_multiplier": 1,
         },
         ASYNC_REQUEST_QUEUE=os.environ.get("FAR_TEST_QUEUE", "far-test"),
+        # The tests' callback receivers listen on 127.0.0.1.
+        ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE=True,
     )
     # Short clocks for the chaos test; the defaults elsewhere.
     for key, env in (
