@@ -27,7 +27,7 @@ from flask import Response, request
 from .exceptions import InvalidReply, WorkerResolutionError
 from .models import Job, JobStatus
 from .state import current_flask_app, get_state
-from .views import accepted, requested_wait
+from .views import accepted, error_answer, requested_wait
 from .web import create_job
 from .worker import Worker
 
@@ -38,18 +38,28 @@ REPLAY_KEY = "flask_async_request.replay"
 #: Headers stored by default. ``Authorization`` and ``Cookie`` are left out on
 #: purpose: they would be stored in clear with the job; name them to keep them.
 DEFAULT_HEADERS = ("Accept", "Accept-Language", "Content-Type")
+#: Largest request body stored with a job, by default (1 MiB): it is kept in the
+#: jobs table until the job is purged.
+MAX_BODY_SIZE = 1024 * 1024
 
 
 @overload
 def asynchronous(view: F) -> F: ...
 @overload
-def asynchronous(*, headers: Iterable[str] = DEFAULT_HEADERS) -> Callable[[F], F]: ...
 def asynchronous(
-    view: F | None = None, *, headers: Iterable[str] = DEFAULT_HEADERS
+    *, headers: Iterable[str] = DEFAULT_HEADERS, max_body_size: int = MAX_BODY_SIZE
+) -> Callable[[F], F]: ...
+def asynchronous(
+    view: F | None = None,
+    *,
+    headers: Iterable[str] = DEFAULT_HEADERS,
+    max_body_size: int = MAX_BODY_SIZE,
 ) -> F | Callable[[F], F]:
     """Run the decorated view in a worker; the client gets 202 and polls for its response.
 
     :param headers: request headers stored with the job and replayed to the view.
+    :param max_body_size: the largest request body stored with the job, in bytes;
+        a larger one is answered 413 and nothing is stored.
     """
     kept = tuple(headers)
 
@@ -58,6 +68,10 @@ def asynchronous(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.environ.get(REPLAY_KEY):
                 return function(*args, **kwargs)
+            if (request.content_length or 0) > max_body_size or (
+                len(request.get_data(cache=True)) > max_body_size
+            ):
+                return error_answer(f"The request body is larger than {max_body_size} bytes.", 413)
             job = create_job(
                 ViewWorker,
                 [capture_request(kept)],

@@ -45,7 +45,8 @@ class _Refusal(Exception):
         self.response = response
 
 
-def _error(message: str, status: int, **headers: Any) -> tuple[Response, int, dict[str, Any]]:
+def error_answer(message: str, status: int, **headers: Any) -> tuple[Response, int, dict[str, Any]]:
+    """The JSON error envelope, ``{"errors": [{"message": ...}]}``, with ``status``."""
     return jsonify(errors=[{"message": message}]), status, headers
 
 
@@ -61,7 +62,7 @@ def _job_for_request() -> tuple[TokenClaims, JobReply]:
             token_from_header(request.headers.get(state.settings.header_key))
         )
     except InvalidToken:
-        raise _Refusal(_error("Invalid token", 400)) from None
+        raise _Refusal(error_answer("Invalid token", 400)) from None
     with _database():
         reply = state.store().fetch_reply(claims.job_id)
     _check_same_job(claims, reply)
@@ -69,7 +70,7 @@ def _job_for_request() -> tuple[TokenClaims, JobReply]:
     # A job bound to an identity answers only that identity; to anyone else it
     # does not exist.
     if reply.owner is not None and (claims.owner != reply.owner or state.identity() != reply.owner):
-        raise _Refusal(_error("Job not found", 404))
+        raise _Refusal(error_answer("Job not found", 404))
     return claims, reply
 
 
@@ -80,7 +81,7 @@ def _check_same_job(claims: TokenClaims, reply: JobReply | None) -> None:
     reused after a purge or a table reset): the token does not reach it.
     """
     if reply is None or reply.uid != claims.uid:
-        raise _Refusal(_error("Job not found", 404))
+        raise _Refusal(error_answer("Job not found", 404))
 
 
 @contextlib.contextmanager
@@ -95,11 +96,11 @@ def _database() -> Iterator[None]:
         # Not the client's doing, and nothing it can fix by asking again soon; a
         # 409 says the job cannot be served as it is stored, and the log says why.
         logger.error("%s Answering 409.", e)
-        raise _Refusal(_error("The job's stored row is not valid.", 409)) from None
+        raise _Refusal(error_answer("The job's stored row is not valid.", 409)) from None
 
 
 def _unavailable() -> tuple[Response, int, dict[str, Any]]:
-    return _error(
+    return error_answer(
         "The job store is unavailable; try again later.",
         503,
         **{"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
@@ -168,22 +169,22 @@ def cancel() -> Any:
     except _Refusal as refusal:
         return refusal.response
     except JobFinished:
-        return _error("The job has finished already and cannot be cancelled.", 409)
+        return error_answer("The job has finished already and cannot be cancelled.", 409)
     except JobNotFound:
-        return _error("Job not found", 404)
+        return error_answer("Job not found", 404)
     return _answer(reply)
 
 
 @blueprint.app_errorhandler(IdempotencyConflict)
 def idempotency_conflict(error: IdempotencyConflict) -> Any:
     """A reused Idempotency-Key with other arguments: 422, in any view of the app."""
-    return _error(str(error), 422)
+    return error_answer(str(error), 422)
 
 
 @blueprint.app_errorhandler(InvalidRequest)
 def invalid_request(error: InvalidRequest) -> Any:
     """A client's bad Idempotency-Key or callback url: 400, in any view of the app."""
-    return _error(str(error), 400)
+    return error_answer(str(error), 400)
 
 
 @functools.cache
