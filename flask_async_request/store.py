@@ -11,14 +11,17 @@ there is no network to save, uses the app's engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 
 from .exceptions import InvalidJobRow
 from .models import Job, JobStatus
+from .waiting import Waiters, wait_for
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -41,8 +44,13 @@ _REPLY = sa.select(*REPLY_COLUMNS).where(Job.id == sa.bindparam("job_id"))
 CHANNEL = "async_request_jobs"
 
 
-#: Backoff of a long poll where no notification exists (seconds).
-_POLL_FIRST, _POLL_MAX = 0.05, 0.5
+#: Which of the waited-on jobs are still pending: one query for all the long polls.
+_PENDING_OF = sa.select(Job.id).where(
+    Job.id.in_(sa.bindparam("job_ids", expanding=True)),
+    Job.status.in_([JobStatus.WAITING.value, JobStatus.PROCESSING.value]),
+)
+#: Ids per query of the long polls' check.
+_CHECK_BATCH = 500
 
 
 class JobReply(NamedTuple):
@@ -76,6 +84,8 @@ class JobStore:
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
         #: long polls LISTEN instead of polling.
         self.listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+        self._waiters: Waiters | None = None
+        self._waiters_lock = threading.Lock()
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -155,48 +165,52 @@ class JobStore:
             return conn.execute(read, params).first()
 
     def wait_until_finished(self, job_id: int, timeout: float) -> JobReply | None:
-        """Wait up to ``timeout`` seconds for the job to finish; return its reply then.
+        """Wait up to ``timeout`` seconds for the job to end; its reply then (``None``: gone).
 
-        On PostgreSQL (psycopg 3) the wait LISTENs for the worker's notification,
-        so it costs no queries while it waits; elsewhere it polls with a backoff
-        from 50 ms to 500 ms.
+        The wait holds no database connection: see :mod:`.waiting`. It reads
+        the job once before waiting and once when woken.
         """
-        deadline = time.monotonic() + timeout
-        if self.listen:
-            self._wait_listening(job_id, deadline)
-        else:
-            delay = _POLL_FIRST
-            while (reply := self.fetch_reply(job_id)) is not None and not reply.status.finished:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return reply
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, _POLL_MAX)
-            return reply
-        return self.fetch_reply(job_id)
+        return wait_for(  # type: ignore[no-any-return]
+            self.waiters(),
+            job_id,
+            timeout,
+            read=lambda: self.fetch_reply(job_id),
+            done=lambda reply: reply is None or reply.status.finished,
+        )
 
-    def _wait_listening(self, job_id: int, deadline: float) -> None:
+    def waiters(self) -> Waiters:
+        """This store's waiting requests (made on first use)."""
+        with self._waiters_lock:
+            if self._waiters is None:
+                if self.listen:
+                    self._waiters = Waiters(listen=self._listening)
+                else:
+                    self._waiters = Waiters(check=self._ended_or_gone)
+            return self._waiters
+
+    @contextlib.contextmanager
+    def _listening(self) -> Iterator[Callable[[float], list[int]]]:
+        """A connection of its own (taken out of the pool) that LISTENs on :data:`CHANNEL`."""
         connection = self.engine.raw_connection()
+        pg: Any = connection.driver_connection
+        connection.detach()
         try:
-            pg = connection.driver_connection
-            assert pg is not None  # A checked-out connection has its driver connection.
             pg.execute(f"LISTEN {CHANNEL}")
-            try:
-                # Checked after LISTEN, so a job finishing in between is not missed.
-                reply = self.fetch_reply(job_id)
-                if reply is None or reply.status.finished:
-                    return
-                wanted = str(job_id)
-                while (remaining := deadline - time.monotonic()) > 0:
-                    if any(n.payload == wanted for n in pg.notifies(timeout=remaining)):
-                        return
-            finally:
-                pg.execute(f"UNLISTEN {CHANNEL}")
-        except self._dbapi_error as e:
-            connection.invalidate(e)
-            raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
+
+            def announced(timeout: float) -> list[int]:
+                return [int(n.payload) for n in pg.notifies(timeout=timeout) if n.payload.isdigit()]
+
+            yield announced
         finally:
             connection.close()
+
+    def _ended_or_gone(self, job_ids: list[int]) -> list[int]:
+        """Of ``job_ids``, those whose jobs are no longer waiting or processing."""
+        pending: set[int] = set()
+        for start in range(0, len(job_ids), _CHECK_BATCH):
+            batch = job_ids[start : start + _CHECK_BATCH]
+            pending.update(row[0] for row in self.all(_PENDING_OF, {"job_ids": batch}))
+        return [job_id for job_id in job_ids if job_id not in pending]
 
     def dispose(self) -> None:
         """Close the store's own pooled connections."""

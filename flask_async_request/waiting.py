@@ -1,0 +1,192 @@
+"""Long polls that cost the database nothing while they wait.
+
+Every request waiting on a job (``Prefer: wait=N``) registers here and sleeps
+on an event of its own, holding no database connection. One thread per process
+wakes them:
+
+* on PostgreSQL with psycopg, a listener on one connection of its own, which
+  LISTENs for the NOTIFY that every ending statement sends and wakes the
+  requests waiting on that job;
+* elsewhere, a poller that asks, every :data:`POLL_INTERVAL`, which of all the
+  waited-on jobs have ended or gone, in one query for all of them.
+
+So a thousand waiting requests cost one connection (or one query per
+interval), not a thousand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+logger = logging.getLogger("flask_async_request")
+
+#: Seconds between two checks of the poller, where there is no LISTEN.
+POLL_INTERVAL = 0.1
+#: Seconds the listener blocks for notifications before it looks around.
+LISTEN_SLICE = 1.0
+#: Longest wait of the first waiter for the listener to listen (seconds).
+READY_TIMEOUT = 5.0
+#: Longest pause before the listener connects again after losing its connection.
+MAX_RECONNECT_DELAY = 5.0
+
+#: Opens a connection that LISTENs; it yields the ids of the jobs that ended.
+Listen = Callable[[], AbstractContextManager[Callable[[float], Iterable[int]]]]
+#: Of the ids given, those whose jobs have ended or no longer exist.
+Check = Callable[[list[int]], Iterable[int]]
+
+
+class Waiters:
+    """The requests of one process waiting for jobs to end, and the thread that wakes them.
+
+    :param listen: where the database can announce ends (PostgreSQL's LISTEN):
+        a context manager opening such a connection, which gives a function
+        returning the ids announced within a timeout.
+    :param check: elsewhere: a query telling which of the given job ids have
+        ended or gone.
+    """
+
+    def __init__(self, *, listen: Listen | None = None, check: Check | None = None) -> None:
+        if (listen is None) == (check is None):
+            raise ValueError("Waiters needs exactly one of listen= and check=.")
+        self._listen = listen
+        self._check = check
+        self._lock = threading.Lock()
+        self._waiting: dict[int, set[threading.Event]] = {}
+        self._someone_waits = threading.Event()
+        #: Set once the thread listens (or polls): waiters registered after it miss nothing.
+        self._ready = threading.Event()
+        self._pid: int | None = None
+
+    @contextmanager
+    def waiting_for(self, job_id: int) -> Iterator[threading.Event]:
+        """Register a waiter for job ``job_id``: an event set when the job may have ended.
+
+        The event can also be set for no reason (after a lost connection, every
+        waiter is woken to look again): the caller reads the job, and waits on
+        again if it is still pending.
+        """
+        event = threading.Event()
+        with self._lock:
+            started = self._start_if_needed()
+        if started:
+            # The first waiter of the process waits for the listener to listen, so
+            # no end announced before it could be missed.
+            self._ready.wait(READY_TIMEOUT)
+        with self._lock:
+            self._waiting.setdefault(job_id, set()).add(event)
+            self._someone_waits.set()
+        try:
+            yield event
+        finally:
+            with self._lock:
+                events = self._waiting.get(job_id)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self._waiting[job_id]
+                if not self._waiting:
+                    self._someone_waits.clear()
+
+    @property
+    def count(self) -> int:
+        """How many requests wait now."""
+        with self._lock:
+            return sum(len(events) for events in self._waiting.values())
+
+    def wake(self, job_ids: Iterable[int]) -> None:
+        """Wake the requests waiting on ``job_ids``."""
+        with self._lock:
+            for job_id in job_ids:
+                for event in self._waiting.get(job_id, ()):
+                    event.set()
+
+    def wake_all(self) -> None:
+        """Wake every waiting request, to look again."""
+        with self._lock:
+            for events in self._waiting.values():
+                for event in events:
+                    event.set()
+
+    def _start_if_needed(self) -> bool:
+        """Start the waking thread unless it runs in this process; whether it was started."""
+        # One thread per process; a forked child starts its own.
+        if self._pid == os.getpid():
+            return False
+        self._pid = os.getpid()
+        self._waiting.clear()
+        self._ready.clear()
+        target = self._run_listener if self._listen is not None else self._run_poller
+        threading.Thread(target=target, name="flask-async-request-waiters", daemon=True).start()
+        return True
+
+    def _run_listener(self) -> None:
+        assert self._listen is not None
+        pid, delay = os.getpid(), 0.1
+        while self._pid == pid:
+            try:
+                with self._listen() as announced:
+                    if self._ready.is_set():
+                        # Reconnected: anything may have ended while no one listened.
+                        self.wake_all()
+                    self._ready.set()
+                    delay = 0.1
+                    while self._pid == pid:
+                        self.wake(announced(LISTEN_SLICE))
+            except Exception:
+                logger.warning(
+                    "The long-poll listener lost its connection; reconnecting in %.1f s.",
+                    delay,
+                    exc_info=True,
+                )
+                self.wake_all()
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    def _run_poller(self) -> None:
+        assert self._check is not None
+        pid = os.getpid()
+        self._ready.set()
+        while self._pid == pid:
+            self._someone_waits.wait()
+            time.sleep(POLL_INTERVAL)
+            with self._lock:
+                ids = list(self._waiting)
+            if not ids:
+                continue
+            try:
+                self.wake(self._check(ids))
+            except Exception:
+                logger.warning("The long-poll check failed; waking every waiter.", exc_info=True)
+                self.wake_all()
+
+
+def wait_for(
+    waiters: Waiters,
+    job_id: int,
+    timeout: float,
+    read: Callable[[], Any],
+    done: Callable[[Any], bool],
+) -> Any:
+    """Wait up to ``timeout`` seconds for job ``job_id``; what ``read`` gives then.
+
+    ``read`` is called once before waiting (a job already done answers at
+    once) and once per wake, never while nothing happens.
+    """
+    deadline = time.monotonic() + timeout
+    with waiters.waiting_for(job_id) as woken:
+        while True:
+            # Cleared before the read, so an end announced after it still wakes us.
+            woken.clear()
+            current = read()
+            remaining = deadline - time.monotonic()
+            if done(current) or remaining <= 0:
+                return current
+            if not woken.wait(remaining):
+                # The deadline: as the job is now (it may even be gone).
+                return read()
