@@ -1,7 +1,7 @@
 """Benchmark flask-async-request against a bare Flask view and the usual Flask + Celery pattern.
 
     apt-get install -y wrk        # the load generator (Debian package)
-    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/pip install -U pip && .venv/bin/pip install -e . --group bench
     .venv/bin/python bench/run.py
 
 Starts, on loopback and in one run: (a) a bare Flask app answering 202, (b) the Flask
@@ -549,7 +549,8 @@ How it runs
 Reproduce::
 
     apt-get install -y wrk
-    python3 -m venv .venv && .venv/bin/pip install -e '.[bench]'
+    python3 -m venv .venv && .venv/bin/pip install -U pip
+    .venv/bin/pip install -e . --group bench
     .venv/bin/python bench/run.py
 
 It needs PostgreSQL on 127.0.0.1:5432 (it creates the database ``far_bench``) and Redis on

@@ -1,4 +1,4 @@
-"""Defaults and validation of the ``ASYNC_REQUEST_*`` settings."""
+"""The settings: one table of keys, defaults and meanings, and their validation."""
 
 from __future__ import annotations
 
@@ -13,25 +13,112 @@ from celery.schedules import crontab
 
 from .exceptions import ConfigurationError
 
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting: its default and what it means."""
+
+    #: The value a key the app's config does not set takes.
+    default: Any
+    #: What the setting does and which values it takes, in reST. The docs, the README
+    #: and the settings snippet of ``flask async-request init`` all show this text.
+    meaning: str
+
+
+#: Every setting the extension reads, in the order the docs list them. This is the
+#: one table of keys, defaults and meanings: :data:`DEFAULTS`, the settings snippet
+#: and the docs' configuration table are made from it.
+SETTINGS: dict[str, Setting] = {
+    "CELERY": Setting(
+        {},
+        "Celery settings, with Celery's lowercase names (``broker_url``, ``result_backend``"
+        " ...); without ``broker_url`` jobs run in the web process (embedded mode, for"
+        " development).",
+    ),
+    "ASYNC_REQUEST_SIGN_ALGORITHM": Setting(
+        "HS256",
+        "JWT algorithm that signs job tokens: HS256/384/512, RS256/384/512, PS256/384/512"
+        " or ES256/384/512.",
+    ),
+    "ASYNC_REQUEST_ENCODE_KEY": Setting(
+        None,
+        "Key that signs tokens; ``None`` means ``SECRET_KEY``. RS, PS and ES algorithms need"
+        " a PEM private key.",
+    ),
+    "ASYNC_REQUEST_DECODE_KEY": Setting(
+        None,
+        "Key that verifies tokens; ``None`` means ``SECRET_KEY``, or for RS, PS and ES the"
+        " public half of the encode key.",
+    ),
+    "ASYNC_REQUEST_TOKEN_EXPIRATION": Setting(
+        timedelta(days=1),
+        "How long a job's token is valid: seconds or a ``timedelta``.",
+    ),
+    "ASYNC_REQUEST_HEADER_KEY": Setting(
+        "X-JOB-AUTHORIZATION",
+        "Request header that carries the token.",
+    ),
+    "ASYNC_REQUEST_URL_PREFIX": Setting(
+        "/async_request",
+        "Where the status endpoint is mounted.",
+    ),
+    "ASYNC_REQUEST_QUEUE": Setting(
+        None,
+        "Celery queue the jobs and the beat tasks are sent to; ``None`` means Celery's"
+        " default queue.",
+    ),
+    "ASYNC_REQUEST_RETRY": Setting(
+        False,
+        "``False``, or how many times a raising job is run again, after 1, 2, 4 ... seconds.",
+    ),
+    "ASYNC_REQUEST_CLEAN_JOBS": Setting(
+        True,
+        "Purge old finished jobs periodically (needs Celery beat).",
+    ),
+    "ASYNC_REQUEST_CLEAN_JOBS_CRON": Setting(
+        "0 0 * * *",
+        "When the purge runs: a crontab string, or seconds (or a ``timedelta``) between runs.",
+    ),
+    "ASYNC_REQUEST_JOBS_EXPIRATION": Setting(
+        timedelta(hours=24),
+        "Age at which finished jobs are purged: seconds or a ``timedelta``.",
+    ),
+    "ASYNC_REQUEST_LEASE": Setting(
+        timedelta(seconds=60),
+        "A running job's lease, renewed by its worker; a job silent this long has lost its worker.",
+    ),
+    "ASYNC_REQUEST_WAITING_TIMEOUT": Setting(
+        timedelta(minutes=5),
+        "A waiting job that no worker claimed this long after it was due is published again.",
+    ),
+    "ASYNC_REQUEST_SWEEP_INTERVAL": Setting(
+        timedelta(seconds=30),
+        "How often beat sweeps lost and stuck jobs; ``None`` turns the sweeper off.",
+    ),
+    "ASYNC_REQUEST_RETRY_AFTER": Setting(
+        1,
+        "Seconds a 202 asks the client to wait before it polls again (``Retry-After``).",
+    ),
+    "ASYNC_REQUEST_MAX_WAIT": Setting(
+        30,
+        "Longest wait, in seconds, a poll may ask for with ``Prefer: wait=N``; 0 turns long"
+        " polling off.",
+    ),
+    "ASYNC_REQUEST_CALLBACK_KEY": Setting(
+        None,
+        "Key that signs completion callbacks; ``None`` means ``SECRET_KEY``.",
+    ),
+    "ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE": Setting(
+        False,
+        "Deliver completion callbacks to loopback, private, link-local and other non-public"
+        " addresses too; by default they are refused.",
+    ),
+}
+
+#: The defaults :func:`load_settings` fills in. ``CELERY`` is not among them: the
+#: Celery app is made from it (``broker.py``), which gives each app a dict of its own.
 DEFAULTS: dict[str, Any] = {
-    "ASYNC_REQUEST_SIGN_ALGORITHM": "HS256",
-    "ASYNC_REQUEST_ENCODE_KEY": None,
-    "ASYNC_REQUEST_DECODE_KEY": None,
-    "ASYNC_REQUEST_TOKEN_EXPIRATION": timedelta(days=1),
-    "ASYNC_REQUEST_HEADER_KEY": "X-JOB-AUTHORIZATION",
-    "ASYNC_REQUEST_URL_PREFIX": "/async_request",
-    "ASYNC_REQUEST_QUEUE": None,
-    "ASYNC_REQUEST_RETRY": False,
-    "ASYNC_REQUEST_CLEAN_JOBS": True,
-    "ASYNC_REQUEST_CLEAN_JOBS_CRON": "0 0 * * *",
-    "ASYNC_REQUEST_JOBS_EXPIRATION": timedelta(hours=24),
-    "ASYNC_REQUEST_LEASE": timedelta(seconds=60),
-    "ASYNC_REQUEST_WAITING_TIMEOUT": timedelta(minutes=5),
-    "ASYNC_REQUEST_SWEEP_INTERVAL": timedelta(seconds=30),
-    "ASYNC_REQUEST_RETRY_AFTER": 1,
-    "ASYNC_REQUEST_MAX_WAIT": 30,
-    "ASYNC_REQUEST_CALLBACK_KEY": None,
-    "ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE": False,
+    key: setting.default for key, setting in SETTINGS.items() if key.startswith("ASYNC_REQUEST_")
 }
 
 #: Algorithms whose keys are one shared secret.
@@ -84,6 +171,21 @@ def parse_duration(text: str) -> timedelta:
         )
     number, unit = match.groups()
     return timedelta(seconds=float(number) * _UNITS[unit.lower()])
+
+
+def default_source(value: object) -> str:
+    """The Python source of a default, as the docs and the settings snippet write it.
+
+    A ``timedelta`` is written in its largest whole unit (``timedelta(days=1)``),
+    anything else as its ``repr``.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+            if seconds >= size and seconds % size == 0:
+                return f"timedelta({unit}={int(seconds // size)})"
+        return f"timedelta(seconds={int(seconds) if seconds.is_integer() else seconds})"
+    return repr(value)
 
 
 def _fail(key: str, got: object, expected: str) -> ConfigurationError:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -13,7 +13,7 @@ from alembic.autogenerate import render_python_code
 from alembic.operations import ops
 from alembic.script import ScriptDirectory
 
-from .config import DEFAULTS
+from .config import SETTINGS, default_source
 from .exceptions import AsyncRequestError
 from .models import TABLE_NAME, Job
 
@@ -23,27 +23,6 @@ if TYPE_CHECKING:
 #: Written into the revision, so a second ``init`` finds it.
 MARKER = f"flask-async-request: create {TABLE_NAME}"
 REVISION_MESSAGE = f"create {TABLE_NAME}"
-
-_DESCRIPTIONS = {
-    "ASYNC_REQUEST_SIGN_ALGORITHM": "JWT algorithm: HS256/384/512, RS/PS/ES256/384/512.",
-    "ASYNC_REQUEST_ENCODE_KEY": "Signing key; None: SECRET_KEY (a PEM private key for RS/PS/ES).",
-    "ASYNC_REQUEST_DECODE_KEY": "Verifying key; None: SECRET_KEY (for RS/PS/ES: the public half).",
-    "ASYNC_REQUEST_TOKEN_EXPIRATION": "How long a job token is valid: int seconds or timedelta.",
-    "ASYNC_REQUEST_HEADER_KEY": "Request header that carries the token.",
-    "ASYNC_REQUEST_URL_PREFIX": "Where the status endpoint is mounted.",
-    "ASYNC_REQUEST_QUEUE": "Celery queue the jobs are sent to; None means Celery's default.",
-    "ASYNC_REQUEST_RETRY": "False, or how many times a raising job is retried (with backoff).",
-    "ASYNC_REQUEST_CLEAN_JOBS": "Purge old finished jobs periodically (needs `celery beat`).",
-    "ASYNC_REQUEST_CLEAN_JOBS_CRON": "When the purge runs: crontab string, or seconds between runs",
-    "ASYNC_REQUEST_JOBS_EXPIRATION": "Age at which finished jobs are purged (seconds, timedelta).",
-    "ASYNC_REQUEST_LEASE": "A running job's lease; a worker silent this long is presumed lost.",
-    "ASYNC_REQUEST_WAITING_TIMEOUT": "A waiting job not claimed this long after due is sent again.",
-    "ASYNC_REQUEST_SWEEP_INTERVAL": "How often beat sweeps lost and stuck jobs; None turns it off.",
-    "ASYNC_REQUEST_RETRY_AFTER": "Seconds a 202 asks the client to wait before polling again.",
-    "ASYNC_REQUEST_MAX_WAIT": "Longest wait a poll may ask for with `Prefer: wait=N`; 0: none.",
-    "ASYNC_REQUEST_CALLBACK_KEY": "Key that signs completion callbacks; None means SECRET_KEY.",
-    "ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE": "Deliver callbacks to loopback and private addresses.",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,25 +36,21 @@ class InitResult:
     config_written: bool
 
 
-def _render(value: object) -> str:
-    if isinstance(value, timedelta):
-        return f"timedelta(seconds={int(value.total_seconds())})"
-    return repr(value)
-
-
 def config_snippet() -> str:
-    """A Python config file listing every ``ASYNC_REQUEST_*`` key and its default, commented."""
+    """A Python config file listing every setting, its meaning and its default, commented."""
     lines = [
         "# flask-async-request settings. Uncomment and change what you need, then load this",
-        '# file with app.config.from_pyfile(...). Celery settings go in app.config["CELERY"],',
-        '# for example CELERY = {"broker_url": "redis://127.0.0.1:6379/0"}; without a broker',
-        "# jobs run in a worker thread of the web process (for development only).",
+        "# file with app.config.from_pyfile(...). A broker for production, for example:",
+        '# CELERY = {"broker_url": "redis://127.0.0.1:6379/0"}',
         "",
         "from datetime import timedelta  # noqa: F401",
         "",
     ]
-    for key, value in DEFAULTS.items():
-        lines += [f"# {_DESCRIPTIONS[key]}", f"# {key} = {_render(value)}", ""]
+    for key, setting in SETTINGS.items():
+        # The meanings are reST, whose double backquotes would read oddly in a comment.
+        meaning = setting.meaning.replace("``", "`")
+        lines += [f"# {line}" for line in textwrap.wrap(meaning, width=86)]
+        lines += [f"# {key} = {default_source(setting.default)}", ""]
     return "\n".join(lines)
 
 

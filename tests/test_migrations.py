@@ -150,16 +150,16 @@ def test_force_rewrites_the_settings_snippet(project: Path, tmp_path: Path) -> N
     flask(project, url, "async-request", "init", "--force")
     text = snippet.read_text()
     assert "# ASYNC_REQUEST_SIGN_ALGORITHM = 'HS256'" in text
-    assert "# ASYNC_REQUEST_JOBS_EXPIRATION = timedelta(seconds=86400)" in text
+    assert "# ASYNC_REQUEST_JOBS_EXPIRATION = timedelta(days=1)" in text
 
 
 def test_settings_snippet_is_valid_python_with_every_key() -> None:
     """The snippet lists every setting and, uncommented, loads as the defaults."""
-    from flask_async_request.config import DEFAULTS
+    from flask_async_request.config import DEFAULTS, SETTINGS
     from flask_async_request.migrations import config_snippet
 
     text = config_snippet()
-    for key in DEFAULTS:
+    for key in SETTINGS:
         assert f"# {key} = " in text
     uncommented = "\n".join(
         line[2:] if line.startswith("# ASYNC_REQUEST_") else line for line in text.splitlines()

@@ -1,4 +1,4 @@
-"""The README's quickstart runs as written."""
+"""The README's quickstart runs as written, and its settings table is the package's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import docutils.core
 import pytest
+from docutils import nodes
+
+from flask_async_request.config import SETTINGS, default_source
 
 README = Path(__file__).resolve().parents[1] / "README.rst"
 
@@ -45,3 +49,27 @@ def test_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     finally:
         module.app.extensions["async_request"].embedded.stop()
         sys.modules.pop("quickstart", None)
+
+
+def text_of(rst: str) -> str:
+    """The text a piece of reST shows, with its whitespace collapsed."""
+    doctree = docutils.core.publish_doctree(rst, settings_overrides={"report_level": 5})
+    return " ".join(doctree.astext().split())
+
+
+def readme_settings_rows() -> list[tuple[str, ...]]:
+    """The rows of the table in the README's Configuration section."""
+    doctree = docutils.core.publish_doctree(README.read_text())
+    section = next(s for s in doctree.findall(nodes.section) if s[0].astext() == "Configuration")
+    table = next(section.findall(nodes.table))
+    rows = table.findall(nodes.row)
+    return [tuple(" ".join(e.astext().split()) for e in row.children) for row in rows][1:]
+
+
+def test_readme_settings_table_is_the_package_table() -> None:
+    """The README lists every setting of config.SETTINGS, in order, with its default and meaning."""
+    expected = [
+        (key, default_source(setting.default), text_of(setting.meaning))
+        for key, setting in SETTINGS.items()
+    ]
+    assert readme_settings_rows() == expected
