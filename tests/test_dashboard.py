@@ -565,3 +565,17 @@ def test_csrf_token_of_another_session_is_refused(dash: Flask) -> None:
     response = victim.post(f"{PREFIX}/jobs/{job_id}/cancel", data={"csrf_token": stolen})
     assert response.status_code == 400
     assert stored(dash, job_id).status is JobStatus.WAITING
+
+
+def test_app_templates_take_the_place_of_the_dashboards(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """An app template of the same name replaces the dashboard's own."""
+    folder = tmp_path / "templates" / "async_request_dashboard"
+    folder.mkdir(parents=True)
+    (folder / "jobs.html").write_text("{{ page.jobs | length }} jobs, the app's way")
+    app = make_app()
+    app.template_folder = str(tmp_path / "templates")
+    open_dashboard(app)
+    add(app)
+    assert app.test_client().get(PREFIX + "/").get_data(as_text=True) == "1 jobs, the app's way"
