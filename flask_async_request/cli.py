@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -79,6 +80,61 @@ def _format_duration(delta: timedelta) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+#: ``--json`` on the read commands: stable keys, times in ISO 8601 UTC, durations in seconds.
+_JSON_OPTION = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON instead: every key always present, times in ISO 8601 UTC.",
+)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else as_utc(moment).isoformat()
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN or infinity, which a float column edited by hand may hold.
+    return value if value is None or math.isfinite(value) else None
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    """What ``list --json`` prints of each job."""
+    return {
+        "id": job.id,
+        "uid": job.uid,
+        "status": job.status.value,
+        "worker": job.worker,
+        "status_code": job.status_code,
+        "attempts": job.attempts,
+        "owner": job.owner,
+        "progress": _finite(job.progress),
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _job_record(job: Job) -> dict[str, Any]:
+    """What ``show --json`` prints of a job: all it stores but the idempotency hash."""
+    return {
+        **_job_summary(job),
+        "params": job.params,
+        "response": job.response,
+        "content_type": job.content_type,
+        "progress_message": job.progress_message,
+        "callback_url": job.callback_url,
+        "callback_status": job.callback_status,
+        "due_at": _iso(job.due_at),
+        "updated_at": _iso(job.updated_at),
+        "lease_expires_at": _iso(job.lease_expires_at),
+    }
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -199,17 +255,22 @@ def sweep_command() -> None:
 @click.option("--older-than", type=DURATION, help="Only jobs created before this age ago.")
 @click.option("--newer-than", type=DURATION, help="Only jobs created within this age.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@_JSON_OPTION
 @_errors_as_messages
 def list_command(
     statuses: tuple[str, ...],
     older_than: timedelta | None,
     newer_than: timedelta | None,
     limit: int,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first."""
     found = maintenance.list_jobs(
         [JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit
     )
+    if as_json:
+        _echo_json([_job_summary(job) for job in found])
+        return
     if not found:
         click.echo("No jobs.")
         return
@@ -238,10 +299,14 @@ def _load(job_id: int) -> Job:
 
 @cli.command("show")
 @click.argument("job_id", type=int)
+@_JSON_OPTION
 @_errors_as_messages
-def show_command(job_id: int) -> None:
+def show_command(job_id: int, as_json: bool) -> None:
     """Show one job: worker, params, reply and times."""
     job = _load(job_id)
+    if as_json:
+        _echo_json(_job_record(job))
+        return
     fields = [
         ("id", str(job.id)),
         ("uid", job.uid),
@@ -277,10 +342,21 @@ def retry_command(job_id: int) -> None:
 
 
 @cli.command("stats")
+@_JSON_OPTION
 @_errors_as_messages
-def stats_command() -> None:
+def stats_command(as_json: bool) -> None:
     """Count jobs per status; show the oldest waiting job's age and the last hour's output."""
     stats = maintenance.job_stats()
+    if as_json:
+        age = stats.oldest_waiting_age
+        _echo_json(
+            {
+                "counts": {status.value: count for status, count in stats.counts.items()},
+                "oldest_waiting_age_seconds": None if age is None else age.total_seconds(),
+                "finished_last_hour": stats.finished_last_hour,
+            }
+        )
+        return
     rows = [["STATUS", "JOBS"]] + [[s.value, str(n)] for s, n in stats.counts.items()]
     click.echo(_table(rows))
     oldest = "-" if stats.oldest_waiting_age is None else _format_duration(stats.oldest_waiting_age)

@@ -12,6 +12,7 @@ from . import web
 from .broker import make_celery
 from .cli import cli
 from .config import load_settings
+from .dashboard import DEFAULT_URL_PREFIX, Authorize, init_dashboard
 from .models import TABLE_NAME, Job
 from .state import EXTENSION_KEY, AsyncRequestState
 from .tasks import register_tasks
@@ -91,6 +92,30 @@ class AsyncRequest:
         )
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)
+
+    def init_dashboard(
+        self,
+        app: Flask,
+        *,
+        authorize: Authorize | None,
+        url_prefix: str = DEFAULT_URL_PREFIX,
+    ) -> None:
+        """Register the jobs dashboard on ``app``, after :meth:`init_app`; it is off otherwise.
+
+        It lists, shows, retries and cancels jobs. It stays closed unless
+        ``authorize``, called with no arguments in each dashboard request,
+        returns ``True``: with ``authorize=None`` every dashboard url answers
+        404, and a request ``authorize`` refuses gets 403. Its forms carry a CSRF
+        token kept in Flask's session::
+
+            async_request.init_dashboard(
+                app, authorize=lambda: current_user.is_authenticated and current_user.is_admin
+            )
+
+        :raises RuntimeError: :meth:`init_app` has not run on the app, or the
+            dashboard is registered on it already.
+        """
+        init_dashboard(app, authorize=authorize, url_prefix=url_prefix)
 
     def create_job(
         self,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,102 @@ def test_every_command_has_help(app: Flask, command: str) -> None:
     assert result.exit_code == 0
     assert "Usage: " in result.output
     assert len(result.output.splitlines()) > 3
+
+
+# --json ------------------------------------------------------------------------------
+
+LIST_KEYS = {
+    "id",
+    "uid",
+    "status",
+    "worker",
+    "status_code",
+    "attempts",
+    "owner",
+    "progress",
+    "created_at",
+    "started_at",
+    "finished_at",
+}
+SHOW_KEYS = LIST_KEYS | {
+    "params",
+    "response",
+    "content_type",
+    "progress_message",
+    "callback_url",
+    "callback_status",
+    "due_at",
+    "updated_at",
+    "lease_expires_at",
+}
+
+
+def _utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    assert moment.utcoffset() == timedelta(0), text
+    return moment
+
+
+def test_list_json(filled: Flask) -> None:
+    """list --json prints an array, newest first, with the same keys on every job."""
+    result = run(filled, "list", "--json")
+    assert result.exit_code == 0, result.output
+    jobs = json.loads(result.output)
+    assert [job["id"] for job in jobs] == [5, 4, 3, 2, 1]
+    assert all(set(job) == LIST_KEYS for job in jobs)
+    failed = jobs[3]
+    assert (failed["status"], failed["status_code"]) == ("failed", 500)
+    assert failed["started_at"] is None
+    assert _utc(failed["finished_at"]) < _utc(failed["created_at"])
+
+
+def test_list_json_keeps_the_filters(filled: Flask) -> None:
+    """Filters apply to --json; nothing found is an empty array."""
+    assert [
+        job["id"] for job in json.loads(run(filled, "list", "--json", "--status", "failed").output)
+    ] == [2]
+    assert json.loads(run(filled, "list", "--json", "--status", "cancelled").output) == []
+
+
+def test_show_json(filled: Flask) -> None:
+    """show --json prints every stored field, times in ISO 8601 UTC."""
+    with filled.app_context():
+        job = get_state().db.session.get(Job, 2)
+        job.params = {"args": [1, "ü"], "kwargs": {"size": "small"}}
+        job.progress, job.callback_url = float("nan"), "https://client.example/hook"
+        get_state().db.session.commit()
+    result = run(filled, "show", "--json", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert set(record) == SHOW_KEYS
+    assert record["params"] == {"args": [1, "ü"], "kwargs": {"size": "small"}}
+    assert (record["status"], record["response"]) == ("failed", "old failed")
+    assert record["progress"] is None
+    assert record["callback_url"] == "https://client.example/hook"
+    for key in ("created_at", "updated_at", "due_at", "finished_at"):
+        _utc(record[key])
+    assert record["lease_expires_at"] is None
+
+
+def test_show_json_missing_job_is_an_error_line(filled: Flask) -> None:
+    """An unknown id stays an error, not JSON."""
+    result = run(filled, "show", "--json", "999")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: There is no job 999."
+
+
+def test_stats_json(filled: Flask) -> None:
+    """stats --json counts every status and gives ages in seconds."""
+    stats = json.loads(run(filled, "stats", "--json").output)
+    assert stats == {
+        "counts": {"waiting": 1, "processing": 1, "processed": 2, "failed": 1, "cancelled": 0},
+        "oldest_waiting_age_seconds": pytest.approx(2 * 86400, abs=60),
+        "finished_last_hour": 1,
+    }
+
+
+def test_stats_json_without_waiting_jobs(make_app: AppFactory) -> None:
+    """No waiting job: its age is null."""
+    stats = json.loads(run(make_app(), "stats", "--json").output)
+    assert stats["oldest_waiting_age_seconds"] is None
+    assert set(stats["counts"].values()) == {0}
