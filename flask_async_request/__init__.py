@@ -19,6 +19,7 @@ from .exceptions import (
     JobNotFailed,
     JobNotFound,
     JobStateError,
+    TimeLimitExceeded,
     WorkerResolutionError,
 )
 from .extension import AsyncRequest
@@ -45,6 +46,7 @@ __all__ = [
     "JobNotFound",
     "JobStateError",
     "JobStatus",
+    "TimeLimitExceeded",
     "Worker",
     "WorkerResolutionError",
     "accepted",

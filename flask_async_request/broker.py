@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery import Celery, Task
 from flask import Flask
@@ -42,13 +42,17 @@ def _flask_task_class(app: Flask) -> type[Task]:
     return FlaskTask
 
 
-def make_celery(app: Flask) -> tuple[Celery, EmbeddedWorker | None]:
+def make_celery(app: Flask, queue: str | None = None) -> tuple[Celery, EmbeddedWorker | None]:
     """Make (or reuse) the app's Celery app, stored in ``app.extensions["celery"]``.
 
     The Celery app is built from ``app.config["CELERY"]`` (lowercase Celery
     settings, the Flask documentation's convention); one already there is
     reused. Without a broker, jobs run on Celery's in-memory transport in a
     worker thread of the web process (embedded mode, for development).
+
+    :param queue: ``ASYNC_REQUEST_QUEUE``: the made app's default queue (unless
+        ``CELERY`` names one), so ``celery -A app worker`` with no ``-Q``
+        consumes it.
 
     :raises ConfigurationError: ``CELERY`` is not a mapping.
     """
@@ -63,6 +67,8 @@ def make_celery(app: Flask) -> tuple[Celery, EmbeddedWorker | None]:
         )
     celery_app = Celery(app.import_name, task_cls=_flask_task_class(app))
     celery_app.config_from_object(dict(conf))
+    if queue and "task_default_queue" not in conf:
+        celery_app.conf.task_default_queue = queue
     embedded = None
     if not celery_app.conf.broker_url and not celery_app.conf.task_always_eager:
         celery_app.conf.broker_url = "memory://localhost/"
@@ -90,24 +96,53 @@ def task_id(job_id: int, uid: str) -> str:
     return f"async-request-{job_id}-{uid}"
 
 
-def publish(job_id: int, uid: str, countdown: float | None = None) -> None:
-    """Send the message that makes a worker run job ``job_id``.
+class Message(NamedTuple):
+    """What the message that runs a job needs, as stored with the job."""
+
+    job_id: int
+    uid: str
+    #: The queue stored with the job; ``None``: ``ASYNC_REQUEST_QUEUE``.
+    queue: str | None = None
+    #: The job's time limit in seconds, if it has one.
+    time_limit: float | None = None
+
+
+def hard_time_limit(time_limit: float) -> float:
+    """When a prefork worker's process is replaced, if its job is still running past its limit.
+
+    The job itself fails at its limit; this later one only frees the process of
+    a job stuck where no exception reaches it (a blocking call in C).
+    """
+    return time_limit + max(5.0, time_limit / 10)
+
+
+def publish(message: Message, countdown: float | None = None) -> None:
+    """Send the message that makes a worker run the job.
 
     :raises EnqueueError: the broker could not be reached; the row is left as it is.
     """
     state = get_state()
+    options: dict[str, Any] = {"queue": message.queue or state.settings.queue}
     if state.embedded is not None:
         state.embedded.ensure_started()
+        # The embedded worker serves every job of its app, from its app's own queue.
+        options["queue"] = None
+    elif message.time_limit is not None:
+        options["time_limit"] = hard_time_limit(message.time_limit)
     task = state.celery.tasks[PROCESS_TASK]
     try:
         task.apply_async(
-            (job_id,), queue=state.settings.queue, countdown=countdown, task_id=task_id(job_id, uid)
+            (message.job_id,),
+            countdown=countdown,
+            task_id=task_id(message.job_id, message.uid),
+            **options,
         )
     except Exception as e:
         if state.celery.conf.task_always_eager:
             raise
         raise EnqueueError(
-            f"Job {job_id} is stored but its message could not be published: {e}", job_id
+            f"Job {message.job_id} is stored but its message could not be published: {e}",
+            message.job_id,
         ) from e
 
 
@@ -118,9 +153,11 @@ def queue_callback(job_id: int) -> None:
     either way.
     """
     state = get_state()
+    # The embedded worker consumes its app's own queue only.
+    queue = None if state.embedded is not None else state.settings.queue
     try:
         state.celery.tasks[CALLBACK_TASK].apply_async(
-            (job_id,), queue=state.settings.queue, task_id=f"async-request-callback-{job_id}"
+            (job_id,), queue=queue, task_id=f"async-request-callback-{job_id}"
         )
     except Exception:
         logger.exception("Job %s: its callback could not be queued.", job_id)

@@ -67,6 +67,11 @@ SETTINGS: dict[str, Setting] = {
         "Celery queue the jobs and the beat tasks are sent to; ``None`` means Celery's"
         " default queue.",
     ),
+    "ASYNC_REQUEST_TIME_LIMIT": Setting(
+        None,
+        "How long a job may run before it fails with a time-limit error: seconds or a"
+        " ``timedelta``; ``None`` means no limit. A worker class's ``time_limit`` overrides it.",
+    ),
     "ASYNC_REQUEST_RETRY": Setting(
         False,
         "``False``, or how many times a raising job is run again, after 1, 2, 4 ... seconds.",
@@ -145,6 +150,7 @@ class Settings:
     header_key: str
     url_prefix: str
     queue: str | None
+    time_limit: timedelta | None
     retry: int
     clean_jobs: bool
     clean_jobs_cron: crontab | timedelta
@@ -353,6 +359,11 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
         header_key=header_key,
         url_prefix=url_prefix.rstrip("/"),
         queue=queue,
+        time_limit=(
+            None
+            if config["ASYNC_REQUEST_TIME_LIMIT"] is None
+            else _duration(config, "ASYNC_REQUEST_TIME_LIMIT")
+        ),
         retry=retry,
         clean_jobs=clean_jobs,
         clean_jobs_cron=_schedule(config, "ASYNC_REQUEST_CLEAN_JOBS_CRON"),

@@ -69,6 +69,17 @@ class JobStateError(AsyncRequestError):
         self.status = status
 
 
+class TimeLimitExceeded(AsyncRequestError):
+    """Raised inside a worker whose job ran past its time limit, to stop its work.
+
+    The job has already failed with a time-limit error when this is raised; a
+    worker may catch it to clean up, and should then let it propagate.
+    """
+
+    def __init__(self, message: str = "The job ran past its time limit.") -> None:
+        super().__init__(message)
+
+
 class JobFinished(JobStateError):
     """The job has finished already (processed, failed or cancelled), so it cannot be cancelled."""
 

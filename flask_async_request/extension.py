@@ -76,7 +76,7 @@ class AsyncRequest:
         # Flask-Migrate's autogenerate sees it.
         if TABLE_NAME not in db.metadata.tables:
             cast(sa.Table, Job.__table__).to_metadata(db.metadata)
-        celery_app, embedded = make_celery(app)
+        celery_app, embedded = make_celery(app, settings.queue)
         register_tasks(celery_app, app, settings)
         web.listen(db.session)
         # What the model needs of the extension, given to it rather than imported

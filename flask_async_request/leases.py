@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -27,6 +28,9 @@ class _Held:
     attempt: int
     lease: timedelta
     renew_at: float  # time.monotonic()
+    #: When the job's time limit runs out (time.monotonic()), and what to do then.
+    deadline: float | None = None
+    on_deadline: Callable[[], None] | None = None
 
 
 class LeaseKeeper:
@@ -37,6 +41,9 @@ class LeaseKeeper:
     finishes within a third of its lease costs no renewal at all. Renewals are
     fenced by the job's attempt number, so a worker that lost its job to another
     never extends the other's lease.
+
+    The same thread watches the held jobs' time limits: at a job's deadline it
+    calls the function the runner gave (which fails the job and stops its work).
     """
 
     def __init__(self) -> None:
@@ -46,19 +53,36 @@ class LeaseKeeper:
         self._next_wake = float("inf")
         self._pid: int | None = None
 
-    def hold(self, store: JobStore, job_id: int, attempt: int, lease: timedelta) -> None:
-        """Renew job ``job_id``'s lease (just set by its claim) until :meth:`release`."""
-        renew_at = time.monotonic() + lease.total_seconds() / 3
+    def hold(
+        self,
+        store: JobStore,
+        job_id: int,
+        attempt: int,
+        lease: timedelta,
+        *,
+        time_limit: float | None = None,
+        on_deadline: Callable[[], None] | None = None,
+    ) -> None:
+        """Renew job ``job_id``'s lease (just set by its claim) until :meth:`release`.
+
+        :param time_limit: seconds from now after which ``on_deadline`` is called,
+            once, from the keeper's thread, unless the job was released before.
+        """
+        now = time.monotonic()
+        renew_at = now + lease.total_seconds() / 3
+        deadline = None if time_limit is None else now + time_limit
+        held = _Held(store, attempt, lease, renew_at, deadline, on_deadline)
+        wake_at = renew_at if deadline is None else min(renew_at, deadline)
         with self._lock:
-            self._held[(id(store), job_id)] = _Held(store, attempt, lease, renew_at)
+            self._held[(id(store), job_id)] = held
             if self._pid != os.getpid():
                 # First use in this process (or in a forked child): the thread runs here.
                 self._pid = os.getpid()
-                self._next_wake = renew_at
+                self._next_wake = wake_at
                 threading.Thread(
                     target=self._run, name="flask-async-request-leases", daemon=True
                 ).start()
-            elif renew_at < self._next_wake:
+            elif wake_at < self._next_wake:
                 self._wake.set()
 
     def release(self, store: JobStore, job_id: int) -> None:
@@ -74,9 +98,21 @@ class LeaseKeeper:
                 due = [(key, held) for key, held in self._held.items() if held.renew_at <= now]
                 for _, held in due:
                     held.renew_at = now + held.lease.total_seconds() / 3
+                expired = []
+                for (_, job_id), held in self._held.items():
+                    if held.deadline is not None and held.deadline <= now:
+                        held.deadline = None  # once
+                        if held.on_deadline is not None:
+                            expired.append((job_id, held.on_deadline))
                 upcoming = [held.renew_at for held in self._held.values()]
+                upcoming += [h.deadline for h in self._held.values() if h.deadline is not None]
                 self._next_wake = min(upcoming, default=now + _IDLE_WAIT)
                 self._wake.clear()
+            for job_id, on_deadline in expired:
+                try:
+                    on_deadline()
+                except Exception:
+                    logger.exception("Job %s: could not end it at its time limit.", job_id)
             for (_, job_id), held in due:
                 self._renew(held.store, job_id, held.attempt, held.lease)
             self._wake.wait(max(self._next_wake - time.monotonic(), 0.01))

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .broker import queue_callback
+from .broker import Message, queue_callback
 from .exceptions import InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
 from .models import Job, JobStatus, new_uid, utcnow
 from .signals import job_cancelled, job_failed, job_finished
@@ -74,6 +74,8 @@ class Claim(NamedTuple):
     params: str
     attempt: int
     callback_url: str | None
+    queue: str | None = None
+    time_limit: float | None = None
 
 
 def decode_params(job_id: int, params: str | None) -> tuple[list[Any], dict[str, Any]]:
@@ -162,6 +164,8 @@ _CLAIM_COLUMNS = (
     sa.cast(Job.params, sa.Text).label("params"),
     Job.attempts,
     Job.callback_url,
+    Job.queue,
+    Job.time_limit,
 )
 _CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
 _CLAIMED: Any = sa.select(*_CLAIM_COLUMNS).where(_ID)
@@ -234,13 +238,13 @@ _READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
 _STATUS = sa.select(Job.status).where(_ID)
 
 _LOST_JOBS = (
-    sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at)
+    sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at, Job.queue, Job.time_limit)
     .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < sa.bindparam("now"))
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
 _STALE_JOBS = (
-    sa.select(Job.id, Job.uid)
+    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit)
     .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
@@ -343,6 +347,8 @@ def new_job(
     owner: str | None = None,
     idempotency_scope: str | None = None,
     callback_url: str | None = None,
+    queue: str | None = None,
+    time_limit: float | None = None,
 ) -> Job:
     """A ``waiting`` job, not stored yet: add it to a session, or :func:`insert` it."""
     return Job(
@@ -352,7 +358,14 @@ def new_job(
         owner=owner,
         idempotency_scope=idempotency_scope,
         callback_url=callback_url,
+        queue=queue,
+        time_limit=time_limit,
     )
+
+
+def message_of(job: Job) -> Message:
+    """What publishing a stored ``job`` needs."""
+    return Message(job.id, job.uid, job.queue, job.time_limit)
 
 
 def insert(store: JobStore, job: Job) -> None:
@@ -370,6 +383,8 @@ def insert(store: JobStore, job: Job) -> None:
         "owner": job.owner,
         "idempotency_scope": job.idempotency_scope,
         "callback_url": job.callback_url,
+        "queue": job.queue,
+        "time_limit": job.time_limit,
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
@@ -487,18 +502,19 @@ def cancel(store: JobStore, job_id: int) -> Ended:
     return ended
 
 
-def reset_for_retry(store: JobStore, job_id: int) -> str:
+def reset_for_retry(store: JobStore, job_id: int) -> Message:
     """Put a ``failed`` job back to ``waiting`` with its reply, progress and attempts cleared.
 
-    :returns: the job's uid, to publish it with.
+    :returns: what publishing it needs.
     :raises JobNotFound: there is no such job.
     :raises JobNotFailed: the job is not failed.
     """
     now = utcnow()
     params = {"job_id": job_id, "now": now, "due_at": now}
-    read = sa.select(Job.uid).where(_ID)
+    columns = (Job.id, Job.uid, Job.queue, Job.time_limit)
+    read: Any = sa.select(*columns).where(_ID)
     row = (
-        store.first(_RESET_FOR_RETRY.returning(Job.uid), params)
+        store.first(_RESET_FOR_RETRY.returning(*columns), params)
         if store.returning
         else store.update_then_read(_RESET_FOR_RETRY, read, params)
     )
@@ -509,7 +525,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> str:
             job_id,
             status.value,
         )
-    return str(row[0])
+    return Message(*row)
 
 
 # The sweeper's transitions -------------------------------------------------------------------
@@ -522,6 +538,13 @@ class LostJob(NamedTuple):
     uid: str
     attempt: int
     lease_expires_at: datetime
+    queue: str | None = None
+    time_limit: float | None = None
+
+    @property
+    def message(self) -> Message:
+        """What publishing it again needs."""
+        return Message(self.id, self.uid, self.queue, self.time_limit)
 
 
 def lost_jobs(store: JobStore, now: datetime, limit: int) -> list[LostJob]:
@@ -551,10 +574,9 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
     return ended
 
 
-def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[tuple[int, str]]:
-    """``(id, uid)`` of waiting jobs due before ``due_before``, oldest id first."""
-    rows = store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})
-    return [(job_id, uid) for job_id, uid in rows]
+def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[Message]:
+    """Waiting jobs due before ``due_before``, oldest id first, ready to publish again."""
+    return [Message(*row) for row in store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})]
 
 
 def touch_waiting(store: JobStore, job_id: int) -> bool:

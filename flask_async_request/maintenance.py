@@ -133,8 +133,7 @@ def retry_job(job_id: int) -> None:
     :raises JobNotFailed: the job has not failed.
     :raises EnqueueError: the broker refused the message; the sweeper sends it later.
     """
-    uid = lifecycle.reset_for_retry(get_state().store(), job_id)
-    publish(job_id, uid)
+    publish(lifecycle.reset_for_retry(get_state().store(), job_id))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,28 +174,30 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
             logger.warning("Job %s: its worker was lost; running it again.", job.id)
             requeued += 1
             try:
-                publish(job.id, job.uid)
+                publish(job.message)
             except EnqueueError:
                 logger.exception("Job %s could not be published; the next sweep retries.", job.id)
             continue
         expired = as_utc(job.lease_expires_at).isoformat(timespec="seconds")
-        message = (
+        error = (
             f"The worker running this job was lost: its lease expired at {expired}"
             " with no reply stored."
         )
-        if lifecycle.fail_lost(store, job, now, message) is not None:
+        if lifecycle.fail_lost(store, job, now, error) is not None:
             logger.error("Job %s: its worker was lost and no retry is left; failed.", job.id)
             failed += 1
 
     stale = lifecycle.stale_jobs(store, now - settings.waiting_timeout, batch_size)
-    for job_id, uid in stale:
+    for message in stale:
         try:
-            publish(job_id, uid)
+            publish(message)
         except EnqueueError:
-            logger.exception("Job %s could not be published; the next sweep retries.", job_id)
+            logger.exception(
+                "Job %s could not be published; the next sweep retries.", message.job_id
+            )
             break  # The broker is down: the rest would fail the same way.
         # Restart its clock, so the next sweep leaves it to the workers for a while.
-        lifecycle.touch_waiting(store, job_id)
+        lifecycle.touch_waiting(store, message.job_id)
         republished += 1
     if stale:
         logger.warning("Sent %s waiting jobs again that no worker had claimed.", republished)

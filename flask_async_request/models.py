@@ -93,6 +93,10 @@ class Job(_Base):
     response: Mapped[str | None] = mapped_column(sa.Text())
     #: The reply's media type, when the worker (or an asynchronous view) gave one.
     content_type: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The Celery queue the job's messages go to (``None``: the app's default).
+    queue: Mapped[str | None] = mapped_column(sa.String(255))
+    #: Seconds the job may run before it fails with a time-limit error (``None``: no limit).
+    time_limit: Mapped[float | None] = mapped_column(sa.Float())
     #: Bumped by every claim; it fences off a worker whose lease was taken over.
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0)
     #: The identity that created the job (see ``AsyncRequest.identity_loader``).

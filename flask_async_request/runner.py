@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import logging
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import NamedTuple
 
 from flask import Flask
 
 from . import lifecycle
-from .broker import publish
+from .broker import Message, publish
 from .exceptions import (
     EnqueueError,
     InvalidJobRow,
     InvalidReply,
     JobCancelled,
+    TimeLimitExceeded,
     WorkerResolutionError,
 )
 from .leases import keeper
@@ -67,13 +73,21 @@ def run_job(job_id: int) -> JobStatus | None:
         return None
     app = current_flask_app()
     job_started.send(app, job_id=job_id, attempt=claim.attempt)
-    keeper.hold(store, job_id, claim.attempt, state.settings.lease)
+    stopper = _Stopper()
+    keeper.hold(
+        store,
+        job_id,
+        claim.attempt,
+        state.settings.lease,
+        time_limit=claim.time_limit,
+        on_deadline=functools.partial(_time_is_up, app, store, job_id, claim, stopper),
+    )
     try:
-        run = _execute(state, app, store, job_id, claim)
+        run = _execute(state, app, store, job_id, claim, stopper)
     finally:
         keeper.release(store, job_id)
     if run.retry:
-        return _schedule_retry(store, job_id, claim.uid, claim.attempt)
+        return _schedule_retry(store, job_id, claim)
     ended = None
     if run.outcome is not None:
         if run.in_session:
@@ -89,8 +103,67 @@ def run_job(job_id: int) -> JobStatus | None:
     return ended.status
 
 
+def _set_async_exception(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Have ``exception`` raised in thread ``thread_id`` (or a pending one dropped, for None)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), None if exception is None else ctypes.py_object(exception)
+    )
+
+
+class _Stopper:
+    """Stops a worker's ``execute`` from another thread, while (and only while) it runs.
+
+    The exception is raised inside ``execute`` at its next Python instruction;
+    one still pending when ``execute`` has returned is dropped, so it never
+    lands in the library's own code.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread = threading.get_ident()
+        self._running = False
+        #: Whether :meth:`stop` raised in the worker.
+        self.stopped = False
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark the worker's ``execute`` as running in this thread."""
+        with self._lock:
+            self._running = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running = False
+                if self.stopped:
+                    _set_async_exception(self._thread, None)
+
+    def stop(self) -> None:
+        """Raise :class:`TimeLimitExceeded` in ``execute``, if it still runs."""
+        with self._lock:
+            if self._running and not self.stopped:
+                self.stopped = True
+                _set_async_exception(self._thread, TimeLimitExceeded)
+
+
+def _time_is_up(app: Flask, store: JobStore, job_id: int, claim: Claim, stopper: _Stopper) -> None:
+    """At the job's time limit: fail it (long polls, signal and callback follow), then stop it."""
+    limit = claim.time_limit
+    message = f"The job exceeded its time limit of {limit:g} s."
+    with app.app_context():
+        ended = lifecycle.finish(store, job_id, claim.attempt, failure(message))
+    if ended is not None:
+        logger.error("Job %s: %s Stopping it.", job_id, message)
+        stopper.stop()
+
+
 def _execute(
-    state: AsyncRequestState, app: Flask, store: JobStore, job_id: int, claim: Claim
+    state: AsyncRequestState,
+    app: Flask,
+    store: JobStore,
+    job_id: int,
+    claim: Claim,
+    stopper: _Stopper,
 ) -> _Run:
     """Run the worker; what it returned, or how it failed."""
     session = state.db.session
@@ -106,12 +179,19 @@ def _execute(
         instance.job_id = job_id
         instance._run = RunContext(app, store, job_id, claim.attempt, writes=writes_progress)
         args, kwargs = decode_params(job_id, claim.params)
-        reply = instance.execute(*args, **kwargs)
+        with stopper.running():
+            reply = instance.execute(*args, **kwargs)
         outcome = Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
         return _Run(outcome, in_session=worker_class.transactional)
     except JobCancelled:
         session.rollback()
         logger.info("Job %s: the worker stopped, its job cancelled.", job_id)
+        return _Run(None)
+    except TimeLimitExceeded:
+        if not stopper.stopped:
+            raise
+        # The job has failed already, at its deadline.
+        session.rollback()
         return _Run(None)
     except (WorkerResolutionError, InvalidJobRow) as e:
         session.rollback()
@@ -130,14 +210,14 @@ def _execute(
         return _Run(failure(str(e) or type(e).__name__))
 
 
-def _schedule_retry(store: JobStore, job_id: int, uid: str, attempt: int) -> JobStatus | None:
-    delay = retry_delay(attempt)
+def _schedule_retry(store: JobStore, job_id: int, claim: Claim) -> JobStatus | None:
+    delay = retry_delay(claim.attempt)
     due_at = utcnow() + timedelta(seconds=delay)
-    if not lifecycle.reschedule(store, job_id, attempt, due_at):
+    if not lifecycle.reschedule(store, job_id, claim.attempt, due_at):
         return None
-    logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, attempt, delay)
+    logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, claim.attempt, delay)
     try:
-        publish(job_id, uid, countdown=delay)
+        publish(Message(job_id, claim.uid, claim.queue, claim.time_limit), countdown=delay)
     except EnqueueError:
         logger.exception("Job %s: the retry could not be published; the sweeper will.", job_id)
     return JobStatus.WAITING

@@ -8,7 +8,7 @@ import logging
 import math
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -21,7 +21,7 @@ from sqlalchemy.orm import (
 )
 
 from . import lifecycle
-from .broker import publish, revoke
+from .broker import Message, publish, revoke
 from .exceptions import (
     EnqueueError,
     IdempotencyConflict,
@@ -33,7 +33,7 @@ from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply
 from .tokens import encode_token
-from .worker import worker_path
+from .worker import Worker, seconds_of, worker_path
 
 logger = logging.getLogger("flask_async_request")
 
@@ -136,6 +136,7 @@ def create_job(
     """
     state = get_state()
     path = worker_path(worker_class)
+    worker = cast("type[Worker]", worker_class)
     params = {"args": list(args), "kwargs": dict(kwargs)}
     check_json(params["args"], "args")
     check_json(params["kwargs"], "kwargs")
@@ -152,7 +153,16 @@ def create_job(
         if existing is not None:
             return _same_request(existing, path, params, idempotency_key)
     job = lifecycle.new_job(
-        path, params, owner=owner, idempotency_scope=scope, callback_url=callback_url
+        path,
+        params,
+        owner=owner,
+        idempotency_scope=scope,
+        callback_url=callback_url,
+        queue=worker.queue or state.settings.queue,
+        time_limit=seconds_of(
+            worker.time_limit or state.settings.time_limit,
+            f"{path}.time_limit",
+        ),
     )
     store = state.store()
     # Published on the caller's commit rather than ours.
@@ -162,13 +172,13 @@ def create_job(
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
         lifecycle.insert(store, job)
         job.token  # noqa: B018 -- signed while every column is loaded
-        job_id, uid = job.id, job.uid
+        message = lifecycle.message_of(job)
         # Known to the session as the stored row it is (no INSERT at the next flush).
         make_transient_to_detached(job)
         session.add(job)
         # Loaded afresh on next access: it may already have run.
         session.expire(job)
-        _publish_new(job_id, uid)
+        _publish_new(message)
         return job
     session.add(job)
     try:
@@ -182,22 +192,22 @@ def create_job(
         if existing is None:
             raise
         return _same_request(existing, path, params, idempotency_key or "")
-    job_id, uid = job.id, job.uid
+    message = lifecycle.message_of(job)
     job.token  # noqa: B018 -- signed now, while id and uid are loaded: a commit expires them
     if deferred:
-        session.info.setdefault(_PENDING_KEY, []).append((job_id, uid))
+        session.info.setdefault(_PENDING_KEY, []).append(message)
         return job
     session.commit()
     # The job is loaded afresh on next access: it may already have run (eager
     # mode, fast workers).
-    _publish_new(job_id, uid)
+    _publish_new(message)
     return job
 
 
-def _publish_new(job_id: int, uid: str) -> None:
+def _publish_new(message: Message) -> None:
     """Publish a newly stored job and announce it (``job_enqueued``)."""
-    publish(job_id, uid)
-    job_enqueued.send(current_flask_app(), job_id=job_id)
+    publish(message)
+    job_enqueued.send(current_flask_app(), job_id=message.job_id)
 
 
 def idempotency_scope(key: str, owner: str | None) -> str:
@@ -235,14 +245,14 @@ _PENDING_KEY = "flask_async_request.publish_on_commit"
 
 
 def _publish_on_commit(session: Session) -> None:
-    pending = session.info.pop(_PENDING_KEY, None)
-    for job_id, uid in pending or ():
+    pending: list[Message] = session.info.pop(_PENDING_KEY, None) or []
+    for message in pending:
         try:
-            _publish_new(job_id, uid)
+            _publish_new(message)
         except EnqueueError:
             # The commit has happened and cannot fail now; the row stays waiting
             # and the sweeper publishes it again.
-            logger.exception("Job %s is stored but could not be published yet.", job_id)
+            logger.exception("Job %s is stored but could not be published yet.", message.job_id)
 
 
 def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> None:

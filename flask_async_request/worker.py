@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from datetime import timedelta
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -50,6 +51,18 @@ class Worker:
     #: any other exception fails the job at once. Narrow it to the transient
     #: errors of the work, for example ``(ConnectionError, TimeoutError)``.
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    #: The Celery queue this worker's jobs go to; ``None``: ``ASYNC_REQUEST_QUEUE``.
+    #: It is stored with each job, so retries and the sweeper send it there too;
+    #: start workers that consume it (``celery -A app worker -Q reports``).
+    queue: str | None = None
+
+    #: How long a job may run (seconds or a ``timedelta``); ``None``:
+    #: ``ASYNC_REQUEST_TIME_LIMIT``. Past it the job fails with a time-limit
+    #: error at once and :class:`~flask_async_request.TimeLimitExceeded` is
+    #: raised in ``execute`` (catch it to clean up, then let it go); on prefork
+    #: workers a job still running a few seconds later has its process replaced.
+    time_limit: float | timedelta | None = None
 
     #: Commit the reply with the worker's own database writes, in one transaction.
     #:
@@ -233,3 +246,21 @@ def fraction_of(done: float, total: float | None) -> float:
             raise ValueError(f"progress total is {total!r}; expected a positive number.")
         done = done / total
     return min(max(float(done), 0.0), 1.0)
+
+
+def seconds_of(limit: float | timedelta | None, where: str) -> float | None:
+    """A time limit as seconds, or ``None`` for none.
+
+    :raises ValueError: for anything but a positive number of seconds or ``timedelta``.
+    """
+    if limit is None:
+        return None
+    seconds = limit.total_seconds() if isinstance(limit, timedelta) else limit
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        raise ValueError(f"{where} is {limit!r}; expected a positive number of seconds or None.")
+    return float(seconds)

@@ -121,7 +121,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._patch = pytest.MonkeyPatch()
         self._patch.setattr(lifecycle, "queue_callback", self.callbacks.append)
         self._patch.setattr(
-            maintenance, "publish", lambda job_id, uid: self.published.append(job_id)
+            maintenance, "publish", lambda message: self.published.append(message.job_id)
         )
         self.notified: list[int] = []
         self.listener = self._listen()

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flask_async_request import Worker
+from flask_async_request import TimeLimitExceeded, Worker
 from flask_async_request.state import get_state
 
 #: Files that record each run, for tests that count executions across processes.
@@ -240,3 +240,52 @@ class WriteEffect(Worker):
         if fail:
             raise RuntimeError("failed after writing")
         return 200, "written"
+
+
+class Forever(Worker):
+    """Never returns by itself; its time limit stops it. Leaves ``cleaned-<id>`` when stopped."""
+
+    time_limit = 1.5
+
+    def execute(self) -> Any:
+        try:
+            while True:
+                time.sleep(0.01)
+        except TimeLimitExceeded:
+            effects = os.environ.get(EFFECTS_DIR_ENV)
+            if effects:
+                (Path(effects) / f"cleaned-{self.job_id}").touch()
+            raise
+
+
+class BlockedForever(Worker):
+    """Blocks in one long C call, where no exception reaches it: only its process can go."""
+
+    time_limit = 2
+
+    def execute(self) -> Any:
+        time.sleep(3600)
+        return 200, "never"
+
+
+#: Queues of their own, for the tests of per-worker queues.
+REPORTS_QUEUE = "far-test-reports"
+THUMBS_QUEUE = "far-test-thumbs"
+
+
+class Report(Worker):
+    """Runs on the reports queue; answers which worker process ran it."""
+
+    queue = REPORTS_QUEUE
+
+    def execute(self) -> tuple[int, str]:
+        return 200, json.dumps({"tag": os.environ.get("FAR_TEST_WORKER_TAG"), "pid": os.getpid()})
+
+
+class Thumbnail(Worker):
+    """Runs on the thumbnails queue; answers which worker process ran it."""
+
+    queue = THUMBS_QUEUE
+
+    def execute(self) -> tuple[int, str]:
+        return 200, json.dumps({"tag": os.environ.get("FAR_TEST_WORKER_TAG"), "pid": os.getpid()})
