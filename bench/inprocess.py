@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--ops", type=int, default=500)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sort", default="cumulative", help="cProfile sort key with --profile")
     args = parser.parse_args()
     if "far_bench" not in DATABASE_URL:
         sys.exit("Error: BENCH_DATABASE_URL must name the far_bench database, which is reset.")
@@ -86,7 +87,7 @@ def main() -> None:
         profile.enable()
         _timer(cases["submit: flask-async-request"], args.ops)
         profile.disable()
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(35)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(35)
         return
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.rounds):

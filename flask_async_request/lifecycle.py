@@ -390,12 +390,10 @@ def insert(store: JobStore, job: Job) -> None:
         "updated_at": now,
         "due_at": now,
     }
-    with store.engine.begin() as conn:
-        key = conn.execute(sa.insert(Job), values).inserted_primary_key
-    assert key is not None  # An INSERT of one row always has its key.
+    job_id = store.insert(values)
     for name, value in values.items():
         setattr(job, name, value)
-    job.id = key[0]
+    job.id = job_id
 
 
 # A running attempt ---------------------------------------------------------------------

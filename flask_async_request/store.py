@@ -12,6 +12,7 @@ there is no network to save, uses the app's engine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -39,6 +40,28 @@ REPLY_COLUMNS = (
     Job.content_type,
 )
 _REPLY = sa.select(*REPLY_COLUMNS).where(Job.id == sa.bindparam("job_id"))
+
+#: Every column of a new job's row, as :meth:`JobStore.insert` takes them.
+INSERT_COLUMNS = (
+    "uid",
+    "worker",
+    "params",
+    "status",
+    "owner",
+    "idempotency_scope",
+    "callback_url",
+    "queue",
+    "time_limit",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "due_at",
+)
+_INSERT = (
+    sa.insert(Job)
+    .values({name: sa.bindparam(name, type_=Job.__table__.c[name].type) for name in INSERT_COLUMNS})
+    .returning(Job.id)
+)
 
 #: The PostgreSQL channel on which finished and cancelled jobs are announced.
 CHANNEL = "async_request_jobs"
@@ -79,6 +102,13 @@ class JobStore:
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.
         self._reply_sql = _REPLY.compile(dialect=engine.dialect).string
+        self._insert_sql = (
+            _INSERT.compile(dialect=engine.dialect).string
+            if autocommit
+            and engine.dialect.name == "postgresql"
+            and engine.dialect.driver == "psycopg"
+            else None
+        )
         self._positional = bool(engine.dialect.positional)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
@@ -108,25 +138,7 @@ class JobStore:
         :raises InvalidJobRow: the row's status is not a :class:`JobStatus`.
         """
         params: Any = (job_id,) if self._positional else {"job_id": job_id}
-        try:
-            connection = self.engine.raw_connection()
-        except self._dbapi_error as e:
-            # The pool hands out unwrapped driver errors.
-            raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
-        try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(self._reply_sql, params)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        except self._dbapi_error as e:
-            connection.invalidate(e)
-            raise sa.exc.DBAPIError.instance(
-                self._reply_sql, params, e, self._dbapi_error, connection_invalidated=True
-            ) from e
-        finally:
-            connection.close()
+        row = self._raw(self._reply_sql, params)
         if row is None:
             return None
         uid, owner, status, *rest = row
@@ -139,6 +151,51 @@ class JobStore:
                 job_id,
             ) from None
         return JobReply(uid, owner, known, *rest)
+
+    def _raw(self, sql: str, params: Any) -> Any:
+        """Run compiled ``sql`` on a raw pooled DBAPI cursor; its first row.
+
+        SQLAlchemy's execution layer costs more than these one-row statements
+        themselves; driver errors are still raised as SQLAlchemy's.
+        """
+        try:
+            connection = self.engine.raw_connection()
+        except self._dbapi_error as e:
+            # The pool hands out unwrapped driver errors.
+            raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except self._dbapi_error as e:
+            connection.invalidate(e)
+            raise sa.exc.DBAPIError.instance(
+                sql, params, e, self._dbapi_error, connection_invalidated=True
+            ) from e
+        finally:
+            connection.close()
+
+    def insert(self, values: dict[str, Any]) -> int:
+        """Store a new job's row (all its columns in ``values``) in one statement; its id.
+
+        On PostgreSQL with psycopg it is a precompiled ``INSERT ... RETURNING``
+        on a raw cursor, autocommitted: the submission's hot path.
+        """
+        if self._insert_sql is None:
+            with self.engine.begin() as conn:
+                key = conn.execute(sa.insert(Job), values).inserted_primary_key
+            assert key is not None  # An INSERT of one row always has its key.
+            return int(key[0])
+        params = {
+            **values,
+            "params": json.dumps(values["params"]),
+            "status": JobStatus(values["status"]).value,
+        }
+        row = self._raw(self._insert_sql, params)
+        return int(row[0])
 
     def first(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
         """Run ``statement`` in a transaction of its own; its first row, if any."""

@@ -106,10 +106,16 @@ def sign_token(job: Job) -> str:
 def _caller_transaction(session: Session) -> bool:
     """Whether the session holds work of the caller's that a commit must carry.
 
-    Any begun transaction counts: besides pending ORM objects it may hold Core
-    statements (``session.execute(sa.update(...))``) that nothing else shows.
+    Pending ORM objects count, and so does a transaction that has used a
+    connection: it may hold Core statements (``session.execute(sa.update(...))``)
+    that nothing else shows. A transaction only begun (by ``session.add`` of a
+    stored row, say) has nothing to carry.
     """
-    return session.in_transaction() or bool(session.new or session.dirty or session.deleted)
+    if session.new or session.dirty or session.deleted:
+        return True
+    transaction = session.get_transaction()
+    # SQLAlchemy keeps no public record of the connections a transaction used.
+    return transaction is not None and bool(getattr(transaction, "_connections", True))
 
 
 def _explicit_transaction(session: Session) -> bool:

@@ -134,12 +134,15 @@ def test_core_statement_before_enqueue_is_committed(pg_app: Flask) -> None:
 def test_clean_session_still_takes_the_one_statement_insert(
     pg_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With nothing of the caller's in the session the job is one autocommit INSERT."""
+    """With nothing of the caller's in the session each job is one autocommit INSERT."""
     session = get_state().db.session
     session.commit()
     monkeypatch.setattr(session, "commit", lambda: pytest.fail("committed the session"))
-    job = Job.create_and_enqueue(workers.Echo, "quick")
-    assert job.id is not None
+    first = Job.create_and_enqueue(workers.Echo, "quick")
+    # The first job, now known to the session, is no work of the caller's to carry.
+    second = Job.create_and_enqueue(workers.Echo, "again")
+    assert first.id is not None and second.id == first.id + 1
+    assert first in session and second in session
 
 
 # Transactional workers against a real prefork worker -----------------------------------------
