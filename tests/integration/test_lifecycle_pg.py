@@ -137,7 +137,7 @@ def test_clean_session_still_takes_the_one_statement_insert(
     """With nothing of the caller's in the session each job is one autocommit INSERT."""
     session = get_state().db.session
     session.commit()
-    monkeypatch.setattr(session, "commit", lambda: pytest.fail("committed the session"))
+    monkeypatch.setattr(session(), "commit", lambda: pytest.fail("committed the session"))
     first = Job.create_and_enqueue(workers.Echo, "quick")
     # The first job, now known to the session, is no work of the caller's to carry.
     second = Job.create_and_enqueue(workers.Echo, "again")
