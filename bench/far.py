@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask, url_for
@@ -23,6 +24,10 @@ def create_app() -> Flask:
     app.config.update(
         SECRET_KEY=SECRET_KEY,
         SQLALCHEMY_DATABASE_URI=DATABASE_URL,
+        # Lets the long-poll benchmark count the web process's connections.
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "connect_args": {"application_name": os.environ.get("BENCH_APPLICATION_NAME", "far")}
+        },
         CELERY={"broker_url": REDIS_URL},
         ASYNC_REQUEST_QUEUE=FAR_QUEUE,
         ASYNC_REQUEST_CLEAN_JOBS=False,

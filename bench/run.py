@@ -556,6 +556,19 @@ Reproduce::
 It needs PostgreSQL on 127.0.0.1:5432 (it creates the database ``far_bench``) and Redis on
 127.0.0.1:6379 (database 13); ``BENCH_DATABASE_URL`` and ``BENCH_REDIS_URL`` point elsewhere.
 
+Two more, each a module of its own:
+
+* ``python -m bench.inprocess`` times submissions and polls in process with
+  Flask's test client (no HTTP server, no load generator on the same cores),
+  this library against the peer's ``task.delay()`` view, rounds alternating;
+  ``--profile`` prints cProfile's view of one submission.
+* ``python -m bench.longpoll --waiters 1000`` holds 1,000 ``Prefer: wait``
+  polls on one job in one gthread gunicorn process while 10 clients poll it
+  plainly, then ends the job, and prints how soon the waiters were answered,
+  any 5xx, the plain polls' latency without and with the waiters, and the
+  database connections the web process held meanwhile.
+
+
 Last run
 --------
 

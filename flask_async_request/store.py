@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -74,6 +75,12 @@ _PENDING_OF = sa.select(Job.id).where(
 )
 #: Ids per query of the long polls' check.
 _CHECK_BATCH = 500
+#: Seconds an ended job's reply is shared by the requests its end woke.
+_SHARED_FOR = 1.0
+
+
+def _ended_or_gone(reply: JobReply | None) -> bool:
+    return reply is None or reply.status.finished
 
 
 class JobReply(NamedTuple):
@@ -116,6 +123,10 @@ class JobStore:
         self.listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
         self._waiters: Waiters | None = None
         self._waiters_lock = threading.Lock()
+        # The ended jobs' replies, shared by the requests their end woke.
+        self._shared_lock = threading.Lock()
+        self._reading: dict[int, threading.Lock] = {}
+        self._ended: dict[int, tuple[float, JobReply | None]] = {}
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -232,8 +243,33 @@ class JobStore:
             job_id,
             timeout,
             read=lambda: self.fetch_reply(job_id),
-            done=lambda reply: reply is None or reply.status.finished,
+            reread=lambda: self._read_after_wake(job_id),
+            done=_ended_or_gone,
         )
+
+    def _read_after_wake(self, job_id: int) -> JobReply | None:
+        """Read a job whose end may just have woken many requests, once for all of them.
+
+        The first woken request reads the row; the others, queued on the same
+        lock, take its answer if the job has ended (a pending answer is never
+        shared: it could be stale).
+        """
+        with self._shared_lock:
+            lock = self._reading.setdefault(job_id, threading.Lock())
+        with lock:
+            shared = self._ended.get(job_id)
+            if shared is not None and time.monotonic() - shared[0] < _SHARED_FOR:
+                return shared[1]
+            reply = self.fetch_reply(job_id)
+            if _ended_or_gone(reply):
+                with self._shared_lock:
+                    now = time.monotonic()
+                    if len(self._ended) > 1024:
+                        for stale in [k for k, (at, _) in self._ended.items() if now - at > 5]:
+                            del self._ended[stale]
+                            self._reading.pop(stale, None)
+                    self._ended[job_id] = (now, reply)
+            return reply
 
     def waiters(self) -> Waiters:
         """This store's waiting requests (made on first use)."""
@@ -246,7 +282,7 @@ class JobStore:
             return self._waiters
 
     @contextlib.contextmanager
-    def _listening(self) -> Iterator[Callable[[float], list[int]]]:
+    def _listening(self) -> Iterator[Callable[[float], Iterator[int]]]:
         """A connection of its own (taken out of the pool) that LISTENs on :data:`CHANNEL`."""
         connection = self.engine.raw_connection()
         pg: Any = connection.driver_connection
@@ -254,8 +290,10 @@ class JobStore:
         try:
             pg.execute(f"LISTEN {CHANNEL}")
 
-            def announced(timeout: float) -> list[int]:
-                return [int(n.payload) for n in pg.notifies(timeout=timeout) if n.payload.isdigit()]
+            def announced(timeout: float) -> Iterator[int]:
+                for notification in pg.notifies(timeout=timeout):
+                    if notification.payload.isdigit():
+                        yield int(notification.payload)
 
             yield announced
         finally:

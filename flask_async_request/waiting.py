@@ -35,7 +35,8 @@ READY_TIMEOUT = 5.0
 #: Longest pause before the listener connects again after losing its connection.
 MAX_RECONNECT_DELAY = 5.0
 
-#: Opens a connection that LISTENs; it yields the ids of the jobs that ended.
+#: Opens a connection that LISTENs; it gives a function yielding the ids of the jobs
+#: that end within a timeout, each as soon as it is announced.
 Listen = Callable[[], AbstractContextManager[Callable[[float], Iterable[int]]]]
 #: Of the ids given, those whose jobs have ended or no longer exist.
 Check = Callable[[list[int]], Iterable[int]]
@@ -137,7 +138,9 @@ class Waiters:
                     self._ready.set()
                     delay = 0.1
                     while self._pid == pid:
-                        self.wake(announced(LISTEN_SLICE))
+                        # Each end wakes its waiters as it arrives, not at the slice's end.
+                        for job_id in announced(LISTEN_SLICE):
+                            self.wake((job_id,))
             except Exception:
                 logger.warning(
                     "The long-poll listener lost its connection; reconnecting in %.1f s.",
@@ -172,18 +175,22 @@ def wait_for(
     timeout: float,
     read: Callable[[], Any],
     done: Callable[[Any], bool],
+    reread: Callable[[], Any] | None = None,
 ) -> Any:
     """Wait up to ``timeout`` seconds for job ``job_id``; what ``read`` gives then.
 
     ``read`` is called once before waiting (a job already done answers at
-    once) and once per wake, never while nothing happens.
+    once); ``reread`` (default ``read``) once per wake, never while nothing
+    happens.
     """
     deadline = time.monotonic() + timeout
+    reader = read
     with waiters.waiting_for(job_id) as woken:
         while True:
             # Cleared before the read, so an end announced after it still wakes us.
             woken.clear()
-            current = read()
+            current = reader()
+            reader = reread or read
             remaining = deadline - time.monotonic()
             if done(current) or remaining <= 0:
                 return current

@@ -1,0 +1,176 @@
+"""Long polls at scale: 1,000 clients waiting on one job in one gunicorn process.
+
+One gthread gunicorn process serves ``bench/far.py`` on PostgreSQL. A job is
+stored and left pending; ``--waiters`` clients hold ``Prefer: wait=60`` polls
+on it while ``--pollers`` clients poll it plainly, then the job ends (in this
+process, through the lifecycle's own finish). Printed: how many waiters were
+answered and how soon after the end, any 5xx, the plain polls' latency without
+and with the waiters, and the database connections the web process held while
+they waited.
+
+    .venv/bin/python -m bench.longpoll --waiters 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+
+from bench.inprocess import _reset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, token: str, prefer: str | None, timeout: float) -> tuple[int, float]:
+    headers = {"X-JOB-AUTHORIZATION": token}
+    if prefer:
+        headers["Prefer"] = prefer
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", "/async_request/job", headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.monotonic()
+    except OSError:
+        return 0, time.monotonic()
+    finally:
+        connection.close()
+
+
+def _plain_polls(port: int, token: str, pollers: int, seconds: float) -> list[float]:
+    """Latencies (ms) of plain polls by ``pollers`` clients for ``seconds``."""
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    stop = time.monotonic() + seconds
+
+    def loop() -> None:
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            status, ended = _get(port, token, None, 30)
+            statuses[status] += 1
+            latencies.append((ended - started) * 1000)
+
+    threads = [threading.Thread(target=loop) for _ in range(pollers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    bad = {s: n for s, n in statuses.items() if s != 202}
+    if bad:
+        print(f"  plain polls that did not answer 202: {bad}")
+    return latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _backends() -> int:
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'far_bench'"
+            " AND application_name = 'far-longpoll-web'"
+        ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waiters", type=int, default=1000)
+    parser.add_argument("--pollers", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=5, help="of plain polling, each phase")
+    args = parser.parse_args()
+    _reset()
+    from bench import far
+    from flask_async_request import Job, lifecycle
+    from flask_async_request.lifecycle import Outcome
+    from flask_async_request.models import JobStatus
+    from flask_async_request.state import get_state
+
+    with far.app.app_context():
+        far.db.create_all()
+        job = Job.create_and_enqueue(far.Noop)
+        token, job_id = job.token, job.id
+    port = _free_port()
+    log = Path(tempfile.mkdtemp()) / "gunicorn.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1",
+         "--threads", str(args.waiters + args.pollers + 50), "--backlog", "4096",
+         "--worker-connections", str(args.waiters * 2),
+         "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.far:app"],
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "BENCH_APPLICATION_NAME": "far-longpoll-web"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while _get(port, token, None, 5)[0] != 202:
+            if time.monotonic() > deadline:
+                sys.exit(f"gunicorn did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        alone = _plain_polls(port, token, args.pollers, args.seconds)
+        answers: list[tuple[int, float]] = []
+        waiters = [
+            threading.Thread(
+                target=lambda: answers.append(_get(port, token, "wait=60", 90)), daemon=True
+            )
+            for _ in range(args.waiters)
+        ]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(3)  # all holding their poll by now
+        together = _plain_polls(port, token, args.pollers, args.seconds)
+        connections = _backends()
+        early = len(answers)
+        with far.app.app_context():
+            store = get_state().store()
+            claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
+            assert claim is not None
+            ended_at = time.monotonic()
+            lifecycle.finish(store, job_id, claim.attempt, Outcome(JobStatus.PROCESSED, 200, "{}"))
+        for waiter in waiters:
+            waiter.join(60)
+    finally:
+        server.terminate()
+        server.wait(30)
+    statuses = Counter(status for status, _ in answers)
+    delays = [(at - ended_at) * 1000 for status, at in answers if status == 200]
+    print(f"waiters: {args.waiters}, answered before the end: {early}, answers: {dict(statuses)}")
+    if delays:
+        print(
+            f"answer after the job's end (ms): p50 {statistics.median(delays):.0f},"
+            f" p99 {_percentile(delays, 0.99):.0f}, max {max(delays):.0f}"
+        )
+    print(f"5xx answers: {sum(n for s, n in statuses.items() if s >= 500)}")
+    print(
+        f"plain polls alone: {len(alone)}, p50 {statistics.median(alone):.1f} ms,"
+        f" p99 {_percentile(alone, 0.99):.1f} ms"
+    )
+    print(
+        f"plain polls beside the waiters: {len(together)},"
+        f" p50 {statistics.median(together):.1f} ms, p99 {_percentile(together, 0.99):.1f} ms"
+    )
+    print(f"database connections of the web process while they waited: {connections}")
+
+
+if __name__ == "__main__":
+    main()
