@@ -62,6 +62,12 @@ SETTINGS: dict[str, Setting] = {
         "/async_request",
         "Where the status endpoint is mounted.",
     ),
+    "ASYNC_REQUEST_TOKEN_IN_URL": Setting(
+        True,
+        "Give each job a status url of its own, with its token in the path (``Location`` and"
+        " ``url`` of the 202), so any client can follow it; ``False`` keeps the token in the"
+        " header only.",
+    ),
     "ASYNC_REQUEST_QUEUE": Setting(
         None,
         "Celery queue the jobs and the beat tasks are sent to; ``None`` means Celery's"
@@ -149,6 +155,7 @@ class Settings:
     token_expiration: timedelta
     header_key: str
     url_prefix: str
+    token_in_url: bool
     queue: str | None
     time_limit: timedelta | None
     retry: int
@@ -347,6 +354,10 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
     if not isinstance(clean_jobs, bool):
         raise _fail("ASYNC_REQUEST_CLEAN_JOBS", clean_jobs, "True or False")
 
+    token_in_url = config["ASYNC_REQUEST_TOKEN_IN_URL"]
+    if not isinstance(token_in_url, bool):
+        raise _fail("ASYNC_REQUEST_TOKEN_IN_URL", token_in_url, "True or False")
+
     allow_private = config["ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE"]
     if not isinstance(allow_private, bool):
         raise _fail("ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE", allow_private, "True or False")
@@ -358,6 +369,7 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
         token_expiration=_duration(config, "ASYNC_REQUEST_TOKEN_EXPIRATION"),
         header_key=header_key,
         url_prefix=url_prefix.rstrip("/"),
+        token_in_url=token_in_url,
         queue=queue,
         time_limit=(
             None

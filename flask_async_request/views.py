@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -26,7 +27,7 @@ from .exceptions import (
 from .models import Job
 from .state import get_state
 from .store import JobReply
-from .tokens import TokenClaims, token_from_header
+from .tokens import MAX_TOKEN_LENGTH, TokenClaims, token_from_header
 from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")
@@ -50,17 +51,20 @@ def error_answer(message: str, status: int, **headers: Any) -> tuple[Response, i
     return jsonify(errors=[{"message": message}]), status, headers
 
 
-def _job_for_request() -> tuple[TokenClaims, JobReply]:
+def _job_for_request(token: str | None = None) -> tuple[TokenClaims, JobReply]:
     """The job the request's token names, if this request may see it.
 
+    :param token: the token from the job's own url; ``None``: from the header.
     :raises _Refusal: 400 for a bad token, 404 for a job that does not exist (or
         belongs to another identity), 503 when the database cannot be reached.
     """
     state = get_state()
     try:
-        claims = state.verify_token(
-            token_from_header(request.headers.get(state.settings.header_key))
-        )
+        if token is None:
+            token = token_from_header(request.headers.get(state.settings.header_key))
+        elif len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("token too long")
+        claims = state.verify_token(token)
     except InvalidToken:
         raise _Refusal(error_answer("Invalid token", 400)) from None
     with _database():
@@ -115,7 +119,11 @@ def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
             reply.progress if reply.progress is None or math.isfinite(reply.progress) else None
         )
         body = {"status": reply.status.value, "progress": progress, "message": reply.message}
-        return body, 202, {"Retry-After": str(get_state().settings.retry_after)}
+        headers = {"Retry-After": str(get_state().settings.retry_after)}
+        if request.view_args and request.view_args.get("token"):
+            # Where to poll next: this very url, for clients that only follow Location.
+            headers["Location"] = request.base_url
+        return body, 202, headers
     response: dict[str, Any] = {"status_code": reply.status_code, "body": reply.response or ""}
     if reply.content_type:
         response["content_type"] = reply.content_type
@@ -131,15 +139,27 @@ def requested_wait() -> int | None:
     return None if match is None else int(match.group(1))
 
 
+def _job_url_enabled() -> None:
+    """Answer 404 for a job's own url where ``ASYNC_REQUEST_TOKEN_IN_URL`` is off."""
+    if not get_state().settings.token_in_url:
+        raise _Refusal(error_answer("Not found", 404))
+
+
 @blueprint.get("/job", endpoint="job")
-def job_status() -> Any:
+@blueprint.get("/job/<token>", endpoint="job_url")
+def job_status(token: str | None = None) -> Any:
     """Answer with the job named by the request's token: 202 pending, 200 finished.
 
-    With ``Prefer: wait=N`` a pending job is waited for, up to N seconds (at most
-    ``ASYNC_REQUEST_MAX_WAIT``), and the answer comes as soon as it finishes.
+    The token comes in the header, or in the path of the job's own url (the
+    ``Location`` of its 202), so that a client that only follows ``Location``
+    and ``Retry-After`` finishes the job. With ``Prefer: wait=N`` a pending job
+    is waited for, up to N seconds (at most ``ASYNC_REQUEST_MAX_WAIT``), and
+    the answer comes as soon as it finishes.
     """
     try:
-        claims, reply = _job_for_request()
+        if token is not None:
+            _job_url_enabled()
+        claims, reply = _job_for_request(token)
         wait = requested_wait()
         applied = None
         if wait is not None and not reply.status.finished:
@@ -160,10 +180,13 @@ def job_status() -> Any:
 
 
 @blueprint.delete("/job")
-def cancel() -> Any:
+@blueprint.delete("/job/<token>")
+def cancel(token: str | None = None) -> Any:
     """Cancel the job named by the request's token; 409 if it has finished already."""
     try:
-        claims, _ = _job_for_request()
+        if token is not None:
+            _job_url_enabled()
+        claims, _ = _job_for_request(token)
         with _database():
             reply = cancel_job(claims.job_id)
     except _Refusal as refusal:
@@ -200,6 +223,21 @@ def openapi_document() -> dict[str, Any]:
     operations = paths.pop("/async_request/job")
     operations["parameters"][0]["name"] = settings.header_key
     paths[f"{settings.url_prefix}/job"] = operations
+    if settings.token_in_url:
+        # The job's own url: the same operations, the token in the path.
+        own = copy.deepcopy(operations)
+        own["parameters"] = [
+            {
+                "name": "token",
+                "in": "path",
+                "required": True,
+                "description": "The job's token, as the Location of its 202 gives it.",
+                "schema": {"type": "string"},
+            }
+        ]
+        for method in ("get", "delete"):
+            own[method]["operationId"] += "ByUrl"
+        paths[f"{settings.url_prefix}/job/{{token}}"] = own
     return document
 
 
@@ -207,6 +245,18 @@ def openapi_document() -> dict[str, Any]:
 def openapi() -> Any:
     """Serve the OpenAPI document of the status endpoint."""
     return openapi_document()
+
+
+def job_url(job: Job) -> str:
+    """The url of ``job``'s status: its own (the token in the path), or the shared one.
+
+    With ``ASYNC_REQUEST_TOKEN_IN_URL`` (the default) it names the job by
+    itself, so any client can poll it; with the setting off it is the shared
+    endpoint, and the token goes in the header.
+    """
+    if get_state().settings.token_in_url:
+        return url_for("async_request.job_url", token=job.token, _external=True)
+    return url_for("async_request.job", _external=True)
 
 
 def accepted(job: Job, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -218,6 +268,6 @@ def accepted(job: Job, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str
         def start_report():
             return accepted(Job.create_and_enqueue(Report, request.json["month"]))
     """
-    url = url_for("async_request.job", _external=True)
+    url = job_url(job)
     headers = {"Location": url, "Retry-After": str(get_state().settings.retry_after)}
     return {"token": job.token, "url": url, **extra}, 202, headers

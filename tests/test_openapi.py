@@ -38,7 +38,7 @@ def test_document_follows_the_configuration(make_app: AppFactory) -> None:
     """Prefix and header name in the document are the app's own."""
     app = make_app(ASYNC_REQUEST_URL_PREFIX="/jobs", ASYNC_REQUEST_HEADER_KEY="Authorization")
     document = app.test_client().get("/jobs/openapi.json").json
-    assert list(document["paths"]) == ["/jobs/job"]
+    assert list(document["paths"]) == ["/jobs/job", "/jobs/job/{token}"]
     assert document["paths"]["/jobs/job"]["parameters"][0]["name"] == "Authorization"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,69 @@ def test_accepted_builds_the_202(app: Flask) -> None:
 
     response = app.test_client().post("/start")
     assert response.status_code == 202
-    assert response.json["url"] == "http://localhost/async_request/job"
+    token = response.json["token"]
+    assert response.json["url"] == f"http://localhost/async_request/job/{token}"
     assert response.json["kind"] == "echo"
-    assert response.headers["Location"] == "http://localhost/async_request/job"
+    assert response.headers["Location"] == response.json["url"]
     assert response.headers["Retry-After"] == "1"
-    assert poll(app.test_client(), response.json["token"]).status_code == 200
+    assert poll(app.test_client(), token).status_code == 200
+
+
+def _generic_lro_client(client: Any, response: Any) -> Any:
+    """What a client that knows nothing of this library does: follow Location, honour
+    Retry-After, stop at the first answer that is not 202. It sends no token header."""
+    polls = 0
+    while response.status_code == 202:
+        time.sleep(float(response.headers.get("Retry-After", "1")) / 10)
+        response = client.get(response.headers["Location"])
+        polls += 1
+        assert polls < 100
+    return response
+
+
+def test_a_generic_client_finishes_a_job_by_following_location(make_app: AppFactory) -> None:
+    """A job's 202 and each pending poll carry a Location a generic client can follow."""
+    app = make_app(CELERY={})
+
+    @app.post("/start")
+    def start() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Sleep, 0.5))
+
+    client = app.test_client()
+    first = client.post("/start")
+    done = _generic_lro_client(client, first)
+    assert done.status_code == 200
+    assert done.json["status"] == "processed"
+
+
+def test_pending_polls_of_the_job_url_repeat_location(app: Flask, client: Any) -> None:
+    """A 202 from a job's own url tells where to poll next, as the first 202 did."""
+    job = add_job()
+    answer = client.get(f"/async_request/job/{job.token}")
+    assert answer.status_code == 202
+    assert answer.headers["Location"] == f"http://localhost/async_request/job/{job.token}"
+
+
+def test_the_job_url_can_be_turned_off(make_app: AppFactory) -> None:
+    """ASYNC_REQUEST_TOKEN_IN_URL = False: the shared url, and a job url answers 404."""
+    app = make_app(ASYNC_REQUEST_TOKEN_IN_URL=False)
+
+    @app.post("/start")
+    def start() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Echo, 1))
+
+    response = app.test_client().post("/start")
+    token = response.json["token"]
+    assert response.headers["Location"] == "http://localhost/async_request/job"
+    assert app.test_client().get(f"/async_request/job/{token}").status_code == 404
+    assert poll(app.test_client(), token).status_code == 200
+
+
+def test_a_bad_token_in_the_job_url_is_400(client: Any) -> None:
+    """A forged or oversized token in the path is refused like one in the header."""
+    assert client.get("/async_request/job/forged").status_code == 400
+    assert client.get("/async_request/job/" + "x" * 5000).status_code == 400
+    assert client.delete("/async_request/job/forged").status_code == 400
 
 
 # Progress ------------------------------------------------------------------------------
