@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Mapping, MutableMapping
 from datetime import timedelta
 from typing import Any
@@ -132,6 +133,14 @@ DEFAULTS: dict[str, Any] = {
     key: setting.default for key, setting in SETTINGS.items() if key.startswith("ASYNC_REQUEST_")
 }
 
+
+class InsecureKeyWarning(UserWarning):
+    """A token key is shorter than its algorithm needs to be safe."""
+
+
+#: The shortest HMAC key (bytes) RFC 7518 allows for each algorithm: the hash's size.
+_HMAC_MINIMUM = {"HS256": 32, "HS384": 48, "HS512": 64}
+
 #: Algorithms whose keys are one shared secret.
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 #: Algorithms signed with a private key and verified with a public key.
@@ -207,8 +216,14 @@ def _fail(key: str, got: object, expected: str) -> ConfigurationError:
 
 def _duration(config: Mapping[str, Any], key: str) -> timedelta:
     value = config[key]
+    if isinstance(value, str):
+        # The same forms as on the command line: "90", "30s", "15m", "1h", "7d".
+        try:
+            value = parse_duration(value)
+        except ValueError as e:
+            raise _fail(key, config[key], f"a duration such as 90, 15m, 2h or 7d ({e})") from e
     if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
-        raise _fail(key, value, "a number of seconds or a datetime.timedelta")
+        raise _fail(key, value, "a number of seconds, a datetime.timedelta or a str like 2h")
     if not isinstance(value, timedelta):
         value = timedelta(seconds=value)
     if value <= timedelta(0):
@@ -264,6 +279,16 @@ def _keys(config: Mapping[str, Any], algorithm: str) -> tuple[Any, Any]:
                 algo.prepare_key(value)
             except jwt.InvalidKeyError as e:
                 raise _fail(key, "<key>", f"an HMAC secret, not a PEM key ({e})") from e
+            minimum = _HMAC_MINIMUM[algorithm]
+            if len(value.encode() if isinstance(value, str) else value) < minimum:
+                warnings.warn(
+                    f"{key} (or the SECRET_KEY it defaults to) is shorter than {minimum} bytes,"
+                    f" the least RFC 7518 asks of an {algorithm} key; anyone who guesses it can"
+                    " sign tokens for every job. Use a long random key, such as"
+                    " secrets.token_urlsafe(32).",
+                    InsecureKeyWarning,
+                    stacklevel=4,
+                )
         return encode_key, decode_key
 
     if encode_key is None:

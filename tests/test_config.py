@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flask_async_request import ConfigurationError
+from flask_async_request.config import InsecureKeyWarning
 from tests.conftest import AppFactory
 
 
@@ -137,3 +140,32 @@ def test_int_seconds_are_accepted(make_app: AppFactory) -> None:
     settings = app.extensions["async_request"].settings
     assert settings.token_expiration == timedelta(seconds=60)
     assert settings.jobs_expiration == timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("1h", 3600), ("90", 90), ("15m", 900), ("2d", 172800)]
+)
+def test_durations_take_the_command_lines_forms(make_app: Any, text: str, seconds: int) -> None:
+    """A duration setting may be written as on the command line."""
+    app = make_app(ASYNC_REQUEST_TOKEN_EXPIRATION=text, ASYNC_REQUEST_LEASE=text)
+    settings = app.extensions["async_request"].settings
+    assert settings.token_expiration == settings.lease == timedelta(seconds=seconds)
+
+
+def test_a_bad_duration_string_names_the_key(make_app: Any) -> None:
+    """A string that is no duration is a ConfigurationError naming the key and the forms."""
+    with pytest.raises(ConfigurationError, match="ASYNC_REQUEST_JOBS_EXPIRATION is '2 fortnights'"):
+        make_app(ASYNC_REQUEST_JOBS_EXPIRATION="2 fortnights")
+
+
+def test_a_short_hmac_key_warns_at_init_app(make_app: Any) -> None:
+    """A 5-byte SECRET_KEY works but warns that it is too short for HS256."""
+    with pytest.warns(InsecureKeyWarning, match="shorter than 32 bytes"):
+        make_app(SECRET_KEY="short")
+
+
+def test_a_long_enough_key_does_not_warn(make_app: Any) -> None:
+    """A 32-byte key is quiet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InsecureKeyWarning)
+        make_app(SECRET_KEY="k" * 32)
