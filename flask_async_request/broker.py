@@ -105,6 +105,8 @@ class Message(NamedTuple):
     queue: str | None = None
     #: The job's time limit in seconds, if it has one.
     time_limit: float | None = None
+    #: The job's worker path, where it is known.
+    worker: str | None = None
 
 
 def hard_time_limit(time_limit: float) -> float:

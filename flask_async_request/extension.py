@@ -117,6 +117,29 @@ class AsyncRequest:
         """
         init_dashboard(app, authorize=authorize, url_prefix=url_prefix)
 
+    def init_metrics(self, app: Flask, *, url_prefix: str = "/async-request") -> None:
+        """Count jobs, runs, polls and sweeps, and serve them at ``{url_prefix}/metrics``.
+
+        Needs ``prometheus-client`` (``pip install flask-async-request[metrics]``);
+        see :mod:`flask_async_request.metrics` for the figures and for running
+        under several processes. Call it where ``init_app`` is called, so worker
+        processes count their runs too.
+
+        :raises RuntimeError: ``init_app`` was not called on ``app`` first, or
+            prometheus-client is not installed.
+        """
+        if EXTENSION_KEY not in app.extensions:
+            raise RuntimeError("Call async_request.init_app(app) before init_metrics(app).")
+        try:
+            # Imported here, not at the top: prometheus-client is an optional extra.
+            from . import metrics
+        except ImportError as e:
+            raise RuntimeError(
+                "init_metrics needs prometheus-client: pip install flask-async-request[metrics]"
+            ) from e
+        metrics.listen()
+        app.register_blueprint(metrics.make_blueprint(app), url_prefix=url_prefix)
+
     def create_job(
         self,
         worker_class: type,

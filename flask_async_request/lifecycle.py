@@ -76,6 +76,8 @@ class Claim(NamedTuple):
     callback_url: str | None
     queue: str | None = None
     time_limit: float | None = None
+    #: When the job was due to run: its creation, or the end of a retry's backoff.
+    due_at: datetime | None = None
 
 
 def decode_params(job_id: int, params: str | None) -> tuple[list[Any], dict[str, Any]]:
@@ -119,6 +121,8 @@ class Ended(NamedTuple):
     #: What the status endpoint answers for the job now.
     reply: JobReply
     callback_url: str | None
+    #: The job's worker path.
+    worker: str
 
     @property
     def status(self) -> JobStatus:
@@ -133,8 +137,8 @@ class Ended(NamedTuple):
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Ended:
         """Read a row of :data:`_ENDED_COLUMNS`."""
-        job_id, *reply, callback_url = row[: len(_ENDED_COLUMNS)]
-        return cls(job_id, JobReply(*reply), callback_url)
+        job_id, *reply, callback_url, worker = row[: len(_ENDED_COLUMNS)]
+        return cls(job_id, JobReply(*reply), callback_url, worker)
 
 
 # The statements ----------------------------------------------------------------------
@@ -166,6 +170,7 @@ _CLAIM_COLUMNS = (
     Job.callback_url,
     Job.queue,
     Job.time_limit,
+    Job.due_at,
 )
 _CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
 _CLAIMED: Any = sa.select(*_CLAIM_COLUMNS).where(_ID)
@@ -233,7 +238,7 @@ _CANCEL = (
     .values(_ENDING)
 )
 
-_ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url)
+_ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
 _READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
 _STATUS = sa.select(Job.status).where(_ID)
 
@@ -304,11 +309,15 @@ def announce(ended: Ended) -> None:
     """
     app = current_flask_app()
     if ended.status is JobStatus.PROCESSED:
-        job_finished.send(app, job_id=ended.id, status_code=ended.reply.status_code)
+        job_finished.send(
+            app, job_id=ended.id, status_code=ended.reply.status_code, worker=ended.worker
+        )
     elif ended.status is JobStatus.FAILED:
-        job_failed.send(app, job_id=ended.id, error=error_message(ended.reply.response))
+        job_failed.send(
+            app, job_id=ended.id, error=error_message(ended.reply.response), worker=ended.worker
+        )
     else:
-        job_cancelled.send(app, job_id=ended.id)
+        job_cancelled.send(app, job_id=ended.id, worker=ended.worker)
     if ended.callback_url:
         queue_callback(ended.id)
 
@@ -365,7 +374,7 @@ def new_job(
 
 def message_of(job: Job) -> Message:
     """What publishing a stored ``job`` needs."""
-    return Message(job.id, job.uid, job.queue, job.time_limit)
+    return Message(job.id, job.uid, job.queue, job.time_limit, job.worker)
 
 
 def insert(store: JobStore, job: Job) -> None:

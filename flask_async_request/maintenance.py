@@ -18,7 +18,8 @@ from .broker import publish
 from .exceptions import EnqueueError
 from .lifecycle import FINISHED_STATUSES
 from .models import Job, JobStatus, as_utc, utcnow
-from .state import get_state
+from .signals import jobs_swept
+from .state import current_flask_app, get_state
 
 logger = logging.getLogger("flask_async_request")
 
@@ -201,4 +202,5 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
         republished += 1
     if stale:
         logger.warning("Sent %s waiting jobs again that no worker had claimed.", republished)
+    jobs_swept.send(current_flask_app(), republished=republished, requeued=requeued, failed=failed)
     return SweepResult(republished, requeued, failed)

@@ -25,7 +25,7 @@ from .exceptions import (
 )
 from .leases import keeper
 from .lifecycle import Claim, Outcome, decode_params, failure
-from .models import JobStatus, utcnow
+from .models import JobStatus, as_utc, utcnow
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state
@@ -72,7 +72,8 @@ def run_job(job_id: int) -> JobStatus | None:
         logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
         return None
     app = current_flask_app()
-    job_started.send(app, job_id=job_id, attempt=claim.attempt)
+    waited = None if claim.due_at is None else (utcnow() - as_utc(claim.due_at)).total_seconds()
+    job_started.send(app, job_id=job_id, attempt=claim.attempt, worker=claim.worker, waited=waited)
     stopper = _Stopper()
     keeper.hold(
         store,

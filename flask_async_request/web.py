@@ -213,7 +213,7 @@ def create_job(
 def _publish_new(message: Message) -> None:
     """Publish a newly stored job and announce it (``job_enqueued``)."""
     publish(message)
-    job_enqueued.send(current_flask_app(), job_id=message.job_id)
+    job_enqueued.send(current_flask_app(), job_id=message.job_id, worker=message.worker)
 
 
 def idempotency_scope(key: str, owner: str | None) -> str:

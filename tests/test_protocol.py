@@ -262,10 +262,11 @@ def test_signals_of_a_failed_and_a_cancelled_job(
 ) -> None:
     """A raising job sends failed with the error; a DELETE sends cancelled."""
     Job.create_and_enqueue(workers.Boom, "bad")
-    assert ("job_failed", {"job_id": 1, "error": "bad"}) in received
+    boom, echo = "tests.workers:Boom", "tests.workers:Echo"
+    assert ("job_failed", {"job_id": 1, "error": "bad", "worker": boom}) in received
     job = add_job()
     delete(client, job.token)
-    assert received[-1] == ("job_cancelled", {"job_id": job.id})
+    assert received[-1] == ("job_cancelled", {"job_id": job.id, "worker": echo})
 
 
 # Long polling ------------------------------------------------------------------------
