@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 from celery import Celery, Task
+from celery._state import connect_on_app_finalize
 from celery.signals import worker_process_init
 from flask import Flask
 
@@ -108,6 +109,34 @@ def register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
         }
     celery_app.conf.beat_schedule = schedule
     _apps.add(app)
+
+
+def _adopt(celery_app: Celery) -> None:
+    """Serve this library's jobs on a Celery app made for one of its Flask apps after it.
+
+    The Flask documentation's recipe (``celery_init_app(app)``) replaces
+    ``app.extensions["celery"]`` with a Celery app of its own. When that app is
+    finalized (a worker starting on it, or its first task lookup), this
+    library's tasks are registered on it, and jobs are published through it.
+    """
+    for app in list(_apps):
+        state = app.extensions.get("async_request")
+        # Compared by identity without narrowing celery_app's type.
+        if state is None or id(app.extensions.get("celery")) != id(celery_app):
+            continue
+        if PROCESS_TASK not in celery_app.tasks:
+            register_tasks(celery_app, app, state.settings)
+            state.celery = celery_app
+            logger.info(
+                "flask-async-request: registered its tasks on the Celery app that replaced"
+                " its own in app.extensions['celery'] (%s).",
+                celery_app.main,
+            )
+
+
+# Every Celery app of the process passes through here when it is finalized, as
+# for Celery's own shared tasks.
+connect_on_app_finalize(_adopt)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

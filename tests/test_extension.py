@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -185,3 +186,49 @@ def test_cleanup_goes_to_the_jobs_queue(make_app: AppFactory) -> None:
     entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
     assert entry["options"] == {"queue": "jobs"}
     assert entry["schedule"].total_seconds() == 30
+
+
+def _celery_init_app(app: Flask) -> Any:
+    """The Flask documentation's Celery recipe, as an app would copy it."""
+    from celery import Celery, Task
+
+    class FlaskTask(Task):  # type: ignore[misc]
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(app.config["CELERY"])
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+@pytest.mark.parametrize("recipe_first", [True, False])
+def test_flask_docs_celery_recipe_in_either_order(tmp_path: Any, recipe_first: bool) -> None:
+    """celery_init_app(app) before or after AsyncRequest(app): its Celery app runs the jobs."""
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_async_request import AsyncRequest, Job
+    from flask_async_request.broker import PROCESS_TASK
+    from tests import workers
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="k" * 32,
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/recipe.db",
+        CELERY={"task_always_eager": True},
+    )
+    db = SQLAlchemy(app)
+    if recipe_first:
+        celery_app = _celery_init_app(app)
+        AsyncRequest(app)
+    else:
+        AsyncRequest(app)
+        celery_app = _celery_init_app(app)
+    assert PROCESS_TASK in celery_app.tasks
+    with app.app_context():
+        db.create_all()
+        job = Job.create_and_enqueue(workers.Echo, "recipe")
+        assert job.status.value == "processed"
+        assert app.extensions["async_request"].celery is celery_app
