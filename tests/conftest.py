@@ -121,3 +121,12 @@ def add_job(
 def poll(client: Any, token: str, header: str = "X-JOB-AUTHORIZATION") -> Any:
     """GET the status endpoint with ``Bearer <token>``."""
     return client.get("/async_request/job", headers={header: f"Bearer {token}"})
+
+
+def reload_job(job_id: int) -> Job:
+    """Job ``job_id`` as the database has it now (needs an app context)."""
+    session = get_state().db.session
+    session.expire_all()
+    job = session.get(Job, job_id)
+    assert job is not None
+    return job

@@ -27,7 +27,7 @@ from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll
+from tests.conftest import AppFactory, add_job, poll, reload_job
 from tests.test_idempotency_webhooks import Receiver
 
 
@@ -62,14 +62,6 @@ def announced() -> Iterator[list[tuple[str, int]]]:
     yield seen
     for signal, receiver in receivers.items():
         signal.disconnect(receiver)
-
-
-def _job(job_id: int) -> Job:
-    session = get_state().db.session
-    session.expire_all()
-    job = session.get(Job, job_id)
-    assert job is not None
-    return job
 
 
 def _lost_job(callback_url: str | None = None) -> int:
@@ -117,7 +109,7 @@ def test_sweeper_loses_to_a_worker_that_finished(
 ) -> None:
     """A lost job whose attempt has moved on meanwhile is not failed a second time."""
     job_id = _lost_job()
-    job = _job(job_id)
+    job = reload_job(job_id)
     job.status = JobStatus.PROCESSED
     get_state().db.session.commit()
     assert sweep_jobs().failed == 0
@@ -194,7 +186,7 @@ def test_retry_clears_progress_and_content_type(
     job.attempts, job.finished_at = 3, utcnow()
     get_state().db.session.commit()
     retry_job(job.id)
-    job = _job(job.id)
+    job = reload_job(job.id)
     assert sent == [job.id]
     assert job.status is JobStatus.WAITING
     assert (job.progress, job.progress_message, job.content_type) == (None, None, None)

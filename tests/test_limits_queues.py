@@ -56,14 +56,6 @@ def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return messages
 
 
-def _job(job_id: int) -> Job:
-    session = get_state().db.session
-    session.expire_all()
-    job = session.get(Job, job_id)
-    assert job is not None
-    return job
-
-
 def test_a_job_past_its_time_limit_fails_saying_so(app: Flask) -> None:
     """A worker that runs past its limit is stopped, and the job fails with the limit error."""
     started = time.monotonic()

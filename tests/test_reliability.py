@@ -18,7 +18,7 @@ from flask_async_request.models import utcnow
 from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, add_job
+from tests.conftest import AppFactory, add_job, reload_job
 
 BROKER_DOWN = {
     "broker_url": "redis://127.0.0.1:1/0",
@@ -37,14 +37,6 @@ def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, dict[st
         task, "apply_async", lambda args, **options: messages.append((args[0], options))
     )
     return messages
-
-
-def _job(job_id: int) -> Job:
-    session = get_state().db.session
-    session.expire_all()
-    job = session.get(Job, job_id)
-    assert job is not None
-    return job
 
 
 # Publishing after commit -------------------------------------------------------------
@@ -98,7 +90,7 @@ def test_publish_failure_after_commit_is_logged(
     with app.app_context(), caplog.at_level(logging.ERROR, logger="flask_async_request"):
         job_id = Job.create_and_enqueue(workers.Echo, commit=False).id
         get_state().db.session.commit()
-        assert _job(job_id).status is JobStatus.WAITING
+        assert reload_job(job_id).status is JobStatus.WAITING
     assert f"Job {job_id} is stored but could not be published yet" in caplog.text
 
 
@@ -114,7 +106,7 @@ def test_enqueue_call_passes_a_commit_argument_to_execute(app: Flask) -> None:
 def test_reply_of_a_run_whose_lease_was_taken_over_is_dropped(app: Flask) -> None:
     """A worker that lost its job to another attempt does not overwrite it."""
     job = Job.create_and_enqueue(workers.Hijacked)
-    job = _job(job.id)
+    job = reload_job(job.id)
     assert job.status is JobStatus.PROCESSING
     assert job.response is None
     assert job.attempts == 2
@@ -191,7 +183,7 @@ def test_job_waits_for_its_retry(make_app: AppFactory, tmp_path: Path) -> None:
         job = add_job(worker="tests.workers:FlakyThenOk", args=[str(tmp_path / "runs"), 5])
         before = utcnow()
         assert run_job(job.id) is JobStatus.WAITING
-        job = _job(job.id)
+        job = reload_job(job.id)
         assert job.status is JobStatus.WAITING
         assert job.due_at.replace(tzinfo=before.tzinfo) >= before + timedelta(seconds=0.9)
         response = app.test_client().get(
@@ -215,7 +207,7 @@ def test_lost_worker_without_retries_fails_the_job(app: Flask, sent: list[Any]) 
     """An expired lease with no retry left fails the job, saying the worker was lost."""
     job_id = _processing(-5)
     assert sweep_jobs().failed == 1
-    job = _job(job_id)
+    job = reload_job(job_id)
     assert job.status is JobStatus.FAILED
     assert job.status_code == 500
     assert "The worker running this job was lost" in json.loads(job.response)["error"]
@@ -228,7 +220,7 @@ def test_lost_worker_with_retries_runs_again(make_app: AppFactory) -> None:
     with app.app_context():
         job_id = _processing(-5)
         assert sweep_jobs().requeued == 1
-        job = _job(job_id)
+        job = reload_job(job_id)
         assert job.status is JobStatus.PROCESSED
         assert job.attempts == 2
 
@@ -237,7 +229,7 @@ def test_live_lease_is_left_alone(app: Flask, sent: list[Any]) -> None:
     """A processing job whose lease is current is not touched."""
     job_id = _processing(30)
     assert sweep_jobs().failed == 0
-    assert _job(job_id).status is JobStatus.PROCESSING
+    assert reload_job(job_id).status is JobStatus.PROCESSING
     assert sent == []
 
 
@@ -250,7 +242,7 @@ def test_unclaimed_waiting_job_is_sent_again(app: Flask, sent: list[Any]) -> Non
     assert sweep_jobs().republished == 1
     assert [message[0] for message in sent] == [stale.id]
     assert sweep_jobs().republished == 0
-    assert _job(fresh.id).status is JobStatus.WAITING
+    assert reload_job(fresh.id).status is JobStatus.WAITING
 
 
 def test_job_stored_while_the_broker_was_down_runs_when_it_is_back(
@@ -263,14 +255,14 @@ def test_job_stored_while_the_broker_was_down_runs_when_it_is_back(
         with pytest.raises(EnqueueError) as info:
             Job.create_and_enqueue(workers.Echo, "late")
         job_id = info.value.job_id
-        job = _job(job_id)
+        job = reload_job(job_id)
         job.due_at = utcnow() - timedelta(minutes=6)
         get_state().db.session.commit()
         assert sweep_jobs().republished == 0  # Still down: the job stays waiting.
     back = make_app(SQLALCHEMY_DATABASE_URI=database, create_tables=False)
     with back.app_context():
         assert sweep_jobs().republished == 1
-        assert _job(job_id).status is JobStatus.PROCESSED
+        assert reload_job(job_id).status is JobStatus.PROCESSED
 
 
 def test_sweep_command(app: Flask) -> None:

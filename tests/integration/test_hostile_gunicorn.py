@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +16,9 @@ import sqlalchemy as sa
 from flask_async_request import Job
 from flask_async_request.state import get_state
 from flask_async_request.tokens import encode_token
-from tests.integration.conftest import ROOT, _environment, _load_project
+from tests.integration.conftest import ROOT, _environment, _load_project, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -37,21 +29,14 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[An
     with project.app.app_context():
         project.db.drop_all()
         project.db.create_all()
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "gunicorn.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
          "tests.integration.project:app"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
-            time.sleep(0.2)
+    wait_for_port(port, tmp_path / "gunicorn.log")
     try:
         yield project.app, port
     finally:

@@ -5,25 +5,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, free_port, wait_for_port
 from tests.test_metrics import _value
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _request(port: int, method: str, path: str) -> tuple[int, bytes]:
@@ -51,7 +43,7 @@ def test_scrape_counts_the_jobs_of_every_worker_process(tmp_path: Path) -> None:
          "with app.app_context(): db.create_all()"],
         cwd=ROOT, env=env, check=True,
     )  # fmt: skip
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "gunicorn.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
@@ -59,14 +51,7 @@ def test_scrape_counts_the_jobs_of_every_worker_process(tmp_path: Path) -> None:
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+        wait_for_port(port, log)
         pids = set()
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda _: _request(port, "POST", "/echo"), range(20)))
