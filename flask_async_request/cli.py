@@ -345,8 +345,11 @@ def retry_command(job_id: int) -> None:
 @_JSON_OPTION
 @_errors_as_messages
 def stats_command(as_json: bool) -> None:
-    """Count jobs per status; show the oldest waiting job's age and the last hour's output."""
+    """Count jobs per status and waiting jobs per queue; say which queues no worker consumes."""
     stats = maintenance.job_stats()
+    unconsumed = maintenance.unconsumed_queues(stats.waiting_by_queue)
+    default = get_state().celery.conf.task_default_queue
+    by_queue = {queue or default: count for queue, count in stats.waiting_by_queue.items()}
     if as_json:
         age = stats.oldest_waiting_age
         _echo_json(
@@ -354,6 +357,8 @@ def stats_command(as_json: bool) -> None:
                 "counts": {status.value: count for status, count in stats.counts.items()},
                 "oldest_waiting_age_seconds": None if age is None else age.total_seconds(),
                 "finished_last_hour": stats.finished_last_hour,
+                "waiting_by_queue": by_queue,
+                "queues_without_workers": unconsumed,
             }
         )
         return
@@ -362,6 +367,15 @@ def stats_command(as_json: bool) -> None:
     oldest = "-" if stats.oldest_waiting_age is None else _format_duration(stats.oldest_waiting_age)
     click.echo(f"oldest waiting job: {oldest}")
     click.echo(f"finished in the last hour: {stats.finished_last_hour}")
+    if by_queue:
+        click.echo()
+        click.echo(_table([["QUEUE", "WAITING"]] + [[q, str(n)] for q, n in by_queue.items()]))
+    for queue in unconsumed:
+        click.echo(
+            f"Warning: jobs wait on queue {queue!r} and no running worker consumes it;"
+            f" start one with `celery -A <app>:celery_app worker -Q {queue}`.",
+            err=True,
+        )
 
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}

@@ -84,6 +84,8 @@ class JobStats:
     counts: dict[JobStatus, int]
     oldest_waiting_age: timedelta | None
     finished_last_hour: int
+    #: Waiting jobs per queue they go to (``None``: Celery's default queue).
+    waiting_by_queue: dict[str | None, int] = dataclasses.field(default_factory=dict)
 
 
 def job_stats() -> JobStats:
@@ -103,8 +105,37 @@ def job_stats() -> JobStats:
         .select_from(Job)
         .where(Job.status.in_(FINISHED_STATUSES), Job.finished_at >= now - timedelta(hours=1))
     ).scalar_one()
+    by_queue = {
+        queue: int(count)
+        for queue, count in session.execute(
+            sa.select(Job.queue, sa.func.count())
+            .where(Job.status == JobStatus.WAITING)
+            .group_by(Job.queue)
+        )
+    }
     session.commit()
-    return JobStats(counts, None if oldest is None else now - as_utc(oldest), int(finished))
+    return JobStats(
+        counts, None if oldest is None else now - as_utc(oldest), int(finished), by_queue
+    )
+
+
+def unconsumed_queues(waiting_by_queue: dict[str | None, int], timeout: float = 1.0) -> list[str]:
+    """The queues with waiting jobs that no running worker consumes, as Celery's inspect tells.
+
+    ``None`` stands for the Celery app's default queue. Without a broker
+    (embedded or eager mode) every job is served in process: none is listed.
+    When no worker answers within ``timeout``, every queue with waiting jobs is.
+    """
+    state = get_state()
+    if state.embedded is not None or state.celery.conf.task_always_eager:
+        return []
+    default = state.celery.conf.task_default_queue
+    wanted = {queue or default for queue, count in waiting_by_queue.items() if count}
+    if not wanted:
+        return []
+    answers = state.celery.control.inspect(timeout=timeout).active_queues() or {}
+    consumed = {queue["name"] for queues in answers.values() for queue in queues or ()}
+    return sorted(wanted - consumed)
 
 
 def list_jobs(

@@ -328,6 +328,8 @@ def test_stats_json(filled: Flask) -> None:
         "counts": {"waiting": 1, "processing": 1, "processed": 2, "failed": 1, "cancelled": 0},
         "oldest_waiting_age_seconds": pytest.approx(2 * 86400, abs=60),
         "finished_last_hour": 1,
+        "waiting_by_queue": {"celery": 1},
+        "queues_without_workers": [],
     }
 
 

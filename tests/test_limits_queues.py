@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -158,3 +159,16 @@ def test_embedded_worker_ends_a_job_past_its_limit_and_goes_on(make_app: AppFact
         "/async_request/job", headers={"X-JOB-AUTHORIZATION": after, "Prefer": "wait=10"}
     )
     assert answer.json["status"] == "processed"
+
+
+def test_stats_count_waiting_jobs_per_queue(app: Flask, sent: list[Any]) -> None:
+    """stats lists the waiting jobs of each queue, in its table and its JSON."""
+    Job.create_and_enqueue(workers.Report)
+    Job.create_and_enqueue(workers.Report)
+    Job.create_and_enqueue(workers.Thumbnail)
+    runner = app.test_cli_runner()
+    table = runner.invoke(args=["async-request", "stats"]).output
+    assert re.search(rf"^{workers.REPORTS_QUEUE} +2$", table, re.MULTILINE)
+    data = json.loads(runner.invoke(args=["async-request", "stats", "--json"]).output)
+    assert data["waiting_by_queue"] == {workers.REPORTS_QUEUE: 2, workers.THUMBS_QUEUE: 1}
+    assert data["queues_without_workers"] == []

@@ -120,3 +120,22 @@ def test_worker_started_as_the_readme_shows_serves_the_configured_queue(
         assert _long_poll(loaded.app, token).json["status"] == "processed"
     finally:
         worker.stop()
+
+
+def test_stats_says_which_queue_no_worker_consumes(
+    project: tuple[Any, dict[str, str]], tmp_path: Path
+) -> None:
+    """With a worker on the default queue only, stats warns about the thumbnails' queue."""
+    loaded, env = project
+    worker = _worker(env, tmp_path / "plain.log")
+    try:
+        with loaded.app.app_context():
+            Job.create_and_enqueue(workers.Thumbnail)
+        result = loaded.app.test_cli_runner().invoke(args=["async-request", "stats", "--json"])
+        data = json.loads(result.output)
+        assert data["waiting_by_queue"] == {workers.THUMBS_QUEUE: 1}
+        assert data["queues_without_workers"] == [workers.THUMBS_QUEUE]
+        warned = loaded.app.test_cli_runner().invoke(args=["async-request", "stats"])
+        assert "no running worker consumes it" in warned.output
+    finally:
+        worker.stop()
