@@ -66,6 +66,8 @@ def wait_for(
     header: str = DEFAULT_HEADER,
     long_poll: int = 20,
     on_progress: Callable[[float | None, str | None], None] | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_backoff: float = 30.0,
 ) -> JobResult:
     """Wait until a job finishes and return its answer.
 
@@ -75,15 +77,24 @@ def wait_for(
     so a finished job is seen at once and few requests are made; a server that
     does not hold it is polled again after its ``Retry-After``.
 
+    A server that answers 503 (its database is out of reach) is asked again
+    after its ``Retry-After``; a connection that fails (a restart, a network
+    blip) is tried again with a backoff doubling up to ``max_backoff`` seconds,
+    all within ``timeout``.
+
     :param on_progress: called with ``(fraction, message)`` on every pending answer.
+    :param headers: more headers for every poll, such as ``Authorization`` or
+        ``Cookie`` for a job bound to an identity.
     :raises TimeoutError: the job did not finish within ``timeout`` seconds.
-    :raises AsyncRequestError: the server refused the token (400) or knows no such job (404).
+    :raises AsyncRequestError: the server refused the token (400), knows no such
+        job (404) or answered another error.
     """
     if response is not None:
         url, token = _from_start(response)
     if not url or not token:
         raise TypeError("wait_for() needs the starting response, or url= and token=.")
     deadline = time.monotonic() + timeout
+    backoff = 1.0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -97,17 +108,41 @@ def wait_for(
                 "Accept": "application/json",
             },
         )
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=wait + 30) as answer:
-                status, headers, body = answer.status, answer.headers, json.loads(answer.read())
+                status, answered, body = answer.status, answer.headers, json.loads(answer.read())
         except urllib.error.HTTPError as e:
+            if e.code == 503:
+                # The server's own word: try again after its Retry-After.
+                _pause(_seconds(e.headers.get("Retry-After"), backoff), deadline)
+                continue
             detail = e.read().decode("utf-8", "replace")
             raise AsyncRequestError(f"Polling {url} answered {e.code}: {detail}") from e
+        except (urllib.error.URLError, OSError) as e:
+            if deadline - time.monotonic() <= backoff:
+                raise AsyncRequestError(f"Polling {url} failed: {e}") from e
+            _pause(backoff, deadline)
+            backoff = min(backoff * 2, max_backoff)
+            continue
+        backoff = 1.0
         if status == 200:
             reply = body["response"]
             return JobResult(body["status"], int(reply["status_code"]), reply["body"])
         if on_progress is not None:
             on_progress(body.get("progress"), body.get("message"))
-        if headers.get("Preference-Applied") is None:
-            retry_after = float(headers.get("Retry-After") or 1)
-            time.sleep(max(0.0, min(retry_after, deadline - time.monotonic())))
+        if answered.get("Preference-Applied") is None:
+            _pause(_seconds(answered.get("Retry-After"), 1.0), deadline)
+
+
+def _seconds(retry_after: str | None, default: float) -> float:
+    """A ``Retry-After`` in seconds (the HTTP-date form counts as ``default``)."""
+    try:
+        return max(0.0, float(retry_after)) if retry_after else default
+    except ValueError:
+        return default
+
+
+def _pause(seconds: float, deadline: float) -> None:
+    time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))

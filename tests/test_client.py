@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -77,3 +80,78 @@ def test_wait_for_refuses_a_non_202() -> None:
     """A start that failed is reported, not polled."""
     with pytest.raises(AsyncRequestError, match="answered 400, not 202"):
         wait_for(_Response(400, {"errors": []}))
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Answers 503 with Retry-After a few times, then the finished job; records headers."""
+
+    unavailable = 2
+    seen: list[dict[str, str]]
+
+    def do_GET(self) -> None:
+        self.seen.append(dict(self.headers))
+        if len(self.seen) <= self.unavailable:
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            body = b'{"errors": [{"message": "The job store is unavailable; try again later."}]}'
+        else:
+            self.send_response(200)
+            body = b'{"status": "processed", "response": {"status_code": 200, "body": "ok"}}'
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve(handler: type[BaseHTTPRequestHandler], port: int = 0) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_wait_for_waits_out_a_503_with_retry_after() -> None:
+    """The server's own 503 + Retry-After is asked again, not given up; extra headers go along."""
+    handler = type("Handler", (_Flaky,), {"seen": []})
+    server = _serve(handler)
+    try:
+        result = wait_for(
+            url=f"http://127.0.0.1:{server.server_port}/job",
+            token="t",
+            headers={"Authorization": "Bearer user"},
+            timeout=10,
+        )
+    finally:
+        server.shutdown()
+    assert result.ok and result.body == "ok"
+    assert len(handler.seen) == 3
+    assert all(seen["Authorization"] == "Bearer user" for seen in handler.seen)
+
+
+def test_wait_for_retries_a_refused_connection() -> None:
+    """A server that is down for a moment is tried again with a backoff."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = type("Handler", (_Flaky,), {"seen": [], "unavailable": 0})
+    timer = threading.Timer(1.5, lambda: servers.append(_serve(handler, port)))
+    servers: list[ThreadingHTTPServer] = []
+    timer.start()
+    try:
+        result = wait_for(url=f"http://127.0.0.1:{port}/job", token="t", timeout=15)
+    finally:
+        timer.join()
+        for server in servers:
+            server.shutdown()
+    assert result.ok
+
+
+def test_wait_for_gives_up_on_a_server_that_stays_down() -> None:
+    """Connection errors past the timeout are an AsyncRequestError, not a raw URLError."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(AsyncRequestError, match="failed"):
+        wait_for(url=f"http://127.0.0.1:{port}/job", token="t", timeout=2)
