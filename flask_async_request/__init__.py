@@ -1,8 +1,15 @@
-"""The asynchronous request-reply pattern for Flask, on Celery and SQLAlchemy."""
+"""The asynchronous request-reply pattern for Flask, on Celery and SQLAlchemy.
+
+The server side (the extension, the model, the views) is imported on first use
+of its names, so that ``flask_async_request.client`` and the exceptions load
+without Flask, Celery or SQLAlchemy.
+"""
 
 from __future__ import annotations
 
-from .asyncview import asynchronous
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .exceptions import (
     AsyncRequestError,
     ConfigurationError,
@@ -22,10 +29,33 @@ from .exceptions import (
     TimeLimitExceeded,
     WorkerResolutionError,
 )
-from .extension import AsyncRequest
-from .models import Job, JobStatus
-from .views import accepted
-from .worker import Worker
+
+if TYPE_CHECKING:
+    from .asyncview import asynchronous
+    from .extension import AsyncRequest
+    from .models import Job, JobStatus
+    from .views import accepted
+    from .worker import Worker
+
+#: Where each name of the server side lives.
+_SERVER_SIDE = {
+    "AsyncRequest": ".extension",
+    "Job": ".models",
+    "JobStatus": ".models",
+    "Worker": ".worker",
+    "accepted": ".views",
+    "asynchronous": ".asyncview",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SERVER_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncRequest",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -155,3 +157,17 @@ def test_wait_for_gives_up_on_a_server_that_stays_down() -> None:
         port = s.getsockname()[1]
     with pytest.raises(AsyncRequestError, match="failed"):
         wait_for(url=f"http://127.0.0.1:{port}/job", token="t", timeout=2)
+
+
+def test_the_client_loads_without_the_server_stack() -> None:
+    """Importing the client loads none of Flask, Celery, SQLAlchemy, Alembic or PyJWT."""
+    code = (
+        "import sys, flask_async_request.client\n"
+        "from flask_async_request import AsyncRequestError\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(loaded & {'flask', 'celery', 'sqlalchemy', 'alembic', 'jwt', 'kombu'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
