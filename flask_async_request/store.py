@@ -255,6 +255,12 @@ class JobStore:
         shared: it could be stale).
         """
         with self._shared_lock:
+            if len(self._reading) > 1024:
+                # Keep both bounded: forget the ends shared long enough ago, and
+                # the locks of jobs no one shares (a lost lock costs one read more).
+                now = time.monotonic()
+                self._ended = {k: v for k, v in self._ended.items() if now - v[0] < _SHARED_FOR}
+                self._reading = {k: v for k, v in self._reading.items() if k in self._ended}
             lock = self._reading.setdefault(job_id, threading.Lock())
         with lock:
             shared = self._ended.get(job_id)
@@ -263,12 +269,7 @@ class JobStore:
             reply = self.fetch_reply(job_id)
             if _ended_or_gone(reply):
                 with self._shared_lock:
-                    now = time.monotonic()
-                    if len(self._ended) > 1024:
-                        for stale in [k for k, (at, _) in self._ended.items() if now - at > 5]:
-                            del self._ended[stale]
-                            self._reading.pop(stale, None)
-                    self._ended[job_id] = (now, reply)
+                    self._ended[job_id] = (time.monotonic(), reply)
             return reply
 
     def waiters(self) -> Waiters:

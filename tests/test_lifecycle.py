@@ -261,3 +261,15 @@ def test_listeners_stay_on_the_apps_own_session(make_app: AppFactory) -> None:
     other.info[web._PENDING_KEY] = [(1, "x")]
     other.commit()
     assert web._PENDING_KEY in other.info
+
+
+def test_shared_reads_after_wakes_stay_bounded(app: Flask) -> None:
+    """The per-job locks and shared replies of woken long polls are forgotten after a while."""
+    store = get_state().store()
+    job_id = add_job().id
+    for gone in range(10_000, 11_100):
+        store._read_after_wake(gone)
+    assert len(store._reading) > 1024
+    time.sleep(1.1)  # past the time an end is shared
+    assert store._read_after_wake(job_id) is not None
+    assert len(store._reading) <= 2
