@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import urllib.parse
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -268,18 +269,24 @@ def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> No
         session.info.pop(_PENDING_KEY, None)
 
 
+#: The session classes that carry the listeners. SQLAlchemy's own registry keys
+#: targets by ``id()``, which a new class can reuse after an old one is gone, so
+#: ``event.contains`` could answer for a class that no longer exists.
+_listening: weakref.WeakSet[type] = weakref.WeakSet()
+
+
 def listen(session: scoped_session[Any]) -> None:
     """Publish jobs created with ``commit=False`` when ``session`` commits.
 
     The listeners go on the app's own session (its sessionmaker's class), not on
     SQLAlchemy's global ``Session``, so other sessions in the process carry none.
     """
-    for name, listener in (
-        ("after_commit", _publish_on_commit),
-        ("after_transaction_end", _forget_on_rollback),
-    ):
-        if not event.contains(session, name, listener):
-            event.listen(session, name, listener)
+    session_class = session.session_factory.class_
+    if session_class in _listening:
+        return
+    event.listen(session_class, "after_commit", _publish_on_commit)
+    event.listen(session_class, "after_transaction_end", _forget_on_rollback)
+    _listening.add(session_class)
 
 
 # Cancel --------------------------------------------------------------------------------

@@ -283,3 +283,34 @@ def test_sweep_can_be_switched_off(make_app: AppFactory) -> None:
     """ASYNC_REQUEST_SWEEP_INTERVAL=None adds no beat entry."""
     app = make_app(ASYNC_REQUEST_SWEEP_INTERVAL=None)
     assert "flask_async_request.sweep_jobs" not in app.extensions["celery"].conf.beat_schedule
+
+
+def test_every_new_app_publishes_on_commit(tmp_path: Path) -> None:
+    """Apps made and dropped one after another each get their listeners (no stale registry)."""
+    import gc
+
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_async_request import AsyncRequest
+
+    for n in range(150):
+        app = Flask(__name__)
+        app.config.update(
+            SECRET_KEY="k" * 32,
+            SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/app{n}.db",
+            CELERY={"task_always_eager": True},
+        )
+        db = SQLAlchemy(app)
+        AsyncRequest(app)
+        with app.app_context():
+            db.create_all()
+            messages: list[int] = []
+            task = get_state().celery.tasks[PROCESS_TASK]
+            task.apply_async = lambda args, _sent=messages, **options: _sent.append(args[0])
+            job_id = Job.create_and_enqueue(workers.Echo, commit=False).id
+            db.session.commit()
+            assert messages == [job_id], f"app {n} published nothing on commit"
+            db.session.remove()
+            db.engine.dispose()
+        del app, db
+        gc.collect()
