@@ -188,7 +188,9 @@ def init_command(config_file: Path, force: bool) -> None:
     "--older-than",
     type=DURATION,
     default=None,
-    help="Age of the jobs to delete, such as 2h or 7d [default: ASYNC_REQUEST_JOBS_EXPIRATION].",
+    help="Delete the jobs older than this, such as 2h or 7d, whatever their worker"
+    " [default: each job's retention: its worker's retention or failed_retention, else"
+    " ASYNC_REQUEST_JOBS_EXPIRATION or ASYNC_REQUEST_FAILED_JOBS_EXPIRATION].",
 )
 @click.option(
     "--status",
@@ -211,16 +213,33 @@ def purge_command(
     older_than: timedelta | None, statuses: tuple[str, ...], dry_run: bool, batch_size: int
 ) -> None:
     """Delete old jobs, finished ones by default, in short batches."""
-    age = get_state().settings.jobs_expiration if older_than is None else older_than
     chosen = [JobStatus(s.lower()) for s in statuses] or list(maintenance.FINISHED_STATUSES)
     names = ", ".join(s.value for s in chosen)
+    if older_than is None:
+        age = "past their retention"
+
+        def count() -> int:
+            return maintenance.count_expired(chosen)
+
+        def purge(advance: Callable[[int], None]) -> int:
+            return maintenance.purge_expired(chosen, batch_size=batch_size, progress=advance)
+    else:
+        age = f"older than {_format_duration(older_than)}"
+
+        def count() -> int:
+            return maintenance.count_purgeable(older_than, chosen)
+
+        def purge(advance: Callable[[int], None]) -> int:
+            return maintenance.purge_jobs(
+                older_than, chosen, batch_size=batch_size, progress=advance
+            )
+
+    total = count()
     if dry_run:
-        count = maintenance.count_purgeable(age, chosen)
-        click.echo(f"Would delete {count} jobs ({names}) older than {_format_duration(age)}.")
+        click.echo(f"Would delete {total} jobs ({names}) {age}.")
         return
-    total = maintenance.count_purgeable(age, chosen)
     if total == 0:
-        click.echo(f"No jobs ({names}) older than {_format_duration(age)}.")
+        click.echo(f"No jobs ({names}) {age}.")
         return
     with click.progressbar(length=total, label=f"Deleting {names} jobs", file=None) as bar:
         last = 0
@@ -230,8 +249,8 @@ def purge_command(
             bar.update(done - last)
             last = done
 
-        deleted = maintenance.purge_jobs(age, chosen, batch_size=batch_size, progress=advance)
-    click.echo(f"Deleted {deleted} jobs ({names}) older than {_format_duration(age)}.")
+        deleted = purge(advance)
+    click.echo(f"Deleted {deleted} jobs ({names}) {age}.")
 
 
 @cli.command("sweep")

@@ -93,7 +93,13 @@ SETTINGS: dict[str, Setting] = {
     ),
     "ASYNC_REQUEST_JOBS_EXPIRATION": Setting(
         timedelta(hours=24),
-        "Age at which finished jobs are purged: seconds or a ``timedelta``.",
+        "Age at which finished jobs are purged: seconds or a ``timedelta``. A worker class's"
+        " ``retention`` overrides it.",
+    ),
+    "ASYNC_REQUEST_FAILED_JOBS_EXPIRATION": Setting(
+        None,
+        "Age at which failed jobs are purged, to keep them longer (or shorter) for inspection;"
+        " ``None``: as other finished jobs. A worker class's ``failed_retention`` overrides it.",
     ),
     "ASYNC_REQUEST_LEASE": Setting(
         timedelta(seconds=60),
@@ -171,6 +177,7 @@ class Settings:
     clean_jobs: bool
     clean_jobs_cron: crontab | timedelta
     jobs_expiration: timedelta
+    failed_jobs_expiration: timedelta | None
     lease: timedelta
     waiting_timeout: timedelta
     sweep_interval: timedelta | None
@@ -405,6 +412,11 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
         clean_jobs=clean_jobs,
         clean_jobs_cron=_schedule(config, "ASYNC_REQUEST_CLEAN_JOBS_CRON"),
         jobs_expiration=_duration(config, "ASYNC_REQUEST_JOBS_EXPIRATION"),
+        failed_jobs_expiration=(
+            None
+            if config["ASYNC_REQUEST_FAILED_JOBS_EXPIRATION"] is None
+            else _duration(config, "ASYNC_REQUEST_FAILED_JOBS_EXPIRATION")
+        ),
         lease=_duration(config, "ASYNC_REQUEST_LEASE"),
         waiting_timeout=_duration(config, "ASYNC_REQUEST_WAITING_TIMEOUT"),
         sweep_interval=(

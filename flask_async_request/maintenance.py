@@ -15,11 +15,13 @@ import sqlalchemy as sa
 
 from . import lifecycle
 from .broker import publish
-from .exceptions import EnqueueError
+from .config import Settings
+from .exceptions import EnqueueError, WorkerResolutionError
 from .lifecycle import FINISHED_STATUSES
 from .models import Job, JobStatus, as_utc, utcnow
 from .signals import jobs_swept
 from .state import current_flask_app, get_state
+from .worker import Worker, resolve_worker, seconds_of
 
 logger = logging.getLogger("flask_async_request")
 
@@ -34,10 +36,13 @@ __all__ = [
     "SWEEP_BATCH_SIZE",
     "JobStats",
     "SweepResult",
+    "count_expired",
     "count_purgeable",
     "job_stats",
     "list_jobs",
+    "purge_expired",
     "purge_jobs",
+    "retention_of",
     "retry_job",
     "sweep_jobs",
 ]
@@ -47,7 +52,14 @@ def count_purgeable(
     older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
 ) -> int:
     """How many jobs :func:`purge_jobs` would delete now."""
-    return lifecycle.count_purgeable(get_state().store(), older_than, statuses)
+    return lifecycle.count_purgeable(
+        get_state().store(), lifecycle.purge_filter(older_than, statuses)
+    )
+
+
+def count_expired(statuses: Iterable[JobStatus] = FINISHED_STATUSES) -> int:
+    """How many jobs :func:`purge_expired` would delete now."""
+    return lifecycle.count_purgeable(get_state().store(), _retention_filter(statuses))
 
 
 def purge_jobs(
@@ -70,11 +82,94 @@ def purge_jobs(
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}; expected a positive int.")
     deleted = lifecycle.purge(
-        get_state().store(), older_than, tuple(statuses), batch_size=batch_size, progress=progress
+        get_state().store(),
+        lifecycle.purge_filter(older_than, statuses),
+        batch_size=batch_size,
+        progress=progress,
     )
     if deleted:
         logger.info("Purged %s jobs older than %s.", deleted, older_than)
     return deleted
+
+
+def purge_expired(
+    statuses: Iterable[JobStatus] = FINISHED_STATUSES,
+    *,
+    batch_size: int = PURGE_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete the jobs past their retention: what the periodic purge does.
+
+    A finished job is kept for its worker class's ``retention`` (failed ones:
+    ``failed_retention``), else for ``ASYNC_REQUEST_FAILED_JOBS_EXPIRATION``
+    (failed ones) or ``ASYNC_REQUEST_JOBS_EXPIRATION``. The worker classes are
+    read now, so a changed retention applies to the jobs already stored. Pending
+    statuses, when named, are aged from their creation by the global expiration.
+
+    :returns: the number of rows deleted.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size is {batch_size}; expected a positive int.")
+    deleted = lifecycle.purge(
+        get_state().store(), _retention_filter(statuses), batch_size=batch_size, progress=progress
+    )
+    if deleted:
+        logger.info("Purged %s jobs past their retention.", deleted)
+    return deleted
+
+
+def retention_of(worker: type[Worker] | None, settings: Settings) -> dict[JobStatus, timedelta]:
+    """How long finished jobs of ``worker`` are kept, per status (``None``: no worker class)."""
+    kept = seconds_of(worker.retention, f"{worker.__qualname__}.retention") if worker else None
+    failed = (
+        seconds_of(worker.failed_retention, f"{worker.__qualname__}.failed_retention")
+        if worker
+        else None
+    )
+    finished = settings.jobs_expiration if kept is None else timedelta(seconds=kept)
+    if failed is not None:
+        failed_age = timedelta(seconds=failed)
+    elif settings.failed_jobs_expiration is not None:
+        failed_age = settings.failed_jobs_expiration
+    else:
+        failed_age = finished
+    return {
+        JobStatus.PROCESSED: finished,
+        JobStatus.CANCELLED: finished,
+        JobStatus.FAILED: failed_age,
+    }
+
+
+def _retention_filter(statuses: Iterable[JobStatus]) -> sa.ColumnElement[bool]:
+    """Jobs in ``statuses`` past their retention, worker class by worker class."""
+    settings = get_state().settings
+    chosen = set(statuses)
+
+    def ages(worker: type[Worker] | None) -> dict[JobStatus, timedelta]:
+        finished = retention_of(worker, settings)
+        return {
+            status: finished.get(status, settings.jobs_expiration)
+            for status in JobStatus
+            if status in chosen
+        }
+
+    default = ages(None)
+    by_worker = {}
+    for path in lifecycle.finished_workers(get_state().store()):
+        try:
+            worker = resolve_worker(path)
+        except WorkerResolutionError as e:
+            # A worker class removed since: its jobs are kept as long as the default.
+            logger.warning("Purging the jobs of %s with the default retention: %s", path, e)
+            continue
+        try:
+            own = ages(worker)
+        except ValueError as e:
+            logger.warning("Purging the jobs of %s with the default retention: %s", path, e)
+            continue
+        if own != default:
+            by_worker[path] = own
+    return lifecycle.retention_filter(default, by_worker)
 
 
 @dataclasses.dataclass(frozen=True)

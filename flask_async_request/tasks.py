@@ -25,7 +25,7 @@ from .broker import (
     SWEEP_SCHEDULE,
     SWEEP_TASK,
 )
-from .maintenance import purge_jobs, sweep_jobs
+from .maintenance import purge_expired, sweep_jobs
 from .runner import run_job
 from .webhooks import DeliveryError, deliver, give_up
 
@@ -66,7 +66,7 @@ def register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
     )
     def purge_old_jobs() -> int:
         with app.app_context():
-            return purge_jobs(settings.jobs_expiration)
+            return purge_expired()
 
     @celery_app.task(  # type: ignore[untyped-decorator]
         name=SWEEP_TASK, base=Task, shared=False, ignore_result=True

@@ -64,6 +64,15 @@ class Worker:
     #: workers a job still running a few seconds later has its process replaced.
     time_limit: float | timedelta | None = None
 
+    #: How long this worker's finished jobs are kept before the purge deletes them
+    #: (seconds or a ``timedelta``); ``None``: ``ASYNC_REQUEST_JOBS_EXPIRATION``.
+    #: Applies to jobs already stored too: the purge reads it when it runs.
+    retention: float | timedelta | None = None
+
+    #: How long this worker's failed jobs are kept, for inspection; ``None``:
+    #: ``ASYNC_REQUEST_FAILED_JOBS_EXPIRATION`` when set, else :attr:`retention`.
+    failed_retention: float | timedelta | None = None
+
     #: Commit the reply with the worker's own database writes, in one transaction.
     #:
     #: ``execute`` writes through the app's ``db.session`` and does not commit:
@@ -76,6 +85,12 @@ class Worker:
 
     #: The run this instance serves; ``None`` when ``execute`` is called directly.
     _run: RunLink | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A retention is read only by the purge, hours later: check it now.
+        for name in ("retention", "failed_retention"):
+            seconds_of(getattr(cls, name), f"{cls.__qualname__}.{name}")
 
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report how far the work got: a fraction (``0.4``) or ``done`` of ``total``.

@@ -62,10 +62,10 @@ def test_parse_duration_refuses_garbage() -> None:
 
 
 def test_purge_deletes_old_finished_jobs(filled: Flask) -> None:
-    """By default purge deletes finished jobs older than ASYNC_REQUEST_JOBS_EXPIRATION."""
+    """By default purge deletes finished jobs past their retention (here the global one)."""
     result = run(filled, "purge")
     assert result.exit_code == 0, result.output
-    assert "Deleted 2 jobs (processed, failed, cancelled) older than 1d00h." in result.output
+    assert "Deleted 2 jobs (processed, failed, cancelled) past their retention." in result.output
     assert _statuses(filled) == ["old waiting", "processing", "recent processed"]
 
 

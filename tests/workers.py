@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,21 @@ class Thumbnail(Worker):
 
     def execute(self) -> tuple[int, str]:
         return 200, json.dumps({"tag": os.environ.get("FAR_TEST_WORKER_TAG"), "pid": os.getpid()})
+
+
+class KeptBriefly(Worker):
+    """Its finished jobs, failed ones too, are kept ten minutes."""
+
+    retention = timedelta(minutes=10)
+
+    def execute(self) -> tuple[int, str]:
+        return 200, "brief"
+
+
+class KeptFailures(Worker):
+    """Its failed jobs are kept a week for inspection; the others as configured."""
+
+    failed_retention = 7 * 24 * 3600
+
+    def execute(self) -> tuple[int, str]:
+        return 200, "kept"
