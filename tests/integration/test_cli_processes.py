@@ -44,7 +44,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def test_beat_and_worker_purge_old_finished_jobs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a 1 s schedule, old finished jobs go and pending and recent ones stay."""
+    """With a 1 s schedule, jobs past their retention go; pending, recent and kept ones stay."""
     env = _environment(tmp_path, os.environ.get("FAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
     env["FAR_TEST_CLEAN_EVERY"] = "1"
     monkeypatch.setenv("FAR_TEST_CLEAN_EVERY", "1")
@@ -57,6 +57,11 @@ def test_beat_and_worker_purge_old_finished_jobs(
             add_job(status=JobStatus.PROCESSED, finished_at=old, response="old")
         add_job(status=JobStatus.FAILED, finished_at=old, response="old")
         add_job(status=JobStatus.PROCESSED, finished_at=recent, response="recent")
+        # Past their worker class's ten minutes, though younger than the global day.
+        brief = utcnow() - timedelta(hours=2)
+        add_job("tests.workers:KeptBriefly", JobStatus.PROCESSED, finished_at=brief, response="old")
+        # Kept a week by its class's failed_retention.
+        add_job("tests.workers:KeptFailures", JobStatus.FAILED, finished_at=old, response="kept")
         waiting = add_job(status=JobStatus.WAITING, response="waiting")
         waiting.created_at = old
         add_job(status=JobStatus.PROCESSING, response="processing")
@@ -77,7 +82,7 @@ def test_beat_and_worker_purge_old_finished_jobs(
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()
             assert beat.poll() is None, (tmp_path / "beat.log").read_text()
             time.sleep(0.5)
-        assert remaining == ["processing", "recent", "waiting"], (
+        assert remaining == ["kept", "processing", "recent", "waiting"], (
             tmp_path / "beat.log"
         ).read_text() + (tmp_path / "worker.log").read_text()
     finally:
