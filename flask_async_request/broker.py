@@ -16,6 +16,7 @@ from flask import Flask
 
 from .embedded import EmbeddedWorker
 from .exceptions import ConfigurationError, EnqueueError
+from .publisher import sender_for
 from .state import get_state
 
 if TYPE_CHECKING:
@@ -131,14 +132,26 @@ def publish(message: Message, countdown: float | None = None) -> None:
         options["queue"] = None
     elif message.time_limit is not None:
         options["time_limit"] = hard_time_limit(message.time_limit)
-    task = state.celery.tasks[PROCESS_TASK]
     try:
-        task.apply_async(
-            (message.job_id,),
-            countdown=countdown,
-            task_id=task_id(message.job_id, message.uid),
-            **options,
-        )
+        queue = options["queue"] or state.celery.conf.task_default_queue
+        sender = None
+        if countdown is None and state.embedded is None:
+            sender = sender_for(state.celery, queue)
+        if sender is not None:
+            sender.send(
+                PROCESS_TASK,
+                message.job_id,
+                task_id(message.job_id, message.uid),
+                queue,
+                options.get("time_limit"),
+            )
+        else:
+            state.celery.tasks[PROCESS_TASK].apply_async(
+                (message.job_id,),
+                countdown=countdown,
+                task_id=task_id(message.job_id, message.uid),
+                **options,
+            )
     except Exception as e:
         if state.celery.conf.task_always_eager:
             raise

@@ -1,0 +1,154 @@
+"""The messages that run jobs, sent straight to a Redis broker.
+
+Celery's ``apply_async`` is generic: it routes, builds the message from its
+options, fires the publish signals and, on Redis, makes a new client object
+for every message. A job's message is always the same shape (one task, one
+integer argument), so on a Redis broker it is built here from a template and
+pushed with one ``LPUSH`` on a client held for the process: a Celery protocol 2
+message, as ``apply_async`` makes it, that ``celery worker`` consumes unchanged.
+
+Whenever that would not be the same message, :func:`sender_for` answers
+``None`` and the caller uses ``apply_async``: another transport, a task
+serializer or compression other than plain JSON, a queue routed through an
+exchange of another kind, a countdown, or receivers of Celery's
+``before_task_publish`` / ``after_task_publish`` signals (tracing tools use
+them, and they must see every message).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import uuid
+import weakref
+from typing import Any
+
+from celery import Celery
+from celery.signals import after_task_publish, before_task_publish
+from celery.utils.nodenames import anon_nodename
+
+#: The transports whose channels push to a Redis list per queue.
+_REDIS_TRANSPORTS = frozenset({"redis", "rediss"})
+
+#: The fourth part of a protocol 2 body: no callbacks, errbacks, chain or chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+class RedisSender:
+    """Pushes a task's messages onto the Redis lists its queues are, for one process."""
+
+    def __init__(self, celery_app: Celery) -> None:
+        connection = celery_app.connection_for_write()
+        channel = connection.default_channel
+        self._connection = connection
+        # The channel's own client class and pool: its URL, password, TLS and
+        # key prefix settings apply, as they do to apply_async.
+        self._client = channel._create_client()
+        self._key = channel._q_for_pri
+        self._origin = anon_nodename()
+
+    def send(
+        self,
+        task_name: str,
+        argument: int,
+        task_id: str,
+        queue: str,
+        time_limit: float | None = None,
+    ) -> None:
+        """Push the message that runs ``task_name(argument)`` with id ``task_id`` onto ``queue``."""
+        body = json.dumps([[argument], {}, _EMBED]).encode()
+        headers = {
+            "lang": "py",
+            "task": task_name,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [time_limit, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": f"({argument!r},)",
+            "kwargsrepr": "{}",
+            "origin": self._origin,
+            "ignore_result": True,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        }
+        envelope = {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        self._client.lpush(self._key(queue, 0), json.dumps(envelope))
+
+
+_senders: weakref.WeakKeyDictionary[Celery, tuple[int, RedisSender | None]] = (
+    weakref.WeakKeyDictionary()
+)
+_lock = threading.Lock()
+
+
+def sender_for(celery_app: Celery, queue: str) -> RedisSender | None:
+    """The process's :class:`RedisSender` for ``celery_app``, or ``None`` to use ``apply_async``."""
+    if before_task_publish.receivers or after_task_publish.receivers:
+        return None
+    pid = os.getpid()
+    found = _senders.get(celery_app)
+    if found is None or found[0] != pid:
+        with _lock:
+            found = _senders.get(celery_app)
+            if found is None or found[0] != pid:
+                found = (pid, RedisSender(celery_app) if _plain(celery_app) else None)
+                _senders[celery_app] = found
+    sender = found[1]
+    if sender is None or not _direct(celery_app, queue):
+        return None
+    return sender
+
+
+def _plain(celery_app: Celery) -> bool:
+    """Whether a job's message on this app is plain JSON, protocol 2, on a Redis broker."""
+    conf = celery_app.conf
+    if conf.task_always_eager or conf.task_protocol != 2:
+        return False
+    if conf.task_serializer != "json" or conf.task_compression:
+        return False
+    accepted = {str(name) for name in (conf.accept_content or ())}
+    if not accepted & {"json", "application/json"}:
+        return False
+    transport: Any = celery_app.connection_for_write().transport_cls
+    if not isinstance(transport, str) or transport not in _REDIS_TRANSPORTS:
+        return False
+    channel_class = celery_app.connection_for_write().transport.Channel
+    return hasattr(channel_class, "_create_client") and hasattr(channel_class, "_q_for_pri")
+
+
+def _direct(celery_app: Celery, queue: str) -> bool:
+    """Whether ``apply_async(queue=queue)`` would push onto the list named ``queue``."""
+    declared = celery_app.amqp.queues.get(queue)
+    if declared is None:
+        # Made on first use: a direct exchange of its own name, keyed by its name.
+        return bool(celery_app.conf.task_create_missing_queues)
+    exchange = declared.exchange
+    return (
+        exchange is not None
+        and exchange.type == "direct"
+        and exchange.name in ("", queue)
+        and declared.routing_key == queue
+    )
