@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import mimetypes
 import re
 from collections.abc import Iterator
 from importlib import resources
@@ -34,6 +35,9 @@ logger = logging.getLogger("flask_async_request")
 
 #: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
 blueprint = Blueprint("async_request", __name__, static_folder="static")
+# Browsers run a module script only when it is served as JavaScript; Python
+# before 3.12 knows .mjs only from the system's mime.types, where there is one.
+mimetypes.add_type("text/javascript", ".mjs")
 
 #: Seconds a client is asked to wait before polling again after a database outage.
 UNAVAILABLE_RETRY_AFTER = 5

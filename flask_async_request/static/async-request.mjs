@@ -1,0 +1,426 @@
+/*
+ * flask-async-request browser client: start a job, wait for its stored reply
+ * (long polling, Retry-After, retries of 503 and network errors), report its
+ * progress, cancel it, stop waiting with an AbortSignal. No build step, no
+ * dependency. async-request.mjs is the ES module; async-request.js is the same
+ * code as a classic script that defines the global AsyncRequest.
+ *
+ *   import {start} from "/async_request/static/async-request.mjs";
+ *
+ *   const job = await start("/reports", {body: {month: 3}});
+ *   const answer = await job.wait({signal, onProgress: (fraction, message) => bar.value = fraction});
+ *   // answer: {status: "processed" | "failed" | "cancelled", response: {status_code, body}}
+ *   job.cancel();  // from a button: the pending wait() resolves with status "cancelled"
+ */
+
+/** The header that carries the token to the shared status endpoint. */
+const DEFAULT_HEADER = "X-JOB-AUTHORIZATION";
+
+const FINISHED = ["processed", "failed", "cancelled"];
+/** Seconds a poll asks the server to hold it (Prefer: wait) when nothing asks for progress. */
+const LONG_POLL = 20;
+const RETRY = {attempts: 8, baseDelay: 0.5, maxDelay: 30, statuses: [503]};
+// A server that answers Retry-After: 0 and does not hold polls would be polled in a tight loop.
+const SHORTEST_PAUSE = 0.05;
+
+/** A refusal: a status the request did not expect, or a server out of reach after retries. */
+class AsyncRequestError extends Error {
+  constructor(message, options = {}) {
+    super(message, "cause" in options ? {cause: options.cause} : undefined);
+    this.name = "AsyncRequestError";
+    this.response = options.response || null;
+    this.status = this.response ? this.response.status : null;
+    this.body = options.body === undefined ? null : options.body;
+  }
+}
+
+function abortReason(signal) {
+  return signal.reason !== undefined
+    ? signal.reason
+    : new DOMException("This operation was aborted", "AbortError");
+}
+
+/** Resolves after ``seconds``; rejects with the signal's reason as soon as it aborts. */
+function sleep(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal && signal.aborted) {
+      reject(abortReason(signal));
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortReason(signal));
+    };
+    const timer = setTimeout(() => {
+      if (signal) signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, Math.max(0, seconds) * 1000);
+    if (signal) signal.addEventListener("abort", onAbort, {once: true});
+  });
+}
+
+/** One signal that aborts when any of ``signals`` does; ``release`` detaches it. */
+function anySignal(signals) {
+  const controller = new AbortController();
+  const detach = [];
+  for (const signal of signals) {
+    if (!signal) continue;
+    if (signal.aborted) {
+      controller.abort(abortReason(signal));
+      break;
+    }
+    const onAbort = () => controller.abort(abortReason(signal));
+    signal.addEventListener("abort", onAbort, {once: true});
+    detach.push(() => signal.removeEventListener("abort", onAbort));
+  }
+  return {signal: controller.signal, release: () => detach.forEach((undo) => undo())};
+}
+
+/** Headers from any number of Headers objects, arrays of pairs or plain objects; later ones win. */
+function mergeHeaders(...sources) {
+  const merged = new Headers();
+  for (const source of sources) {
+    if (source) new Headers(source).forEach((value, name) => merged.set(name, value));
+  }
+  return merged;
+}
+
+function isPlainData(value) {
+  if (Array.isArray(value)) return true;
+  if (value === null || typeof value !== "object") return false;
+  const prototype = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
+}
+
+/**
+ * The body to send: a plain object or an array becomes JSON, labelled so; a
+ * string is sent as it is and, as in the first version of this client,
+ * labelled JSON unless the headers name a type; anything else (FormData, Blob,
+ * URLSearchParams, a buffer, a stream) goes to fetch untouched, which labels it.
+ */
+function encodeBody(body, headers) {
+  if (body === undefined || body === null) return body;
+  if (isPlainData(body)) {
+    if (!headers.has("Content-Type")) headers.set("Content-Type", "application/json");
+    return JSON.stringify(body);
+  }
+  if (typeof body === "string" && !headers.has("Content-Type")) {
+    headers.set("Content-Type", "application/json");
+  }
+  return body;
+}
+
+/** Seconds from a Retry-After value (delay-seconds or an HTTP-date), or null. */
+function retryAfterSeconds(value) {
+  if (value === null || value === undefined) return null;
+  const text = String(value).trim();
+  if (/^\d+(\.\d+)?$/.test(text)) return parseFloat(text);
+  const date = Date.parse(text);
+  return isNaN(date) ? null : Math.max(0, (date - Date.now()) / 1000);
+}
+
+/** Seconds the server says it held the poll (Preference-Applied: wait=N), 0 if it did not. */
+function appliedWait(response) {
+  const match = /(?:^|[,;\s])wait\s*=\s*"?(\d+)/i.exec(
+    response.headers.get("Preference-Applied") || ""
+  );
+  return match ? parseInt(match[1], 10) : 0;
+}
+
+function retryPolicy(retry) {
+  if (retry === false) return {attempts: 1, baseDelay: 0, maxDelay: 0, statuses: []};
+  return Object.assign({}, RETRY, retry || {});
+}
+
+/** The pause before attempt ``attempt + 1``: Retry-After if given, else exponential, jittered. */
+function backoff(policy, attempt, retryAfter) {
+  if (retryAfter !== null) {
+    // Never earlier than the server asked; a little later, so clients told alike spread out.
+    const asked = Math.min(retryAfter, policy.maxDelay);
+    return asked + Math.random() * Math.min(1, asked / 10);
+  }
+  const ceiling = Math.min(policy.maxDelay, policy.baseDelay * 2 ** (attempt - 1));
+  return ceiling / 2 + (Math.random() * ceiling) / 2;
+}
+
+async function readJson(response) {
+  const text = await response.text();
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch (error) {
+    return null;
+  }
+}
+
+function errorMessage(response, body) {
+  if (body && Array.isArray(body.errors) && body.errors.length && body.errors[0].message) {
+    return body.errors[0].message;
+  }
+  return "HTTP " + response.status;
+}
+
+/**
+ * fetch, asked again after a network error (if ``retryNetwork``) or a status
+ * of the retry policy, up to its number of attempts. Resolves with the first
+ * other response; rejects with the signal's reason as soon as it aborts.
+ */
+async function send(url, init, {signal, retry, retryNetwork = true}) {
+  const policy = retryPolicy(retry);
+  for (let attempt = 1; ; attempt++) {
+    if (signal && signal.aborted) throw abortReason(signal);
+    let response = null;
+    let failure = null;
+    try {
+      response = await fetch(url, Object.assign({}, init, {signal}));
+    } catch (error) {
+      if (signal && signal.aborted) throw abortReason(signal);
+      // fetch rejects with a TypeError when the request never got an answer.
+      if (!(error instanceof TypeError) || !retryNetwork) throw error;
+      failure = error;
+    }
+    if (response && !policy.statuses.includes(response.status)) return response;
+    if (attempt >= policy.attempts) {
+      if (response) {
+        const body = await readJson(response);
+        throw new AsyncRequestError(errorMessage(response, body), {response, body});
+      }
+      throw new AsyncRequestError(
+        `Could not reach ${url} (${attempt} attempts): ${failure.message}`,
+        {cause: failure}
+      );
+    }
+    const retryAfter = response ? retryAfterSeconds(response.headers.get("Retry-After")) : null;
+    await sleep(backoff(policy, attempt, retryAfter), signal);
+  }
+}
+
+function isFinalAnswer(body) {
+  return (
+    body !== null &&
+    typeof body === "object" &&
+    FINISHED.includes(body.status) &&
+    body.response !== null &&
+    typeof body.response === "object"
+  );
+}
+
+/** Whether ``url`` names the job by itself (its token in the path), so no header is needed. */
+function carriesToken(url, token) {
+  return url.includes(token) || url.includes(encodeURIComponent(token));
+}
+
+/** A started job: its token (or null) and its status url. */
+class Job {
+  /**
+   * @param token the job's token; null for a status url that needs none.
+   * @param url the job's own status url (the Location of its 202), or the shared one.
+   * @param options defaults for every poll, wait and cancel of this job.
+   */
+  constructor(token, url, options = {}) {
+    this.token = token || null;
+    this.url = String(url);
+    this.header = options.header || DEFAULT_HEADER;
+    this.options = Object.assign({}, options);
+    delete this.options.signal;
+    this._settled = null;
+    this._wakers = new Set();
+  }
+
+  _headers(extra) {
+    const headers = mergeHeaders({Accept: "application/json"}, this.options.headers, extra);
+    // The job's own url carries the token; the shared endpoint needs it in the header.
+    if (this.token && !carriesToken(this.url, this.token)) {
+      headers.set(this.header, "Bearer " + this.token);
+    }
+    return headers;
+  }
+
+  /**
+   * One poll: resolves with {done, status, body, retryAfter, waited, response}.
+   * options.longPoll: seconds the server may hold the poll (Prefer: wait=N);
+   * none by default. Rejects with an AsyncRequestError for an answer that is
+   * neither pending nor the job's reply.
+   */
+  async poll(options = {}) {
+    const longPoll = options.longPoll ? Math.max(1, Math.ceil(options.longPoll)) : 0;
+    const headers = this._headers(longPoll ? {Prefer: "wait=" + longPoll} : null);
+    const retry = "retry" in options ? options.retry : this.options.retry;
+    const response = await send(this.url, {headers, cache: "no-store"}, {
+      signal: options.signal,
+      retry,
+    });
+    const body = await readJson(response);
+    const waited = appliedWait(response);
+    if (response.status === 202) {
+      const location = response.headers.get("Location");
+      if (location) this.url = new URL(location, response.url || this.url).href;
+      const retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
+      return {
+        done: false,
+        status: (body && body.status) || null,
+        body,
+        retryAfter: retryAfter === null ? 1 : retryAfter,
+        waited,
+        response,
+      };
+    }
+    if (isFinalAnswer(body)) {
+      return {done: true, status: body.status, body, retryAfter: 0, waited, response};
+    }
+    throw new AsyncRequestError(errorMessage(response, body), {response, body});
+  }
+
+  /**
+   * Poll until the job finishes; resolves with its answer
+   * ({status, response: {status_code, body}}). See the options in the docs:
+   * signal, onProgress, longPoll, timeout, minInterval, maxInterval, retry.
+   */
+  async wait(options = {}) {
+    const settings = Object.assign({}, this.options, options);
+    const minInterval = settings.minInterval || 0;
+    const maxInterval = settings.maxInterval === undefined ? 30 : settings.maxInterval;
+    const timeout = new AbortController();
+    const control = anySignal([options.signal, timeout.signal]);
+    let timer = null;
+    if (settings.timeout !== undefined && settings.timeout !== null) {
+      timer = setTimeout(() => {
+        const message = `The job did not finish within ${settings.timeout} s.`;
+        timeout.abort(new DOMException(message, "TimeoutError"));
+      }, settings.timeout * 1000);
+    }
+    let retryAfter = 1;
+    try {
+      for (;;) {
+        if (this._settled) return this._settled;
+        const waker = new AbortController();
+        this._wakers.add(waker);
+        const round = anySignal([control.signal, waker.signal]);
+        try {
+          const longPoll = chooseLongPoll(settings, retryAfter, minInterval, maxInterval);
+          const sent = Date.now();
+          const answer = await this.poll({signal: round.signal, longPoll, retry: settings.retry});
+          if (answer.done) return answer.body;
+          retryAfter = answer.retryAfter;
+          if (settings.onProgress) {
+            const body = answer.body || {};
+            settings.onProgress(
+              body.progress === undefined ? null : body.progress,
+              body.message === undefined ? null : body.message,
+              answer.status,
+              answer.body
+            );
+          }
+          // A server that held the poll has waited already; one that ignored
+          // Prefer (or claims to have waited and did not) is polled after its Retry-After.
+          const held = answer.waited > 0 && Date.now() - sent >= (answer.waited * 1000) / 2;
+          const pause = held
+            ? minInterval
+            : Math.max(SHORTEST_PAUSE, Math.min(Math.max(retryAfter, minInterval), maxInterval));
+          await sleep(pause, round.signal);
+        } catch (error) {
+          // cancel() woke this round: the loop returns the cancelled answer.
+          if (!(waker.signal.aborted && !control.signal.aborted)) {
+            throw control.signal.aborted ? abortReason(control.signal) : error;
+          }
+        } finally {
+          round.release();
+          this._wakers.delete(waker);
+        }
+      }
+    } finally {
+      if (timer !== null) clearTimeout(timer);
+      control.release();
+    }
+  }
+
+  /**
+   * Cancel the job (DELETE); resolves with its answer, status "cancelled", and
+   * a pending wait() resolves with it too. A 503 is asked again; a network
+   * error is not, since the first DELETE may have cancelled the job already.
+   */
+  async cancel(options = {}) {
+    const retry = "retry" in options ? options.retry : this.options.retry;
+    const response = await send(this.url, {method: "DELETE", headers: this._headers()}, {
+      signal: options.signal,
+      retry,
+      retryNetwork: false,
+    });
+    const body = await readJson(response);
+    if (response.status === 200 && isFinalAnswer(body)) {
+      this._settled = body;
+      this._wakers.forEach((waker) => waker.abort());
+      return body;
+    }
+    throw new AsyncRequestError(errorMessage(response, body), {response, body});
+  }
+}
+
+/**
+ * Seconds of Prefer: wait for the next poll, 0 for none. By default (true) a
+ * wait with onProgress is held for about the server's Retry-After, so progress
+ * arrives as often as it would by plain polling and the end at once; without
+ * onProgress, for LONG_POLL seconds.
+ */
+function chooseLongPoll(settings, retryAfter, minInterval, maxInterval) {
+  const longPoll = settings.longPoll === undefined ? true : settings.longPoll;
+  if (longPoll === false || longPoll === 0 || longPoll === null) return 0;
+  if (longPoll !== true) return Math.max(1, Math.ceil(longPoll));
+  if (!settings.onProgress) return LONG_POLL;
+  return Math.max(1, Math.ceil(Math.min(Math.max(retryAfter, minInterval), maxInterval)));
+}
+
+/**
+ * Send the request that starts a job (POST unless init.method says otherwise)
+ * and resolve with its Job once the view answers 202 with a token and a status
+ * url (its Location, else its body's url). init is fetch's; its body may also
+ * be a plain object, sent as JSON. A 503 or a network error is retried only
+ * when the request has an Idempotency-Key, so that a retry cannot start a
+ * second job.
+ */
+async function start(url, init = {}, options = {}) {
+  const headers = mergeHeaders({Accept: "application/json"}, init.headers);
+  const body = encodeBody(init.body, headers);
+  const request = Object.assign({}, init, {method: init.method || "POST", headers, body});
+  const idempotent = headers.has("Idempotency-Key");
+  const response = await send(url, request, {
+    signal: options.signal || init.signal,
+    retry: idempotent ? options.retry : false,
+    retryNetwork: idempotent,
+  });
+  const answer = await readJson(response);
+  if (response.status !== 202) {
+    throw new AsyncRequestError(errorMessage(response, answer), {response, body: answer});
+  }
+  const token = answer && typeof answer.token === "string" ? answer.token : null;
+  const location = response.headers.get("Location");
+  const statusUrl = location
+    ? new URL(location, response.url || String(url)).href
+    : answer && typeof answer.url === "string"
+      ? answer.url
+      : null;
+  if (!statusUrl) {
+    throw new AsyncRequestError("The 202 answer names no status url (no Location, no url).", {
+      response,
+      body: answer,
+    });
+  }
+  return new Job(token, statusUrl, options);
+}
+
+/**
+ * Wait for a job started elsewhere (another page, before a reload): target is
+ * a Job, its own status url, or {url, token}. Resolves as Job.wait() does.
+ */
+function poll(target, options = {}) {
+  let job = target;
+  if (!(target instanceof Job)) {
+    const named = typeof target === "string" || target instanceof URL ? {url: target} : target;
+    if (!named || !named.url) {
+      return Promise.reject(new TypeError("poll() needs a Job, a status url or {url, token}."));
+    }
+    job = new Job(named.token || null, named.url, options);
+  }
+  return job.wait(options);
+}
+
+export {AsyncRequestError, DEFAULT_HEADER, Job, poll, start};

@@ -1,0 +1,692 @@
+"""The browser client in Chromium against a served app: module and script forms, bodies,
+headers, long polling, retries, abort, progress, cancel, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, Response, request, url_for
+from werkzeug.serving import make_server
+
+from flask_async_request import Job, Worker, accepted
+from tests import workers
+from tests.browser.jsbuild import CLASSIC, MODULE, STATIC, classic_script, exported_names
+from tests.conftest import AppFactory
+
+pytestmark = pytest.mark.browser
+
+MODULE_URL = "/async_request/static/async-request.mjs"
+CLASSIC_URL = "/async_request/static/async-request.js"
+TYPES = Path(__file__).parent / "types"
+
+
+class Steps(Worker):
+    """Reports its progress in ``steps`` steps, ``delay`` seconds apart."""
+
+    def execute(self, steps: int, delay: float) -> tuple[int, str]:
+        for step in range(1, steps + 1):
+            time.sleep(delay)
+            self.progress(step, steps, f"step {step} of {steps}")
+        return 200, json.dumps({"steps": steps})
+
+
+@dataclass
+class Poll:
+    """One request to the status endpoint, as the server received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class Served:
+    """A served test app: its url, the polls it received, and faults to answer polls with."""
+
+    url: str
+    polls: list[Poll] = field(default_factory=list)
+    #: Answers given, in order, to the next polls instead of the endpoint's own; headers
+    #: may be a function, called when the answer is given.
+    faults: list[tuple[int, Any, Any]] = field(default_factory=list)
+
+    def gets(self) -> list[Poll]:
+        return [p for p in self.polls if p.method == "GET"]
+
+
+def _echo() -> dict[str, Any]:
+    """What the view received, as the Echo job's argument."""
+    files = {
+        name: {
+            "filename": upload.filename,
+            "content_type": upload.content_type,
+            "text": upload.read().decode(),
+        }
+        for name, upload in request.files.items()
+    }
+    return {
+        "content_type": request.headers.get("Content-Type"),
+        "accept": request.headers.get("Accept"),
+        "x_test": request.headers.get("X-Test"),
+        "form": request.form.to_dict(),
+        "files": files,
+        "data": "" if request.form or files else request.get_data(as_text=True),
+    }
+
+
+PAGES = {
+    "module": f"""<!doctype html><title>module</title>
+<script type="module">
+  import * as client from "{MODULE_URL}";
+  window.client = client;
+  window.loaded = true;
+</script>""",
+    "classic": f"""<!doctype html><title>classic</title>
+<script src="{CLASSIC_URL}"></script>
+<script>window.client = AsyncRequest; window.loaded = true;</script>""",
+}
+
+
+def _build(app: Flask, served: Served) -> None:
+    @app.get("/page/<name>")
+    def page(name: str) -> Any:
+        return PAGES[name]
+
+    @app.post("/echo")
+    def echo() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Echo, _echo()))
+
+    @app.post("/sleep")
+    def sleep() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Sleep, float(request.args["seconds"])))
+
+    @app.post("/steps")
+    def steps() -> Any:
+        payload = request.get_json()
+        return accepted(Job.create_and_enqueue(Steps, payload["steps"], payload["delay"]))
+
+    @app.post("/shared")
+    def shared() -> Any:
+        """The header form: the shared endpoint's url in the body, no Location."""
+        job = Job.create_and_enqueue(workers.Sleep, 0.5)
+        return {"token": job.token, "url": url_for("async_request.job", _external=True)}, 202
+
+    @app.post("/refuse")
+    def refuse() -> Any:
+        return {"errors": [{"message": "month must be from 1 to 12"}]}, 422
+
+    @app.before_request
+    def record_and_inject() -> Any:
+        if not request.path.startswith("/async_request/job"):
+            return None
+        served.polls.append(
+            Poll(request.method, request.path, dict(request.headers), time.monotonic())
+        )
+        if served.faults:
+            status, headers, body = served.faults.pop(0)
+            if callable(headers):
+                headers = headers()
+            return Response(json.dumps(body), status, headers, mimetype="application/json")
+        return None
+
+
+@pytest.fixture
+def serve(make_app: AppFactory) -> Iterator[Callable[..., Served]]:
+    """Serve a test app (embedded worker, SQLite) on 127.0.0.1 with the given config."""
+    servers: list[Any] = []
+
+    def factory(**config: Any) -> Served:
+        app = make_app(CELERY={}, **config)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        served = Served(f"http://127.0.0.1:{server.server_port}")
+        _build(app, served)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return served
+
+    yield factory
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def served(serve: Callable[..., Served]) -> Served:
+    return serve()
+
+
+def open_page(page: Any, served: Served, name: str = "module") -> Any:
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(f"{served.url}/page/{name}")
+    page.wait_for_function("window.loaded === true", timeout=10_000)
+    assert problems == []
+    return page
+
+
+def run(page: Any, script: str, arg: Any = None) -> Any:
+    """Evaluate an async function of ``(client, arg)`` in the page; returns its result."""
+    return page.evaluate(f"(arg) => ({script})(window.client, arg)", arg)
+
+
+def test_classic_script_is_the_module_wrapped() -> None:
+    """async-request.js is exactly what jsbuild writes from async-request.mjs: they cannot drift."""
+    module = MODULE.read_text(encoding="utf-8")
+    assert CLASSIC.read_text(encoding="utf-8") == classic_script(module)
+
+
+def test_declarations_name_every_export() -> None:
+    """The .d.mts declares each value the module exports, and no other."""
+    declared = re.findall(
+        r"^export declare (?:const|class|function) (\w+)",
+        (STATIC / "async-request.d.mts").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    )
+    assert sorted(declared) == sorted(exported_names(MODULE.read_text(encoding="utf-8")))
+
+
+def test_es_module_import(page: Any, served: Served) -> None:
+    """<script type="module"> imports the client; a job started with it finishes."""
+    open_page(page, served, "module")
+    names = run(page, "async (client) => Object.keys(client).sort()")
+    assert names == sorted(exported_names(MODULE.read_text(encoding="utf-8")))
+    answer = run(
+        page, "async (client) => (await client.start('/echo', {body: {n: 1}})).wait({timeout: 20})"
+    )
+    assert answer["status"] == "processed"
+    assert json.loads(answer["response"]["body"])["args"][0]["data"] == '{"n":1}'
+    # Module scripts need a JavaScript MIME type, and the module defines no global.
+    assert "javascript" in page.evaluate(
+        f"async () => (await fetch('{MODULE_URL}')).headers.get('Content-Type')"
+    )
+    assert page.evaluate("typeof window.AsyncRequest") == "undefined"
+
+
+def test_classic_script_global(page: Any, served: Served) -> None:
+    """A plain <script> tag defines the global AsyncRequest with the module's API."""
+    open_page(page, served, "classic")
+    names = page.evaluate("Object.keys(AsyncRequest).sort()")
+    assert names == sorted(exported_names(MODULE.read_text(encoding="utf-8")))
+    answer = run(
+        page,
+        """async (client) => {
+            const job = await AsyncRequest.start('/echo', {body: JSON.stringify({limit: 3})});
+            return {
+                isJob: job instanceof AsyncRequest.Job,
+                answer: await job.wait({minInterval: 0.2, onProgress: () => {}}),
+            };
+        }""",
+    )
+    assert answer["isJob"]
+    echoed = json.loads(answer["answer"]["response"]["body"])["args"][0]
+    # A string body is labelled JSON, as the first version of the client did.
+    assert echoed["content_type"] == "application/json"
+    assert echoed["data"] == '{"limit":3}'
+
+
+def test_form_data_upload_reaches_the_view_untouched(page: Any, served: Served) -> None:
+    """A FormData body goes as multipart with the browser's boundary, fields and file intact."""
+    open_page(page, served)
+    echoed = run(
+        page,
+        """async (client) => {
+            const form = new FormData();
+            form.append("title", "März report");
+            form.append("upload", new Blob(["a,b\\n1,2\\n"], {type: "text/csv"}), "data.csv");
+            const answer = await (await client.start("/echo", {body: form})).wait();
+            return JSON.parse(answer.response.body).args[0];
+        }""",
+    )
+    assert echoed["content_type"].startswith("multipart/form-data; boundary=")
+    assert echoed["form"] == {"title": "März report"}
+    assert echoed["files"] == {
+        "upload": {"filename": "data.csv", "content_type": "text/csv", "text": "a,b\n1,2\n"}
+    }
+    assert echoed["accept"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "data"),
+    [
+        ("new Blob(['<x/>'], {type: 'application/xml'})", "application/xml", "<x/>"),
+        ("new Blob(['raw'])", None, "raw"),
+        ("{month: 3, tags: ['a']}", "application/json", '{"month":3,"tags":["a"]}'),
+        ("[1, 2]", "application/json", "[1,2]"),
+    ],
+)
+def test_each_body_keeps_its_own_content_type(
+    page: Any, served: Served, body: str, content_type: str | None, data: str
+) -> None:
+    """A Blob keeps its own type (or none); only plain data is JSON-encoded and labelled JSON."""
+    open_page(page, served)
+    echoed = run(
+        page,
+        f"""async (client) => {{
+            const answer = await (await client.start("/echo", {{body: {body}}})).wait();
+            return JSON.parse(answer.response.body).args[0];
+        }}""",
+    )
+    assert echoed["content_type"] == content_type
+    assert echoed["data"] == data
+
+
+def test_url_search_params_are_a_form(page: Any, served: Served) -> None:
+    """URLSearchParams go form-encoded, as fetch labels them."""
+    open_page(page, served)
+    echoed = run(
+        page,
+        """async (client) => {
+            const body = new URLSearchParams({month: "3", name: "a&b"});
+            const answer = await (await client.start("/echo", {body})).wait();
+            return JSON.parse(answer.response.body).args[0];
+        }""",
+    )
+    assert echoed["content_type"].startswith("application/x-www-form-urlencoded")
+    assert echoed["form"] == {"month": "3", "name": "a&b"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "new Headers({'X-Test': 'yes', Accept: 'text/csv'})",
+        "[['X-Test', 'yes'], ['Accept', 'text/csv']]",
+        "{'x-test': 'yes', 'ACCEPT': 'text/csv'}",
+    ],
+)
+def test_headers_in_any_form_arrive(page: Any, served: Served, headers: str) -> None:
+    """Headers as a Headers object, pairs or an object arrive, and override the defaults."""
+    open_page(page, served)
+    echoed = run(
+        page,
+        f"""async (client) => {{
+            const init = {{body: {{a: 1}}, headers: {headers}}};
+            const answer = await (await client.start("/echo", init)).wait();
+            return JSON.parse(answer.response.body).args[0];
+        }}""",
+    )
+    assert echoed["x_test"] == "yes"
+    assert echoed["accept"] == "text/csv"
+    assert echoed["content_type"] == "application/json"
+
+
+def test_job_options_headers_go_with_every_poll(page: Any, served: Served) -> None:
+    """options.headers of start() are sent with the job's polls."""
+    open_page(page, served)
+    run(
+        page,
+        """async (client) => {
+            const job = await client.start("/echo", {}, {headers: [["X-Test", "poll"]]});
+            return job.wait();
+        }""",
+    )
+    assert served.gets()
+    assert all(p.headers.get("X-Test") == "poll" for p in served.gets())
+
+
+def test_follows_the_job_url_without_the_token_header(page: Any, served: Served) -> None:
+    """The job's own url (its Location) is polled; the token is in it, so no header is sent."""
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/sleep?seconds=0.3");
+            const answer = await job.wait();
+            return {token: job.token, url: job.url, status: answer.status};
+        }""",
+    )
+    assert result["status"] == "processed"
+    assert result["url"] == f"{served.url}/async_request/job/{result['token']}"
+    assert {p.path for p in served.polls} == {f"/async_request/job/{result['token']}"}
+    assert all("X-Job-Authorization" not in p.headers for p in served.polls)
+
+
+def test_header_form_without_a_job_url(page: Any, serve: Callable[..., Served]) -> None:
+    """With no job url, the shared endpoint is polled with the token in the header."""
+    served = serve(ASYNC_REQUEST_TOKEN_IN_URL=False)
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/shared");
+            return {token: job.token, answer: await job.wait()};
+        }""",
+    )
+    assert result["answer"]["status"] == "processed"
+    assert {p.path for p in served.polls} == {"/async_request/job"}
+    assert all(
+        p.headers["X-Job-Authorization"] == f"Bearer {result['token']}" for p in served.polls
+    )
+
+
+def test_long_polling_is_used(page: Any, served: Served) -> None:
+    """Each poll asks Prefer: wait=20; the server holds it and the answer comes as the job ends."""
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/sleep?seconds=1.5");
+            const started = performance.now();
+            const answer = await job.wait();
+            return {status: answer.status, seconds: (performance.now() - started) / 1000};
+        }""",
+    )
+    assert result["status"] == "processed"
+    gets = served.gets()
+    assert [p.headers.get("Prefer") for p in gets] == ["wait=20"] * len(gets)
+    # Plain polling with Retry-After: 1 would take two or three polls.
+    assert len(gets) == 1
+    assert result["seconds"] < 2.5
+
+
+def test_long_polling_falls_back_to_retry_after(page: Any, serve: Callable[..., Served]) -> None:
+    """A server that does not hold polls (wait=0 applied) is polled after its Retry-After."""
+    served = serve(ASYNC_REQUEST_MAX_WAIT=0)
+    open_page(page, served)
+    answer = run(
+        page, "async (client) => (await client.start('/sleep?seconds=2.2')).wait({timeout: 20})"
+    )
+    assert answer["status"] == "processed"
+    gets = served.gets()
+    assert 2 <= len(gets) <= 4
+    gaps = [b.at - a.at for a, b in itertools.pairwise(gets)]
+    assert min(gaps) >= 0.9, gaps
+
+
+def test_progress_is_reported_with_short_long_polls(page: Any, served: Served) -> None:
+    """With onProgress, polls are held about Retry-After: progress arrives in steps."""
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            const seen = [];
+            const job = await client.start("/steps", {body: {steps: 4, delay: 0.6}});
+            const answer = await job.wait({
+                onProgress: (fraction, message, status) => seen.push([fraction, message, status]),
+            });
+            return {seen, status: answer.status};
+        }""",
+    )
+    assert result["status"] == "processed"
+    fractions = [fraction for fraction, _, _ in result["seen"] if fraction is not None]
+    assert fractions == sorted(fractions)
+    assert len({f for f in fractions if 0 < f < 1}) >= 2, result["seen"]
+    assert any(message == "step 1 of 4" for _, message, _ in result["seen"])
+    assert {p.headers.get("Prefer") for p in served.gets()} == {"wait=1"}
+
+
+@pytest.mark.parametrize("long_poll", ["true", "false"])
+def test_abort_stops_polling_at_once(page: Any, served: Served, long_poll: str) -> None:
+    """Aborting the signal rejects wait() with an AbortError at once; no poll follows."""
+    open_page(page, served)
+    result = run(
+        page,
+        f"""async (client) => {{
+            const body = {{steps: 100, delay: 0.1}};
+            const job = window.job = await client.start("/steps", {{body}});
+            const controller = new AbortController();
+            const waiting = job.wait({{signal: controller.signal, longPoll: {long_poll}}});
+            await new Promise((resolve) => setTimeout(resolve, 1500));
+            const aborted = performance.now();
+            controller.abort();
+            try {{
+                await waiting;
+                return null;
+            }} catch (error) {{
+                return {{
+                    name: error.name,
+                    dom: error instanceof DOMException,
+                    ms: performance.now() - aborted,
+                }};
+            }}
+        }}""",
+    )
+    assert result == {"name": "AbortError", "dom": True, "ms": pytest.approx(0, abs=100)}
+    polls = len(served.gets())
+    assert polls >= 1
+    time.sleep(2.5)
+    assert len(served.gets()) == polls
+    run(page, "async () => window.job.cancel()")
+
+
+def test_abort_before_start_rejects(page: Any, served: Served) -> None:
+    """An aborted signal given to start() rejects with its reason and sends nothing."""
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            const controller = new AbortController();
+            controller.abort();
+            try {
+                await client.start("/echo", {body: {}}, {signal: controller.signal});
+            } catch (error) {
+                return error.name;
+            }
+        }""",
+    )
+    assert result == "AbortError"
+
+
+def test_cancel_resolves_the_pending_wait(page: Any, served: Served) -> None:
+    """cancel() sends DELETE; the pending wait() resolves with "cancelled" and polls stop."""
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/steps", {body: {steps: 100, delay: 0.1}});
+            let cancelled = null;
+            const answer = await job.wait({
+                onProgress: (fraction) => {
+                    if (fraction > 0 && !cancelled) cancelled = job.cancel();
+                },
+            });
+            return {answer, cancelled: await cancelled};
+        }""",
+    )
+    assert result["answer"]["status"] == "cancelled"
+    assert result["cancelled"]["response"]["status_code"] == 499
+    assert [p.method for p in served.polls].count("DELETE") == 1
+    polls = len(served.polls)
+    time.sleep(1.5)
+    assert len(served.polls) == polls
+
+
+def test_503_with_retry_after_is_retried(page: Any, served: Served) -> None:
+    """Two 503s (Retry-After in seconds, then as an HTTP-date), then the answer: it comes."""
+    open_page(page, served)
+    unavailable = {"errors": [{"message": "The job store is unavailable; try again later."}]}
+    served.faults += [
+        (503, {"Retry-After": "1"}, unavailable),
+        (503, lambda: {"Retry-After": formatdate(time.time() + 3, usegmt=True)}, unavailable),
+    ]
+    answer = run(page, "async (client) => (await client.start('/echo', {body: {}})).wait()")
+    assert answer["status"] == "processed"
+    gets = served.gets()
+    assert len(gets) == 3
+    assert gets[1].at - gets[0].at >= 1
+    # Three seconds ahead, in an HTTP-date, whose resolution is one second.
+    assert gets[2].at - gets[1].at >= 1.9
+
+
+def test_503_retries_are_bounded(page: Any, served: Served) -> None:
+    """After retry.attempts 503s, wait() rejects with the typed error carrying the last one."""
+    open_page(page, served)
+    served.faults += [(503, {}, {"errors": [{"message": "down"}]})] * 5
+    result = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/echo", {body: {}});
+            try {
+                await job.wait({retry: {attempts: 3, baseDelay: 0.05}});
+            } catch (error) {
+                return {
+                    typed: error instanceof client.AsyncRequestError,
+                    status: error.status,
+                    body: error.body,
+                    message: error.message,
+                };
+            }
+        }""",
+    )
+    assert result == {
+        "typed": True,
+        "status": 503,
+        "body": {"errors": [{"message": "down"}]},
+        "message": "down",
+    }
+    assert len(served.gets()) == 3
+
+
+def test_network_errors_are_retried(page: Any, served: Served) -> None:
+    """Polls that fail in the network are tried again with a backoff, then succeed."""
+    open_page(page, served)
+    attempts: list[str] = []
+
+    def flaky(route: Any) -> None:
+        attempts.append(route.request.url)
+        if len(attempts) <= 2:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/async_request/job/**", flaky)
+    answer = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/echo", {body: {}});
+            return job.wait({retry: {baseDelay: 0.1}});
+        }""",
+    )
+    assert answer["status"] == "processed"
+    assert len(attempts) == 3
+    assert len(served.gets()) == 1
+
+
+def test_network_retries_are_bounded(page: Any, served: Served) -> None:
+    """A status url that never answers rejects with the typed error, its cause the TypeError."""
+    open_page(page, served)
+    attempts: list[str] = []
+
+    def down(route: Any) -> None:
+        attempts.append(route.request.url)
+        route.abort("connectionrefused")
+
+    page.route("**/async_request/job/**", down)
+    result = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/echo", {body: {}});
+            try {
+                await job.wait({retry: {attempts: 3, baseDelay: 0.05}});
+            } catch (error) {
+                return {
+                    name: error.name,
+                    typed: error instanceof client.AsyncRequestError,
+                    cause: error.cause && error.cause.name,
+                    response: error.response,
+                };
+            }
+        }""",
+    )
+    assert result == {
+        "name": "AsyncRequestError",
+        "typed": True,
+        "cause": "TypeError",
+        "response": None,
+    }
+    assert len(attempts) == 3
+
+
+def test_other_failures_reject_with_the_typed_error(page: Any, served: Served) -> None:
+    """A 500 that is not the job's reply rejects at once with the response and its body."""
+    open_page(page, served)
+    served.faults.append((500, {}, {"errors": [{"message": "kaput"}]}))
+    result = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/echo", {body: {}});
+            try {
+                await job.wait();
+            } catch (error) {
+                return {
+                    typed: error instanceof client.AsyncRequestError,
+                    name: error.name,
+                    message: error.message,
+                    status: error.response.status,
+                    body: error.body,
+                };
+            }
+        }""",
+    )
+    assert result == {
+        "typed": True,
+        "name": "AsyncRequestError",
+        "message": "kaput",
+        "status": 500,
+        "body": {"errors": [{"message": "kaput"}]},
+    }
+    assert len(served.gets()) == 1
+
+
+def test_start_refused_rejects_with_the_typed_error(page: Any, served: Served) -> None:
+    """A starting view that does not answer 202 rejects start() with its status and body."""
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            try {
+                await client.start("/refuse", {body: {month: 13}});
+            } catch (error) {
+                return {typed: error instanceof client.AsyncRequestError, status: error.status,
+                        message: error.message};
+            }
+        }""",
+    )
+    assert result == {"typed": True, "status": 422, "message": "month must be from 1 to 12"}
+
+
+def test_poll_resumes_a_job_from_its_url(page: Any, served: Served) -> None:
+    """poll(url) waits for a job started elsewhere, by its own url alone."""
+    open_page(page, served)
+    answer = run(
+        page,
+        """async (client) => {
+            const job = await client.start("/sleep?seconds=0.3");
+            return client.poll(job.url, {timeout: 20});
+        }""",
+    )
+    assert answer["status"] == "processed"
+
+
+def _tsc() -> list[str] | None:
+    """The TypeScript compiler: $FAR_TEST_TSC, or tsc on the PATH."""
+    configured = os.environ.get("FAR_TEST_TSC")
+    if configured:
+        return [configured]
+    found = shutil.which("tsc")
+    return [found] if found else None
+
+
+def test_declarations_type_check() -> None:
+    """The .d.mts and .d.ts compile strictly, accept the documented uses and refuse wrong ones."""
+    tsc = _tsc()
+    if tsc is None:
+        pytest.skip("tsc is not installed (npm install --prefix DIR typescript@5; FAR_TEST_TSC)")
+    done = subprocess.run(
+        [*tsc, "--project", str(TYPES / "tsconfig.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
