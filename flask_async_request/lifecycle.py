@@ -181,6 +181,16 @@ _PROGRESS = (
     .where(*_HELD)
     .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message"))
 )
+
+# A claim, a lease renewal and a progress report need not wait for PostgreSQL's
+# WAL flush: one lost to a database crash leaves the job as it was before (the
+# sweeper sees a waiting job, or a lease running out), and the finish that
+# stores the reply, which does wait, flushes the WAL up to them anyway. Their
+# own transaction, one statement long, turns synchronous_commit off for itself.
+_NO_FLUSH_WAIT = sa.func.set_config("synchronous_commit", "off", True).is_not(None)
+_CLAIM_RETURNING_NO_WAIT = _CLAIM.where(_NO_FLUSH_WAIT).returning(*_CLAIM_COLUMNS)
+_RENEW_NO_WAIT = _RENEW.where(_NO_FLUSH_WAIT)
+_PROGRESS_NO_WAIT = _PROGRESS.where(_NO_FLUSH_WAIT)
 _HELD_NOW = sa.select(Job.id).where(*_HELD)
 
 _BACK_TO_WAITING: dict[str, Any] = {
@@ -416,7 +426,9 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
     """
     now = utcnow()
     params = {"job_id": job_id, "now": now, "lease_until": now + lease}
-    if store.returning:
+    if store.postgresql:
+        row = store.first(_CLAIM_RETURNING_NO_WAIT, params)
+    elif store.returning:
         row = store.first(_CLAIM_RETURNING, params)
     else:
         row = store.update_then_read(_CLAIM, _CLAIMED, params)
@@ -426,7 +438,7 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
 def renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> bool:
     """Extend the job's lease, if ``attempt`` still holds it."""
     params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
-    return store.rowcount(_RENEW, params) == 1
+    return store.rowcount(_RENEW_NO_WAIT if store.postgresql else _RENEW, params) == 1
 
 
 def set_progress(
@@ -434,7 +446,7 @@ def set_progress(
 ) -> bool:
     """Store progress, if ``attempt`` still holds the job; tell whether it does."""
     params = {"job_id": job_id, "attempt": attempt, "progress": progress, "message": message}
-    return store.rowcount(_PROGRESS, params) == 1
+    return store.rowcount(_PROGRESS_NO_WAIT if store.postgresql else _PROGRESS, params) == 1
 
 
 def held(store: JobStore, job_id: int, attempt: int) -> bool:

@@ -104,6 +104,8 @@ class JobStore:
         #: Whether statements commit on their own (a network database's own pool).
         self.autocommit = autocommit
         self.pid = os.getpid()
+        #: Whether statements run on PostgreSQL, each in its own transaction.
+        self.postgresql = autocommit and engine.dialect.name == "postgresql"
         #: Whether an UPDATE can hand back the changed row (not on MariaDB or MySQL).
         self.returning = bool(engine.dialect.update_returning)
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's

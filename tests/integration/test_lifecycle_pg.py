@@ -218,3 +218,37 @@ def test_poll_after_transactional_job(pg_app: Flask) -> None:
     answer = poll(pg_app.test_client(), job.token)
     assert answer.status_code == 200
     assert answer.json["response"]["body"] == "written"
+
+
+def _wal_syncs(store: Any) -> int:
+    """WAL flushes so far, with this connection's own counts reported first."""
+    with store.engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+    with store.engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT wal_sync FROM pg_stat_wal")).scalar_one())
+
+
+def test_claims_renewals_and_progress_do_not_wait_for_the_wal_flush(pg_app: Flask) -> None:
+    """Only the stored reply waits for a flush: 60 claims, renewals and reports do not."""
+    from flask_async_request import lifecycle
+
+    store = get_state().store()
+    jobs = [add_job(status=JobStatus.WAITING).id for _ in range(20)]
+    before = _wal_syncs(store)
+    for job_id in jobs:
+        claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
+        assert claim is not None
+        assert lifecycle.renew(store, job_id, claim.attempt, timedelta(minutes=2))
+        assert lifecycle.set_progress(store, job_id, claim.attempt, 0.5, "half")
+    unflushed = _wal_syncs(store) - before
+    # With every commit waiting, there would be one flush each (60); the WAL
+    # writer flushes a few times a second in the background.
+    assert unflushed < 30, unflushed
+    # The setting was the statements' own: the session's is untouched.
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
+    outcome = lifecycle.Outcome(JobStatus.PROCESSED, 200, "done")
+    before = _wal_syncs(store)
+    for job_id in jobs:
+        assert lifecycle.finish(store, job_id, 1, outcome) is not None
+    assert _wal_syncs(store) - before >= len(jobs)
