@@ -25,12 +25,15 @@ import redis
 
 from bench.settings import DATABASE_URL, REDIS_URL
 
+DATABASE_NAME = DATABASE_URL.rsplit("/", 1)[-1]
+
 
 def _reset() -> None:
     """A fresh benchmark database and empty queues."""
+    name = DATABASE_NAME
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
-        c.execute("DROP DATABASE IF EXISTS far_bench WITH (FORCE)")
-        c.execute("CREATE DATABASE far_bench")
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        c.execute(f'CREATE DATABASE "{name}"')
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
@@ -49,8 +52,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sort", default="cumulative", help="cProfile sort key with --profile")
     args = parser.parse_args()
-    if "far_bench" not in DATABASE_URL:
-        sys.exit("Error: BENCH_DATABASE_URL must name the far_bench database, which is reset.")
+    if not DATABASE_NAME.startswith("far_"):
+        sys.exit("Error: BENCH_DATABASE_URL must name a far_* database, which is reset.")
     _reset()
     from bench import far, peer
 

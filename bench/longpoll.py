@@ -14,6 +14,7 @@ they waited.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import os
 import socket
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.inprocess import _reset
+from bench.inprocess import DATABASE_NAME, _reset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +55,43 @@ def _get(port: int, token: str, prefer: str | None, timeout: float) -> tuple[int
         return 0, time.monotonic()
     finally:
         connection.close()
+
+
+class _Waiters(threading.Thread):
+    """Clients holding ``Prefer: wait`` polls, on one asyncio loop of their own.
+
+    One thread reads every answer as it arrives, so the times measure the
+    server, not a thousand client threads taking turns.
+    """
+
+    def __init__(self, port: int, token: str, count: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.token, self.count = port, token, count
+        #: (status, monotonic time the whole answer was read) per waiter.
+        self.answers: list[tuple[int, float]] = []
+
+    def run(self) -> None:
+        asyncio.run(self._all())
+
+    async def _all(self) -> None:
+        await asyncio.gather(*(self._one() for _ in range(self.count)))
+
+    async def _one(self) -> None:
+        request = (
+            "GET /async_request/job HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"X-JOB-AUTHORIZATION: {self.token}\r\nPrefer: wait=60\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            writer.write(request)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 90)
+            writer.close()
+            status = int(answer.split(b" ", 2)[1]) if answer else 0
+        except (OSError, asyncio.TimeoutError, ValueError, IndexError):
+            status = 0
+        self.answers.append((status, time.monotonic()))
 
 
 def _plain_polls(port: int, token: str, pollers: int, seconds: float) -> list[float]:
@@ -88,8 +126,9 @@ def _percentile(values: list[float], q: float) -> float:
 def _backends() -> int:
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
         row = c.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'far_bench'"
-            " AND application_name = 'far-longpoll-web'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND application_name = 'far-longpoll-web'",
+            (DATABASE_NAME,),
         ).fetchone()
     return int(row[0]) if row else -1
 
@@ -99,6 +138,11 @@ def main() -> None:
     parser.add_argument("--waiters", type=int, default=1000)
     parser.add_argument("--pollers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=5, help="of plain polling, each phase")
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="record the web process with py-spy (raw format) from just before the end",
+    )
     args = parser.parse_args()
     _reset()
     from bench import far
@@ -128,27 +172,33 @@ def main() -> None:
                 sys.exit(f"gunicorn did not start:\n{log.read_text()}")
             time.sleep(0.2)
         alone = _plain_polls(port, token, args.pollers, args.seconds)
-        answers: list[tuple[int, float]] = []
-        waiters = [
-            threading.Thread(
-                target=lambda: answers.append(_get(port, token, "wait=60", 90)), daemon=True
-            )
-            for _ in range(args.waiters)
-        ]
-        for waiter in waiters:
-            waiter.start()
+        waiters = _Waiters(port, token, args.waiters)
+        waiters.start()
         time.sleep(3)  # all holding their poll by now
         together = _plain_polls(port, token, args.pollers, args.seconds)
         connections = _backends()
-        early = len(answers)
+        early = len(waiters.answers)
+        spy = None
+        if args.py_spy:
+            worker = subprocess.run(
+                ["pgrep", "-P", str(server.pid)], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
+            spy = subprocess.Popen(
+                ["py-spy", "record", "-f", "raw", "-r", "200", "-d", "3", "--nonblocking",
+                 "-o", args.py_spy, "--pid", worker],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)
         with far.app.app_context():
             store = get_state().store()
             claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
             assert claim is not None
             ended_at = time.monotonic()
             lifecycle.finish(store, job_id, claim.attempt, Outcome(JobStatus.PROCESSED, 200, "{}"))
-        for waiter in waiters:
-            waiter.join(60)
+        waiters.join(60)
+        answers = waiters.answers
+        if spy is not None:
+            spy.wait(120)
     finally:
         server.terminate()
         server.wait(30)
