@@ -138,11 +138,6 @@ def main() -> None:
     parser.add_argument("--waiters", type=int, default=1000)
     parser.add_argument("--pollers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=5, help="of plain polling, each phase")
-    parser.add_argument(
-        "--py-spy",
-        metavar="FILE",
-        help="record the web process with py-spy (raw format) from just before the end",
-    )
     args = parser.parse_args()
     _reset()
     from bench import far
@@ -178,17 +173,6 @@ def main() -> None:
         together = _plain_polls(port, token, args.pollers, args.seconds)
         connections = _backends()
         early = len(waiters.answers)
-        spy = None
-        if args.py_spy:
-            worker = subprocess.run(
-                ["pgrep", "-P", str(server.pid)], capture_output=True, text=True, check=True
-            ).stdout.split()[0]
-            spy = subprocess.Popen(
-                ["py-spy", "record", "-f", "raw", "-r", "200", "-d", "3", "--nonblocking",
-                 "-o", args.py_spy, "--pid", worker],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            time.sleep(1)
         with far.app.app_context():
             store = get_state().store()
             claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
@@ -197,8 +181,6 @@ def main() -> None:
             lifecycle.finish(store, job_id, claim.attempt, Outcome(JobStatus.PROCESSED, 200, "{}"))
         waiters.join(60)
         answers = waiters.answers
-        if spy is not None:
-            spy.wait(120)
     finally:
         server.terminate()
         server.wait(30)
