@@ -273,3 +273,17 @@ def test_shared_reads_after_wakes_stay_bounded(app: Flask) -> None:
     time.sleep(1.1)  # past the time an end is shared
     assert store._read_after_wake(job_id) is not None
     assert len(store._reading) <= 2
+
+
+def test_a_shared_end_is_read_without_queueing_on_its_lock(app: Flask) -> None:
+    """Requests woken after the first read of an end take it with no lock to wait for."""
+    store = get_state().store()
+    job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
+    first = store._read_after_wake(job_id)
+    answers: list[Any] = []
+    # Held as the first reader of a later end would hold it.
+    with store._reading[job_id]:
+        reader = threading.Thread(target=lambda: answers.append(store._read_after_wake(job_id)))
+        reader.start()
+        reader.join(2)
+        assert answers == [first]
