@@ -125,6 +125,9 @@ def publish(message: Message, countdown: float | None = None) -> None:
     :raises EnqueueError: the broker could not be reached; the row is left as it is.
     """
     state = get_state()
+    if state.outbox is not None:
+        state.outbox.publish(message.job_id, countdown)
+        return
     options: dict[str, Any] = {"queue": message.queue or state.settings.queue}
     if state.embedded is not None:
         state.embedded.ensure_started()
@@ -168,6 +171,9 @@ def queue_callback(job_id: int) -> None:
     either way.
     """
     state = get_state()
+    if state.outbox is not None:
+        state.outbox.queue_callback(job_id)
+        return
     # The embedded worker consumes its app's own queue only.
     queue = None if state.embedded is not None else state.settings.queue
     try:
@@ -180,7 +186,7 @@ def queue_callback(job_id: int) -> None:
 
 def revoke(state: AsyncRequestState, job_id: int, uid: str) -> None:
     """Tell the workers to drop job ``job_id``'s queued messages (best effort)."""
-    if state.celery.conf.task_always_eager:
+    if state.outbox is not None or state.celery.conf.task_always_eager:
         return
     try:
         state.celery.control.revoke(task_id(job_id, uid))

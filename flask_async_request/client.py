@@ -8,6 +8,11 @@ It needs only the standard library::
     result = wait_for(response)            # or wait_for(url=..., token=...)
     if result.ok:
         report = json.loads(result.body)
+
+The polling itself (long polls, ``Retry-After``, retries of 503 and of failed
+connections, the deadline) is written once, without any I/O, in
+:func:`poll_steps`; :func:`wait_for` drives it with :mod:`urllib` or a session,
+and :mod:`flask_async_request.client_httpx` with httpx, in threads or asyncio.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .exceptions import AsyncRequestError
 
 DEFAULT_HEADER = "X-JOB-AUTHORIZATION"
+
+#: Seconds a poll may take beyond the wait it asks the server for.
+POLL_GRACE = 30
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,147 @@ class JobResult:
         return self.status == "processed" and 200 <= self.status_code < 300
 
 
-def _from_start(response: Any) -> tuple[str, str]:
-    """The status url and token of a starting view's 202 answer (requests, httpx, Flask)."""
+# The transport-independent core -------------------------------------------------------
+
+
+class Headers(Protocol):
+    """Response headers, looked up without regard to case (every HTTP library's are)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Get:
+    """A step of :func:`poll_steps`: send this GET, then send back its :class:`Answer`."""
+
+    url: str
+    headers: dict[str, str]
+    #: Seconds the server is asked to hold the poll (``Prefer: wait``).
+    wait: int
+    #: Seconds the whole request may take.
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """A step of :func:`poll_steps`: sleep this long, then send back ``None``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one poll got back."""
+
+    status: int
+    headers: Headers
+    text: str
+
+
+class Unreachable(Exception):
+    """The poll got no answer: the connection failed or timed out.
+
+    A transport raises it from the cause (its own error); a driver sends it back
+    to :func:`poll_steps` in place of an :class:`Answer`.
+    """
+
+
+#: What :func:`poll_steps` yields, is sent back, and returns.
+Steps = Generator[Get | Sleep, Answer | Unreachable | None, JobResult]
+
+
+def poll_steps(
+    url: str,
+    token: str,
+    *,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    long_poll: int = 20,
+    on_progress: Callable[[float | None, str | None], None] | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_backoff: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Steps:
+    """The steps of waiting for a job, without I/O: a transport performs each one.
+
+    It yields :class:`Get` (send back the :class:`Answer`, or an
+    :class:`Unreachable`) and :class:`Sleep` (send back ``None``) until the job
+    finishes, and returns its :class:`JobResult`. The arguments are those of
+    :func:`wait_for`.
+
+    :raises TimeoutError: the job did not finish within ``timeout`` seconds.
+    :raises AsyncRequestError: the server refused the token (400), knows no such
+        job (404), answered another error, or stayed out of reach.
+    """
+    deadline = clock() + timeout
+    backoff = 1.0
+
+    def pause(seconds: float) -> Sleep:
+        return Sleep(max(0.0, min(seconds, deadline - clock())))
+
+    while True:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise TimeoutError(f"The job at {url} did not finish within {timeout} s.")
+        wait = max(0, min(long_poll, int(remaining)))
+        sent = {header: f"Bearer {token}", "Prefer": f"wait={wait}", "Accept": "application/json"}
+        sent.update(headers or {})
+        answer = yield Get(url, sent, wait, wait + POLL_GRACE)
+        if isinstance(answer, Unreachable):
+            if deadline - clock() <= backoff:
+                cause = answer.__cause__ or answer
+                raise AsyncRequestError(f"Polling {url} failed: {cause}") from cause
+            yield pause(backoff)
+            backoff = min(backoff * 2, max_backoff)
+            continue
+        if answer is None:
+            raise TypeError("poll_steps() needs the Answer of each Get sent back.")
+        if answer.status == 503:
+            # The server's own word: try again after its Retry-After.
+            yield pause(_seconds(answer.headers.get("Retry-After"), backoff))
+            continue
+        backoff = 1.0
+        if answer.status >= 300:
+            raise AsyncRequestError(f"Polling {url} answered {answer.status}: {answer.text}")
+        body = _job_answer(url, answer)
+        if answer.status == 200:
+            reply = body["response"]
+            return JobResult(body["status"], int(reply["status_code"]), reply["body"])
+        if on_progress is not None:
+            on_progress(body.get("progress"), body.get("message"))
+        if answer.headers.get("Preference-Applied") is None:
+            yield pause(_seconds(answer.headers.get("Retry-After"), 1.0))
+
+
+def _job_answer(url: str, answer: Answer) -> dict[str, Any]:
+    """The JSON object of a 2xx answer of the status endpoint."""
+    try:
+        body = json.loads(answer.text)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or (
+        answer.status == 200 and not isinstance(body.get("response"), dict)
+    ):
+        raise AsyncRequestError(
+            f"Polling {url} answered {answer.status} with a body that is not a job's status:"
+            f" {answer.text[:200]!r}"
+        )
+    return body
+
+
+def _seconds(retry_after: str | None, default: float) -> float:
+    """A ``Retry-After`` in seconds (the HTTP-date form counts as ``default``)."""
+    try:
+        return max(0.0, float(retry_after)) if retry_after else default
+    except ValueError:
+        return default
+
+
+def start_of(response: Any) -> tuple[str, str]:
+    """The status url and token of a starting view's 202 answer (requests, httpx, Flask).
+
+    :raises AsyncRequestError: the answer is not a 202, or holds no token or url.
+    """
     status = getattr(response, "status_code", None)
     if status != 202:
         raise AsyncRequestError(f"The request that should start a job answered {status}, not 202.")
@@ -57,6 +204,85 @@ def _from_start(response: Any) -> tuple[str, str]:
     return str(url), str(token)
 
 
+def target(response: Any, url: str | None, token: str | None) -> tuple[str, str]:
+    """The url and token to poll: from the starting ``response``, or as given."""
+    if response is not None:
+        url, token = start_of(response)
+    if not url or not token:
+        raise TypeError("wait_for() needs the starting response, or url= and token=.")
+    return url, token
+
+
+# Transports ---------------------------------------------------------------------------
+
+
+def _urllib_get(step: Get) -> Answer:
+    request = urllib.request.Request(step.url, headers=step.headers)
+    try:
+        with urllib.request.urlopen(request, timeout=step.timeout) as answer:
+            text = answer.read().decode("utf-8", "replace")
+            return Answer(answer.status, answer.headers, text)
+    except urllib.error.HTTPError as e:
+        return Answer(e.code, e.headers, e.read().decode("utf-8", "replace"))
+    except (urllib.error.URLError, OSError) as e:
+        raise Unreachable(str(e)) from e
+
+
+class Session(Protocol):
+    """What :func:`wait_for` needs of a ``session``: a requests-like ``get``."""
+
+    def get(self, url: str, **kwargs: Any) -> Any: ...
+
+
+def _text(response: Any) -> str:
+    text = getattr(response, "text", None)
+    if isinstance(text, str):
+        return text
+    # A Werkzeug response older than its ``text`` property.
+    return str(response.get_data(as_text=True))
+
+
+def session_transport(session: Session) -> Callable[[Get], Answer]:
+    """GET with ``session``: a ``requests.Session``, or Flask's test client.
+
+    A requests-like session gets each poll's timeout; a client that calls a WSGI
+    application in this process (Flask's or Werkzeug's test client, which has an
+    ``application``) takes none, and raises no connection errors.
+    """
+    in_process = getattr(session, "application", None) is not None
+
+    def get(step: Get) -> Answer:
+        options: dict[str, Any] = {"headers": step.headers}
+        if not in_process:
+            options["timeout"] = step.timeout
+        try:
+            response = session.get(step.url, **options)
+        except OSError as e:  # requests' ConnectionError and Timeout are OSErrors.
+            raise Unreachable(str(e)) from e
+        return Answer(int(response.status_code), response.headers, _text(response))
+
+    return get
+
+
+def drive(steps: Steps, get: Callable[[Get], Answer]) -> JobResult:
+    """Perform :func:`poll_steps`' steps with ``get``, sleeping in this thread."""
+    sent: Answer | Unreachable | None = None
+    try:
+        while True:
+            step = steps.send(sent)
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                sent = None
+                continue
+            try:
+                sent = get(step)
+            except Unreachable as e:
+                sent = e
+    except StopIteration as stop:
+        result: JobResult = stop.value
+        return result
+
+
 def wait_for(
     response: Any = None,
     *,
@@ -68,6 +294,7 @@ def wait_for(
     on_progress: Callable[[float | None, str | None], None] | None = None,
     headers: Mapping[str, str] | None = None,
     max_backoff: float = 30.0,
+    session: Session | None = None,
 ) -> JobResult:
     """Wait until a job finishes and return its answer.
 
@@ -85,64 +312,22 @@ def wait_for(
     :param on_progress: called with ``(fraction, message)`` on every pending answer.
     :param headers: more headers for every poll, such as ``Authorization`` or
         ``Cookie`` for a job bound to an identity.
+    :param session: polls with this session's ``get`` instead of :mod:`urllib`:
+        a ``requests.Session`` (its cookies, auth and adapters apply), or Flask's
+        test client. See :mod:`flask_async_request.client_httpx` for httpx.
     :raises TimeoutError: the job did not finish within ``timeout`` seconds.
     :raises AsyncRequestError: the server refused the token (400), knows no such
         job (404) or answered another error.
     """
-    if response is not None:
-        url, token = _from_start(response)
-    if not url or not token:
-        raise TypeError("wait_for() needs the starting response, or url= and token=.")
-    deadline = time.monotonic() + timeout
-    backoff = 1.0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"The job at {url} did not finish within {timeout} s.")
-        wait = max(0, min(long_poll, int(remaining)))
-        request = urllib.request.Request(
-            url,
-            headers={
-                header: f"Bearer {token}",
-                "Prefer": f"wait={wait}",
-                "Accept": "application/json",
-            },
-        )
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=wait + 30) as answer:
-                status, answered, body = answer.status, answer.headers, json.loads(answer.read())
-        except urllib.error.HTTPError as e:
-            if e.code == 503:
-                # The server's own word: try again after its Retry-After.
-                _pause(_seconds(e.headers.get("Retry-After"), backoff), deadline)
-                continue
-            detail = e.read().decode("utf-8", "replace")
-            raise AsyncRequestError(f"Polling {url} answered {e.code}: {detail}") from e
-        except (urllib.error.URLError, OSError) as e:
-            if deadline - time.monotonic() <= backoff:
-                raise AsyncRequestError(f"Polling {url} failed: {e}") from e
-            _pause(backoff, deadline)
-            backoff = min(backoff * 2, max_backoff)
-            continue
-        backoff = 1.0
-        if status == 200:
-            reply = body["response"]
-            return JobResult(body["status"], int(reply["status_code"]), reply["body"])
-        if on_progress is not None:
-            on_progress(body.get("progress"), body.get("message"))
-        if answered.get("Preference-Applied") is None:
-            _pause(_seconds(answered.get("Retry-After"), 1.0), deadline)
-
-
-def _seconds(retry_after: str | None, default: float) -> float:
-    """A ``Retry-After`` in seconds (the HTTP-date form counts as ``default``)."""
-    try:
-        return max(0.0, float(retry_after)) if retry_after else default
-    except ValueError:
-        return default
-
-
-def _pause(seconds: float, deadline: float) -> None:
-    time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
+    url, token = target(response, url, token)
+    steps = poll_steps(
+        url,
+        token,
+        timeout=timeout,
+        header=header,
+        long_poll=long_poll,
+        on_progress=on_progress,
+        headers=headers,
+        max_backoff=max_backoff,
+    )
+    return drive(steps, _urllib_get if session is None else session_transport(session))

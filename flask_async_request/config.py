@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
+import jwt.algorithms
 from celery.schedules import crontab
 
 from .exceptions import ConfigurationError
@@ -345,6 +346,13 @@ def load_settings(config: MutableMapping[str, Any]) -> Settings:
             "ASYNC_REQUEST_SIGN_ALGORITHM",
             algorithm,
             f"one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}",
+        )
+    # PyJWT offers the RSA, RSA-PSS and EC algorithms only when cryptography imports.
+    if algorithm in ASYMMETRIC_ALGORITHMS and not jwt.algorithms.has_crypto:
+        raise ConfigurationError(
+            f"ASYNC_REQUEST_SIGN_ALGORITHM is {algorithm!r}, which needs the cryptography"
+            " package; install it with pip install flask-async-request[rsa], or use an HS"
+            " algorithm."
         )
     encode_key, decode_key = _keys(config, algorithm)
 

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
 EXTENSION_KEY = "async_request"
 
 
+class Outbox(Protocol):
+    """Keeps an app's messages instead of its broker (a test's :class:`~.testing.JobRunner`)."""
+
+    def publish(self, job_id: int, countdown: float | None) -> None:
+        """Keep the message that runs job ``job_id``."""
+
+    def queue_callback(self, job_id: int) -> None:
+        """Keep the message that delivers job ``job_id``'s callback."""
+
+
 class IdentitySource(Protocol):
     """Holds the app's identity loader (the extension object does)."""
 
@@ -41,6 +51,8 @@ class AsyncRequestState:
     extension: IdentitySource
     #: Verifies the status endpoint's tokens, remembering good ones.
     verify_token: TokenVerifier
+    #: Where messages go instead of the broker while a test runs the jobs itself.
+    outbox: Outbox | None = None
     #: The hot paths' statements, made on first use in each process.
     _store: JobStore | None = dataclasses.field(default=None, repr=False)
 

@@ -1,0 +1,160 @@
+"""The Python client on httpx, in threads or in asyncio: ``pip install flask-async-request[httpx]``.
+
+The polling is :mod:`flask_async_request.client`'s (long polls, ``Retry-After``,
+retries of 503 and of failed connections, the deadline); the requests are
+httpx's, made with the client given, so its cookies, auth, proxies, HTTP/2 and
+transports apply::
+
+    import httpx
+    from flask_async_request.client_httpx import async_wait_for, wait_for
+
+    with httpx.Client(base_url="https://reports.internal", cookies=cookies) as client:
+        result = wait_for(client, client.post("/reports", json={"month": 3}))
+
+    async with httpx.AsyncClient(http2=True) as client:
+        started = await client.post("https://reports.internal/reports", json={"month": 3})
+        result = await async_wait_for(client, started)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from .client import (
+    DEFAULT_HEADER,
+    Answer,
+    Get,
+    JobResult,
+    Sleep,
+    Steps,
+    Unreachable,
+    drive,
+    poll_steps,
+    target,
+)
+
+__all__ = ["JobResult", "async_wait_for", "wait_for"]
+
+#: The errors of a poll that got no answer, worth trying again: not those of a
+#: request that can never be sent (a bad url, an unsupported scheme).
+RETRIED = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ProxyError)
+
+
+def _timeout(client: httpx.Client | httpx.AsyncClient, step: Get) -> httpx.Timeout:
+    """The client's own timeouts, with a read timeout long enough for the held poll."""
+    own = client.timeout
+    read = None if own.read is None else max(own.read, step.timeout)
+    return httpx.Timeout(connect=own.connect, read=read, write=own.write, pool=own.pool)
+
+
+def _answer(response: httpx.Response) -> Answer:
+    return Answer(response.status_code, response.headers, response.text)
+
+
+def _steps(
+    response: Any,
+    url: str | None,
+    token: str | None,
+    options: dict[str, Any],
+) -> Steps:
+    url, token = target(response, url, token)
+    return poll_steps(url, token, **options)
+
+
+def wait_for(
+    client: httpx.Client,
+    response: Any = None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    long_poll: int = 20,
+    on_progress: Callable[[float | None, str | None], None] | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_backoff: float = 30.0,
+) -> JobResult:
+    """Wait with ``client`` until a job finishes and return its answer.
+
+    The arguments after ``client`` are those of
+    :func:`flask_async_request.client.wait_for`; ``url`` may be relative to the
+    client's ``base_url``.
+
+    :raises TimeoutError: the job did not finish within ``timeout`` seconds.
+    :raises AsyncRequestError: the server refused the token (400), knows no such
+        job (404), answered another error, or stayed out of reach.
+    """
+
+    def get(step: Get) -> Answer:
+        try:
+            return _answer(
+                client.get(step.url, headers=step.headers, timeout=_timeout(client, step))
+            )
+        except RETRIED as e:
+            raise Unreachable(str(e) or type(e).__name__) from e
+
+    options = {
+        "timeout": timeout,
+        "header": header,
+        "long_poll": long_poll,
+        "on_progress": on_progress,
+        "headers": headers,
+        "max_backoff": max_backoff,
+    }
+    return drive(_steps(response, url, token, options), get)
+
+
+async def async_wait_for(
+    client: httpx.AsyncClient,
+    response: Any = None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    long_poll: int = 20,
+    on_progress: Callable[[float | None, str | None], None] | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_backoff: float = 30.0,
+) -> JobResult:
+    """Wait with the asyncio ``client`` until a job finishes and return its answer.
+
+    As :func:`wait_for`, in a coroutine: the polls and the pauses between them
+    leave the event loop free. ``on_progress`` is a plain function.
+
+    :raises TimeoutError: the job did not finish within ``timeout`` seconds.
+    :raises AsyncRequestError: the server refused the token (400), knows no such
+        job (404), answered another error, or stayed out of reach.
+    """
+    options = {
+        "timeout": timeout,
+        "header": header,
+        "long_poll": long_poll,
+        "on_progress": on_progress,
+        "headers": headers,
+        "max_backoff": max_backoff,
+    }
+    steps = _steps(response, url, token, options)
+    sent: Answer | Unreachable | None = None
+    try:
+        while True:
+            step = steps.send(sent)
+            if isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+                sent = None
+                continue
+            try:
+                sent = _answer(
+                    await client.get(step.url, headers=step.headers, timeout=_timeout(client, step))
+                )
+            except RETRIED as e:
+                unreachable = Unreachable(str(e) or type(e).__name__)
+                unreachable.__cause__ = e
+                sent = unreachable
+    except StopIteration as stop:
+        result: JobResult = stop.value
+        return result
