@@ -8,15 +8,20 @@ answered and how soon after the end, any 5xx, the plain polls' latency without
 and with the waiters, and the database connections the web process held while
 they waited.
 
-    .venv/bin/python -m bench.longpoll --waiters 1000
+    .venv/bin/python -m bench.longpoll --waiters 1000 --runs 3 --json bench/longpoll.json
+
+``bench/run.py`` shows the figures of ``bench/longpoll.json`` on the results page.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import http.client
+import json
 import os
+import platform
 import socket
 import statistics
 import subprocess
@@ -27,6 +32,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -133,12 +139,8 @@ def _backends() -> int:
     return int(row[0]) if row else -1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--waiters", type=int, default=1000)
-    parser.add_argument("--pollers", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=5, help="of plain polling, each phase")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One run: the waiters' answers and the plain polls beside them."""
     _reset()
     from bench import far
     from flask_async_request import Job, lifecycle
@@ -147,6 +149,9 @@ def main() -> None:
     from flask_async_request.state import get_state
 
     with far.app.app_context():
+        # A run before this one left connections to the database _reset dropped.
+        far.db.engine.dispose()
+        get_state().store().dispose()
         far.db.create_all()
         job = Job.create_and_enqueue(far.Noop)
         token, job_id = job.token, job.id
@@ -186,22 +191,71 @@ def main() -> None:
         server.wait(30)
     statuses = Counter(status for status, _ in answers)
     delays = [(at - ended_at) * 1000 for status, at in answers if status == 200]
-    print(f"waiters: {args.waiters}, answered before the end: {early}, answers: {dict(statuses)}")
-    if delays:
+    return {
+        "waiters": args.waiters,
+        "answered_before_the_end": early,
+        "answers": {str(status): n for status, n in statuses.items()},
+        "server_errors": sum(n for s, n in statuses.items() if s >= 500),
+        "answer_ms": {
+            "p50": statistics.median(delays) if delays else None,
+            "p99": _percentile(delays, 0.99) if delays else None,
+            "max": max(delays) if delays else None,
+        },
+        "plain_alone_ms": {"p50": statistics.median(alone), "p99": _percentile(alone, 0.99)},
+        "plain_beside_ms": {
+            "p50": statistics.median(together),
+            "p99": _percentile(together, 0.99),
+        },
+        "database_connections": connections,
+    }
+
+
+def _report(run: dict[str, Any]) -> None:
+    answer, alone, beside = run["answer_ms"], run["plain_alone_ms"], run["plain_beside_ms"]
+    print(
+        f"waiters: {run['waiters']}, answered before the end:"
+        f" {run['answered_before_the_end']}, answers: {run['answers']}"
+    )
+    if answer["p50"] is not None:
         print(
-            f"answer after the job's end (ms): p50 {statistics.median(delays):.0f},"
-            f" p99 {_percentile(delays, 0.99):.0f}, max {max(delays):.0f}"
+            f"answer after the job's end (ms): p50 {answer['p50']:.0f},"
+            f" p99 {answer['p99']:.0f}, max {answer['max']:.0f}"
         )
-    print(f"5xx answers: {sum(n for s, n in statuses.items() if s >= 500)}")
+    print(f"5xx answers: {run['server_errors']}")
+    print(f"plain polls alone: p50 {alone['p50']:.1f} ms, p99 {alone['p99']:.1f} ms")
+    print(f"plain polls beside the waiters: p50 {beside['p50']:.1f} ms, p99 {beside['p99']:.1f} ms")
     print(
-        f"plain polls alone: {len(alone)}, p50 {statistics.median(alone):.1f} ms,"
-        f" p99 {_percentile(alone, 0.99):.1f} ms"
+        f"database connections of the web process while they waited: {run['database_connections']}"
     )
-    print(
-        f"plain polls beside the waiters: {len(together)},"
-        f" p50 {statistics.median(together):.1f} ms, p99 {_percentile(together, 0.99):.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waiters", type=int, default=1000)
+    parser.add_argument("--pollers", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=5, help="of plain polling, each phase")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write every run's figures to this file"
     )
-    print(f"database connections of the web process while they waited: {connections}")
+    args = parser.parse_args()
+    runs = []
+    for number in range(1, args.runs + 1):
+        print(f"run {number} of {args.runs}")
+        runs.append(measure(args))
+        _report(runs[-1])
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "python": platform.python_version(),
+                    "runs": runs,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":
