@@ -40,8 +40,10 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=500)
     args = parser.parse_args()
     pg = psycopg.connect(f"host=127.0.0.1 user=postgres dbname={DATABASE_NAME}", autocommit=True)
-    pg.execute("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, v text)")
-    pg.execute("INSERT INTO bench_floor (id, v) VALUES (1, 'x') ON CONFLICT DO NOTHING")
+    pg.execute("DROP TABLE IF EXISTS bench_floor")
+    pg.execute("CREATE TABLE bench_floor (id bigserial PRIMARY KEY, v text)")
+    row = pg.execute("INSERT INTO bench_floor (v) VALUES ('x') RETURNING id").fetchone()
+    assert row is not None
     broker = redis.Redis.from_url(REDIS_URL)
     value = "x" * 600
     cases: dict[str, Callable[[], Any]] = {
@@ -54,7 +56,7 @@ def main() -> None:
             (value,),
         ).fetchone(),
         "SELECT by primary key": lambda: pg.execute(
-            "SELECT v FROM bench_floor WHERE id = 1"
+            "SELECT v FROM bench_floor WHERE id = %s", (row[0],)
         ).fetchone(),
         "Redis LPUSH": lambda: broker.lpush(_KEY, value),
     }
