@@ -279,8 +279,12 @@ def reset_database() -> None:
     admin.dispose()
     from bench import peer_db
     from bench.far import app, db
+    from flask_async_request.state import get_state
 
     with app.app_context():
+        # The drop cut the connections an earlier run left in this process's pools.
+        db.engine.dispose()
+        get_state().store().dispose()
         db.create_all()
     # Celery creates its result tables when the backend is first set up (the default
     # database_create_tables_at_setup), so no measured request pays for it.
