@@ -1037,11 +1037,11 @@ def page(results: dict[str, Any], rows: list[list[str]]) -> str:
         runs_text=f"{count} runs" if several else "one run",
         reading=reading(count),
         analysis=analysis(results),
-        long_polls=long_polls(HERE / "longpoll.json"),
+        long_polls=long_polls(HERE / "longpoll.json", results),
     )
 
 
-def long_polls(path: Path) -> str:
+def long_polls(path: Path, results: dict[str, Any]) -> str:
     """The section of ``bench.longpoll``'s last runs, as ``--json`` wrote them."""
     if not path.exists():
         return ""
@@ -1067,7 +1067,16 @@ def long_polls(path: Path) -> str:
         ],
         ["database connections of the web process", spread(lambda r: r["database_connections"])],
     ]
-    return LONG_POLLS.format(when=found["when"], python=found["python"], table=render(rows))
+    # What one request costs a web process here: bare Flask's poll rate, over its processes.
+    bare = statistics.median(r["poll_pending"]["bare"]["rps"] for r in results["runs"])
+    request_ms = int(GUNICORN[GUNICORN.index("--workers") + 1]) / bare * 1000
+    return LONG_POLLS.format(
+        when=found["when"],
+        python=found["python"],
+        table=render(rows),
+        request_ms=f"{request_ms:.2f}",
+        thousand_ms=f"{request_ms * 1000:.0f}",
+    )
 
 
 LONG_POLLS = """\
@@ -1081,9 +1090,12 @@ read by one asyncio client, while 10 clients poll it plainly; then the job ends.
 {table}
 
 Each answer is a whole request through gunicorn and Flask in the one process, so the last
-one leaves about 1,000 times a request's own cost after the end: that, not the wake-up
-(one NOTIFY, one read shared by all), bounds the figure. The waits hold no database
-connection: the web process keeps its pool's few and the listener's one.
+one leaves about 1,000 times a request's own cost after the end. Here even bare Flask's
+request costs a web process {request_ms} ms (its rate in the table above, over its
+processes), so 1,000 answers from one process take about {thousand_ms} ms whatever wakes
+them: that, not the wake-up (one NOTIFY, one read shared by all), bounds the figure, and
+more processes divide it. The waits hold no database connection: the web process keeps its
+pool's few and the listener's one.
 """
 
 
