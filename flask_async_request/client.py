@@ -18,6 +18,7 @@ and :mod:`flask_async_request.client_httpx` with httpx, in threads or asyncio.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -133,9 +134,12 @@ def poll_steps(
         if remaining <= 0:
             raise TimeoutError(f"The job at {url} did not finish within {timeout} s.")
         wait = max(0, min(long_poll, int(remaining)))
-        sent = {header: f"Bearer {token}", "Prefer": f"wait={wait}", "Accept": "application/json"}
+        sent = {header: f"Bearer {token}", "Accept": "application/json"}
+        if wait > 0:
+            sent["Prefer"] = f"wait={wait}"
         sent.update(headers or {})
-        answer = yield Get(url, sent, wait, wait + POLL_GRACE)
+        # No request outlives the deadline by more than a second.
+        answer = yield Get(url, sent, wait, min(wait + POLL_GRACE, max(remaining, wait) + 1.0))
         if isinstance(answer, Unreachable):
             if deadline - clock() <= backoff:
                 cause = answer.__cause__ or answer
@@ -145,9 +149,11 @@ def poll_steps(
             continue
         if answer is None:
             raise TypeError("poll_steps() needs the Answer of each Get sent back.")
-        if answer.status == 503:
-            # The server's own word: try again after its Retry-After.
+        if answer.status in _RETRIED:
+            # The server (503: its database is out of reach) or a proxy in front of it
+            # (502, 504: it restarts): try again after its Retry-After, else a backoff.
             yield pause(_seconds(answer.headers.get("Retry-After"), backoff))
+            backoff = min(backoff * 2, max_backoff)
             continue
         backoff = 1.0
         if answer.status >= 300:
@@ -158,8 +164,21 @@ def poll_steps(
             return JobResult(body["status"], int(reply["status_code"]), reply["body"])
         if on_progress is not None:
             on_progress(body.get("progress"), body.get("message"))
-        if answer.headers.get("Preference-Applied") is None:
+        if not _held(answer.headers.get("Preference-Applied")):
+            # Not held (long polls off, or a server that ignores them): wait as told.
             yield pause(_seconds(answer.headers.get("Retry-After"), 1.0))
+
+
+#: Answers of the status endpoint that say "ask again later", never a job's reply
+#: (a finished job's reply comes in a 200).
+_RETRIED = frozenset({502, 503, 504})
+_APPLIED_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
+
+
+def _held(applied: str | None) -> bool:
+    """Whether ``Preference-Applied`` says the server held the poll (a wait above 0)."""
+    match = _APPLIED_WAIT.search(applied or "")
+    return match is not None and int(match.group(1)) > 0
 
 
 def _job_answer(url: str, answer: Answer) -> dict[str, Any]:
@@ -216,10 +235,20 @@ def target(response: Any, url: str | None, token: str | None) -> tuple[str, str]
 # Transports ---------------------------------------------------------------------------
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects come back as answers: following one would send the token elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _urllib_get(step: Get) -> Answer:
     request = urllib.request.Request(step.url, headers=step.headers)
     try:
-        with urllib.request.urlopen(request, timeout=step.timeout) as answer:
+        with _OPENER.open(request, timeout=step.timeout) as answer:
             text = answer.read().decode("utf-8", "replace")
             return Answer(answer.status, answer.headers, text)
     except urllib.error.HTTPError as e:
@@ -254,7 +283,8 @@ def session_transport(session: Session) -> Callable[[Get], Answer]:
     def get(step: Get) -> Answer:
         options: dict[str, Any] = {"headers": step.headers}
         if not in_process:
-            options["timeout"] = step.timeout
+            # requests follows redirects unless told not to, taking the token along.
+            options.update(timeout=step.timeout, allow_redirects=False)
         try:
             response = session.get(step.url, **options)
         except OSError as e:  # requests' ConnectionError and Timeout are OSErrors.
@@ -304,10 +334,12 @@ def wait_for(
     so a finished job is seen at once and few requests are made; a server that
     does not hold it is polled again after its ``Retry-After``.
 
-    A server that answers 503 (its database is out of reach) is asked again
-    after its ``Retry-After``; a connection that fails (a restart, a network
+    A server that answers 503 (its database is out of reach), or a proxy that
+    answers 502 or 504 (the app restarts), is asked again after its
+    ``Retry-After`` or a backoff; a connection that fails (a restart, a network
     blip) is tried again with a backoff doubling up to ``max_backoff`` seconds,
-    all within ``timeout``.
+    all within ``timeout``. A redirect is not followed (it would carry the
+    token elsewhere): it is an :class:`AsyncRequestError`.
 
     :param on_progress: called with ``(fraction, message)`` on every pending answer.
     :param headers: more headers for every poll, such as ``Authorization`` or

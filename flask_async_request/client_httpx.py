@@ -51,6 +51,12 @@ def _timeout(client: httpx.Client | httpx.AsyncClient, step: Get) -> httpx.Timeo
     return httpx.Timeout(connect=own.connect, read=read, write=own.write, pool=own.pool)
 
 
+def _options(client: httpx.Client | httpx.AsyncClient, step: Get) -> dict[str, Any]:
+    # A redirect is an answer, even for a client that follows them: following it
+    # would take the token elsewhere.
+    return {"headers": step.headers, "timeout": _timeout(client, step), "follow_redirects": False}
+
+
 def _answer(response: httpx.Response) -> Answer:
     return Answer(response.status_code, response.headers, response.text)
 
@@ -91,9 +97,7 @@ def wait_for(
 
     def get(step: Get) -> Answer:
         try:
-            return _answer(
-                client.get(step.url, headers=step.headers, timeout=_timeout(client, step))
-            )
+            return _answer(client.get(step.url, **_options(client, step)))
         except RETRIED as e:
             raise Unreachable(str(e) or type(e).__name__) from e
 
@@ -148,9 +152,7 @@ async def async_wait_for(
                 sent = None
                 continue
             try:
-                sent = _answer(
-                    await client.get(step.url, headers=step.headers, timeout=_timeout(client, step))
-                )
+                sent = _answer(await client.get(step.url, **_options(client, step)))
             except RETRIED as e:
                 unreachable = Unreachable(str(e) or type(e).__name__)
                 unreachable.__cause__ = e

@@ -701,7 +701,8 @@ def purge(
     batch = sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size)
     deleted = 0
     while ids := [row[0] for row in store.all(batch, {})]:
-        deleted += store.rowcount(sa.delete(Job).where(Job.id.in_(ids)), {})
+        # The condition again: a job retried since the SELECT is no longer to go.
+        deleted += store.rowcount(sa.delete(Job).where(Job.id.in_(ids), condition), {})
         if progress is not None:
             progress(deleted)
     return deleted

@@ -9,10 +9,12 @@ message, as ``apply_async`` makes it, that ``celery worker`` consumes unchanged.
 
 Whenever that would not be the same message, :func:`sender_for` answers
 ``None`` and the caller uses ``apply_async``: another transport, a task
-serializer or compression other than plain JSON, a queue routed through an
-exchange of another kind, a countdown, or receivers of Celery's
-``before_task_publish`` / ``after_task_publish`` signals (tracing tools use
-them, and they must see every message).
+serializer or compression other than plain JSON, eager mode, ``task_routes``,
+a default priority, task-sent events, a queue routed through an exchange of
+another kind or declared with arguments (expiry, limits, priorities), a
+countdown, or receivers of Celery's ``before_task_publish`` /
+``after_task_publish`` signals (tracing tools use them, and they must see
+every message).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import uuid
 import weakref
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 from celery.utils.nodenames import anon_nodename
@@ -48,6 +51,10 @@ class RedisSender:
         self._client = channel._create_client()
         self._key = channel._q_for_pri
         self._origin = anon_nodename()
+        # The pool refuses more connections than its size instead of waiting for
+        # one: threads (or greenlets) past it wait here for their turn.
+        size = getattr(self._client.connection_pool, "max_connections", None)
+        self._turns = threading.BoundedSemaphore(size if isinstance(size, int) else 10)
 
     def send(
         self,
@@ -95,7 +102,14 @@ class RedisSender:
                 "delivery_tag": str(uuid.uuid4()),
             },
         }
-        self._client.lpush(self._key(queue, 0), json.dumps(envelope))
+        key, message = self._key(queue, 0), json.dumps(envelope)
+        with self._turns:
+            try:
+                self._client.lpush(key, message)
+            except redis.ConnectionError:
+                # A connection the server or the network cut while idle: the pool
+                # makes a new one, as apply_async's retry would.
+                self._client.lpush(key, message)
 
 
 _senders: weakref.WeakKeyDictionary[Celery, tuple[int, RedisSender | None]] = (
@@ -106,7 +120,11 @@ _lock = threading.Lock()
 
 def sender_for(celery_app: Celery, queue: str) -> RedisSender | None:
     """The process's :class:`RedisSender` for ``celery_app``, or ``None`` to use ``apply_async``."""
-    if before_task_publish.receivers or after_task_publish.receivers:
+    if (
+        before_task_publish.receivers
+        or after_task_publish.receivers
+        or celery_app.conf.task_always_eager
+    ):
         return None
     pid = os.getpid()
     found = _senders.get(celery_app)
@@ -123,19 +141,23 @@ def sender_for(celery_app: Celery, queue: str) -> RedisSender | None:
 
 
 def _plain(celery_app: Celery) -> bool:
-    """Whether a job's message on this app is plain JSON, protocol 2, on a Redis broker."""
+    """Whether a job's message on this app is plain JSON, protocol 2, on a Redis broker,
+    with nothing of Celery's routing or publishing options that would change it."""
     conf = celery_app.conf
-    if conf.task_always_eager or conf.task_protocol != 2:
-        return False
-    if conf.task_serializer != "json" or conf.task_compression:
+    if conf.task_protocol != 2 or conf.task_serializer != "json" or conf.task_compression:
         return False
     accepted = {str(name) for name in (conf.accept_content or ())}
     if not accepted & {"json", "application/json"}:
         return False
-    transport: Any = celery_app.connection_for_write().transport_cls
-    if not isinstance(transport, str) or transport not in _REDIS_TRANSPORTS:
+    # Routes could send the task elsewhere, a default priority would be in the
+    # message, and a task-sent event (Flower) would be sent along.
+    if conf.task_routes or conf.task_default_priority is not None or conf.task_send_sent_event:
         return False
-    channel_class = celery_app.connection_for_write().transport.Channel
+    with celery_app.connection_for_write() as probe:
+        transport: Any = probe.transport_cls
+        if not isinstance(transport, str) or transport not in _REDIS_TRANSPORTS:
+            return False
+        channel_class = probe.transport.Channel
     return hasattr(channel_class, "_create_client") and hasattr(channel_class, "_q_for_pri")
 
 
@@ -151,4 +173,9 @@ def _direct(celery_app: Celery, queue: str) -> bool:
         and exchange.type == "direct"
         and exchange.name in ("", queue)
         and declared.routing_key == queue
+        # Expiry, length limits or priorities are applied by kombu's own publish.
+        and not declared.queue_arguments
+        and declared.expires is None
+        and declared.message_ttl is None
+        and declared.max_priority is None
     )

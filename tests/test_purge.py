@@ -136,3 +136,20 @@ def test_bad_retention_is_refused_when_the_class_is_defined(value: object) -> No
 
         class Bad(Worker):
             retention = value  # type: ignore[assignment]
+
+
+def test_a_job_retried_between_select_and_delete_is_kept(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DELETE checks the condition again, so a row changed since its SELECT stays."""
+    from flask_async_request import lifecycle
+
+    old = utcnow() - timedelta(days=2)
+    gone = add_job(status=JobStatus.PROCESSED, finished_at=old).id
+    # Picked by the SELECT while failed, then retried (waiting again) before the DELETE.
+    retried = add_job(status=JobStatus.WAITING, finished_at=old).id
+    store = get_state().store()
+    calls = iter([[(gone,), (retried,)]])
+    monkeypatch.setattr(store, "all", lambda *args: next(calls, []))
+    assert lifecycle.purge(store, lifecycle.purge_filter(timedelta(days=1)), batch_size=10) == 1
+    assert {job.id for job in get_state(app).db.session.query(Job)} == {retried}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -87,10 +88,13 @@ def test_publish_signal_receivers_get_every_message(queue: str) -> None:
         {"task_compression": "gzip"},
         {"task_always_eager": True},
         {"broker_url": "memory://localhost/"},
+        {"task_routes": {PROCESS_TASK: {"queue": "elsewhere"}}},
+        {"task_default_priority": 5},
+        {"task_send_sent_event": True},
     ],
 )
 def test_other_message_shapes_use_apply_async(queue: str, conf: dict[str, Any]) -> None:
-    """A serializer, compression, eager mode or transport other than plain JSON on Redis."""
+    """Anything that would make apply_async's message other than the template's."""
     assert sender_for(_celery(**conf), queue) is None
 
 
@@ -100,3 +104,49 @@ def test_a_queue_routed_through_a_topic_exchange_uses_apply_async(queue: str) ->
     assert sender_for(_celery(task_queues=[routed]), queue) is None
     plain = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
     assert sender_for(_celery(task_queues=[plain]), queue) is not None
+    expiring = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, expires=60)
+    assert sender_for(_celery(task_queues=[expiring]), queue) is None
+
+
+def test_more_publishing_threads_than_connections_wait_their_turn(queue: str) -> None:
+    """A pool of two connections serves 20 threads publishing at once, none refused."""
+    sender = sender_for(_celery(broker_transport_options={"max_connections": 2}), queue)
+    assert sender is not None
+    errors: list[BaseException] = []
+    start = threading.Barrier(20)
+
+    def publish(n: int) -> None:
+        start.wait()
+        try:
+            for i in range(10):
+                sender.send(PROCESS_TASK, n * 100 + i, f"t-{n}-{i}", queue)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert redis.Redis.from_url(REDIS_URL).llen(queue) == 200
+
+
+def test_a_connection_cut_while_idle_is_made_again(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failed push (a connection the network dropped) is tried again, not lost."""
+    sender = sender_for(_celery(), queue)
+    assert sender is not None
+    real = sender._client.lpush
+    failures = iter([redis.ConnectionError("Connection reset by peer")])
+
+    def flaky(*args: Any) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(*args)
+
+    monkeypatch.setattr(sender._client, "lpush", flaky)
+    sender.send(PROCESS_TASK, 7, "t-7", queue)
+    assert _pop(queue)["headers"]["id"] == "t-7"
