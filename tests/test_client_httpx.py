@@ -191,3 +191,21 @@ def test_the_httpx_client_loads_without_the_server_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_redirect_is_not_followed_even_by_a_following_client() -> None:
+    """A client made with follow_redirects=True still does not take the token elsewhere."""
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/job":
+            start_response("302 Found", [("Location", "/steal")])
+        else:
+            start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    with _serve(app) as base, httpx.Client(base_url=base, follow_redirects=True) as client:
+        with pytest.raises(AsyncRequestError, match="302"):
+            wait_for(client, url="/job", token="t", timeout=5)
+    assert seen == ["/job"]
