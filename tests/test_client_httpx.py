@@ -205,7 +205,10 @@ def test_a_redirect_is_not_followed_even_by_a_following_client() -> None:
             start_response("200 OK", [("Content-Type", "application/json")])
         return [b"{}"]
 
-    with _serve(app) as base, httpx.Client(base_url=base, follow_redirects=True) as client:
-        with pytest.raises(AsyncRequestError, match="302"):
-            wait_for(client, url="/job", token="t", timeout=5)
+    with (
+        _serve(app) as base,
+        httpx.Client(base_url=base, follow_redirects=True) as client,
+        pytest.raises(AsyncRequestError, match="302"),
+    ):
+        wait_for(client, url="/job", token="t", timeout=5)
     assert seen == ["/job"]
