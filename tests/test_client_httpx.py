@@ -67,14 +67,15 @@ def test_wait_for_returns_the_reply(served_example: str, waiter: Waiter) -> None
     progress: list[Any] = []
     result = waiter(
         served_example,
-        {"url": "/primes", "json": {"limit": 50_000_000}},
+        # Long enough (a few seconds) that the 1 s long polls see it pending first.
+        {"url": "/primes", "json": {"limit": 200_000_000}},
         {},
         long_poll=1,
         on_progress=lambda fraction, message: progress.append(fraction),
     )
     assert isinstance(result, JobResult)
     assert result.ok
-    assert json.loads(result.body)["primes"] == 3001134
+    assert json.loads(result.body)["primes"] == 11078937
     assert progress, "no pending answer was reported"
 
 
