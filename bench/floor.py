@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import redis
 
-from bench.inprocess import DATABASE_NAME
+from bench.inprocess import DATABASE_NAME, _timer
 from bench.settings import REDIS_URL
 
 _KEY = "bench-floor"
-
-
-def _per_call(call: Callable[[], Any], ops: int) -> float:
-    started = time.perf_counter()
-    for _ in range(ops):
-        call()
-    return (time.perf_counter() - started) / ops * 1e6
 
 
 def main() -> None:
@@ -64,7 +56,7 @@ def main() -> None:
     try:
         for _ in range(args.rounds):
             for name, call in cases.items():
-                times[name].append(_per_call(call, args.ops))
+                times[name].append(_timer(call, args.ops))
     finally:
         pg.execute("DROP TABLE bench_floor")
         broker.delete(_KEY)
