@@ -27,7 +27,6 @@ import uuid
 import weakref
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 from celery.utils.nodenames import anon_nodename
@@ -43,6 +42,10 @@ class RedisSender:
     """Pushes a task's messages onto the Redis lists its queues are, for one process."""
 
     def __init__(self, celery_app: Celery) -> None:
+        # Only made for a Redis broker, whose transport needs the redis package.
+        import redis
+
+        self._dropped = redis.ConnectionError
         connection = celery_app.connection_for_write()
         channel = connection.default_channel
         self._connection = connection
@@ -106,7 +109,7 @@ class RedisSender:
         with self._turns:
             try:
                 self._client.lpush(key, message)
-            except redis.ConnectionError:
+            except self._dropped:
                 # A connection the server or the network cut while idle: the pool
                 # makes a new one, as apply_async's retry would.
                 self._client.lpush(key, message)
