@@ -57,9 +57,10 @@ def fill(url: str, rows: int) -> float:
             db.session.execute(
                 sa.text(
                     "INSERT INTO async_request_jobs (uid, worker, params, status, status_code,"
-                    " response, attempts, created_at, updated_at, started_at, finished_at)"
+                    " response, attempts, created_at, updated_at, due_at, started_at,"
+                    " finished_at)"
                     " SELECT md5(i::text), 'bench:Worker', '{\"args\": [], \"kwargs\": {}}',"
-                    " :status, 200, '{\"ok\": true}', 1, :old, :old, :old, :old"
+                    " :status, 200, '{\"ok\": true}', 1, :old, :old, :old, :old, :old"
                     " FROM generate_series(1, :rows) AS i"
                 ),
                 {"status": JobStatus.PROCESSED.value, "old": old, "rows": rows},
