@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -78,19 +79,28 @@ def client(app: Flask) -> Any:
     return app.test_client()
 
 
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve the WSGI ``app`` on 127.0.0.1 in a thread; yields its base url."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
 @pytest.fixture
 def served_example(tmp_path: Path) -> Iterator[str]:
     """The example app on the embedded default, served on 127.0.0.1; yields its base url."""
     from example.app import create_app
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/example.db"})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with serving(app) as base:
+            yield base
     finally:
-        server.shutdown()
         app.extensions["async_request"].embedded.stop()
 
 

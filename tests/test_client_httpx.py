@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from werkzeug.serving import make_server
 from flask_async_request import AsyncRequestError, Job, accepted
 from flask_async_request.client import JobResult
 from flask_async_request.client_httpx import async_wait_for, wait_for
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, serving
 from tests.workers import Sleep
 
 #: Runs one way of waiting: (base url, cookies, how to start, wait_for options) -> result.
@@ -50,16 +49,6 @@ def _async(
 def waiter(request: pytest.FixtureRequest) -> Waiter:
     """wait_for with an httpx.Client, or async_wait_for with an httpx.AsyncClient."""
     return request.param  # type: ignore[no-any-return]
-
-
-@contextlib.contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
 
 
 def test_wait_for_returns_the_reply(served_example: str, waiter: Waiter) -> None:
@@ -99,7 +88,7 @@ class _Flaky:
 def test_a_503_is_asked_again(waiter: Waiter) -> None:
     """503 with Retry-After is polled again, then the reply is returned; headers go along."""
     flaky = _Flaky()
-    with _serve(flaky) as base:
+    with serving(flaky) as base:
         result = waiter(
             base, None, {}, url="/job", token="t", headers={"Authorization": "Bearer u"}, timeout=10
         )
@@ -156,7 +145,7 @@ def owned_app(make_app: AppFactory) -> Iterator[str]:
     def nap() -> Any:
         return accepted(Job.create_and_enqueue(Sleep, 0.3))
 
-    with _serve(app) as base:
+    with serving(app) as base:
         yield base
 
 
@@ -207,7 +196,7 @@ def test_a_redirect_is_not_followed_even_by_a_following_client() -> None:
         return [b"{}"]
 
     with (
-        _serve(app) as base,
+        serving(app) as base,
         httpx.Client(base_url=base, follow_redirects=True) as client,
         pytest.raises(AsyncRequestError, match="302"),
     ):

@@ -6,7 +6,6 @@ import importlib
 import json
 import shutil
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,10 +15,9 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from flask_async_request.client import wait_for
-from tests.conftest import poll
+from tests.conftest import poll, serving
 
 APP_FILE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sums.py"
 
@@ -98,13 +96,10 @@ def test_cancel_stops_the_worker(app: Flask) -> None:
 
 def test_wait_for_gets_the_sum(app: Flask) -> None:
     """The Python client waits for a sum started over HTTP and gets its reply."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(app) as base:
         n = 5_000_000
         request = urllib.request.Request(
-            f"http://127.0.0.1:{server.server_port}/sums",
+            f"{base}/sums",
             data=json.dumps({"n": n}).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
@@ -114,5 +109,3 @@ def test_wait_for_gets_the_sum(app: Flask) -> None:
         result = wait_for(url=started["url"], token=started["token"], long_poll=1, timeout=60)
         assert result.ok
         assert json.loads(result.body)["sum"] == sum_of_squares(n)
-    finally:
-        server.shutdown()

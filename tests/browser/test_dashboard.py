@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from flask_async_request import JobStatus
 from flask_async_request.models import utcnow
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, serving
 from tests.test_dashboard import PREFIX, add, open_dashboard, stored
 
 pytestmark = pytest.mark.browser
@@ -31,13 +29,8 @@ def dashboard_app(make_app: AppFactory) -> Flask:
 @pytest.fixture
 def served(dashboard_app: Flask) -> Iterator[str]:
     """The dashboard app served on 127.0.0.1; yields the dashboard's url."""
-    server = make_server("127.0.0.1", 0, dashboard_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}{PREFIX}/"
-    finally:
-        server.shutdown()
+    with serving(dashboard_app) as base:
+        yield f"{base}{PREFIX}/"
 
 
 def listed(page: Any) -> list[int]:

@@ -15,13 +15,12 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from flask_async_request import lifecycle
 from flask_async_request.lifecycle import Outcome
 from flask_async_request.models import JobStatus
 from flask_async_request.state import get_state
-from tests.conftest import AppFactory, add_job
+from tests.conftest import AppFactory, add_job, serving
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +33,8 @@ WAITERS = 200
 
 
 def _served(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/async_request/job"
-    finally:
-        server.shutdown()
+    with serving(app) as base:
+        yield f"{base}/async_request/job"
 
 
 def _get(url: str, token: str, prefer: str | None = None) -> tuple[int, float]:
