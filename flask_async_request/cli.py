@@ -15,7 +15,7 @@ import sqlalchemy.exc
 from flask.cli import AppGroup
 
 from . import maintenance
-from .config import parse_duration
+from .config import format_duration, parse_duration
 from .exceptions import AsyncRequestError, JobNotFound
 from .models import Job, JobStatus, as_utc, utcnow
 from .state import current_flask_app, get_state
@@ -64,22 +64,7 @@ STATUS = click.Choice([s.value for s in JobStatus], case_sensitive=False)
 def _age(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "-"
-    return _format_duration(now - as_utc(moment))
-
-
-def _format_duration(delta: timedelta) -> str:
-    """A short human age: 42s, 5m07s, 3h02m, 2d04h."""
-    seconds = max(int(delta.total_seconds()), 0)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
+    return format_duration(now - as_utc(moment))
 
 
 #: ``--json`` on the read commands: stable keys, times in ISO 8601 UTC, durations in seconds.
@@ -224,7 +209,7 @@ def purge_command(
         def purge(advance: Callable[[int], None]) -> int:
             return maintenance.purge_expired(chosen, batch_size=batch_size, progress=advance)
     else:
-        age = f"older than {_format_duration(older_than)}"
+        age = f"older than {format_duration(older_than)}"
 
         def count() -> int:
             return maintenance.count_purgeable(older_than, chosen)
@@ -383,7 +368,7 @@ def stats_command(as_json: bool) -> None:
         return
     rows = [["STATUS", "JOBS"]] + [[s.value, str(n)] for s, n in stats.counts.items()]
     click.echo(_table(rows))
-    oldest = "-" if stats.oldest_waiting_age is None else _format_duration(stats.oldest_waiting_age)
+    oldest = "-" if stats.oldest_waiting_age is None else format_duration(stats.oldest_waiting_age)
     click.echo(f"oldest waiting job: {oldest}")
     click.echo(f"finished in the last hour: {stats.finished_last_hour}")
     if by_queue:

@@ -203,6 +203,21 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(number) * _UNITS[unit.lower()])
 
 
+def format_duration(delta: timedelta) -> str:
+    """A short duration in the units :func:`parse_duration` reads: 42s, 5m07s, 3h02m, 2d04h."""
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
 def default_source(value: object) -> str:
     """The Python source of a default, as the docs and the settings snippet write it.
 

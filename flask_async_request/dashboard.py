@@ -36,6 +36,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
+from . import config
 from .config import parse_duration
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
@@ -201,14 +202,7 @@ def format_duration(delta: timedelta | None) -> str:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, whole = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{whole:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
+    return config.format_duration(delta)
 
 
 # Reading jobs ---------------------------------------------------------------------------
