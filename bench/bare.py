@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from flask import Flask
 
 app = Flask(__name__)
@@ -15,3 +17,20 @@ def submit() -> tuple[dict[str, str], int]:
 @app.get("/poll")
 def poll() -> tuple[dict[str, str], int]:
     return {"status": "waiting"}, 202
+
+
+#: Set by ``POST /release``: every ``GET /held`` waiting on it answers then.
+released = threading.Event()
+
+
+@app.get("/held")
+def held() -> tuple[dict[str, str], int]:
+    """A request held until ``/release``: bench/longpoll.py's floor for waking many at once."""
+    released.wait(120)
+    return {"status": "processed"}, 200
+
+
+@app.post("/release")
+def release() -> tuple[dict[str, str], int]:
+    released.set()
+    return {"status": "released"}, 200

@@ -1,12 +1,15 @@
 """Long polls at scale: 1,000 clients waiting on one job in one gunicorn process.
 
-One gthread gunicorn process serves ``bench/far.py`` on PostgreSQL. A job is
-stored and left pending; ``--waiters`` clients hold ``Prefer: wait=60`` polls
-on it while ``--pollers`` clients poll it plainly, then the job ends (in this
-process, through the lifecycle's own finish). Printed: how many waiters were
-answered and how soon after the end, any 5xx, the plain polls' latency without
-and with the waiters, and the database connections the web process held while
-they waited.
+One gunicorn process serves ``bench/far.py`` on PostgreSQL, with each worker
+class of ``--servers`` in turn (gthread and gevent). A job is stored and left
+pending; ``--waiters`` clients hold ``Prefer: wait=60`` polls on it while
+``--pollers`` clients poll it plainly, then the job ends (in this process,
+through the lifecycle's own finish). Printed: how many waiters were answered
+and how soon after the end, any 5xx, the plain polls' latency without and with
+the waiters, and the database connections the web process held while they
+waited. Then the floor, on the same server: bare Flask (``bench/bare.py``) with
+as many requests held on an event and released at once, with no job, token or
+database, and how soon they were answered.
 
     .venv/bin/python -m bench.longpoll --waiters 1000 --runs 3 --json bench/longpoll.json
 
@@ -16,12 +19,12 @@ they waited.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import http.client
 import json
 import os
 import platform
+import selectors
 import socket
 import statistics
 import subprocess
@@ -47,13 +50,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(port: int, token: str, prefer: str | None, timeout: float) -> tuple[int, float]:
-    headers = {"X-JOB-AUTHORIZATION": token}
-    if prefer:
-        headers["Prefer"] = prefer
+#: The status endpoint of ``bench/far.py``.
+PATH = "/async_request/job"
+
+
+def _get(port: int, path: str, headers: dict[str, str], timeout: float) -> tuple[int, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("GET", "/async_request/job", headers=headers)
+        connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         response.read()
         return response.status, time.monotonic()
@@ -64,43 +68,65 @@ def _get(port: int, token: str, prefer: str | None, timeout: float) -> tuple[int
 
 
 class _Waiters(threading.Thread):
-    """Clients holding ``Prefer: wait`` polls, on one asyncio loop of their own.
+    """Clients holding ``Prefer: wait`` polls, read by one thread with one ``epoll``.
 
-    One thread reads every answer as it arrives, so the times measure the
-    server, not a thousand client threads taking turns.
+    One thread reads every answer as it arrives, with no more Python per answer
+    than a ``recv`` and a ``close``, so the times measure the server, not a
+    thousand client threads (or coroutines) taking turns.
     """
 
-    def __init__(self, port: int, token: str, count: int) -> None:
+    def __init__(self, port: int, count: int, path: str, headers: dict[str, str]) -> None:
         super().__init__(daemon=True)
-        self.port, self.token, self.count = port, token, count
+        self.port, self.count = port, count
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}Connection: close\r\n\r\n"
+        ).encode()
         #: (status, monotonic time the whole answer was read) per waiter.
         self.answers: list[tuple[int, float]] = []
+        #: Set once every poll is sent.
+        self.sent = threading.Event()
 
     def run(self) -> None:
-        asyncio.run(self._all())
+        selector = selectors.DefaultSelector()
+        received: dict[socket.socket, bytes] = {}
+        for _ in range(self.count):
+            client = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            client.sendall(self.request)
+            client.setblocking(False)
+            selector.register(client, selectors.EVENT_READ)
+            received[client] = b""
+        self.sent.set()
+        deadline = time.monotonic() + 90
+        while received and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=1):
+                client = key.fileobj
+                assert isinstance(client, socket.socket)
+                try:
+                    chunk = client.recv(65536)
+                except OSError:
+                    chunk = b""
+                    received[client] = b""
+                if chunk:
+                    received[client] += chunk
+                    continue
+                # The server closed the connection: the whole answer is in.
+                at = time.monotonic()
+                selector.unregister(client)
+                client.close()
+                answer = received.pop(client)
+                try:
+                    status = int(answer.split(b" ", 2)[1])
+                except (ValueError, IndexError):
+                    status = 0
+                self.answers.append((status, at))
+        for client in received:
+            self.answers.append((0, time.monotonic()))
+            client.close()
+        selector.close()
 
-    async def _all(self) -> None:
-        await asyncio.gather(*(self._one() for _ in range(self.count)))
 
-    async def _one(self) -> None:
-        request = (
-            "GET /async_request/job HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"X-JOB-AUTHORIZATION: {self.token}\r\nPrefer: wait=60\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            writer.write(request)
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.read(), 90)
-            writer.close()
-            status = int(answer.split(b" ", 2)[1]) if answer else 0
-        except (OSError, asyncio.TimeoutError, ValueError, IndexError):
-            status = 0
-        self.answers.append((status, time.monotonic()))
-
-
-def _plain_polls(port: int, token: str, pollers: int, seconds: float) -> list[float]:
+def _plain_polls(port: int, headers: dict[str, str], pollers: int, seconds: float) -> list[float]:
     """Latencies (ms) of plain polls by ``pollers`` clients for ``seconds``."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -109,7 +135,7 @@ def _plain_polls(port: int, token: str, pollers: int, seconds: float) -> list[fl
     def loop() -> None:
         while time.monotonic() < stop:
             started = time.monotonic()
-            status, ended = _get(port, token, None, 30)
+            status, ended = _get(port, PATH, headers, 30)
             statuses[status] += 1
             latencies.append((ended - started) * 1000)
 
@@ -139,7 +165,64 @@ def _backends() -> int:
     return int(row[0]) if row else -1
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def _server(args: argparse.Namespace, worker_class: str, target: str) -> tuple[Any, int, Path]:
+    """One gunicorn process of ``worker_class`` serving ``target``; (process, port, log)."""
+    port = _free_port()
+    log = Path(tempfile.mkdtemp()) / "gunicorn.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", worker_class, "-w", "1",
+         "--threads", str(args.waiters + args.pollers + 50), "--backlog", "4096",
+         "--worker-connections", str(args.waiters * 2),
+         "-b", f"127.0.0.1:{port}", "--log-level", "warning", target],
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "BENCH_APPLICATION_NAME": "far-longpoll-web"},
+    )  # fmt: skip
+    return server, port, log
+
+
+def _started(port: int, path: str, headers: dict[str, str], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while _get(port, path, headers, 5)[0] not in (200, 202):
+        if time.monotonic() > deadline:
+            sys.exit(f"gunicorn did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+def _spread(delays: list[float]) -> dict[str, float | None]:
+    return {
+        "p50": statistics.median(delays) if delays else None,
+        "p99": _percentile(delays, 0.99) if delays else None,
+        "max": max(delays) if delays else None,
+    }
+
+
+def floor(args: argparse.Namespace, worker_class: str) -> dict[str, Any]:
+    """Bare Flask on the same server: ``--waiters`` held requests, all released at once.
+
+    What answering that many requests costs one process, with no job, token or
+    database: the floor under the long polls' figures.
+    """
+    server, port, log = _server(args, worker_class, "bench.bare:app")
+    try:
+        _started(port, "/poll", {}, log)
+        waiters = _Waiters(port, args.waiters, "/held", {})
+        waiters.start()
+        waiters.sent.wait(120)
+        time.sleep(2)  # all held by now
+        released_at = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("POST", "/release")
+        connection.getresponse().read()
+        connection.close()
+        waiters.join(60)
+    finally:
+        server.terminate()
+        server.wait(30)
+    delays = [(at - released_at) * 1000 for status, at in waiters.answers if status == 200]
+    return {"answered": len(delays), "answer_ms": _spread(delays)}
+
+
+def measure(args: argparse.Namespace, worker_class: str) -> dict[str, Any]:
     """One run: the waiters' answers and the plain polls beside them."""
     _reset()
     from bench import far
@@ -155,27 +238,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         far.db.create_all()
         job = Job.create_and_enqueue(far.Noop)
         token, job_id = job.token, job.id
-    port = _free_port()
-    log = Path(tempfile.mkdtemp()) / "gunicorn.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1",
-         "--threads", str(args.waiters + args.pollers + 50), "--backlog", "4096",
-         "--worker-connections", str(args.waiters * 2),
-         "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.far:app"],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "BENCH_APPLICATION_NAME": "far-longpoll-web"},
-    )  # fmt: skip
+    poll = {"X-JOB-AUTHORIZATION": token}
+    server, port, log = _server(args, worker_class, "bench.far:app")
     try:
-        deadline = time.monotonic() + 30
-        while _get(port, token, None, 5)[0] != 202:
-            if time.monotonic() > deadline:
-                sys.exit(f"gunicorn did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        alone = _plain_polls(port, token, args.pollers, args.seconds)
-        waiters = _Waiters(port, token, args.waiters)
+        _started(port, PATH, poll, log)
+        alone = _plain_polls(port, poll, args.pollers, args.seconds)
+        waiters = _Waiters(port, args.waiters, PATH, {**poll, "Prefer": "wait=60"})
         waiters.start()
-        time.sleep(3)  # all holding their poll by now
-        together = _plain_polls(port, token, args.pollers, args.seconds)
+        waiters.sent.wait(120)
+        time.sleep(2)  # all holding their poll by now
+        together = _plain_polls(port, poll, args.pollers, args.seconds)
         connections = _backends()
         early = len(waiters.answers)
         with far.app.app_context():
@@ -192,28 +264,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     statuses = Counter(status for status, _ in answers)
     delays = [(at - ended_at) * 1000 for status, at in answers if status == 200]
     return {
+        "server": worker_class,
         "waiters": args.waiters,
         "answered_before_the_end": early,
         "answers": {str(status): n for status, n in statuses.items()},
         "server_errors": sum(n for s, n in statuses.items() if s >= 500),
-        "answer_ms": {
-            "p50": statistics.median(delays) if delays else None,
-            "p99": _percentile(delays, 0.99) if delays else None,
-            "max": max(delays) if delays else None,
-        },
+        "answer_ms": _spread(delays),
         "plain_alone_ms": {"p50": statistics.median(alone), "p99": _percentile(alone, 0.99)},
         "plain_beside_ms": {
             "p50": statistics.median(together),
             "p99": _percentile(together, 0.99),
         },
         "database_connections": connections,
+        "floor": floor(args, worker_class),
     }
 
 
 def _report(run: dict[str, Any]) -> None:
     answer, alone, beside = run["answer_ms"], run["plain_alone_ms"], run["plain_beside_ms"]
     print(
-        f"waiters: {run['waiters']}, answered before the end:"
+        f"{run['server']}: waiters: {run['waiters']}, answered before the end:"
         f" {run['answered_before_the_end']}, answers: {run['answers']}"
     )
     if answer["p50"] is not None:
@@ -227,6 +297,12 @@ def _report(run: dict[str, Any]) -> None:
     print(
         f"database connections of the web process while they waited: {run['database_connections']}"
     )
+    floor = run["floor"]["answer_ms"]
+    if floor["p50"] is not None:
+        print(
+            f"bare Flask, {run['floor']['answered']} held requests released at once (ms):"
+            f" p50 {floor['p50']:.0f}, p99 {floor['p99']:.0f}, max {floor['max']:.0f}"
+        )
 
 
 def main() -> None:
@@ -236,14 +312,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="of plain polling, each phase")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
+        "--servers",
+        default="gthread,gevent",
+        help="gunicorn worker classes to run the web process with, each in turn",
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="also write every run's figures to this file"
     )
     args = parser.parse_args()
     runs = []
     for number in range(1, args.runs + 1):
-        print(f"run {number} of {args.runs}")
-        runs.append(measure(args))
-        _report(runs[-1])
+        for server in args.servers.split(","):
+            print(f"run {number} of {args.runs}")
+            runs.append(measure(args, server))
+            _report(runs[-1])
     if args.json is not None:
         args.json.write_text(
             json.dumps(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -10,6 +13,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +25,13 @@ from flask_async_request.lifecycle import Outcome
 from flask_async_request.models import JobStatus
 from flask_async_request.state import get_state
 from tests.conftest import AppFactory, add_job, serving
+from tests.integration.conftest import (
+    ROOT,
+    _environment,
+    _load_project,
+    free_port,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +40,7 @@ DATABASE_URL = os.environ.get(
 )
 MARIADB_URL = os.environ.get("FAR_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 APPLICATION = "far-long-poll-scale"
+GEVENT_APPLICATION = "far-long-poll-gevent"
 WAITERS = 200
 
 
@@ -63,10 +75,10 @@ def _small_pool_app(make_app: AppFactory, url: str, **options: Any) -> Flask:
     return app
 
 
-def _backends() -> int:
+def _backends(application: str = APPLICATION) -> int:
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION,)
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application,)
         ).fetchone()
     assert row is not None
     return int(row[0])
@@ -131,3 +143,68 @@ def test_waiters_without_listen_share_one_check(make_app: AppFactory) -> None:
     assert Counter(status for status, _ in result["plain"]) == {202: 40}
     assert Counter(status for status, _ in result["waited"]) == {200: WAITERS}
     assert max(at for _, at in result["waited"]) - result["ended_at"] < 5
+
+
+def test_waiters_under_gevent_gunicorn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``gunicorn -k gevent``, 300 waiters in one process hold no connection each.
+
+    The listener, the waiters' events and the pooled reads all run on greenlets
+    there (gevent patches threading and sockets, and psycopg waits through the
+    patched selectors): every waiter gets the stored reply when the job ends.
+    """
+    # libpq names every connection of the server's process by PGAPPNAME.
+    env = {**_environment(tmp_path, "redis://127.0.0.1:6379/15"), "PGAPPNAME": GEVENT_APPLICATION}
+    project = _load_project(env, monkeypatch)
+    with project.app.app_context():
+        project.db.drop_all()
+        project.db.create_all()
+        job = add_job()
+        token, job_id = job.token, job.id
+        project.db.session.commit()
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+         "--worker-connections", "1000", "-b", f"127.0.0.1:{port}",
+         "tests.integration.project:app"],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, log)
+        url = f"http://127.0.0.1:{port}/async_request/job"
+        waited: list[tuple[int, bytes]] = []
+
+        def long_poll() -> None:
+            request = urllib.request.Request(
+                url, headers={"X-JOB-AUTHORIZATION": token, "Prefer": "wait=25"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    waited.append((answer.status, answer.read()))
+            except urllib.error.HTTPError as e:
+                waited.append((e.code, e.read()))
+
+        threads = [threading.Thread(target=long_poll) for _ in range(300)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)  # the polls are held by now: each answers only at the end
+        assert waited == []
+        plain = [_get(url, token)[0] for _ in range(20)]
+        connections = _backends(GEVENT_APPLICATION)
+        with project.app.app_context():
+            store = get_state().store()
+            claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
+            assert claim is not None
+            lifecycle.finish(store, job_id, claim.attempt, Outcome(JobStatus.PROCESSED, 200, "x"))
+            store.dispose()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.terminate()
+        server.wait(20)
+    assert plain == [202] * 20
+    assert Counter(status for status, _ in waited) == {200: 300}
+    assert {json.loads(body)["response"]["body"] for _, body in waited} == {"x"}
+    # At most the app's pool and the store's pool (5 each, the default) and one
+    # listener: the 300 first reads share the pool, and the waits hold nothing.
+    assert connections <= 11, log.read_text()
