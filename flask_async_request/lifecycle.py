@@ -37,7 +37,7 @@ from .exceptions import InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
 from .models import Job, JobStatus, new_uid, utcnow
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
-from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore
+from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore, hot
 
 logger = logging.getLogger("flask_async_request")
 
@@ -188,10 +188,10 @@ _PROGRESS = (
 # stores the reply, which does wait, flushes the WAL up to them anyway. Their
 # own transaction, one statement long, turns synchronous_commit off for itself.
 _NO_FLUSH_WAIT = sa.func.set_config("synchronous_commit", "off", True).is_not(None)
-_CLAIM_RETURNING_NO_WAIT = _CLAIM.where(_NO_FLUSH_WAIT).returning(*_CLAIM_COLUMNS)
-_RENEW_NO_WAIT = _RENEW.where(_NO_FLUSH_WAIT)
-_PROGRESS_NO_WAIT = _PROGRESS.where(_NO_FLUSH_WAIT)
-_HELD_NOW = sa.select(Job.id).where(*_HELD)
+_CLAIM_RETURNING_NO_WAIT = hot(_CLAIM.where(_NO_FLUSH_WAIT).returning(*_CLAIM_COLUMNS))
+_RENEW_NO_WAIT = hot(_RENEW.where(_NO_FLUSH_WAIT))
+_PROGRESS_NO_WAIT = hot(_PROGRESS.where(_NO_FLUSH_WAIT))
+_HELD_NOW = hot(sa.select(Job.id).where(*_HELD))
 
 _BACK_TO_WAITING: dict[str, Any] = {
     "status": JobStatus.WAITING,
@@ -199,7 +199,7 @@ _BACK_TO_WAITING: dict[str, Any] = {
     "updated_at": sa.bindparam("now"),
     "lease_expires_at": None,
 }
-_RESCHEDULE = sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING)
+_RESCHEDULE = hot(sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING))
 _REQUEUE_LOST = sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING)
 _RESET_FOR_RETRY = (
     sa.update(Job)
@@ -250,7 +250,7 @@ _CANCEL = (
 
 _ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
 _READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
-_STATUS = sa.select(Job.status).where(_ID)
+_STATUS = hot(sa.select(Job.status).where(_ID))
 
 _LOST_JOBS = (
     sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at, Job.queue, Job.time_limit)
@@ -278,9 +278,11 @@ class _Ending:
         self.update = update
         self.returning = update.returning(*_ENDED_COLUMNS)
         done = self.returning.cte("done")
-        self.notifying = sa.select(
-            *done.c, sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))
-        ).select_from(done)
+        self.notifying = hot(
+            sa.select(*done.c, sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))).select_from(
+                done
+            )
+        )
 
     def run(self, store: JobStore, params: dict[str, Any]) -> Ended | None:
         """Run it on the store's own connections; the ended job, if it changed the row."""

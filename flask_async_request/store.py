@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 
@@ -27,7 +27,9 @@ from .waiting import Waiters, wait_for
 
 if TYPE_CHECKING:
     from flask import Flask
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Dialect, Engine
+
+_Statement = TypeVar("_Statement", bound=sa.Executable)
 
 #: The columns of a :class:`JobReply`, in its order.
 REPLY_COLUMNS = (
@@ -79,6 +81,87 @@ _CHECK_BATCH = 500
 _SHARED_FOR = 1.0
 
 
+#: The statements marked with :func:`hot`, by id (each is built once, at import).
+_HOT: dict[int, sa.Executable] = {}
+
+
+def hot(statement: _Statement) -> _Statement:
+    """Mark ``statement``, built once at import, as a hot path's; it is returned as it is.
+
+    Where the store can (PostgreSQL with psycopg, autocommitted), it runs a hot
+    statement compiled once, on a raw cursor: SQLAlchemy's execution layer
+    costs a worker more CPU than a claim or a finish itself.
+    """
+    _HOT[id(statement)] = statement
+    return statement
+
+
+class _Precompiled:
+    """A hot statement compiled for one dialect, with its types' bind and result processing."""
+
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        compiled: Any = statement.compile(dialect=dialect)
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            raise ValueError("A hot statement cannot hold expanding parameters.")
+        self.sql: str = compiled.string
+        self._compiled = compiled
+        # Columns SQLAlchemy fills in from Python at each execution (``onupdate``,
+        # ``default``) when the statement does not set them itself.
+        self._defaults: dict[str, Any] = {}
+        for column in compiled.update_prefetch:
+            self._defaults[column.key] = _python_default(column.onupdate)
+        for column in compiled.insert_prefetch:
+            self._defaults[column.key] = _python_default(column.default)
+        self._binds = {
+            name: process
+            for bind, name in compiled.bind_names.items()
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        # The types' own processors, not the driver's variants, which want the
+        # column's type code from a cursor: psycopg hands back the jobs table's
+        # values as Python wants them, all but the Enum's.
+        columns = getattr(statement, "exported_columns", ())
+        self._results = [
+            (index, process)
+            for index, column in enumerate(columns)
+            if (process := column.type.result_processor(dialect, None)) is not None
+        ]
+
+    def params(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The driver's parameters for ``values``, as SQLAlchemy would send them."""
+        params: dict[str, Any] = self._compiled.construct_params(values)
+        for name, default in self._defaults.items():
+            params[name] = default()
+        for name, process in self._binds.items():
+            if name in params:
+                params[name] = process(params[name])
+        return params
+
+    def row(self, row: Any) -> Any:
+        """The driver's ``row`` with each column's type applied, as SQLAlchemy would give it."""
+        if row is None or not self._results:
+            return row
+        values = list(row)
+        for index, process in self._results:
+            values[index] = process(values[index])
+        return tuple(values)
+
+
+def _python_default(default: Any) -> Callable[[], Any]:
+    """A column's Python-side default or ``onupdate`` as a function of nothing.
+
+    :raises ValueError: for one that needs SQLAlchemy's execution context.
+    """
+    if default is not None and default.is_scalar:
+        return lambda: default.arg
+    if default is not None and default.is_callable:
+        # SQLAlchemy wraps a function of no arguments into one taking its context.
+        function = getattr(default.arg, "__wrapped__", None)
+        if function is not None:
+            return function  # type: ignore[no-any-return]
+    raise ValueError(f"A hot statement's column default {default!r} needs SQLAlchemy.")
+
+
 def _ended_or_gone(reply: JobReply | None) -> bool:
     return reply is None or reply.status.finished
 
@@ -119,6 +202,10 @@ class JobStore:
             else None
         )
         self._positional = bool(engine.dialect.positional)
+        #: Hot statements precompiled for this engine, by id; see :func:`hot`.
+        self._precompiled: dict[int, _Precompiled | None] | None = (
+            {} if self._insert_sql is not None else None
+        )
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
         #: long polls LISTEN instead of polling.
@@ -165,8 +252,8 @@ class JobStore:
             ) from None
         return JobReply(uid, owner, known, *rest)
 
-    def _raw(self, sql: str, params: Any) -> Any:
-        """Run compiled ``sql`` on a raw pooled DBAPI cursor; its first row.
+    def _raw(self, sql: str, params: Any, *, rowcount: bool = False) -> Any:
+        """Run compiled ``sql`` on a raw pooled DBAPI cursor; its first row (or its rowcount).
 
         SQLAlchemy's execution layer costs more than these one-row statements
         themselves; driver errors are still raised as SQLAlchemy's.
@@ -180,7 +267,7 @@ class JobStore:
             cursor = connection.cursor()
             try:
                 cursor.execute(sql, params)
-                return cursor.fetchone()
+                return cursor.rowcount if rowcount else cursor.fetchone()
             finally:
                 cursor.close()
         except self._dbapi_error as e:
@@ -210,8 +297,29 @@ class JobStore:
         row = self._raw(self._insert_sql, params)
         return int(row[0])
 
+    def _hot(self, statement: sa.Executable) -> _Precompiled | None:
+        """``statement`` precompiled, if it is :func:`hot` and this store runs raw statements."""
+        if self._precompiled is None:
+            return None
+        key = id(statement)
+        if key in self._precompiled:
+            return self._precompiled[key]
+        if _HOT.get(key) is not statement:
+            return None
+        found: _Precompiled | None
+        try:
+            found = _Precompiled(statement, self.engine.dialect)
+        except ValueError:
+            # Left to SQLAlchemy, which can run any statement.
+            found = None
+        self._precompiled[key] = found
+        return found
+
     def first(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
         """Run ``statement`` in a transaction of its own; its first row, if any."""
+        precompiled = self._hot(statement)
+        if precompiled is not None:
+            return precompiled.row(self._raw(precompiled.sql, precompiled.params(params)))
         with self.engine.begin() as conn:
             return conn.execute(statement, params).first()
 
@@ -222,6 +330,9 @@ class JobStore:
 
     def rowcount(self, statement: sa.Executable, params: dict[str, Any]) -> int:
         """Run the UPDATE or DELETE ``statement`` in a transaction of its own; rows changed."""
+        precompiled = self._hot(statement)
+        if precompiled is not None:
+            return int(self._raw(precompiled.sql, precompiled.params(params), rowcount=True))
         with self.engine.begin() as conn:
             return int(conn.execute(statement, params).rowcount)
 

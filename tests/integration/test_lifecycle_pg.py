@@ -252,3 +252,62 @@ def test_claims_renewals_and_progress_do_not_wait_for_the_wal_flush(pg_app: Flas
     for job_id in jobs:
         assert lifecycle.finish(store, job_id, 1, outcome) is not None
     assert _wal_syncs(store) - before >= len(jobs)
+
+
+def _updated_at(job_id: int) -> Any:
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+        row = conn.execute(
+            "SELECT updated_at FROM async_request_jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask) -> None:
+    """Claim, renew, progress, check, reschedule, finish and cancel skip SQLAlchemy's
+    execution layer, and come back typed as through it."""
+    from flask_async_request import lifecycle
+
+    store = get_state().store()
+    executed: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: executed.append(a[2]))
+    job_id = add_job(status=JobStatus.WAITING).id
+    claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
+    assert claim is not None
+    assert (claim.attempt, json.loads(claim.params)) == (1, {"args": [], "kwargs": {}})
+    assert claim.due_at is not None and claim.due_at.tzinfo is not None
+    claimed_at = utcnow()
+    assert lifecycle.renew(store, job_id, claim.attempt, timedelta(minutes=2))
+    assert lifecycle.set_progress(store, job_id, claim.attempt, 0.25, "a quarter")
+    # The renewal and the report leave updated_at to the column's onupdate.
+    assert store.fetch_reply(job_id).message == "a quarter"  # type: ignore[union-attr]
+    assert _updated_at(job_id) >= claimed_at
+    assert lifecycle.held(store, job_id, claim.attempt)
+    assert not lifecycle.held(store, job_id, claim.attempt + 1)
+    assert lifecycle.reschedule(store, job_id, claim.attempt, utcnow())
+    claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
+    assert claim is not None and claim.attempt == 2
+    outcome = lifecycle.Outcome(JobStatus.PROCESSED, 201, "made")
+    ended = lifecycle.finish(store, job_id, claim.attempt, outcome)
+    assert ended is not None
+    assert ended.status is JobStatus.PROCESSED
+    assert (ended.reply.status_code, ended.reply.response, ended.reply.progress) == (201, "made", 1)
+    assert executed == []
+    # A statement that cannot be precompiled (cancel's IN list), and statements
+    # built per call, go through SQLAlchemy as before.
+    other = add_job(status=JobStatus.WAITING).id
+    assert lifecycle.cancel(store, other).status is JobStatus.CANCELLED
+    assert len(executed) == 1
+    assert lifecycle.purge(store, lifecycle.purge_filter(timedelta(days=1)), batch_size=100) == 0
+    assert len(executed) > 1
+
+
+def test_a_hot_statement_cannot_expand_parameters() -> None:
+    """A list parameter would compile afresh for each length: it has no place among them."""
+    from sqlalchemy.dialects import postgresql
+
+    from flask_async_request.store import _Precompiled
+
+    statement = sa.select(Job.id).where(Job.id.in_(sa.bindparam("ids", expanding=True)))
+    with pytest.raises(ValueError, match="expanding"):
+        _Precompiled(statement, postgresql.psycopg.dialect())  # type: ignore[attr-defined]
