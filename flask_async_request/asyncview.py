@@ -88,7 +88,7 @@ def asynchronous(
 
 def _answer(job: Job) -> Any:
     """202 for the new job; the view's own response if it finishes within ``Prefer: wait``."""
-    prefer = ",".join(request.headers.getlist("Prefer")).lower()
+    prefer = request.headers.get("Prefer", "").lower()
     wait = requested_wait()
     if wait and "respond-async" not in prefer:
         seconds = min(wait, get_state().settings.max_wait)

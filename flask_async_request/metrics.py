@@ -149,7 +149,7 @@ class _TableCollector(Collector):
 
 def _count_poll(response: Response) -> Response:
     if request.endpoint in _STATUS_ENDPOINTS and request.method == "GET":
-        kind = "long" if "wait" in ",".join(request.headers.getlist("Prefer")).lower() else "plain"
+        kind = "long" if "wait" in request.headers.get("Prefer", "").lower() else "plain"
         POLLS.labels(kind, str(response.status_code)).inc()
     return response
 

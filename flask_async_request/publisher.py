@@ -42,16 +42,20 @@ class RedisSender:
     """Pushes a task's messages onto the Redis lists its queues are, for one process."""
 
     def __init__(self, celery_app: Celery) -> None:
-        # Only made for a Redis broker, whose transport needs the redis package.
-        import redis
-
-        self._dropped = redis.ConnectionError
+        policy = publish_retry_policy(celery_app)
         connection = celery_app.connection_for_write()
+        # Connecting (or failing to) takes as long as apply_async's publish would,
+        # not the worker's patient connection retries (seconds per submission
+        # while the broker is down).
+        connection.ensure_connection(**policy)
         channel = connection.default_channel
         self._connection = connection
         # The channel's own client class and pool: its URL, password, TLS and
         # key prefix settings apply, as they do to apply_async.
         self._client = channel._create_client()
+        # Each push (and each new connection) is retried as Celery's publish
+        # retry policy says, instead of the redis client's own longer default.
+        self._client.set_retry(_redis_retry(policy))
         self._key = channel._q_for_pri
         self._origin = anon_nodename()
         # The pool refuses more connections than its size instead of waiting for
@@ -107,12 +111,46 @@ class RedisSender:
         }
         key, message = self._key(queue, 0), json.dumps(envelope)
         with self._turns:
-            try:
-                self._client.lpush(key, message)
-            except self._dropped:
-                # A connection the server or the network cut while idle: the pool
-                # makes a new one, as apply_async's retry would.
-                self._client.lpush(key, message)
+            # A connection the server or the network cut while idle is made
+            # again by the client's retry, as apply_async's retry would.
+            self._client.lpush(key, message)
+
+
+#: What a retry policy says, as kombu takes it.
+_POLICY_KEYS = ("max_retries", "interval_start", "interval_step", "interval_max")
+
+
+def publish_retry_policy(celery_app: Celery) -> dict[str, Any]:
+    """How long a publish retries a broker it cannot reach: as ``apply_async`` does.
+
+    ``task_publish_retry_policy``, as Celery passes it to kombu (by default 3
+    retries, 0.2 s, then 0.4 s apart); with ``task_publish_retry`` off, one
+    retry, for a connection that was cut while idle.
+    """
+    conf = celery_app.conf
+    if not conf.task_publish_retry:
+        return {"max_retries": 1}
+    policy = conf.task_publish_retry_policy or {}
+    return {key: policy[key] for key in _POLICY_KEYS if key in policy}
+
+
+def _redis_retry(policy: dict[str, Any]) -> Any:
+    """``policy`` as the redis client's retry: the same count and pauses."""
+    from redis.backoff import AbstractBackoff
+    from redis.retry import Retry
+
+    # What kombu's own publish retry takes for what the policy leaves out.
+    start = policy.get("interval_start", 1)
+    step = policy.get("interval_step", 1)
+    most = policy.get("interval_max", 1)
+
+    class PolicyBackoff(AbstractBackoff):
+        def compute(self, failures: int) -> float:
+            return float(min(most, start + step * (failures - 1)))
+
+    retries = policy.get("max_retries")
+    # None is "for ever" in Celery's policy, as -1 is in the redis client's.
+    return Retry(PolicyBackoff(), -1 if retries is None else int(retries))
 
 
 _senders: weakref.WeakKeyDictionary[Celery, tuple[int, RedisSender | None]] = (

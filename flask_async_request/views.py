@@ -138,8 +138,12 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", re.IGNORECA
 
 
 def requested_wait() -> int | None:
-    """Seconds asked for with ``Prefer: wait=N`` (RFC 7240), or ``None``."""
-    match = _PREFER_WAIT.search(",".join(request.headers.getlist("Prefer")))
+    """Seconds asked for with ``Prefer: wait=N`` (RFC 7240), or ``None``.
+
+    Several ``Prefer`` headers reach WSGI as one value, joined with commas: one
+    lookup reads them all (a header list would walk the whole environ).
+    """
+    match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
     return None if match is None else int(match.group(1))
 
 

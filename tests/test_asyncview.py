@@ -102,11 +102,14 @@ def test_prefer_wait_answers_with_the_views_own_response(views_app: Flask) -> No
     assert response.headers["Preference-Applied"] == "wait=5"
 
 
-def test_respond_async_always_gets_202(views_app: Flask) -> None:
-    """Prefer: respond-async wins over wait."""
-    response = views_app.test_client().post(
-        "/reports/2000", json={}, headers={"Prefer": "respond-async, wait=5"}
-    )
+@pytest.mark.parametrize(
+    "headers",
+    [[("Prefer", "respond-async, wait=5")], [("Prefer", "respond-async"), ("Prefer", "wait=5")]],
+    ids=["one header", "two headers"],
+)
+def test_respond_async_always_gets_202(views_app: Flask, headers: list[tuple[str, str]]) -> None:
+    """Prefer: respond-async wins over wait, in one header or in two."""
+    response = views_app.test_client().post("/reports/2000", json={}, headers=headers)
     assert response.status_code == 202
     assert response.headers["Location"].startswith("http://localhost/async_request/job/")
 

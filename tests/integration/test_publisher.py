@@ -5,13 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import kombu.exceptions
+import kombu.utils.functional
 import pytest
 import redis
+import redis.retry
 from celery import Celery
 from celery.signals import before_task_publish
 from kombu import Exchange, Queue
@@ -132,21 +136,70 @@ def test_more_publishing_threads_than_connections_wait_their_turn(queue: str) ->
     assert redis.Redis.from_url(REDIS_URL).llen(queue) == 200
 
 
-def test_a_connection_cut_while_idle_is_made_again(
-    queue: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One failed push (a connection the network dropped) is tried again, not lost."""
+def test_a_connection_cut_while_idle_is_made_again(queue: str) -> None:
+    """A push on a connection the server dropped is tried again on a new one, not lost."""
     sender = sender_for(_celery(), queue)
     assert sender is not None
-    real = sender._client.lpush
-    failures = iter([redis.ConnectionError("Connection reset by peer")])
-
-    def flaky(*args: Any) -> Any:
-        failure = next(failures, None)
-        if failure is not None:
-            raise failure
-        return real(*args)
-
-    monkeypatch.setattr(sender._client, "lpush", flaky)
+    sender.send(PROCESS_TASK, 6, "t-6", queue)
+    # The pool holds the one connection that pushed; the server drops it.
+    client_id = sender._client.client_id()
+    assert redis.Redis.from_url(REDIS_URL).client_kill_filter(_id=client_id) == 1
     sender.send(PROCESS_TASK, 7, "t-7", queue)
-    assert _pop(queue)["headers"]["id"] == "t-7"
+    assert [_pop(queue)["headers"]["id"] for _ in range(2)] == ["t-6", "t-7"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pauses(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[float]:
+    """The pauses ``module`` makes between attempts, recorded instead of slept."""
+    pauses: list[float] = []
+    monkeypatch.setattr(module, "sleep", pauses.append)
+    return pauses
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {},
+        {"task_publish_retry_policy": {"max_retries": 5, "interval_step": 0.5, "interval_max": 2}},
+    ],
+    ids=["default policy", "own policy"],
+)
+def test_a_broker_that_is_down_is_given_up_on_as_apply_async_would(
+    queue: str, conf: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connecting to a broker that is down retries as Celery's publish retry policy says.
+
+    Not the worker's patient connection retries, which held each submission for
+    seconds while the broker was down.
+    """
+    down = f"redis://127.0.0.1:{_closed_port()}/0"
+    pauses = _pauses(monkeypatch, kombu.utils.functional)
+    with pytest.raises(kombu.exceptions.OperationalError):
+        _celery(broker_url=down, **conf).tasks[PROCESS_TASK].apply_async((1,), queue=queue)
+    theirs = list(pauses)
+    pauses.clear()
+    with pytest.raises(kombu.exceptions.OperationalError):
+        RedisSender(_celery(broker_url=down, **conf))
+    assert pauses == theirs
+    # Celery's default: 0.2 s, then 0.4 s. The own policy: 5 pauses of kombu's
+    # default first interval (2 s, capped at 2), slept a second at a time.
+    assert sum(theirs) == pytest.approx(0.6 if not conf else 10.0)
+
+
+def test_a_broker_gone_after_connecting_is_retried_as_the_policy_says(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pushes retry as Celery's policy says (at once, then 0.2 and 0.4 s on), then fail."""
+    sender = RedisSender(_celery())
+    pool = sender._client.connection_pool
+    pool.disconnect()
+    pool.connection_kwargs["port"] = _closed_port()
+    pauses = _pauses(monkeypatch, redis.retry)
+    with pytest.raises(redis.ConnectionError):
+        sender.send(PROCESS_TASK, 8, "t-8", queue)
+    assert pauses == [0.2, 0.4]
