@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import math
-import mimetypes
 import re
 from collections.abc import Iterator
 from importlib import resources
@@ -33,11 +32,20 @@ from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")
 
+
+class _Blueprint(Blueprint):
+    def send_static_file(self, filename: str) -> Response:
+        response = super().send_static_file(filename)
+        if filename.endswith(".mjs"):
+            # Browsers run a module script only when it is served as JavaScript;
+            # Python before 3.12 knows .mjs only from the system's mime.types,
+            # where there is one. Set here, not in the process's mimetypes table.
+            response.mimetype = "text/javascript"
+        return response
+
+
 #: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
-blueprint = Blueprint("async_request", __name__, static_folder="static")
-# Browsers run a module script only when it is served as JavaScript; Python
-# before 3.12 knows .mjs only from the system's mime.types, where there is one.
-mimetypes.add_type("text/javascript", ".mjs")
+blueprint = _Blueprint("async_request", __name__, static_folder="static")
 
 #: Seconds a client is asked to wait before polling again after a database outage.
 UNAVAILABLE_RETRY_AFTER = 5

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -327,3 +329,27 @@ def test_remembered_token_still_expires(make_app: AppFactory) -> None:
     assert poll(client, token).status_code == 202
     time.sleep(2.1)
     assert poll(client, token).status_code == 400
+
+
+def test_the_module_client_is_served_as_javascript_leaving_mimetypes_alone() -> None:
+    """With no system mime.types, the .mjs client is still JavaScript, and the
+    process's own table of types is not changed for it."""
+    script = """
+import mimetypes, sys
+# As on a host whose Python and mime.types know no .mjs (Python 3.10 without the file).
+mimetypes.init(files=[])
+for table in (mimetypes.types_map, mimetypes._db.types_map[True]):
+    table.pop(".mjs", None)
+before = mimetypes.guess_type("x.mjs")[0]
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from flask_async_request import AsyncRequest
+app = Flask("mjs")
+app.config.update(SECRET_KEY="k" * 40, SQLALCHEMY_DATABASE_URI="sqlite://")
+SQLAlchemy(app)
+AsyncRequest(app)
+served = app.test_client().get("/async_request/static/async-request.mjs")
+print(served.status_code, served.mimetype, before, mimetypes.guess_type("x.mjs")[0])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["200", "text/javascript", "None", "None"], out.stderr

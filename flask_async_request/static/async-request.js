@@ -174,10 +174,14 @@
     const policy = retryPolicy(retry);
     for (let attempt = 1; ; attempt++) {
       if (signal && signal.aborted) throw abortReason(signal);
+      // Built first, so a request the browser refuses to make (a bad url, method
+      // or body) throws its TypeError here, once, instead of being retried as
+      // if the network had failed.
+      const request = new Request(url, Object.assign({}, init, {signal}));
       let response = null;
       let failure = null;
       try {
-        response = await fetch(url, Object.assign({}, init, {signal}));
+        response = await fetch(request);
       } catch (error) {
         if (signal && signal.aborted) throw abortReason(signal);
         // fetch rejects with a TypeError when the request never got an answer.

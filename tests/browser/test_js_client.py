@@ -608,6 +608,29 @@ def test_network_retries_are_bounded(page: Any, served: Served) -> None:
     assert len(attempts) == 3
 
 
+def test_a_request_the_browser_will_not_make_is_not_retried(page: Any, served: Served) -> None:
+    """A status url with credentials in it rejects at once with the browser's TypeError.
+
+    fetch rejects such a request with a TypeError, as it does a network error;
+    it is refused before it is sent, so asking again cannot help.
+    """
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client, base) => {
+            const url = base.replace("://", "://user:secret@") + "/async_request/job/x";
+            try {
+                await client.poll(url, {retry: {attempts: 3, baseDelay: 0.05}});
+            } catch (error) {
+                return {name: error.name, typed: error instanceof client.AsyncRequestError};
+            }
+        }""",
+        served.url,
+    )
+    assert result == {"name": "TypeError", "typed": False}
+    assert served.gets() == []
+
+
 def test_other_failures_reject_with_the_typed_error(page: Any, served: Served) -> None:
     """A 500 that is not the job's reply rejects at once with the response and its body."""
     open_page(page, served)
