@@ -214,7 +214,8 @@ class JobStore:
         self._waiters_lock = threading.Lock()
         # The ended jobs' replies, shared by the requests their end woke.
         self._shared_lock = threading.Lock()
-        self._reading: dict[int, threading.Lock] = {}
+        #: The reads in flight of ended jobs' rows: the requests woken with the reader wait on it.
+        self._reading: dict[int, threading.Event] = {}
         self._ended: dict[int, tuple[float, JobReply | None]] = {}
 
     @classmethod
@@ -363,32 +364,45 @@ class JobStore:
     def _read_after_wake(self, job_id: int) -> JobReply | None:
         """Read a job whose end may just have woken many requests, once for all of them.
 
-        The first woken request reads the row; the others, queued on the same
-        lock, take its answer if the job has ended (a pending answer is never
-        shared: it could be stale).
+        The first woken request reads the row; the others wait for that read
+        and, when it has found the job ended, take its answer, all at once (a
+        pending answer is never shared: it could be stale, and they read again).
         """
         # Most of a thousand woken requests find the end already read: a dict
-        # lookup, with no lock to queue on.
-        shared = self._ended.get(job_id)
-        if shared is not None and time.monotonic() - shared[0] < _SHARED_FOR:
+        # lookup, with nothing to wait for.
+        shared = self._shared_end(job_id)
+        if shared is not None:
             return shared[1]
         with self._shared_lock:
-            if len(self._reading) > 1024:
-                # Keep both bounded: forget the ends shared long enough ago, and
-                # the locks of jobs no one shares (a lost lock costs one read more).
-                now = time.monotonic()
-                self._ended = {k: v for k, v in self._ended.items() if now - v[0] < _SHARED_FOR}
-                self._reading = {k: v for k, v in self._reading.items() if k in self._ended}
-            lock = self._reading.setdefault(job_id, threading.Lock())
-        with lock:
-            shared = self._ended.get(job_id)
-            if shared is not None and time.monotonic() - shared[0] < _SHARED_FOR:
-                return shared[1]
+            reading = self._reading.get(job_id)
+            leader = reading is None
+            if reading is None:
+                reading = self._reading[job_id] = threading.Event()
+        if not leader:
+            reading.wait(_SHARED_FOR)
+            shared = self._shared_end(job_id)
+            return shared[1] if shared is not None else self.fetch_reply(job_id)
+        try:
             reply = self.fetch_reply(job_id)
-            if _ended_or_gone(reply):
-                with self._shared_lock:
-                    self._ended[job_id] = (time.monotonic(), reply)
+            with self._shared_lock:
+                now = time.monotonic()
+                if len(self._ended) > 1024:
+                    # Kept bounded: the ends shared long enough ago are forgotten.
+                    self._ended = {k: v for k, v in self._ended.items() if now - v[0] < _SHARED_FOR}
+                if _ended_or_gone(reply):
+                    self._ended[job_id] = (now, reply)
             return reply
+        finally:
+            with self._shared_lock:
+                del self._reading[job_id]
+            reading.set()
+
+    def _shared_end(self, job_id: int) -> tuple[float, JobReply | None] | None:
+        """The end of job ``job_id`` read for the requests it woke, if recent enough to share."""
+        shared = self._ended.get(job_id)
+        if shared is not None and time.monotonic() - shared[0] < _SHARED_FOR:
+            return shared
+        return None
 
     def waiters(self) -> Waiters:
         """This store's waiting requests (made on first use)."""

@@ -264,26 +264,65 @@ def test_listeners_stay_on_the_apps_own_session(make_app: AppFactory) -> None:
 
 
 def test_shared_reads_after_wakes_stay_bounded(app: Flask) -> None:
-    """The per-job locks and shared replies of woken long polls are forgotten after a while."""
+    """Shared replies of woken long polls are forgotten after a while; no read stays in flight."""
     store = get_state().store()
     job_id = add_job().id
     for gone in range(10_000, 11_100):
         store._read_after_wake(gone)
-    assert len(store._reading) > 1024
+    assert len(store._ended) > 1024
+    assert store._reading == {}
     time.sleep(1.1)  # past the time an end is shared
     assert store._read_after_wake(job_id) is not None
-    assert len(store._reading) <= 2
+    assert len(store._ended) <= 2
 
 
-def test_a_shared_end_is_read_without_queueing_on_its_lock(app: Flask) -> None:
-    """Requests woken after the first read of an end take it with no lock to wait for."""
+def test_a_shared_end_is_read_without_waiting_for_a_read_in_flight(app: Flask) -> None:
+    """Requests woken after the first read of an end take it with nothing to wait for."""
     store = get_state().store()
     job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
     first = store._read_after_wake(job_id)
     answers: list[Any] = []
-    # Held as the first reader of a later end would hold it.
-    with store._reading[job_id]:
-        reader = threading.Thread(target=lambda: answers.append(store._read_after_wake(job_id)))
-        reader.start()
-        reader.join(2)
-        assert answers == [first]
+    # A later end's read in flight, as its first reader leaves it until done.
+    store._reading[job_id] = threading.Event()
+    reader = threading.Thread(target=lambda: answers.append(store._read_after_wake(job_id)))
+    reader.start()
+    reader.join(2)
+    assert answers == [first]
+
+
+def test_requests_woken_together_share_the_first_one_s_read(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first woken request reads the row, the others wait for its answer:
+    one read for all of them, and they all go on when it is done."""
+    store = get_state().store()
+    job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
+    reads: list[int] = []
+    reading = threading.Event()
+    release = threading.Event()
+    real = store.fetch_reply
+
+    def slow_read(job: int) -> Any:
+        reads.append(job)
+        reading.set()
+        release.wait(5)
+        return real(job)
+
+    monkeypatch.setattr(store, "fetch_reply", slow_read)
+    answers: list[Any] = []
+
+    def woken() -> None:
+        answers.append(store._read_after_wake(job_id))
+
+    threads = [threading.Thread(target=woken) for _ in range(20)]
+    threads[0].start()
+    assert reading.wait(5)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)
+    assert answers == []  # all waiting on the one read in flight
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert reads == [job_id]
+    assert len(answers) == 20 and {a.status for a in answers} == {JobStatus.PROCESSED}
