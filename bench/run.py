@@ -1127,12 +1127,14 @@ held on an event in the view and released at once, with no job, token or databas
 
 Each answer is a whole response through Flask and gunicorn from the one process, so the
 last leaves about 1,000 times a response's own cost after the end. The floor measures that
-cost with nothing of this library in it: the long polls are answered about as soon as bare
-Flask answers the same number of released requests, so the wake-up (one NOTIFY, one read
-shared by all) is not what takes the time, and the 100 ms target lies under what one
-Python process serves here. More processes divide it; gevent's greenlets answer about three
-times sooner than gthread's threads. The waits hold no database connection: the web
-process keeps its pool's few and the listener's one.
+cost with nothing of this library in it, and on this machine the floor itself is over
+100 ms: the target lies under what one Python process serves here, whatever wakes the
+requests. The long polls are answered a little after the floor; the difference is what
+each woken request does besides (it takes the one read of the end shared by all, checks
+it against its token and sends the stored reply), not the wake-up, which is one NOTIFY and
+one read. More processes divide the time; gevent's greenlets answer about three times
+sooner than gthread's threads. The waits hold no database connection: the web process
+keeps its pool's few and the listener's one.
 """
 
 
