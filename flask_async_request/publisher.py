@@ -55,6 +55,14 @@ class RedisSender:
         self._client = channel._create_client()
         # Each push (and each new connection) is retried as Celery's publish
         # retry policy says, instead of the redis client's own longer default.
+        # Before redis 6 a command is retried only for the errors its connection
+        # names, so the pool makes its connections afresh, naming them.
+        import redis
+
+        pool = self._client.connection_pool
+        pool.connection_kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
+        pool.disconnect()
+        pool.reset()
         self._client.set_retry(_redis_retry(policy))
         self._key = channel._q_for_pri
         self._origin = anon_nodename()
@@ -62,6 +70,11 @@ class RedisSender:
         # one: threads (or greenlets) past it wait here for their turn.
         size = getattr(self._client.connection_pool, "max_connections", None)
         self._turns = threading.BoundedSemaphore(size if isinstance(size, int) else 10)
+
+    def close(self) -> None:
+        """Close the connections of this sender's pool."""
+        self._client.connection_pool.disconnect()
+        self._connection.release()
 
     def send(
         self,
@@ -125,11 +138,11 @@ def publish_retry_policy(celery_app: Celery) -> dict[str, Any]:
 
     ``task_publish_retry_policy``, as Celery passes it to kombu (by default 3
     retries, 0.2 s, then 0.4 s apart); with ``task_publish_retry`` off, one
-    retry, for a connection that was cut while idle.
+    retry at once, for a connection that was cut while idle.
     """
     conf = celery_app.conf
     if not conf.task_publish_retry:
-        return {"max_retries": 1}
+        return {"max_retries": 1, "interval_start": 0}
     policy = conf.task_publish_retry_policy or {}
     return {key: policy[key] for key in _POLICY_KEYS if key in policy}
 
@@ -170,11 +183,16 @@ def sender_for(celery_app: Celery, queue: str) -> RedisSender | None:
     pid = os.getpid()
     found = _senders.get(celery_app)
     if found is None or found[0] != pid:
+        # Connected outside the lock: while the broker is down, each caller fails
+        # after its own retries, not after those of every caller queued before it.
+        made = RedisSender(celery_app) if _plain(celery_app) else None
         with _lock:
             found = _senders.get(celery_app)
             if found is None or found[0] != pid:
-                found = (pid, RedisSender(celery_app) if _plain(celery_app) else None)
-                _senders[celery_app] = found
+                found = _senders[celery_app] = (pid, made)
+                made = None
+        if made is not None:
+            made.close()  # another thread's was kept
     sender = found[1]
     if sender is None or not _direct(celery_app, queue):
         return None

@@ -112,8 +112,10 @@ class _Precompiled:
             self._defaults[column.key] = _python_default(column.onupdate)
         for column in compiled.insert_prefetch:
             self._defaults[column.key] = _python_default(column.default)
+        # Keyed as the driver's parameters are: by the names in the SQL, escaped.
+        escaped = compiled.escaped_bind_names
         self._binds = {
-            name: process
+            escaped.get(name, name): process
             for bind, name in compiled.bind_names.items()
             if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
@@ -264,6 +266,7 @@ class JobStore:
         except self._dbapi_error as e:
             # The pool hands out unwrapped driver errors.
             raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
+        cursor = None
         try:
             cursor = connection.cursor()
             try:
@@ -272,9 +275,20 @@ class JobStore:
             finally:
                 cursor.close()
         except self._dbapi_error as e:
-            connection.invalidate(e)
+            # As SQLAlchemy does: a lost connection is dropped, and so is every idle
+            # one of the pool (after a database restart they are all stale); a
+            # statement that failed otherwise (a constraint, a timeout) leaves its
+            # autocommitted connection as good as it was.
+            lost = self.engine.dialect.is_disconnect(
+                e,  # type: ignore[arg-type]  # the driver's own Error class
+                connection.dbapi_connection,
+                cursor,
+            )
+            if lost:
+                connection.invalidate(e)
+                self.engine.pool.dispose()
             raise sa.exc.DBAPIError.instance(
-                sql, params, e, self._dbapi_error, connection_invalidated=True
+                sql, params, e, self._dbapi_error, connection_invalidated=lost
             ) from e
         finally:
             connection.close()
@@ -379,7 +393,9 @@ class JobStore:
             if reading is None:
                 reading = self._reading[job_id] = threading.Event()
         if not leader:
-            reading.wait(_SHARED_FOR)
+            # The reader sets it however its read ends (its ``finally``): as long
+            # as one's own read would take, and with no surge of reads after it.
+            reading.wait()
             shared = self._shared_end(job_id)
             return shared[1] if shared is not None else self.fetch_reply(job_id)
         try:

@@ -311,3 +311,50 @@ def test_a_hot_statement_cannot_expand_parameters() -> None:
     statement = sa.select(Job.id).where(Job.id.in_(sa.bindparam("ids", expanding=True)))
     with pytest.raises(ValueError, match="expanding"):
         _Precompiled(statement, postgresql.psycopg.dialect())  # type: ignore[attr-defined]
+
+
+def _terminate(pids: list[int]) -> None:
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+        for pid in pids:
+            c.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+
+
+def test_a_lost_connection_takes_the_stale_idle_ones_with_it(pg_app: Flask) -> None:
+    """After the database dropped every connection, one statement fails (as SQLAlchemy's
+    would) and the next gets a new connection, not another stale one."""
+    store = get_state().store()
+    job_id = add_job().id
+    store.engine.pool.dispose()
+    held = [store.engine.raw_connection() for _ in range(2)]
+    pids = [connection.driver_connection.info.backend_pid for connection in held]
+    for connection in held:
+        connection.close()
+    _terminate(pids)
+    with pytest.raises(sa.exc.OperationalError) as lost:
+        store.fetch_reply(job_id)
+    assert lost.value.connection_invalidated
+    assert store.fetch_reply(job_id) is not None
+
+
+def test_a_statement_that_fails_keeps_its_connection(pg_app: Flask) -> None:
+    """A constraint error is the statement's, not the connection's: it stays in the pool."""
+    from flask_async_request import lifecycle
+
+    store = get_state().store()
+    taken = add_job().uid
+    store.engine.pool.dispose()
+
+    def backend() -> int:
+        connection = store.engine.raw_connection()
+        try:
+            return int(connection.driver_connection.info.backend_pid)
+        finally:
+            connection.close()
+
+    before = backend()
+    job = lifecycle.new_job("tests.workers:Echo", {"args": [], "kwargs": {}})
+    job.uid = taken
+    with pytest.raises(sa.exc.IntegrityError) as refused:
+        lifecycle.insert(store, job)
+    assert not refused.value.connection_invalidated
+    assert backend() == before

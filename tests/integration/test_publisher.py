@@ -7,14 +7,17 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import kombu
 import kombu.exceptions
 import kombu.utils.functional
 import pytest
 import redis
+import redis.connection
 import redis.retry
 from celery import Celery
 from celery.signals import before_task_publish
@@ -203,3 +206,66 @@ def test_a_broker_gone_after_connecting_is_retried_as_the_policy_says(
     with pytest.raises(redis.ConnectionError):
         sender.send(PROCESS_TASK, 8, "t-8", queue)
     assert pauses == [0.2, 0.4]
+
+
+def test_a_push_whose_connection_fails_is_sent_again(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push that fails on its way out is retried on a new connection, not lost."""
+    sender = RedisSender(_celery())
+    real = redis.connection.Connection.send_packed_command
+    sent: list[int] = []
+
+    def flaky(connection: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        if len(sent) == 1:
+            raise redis.ConnectionError("Connection reset by peer")
+        real(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", flaky)
+    sender.send(PROCESS_TASK, 9, "t-9", queue)
+    monkeypatch.undo()
+    assert len(sent) == 2
+    assert _pop(queue)["headers"]["id"] == "t-9"
+
+
+def test_first_senders_connect_side_by_side(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests that find no sender yet each connect: neither waits out the other's retries."""
+    celery_app = _celery()
+    connecting: list[int] = []
+    go_on = threading.Event()
+    real = kombu.Connection.ensure_connection
+
+    def slow(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        connecting.append(1)
+        assert go_on.wait(10)
+        return real(connection, *args, **kwargs)
+
+    monkeypatch.setattr(kombu.Connection, "ensure_connection", slow)
+    senders: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: senders.append(sender_for(celery_app, queue)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(connecting) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    both = len(connecting)
+    go_on.set()
+    for thread in threads:
+        thread.join(10)
+    assert both == 2
+    assert senders[0] is senders[1] is not None  # one of them is kept, for both
+
+
+def test_with_publish_retries_off_a_down_broker_is_tried_once_more_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """task_publish_retry = False: one more try, for a connection cut while idle, and no pause."""
+    down = _celery(broker_url=f"redis://127.0.0.1:{_closed_port()}/0", task_publish_retry=False)
+    pauses = _pauses(monkeypatch, kombu.utils.functional)
+    with pytest.raises(kombu.exceptions.OperationalError):
+        RedisSender(down)
+    assert pauses == []
