@@ -12,7 +12,6 @@ there is no network to save, uses the app's engine.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -30,6 +29,21 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect, Engine
 
 _Statement = TypeVar("_Statement", bound=sa.Executable)
+
+#: The statements marked with :func:`hot`, by id (each is built once, at import).
+_HOT: dict[int, sa.Executable] = {}
+
+
+def hot(statement: _Statement) -> _Statement:
+    """Mark ``statement``, built once at import, as a hot path's; it is returned as it is.
+
+    Where the store can (PostgreSQL with psycopg, autocommitted), it runs a hot
+    statement compiled once, on a raw cursor: SQLAlchemy's execution layer
+    costs a worker more CPU than a claim or a finish itself.
+    """
+    _HOT[id(statement)] = statement
+    return statement
+
 
 #: The columns of a :class:`JobReply`, in its order.
 REPLY_COLUMNS = (
@@ -60,7 +74,7 @@ INSERT_COLUMNS = (
     "updated_at",
     "due_at",
 )
-_INSERT = (
+_INSERT = hot(
     sa.insert(Job)
     .values({name: sa.bindparam(name, type_=Job.__table__.c[name].type) for name in INSERT_COLUMNS})
     .returning(Job.id)
@@ -79,21 +93,6 @@ _PENDING_OF = sa.select(Job.id).where(
 _CHECK_BATCH = 500
 #: Seconds an ended job's reply is shared by the requests its end woke.
 _SHARED_FOR = 1.0
-
-
-#: The statements marked with :func:`hot`, by id (each is built once, at import).
-_HOT: dict[int, sa.Executable] = {}
-
-
-def hot(statement: _Statement) -> _Statement:
-    """Mark ``statement``, built once at import, as a hot path's; it is returned as it is.
-
-    Where the store can (PostgreSQL with psycopg, autocommitted), it runs a hot
-    statement compiled once, on a raw cursor: SQLAlchemy's execution layer
-    costs a worker more CPU than a claim or a finish itself.
-    """
-    _HOT[id(statement)] = statement
-    return statement
 
 
 class _Precompiled:
@@ -196,17 +195,16 @@ class JobStore:
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.
         self._reply_sql = _REPLY.compile(dialect=engine.dialect).string
-        self._insert_sql = (
-            _INSERT.compile(dialect=engine.dialect).string
+
+        self._positional = bool(engine.dialect.positional)
+        #: Hot statements precompiled for this engine, by id; see :func:`hot`. Only
+        #: autocommitted psycopg connections to PostgreSQL run them raw.
+        self._precompiled: dict[int, _Precompiled | None] | None = (
+            {}
             if autocommit
             and engine.dialect.name == "postgresql"
             and engine.dialect.driver == "psycopg"
             else None
-        )
-        self._positional = bool(engine.dialect.positional)
-        #: Hot statements precompiled for this engine, by id; see :func:`hot`.
-        self._precompiled: dict[int, _Precompiled | None] | None = (
-            {} if self._insert_sql is not None else None
         )
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
@@ -299,18 +297,13 @@ class JobStore:
         On PostgreSQL with psycopg it is a precompiled ``INSERT ... RETURNING``
         on a raw cursor, autocommitted: the submission's hot path.
         """
-        if self._insert_sql is None:
+        precompiled = self._hot(_INSERT)
+        if precompiled is None:
             with self.engine.begin() as conn:
                 key = conn.execute(sa.insert(Job), values).inserted_primary_key
             assert key is not None  # An INSERT of one row always has its key.
             return int(key[0])
-        params = {
-            **values,
-            "params": json.dumps(values["params"]),
-            "status": JobStatus(values["status"]).value,
-        }
-        row = self._raw(self._insert_sql, params)
-        return int(row[0])
+        return int(self._raw(precompiled.sql, precompiled.params(values))[0])
 
     def _hot(self, statement: sa.Executable) -> _Precompiled | None:
         """``statement`` precompiled, if it is :func:`hot` and this store runs raw statements."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from kombu import Exchange, Queue
 
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.publisher import RedisSender, sender_for
+from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -151,12 +151,6 @@ def test_a_connection_cut_while_idle_is_made_again(queue: str) -> None:
     assert [_pop(queue)["headers"]["id"] for _ in range(2)] == ["t-6", "t-7"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pauses(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[float]:
     """The pauses ``module`` makes between attempts, recorded instead of slept."""
     pauses: list[float] = []
@@ -180,7 +174,7 @@ def test_a_broker_that_is_down_is_given_up_on_as_apply_async_would(
     Not the worker's patient connection retries, which held each submission for
     seconds while the broker was down.
     """
-    down = f"redis://127.0.0.1:{_closed_port()}/0"
+    down = f"redis://127.0.0.1:{free_port()}/0"
     pauses = _pauses(monkeypatch, kombu.utils.functional)
     with pytest.raises(kombu.exceptions.OperationalError):
         _celery(broker_url=down, **conf).tasks[PROCESS_TASK].apply_async((1,), queue=queue)
@@ -201,7 +195,7 @@ def test_a_broker_gone_after_connecting_is_retried_as_the_policy_says(
     sender = RedisSender(_celery())
     pool = sender._client.connection_pool
     pool.disconnect()
-    pool.connection_kwargs["port"] = _closed_port()
+    pool.connection_kwargs["port"] = free_port()
     pauses = _pauses(monkeypatch, redis.retry)
     with pytest.raises(redis.ConnectionError):
         sender.send(PROCESS_TASK, 8, "t-8", queue)
@@ -265,7 +259,7 @@ def test_with_publish_retries_off_a_down_broker_is_tried_once_more_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """task_publish_retry = False: one more try, for a connection cut while idle, and no pause."""
-    down = _celery(broker_url=f"redis://127.0.0.1:{_closed_port()}/0", task_publish_retry=False)
+    down = _celery(broker_url=f"redis://127.0.0.1:{free_port()}/0", task_publish_retry=False)
     pauses = _pauses(monkeypatch, kombu.utils.functional)
     with pytest.raises(kombu.exceptions.OperationalError):
         RedisSender(down)
