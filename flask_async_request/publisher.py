@@ -43,7 +43,9 @@ class RedisSender:
 
     def __init__(self, celery_app: Celery) -> None:
         policy = publish_retry_policy(celery_app)
-        connection = celery_app.connection_for_write()
+        connection = celery_app.connection_for_write(
+            transport_options=_transport_options(celery_app)
+        )
         # Connecting (or failing to) takes as long as apply_async's publish would,
         # not the worker's patient connection retries (seconds per submission
         # while the broker is down).
@@ -145,6 +147,29 @@ def publish_retry_policy(celery_app: Celery) -> dict[str, Any]:
         return {"max_retries": 1, "interval_start": 0}
     policy = conf.task_publish_retry_policy or {}
     return {key: policy[key] for key in _POLICY_KEYS if key in policy}
+
+
+def _transport_options(celery_app: Celery) -> dict[str, float]:
+    """How long the sender waits for the broker to answer a connect, or a push.
+
+    ``broker_connection_timeout`` (Celery's default: 4 s) for each, unless
+    ``broker_transport_options`` name their own. The Redis transport has no
+    timeout by itself: a broker host that drops packets would hold a connect for
+    the kernel's SYN retries (over two minutes, once per retry of the policy) and
+    a push until TCP gives up, with the request that submits the job waiting.
+
+    No health check either (a ``PING`` before a command on a connection idle
+    for a while): the push itself is retried on a new connection when its own
+    fails, and a check retried inside each retry of the push would multiply
+    the timeouts a broker that stopped answering costs.
+    """
+    conf = celery_app.conf
+    named = conf.broker_transport_options or {}
+    options = {"health_check_interval": 0.0}
+    timeout = conf.broker_connection_timeout
+    if timeout is not None:
+        options.update(socket_connect_timeout=float(timeout), socket_timeout=float(timeout))
+    return {key: value for key, value in options.items() if key not in named}
 
 
 def _redis_retry(policy: dict[str, Any]) -> Any:

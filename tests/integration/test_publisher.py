@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -264,3 +266,97 @@ def test_with_publish_retries_off_a_down_broker_is_tried_once_more_at_once(
     with pytest.raises(kombu.exceptions.OperationalError):
         RedisSender(down)
     assert pauses == []
+
+
+@pytest.fixture
+def unreachable() -> Iterator[int]:
+    """A port whose connects hang, as to a host that drops packets.
+
+    A listener that never accepts, its backlog full: the kernel drops each new
+    SYN and the connect waits for its retries (over two minutes).
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        queued = [socket.socket() for _ in range(4)]
+        for client in queued:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        time.sleep(0.1)
+        try:
+            yield port
+        finally:
+            for client in queued:
+                client.close()
+
+
+@pytest.fixture
+def mute() -> Iterator[int]:
+    """A port that accepts connections and never answers on them."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.1)
+        accepted: list[socket.socket] = []
+        done = threading.Event()
+
+        def accept() -> None:
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    accepted.append(listener.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield int(listener.getsockname()[1])
+        finally:
+            done.set()
+            thread.join(5)
+            for connection in accepted:
+                connection.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_host_that_drops_packets_is_given_up_on_after_the_connection_timeout(
+    unreachable: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connect waits broker_connection_timeout, not the kernel's two minutes and more."""
+    pauses = _pauses(monkeypatch, kombu.utils.functional)
+    celery_app = _celery(
+        broker_url=f"redis://127.0.0.1:{unreachable}/0", broker_connection_timeout=0.3
+    )
+    with pytest.raises(kombu.exceptions.OperationalError, match="Timeout connecting"):
+        RedisSender(celery_app)
+    assert len(pauses) == 2  # the policy's retries, each connect timed out
+
+
+@pytest.mark.timeout(60)
+def test_a_push_to_a_broker_that_stopped_answering_times_out(
+    queue: str, mute: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push waits broker_connection_timeout for the broker's answer, then is retried."""
+    sender = RedisSender(_celery(broker_connection_timeout=0.3))
+    pool = sender._client.connection_pool
+    pool.disconnect()
+    pool.connection_kwargs["port"] = mute
+    pauses = _pauses(monkeypatch, redis.retry)
+    with pytest.raises(redis.TimeoutError):
+        sender.send(PROCESS_TASK, 10, "t-10", queue)
+    assert pauses == [0.2, 0.4]
+
+
+def test_transport_options_name_their_own_timeouts() -> None:
+    """broker_transport_options win over broker_connection_timeout; None turns it off."""
+    pool = RedisSender(_celery())._client.connection_pool
+    assert pool.connection_kwargs["socket_timeout"] == 4.0  # Celery's default
+    assert pool.connection_kwargs["socket_connect_timeout"] == 4.0
+    assert pool.connection_kwargs["health_check_interval"] == 0
+    named = {"socket_timeout": 7.0, "health_check_interval": 30}
+    pool = RedisSender(_celery(broker_transport_options=named))._client.connection_pool
+    assert pool.connection_kwargs["socket_timeout"] == 7.0
+    assert pool.connection_kwargs["socket_connect_timeout"] == 4.0
+    assert pool.connection_kwargs["health_check_interval"] == 30
+    pool = RedisSender(_celery(broker_connection_timeout=None))._client.connection_pool
+    assert pool.connection_kwargs["socket_timeout"] is None
+    assert pool.connection_kwargs["socket_connect_timeout"] is None
