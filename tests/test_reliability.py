@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_async_request import EnqueueError, Job, JobStatus
+from flask_async_request import EnqueueError, Job, JobStatus, accepted, asynchronous
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, add_job, reload_job
+from tests.conftest import AppFactory, add_job, poll, reload_job
 
 BROKER_DOWN = {
     "broker_url": "redis://127.0.0.1:1/0",
@@ -263,6 +263,52 @@ def test_job_stored_while_the_broker_was_down_runs_when_it_is_back(
     with back.app_context():
         assert sweep_jobs().republished == 1
         assert reload_job(job_id).status is JobStatus.PROCESSED
+
+
+def _submitting_views(app: Flask) -> Flask:
+    """The README's view, and an ``@asynchronous`` one."""
+
+    @app.post("/echo")
+    def echo() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Echo, "late"))
+
+    @app.post("/doubled/<int:n>")
+    @asynchronous
+    def doubled(n: int) -> Any:
+        return {"doubled": 2 * n}
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("url", "body"), [("/echo", '{"args": ["late"]'), ("/doubled/21", '{"doubled":42}')]
+)
+def test_a_view_that_stored_a_job_while_the_broker_was_down_answers_202(
+    make_app: AppFactory, tmp_path: Path, url: str, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 500: the job is stored, and runs once the broker is back.
+
+    A 5xx would have the client submit it again, and both jobs would run.
+    """
+    database = f"sqlite:///{tmp_path}/shared.db"
+    down = _submitting_views(make_app(SQLALCHEMY_DATABASE_URI=database, CELERY=BROKER_DOWN))
+    client = down.test_client()
+    answer = client.post(url, headers={"Prefer": "wait=5"})
+    assert answer.status_code == 202, answer.data
+    assert answer.headers["Location"] == answer.json["url"]
+    assert "the broker is back" in caplog.text
+    token = answer.json["token"]
+    assert poll(client, token).json["status"] == "waiting"
+    with down.app_context():
+        job = get_state().db.session.query(Job).one()
+        job.due_at = utcnow() - timedelta(minutes=6)
+        get_state().db.session.commit()
+    back = _submitting_views(make_app(SQLALCHEMY_DATABASE_URI=database, create_tables=False))
+    with back.app_context():
+        assert sweep_jobs().republished == 1
+    finished = poll(back.test_client(), token)
+    assert finished.status_code == 200
+    assert finished.json["response"]["body"].startswith(body)
 
 
 def test_sweep_command(app: Flask) -> None:
