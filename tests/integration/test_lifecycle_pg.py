@@ -22,6 +22,7 @@ from flask_async_request import Job, JobStatus
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
+from flask_async_request.store import hot
 from tests import workers
 from tests.conftest import AppFactory, add_job, poll
 from tests.integration.conftest import Stack, _environment, _start_worker
@@ -311,6 +312,28 @@ def test_a_hot_statement_cannot_expand_parameters() -> None:
     statement = sa.select(Job.id).where(Job.id.in_(sa.bindparam("ids", expanding=True)))
     with pytest.raises(ValueError, match="expanding"):
         _Precompiled(statement, postgresql.psycopg.dialect())  # type: ignore[attr-defined]
+
+
+#: A hot statement whose parameter names the driver cannot take as they are.
+_ODD_NAMES = hot(
+    sa.update(Job)
+    .where(Job.id == sa.bindparam("job.id"))
+    .values(params=sa.bindparam("new params", type_=Job.__table__.c.params.type))
+    .returning(Job.params, Job.status)
+)
+
+
+def test_a_hot_statement_s_parameters_are_processed_by_their_escaped_names(
+    pg_app: Flask,
+) -> None:
+    """ "new params" is "new_params" in the SQL: its JSON type still serializes the dict."""
+    store = get_state().store()
+    executed: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: executed.append(a[2]))
+    job_id = add_job(status=JobStatus.WAITING).id
+    row = store.first(_ODD_NAMES, {"job.id": job_id, "new params": {"args": [1], "kwargs": {}}})
+    assert row == ({"args": [1], "kwargs": {}}, JobStatus.WAITING)
+    assert executed == []
 
 
 def _terminate(pids: list[int]) -> None:
