@@ -25,7 +25,7 @@ from typing import Any
 from flask import Flask, render_template, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_async_request import AsyncRequest, Job, Worker, accepted
+from flask_async_request import AsyncRequest, EnqueueError, Job, Worker, accepted
 
 db = SQLAlchemy()
 async_request = AsyncRequest()
@@ -102,7 +102,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         limit = payload.get("limit", 10_000_000)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 2 <= limit <= MAX_LIMIT:
             return {"errors": [{"message": f"limit must be an int from 2 to {MAX_LIMIT:,}"}]}, 400
-        return accepted(Job.create_and_enqueue(PrimeReport, limit))
+        try:
+            job = Job.create_and_enqueue(PrimeReport, limit)
+        except EnqueueError as e:
+            # Stored all the same: the sweeper sends it once the broker is back.
+            job = e.job
+        return accepted(job)
 
     with app.app_context():
         db.create_all()

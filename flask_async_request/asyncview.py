@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from flask import Response, request
 
-from .exceptions import InvalidReply, WorkerResolutionError
+from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
 from .models import Job, JobStatus
 from .state import current_flask_app, get_state
 from .views import accepted, error_answer, requested_wait
@@ -32,6 +33,8 @@ from .web import create_job
 from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("flask_async_request")
 
 #: Marks a replayed request, so the decorated view runs instead of enqueueing.
 REPLAY_KEY = "flask_async_request.replay"
@@ -72,12 +75,17 @@ def asynchronous(
                 len(request.get_data(cache=True)) > max_body_size
             ):
                 return error_answer(f"The request body is larger than {max_body_size} bytes.", 413)
-            job = create_job(
-                ViewWorker,
-                [capture_request(kept)],
-                {},
-                idempotency_key=request.headers.get("Idempotency-Key") or None,
-            )
+            try:
+                job = create_job(
+                    ViewWorker,
+                    [capture_request(kept)],
+                    {},
+                    idempotency_key=request.headers.get("Idempotency-Key") or None,
+                )
+            except EnqueueError as e:
+                # Stored all the same: a 5xx would have the client submit it again.
+                logger.warning("%s The sweeper sends it once the broker is back.", e)
+                return accepted(e.job)
             return _answer(job)
 
         wrapper._async_request_view = True  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AsyncRequestError(Exception):
     """Base class of every error this library raises."""
@@ -19,12 +21,23 @@ class EnqueueError(AsyncRequestError):
     """The job's row was committed but its message could not be published.
 
     The row stays ``waiting`` with its id in :attr:`job_id`, so the job can be
-    published again once the broker is reachable.
+    published again once the broker is reachable: the sweeper does. Raised by
+    ``Job.create_and_enqueue``, it also holds the stored job in :attr:`job`, so
+    a view answers 202 for it rather than a 5xx that would have the client
+    submit it again::
+
+        try:
+            job = Job.create_and_enqueue(Report, month)
+        except EnqueueError as e:
+            job = e.job
+        return accepted(job)
     """
 
     def __init__(self, message: str, job_id: int) -> None:
         super().__init__(message)
         self.job_id = job_id
+        #: The stored :class:`~flask_async_request.Job`, when a new job's publish failed.
+        self.job: Any = None
 
 
 class WorkerResolutionError(AsyncRequestError):

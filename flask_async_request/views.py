@@ -17,7 +17,6 @@ import sqlalchemy.exc
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from .exceptions import (
-    EnqueueError,
     IdempotencyConflict,
     InvalidJobRow,
     InvalidRequest,
@@ -219,25 +218,6 @@ def cancel(token: str | None = None) -> Any:
 def idempotency_conflict(error: IdempotencyConflict) -> Any:
     """A reused Idempotency-Key with other arguments: 422, in any view of the app."""
     return error_answer(str(error), 422)
-
-
-@blueprint.app_errorhandler(EnqueueError)
-def stored_while_the_broker_was_out_of_reach(error: EnqueueError) -> Any:
-    """A job stored but not sent: 202 for it, in any view of the app.
-
-    Its row is committed and stays waiting; the sweeper sends its message once
-    the broker is back. A 5xx would have the client submit it again, and both
-    jobs would run.
-    """
-    logger.warning("%s The sweeper sends it once the broker is back; answering 202.", error)
-    try:
-        with _database():
-            job = get_state().db.session.get(Job, error.job_id)
-            answer = None if job is None else accepted(job)
-    except _Refusal as refusal:
-        return refusal.response
-    # Gone already: deleted, or purged, between its INSERT and now.
-    return answer or error_answer("Job not found", 404)
 
 
 @blueprint.app_errorhandler(InvalidRequest)

@@ -185,7 +185,7 @@ def create_job(
         session.add(job)
         # Loaded afresh on next access: it may already have run.
         session.expire(job)
-        _publish_new(message)
+        _publish_new(message, job)
         return job
     session.add(job)
     try:
@@ -207,13 +207,20 @@ def create_job(
     session.commit()
     # The job is loaded afresh on next access: it may already have run (eager
     # mode, fast workers).
-    _publish_new(message)
+    _publish_new(message, job)
     return job
 
 
-def _publish_new(message: Message) -> None:
-    """Publish a newly stored job and announce it (``job_enqueued``)."""
-    publish(message)
+def _publish_new(message: Message, job: Job | None = None) -> None:
+    """Publish a newly stored job and announce it (``job_enqueued``).
+
+    :raises EnqueueError: holding ``job``, stored all the same.
+    """
+    try:
+        publish(message)
+    except EnqueueError as e:
+        e.job = job
+        raise
     job_enqueued.send(current_flask_app(), job_id=message.job_id, worker=message.worker)
 
 
