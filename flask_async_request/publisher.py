@@ -30,6 +30,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 from celery.utils.nodenames import anon_nodename
+from kombu.utils.functional import retry_over_time
 
 #: The transports whose channels push to a Redis list per queue.
 _REDIS_TRANSPORTS = frozenset({"redis", "rediss"})
@@ -55,17 +56,17 @@ class RedisSender:
         # The channel's own client class and pool: its URL, password, TLS and
         # key prefix settings apply, as they do to apply_async.
         self._client = channel._create_client()
-        # Each push (and each new connection) is retried as Celery's publish
-        # retry policy says, instead of the redis client's own longer default.
-        # Before redis 6 a command is retried only for the errors its connection
-        # names, so the pool makes its connections afresh, naming them.
-        import redis
+        # Each push is tried once by the client, on a pooled connection or a new
+        # one, and retried here as Celery's publish retry policy says: retries
+        # of the client's own, inside each of these, would multiply the
+        # timeouts a broker that stopped answering costs.
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError, TimeoutError
+        from redis.retry import Retry
 
-        pool = self._client.connection_pool
-        pool.connection_kwargs["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
-        pool.disconnect()
-        pool.reset()
-        self._client.set_retry(_redis_retry(policy))
+        self._client.set_retry(Retry(NoBackoff(), 0))
+        self._policy = policy
+        self._errors = (ConnectionError, TimeoutError)
         self._key = channel._q_for_pri
         self._origin = anon_nodename()
         # The pool refuses more connections than its size instead of waiting for
@@ -127,8 +128,10 @@ class RedisSender:
         key, message = self._key(queue, 0), json.dumps(envelope)
         with self._turns:
             # A connection the server or the network cut while idle is made
-            # again by the client's retry, as apply_async's retry would.
-            self._client.lpush(key, message)
+            # again by the retry, as apply_async's would.
+            retry_over_time(  # type: ignore[no-untyped-call]
+                self._client.lpush, self._errors, (key, message), **self._policy
+            )
 
 
 #: What a retry policy says, as kombu takes it.
@@ -170,25 +173,6 @@ def _transport_options(celery_app: Celery) -> dict[str, float]:
     if timeout is not None:
         options.update(socket_connect_timeout=float(timeout), socket_timeout=float(timeout))
     return {key: value for key, value in options.items() if key not in named}
-
-
-def _redis_retry(policy: dict[str, Any]) -> Any:
-    """``policy`` as the redis client's retry: the same count and pauses."""
-    from redis.backoff import AbstractBackoff
-    from redis.retry import Retry
-
-    # What kombu's own publish retry takes for what the policy leaves out.
-    start = policy.get("interval_start", 1)
-    step = policy.get("interval_step", 1)
-    most = policy.get("interval_max", 1)
-
-    class PolicyBackoff(AbstractBackoff):
-        def compute(self, failures: int) -> float:
-            return float(min(most, start + step * (failures - 1)))
-
-    retries = policy.get("max_retries")
-    # None is "for ever" in Celery's policy, as -1 is in the redis client's.
-    return Retry(PolicyBackoff(), -1 if retries is None else int(retries))
 
 
 _senders: weakref.WeakKeyDictionary[Celery, tuple[int, RedisSender | None]] = (

@@ -54,10 +54,11 @@ def _restart_redis() -> None:
 
 def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "celery", "-A", "tests.integration.project:celery_app", *args]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
 
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -69,13 +70,13 @@ def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 class _Supervisor:
-    """Keeps one Celery process running, as a process manager (systemd's
-    ``Restart=always``, Kubernetes) does in production.
+    """Keeps one Celery process running, as a process manager does in production.
 
-    Celery's worker can exit by itself when the broker goes away under it: kombu,
-    closing the lost connection, may fail with an ``AttributeError`` that the
-    worker reports as an unrecoverable error. Jobs must then end once the worker
-    is back, as they do after a SIGKILL.
+    As systemd's ``Restart=always`` or a Kubernetes Deployment would. Celery's
+    worker can exit by itself when the broker goes away under it: kombu, closing
+    the lost connection, may fail with an ``AttributeError`` that the worker
+    reports as an unrecoverable error. Jobs must then end once the worker is
+    back, as they do after a SIGKILL.
     """
 
     def __init__(self, start: Callable[[], subprocess.Popen[bytes]], log: Path) -> None:
@@ -88,12 +89,14 @@ class _Supervisor:
         self.proc = self.start()
 
     def watch(self) -> None:
-        """Start the process again if it exited by itself."""
+        """Start the process again if it exited by itself (its children killed first)."""
         if self.proc.poll() is not None:
             self.exits += 1
+            _kill_group(self.proc, signal.SIGKILL)
             self.proc = self.start()
 
     def stop(self) -> None:
+        """Stop the process and its children as a warm shutdown does."""
         _kill_group(self.proc, signal.SIGTERM)
 
     def report(self) -> str:

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -198,7 +199,7 @@ def test_a_broker_gone_after_connecting_is_retried_as_the_policy_says(
     pool = sender._client.connection_pool
     pool.disconnect()
     pool.connection_kwargs["port"] = free_port()
-    pauses = _pauses(monkeypatch, redis.retry)
+    pauses = _pauses(monkeypatch, kombu.utils.functional)
     with pytest.raises(redis.ConnectionError):
         sender.send(PROCESS_TASK, 8, "t-8", queue)
     assert pauses == [0.2, 0.4]
@@ -332,17 +333,109 @@ def test_a_broker_host_that_drops_packets_is_given_up_on_after_the_connection_ti
 
 
 @pytest.mark.timeout(60)
-def test_a_push_to_a_broker_that_stopped_answering_times_out(
+def test_a_new_connection_to_a_broker_that_never_answers_times_out(
     queue: str, mute: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A push waits broker_connection_timeout for the broker's answer, then is retried."""
+    """The connection's handshake waits broker_connection_timeout, then the push is retried."""
     sender = RedisSender(_celery(broker_connection_timeout=0.3))
     pool = sender._client.connection_pool
     pool.disconnect()
     pool.connection_kwargs["port"] = mute
-    pauses = _pauses(monkeypatch, redis.retry)
-    with pytest.raises(redis.TimeoutError):
-        sender.send(PROCESS_TASK, 10, "t-10", queue)
+    pauses = _pauses(monkeypatch, kombu.utils.functional)
+    try:
+        with pytest.raises(redis.TimeoutError):
+            sender.send(PROCESS_TASK, 10, "t-10", queue)
+    finally:
+        sender.close()
+    assert pauses == [0.2, 0.4]
+
+
+class _Cuttable:
+    """A TCP relay to Redis that can go silent, as a broker host that starts dropping packets."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.silent = target, threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.listener.settimeout(0.05)
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.silent.is_set():
+            try:
+                client = self.listener.accept()[0]
+            except TimeoutError:
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        source.settimeout(0.05)
+        while not self.silent.is_set():
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            sink.sendall(data)
+
+    def cut(self) -> None:
+        """Forward nothing more, and leave new connects hanging (the backlog full)."""
+        self.silent.set()
+        time.sleep(0.1)
+        for _ in range(4):
+            pending = socket.socket()
+            pending.setblocking(False)
+            pending.connect_ex(("127.0.0.1", self.port))
+            self.sockets.append(pending)
+        time.sleep(0.1)
+
+    def close(self) -> None:
+        self.silent.set()
+        for each in self.sockets:
+            each.close()
+        self.listener.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_push_to_a_broker_that_stopped_answering_is_retried_once_per_policy_retry(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The push on the open connection times out, then each retry makes one connect.
+
+    Not the client's own retries of the connect inside each retry of the push:
+    a dozen timeouts instead of four.
+    """
+    parts = urllib.parse.urlsplit(REDIS_URL)
+    relay = _Cuttable(parts.port or 6379)
+    url = parts._replace(netloc=f"{parts.hostname}:{relay.port}").geturl()
+    sender = RedisSender(_celery(broker_url=url, broker_connection_timeout=0.3))
+    try:
+        sender.send(PROCESS_TASK, 11, "t-11", queue)  # over an open connection
+        relay.cut()
+        connects: list[int] = []
+        real = redis.connection.Connection._connect
+
+        def counted(connection: Any) -> Any:
+            connects.append(1)
+            return real(connection)
+
+        monkeypatch.setattr(redis.connection.Connection, "_connect", counted)
+        pauses = _pauses(monkeypatch, kombu.utils.functional)
+        with pytest.raises(redis.TimeoutError):
+            sender.send(PROCESS_TASK, 12, "t-12", queue)
+    finally:
+        sender.close()
+        relay.close()
+    assert len(connects) == 3
     assert pauses == [0.2, 0.4]
 
 
