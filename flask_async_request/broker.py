@@ -83,9 +83,35 @@ def make_celery(app: Flask, queue: str | None = None) -> tuple[Celery, EmbeddedW
             ' CELERY has no "broker_url". This is for development only: in production set'
             " a broker (Redis or RabbitMQ) and run `celery worker` processes."
         )
+    else:
+        _bound_connects(celery_app)
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app, embedded
+
+
+#: The transports whose connects have no timeout unless their options name one.
+_UNBOUNDED_CONNECTS = frozenset({"redis", "rediss", "sentinel"})
+
+
+def _bound_connects(celery_app: Celery) -> None:
+    """Have a Redis broker's connects give up after ``broker_connection_timeout``.
+
+    Celery's Redis transport has no connect timeout by itself: to a broker host
+    that drops packets, each connect of ``apply_async``, of beat and of a
+    worker waits for the kernel's SYN retries, over two minutes. The AMQP
+    transport bounds its connects by ``broker_connection_timeout`` already; so
+    do these now, unless ``broker_transport_options`` name a timeout.
+    """
+    conf = celery_app.conf
+    options = dict(conf.broker_transport_options or {})
+    if conf.broker_connection_timeout is None or "socket_connect_timeout" in options:
+        return
+    with celery_app.connection_for_write() as probe:
+        if probe.transport_cls not in _UNBOUNDED_CONNECTS:
+            return
+    options["socket_connect_timeout"] = float(conf.broker_connection_timeout)
+    conf.broker_transport_options = options
 
 
 def task_id(job_id: int, uid: str) -> str:

@@ -453,3 +453,29 @@ def test_transport_options_name_their_own_timeouts() -> None:
     pool = RedisSender(_celery(broker_connection_timeout=None))._client.connection_pool
     assert pool.connection_kwargs["socket_timeout"] is None
     assert pool.connection_kwargs["socket_connect_timeout"] is None
+
+
+@pytest.mark.timeout(60)
+def test_apply_async_on_the_extension_s_celery_app_gives_up_after_the_connection_timeout(
+    unreachable: int, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What goes through apply_async (retries, callbacks, beat) is bounded too."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_async_request import AsyncRequest
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="x" * 64,
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/jobs.db",
+        CELERY={
+            "broker_url": f"redis://127.0.0.1:{unreachable}/0",
+            "broker_connection_timeout": 0.3,
+        },
+    )
+    SQLAlchemy(app)
+    AsyncRequest(app)
+    _pauses(monkeypatch, kombu.utils.functional)
+    with pytest.raises(kombu.exceptions.OperationalError, match="Timeout connecting"):
+        app.extensions["celery"].send_task("anything", queue="anywhere")
