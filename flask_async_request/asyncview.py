@@ -83,6 +83,8 @@ def asynchronous(
                     idempotency_key=request.headers.get("Idempotency-Key") or None,
                 )
             except EnqueueError as e:
+                if e.job is None:
+                    raise
                 # Stored all the same: a 5xx would have the client submit it again.
                 logger.warning("%s The sweeper sends it once the broker is back.", e)
                 return accepted(e.job)

@@ -16,7 +16,7 @@ from flask import Flask
 
 from .embedded import EmbeddedWorker
 from .exceptions import ConfigurationError, EnqueueError
-from .publisher import sender_for
+from .publisher import connect_timeout, sender_for
 from .state import get_state
 
 if TYPE_CHECKING:
@@ -90,10 +90,6 @@ def make_celery(app: Flask, queue: str | None = None) -> tuple[Celery, EmbeddedW
     return celery_app, embedded
 
 
-#: The transports whose connects have no timeout unless their options name one.
-_UNBOUNDED_CONNECTS = frozenset({"redis", "rediss", "sentinel"})
-
-
 def _bound_connects(celery_app: Celery) -> None:
     """Have a Redis broker's connects give up after ``broker_connection_timeout``.
 
@@ -103,15 +99,17 @@ def _bound_connects(celery_app: Celery) -> None:
     transport bounds its connects by ``broker_connection_timeout`` already; so
     do these now, unless ``broker_transport_options`` name a timeout.
     """
-    conf = celery_app.conf
-    options = dict(conf.broker_transport_options or {})
-    if conf.broker_connection_timeout is None or "socket_connect_timeout" in options:
+    timeout = connect_timeout(celery_app)
+    if timeout is None:
         return
     with celery_app.connection_for_write() as probe:
-        if probe.transport_cls not in _UNBOUNDED_CONNECTS:
+        if probe.transport.driver_type != "redis":
             return
-    options["socket_connect_timeout"] = float(conf.broker_connection_timeout)
-    conf.broker_transport_options = options
+    conf = celery_app.conf
+    conf.broker_transport_options = {
+        **(conf.broker_transport_options or {}),
+        "socket_connect_timeout": timeout,
+    }
 
 
 def task_id(job_id: int, uid: str) -> str:

@@ -36,7 +36,8 @@ class EnqueueError(AsyncRequestError):
     def __init__(self, message: str, job_id: int) -> None:
         super().__init__(message)
         self.job_id = job_id
-        #: The stored :class:`~flask_async_request.Job`, when a new job's publish failed.
+        #: The stored :class:`~flask_async_request.Job` when a new job's publish
+        #: failed (``None`` for a retry's or the sweeper's publish).
         self.job: Any = None
 
 

@@ -65,7 +65,8 @@ class RedisSender:
         from redis.retry import Retry
 
         self._client.set_retry(Retry(NoBackoff(), 0))
-        self._policy = policy
+        # What kombu's publish takes for what the policy leaves out.
+        self._policy = {"interval_start": 1, "interval_step": 1, "interval_max": 1, **policy}
         self._errors = (ConnectionError, TimeoutError)
         self._key = channel._q_for_pri
         self._origin = anon_nodename()
@@ -166,13 +167,28 @@ def _transport_options(celery_app: Celery) -> dict[str, float]:
     fails, and a check retried inside each retry of the push would multiply
     the timeouts a broker that stopped answering costs.
     """
-    conf = celery_app.conf
-    named = conf.broker_transport_options or {}
     options = {"health_check_interval": 0.0}
-    timeout = conf.broker_connection_timeout
+    timeout = celery_app.conf.broker_connection_timeout
     if timeout is not None:
-        options.update(socket_connect_timeout=float(timeout), socket_timeout=float(timeout))
+        options["socket_timeout"] = float(timeout)
+    connect = connect_timeout(celery_app)
+    if connect is not None:
+        options["socket_connect_timeout"] = connect
+    named = celery_app.conf.broker_transport_options or {}
     return {key: value for key, value in options.items() if key not in named}
+
+
+def connect_timeout(celery_app: Celery) -> float | None:
+    """``broker_connection_timeout``, for a Redis connect whose options name no timeout.
+
+    ``None`` when they name one: ``socket_connect_timeout``, or ``socket_timeout``,
+    which the redis client takes for connects too when it is the only one.
+    """
+    timeout = celery_app.conf.broker_connection_timeout
+    named = celery_app.conf.broker_transport_options or {}
+    if timeout is None or "socket_connect_timeout" in named or "socket_timeout" in named:
+        return None
+    return float(timeout)
 
 
 _senders: weakref.WeakKeyDictionary[Celery, tuple[int, RedisSender | None]] = (

@@ -196,8 +196,10 @@ def test_broker_configured_means_no_embedded_worker(make_app: AppFactory) -> Non
         ),
         ({"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}, None),
         ({}, None),
+        # The redis client connects within socket_timeout when it is the only one.
+        ({"broker_url": "redis://h", "broker_transport_options": {"socket_timeout": 9}}, None),
     ],
-    ids=["redis", "rediss", "other options", "no timeout", "named", "amqp", "embedded"],
+    ids=["redis", "rediss", "other options", "no timeout", "named", "amqp", "embedded", "read"],
 )
 def test_a_redis_broker_s_connects_give_up_after_the_connection_timeout(
     make_app: AppFactory, celery: dict[str, Any], bound: float | None

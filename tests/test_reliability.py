@@ -17,6 +17,7 @@ from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
+from flask_async_request.store import JobStore
 from tests import workers
 from tests.conftest import AppFactory, add_job, poll, reload_job
 
@@ -301,7 +302,12 @@ def _submitting_views(app: Flask) -> Flask:
     ("url", "body"), [("/echo", '{"args": ["late"]'), ("/doubled/21", '{"doubled":42}')]
 )
 def test_a_job_stored_while_the_broker_was_down_is_answered_202(
-    make_app: AppFactory, tmp_path: Path, url: str, body: str
+    make_app: AppFactory,
+    tmp_path: Path,
+    url: str,
+    body: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Not a 500: the job is stored, and runs once the broker is back.
 
@@ -311,8 +317,16 @@ def test_a_job_stored_while_the_broker_was_down_is_answered_202(
     database = f"sqlite:///{tmp_path}/shared.db"
     down = _submitting_views(make_app(SQLALCHEMY_DATABASE_URI=database, CELERY=BROKER_DOWN))
     client = down.test_client()
+
+    def never(*args: Any) -> None:
+        raise AssertionError("waited for a job that was not sent")
+
+    monkeypatch.setattr(JobStore, "wait_until_finished", never)
     answer = client.post(url, headers={"Prefer": "wait=30"})
+    monkeypatch.undo()
     assert answer.status_code == 202, answer.data
+    if url.startswith("/doubled"):
+        assert "The sweeper sends it once the broker is back." in caplog.text
     assert answer.headers["Location"] == answer.json["url"]
     token = answer.json["token"]
     assert poll(client, token).json["status"] == "waiting"

@@ -5,7 +5,7 @@ import json
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_async_request import AsyncRequest, Job, Worker, accepted
+from flask_async_request import AsyncRequest, EnqueueError, Job, Worker, accepted
 
 db = SQLAlchemy()
 async_request = AsyncRequest()
@@ -44,6 +44,11 @@ def create_app(config=None):
         n = (request.get_json(silent=True) or {}).get("n")
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= LARGEST:
             return {"errors": [{"message": f"n must be an int from 1 to {LARGEST:,}"}]}, 400
-        return accepted(Job.create_and_enqueue(SumOfSquares, n))
+        try:
+            job = Job.create_and_enqueue(SumOfSquares, n)
+        except EnqueueError as e:
+            # Stored all the same: the sweeper sends it once the broker is back.
+            job = e.job
+        return accepted(job)
 
     return app
