@@ -278,22 +278,29 @@ def test_with_publish_retries_off_a_down_broker_is_tried_once_more_at_once(
     assert pauses == []
 
 
+def _fill_backlog(listener: socket.socket) -> list[socket.socket]:
+    """Leave new connects to ``listener`` hanging, as to a host that drops packets.
+
+    Its backlog shrunk to nothing and filled by connects it never accepts: on
+    Linux the kernel then drops each new SYN, and the connect waits for its
+    retries (over two minutes). The filling sockets are for the caller to close.
+    """
+    listener.listen(0)
+    queued = [socket.socket() for _ in range(4)]
+    for client in queued:
+        client.setblocking(False)
+        client.connect_ex(listener.getsockname())
+    time.sleep(0.1)
+    return queued
+
+
 @pytest.fixture
 def unreachable() -> Iterator[int]:
-    """A port whose connects hang, as to a host that drops packets.
-
-    A listener that never accepts, its backlog full: the kernel drops each new
-    SYN and the connect waits for its retries (over two minutes).
-    """
+    """A port whose connects hang: a listener that never accepts, its backlog full."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
         port = int(listener.getsockname()[1])
-        queued = [socket.socket() for _ in range(4)]
-        for client in queued:
-            client.setblocking(False)
-            client.connect_ex(("127.0.0.1", port))
-        time.sleep(0.1)
+        queued = _fill_backlog(listener)
         try:
             yield port
         finally:
@@ -404,20 +411,10 @@ class _Cuttable:
                 return
 
     def cut(self) -> None:
-        """Forward nothing more, and leave new connects hanging (the backlog full).
-
-        On Linux a listener whose backlog is full drops new SYNs, and the
-        connect waits for their retries, as to a host that drops packets.
-        """
+        """Forward nothing more, and leave new connects hanging (the backlog full)."""
         self.silent.set()
         time.sleep(0.1)
-        self.listener.listen(0)
-        for _ in range(4):
-            pending = socket.socket()
-            pending.setblocking(False)
-            pending.connect_ex(("127.0.0.1", self.port))
-            self.sockets.append(pending)
-        time.sleep(0.1)
+        self.sockets += _fill_backlog(self.listener)
 
     def close(self) -> None:
         self.silent.set()
