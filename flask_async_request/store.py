@@ -195,21 +195,16 @@ class JobStore:
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.
         self._reply_sql = _REPLY.compile(dialect=engine.dialect).string
-
         self._positional = bool(engine.dialect.positional)
-        #: Hot statements precompiled for this engine, by id; see :func:`hot`. Only
-        #: autocommitted psycopg connections to PostgreSQL run them raw.
-        self._precompiled: dict[int, _Precompiled | None] | None = (
-            {}
-            if autocommit
-            and engine.dialect.name == "postgresql"
-            and engine.dialect.driver == "psycopg"
-            else None
-        )
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
         #: long polls LISTEN instead of polling.
         self.listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+        #: Hot statements precompiled for this engine, by id; see :func:`hot`. Only
+        #: autocommitted psycopg connections to PostgreSQL run them raw.
+        self._precompiled: dict[int, _Precompiled | None] | None = (
+            {} if autocommit and self.listen else None
+        )
         self._waiters: Waiters | None = None
         self._waiters_lock = threading.Lock()
         # The ended jobs' replies, shared by the requests their end woke.
