@@ -60,14 +60,14 @@ class RedisSender:
         # one, and retried here as Celery's publish retry policy says: retries
         # of the client's own, inside each of these, would multiply the
         # timeouts a broker that stopped answering costs.
+        import redis
         from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError, TimeoutError
         from redis.retry import Retry
 
         self._client.set_retry(Retry(NoBackoff(), 0))
         # What kombu's publish takes for what the policy leaves out.
         self._policy = {"interval_start": 1, "interval_step": 1, "interval_max": 1, **policy}
-        self._errors = (ConnectionError, TimeoutError)
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
         self._key = channel._q_for_pri
         self._origin = anon_nodename()
         # The pool refuses more connections than its size instead of waiting for
