@@ -259,8 +259,14 @@ _LOST_JOBS = (
     .limit(sa.bindparam("limit"))
 )
 _STALE_JOBS = (
-    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit)
+    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
     .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
+    .order_by(Job.id)
+    .limit(sa.bindparam("limit"))
+)
+_WAITING_JOBS = (
+    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
+    .where(Job.status == JobStatus.WAITING)
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
@@ -595,9 +601,28 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
     return ended
 
 
-def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[Message]:
-    """Waiting jobs due before ``due_before``, oldest id first, ready to publish again."""
-    return [Message(*row) for row in store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})]
+class WaitingJob(NamedTuple):
+    """A ``waiting`` job whose message may be lost."""
+
+    id: int
+    uid: str
+    queue: str | None
+    time_limit: float | None
+    #: When it is due to run: its creation, or the end of a retry's backoff.
+    due_at: datetime
+
+    @property
+    def message(self) -> Message:
+        """What publishing it again needs."""
+        return Message(self.id, self.uid, self.queue, self.time_limit)
+
+
+def stale_jobs(store: JobStore, due_before: datetime | None, limit: int) -> list[WaitingJob]:
+    """Waiting jobs due before ``due_before`` (``None``: all of them), oldest id first."""
+    if due_before is None:
+        return [WaitingJob(*row) for row in store.all(_WAITING_JOBS, {"limit": limit})]
+    rows = store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})
+    return [WaitingJob(*row) for row in rows]
 
 
 def touch_waiting(store: JobStore, job_id: int) -> bool:
