@@ -77,12 +77,8 @@ def make_celery(app: Flask, queue: str | None = None) -> tuple[Celery, EmbeddedW
         # The in-memory transport's queues are shared by the whole process: a
         # queue of its own keeps each embedded app's jobs with its own worker.
         celery_app.conf.task_default_queue = f"async-request-embedded-{uuid.uuid4().hex[:8]}"
+        # It says it is for development when it starts: CLI commands start none.
         embedded = EmbeddedWorker(celery_app)
-        logger.warning(
-            "flask-async-request runs jobs in an embedded worker inside this process because"
-            ' CELERY has no "broker_url". This is for development only: in production set'
-            " a broker (Redis or RabbitMQ) and run `celery worker` processes."
-        )
     else:
         _bound_connects(celery_app)
     celery_app.set_default()

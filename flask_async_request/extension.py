@@ -15,7 +15,7 @@ from .config import load_settings
 from .dashboard import DEFAULT_URL_PREFIX, Authorize, init_dashboard
 from .models import TABLE_NAME, Job
 from .state import EXTENSION_KEY, AsyncRequestState
-from .tasks import register_tasks
+from .tasks import keep_embedded_jobs, register_tasks
 from .tokens import TokenVerifier
 from .views import blueprint
 
@@ -90,6 +90,11 @@ class AsyncRequest:
             extension=self,
             verify_token=TokenVerifier(settings),
         )
+        if embedded is not None:
+            keep_embedded_jobs(embedded, app, settings)
+            # Started by the first request, so that after a restart the jobs left
+            # run as soon as the app serves, before anything is enqueued.
+            app.before_request(embedded.ensure_started)
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)
 

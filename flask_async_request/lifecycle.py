@@ -176,6 +176,7 @@ _CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
 _CLAIMED: Any = sa.select(*_CLAIM_COLUMNS).where(_ID)
 
 _RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
+_GIVE_UP = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("now"))
 _PROGRESS = (
     sa.update(Job)
     .where(*_HELD)
@@ -447,6 +448,15 @@ def renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> bool:
     """Extend the job's lease, if ``attempt`` still holds it."""
     params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
     return store.rowcount(_RENEW_NO_WAIT if store.postgresql else _RENEW, params) == 1
+
+
+def give_up(store: JobStore, job_id: int, attempt: int) -> bool:
+    """End the attempt's lease now, if it still holds the job: its process stops running it.
+
+    The job is then lost, as if its worker had died, and the next sweep runs it
+    again or fails it by the retry rules.
+    """
+    return store.rowcount(_GIVE_UP, {"job_id": job_id, "attempt": attempt, "now": utcnow()}) == 1
 
 
 def set_progress(
