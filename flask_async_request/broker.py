@@ -184,6 +184,17 @@ def publish(message: Message, countdown: float | None = None) -> None:
         ) from e
 
 
+def start_embedded_worker() -> None:
+    """Start the app's embedded worker, if it has one, unless a test's runner keeps its messages.
+
+    Run before each request of an app in embedded mode: the first one starts
+    it, so that after a restart the jobs left run as soon as the app serves.
+    """
+    state = get_state()
+    if state.embedded is not None and state.outbox is None:
+        state.embedded.ensure_started()
+
+
 def queue_callback(job_id: int) -> None:
     """Have the job's end POSTed to its callback url, by a task of its own.
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from . import web
-from .broker import make_celery
+from .broker import make_celery, start_embedded_worker
 from .cli import cli
 from .config import load_settings
 from .dashboard import DEFAULT_URL_PREFIX, Authorize, init_dashboard
@@ -92,9 +92,7 @@ class AsyncRequest:
         )
         if embedded is not None:
             keep_embedded_jobs(embedded, app, settings)
-            # Started by the first request, so that after a restart the jobs left
-            # run as soon as the app serves, before anything is enqueued.
-            app.before_request(embedded.ensure_started)
+            app.before_request(start_embedded_worker)
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)
 
