@@ -267,7 +267,7 @@ _STALE_JOBS = (
 )
 _WAITING_JOBS = (
     sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
-    .where(Job.status == JobStatus.WAITING)
+    .where(Job.status == JobStatus.WAITING, Job.id > sa.bindparam("after_id"))
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
@@ -627,11 +627,15 @@ class WaitingJob(NamedTuple):
         return Message(self.id, self.uid, self.queue, self.time_limit)
 
 
-def stale_jobs(store: JobStore, due_before: datetime | None, limit: int) -> list[WaitingJob]:
-    """Waiting jobs due before ``due_before`` (``None``: all of them), oldest id first."""
-    if due_before is None:
-        return [WaitingJob(*row) for row in store.all(_WAITING_JOBS, {"limit": limit})]
+def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[WaitingJob]:
+    """Waiting jobs due before ``due_before``, oldest id first."""
     rows = store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})
+    return [WaitingJob(*row) for row in rows]
+
+
+def waiting_jobs(store: JobStore, after_id: int, limit: int) -> list[WaitingJob]:
+    """Waiting jobs with an id above ``after_id``, whenever due, oldest id first."""
+    rows = store.all(_WAITING_JOBS, {"after_id": after_id, "limit": limit})
     return [WaitingJob(*row) for row in rows]
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -22,6 +23,9 @@ from .models import Job, JobStatus, as_utc, utcnow
 from .signals import jobs_swept
 from .state import current_flask_app, get_state
 from .worker import Worker, resolve_worker, seconds_of
+
+if TYPE_CHECKING:
+    from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
 
@@ -314,9 +318,10 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
     sent: the web process's embedded worker runs the waiting jobs.
 
     :param all_waiting: take every waiting job's message for lost, whenever it
-        was due: what the embedded worker does when it starts, since the messages
-        of the process before it were in memory. One due later (a retry's
-        backoff) is sent to run when it is due.
+        was due, and send them all, ``batch_size`` at a time: what the embedded
+        worker does when it starts, since the messages of the process before it
+        were in memory. One due later (a retry's backoff) is sent to run when it
+        is due.
     """
     state = get_state()
     store = state.store()
@@ -347,11 +352,34 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
             logger.error("Job %s: its worker was lost and no retry is left; failed.", job.id)
             failed += 1
 
-    stale = []
-    if sends:
-        cutoff = None if all_waiting else now - settings.waiting_timeout
-        stale = lifecycle.stale_jobs(store, cutoff, batch_size)
-    for waiting in stale:
+    if sends and all_waiting:
+        # Every waiting job, a page of ids at a time.
+        after_id = 0
+        while page := lifecycle.waiting_jobs(store, after_id, batch_size):
+            sent = _send_again(store, page, now)
+            republished += sent
+            if sent < len(page) or len(page) < batch_size:
+                break
+            after_id = page[-1].id
+        if republished:
+            logger.info(
+                "Sent %s waiting jobs found in the table: a process before this one had"
+                " their messages in memory.",
+                republished,
+            )
+    elif sends and (
+        stale := lifecycle.stale_jobs(store, now - settings.waiting_timeout, batch_size)
+    ):
+        republished = _send_again(store, stale, now)
+        logger.warning("Sent %s waiting jobs again that no worker had claimed.", republished)
+    jobs_swept.send(current_flask_app(), republished=republished, requeued=requeued, failed=failed)
+    return SweepResult(republished, requeued, failed, sends)
+
+
+def _send_again(store: JobStore, jobs: list[lifecycle.WaitingJob], now: datetime) -> int:
+    """Publish the messages of waiting ``jobs`` again; how many were sent before any failed."""
+    sent = 0
+    for waiting in jobs:
         later = (as_utc(waiting.due_at) - now).total_seconds()
         try:
             publish(waiting.message, countdown=later if later > 0 else None)
@@ -361,14 +389,5 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
         if later <= 0:
             # Restart its clock, so the next sweep leaves it to the workers for a while.
             lifecycle.touch_waiting(store, waiting.id)
-        republished += 1
-    if stale and not all_waiting:
-        logger.warning("Sent %s waiting jobs again that no worker had claimed.", republished)
-    elif republished:
-        logger.info(
-            "Sent %s waiting jobs found in the table: a process before this one had their"
-            " messages in memory.",
-            republished,
-        )
-    jobs_swept.send(current_flask_app(), republished=republished, requeued=requeued, failed=failed)
-    return SweepResult(republished, requeued, failed, sends)
+        sent += 1
+    return sent
