@@ -27,6 +27,10 @@ STOP_GRACE = 2.0
 _RECOVERY_RETRY = 30.0
 
 
+#: Set in the sweeper threads.
+_sweeping = threading.local()
+
+
 class EmbeddedWorker:
     """A Celery worker in a daemon thread of the web process, for embedded mode.
 
@@ -41,7 +45,6 @@ class EmbeddedWorker:
         self.concurrency = concurrency
         self._lock = threading.Lock()
         self._controller: Any = None
-        self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._sweep: Callable[[bool], object] | None = None
         self._sweep_interval: float | None = None
@@ -78,6 +81,10 @@ class EmbeddedWorker:
         """Start the worker thread unless it already runs in this process."""
         if self.running:
             return
+        if getattr(_sweeping, "active", False):
+            # A sweep that ends after a stop leaves its jobs waiting in the
+            # table, for the next start: it never starts a worker itself.
+            return
         with self._lock:
             if self.running:
                 return
@@ -106,7 +113,7 @@ class EmbeddedWorker:
             # Starting a pool marks the whole process as a worker, where
             # AsyncResult.get() is refused; the web process is not one.
             _set_task_join_will_block(False)
-            self._controller, self._thread, self._pid = controller, thread, os.getpid()
+            self._controller, self._pid = controller, os.getpid()
             logger.warning(
                 "flask-async-request runs jobs in an embedded worker inside this process because"
                 ' CELERY has no "broker_url". This is for development only: in production set'
@@ -129,6 +136,7 @@ class EmbeddedWorker:
 
     def _sweeps(self, sweep: Callable[[bool], object], stopping: threading.Event) -> None:
         """Recover once, then sweep every interval, until ``stopping`` is set."""
+        _sweeping.active = True
         recovered = False
         while not stopping.is_set():
             try:
@@ -165,7 +173,7 @@ class EmbeddedWorker:
                         logger.exception("Could not give up the jobs the embedded worker runs.")
                 if self._sweeper is not None:
                     self._sweeper.join(max(deadline - time.monotonic(), 0.1))
-            self._controller = self._thread = self._sweeper = self._pid = None
+            self._controller = self._sweeper = self._pid = None
 
 
 class _Applied:

@@ -213,3 +213,22 @@ def test_stop_ends_the_leases_of_the_jobs_it_cuts_short(make_app: AppFactory) ->
         job = reload_job(job_id)
         assert job.lease_expires_at is not None
         assert as_utc(job.lease_expires_at) <= utcnow()
+
+
+def test_a_sweep_ending_after_a_stop_starts_no_worker(make_app: AppFactory) -> None:
+    """A sweep still running when the worker stops sends its jobs to no new worker."""
+    app = make_app(CELERY={})
+    embedded = app.extensions["async_request"].embedded
+    release, finished = threading.Event(), threading.Event()
+
+    def slow_sweep(recovering: bool) -> None:
+        release.wait(10)
+        embedded.ensure_started()  # what publishing a job does
+        finished.set()
+
+    embedded.keep_jobs(slow_sweep, None, lambda: None)
+    embedded.ensure_started()
+    embedded.stop(timeout=0.1)
+    release.set()
+    assert finished.wait(10)
+    assert not embedded.running
