@@ -11,7 +11,7 @@ It needs only the standard library::
 
 The polling itself (long polls, ``Retry-After``, retries of 503 and of failed
 connections, the deadline) is written once, without any I/O, in
-:func:`poll_steps`; :func:`wait_for` drives it with :mod:`urllib` or a session,
+``poll_steps()``; :func:`wait_for` drives it with :mod:`urllib` or a session,
 and :mod:`flask_async_request.client_httpx` with httpx, in threads or asyncio.
 """
 
@@ -392,7 +392,7 @@ def wait_for(
     ``Retry-After`` or a backoff; a connection that fails (a restart, a network
     blip) is tried again with a backoff doubling up to ``max_backoff`` seconds,
     all within ``timeout``. A redirect is not followed (it would carry the
-    token elsewhere): it is an :class:`AsyncRequestError`.
+    token elsewhere): it is an :class:`~flask_async_request.AsyncRequestError`.
 
     :param on_progress: called with ``(fraction, message)`` on every pending answer.
     :param headers: more headers for every poll, such as ``Authorization`` or

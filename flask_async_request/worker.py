@@ -34,12 +34,12 @@ class RunLink(Protocol):
 class CallableBool:
     """True or false like a bool, and callable too: calling it gives the bool.
 
-    What :attr:`Worker.cancelled` gives. It reads as a bool (``if
-    self.cancelled:``, ``not``, ``==``), and ``self.cancelled()``, a natural slip
-    beside the methods ``progress()`` and ``check_cancelled()``, gives the same
-    answer instead of failing the job with "'bool' object is not callable".
-    It is not the ``True`` or ``False`` object itself: compare it with ``==``,
-    or ``bool()`` it, rather than with ``is``.
+    What :attr:`Worker.cancelled <flask_async_request.Worker.cancelled>` gives. It
+    reads as a bool (``if self.cancelled:``, ``not``, ``==``), and
+    ``self.cancelled()``, a natural slip beside the methods ``progress()`` and
+    ``check_cancelled()``, gives the same answer instead of failing the job with
+    "'bool' object is not callable". It is not the ``True`` or ``False`` object
+    itself: compare it with ``==``, or ``bool()`` it, rather than with ``is``.
     """
 
     __slots__ = ("_value",)
@@ -153,7 +153,7 @@ class Worker:
         """Whether the job was cancelled; check it now and then in long work.
 
         Read it as a bool: ``if self.cancelled:``. Called, ``self.cancelled()``,
-        it gives the same answer (see :class:`CallableBool`).
+        it gives the same answer (see :class:`~flask_async_request.worker.CallableBool`).
         """
         return _TRUE if self._run is not None and self._run.cancelled() else _FALSE
 
