@@ -118,3 +118,42 @@ def test_readme_curl_commands_show_the_status_code() -> None:
     for command in commands:
         flags = command.split()
         assert "%{http_code}" in command or "-i" in flags or "-si" in flags, command
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of the README's literal blocks, one per line."""
+    doctree = docutils.core.publish_doctree(README.read_text())
+    return [
+        line.strip()
+        for block in doctree.findall(nodes.literal_block)
+        for line in block.astext().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+def test_readme_set_up_commands_upgrade_pip_before_using_groups() -> None:
+    """A README command that installs a dependency group upgrades pip first (groups need 25.1)."""
+    commands = [c for c in readme_commands() if "--group" in c]
+    assert {"dev", "docs"} <= {c.split("--group ", 1)[1].split()[0] for c in commands}
+    for command in commands:
+        steps = command.split(" && ")
+        group = next(i for i, step in enumerate(steps) if "--group" in step)
+        venv = steps.index("python3 -m venv .venv")
+        assert ".venv/bin/pip install -U pip" in steps[venv:group], command
+
+
+def test_ci_runs_the_readme_set_up_commands_as_written() -> None:
+    """.ci/run runs the README's test and docs commands verbatim, as on a fresh machine."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [c for c in readme_commands() if "--group" in c]
+    assert commands
+    for command in commands:
+        assert command in ci, command
+
+
+def test_readme_docs_command_builds_nitpicky_with_warnings_as_errors() -> None:
+    """The docs command checks every cross-reference and fails on any warning."""
+    (command,) = [c for c in readme_commands() if "--group docs" in c]
+    build = command.split(" && ")[-1].split()
+    assert build[0] == ".venv/bin/sphinx-build"
+    assert {"-n", "-W"} <= set(build)
