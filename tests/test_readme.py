@@ -144,7 +144,10 @@ def test_readme_set_up_commands_upgrade_pip_before_using_groups() -> None:
 
 def test_ci_runs_the_readme_set_up_commands_as_written() -> None:
     """.ci/run runs the README's test and docs commands verbatim, as on a fresh machine."""
-    ci = (ROOT / ".ci" / "run").read_text()
+    script = ROOT / ".ci" / "run"
+    if not script.exists():
+        pytest.skip("the sdist holds no .ci/run")
+    ci = script.read_text()
     commands = [c for c in readme_commands() if "--group" in c]
     assert commands
     for command in commands:
