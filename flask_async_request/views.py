@@ -47,6 +47,9 @@ class _Blueprint(Blueprint):
 #: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
 blueprint = _Blueprint("async_request", __name__, static_folder="static")
 
+#: Decimal places of the progress in an answer.
+PROGRESS_DIGITS = 4
+
 #: Seconds a client is asked to wait before polling again after a database outage.
 UNAVAILABLE_RETRY_AFTER = 5
 
@@ -130,6 +133,9 @@ def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
         progress = (
             reply.progress if reply.progress is None or math.isfinite(reply.progress) else None
         )
+        if progress is not None:
+            # A fraction of many digits says no more than four do.
+            progress = round(progress, PROGRESS_DIGITS)
         body = {"status": reply.status.value, "progress": progress, "message": reply.message}
         headers = {"Retry-After": str(get_state().settings.retry_after)}
         if request.view_args and request.view_args.get("token"):
@@ -142,17 +148,70 @@ def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
     return {"status": reply.status.value, "response": response}, 200, {}
 
 
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", re.IGNORECASE)
+# RFC 7240's grammar, in RFC 9110's terms: a preference is a token with an
+# optional value, then parameters of its own after semicolons.
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_WORD = rf'(?:{_TOKEN}|"(?:[^"\\]|\\.)*")'
+_PREFERENCE = re.compile(
+    rf"[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_WORD}))?"
+    rf"(?:[ \t]*;(?:[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*{_WORD})?)?)*[ \t]*"
+)
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+#: RFC 9111's ceiling for delta-seconds: a longer number stands for this one.
+_MAX_DELTA_SECONDS = 2**31
+
+
+def preferences(header: str | None = None) -> dict[str, str | None]:
+    """The preferences of the request's ``Prefer`` header (RFC 7240), by lowercase name.
+
+    Several ``Prefer`` headers reach WSGI as one value, joined with commas. A
+    preference that does not follow the grammar is ignored, as are the second
+    and later instances of one name (RFC 7240, section 2); an empty value is no
+    value. Parameters (``handling=lenient; wait=2``) belong to their preference
+    and are not preferences themselves.
+    """
+    value = request.headers.get("Prefer", "") if header is None else header
+    found: dict[str, str | None] = {}
+    for element in _list_elements(value):
+        match = _PREFERENCE.fullmatch(element)
+        if match is None:
+            continue
+        name, word = match.group(1).lower(), match.group(2)
+        if name in found:
+            continue
+        if word is not None and word.startswith('"'):
+            word = re.sub(r"\\(.)", r"\1", word[1:-1])
+        found[name] = word or None
+    return found
+
+
+def _list_elements(value: str) -> Iterator[str]:
+    """The elements of a comma-separated header value, commas in quoted strings kept."""
+    start, quoted, escaped = 0, False, False
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            yield value[start:index]
+            start = index + 1
+    yield value[start:]
 
 
 def requested_wait() -> int | None:
     """Seconds asked for with ``Prefer: wait=N`` (RFC 7240), or ``None``.
 
-    Several ``Prefer`` headers reach WSGI as one value, joined with commas: one
-    lookup reads them all (a header list would walk the whole environ).
+    ``N`` is delta-seconds, a non-negative integer: a ``wait`` with another
+    value (``1.5``, ``1e3``, ``-1``) is a preference the server does not
+    understand, and is ignored as RFC 7240 asks.
     """
-    match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
-    return None if match is None else int(match.group(1))
+    value = preferences().get("wait")
+    if value is None or _DELTA_SECONDS.fullmatch(value) is None:
+        return None
+    return _MAX_DELTA_SECONDS if len(value) > 10 else min(int(value), _MAX_DELTA_SECONDS)
 
 
 def _job_url_enabled() -> None:
