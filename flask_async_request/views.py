@@ -15,6 +15,8 @@ from typing import Any
 
 import sqlalchemy.exc
 from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from .exceptions import (
     IdempotencyConflict,
@@ -271,6 +273,46 @@ def cancel(token: str | None = None) -> Any:
     except JobNotFound:
         return error_answer("Job not found", 404)
     return _answer(reply)
+
+
+@blueprint.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Any:
+    """An HTTP error in one of the endpoint's views (a 413, 415, ...): the JSON envelope."""
+    return _envelope_of(error)
+
+
+@blueprint.before_app_request
+def routing_error() -> Any:
+    """A url under the endpoint's prefix that no view takes, or a method it does not: the envelope.
+
+    Routing fails before any blueprint is chosen, so the blueprint's error
+    handlers never see a 404 or a 405; an app-wide handler would take the app's
+    own as well. This answers only under the prefix, and leaves redirects be.
+    """
+    error = request.routing_exception
+    if (
+        error is None
+        or not isinstance(error, HTTPException)
+        or isinstance(error, RequestRedirect)
+        or not _under_prefix(request.path)
+    ):
+        return None
+    return _envelope_of(error)
+
+
+def _under_prefix(path: str) -> bool:
+    prefix = get_state().settings.url_prefix.rstrip("/")
+    # At the root the endpoint shares every url with the app, whose answers they stay.
+    return bool(prefix) and (path == prefix or path.startswith(f"{prefix}/"))
+
+
+def _envelope_of(error: HTTPException) -> Any:
+    """``error`` answered with the JSON envelope, its status and its headers (``Allow``)."""
+    if error.response is not None:
+        return error.response
+    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    name = error.name or "Error"
+    return error_answer(name[0] + name[1:].lower(), error.code or 500, **headers)
 
 
 @blueprint.app_errorhandler(IdempotencyConflict)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from flask_async_request import Job, JobStatus
+from flask_async_request import Job, JobStatus, accepted
 from tests import workers
 from tests.conftest import AppFactory, add_job, poll
 
@@ -66,6 +67,46 @@ def test_real_answers_match_the_schemas(app: Flask, client: Any) -> None:
         validator = _validator(document, name)
         for response in responses:
             validator.validate(response.json)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/async_request/job/", 404),
+        ("GET", "/async_request/", 404),
+        ("GET", "/async_request", 404),
+        ("GET", "/async_request/nothing/here", 404),
+        ("POST", "/async_request/job", 405),
+        ("PUT", "/async_request/job/abc", 405),
+        ("PATCH", "/async_request/openapi.json", 405),
+        ("GET", "/async_request/static/no-such-file.js", 404),
+    ],
+)
+def test_every_error_under_the_prefix_is_the_envelope(
+    client: Any, method: str, path: str, status: int
+) -> None:
+    """Unknown urls and methods under the prefix answer the JSON envelope, 405 with Allow."""
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert response.is_json
+    assert response.json["errors"][0]["message"] in ("Not found", "Method not allowed")
+    if status == 405:
+        assert {"GET", "DELETE"} & set(response.headers["Allow"].split(", "))
+
+
+def test_the_apps_own_errors_stay_its_own(make_app: AppFactory) -> None:
+    """Outside the prefix, 404 and 405 are the app's: its handlers, or Flask's HTML."""
+    app = make_app()
+
+    @app.post("/start")
+    def start() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Echo))
+
+    client = app.test_client()
+    assert client.get("/start").status_code == 405
+    assert not client.get("/start").is_json
+    assert not client.get("/async_requestx").is_json
+    assert not client.get("/nothing").is_json
 
 
 def test_endpoint_conforms_to_its_document(make_app: AppFactory) -> None:
