@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import Any
 
@@ -332,30 +332,70 @@ def _openapi_template() -> str:
     return (resources.files(__package__) / "openapi.json").read_text(encoding="utf-8")
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the status endpoint, with this app's prefix and header."""
+def openapi_document(document: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the status endpoint, with this app's prefix and header.
+
+    With ``document``, an app's own OpenAPI 3.1 document, that document with the
+    endpoint's paths and components added (a copy; ``document`` is left as it
+    is). An app's operation that starts a job answers with ``accepted(job)``,
+    and documents it by naming the library's response::
+
+        "responses": {"202": {"$ref": "#/components/responses/AsyncRequestAccepted"}}
+
+    whose links lead a client from the 202's ``token`` to the status operations.
+    The library's components are all named ``AsyncRequest...``.
+
+    :raises ValueError: ``document`` is not OpenAPI 3.1, or already has one of
+        the endpoint's paths, or a component of the same name that differs.
+    """
     settings = get_state().settings
-    document: dict[str, Any] = json.loads(_openapi_template())
-    paths = document["paths"]
-    operations = paths.pop("/async_request/job")
-    operations["parameters"][0]["name"] = settings.header_key
-    paths[f"{settings.url_prefix}/job"] = operations
+    library: dict[str, Any] = json.loads(_openapi_template())
+    paths = library["paths"]
+    components = library["components"]
+    components["securitySchemes"]["asyncRequestToken"]["name"] = settings.header_key
+    shared = paths.pop("/async_request/job")
+    own = paths.pop("/async_request/job/{token}")
+    paths[f"{settings.url_prefix}/job"] = shared
     if settings.token_in_url:
-        # The job's own url: the same operations, the token in the path.
-        own = copy.deepcopy(operations)
-        own["parameters"] = [
-            {
-                "name": "token",
-                "in": "path",
-                "required": True,
-                "description": "The job's token, as the Location of its 202 gives it.",
-                "schema": {"type": "string"},
-            }
-        ]
-        for method in ("get", "delete"):
-            own[method]["operationId"] += "ByUrl"
         paths[f"{settings.url_prefix}/job/{{token}}"] = own
-    return document
+    else:
+        # No job urls: nothing to link to, and the token goes in the header only.
+        del components["responses"]["AsyncRequestAccepted"]["links"]
+        del components["responses"]["AsyncRequestPendingAtUrl"]
+        del components["parameters"]["AsyncRequestToken"]
+    if document is None:
+        return library
+    return _merge_documents(document, library)
+
+
+def _merge_documents(document: Mapping[str, Any], library: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the library's paths and components added."""
+    version = str(document.get("openapi", ""))
+    if not version.startswith("3.1."):
+        raise ValueError(
+            f"The document's openapi is {version!r}; the endpoint's document is OpenAPI 3.1,"
+            " so the app's document must be too (openapi: 3.1.0)."
+        )
+    merged = copy.deepcopy(dict(document))
+    paths = merged.setdefault("paths", {})
+    for path, operations in library["paths"].items():
+        if path in paths:
+            raise ValueError(
+                f"The document already has the path {path!r}, which is the status endpoint's;"
+                " remove it, or move the endpoint with ASYNC_REQUEST_URL_PREFIX."
+            )
+        paths[path] = operations
+    components = merged.setdefault("components", {})
+    for section, entries in library["components"].items():
+        target = components.setdefault(section, {})
+        for name, value in entries.items():
+            if name in target and target[name] != value:
+                raise ValueError(
+                    f"The document's components.{section} has its own {name!r}; the"
+                    " endpoint's document needs that name, so rename the app's."
+                )
+            target[name] = value
+    return merged
 
 
 @blueprint.get("/openapi.json")
