@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import schemathesis
 from click.testing import CliRunner
-from flask import Flask
+from flask import Flask, abort
 from schemathesis.cli import schemathesis as schemathesis_cli
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
@@ -174,6 +174,26 @@ def test_every_error_under_the_prefix_is_the_envelope(
     assert response.json["errors"][0]["message"] in ("Not found", "Method not allowed")
     if status == 405:
         assert {"GET", "DELETE"} & set(response.headers["Allow"].split(", "))
+
+
+@pytest.mark.parametrize("status", [406, 413, 415, 431])
+def test_an_http_error_the_app_raises_under_the_prefix_is_the_envelope(
+    make_app: AppFactory, status: int
+) -> None:
+    """An error the app's own hooks raise on the endpoint's urls is answered as JSON too."""
+    app = make_app()
+
+    @app.before_request
+    def refuse() -> None:
+        abort(status)
+
+    client = app.test_client()
+    for path in ("/async_request/job", "/async_request/job/abc", "/async_request/openapi.json"):
+        response = client.get(path)
+        assert response.status_code == status
+        assert response.is_json, response.data[:100]
+        assert response.json["errors"][0]["message"]
+    assert not client.get("/elsewhere").is_json
 
 
 def test_the_apps_own_errors_stay_its_own(make_app: AppFactory) -> None:
