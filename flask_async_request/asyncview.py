@@ -110,6 +110,11 @@ def _answer(job: Job) -> Any:
                 response.content_type = reply.content_type
             response.headers["Preference-Applied"] = f"wait={seconds}"
             return response
+        # Waited for, but not done (or failed): the 202 says the wait was applied,
+        # as a pending poll of the status endpoint does.
+        body, status, headers = accepted(job)
+        headers["Preference-Applied"] = f"wait={seconds}"
+        return body, status, headers
     return accepted(job)
 
 

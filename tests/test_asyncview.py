@@ -151,6 +151,22 @@ def test_respond_async_is_a_preference_not_a_substring(views_app: Flask, prefer:
     assert response.headers["Preference-Applied"] == "wait=5"
 
 
+def test_a_wait_that_ends_in_a_202_says_it_was_applied(make_app: AppFactory) -> None:
+    """A job not processed within Prefer: wait gets the 202, with the wait it was given."""
+    app = make_app(ASYNC_REQUEST_MAX_WAIT=1)
+
+    @app.get("/explode")
+    @asynchronous
+    def explode() -> Any:
+        raise RuntimeError("kaboom")
+
+    client = app.test_client()
+    response = client.get("/explode", headers={"Prefer": "wait=5"})
+    assert response.status_code == 202
+    assert response.headers["Preference-Applied"] == "wait=1"
+    assert "Preference-Applied" not in client.get("/explode").headers
+
+
 def test_worker_replays_only_asynchronous_views(views_app: Flask) -> None:
     """A stored request for an ordinary view is refused by the worker."""
     snapshot = {
