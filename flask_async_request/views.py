@@ -163,7 +163,7 @@ _DELTA_SECONDS = re.compile(r"[0-9]+")
 _MAX_DELTA_SECONDS = 2**31
 
 
-def preferences(header: str | None = None) -> dict[str, str | None]:
+def preferences() -> dict[str, str | None]:
     """The preferences of the request's ``Prefer`` header (RFC 7240), by lowercase name.
 
     Several ``Prefer`` headers reach WSGI as one value, joined with commas. A
@@ -172,7 +172,7 @@ def preferences(header: str | None = None) -> dict[str, str | None]:
     value. Parameters (``handling=lenient; wait=2``) belong to their preference
     and are not preferences themselves.
     """
-    value = request.headers.get("Prefer", "") if header is None else header
+    value = request.headers.get("Prefer", "")
     found: dict[str, str | None] = {}
     for element in _list_elements(value):
         match = _PREFERENCE.fullmatch(element)
