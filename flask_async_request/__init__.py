@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .asyncview import asynchronous
     from .extension import AsyncRequest
     from .models import Job, JobStatus
-    from .views import accepted
+    from .views import accepted, openapi_document
     from .worker import Worker
 
 #: Where each name of the server side lives.
@@ -44,6 +44,7 @@ _SERVER_SIDE = {
     "JobStatus": ".models",
     "Worker": ".worker",
     "accepted": ".views",
+    "openapi_document": ".views",
     "asynchronous": ".asyncview",
 }
 
@@ -81,4 +82,5 @@ __all__ = [
     "WorkerResolutionError",
     "accepted",
     "asynchronous",
+    "openapi_document",
 ]

@@ -28,7 +28,7 @@ from flask import Response, request
 from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
 from .models import Job, JobStatus
 from .state import current_flask_app, get_state
-from .views import accepted, error_answer, requested_wait
+from .views import accepted, error_answer, preferences, requested_wait
 from .web import create_job
 from .worker import Worker
 
@@ -80,7 +80,9 @@ def asynchronous(
                     ViewWorker,
                     [capture_request(kept)],
                     {},
-                    idempotency_key=request.headers.get("Idempotency-Key") or None,
+                    # Present but empty is a client's mistake, refused with 400 as
+                    # create_and_enqueue refuses it, rather than no key at all.
+                    idempotency_key=request.headers.get("Idempotency-Key"),
                 )
             except EnqueueError as e:
                 if e.job is None:
@@ -98,9 +100,8 @@ def asynchronous(
 
 def _answer(job: Job) -> Any:
     """202 for the new job; the view's own response if it finishes within ``Prefer: wait``."""
-    prefer = request.headers.get("Prefer", "").lower()
     wait = requested_wait()
-    if wait and "respond-async" not in prefer:
+    if wait and "respond-async" not in preferences():
         seconds = min(wait, get_state().settings.max_wait)
         reply = get_state().store().wait_until_finished(job.id, seconds) if seconds else None
         if reply is not None and reply.status is JobStatus.PROCESSED:
@@ -109,6 +110,11 @@ def _answer(job: Job) -> Any:
                 response.content_type = reply.content_type
             response.headers["Preference-Applied"] = f"wait={seconds}"
             return response
+        # Waited for, but not done (or failed): the 202 says the wait was applied,
+        # as a pending poll of the status endpoint does.
+        body, status, headers = accepted(job)
+        headers["Preference-Applied"] = f"wait={seconds}"
+        return body, status, headers
     return accepted(job)
 
 
