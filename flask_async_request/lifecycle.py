@@ -260,14 +260,15 @@ _CANCEL = (
 
 _ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
 _READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
-#: The job as the attempt's finish left it, if that finish was stored: its status,
-#: attempt and own end time tell it.
+#: The job as the attempt's finish left it, if that finish was stored: ended by
+#: this attempt with its reply (a sweeper's or a time limit's end says otherwise).
 _FINISHED_BY: Any = hot(
     sa.select(*_ENDED_COLUMNS).where(
         _ID,
         Job.status == sa.bindparam("status"),
         Job.attempts == sa.bindparam("attempt"),
-        Job.finished_at == sa.bindparam("now"),
+        Job.status_code == sa.bindparam("status_code"),
+        Job.response == sa.bindparam("response"),
     )
 )
 _STATUS = hot(sa.select(Job.status).where(_ID))
@@ -449,7 +450,9 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
     A claim whose connection is lost is tried again on a fresh one for up to
     :data:`CLAIM_RETRY_FOR` seconds; a lost try that had claimed the job is
     found by its start time, so the job is neither claimed twice nor left
-    ``processing`` with no one running it.
+    ``processing`` with no one running it. (Where a timestamp keeps whole
+    seconds, MariaDB's and MySQL's ``DATETIME``, it is not found: that job
+    waits for its lease to run out and the sweeper, as one whose worker was lost.)
 
     :raises DatabaseUnavailable: the database was out of reach all that time.
     """
@@ -524,7 +527,8 @@ def finish(
     A finish whose connection is lost is tried again on a fresh one (once at
     once, then for up to ``retry_for``): being fenced by the attempt, it cannot
     overwrite another's end. A lost try that had stored the reply is found by
-    its own end time, and the job counts as ended, not as taken over.
+    the attempt and the reply it left, and the job counts as ended, not as
+    taken over.
 
     :returns: the ended job, or ``None`` when the attempt had lost the job
         (cancelled or taken over), in which case nothing is written.
