@@ -201,3 +201,23 @@ def test_a_view_that_cannot_store_its_job_answers_503(
     assert answer.json == {
         "errors": [{"message": "The job store is unavailable; try again later."}]
     }
+
+
+def test_an_asynchronous_view_whose_wait_loses_the_database_answers_202(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job is stored: its 202 with token, not a 5xx that would have it submitted again."""
+    app = make_app()
+
+    @app.post("/doubled/<int:n>")
+    @asynchronous
+    def doubled(n: int) -> Any:
+        return {"doubled": 2 * n}
+
+    def lost(store: JobStore, job_id: int, timeout: float) -> None:
+        raise _lost()
+
+    monkeypatch.setattr(JobStore, "wait_until_finished", lost)
+    answer = app.test_client().post("/doubled/21", headers={"Prefer": "wait=5"})
+    assert answer.status_code == 202
+    assert answer.json["token"]
