@@ -110,7 +110,9 @@ def lost_connection(error: BaseException) -> bool:
     """Whether ``error`` says the database was out of reach, not that it refused the statement.
 
     A connection lost (its backend terminated, the server restarted), refused
-    or reset is worth the same statement again on a fresh connection. A value,
+    or reset is worth the same statement again on a fresh connection, and so
+    is whatever else DB-API calls an ``OperationalError`` or an
+    ``InterfaceError`` (a deadlock, a timeout, too many connections). A value,
     a constraint or SQL the database refused (``DataError``, ``IntegrityError``,
     ``ProgrammingError``) is not: it would be refused again.
     """
@@ -294,25 +296,26 @@ class JobStore:
         :raises DatabaseUnavailable: the database was still out of reach after
             ``within`` seconds.
         """
-        give_up_at = time.monotonic() + within
+        started = time.monotonic()
         pause = 0.0
-        lost = False
+        tries = 0
         while True:
             try:
-                return run(lost)
+                return run(tries > 0)
             except sa.exc.DBAPIError as e:
                 if not lost_connection(e):
                     raise
-                left = give_up_at - time.monotonic()
-                if lost and left <= 0:
+                tries += 1
+                left = started + within - time.monotonic()
+                if tries > 1 and left <= 0:
                     raise DatabaseUnavailable(
-                        f"{what}: the database was out of reach for {within:g} s ({_reason(e)})."
+                        f"{what}: the database was out of reach, {tries} tries in"
+                        f" {time.monotonic() - started:.1f} s ({_reason(e)})."
                     ) from e
-                if not lost:
+                if tries == 1:
                     logger.warning(
                         "%s: its connection was lost (%s); trying again.", what, _reason(e)
                     )
-                lost = True
             time.sleep(max(min(pause, left), 0.0))
             pause = min(max(pause * 2, FIRST_PAUSE), LONGEST_PAUSE)
 
