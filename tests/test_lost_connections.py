@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_async_request import DatabaseUnavailable, Job, JobStatus, asynchronous, lifecycle
+from flask_async_request import DatabaseUnavailable, Job, JobStatus, asynchronous, lifecycle, tasks
 from flask_async_request.runner import run_job
 from flask_async_request.signals import job_finished
 from flask_async_request.store import JobStore
@@ -224,3 +224,19 @@ def test_an_asynchronous_view_whose_wait_loses_the_database_answers_202(
     answer = app.test_client().post("/doubled/21", headers={"Prefer": "wait=5"})
     assert answer.status_code == 202
     assert answer.json["token"]
+
+
+def test_a_claim_past_its_redeliveries_is_left_to_the_sweeper(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The task stops sending the message again after CLAIM_REDELIVERIES; the job still waits."""
+    monkeypatch.setattr(lifecycle, "CLAIM_RETRY_FOR", 0.0)
+    monkeypatch.setattr(tasks, "CLAIM_REDELIVERIES", 2)
+    faults = Faults(lambda n: True).install(monkeypatch)
+    with caplog.at_level(logging.WARNING, "flask_async_request"):
+        job = Job.create_and_enqueue(workers.Echo, "hello")
+    # Three deliveries, each a claim and its one try again at once.
+    assert faults.lost == 6
+    assert "The sweeper sends the job again." in caplog.text
+    monkeypatch.undo()
+    assert reload_job(job.id).status is JobStatus.WAITING
