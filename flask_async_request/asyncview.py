@@ -92,7 +92,7 @@ def asynchronous(
                 return accepted(e.job)
             except DatabaseUnavailable as e:
                 # Nothing stored: the client asks again later.
-                logger.warning("%s Answering 503.", e)
+                logger.warning("%s Answering 503.", e, exc_info=e)
                 return unavailable_answer()
             return _answer(job)
 

@@ -50,7 +50,8 @@ class DatabaseUnavailable(AsyncRequestError):
     reach. (Only a connection cut in the middle of the INSERT leaves it unknown
     whether the row was stored: an ``Idempotency-Key`` makes asking again safe
     even then.) A worker's claim or reply that still cannot reach the database
-    after its retries raises it too. The driver's error is its ``__cause__``.
+    after its retries raises it too. The driver's error is its ``__cause__``,
+    and the log's: the message is the library's own sentence.
     """
 
 

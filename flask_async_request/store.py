@@ -143,9 +143,7 @@ class Unreachable:
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         if isinstance(error, sa.exc.DBAPIError) and lost_connection(error):
-            raise DatabaseUnavailable(
-                f"{self.what}: the database is out of reach ({_reason(error)})."
-            ) from error
+            raise DatabaseUnavailable(f"{self.what}: the database is out of reach.") from error
 
 
 class _Precompiled:
@@ -308,9 +306,11 @@ class JobStore:
                 tries += 1
                 left = started + within - time.monotonic()
                 if tries > 1 and left <= 0:
+                    # The driver's text is the log's (and the cause's), not the message's:
+                    # a job's reply may carry the message to a client.
                     raise DatabaseUnavailable(
                         f"{what}: the database was out of reach, {tries} tries in"
-                        f" {time.monotonic() - started:.1f} s ({_reason(e)})."
+                        f" {time.monotonic() - started:.1f} s."
                     ) from e
                 if tries == 1:
                     logger.warning(

@@ -232,7 +232,7 @@ def database_unavailable(error: DatabaseUnavailable) -> Any:
     answer for, and the client asks again after ``Retry-After``, as it does
     when a poll gets the same answer.
     """
-    logger.warning("%s Answering 503.", error)
+    logger.warning("%s Answering 503.", error, exc_info=error)
     return unavailable_answer()
 
 

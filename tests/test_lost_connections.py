@@ -90,10 +90,13 @@ def test_claim_that_cannot_reach_the_database_leaves_the_job_waiting(
     monkeypatch.setattr(lifecycle, "CLAIM_RETRY_FOR", 0.2)
     job = add_job(args=["hello"])
     Faults(lambda n: True).install(monkeypatch)
-    with pytest.raises(DatabaseUnavailable, match=f"Claiming job {job.id}"):
+    with pytest.raises(DatabaseUnavailable, match=f"Claiming job {job.id}") as info:
         run_job(job.id)
     monkeypatch.undo()
     assert reload_job(job.id).status is JobStatus.WAITING
+    # The driver's text is the cause's, not the message's.
+    assert "administrator" not in str(info.value)
+    assert "administrator" in str(info.value.__cause__)
 
 
 def test_message_of_a_claim_that_cannot_reach_the_database_comes_again(
