@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import (
     AsyncRequestError,
     ConfigurationError,
+    DatabaseUnavailable,
     EnqueueError,
     IdempotencyConflict,
     InvalidCallbackUrl,
@@ -62,6 +63,7 @@ __all__ = [
     "AsyncRequest",
     "AsyncRequestError",
     "ConfigurationError",
+    "DatabaseUnavailable",
     "EnqueueError",
     "IdempotencyConflict",
     "InvalidCallbackUrl",

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from .exceptions import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJobRow,
     InvalidRequest,
@@ -28,7 +29,7 @@ from .exceptions import (
 )
 from .models import Job
 from .state import get_state
-from .store import JobReply
+from .store import JobReply, lost_connection
 from .tokens import MAX_TOKEN_LENGTH, TokenClaims, token_from_header
 from .web import cancel_job
 
@@ -110,9 +111,11 @@ def _database() -> Iterator[None]:
     """Turn a database that cannot be reached into 503, and a corrupt row into 409."""
     try:
         yield
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
+    except (sqlalchemy.exc.DBAPIError, DatabaseUnavailable) as e:
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and not lost_connection(e):
+            raise
         logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
-        raise _Refusal(_unavailable()) from None
+        raise _Refusal(unavailable_answer()) from None
     except InvalidJobRow as e:
         # Not the client's doing, and nothing it can fix by asking again soon; a
         # 409 says the job cannot be served as it is stored, and the log says why.
@@ -120,7 +123,8 @@ def _database() -> Iterator[None]:
         raise _Refusal(error_answer("The job's stored row is not valid.", 409)) from None
 
 
-def _unavailable() -> tuple[Response, int, dict[str, Any]]:
+def unavailable_answer() -> tuple[Response, int, dict[str, Any]]:
+    """503 with ``Retry-After``: the jobs database is out of reach, ask again later."""
     return error_answer(
         "The job store is unavailable; try again later.",
         503,
@@ -319,6 +323,18 @@ def _envelope_of(error: HTTPException) -> Any:
 def idempotency_conflict(error: IdempotencyConflict) -> Any:
     """A reused Idempotency-Key with other arguments: 422, in any view of the app."""
     return error_answer(str(error), 422)
+
+
+@blueprint.app_errorhandler(DatabaseUnavailable)
+def database_unavailable(error: DatabaseUnavailable) -> Any:
+    """A job that could not be stored, the database out of reach: 503, in any view of the app.
+
+    Unlike ``EnqueueError``, nothing was stored: there is no job the view could
+    answer for, and the client asks again after ``Retry-After``, as it does
+    when a poll gets the same answer.
+    """
+    logger.warning("%s Answering 503.", error, exc_info=error)
+    return unavailable_answer()
 
 
 @blueprint.app_errorhandler(InvalidRequest)
