@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import (
     AsyncRequestError,
     ConfigurationError,
+    DatabaseUnavailable,
     EnqueueError,
     IdempotencyConflict,
     InvalidCallbackUrl,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .asyncview import asynchronous
     from .extension import AsyncRequest
     from .models import Job, JobStatus
-    from .views import accepted
+    from .views import accepted, openapi_document
     from .worker import Worker
 
 #: Where each name of the server side lives.
@@ -44,6 +45,7 @@ _SERVER_SIDE = {
     "JobStatus": ".models",
     "Worker": ".worker",
     "accepted": ".views",
+    "openapi_document": ".views",
     "asynchronous": ".asyncview",
 }
 
@@ -61,6 +63,7 @@ __all__ = [
     "AsyncRequest",
     "AsyncRequestError",
     "ConfigurationError",
+    "DatabaseUnavailable",
     "EnqueueError",
     "IdempotencyConflict",
     "InvalidCallbackUrl",
@@ -81,4 +84,5 @@ __all__ = [
     "WorkerResolutionError",
     "accepted",
     "asynchronous",
+    "openapi_document",
 ]

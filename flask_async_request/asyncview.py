@@ -23,12 +23,14 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
+import sqlalchemy.exc
 from flask import Response, request
 
-from .exceptions import EnqueueError, InvalidReply, WorkerResolutionError
+from .exceptions import DatabaseUnavailable, EnqueueError, InvalidReply, WorkerResolutionError
 from .models import Job, JobStatus
 from .state import current_flask_app, get_state
-from .views import accepted, error_answer, requested_wait
+from .store import lost_connection
+from .views import accepted, error_answer, preferences, requested_wait, unavailable_answer
 from .web import create_job
 from .worker import Worker
 
@@ -80,7 +82,9 @@ def asynchronous(
                     ViewWorker,
                     [capture_request(kept)],
                     {},
-                    idempotency_key=request.headers.get("Idempotency-Key") or None,
+                    # Present but empty is a client's mistake, refused with 400 as
+                    # create_and_enqueue refuses it, rather than no key at all.
+                    idempotency_key=request.headers.get("Idempotency-Key"),
                 )
             except EnqueueError as e:
                 if e.job is None:
@@ -88,6 +92,10 @@ def asynchronous(
                 # Stored all the same: a 5xx would have the client submit it again.
                 logger.warning("%s The sweeper sends it once the broker is back.", e)
                 return accepted(e.job)
+            except DatabaseUnavailable as e:
+                # Nothing stored: the client asks again later.
+                logger.warning("%s Answering 503.", e, exc_info=e)
+                return unavailable_answer()
             return _answer(job)
 
         wrapper._async_request_view = True  # type: ignore[attr-defined]
@@ -98,17 +106,28 @@ def asynchronous(
 
 def _answer(job: Job) -> Any:
     """202 for the new job; the view's own response if it finishes within ``Prefer: wait``."""
-    prefer = request.headers.get("Prefer", "").lower()
     wait = requested_wait()
-    if wait and "respond-async" not in prefer:
+    if wait and "respond-async" not in preferences():
         seconds = min(wait, get_state().settings.max_wait)
-        reply = get_state().store().wait_until_finished(job.id, seconds) if seconds else None
+        try:
+            reply = get_state().store().wait_until_finished(job.id, seconds) if seconds else None
+        except sqlalchemy.exc.DBAPIError as e:
+            if not lost_connection(e):
+                raise
+            # The job is stored: its 202, not a 5xx that would have it submitted again.
+            logger.warning("Job %s: waiting for it, the database was lost; answering 202.", job.id)
+            reply = None
         if reply is not None and reply.status is JobStatus.PROCESSED:
             response = Response(reply.response or "", reply.status_code or 200)
             if reply.content_type:
                 response.content_type = reply.content_type
             response.headers["Preference-Applied"] = f"wait={seconds}"
             return response
+        # Waited for, but not done (or failed): the 202 says the wait was applied,
+        # as a pending poll of the status endpoint does.
+        body, status, headers = accepted(job)
+        headers["Preference-Applied"] = f"wait={seconds}"
+        return body, status, headers
     return accepted(job)
 
 

@@ -35,10 +35,25 @@ class EnqueueError(AsyncRequestError):
 
     def __init__(self, message: str, job_id: int) -> None:
         super().__init__(message)
+        #: The id of the stored job whose message was not published.
         self.job_id = job_id
         #: The stored :class:`~flask_async_request.Job` when a new job's publish
         #: failed (``None`` for a retry's or the sweeper's publish).
         self.job: Any = None
+
+
+class DatabaseUnavailable(AsyncRequestError):
+    """The jobs database could not be reached: a connection lost, refused or reset.
+
+    ``Job.create_and_enqueue`` raises it when the job's row could not be
+    stored; the app answers 503 with ``Retry-After`` for it, in any view that
+    lets it through, as the status endpoint does while the database is out of
+    reach. (Only a connection cut in the middle of the INSERT leaves it unknown
+    whether the row was stored: an ``Idempotency-Key`` makes asking again safe
+    even then.) A worker's claim or reply that still cannot reach the database
+    after its retries raises it too. The driver's error is its ``__cause__``,
+    and the log's: the message is the library's own sentence.
+    """
 
 
 class WorkerResolutionError(AsyncRequestError):

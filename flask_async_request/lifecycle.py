@@ -47,6 +47,10 @@ FINISHED_STATUSES = tuple(status for status in JobStatus if status.finished)
 #: What a cancelled job's reply says (499: the client closed the request).
 CANCELLED_STATUS_CODE = 499
 
+#: Seconds a claim whose connection was lost is tried again on fresh connections,
+#: before its message is left to be delivered again.
+CLAIM_RETRY_FOR = 2.0
+
 
 def error_body(message: str) -> str:
     """The reply body of a job that failed or was cancelled: ``{"error": message}``."""
@@ -174,6 +178,12 @@ _CLAIM_COLUMNS = (
 )
 _CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
 _CLAIMED: Any = sa.select(*_CLAIM_COLUMNS).where(_ID)
+#: The claim made by a try whose connection was lost: its own start time tells it.
+_CLAIMED_AT: Any = hot(
+    sa.select(*_CLAIM_COLUMNS).where(
+        _ID, Job.status == JobStatus.PROCESSING, Job.started_at == sa.bindparam("now")
+    )
+)
 
 _RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
 _GIVE_UP = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("now"))
@@ -251,6 +261,17 @@ _CANCEL = (
 
 _ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
 _READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
+#: The job as the attempt's finish left it, if that finish was stored: ended by
+#: this attempt with its reply (a sweeper's or a time limit's end says otherwise).
+_FINISHED_BY: Any = hot(
+    sa.select(*_ENDED_COLUMNS).where(
+        _ID,
+        Job.status == sa.bindparam("status"),
+        Job.attempts == sa.bindparam("attempt"),
+        Job.status_code == sa.bindparam("status_code"),
+        Job.response == sa.bindparam("response"),
+    )
+)
 _STATUS = hot(sa.select(Job.status).where(_ID))
 
 _LOST_JOBS = (
@@ -432,22 +453,43 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
 
     One conditional UPDATE, so of several workers given the same job, one wins;
     a duplicate message, or one for a finished or deleted job, claims nothing.
+
+    A claim whose connection is lost is tried again on a fresh one for up to
+    :data:`CLAIM_RETRY_FOR` seconds; a lost try that had claimed the job is
+    found by its start time, so the job is neither claimed twice nor left
+    ``processing`` with no one running it. (Where a timestamp keeps whole
+    seconds, MariaDB's and MySQL's ``DATETIME``, it is not found: that job
+    waits for its lease to run out and the sweeper, as one whose worker was lost.)
+
+    :raises DatabaseUnavailable: the database was out of reach all that time.
     """
     now = utcnow()
     params = {"job_id": job_id, "now": now, "lease_until": now + lease}
-    if store.postgresql:
-        row = store.first(_CLAIM_RETURNING_NO_WAIT, params)
-    elif store.returning:
-        row = store.first(_CLAIM_RETURNING, params)
-    else:
-        row = store.update_then_read(_CLAIM, _CLAIMED, params)
+
+    def claim_once(lost_before: bool) -> Any:
+        if store.postgresql:
+            row = store.first(_CLAIM_RETURNING_NO_WAIT, params)
+        elif store.returning:
+            row = store.first(_CLAIM_RETURNING, params)
+        else:
+            row = store.update_then_read(_CLAIM, _CLAIMED, params)
+        if row is None and lost_before:
+            row = store.first(_CLAIMED_AT, params)
+        return row
+
+    row = store.again_if_lost(claim_once, within=CLAIM_RETRY_FOR, what=f"Claiming job {job_id}")
     return None if row is None else Claim(*row)
 
 
 def renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> bool:
     """Extend the job's lease, if ``attempt`` still holds it."""
     params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
-    return store.rowcount(_RENEW_NO_WAIT if store.postgresql else _RENEW, params) == 1
+    statement = _RENEW_NO_WAIT if store.postgresql else _RENEW
+    # A lost connection is tried once more at once, on a fresh one.
+    renewed = store.again_if_lost(
+        lambda _: store.rowcount(statement, params), within=0, what=f"Renewing job {job_id}'s lease"
+    )
+    return renewed == 1
 
 
 def give_up(store: JobStore, job_id: int, attempt: int) -> bool:
@@ -464,12 +506,22 @@ def set_progress(
 ) -> bool:
     """Store progress, if ``attempt`` still holds the job; tell whether it does."""
     params = {"job_id": job_id, "attempt": attempt, "progress": progress, "message": message}
-    return store.rowcount(_PROGRESS_NO_WAIT if store.postgresql else _PROGRESS, params) == 1
+    statement = _PROGRESS_NO_WAIT if store.postgresql else _PROGRESS
+    stored = store.again_if_lost(
+        lambda _: store.rowcount(statement, params),
+        within=0,
+        what=f"Storing job {job_id}'s progress",
+    )
+    return stored == 1
 
 
 def held(store: JobStore, job_id: int, attempt: int) -> bool:
     """Whether ``attempt`` still holds the job (not cancelled, not taken over)."""
-    return store.first(_HELD_NOW, {"job_id": job_id, "attempt": attempt}) is not None
+    params = {"job_id": job_id, "attempt": attempt}
+    row = store.again_if_lost(
+        lambda _: store.first(_HELD_NOW, params), within=0, what=f"Reading job {job_id}"
+    )
+    return row is not None
 
 
 def reschedule(store: JobStore, job_id: int, attempt: int, due_at: datetime) -> bool:
@@ -478,13 +530,38 @@ def reschedule(store: JobStore, job_id: int, attempt: int, due_at: datetime) -> 
     return store.rowcount(_RESCHEDULE, params) == 1
 
 
-def finish(store: JobStore, job_id: int, attempt: int, outcome: Outcome) -> Ended | None:
+def finish(
+    store: JobStore,
+    job_id: int,
+    attempt: int,
+    outcome: Outcome,
+    *,
+    retry_for: timedelta = timedelta(0),
+) -> Ended | None:
     """Store the attempt's reply and announce the end, if ``attempt`` still holds the job.
+
+    A finish whose connection is lost is tried again on a fresh one (once at
+    once, then for up to ``retry_for``): being fenced by the attempt, it cannot
+    overwrite another's end. A lost try that had stored the reply is found by
+    the attempt and the reply it left, and the job counts as ended, not as
+    taken over.
 
     :returns: the ended job, or ``None`` when the attempt had lost the job
         (cancelled or taken over), in which case nothing is written.
+    :raises DatabaseUnavailable: the database was out of reach all that time.
     """
-    ended = _FINISHING.run(store, _finish_params(job_id, attempt, outcome))
+    params = _finish_params(job_id, attempt, outcome)
+
+    def finish_once(lost_before: bool) -> Ended | None:
+        ended = _FINISHING.run(store, params)
+        if ended is None and lost_before:
+            row = store.first(_FINISHED_BY, params)
+            ended = None if row is None else Ended.from_row(row)
+        return ended
+
+    ended = store.again_if_lost(
+        finish_once, within=retry_for.total_seconds(), what=f"Storing job {job_id}'s reply"
+    )
     if ended is not None:
         announce(ended)
     return ended

@@ -95,7 +95,11 @@ def run_job(job_id: int) -> JobStatus | None:
             session = state.db.session()
             ended = lifecycle.finish_in_session(session, store, job_id, claim.attempt, run.outcome)
         else:
-            ended = lifecycle.finish(store, job_id, claim.attempt, run.outcome)
+            # The lease, renewed every third of its length while the job ran, has
+            # two thirds of it left (unless the renewals were lost too): a reply
+            # stored within half of it is not raced by the sweeper.
+            retry_for = state.settings.lease / 2
+            ended = lifecycle.finish(store, job_id, claim.attempt, run.outcome, retry_for=retry_for)
     if ended is None:
         logger.info(
             "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt

@@ -12,6 +12,7 @@ there is no network to save, uses the app's engine.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 
-from .exceptions import InvalidJobRow
+from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
 from .waiting import Waiters, wait_for
 
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy.engine import Dialect, Engine
 
+logger = logging.getLogger("flask_async_request")
+
 _Statement = TypeVar("_Statement", bound=sa.Executable)
+_Result = TypeVar("_Result")
 
 #: The statements marked with :func:`hot`, by id (each is built once, at import).
 _HOT: dict[int, sa.Executable] = {}
@@ -93,6 +97,53 @@ _PENDING_OF = sa.select(Job.id).where(
 _CHECK_BATCH = 500
 #: Seconds an ended job's reply is shared by the requests its end woke.
 _SHARED_FOR = 1.0
+
+
+#: The pause before the second try again of a statement whose connection was lost;
+#: each next pause doubles, up to :data:`LONGEST_PAUSE`.
+FIRST_PAUSE = 0.05
+#: The longest pause between two tries: a database back from a restart is found within it.
+LONGEST_PAUSE = 1.0
+
+
+def lost_connection(error: BaseException) -> bool:
+    """Whether ``error`` says the database was out of reach, not that it refused the statement.
+
+    A connection lost (its backend terminated, the server restarted), refused
+    or reset is worth the same statement again on a fresh connection, and so
+    is whatever else DB-API calls an ``OperationalError`` or an
+    ``InterfaceError`` (a deadlock, a timeout, too many connections). A value,
+    a constraint or SQL the database refused (``DataError``, ``IntegrityError``,
+    ``ProgrammingError``) is not: it would be refused again.
+    """
+    return isinstance(error, sa.exc.DBAPIError) and (
+        error.connection_invalidated
+        or isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))
+    )
+
+
+def _reason(error: sa.exc.DBAPIError) -> str:
+    """The driver's error, one line, for the log."""
+    text = str(error.orig).strip().splitlines()
+    return f"{type(error.orig).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+
+
+class Unreachable:
+    """Raise :class:`DatabaseUnavailable` for a lost connection inside ``with``; others as they are.
+
+    One object serves any number of ``with`` blocks.
+    """
+
+    def __init__(self, what: str) -> None:
+        #: What could not be done: the start of the error's sentence.
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if isinstance(error, sa.exc.DBAPIError) and lost_connection(error):
+            raise DatabaseUnavailable(f"{self.what}: the database is out of reach.") from error
 
 
 class _Precompiled:
@@ -226,6 +277,47 @@ class JobStore:
             engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
         )
         return cls(autocommit, autocommit=True)
+
+    def again_if_lost(self, run: Callable[[bool], _Result], *, within: float, what: str) -> _Result:
+        """``run(False)``; after a lost connection, ``run(True)`` on a fresh one, for ``within`` s.
+
+        The first try again is at once: a connection that died in the pool is
+        the usual loss, and the pool has dropped its kind. The next ones pause
+        :data:`FIRST_PAUSE`, doubling up to :data:`LONGEST_PAUSE`, until
+        ``within`` seconds have passed since the first try. ``run`` is told
+        whether a try was lost before: a lost try may have done its work all the
+        same, which a try again that finds nothing to change must check. Errors
+        other than a lost connection (see :func:`lost_connection`) propagate
+        as they are, at once.
+
+        :param what: what is being done, for the log and the error.
+        :raises DatabaseUnavailable: the database was still out of reach after
+            ``within`` seconds.
+        """
+        started = time.monotonic()
+        pause = 0.0
+        tries = 0
+        while True:
+            try:
+                return run(tries > 0)
+            except sa.exc.DBAPIError as e:
+                if not lost_connection(e):
+                    raise
+                tries += 1
+                left = started + within - time.monotonic()
+                if tries > 1 and left <= 0:
+                    # The driver's text is the log's (and the cause's), not the message's:
+                    # a job's reply may carry the message to a client.
+                    raise DatabaseUnavailable(
+                        f"{what}: the database was out of reach, {tries} tries in"
+                        f" {time.monotonic() - started:.1f} s."
+                    ) from e
+                if tries == 1:
+                    logger.warning(
+                        "%s: its connection was lost (%s); trying again.", what, _reason(e)
+                    )
+            time.sleep(max(min(pause, left), 0.0))
+            pause = min(max(pause * 2, FIRST_PAUSE), LONGEST_PAUSE)
 
     def fetch_reply(self, job_id: int) -> JobReply | None:
         """The reply columns of job ``job_id``, or ``None`` when there is no such row.

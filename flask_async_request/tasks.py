@@ -25,6 +25,7 @@ from .broker import (
     SWEEP_SCHEDULE,
     SWEEP_TASK,
 )
+from .exceptions import DatabaseUnavailable
 from .leases import keeper
 from .maintenance import purge_expired, sweep_jobs
 from .runner import run_job
@@ -39,6 +40,20 @@ logger = logging.getLogger("flask_async_request")
 
 #: Deliveries of a callback before it is given up, with backoff 2, 4 ... 600 s.
 CALLBACK_RETRIES = 8
+
+#: Times a job's message is sent again while its claim cannot reach the database,
+#: after 1, 2, 4, 8, then every 10 s: with each claim's own tries, some five and a
+#: half minutes, past the default ASYNC_REQUEST_WAITING_TIMEOUT, after which the
+#: sweeper sends the job again once the database is back.
+CLAIM_REDELIVERIES = 30
+#: The longest wait before a job's message is delivered again (see CLAIM_REDELIVERIES).
+MAX_CLAIM_COUNTDOWN = 10.0
+
+
+def claim_countdown(retries: int) -> float:
+    """Seconds before a job whose claim could not reach the database is tried again."""
+    return float(min(2**retries, MAX_CLAIM_COUNTDOWN))
+
 
 #: Apps whose engines a forked worker child must not share with its parent.
 _apps: weakref.WeakSet[Flask] = weakref.WeakSet()
@@ -58,11 +73,22 @@ def register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
     # The tasks push this app's context themselves, so they work on a Celery app
     # the user made too; base=Task keeps the context from being pushed twice.
     @celery_app.task(  # type: ignore[untyped-decorator]
-        name=PROCESS_TASK, base=Task, shared=False, acks_late=True, ignore_result=True
+        name=PROCESS_TASK, base=Task, shared=False, acks_late=True, ignore_result=True, bind=True
     )
-    def process_job(job_id: int) -> None:
+    def process_job(task: Task, job_id: int) -> None:
         with app.app_context():
-            run_job(job_id)
+            try:
+                run_job(job_id)
+            except DatabaseUnavailable as e:
+                # A job not claimed is still waiting: it runs once the database
+                # answers again, not after ASYNC_REQUEST_WAITING_TIMEOUT. (A
+                # message for a job claimed meanwhile claims nothing.)
+                if task.request.retries >= CLAIM_REDELIVERIES:
+                    logger.error("%s The sweeper sends the job again.", e)
+                    return
+                countdown = claim_countdown(task.request.retries)
+                logger.warning("%s Its message comes again in %g s.", e, countdown)
+                raise task.retry(exc=e, countdown=countdown, max_retries=CLAIM_REDELIVERIES) from e
 
     @celery_app.task(  # type: ignore[untyped-decorator]
         name=PURGE_TASK, base=Task, shared=False, ignore_result=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, overload
@@ -14,6 +15,8 @@ from .models import utcnow
 
 if TYPE_CHECKING:
     from .config import Settings
+
+_WHITESPACE = re.compile("[ \t]+")
 
 #: Longer header values are refused before any parsing or signature check.
 MAX_TOKEN_LENGTH = 4096
@@ -49,18 +52,38 @@ def encode_token(job_id: int, uid: str, owner: str | None, settings: Settings) -
 def token_from_header(value: str | None) -> str:
     """Take the token out of a header value: ``Bearer <token>`` or the bare token.
 
-    As in the original gem, the last space-separated word is the token.
+    The scheme name is matched without regard to case, as HTTP's are; any other
+    scheme (``Basic``, ``Token``) is refused. A header sent twice reaches the
+    app as one value, the two joined by a comma (as a proxy may also join them):
+    the same token repeated is that token, two different tokens are refused, so
+    that the answer never depends on the order of the headers. A JWT never holds
+    a comma.
 
-    :raises InvalidToken: for a missing, empty or oversized value.
+    :raises InvalidToken: for a missing, empty, oversized or malformed value, or
+        for several different tokens.
     """
     if not value:
         raise InvalidToken("missing token")
     if len(value) > MAX_TOKEN_LENGTH:
         raise InvalidToken("token too long")
-    words = value.split()
-    if not words:
+    # Empty elements of a comma-separated list count for nothing (RFC 9110, 5.6.1).
+    tokens = {_credential(element) for element in value.split(",") if element.strip(" \t")}
+    if not tokens:
         raise InvalidToken("missing token")
-    return words[-1]
+    if len(tokens) > 1:
+        raise InvalidToken("several different tokens")
+    return tokens.pop()
+
+
+def _credential(element: str) -> str:
+    """The token of one ``Bearer <token>`` or bare ``<token>``."""
+    # HTTP's whitespace is space and tab only (RFC 9110, 5.6.3).
+    words = _WHITESPACE.split(element.strip(" \t"))
+    if len(words) == 2 and words[0].lower() == "bearer":
+        return words[1]
+    if len(words) == 1 and words[0].lower() != "bearer":
+        return words[0]
+    raise InvalidToken("expected Bearer <token> or the bare token")
 
 
 class TokenVerifier:

@@ -9,14 +9,17 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import Any
 
 import sqlalchemy.exc
 from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from .exceptions import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJobRow,
     InvalidRequest,
@@ -26,7 +29,7 @@ from .exceptions import (
 )
 from .models import Job
 from .state import get_state
-from .store import JobReply
+from .store import JobReply, lost_connection
 from .tokens import MAX_TOKEN_LENGTH, TokenClaims, token_from_header
 from .web import cancel_job
 
@@ -46,6 +49,9 @@ class _Blueprint(Blueprint):
 
 #: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
 blueprint = _Blueprint("async_request", __name__, static_folder="static")
+
+#: Decimal places of the progress in an answer.
+PROGRESS_DIGITS = 4
 
 #: Seconds a client is asked to wait before polling again after a database outage.
 UNAVAILABLE_RETRY_AFTER = 5
@@ -105,9 +111,11 @@ def _database() -> Iterator[None]:
     """Turn a database that cannot be reached into 503, and a corrupt row into 409."""
     try:
         yield
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
+    except (sqlalchemy.exc.DBAPIError, DatabaseUnavailable) as e:
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and not lost_connection(e):
+            raise
         logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
-        raise _Refusal(_unavailable()) from None
+        raise _Refusal(unavailable_answer()) from None
     except InvalidJobRow as e:
         # Not the client's doing, and nothing it can fix by asking again soon; a
         # 409 says the job cannot be served as it is stored, and the log says why.
@@ -115,7 +123,8 @@ def _database() -> Iterator[None]:
         raise _Refusal(error_answer("The job's stored row is not valid.", 409)) from None
 
 
-def _unavailable() -> tuple[Response, int, dict[str, Any]]:
+def unavailable_answer() -> tuple[Response, int, dict[str, Any]]:
+    """503 with ``Retry-After``: the jobs database is out of reach, ask again later."""
     return error_answer(
         "The job store is unavailable; try again later.",
         503,
@@ -130,6 +139,9 @@ def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
         progress = (
             reply.progress if reply.progress is None or math.isfinite(reply.progress) else None
         )
+        if progress is not None:
+            # A fraction of many digits says no more than four do.
+            progress = round(progress, PROGRESS_DIGITS)
         body = {"status": reply.status.value, "progress": progress, "message": reply.message}
         headers = {"Retry-After": str(get_state().settings.retry_after)}
         if request.view_args and request.view_args.get("token"):
@@ -142,17 +154,70 @@ def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
     return {"status": reply.status.value, "response": response}, 200, {}
 
 
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})\"?", re.IGNORECASE)
+# RFC 7240's grammar, in RFC 9110's terms: a preference is a token with an
+# optional value, then parameters of its own after semicolons.
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_WORD = rf'(?:{_TOKEN}|"(?:[^"\\]|\\.)*")'
+_PREFERENCE = re.compile(
+    rf"[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_WORD}))?"
+    rf"(?:[ \t]*;(?:[ \t]*{_TOKEN}(?:[ \t]*=[ \t]*{_WORD})?)?)*[ \t]*"
+)
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+#: RFC 9111's ceiling for delta-seconds: a longer number stands for this one.
+_MAX_DELTA_SECONDS = 2**31
+
+
+def preferences() -> dict[str, str | None]:
+    """The preferences of the request's ``Prefer`` header (RFC 7240), by lowercase name.
+
+    Several ``Prefer`` headers reach WSGI as one value, joined with commas. A
+    preference that does not follow the grammar is ignored, as are the second
+    and later instances of one name (RFC 7240, section 2); an empty value is no
+    value. Parameters (``handling=lenient; wait=2``) belong to their preference
+    and are not preferences themselves.
+    """
+    value = request.headers.get("Prefer", "")
+    found: dict[str, str | None] = {}
+    for element in _list_elements(value):
+        match = _PREFERENCE.fullmatch(element)
+        if match is None:
+            continue
+        name, word = match.group(1).lower(), match.group(2)
+        if name in found:
+            continue
+        if word is not None and word.startswith('"'):
+            word = re.sub(r"\\(.)", r"\1", word[1:-1])
+        found[name] = word or None
+    return found
+
+
+def _list_elements(value: str) -> Iterator[str]:
+    """The elements of a comma-separated header value, commas in quoted strings kept."""
+    start, quoted, escaped = 0, False, False
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            yield value[start:index]
+            start = index + 1
+    yield value[start:]
 
 
 def requested_wait() -> int | None:
     """Seconds asked for with ``Prefer: wait=N`` (RFC 7240), or ``None``.
 
-    Several ``Prefer`` headers reach WSGI as one value, joined with commas: one
-    lookup reads them all (a header list would walk the whole environ).
+    ``N`` is delta-seconds, a non-negative integer: a ``wait`` with another
+    value (``1.5``, ``1e3``, ``-1``) is a preference the server does not
+    understand, and is ignored as RFC 7240 asks.
     """
-    match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
-    return None if match is None else int(match.group(1))
+    value = preferences().get("wait")
+    if value is None or _DELTA_SECONDS.fullmatch(value) is None:
+        return None
+    return _MAX_DELTA_SECONDS if len(value) > 10 else min(int(value), _MAX_DELTA_SECONDS)
 
 
 def _job_url_enabled() -> None:
@@ -214,10 +279,62 @@ def cancel(token: str | None = None) -> Any:
     return _answer(reply)
 
 
+@blueprint.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Any:
+    """An HTTP error in one of the endpoint's views (a 413, 415, ...): the JSON envelope."""
+    return _envelope_of(error)
+
+
+@blueprint.before_app_request
+def routing_error() -> Any:
+    """A url under the endpoint's prefix that no view takes, or a method it does not: the envelope.
+
+    Routing fails before any blueprint is chosen, so the blueprint's error
+    handlers never see a 404 or a 405; an app-wide handler would take the app's
+    own as well. This answers only under the prefix, and leaves redirects be.
+    """
+    error = request.routing_exception
+    if (
+        error is None
+        or not isinstance(error, HTTPException)
+        or isinstance(error, RequestRedirect)
+        or not _under_prefix(request.path)
+    ):
+        return None
+    return _envelope_of(error)
+
+
+def _under_prefix(path: str) -> bool:
+    prefix = get_state().settings.url_prefix.rstrip("/")
+    # At the root the endpoint shares every url with the app, whose answers they stay.
+    return bool(prefix) and (path == prefix or path.startswith(f"{prefix}/"))
+
+
+def _envelope_of(error: HTTPException) -> Any:
+    """``error`` answered with the JSON envelope, its status and its headers (``Allow``)."""
+    if error.response is not None:
+        return error.response
+    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    name = error.name or "Error"
+    return error_answer(name[0] + name[1:].lower(), error.code or 500, **headers)
+
+
 @blueprint.app_errorhandler(IdempotencyConflict)
 def idempotency_conflict(error: IdempotencyConflict) -> Any:
     """A reused Idempotency-Key with other arguments: 422, in any view of the app."""
     return error_answer(str(error), 422)
+
+
+@blueprint.app_errorhandler(DatabaseUnavailable)
+def database_unavailable(error: DatabaseUnavailable) -> Any:
+    """A job that could not be stored, the database out of reach: 503, in any view of the app.
+
+    Unlike ``EnqueueError``, nothing was stored: there is no job the view could
+    answer for, and the client asks again after ``Retry-After``, as it does
+    when a poll gets the same answer.
+    """
+    logger.warning("%s Answering 503.", error, exc_info=error)
+    return unavailable_answer()
 
 
 @blueprint.app_errorhandler(InvalidRequest)
@@ -231,30 +348,70 @@ def _openapi_template() -> str:
     return (resources.files(__package__) / "openapi.json").read_text(encoding="utf-8")
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the status endpoint, with this app's prefix and header."""
+def openapi_document(document: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the status endpoint, with this app's prefix and header.
+
+    With ``document``, an app's own OpenAPI 3.1 document, that document with the
+    endpoint's paths and components added (a copy; ``document`` is left as it
+    is). An app's operation that starts a job answers with ``accepted(job)``,
+    and documents it by naming the library's response::
+
+        "responses": {"202": {"$ref": "#/components/responses/AsyncRequestAccepted"}}
+
+    whose links lead a client from the 202's ``token`` to the status operations.
+    The library's components are all named ``AsyncRequest...``.
+
+    :raises ValueError: ``document`` is not OpenAPI 3.1, or already has one of
+        the endpoint's paths, or a component of the same name that differs.
+    """
     settings = get_state().settings
-    document: dict[str, Any] = json.loads(_openapi_template())
-    paths = document["paths"]
-    operations = paths.pop("/async_request/job")
-    operations["parameters"][0]["name"] = settings.header_key
-    paths[f"{settings.url_prefix}/job"] = operations
+    library: dict[str, Any] = json.loads(_openapi_template())
+    paths = library["paths"]
+    components = library["components"]
+    components["securitySchemes"]["asyncRequestToken"]["name"] = settings.header_key
+    shared = paths.pop("/async_request/job")
+    own = paths.pop("/async_request/job/{token}")
+    paths[f"{settings.url_prefix}/job"] = shared
     if settings.token_in_url:
-        # The job's own url: the same operations, the token in the path.
-        own = copy.deepcopy(operations)
-        own["parameters"] = [
-            {
-                "name": "token",
-                "in": "path",
-                "required": True,
-                "description": "The job's token, as the Location of its 202 gives it.",
-                "schema": {"type": "string"},
-            }
-        ]
-        for method in ("get", "delete"):
-            own[method]["operationId"] += "ByUrl"
         paths[f"{settings.url_prefix}/job/{{token}}"] = own
-    return document
+    else:
+        # No job urls: nothing to link to, and the token goes in the header only.
+        del components["responses"]["AsyncRequestAccepted"]["links"]
+        del components["responses"]["AsyncRequestPendingAtUrl"]
+        del components["parameters"]["AsyncRequestToken"]
+    if document is None:
+        return library
+    return _merge_documents(document, library)
+
+
+def _merge_documents(document: Mapping[str, Any], library: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the library's paths and components added."""
+    version = str(document.get("openapi", ""))
+    if not version.startswith("3.1."):
+        raise ValueError(
+            f"The document's openapi is {version!r}; the endpoint's document is OpenAPI 3.1,"
+            " so the app's document must be too (openapi: 3.1.0)."
+        )
+    merged = copy.deepcopy(dict(document))
+    paths = merged.setdefault("paths", {})
+    for path, operations in library["paths"].items():
+        if path in paths:
+            raise ValueError(
+                f"The document already has the path {path!r}, which is the status endpoint's;"
+                " remove it, or move the endpoint with ASYNC_REQUEST_URL_PREFIX."
+            )
+        paths[path] = operations
+    components = merged.setdefault("components", {})
+    for section, entries in library["components"].items():
+        target = components.setdefault(section, {})
+        for name, value in entries.items():
+            if name in target and target[name] != value:
+                raise ValueError(
+                    f"The document's components.{section} has its own {name!r}; the"
+                    " endpoint's document needs that name, so rename the app's."
+                )
+            target[name] = value
+    return merged
 
 
 @blueprint.get("/openapi.json")

@@ -32,7 +32,7 @@ from .exceptions import (
 from .models import Job
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
-from .store import JobReply
+from .store import JobReply, Unreachable
 from .tokens import encode_token
 from .worker import Worker, seconds_of, worker_path
 
@@ -140,6 +140,10 @@ def create_job(
     transaction the caller opened with ``db.session.begin()``, the row is only
     flushed: the message goes out when the caller's transaction commits, and
     never if it rolls back.
+
+    :raises DatabaseUnavailable: the row could not be stored: the database is
+        out of reach. Not tried again: an INSERT whose connection was lost may
+        have been stored, and a job stored twice would run twice.
     """
     state = get_state()
     path = worker_path(worker_class)
@@ -154,9 +158,11 @@ def create_job(
     owner = state.identity()
     session: Session = state.db.session()
     scope = None
+    unreachable = Unreachable(f"Job {path} could not be stored")
     if idempotency_key is not None:
         scope = idempotency_scope(idempotency_key, owner)
-        existing = _job_with_scope(session, scope)
+        with unreachable:
+            existing = _job_with_scope(session, scope)
         if existing is not None:
             return _same_request(existing, path, params, idempotency_key)
     job = lifecycle.new_job(
@@ -177,7 +183,8 @@ def create_job(
     if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
-        lifecycle.insert(store, job)
+        with unreachable:
+            lifecycle.insert(store, job)
         job.token  # noqa: B018 -- signed while every column is loaded
         message = lifecycle.message_of(job)
         # Known to the session as the stored row it is (no INSERT at the next flush).
@@ -189,13 +196,15 @@ def create_job(
         return job
     session.add(job)
     try:
-        session.flush()
+        with unreachable:
+            session.flush()
     except sa.exc.IntegrityError:
         if scope is None:
             raise
         # Another request with the same key won the race.
         session.rollback()
-        existing = _job_with_scope(session, scope)
+        with unreachable:
+            existing = _job_with_scope(session, scope)
         if existing is None:
             raise
         return _same_request(existing, path, params, idempotency_key or "")
@@ -204,7 +213,8 @@ def create_job(
     if deferred:
         session.info.setdefault(_PENDING_KEY, []).append(message)
         return job
-    session.commit()
+    with unreachable:
+        session.commit()
     # The job is loaded afresh on next access: it may already have run (eager
     # mode, fast workers).
     _publish_new(message, job)

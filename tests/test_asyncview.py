@@ -125,6 +125,48 @@ def test_idempotency_key_header(views_app: Flask) -> None:
     assert client.post("/reports/2", json={}, headers=headers).status_code == 422
 
 
+def test_an_empty_idempotency_key_is_400(views_app: Flask) -> None:
+    """An empty Idempotency-Key is refused, as create_and_enqueue refuses it; no job is stored."""
+    client = views_app.test_client()
+    for _ in range(2):
+        response = client.post("/reports/1", json={}, headers={"Idempotency-Key": ""})
+        assert response.status_code == 400
+        assert "Idempotency-Key" in response.json["errors"][0]["message"]
+    with views_app.app_context():
+        assert get_state().db.session.query(Job).count() == 0
+
+
+@pytest.mark.parametrize(
+    "prefer",
+    [
+        'x="respond-async", wait=5',
+        "handling=strict; respond-async=, wait=5",
+        "wait=5, foo;respond-async",
+    ],
+)
+def test_respond_async_is_a_preference_not_a_substring(views_app: Flask, prefer: str) -> None:
+    """Only a respond-async preference of its own asks for the 202; a word elsewhere does not."""
+    response = views_app.test_client().post("/reports/2000", json={}, headers={"Prefer": prefer})
+    assert response.status_code == 201
+    assert response.headers["Preference-Applied"] == "wait=5"
+
+
+def test_a_wait_that_ends_in_a_202_says_it_was_applied(make_app: AppFactory) -> None:
+    """A job not processed within Prefer: wait gets the 202, with the wait it was given."""
+    app = make_app(ASYNC_REQUEST_MAX_WAIT=1)
+
+    @app.get("/explode")
+    @asynchronous
+    def explode() -> Any:
+        raise RuntimeError("kaboom")
+
+    client = app.test_client()
+    response = client.get("/explode", headers={"Prefer": "wait=5"})
+    assert response.status_code == 202
+    assert response.headers["Preference-Applied"] == "wait=1"
+    assert "Preference-Applied" not in client.get("/explode").headers
+
+
 def test_worker_replays_only_asynchronous_views(views_app: Flask) -> None:
     """A stored request for an ordinary view is refused by the worker."""
     snapshot = {

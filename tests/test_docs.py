@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -109,3 +110,12 @@ def test_wait_for_gets_the_sum(app: Flask) -> None:
         result = wait_for(url=started["url"], token=started["token"], long_poll=1, timeout=60)
         assert result.ok
         assert json.loads(result.body)["sum"] == sum_of_squares(n)
+
+
+@pytest.mark.parametrize("name", ["index.rst", "tutorial.rst", "clients.rst"])
+def test_the_docs_show_a_jobs_url_with_its_token(name: str) -> None:
+    """A 202's url and Location in the docs are the job's own url, as accepted() gives them."""
+    text = (APP_FILE.parents[1] / name).read_text(encoding="utf-8")
+    shown = re.findall(r'(?:"url": ?"|Location: )(http[^"\s]*)', text)
+    assert shown, f"{name} shows no job url"
+    assert all("/async_request/job/eyJ" in url for url in shown), shown

@@ -157,7 +157,7 @@ def test_progress_outside_a_run_is_harmless() -> None:
     """Calling execute directly (in a unit test of a worker) reports nowhere."""
     worker = workers.TightLoop()
     assert worker.execute(10) == (200, "10")
-    assert worker.cancelled is False
+    assert not worker.cancelled
 
 
 # Cancellation --------------------------------------------------------------------------
@@ -185,6 +185,25 @@ def test_cancel_a_running_job_stops_it(app: Flask, tmp_path: Path) -> None:
     assert job.status is JobStatus.CANCELLED
     assert job.status_code == 499
     assert counter.read_text() == "0"
+
+
+def test_cancelled_called_like_a_method_answers_too(app: Flask, tmp_path: Path) -> None:
+    """self.cancelled() gives the bool that self.cancelled reads as, instead of failing the job."""
+    answers = tmp_path / "answers.json"
+    job = Job.create_and_enqueue(workers.CallsCancelled, str(answers))
+    assert json.loads(answers.read_text()) == [True, True]
+    assert job.status is JobStatus.CANCELLED
+
+
+def test_cancelled_compares_as_a_bool() -> None:
+    """Worker.cancelled is equal to, hashes and prints as the bool it reads as."""
+    flag = workers.Echo().cancelled
+    assert flag == False  # noqa: E712 (the comparison is what is tested)
+    assert flag != True  # noqa: E712
+    assert hash(flag) == hash(False)
+    assert repr(flag) == "False"
+    assert flag() is False
+    assert {flag: "x"}[False] == "x"
 
 
 def test_cancel_a_finished_job_is_409(app: Flask, client: Any) -> None:
@@ -338,3 +357,42 @@ def test_prefer_wait_on_a_finished_job_answers_at_once(app: Flask, client: Any) 
     response = _prefer(client, token, "wait=30")
     assert response.status_code == 200
     assert "Preference-Applied" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "prefer",
+    [
+        "wait=1.5",
+        "wait=1e3",
+        "wait=-1",
+        "wait=",
+        "handling=lenient; wait=2",
+        'foo="a, wait=2"',
+        "respond-async; wait=2",
+        "wait=1.5, wait=2",
+    ],
+)
+def test_a_wait_that_is_not_delta_seconds_is_ignored(app: Flask, client: Any, prefer: str) -> None:
+    """RFC 7240: wait is a non-negative integer, first instance only; anything else is ignored."""
+    started = time.monotonic()
+    response = _prefer(client, add_job().token, prefer)
+    assert response.status_code == 202
+    assert "Preference-Applied" not in response.headers
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("prefer", ["WAIT = 1", 'wait="1"', "return=minimal, wait=1; x=y, wait=9"])
+def test_a_wait_preference_in_any_valid_form_is_applied(
+    app: Flask, client: Any, prefer: str
+) -> None:
+    """Names match without regard to case, values may be quoted, parameters are allowed."""
+    response = _prefer(client, add_job().token, prefer)
+    assert response.headers["Preference-Applied"] == "wait=1"
+
+
+def test_progress_is_answered_rounded(app: Flask, client: Any) -> None:
+    """Progress is answered to four decimal places, not as the float it is stored as."""
+    job = add_job(status=JobStatus.PROCESSING)
+    job.progress = 86 / 300
+    get_state().db.session.commit()
+    assert poll(client, job.token).json["progress"] == 0.2867

@@ -67,11 +67,42 @@ def test_bare_token_is_accepted(client: Any) -> None:
     assert response.status_code == 202
 
 
-def test_last_word_is_the_token(client: Any) -> None:
-    """As in the original gem, the last space-separated word is taken."""
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_bearer_scheme_is_case_insensitive(client: Any, scheme: str) -> None:
+    """``Bearer`` is matched as HTTP matches scheme names, without regard to case."""
     job = add_job()
-    headers = {"X-JOB-AUTHORIZATION": f"Token whatever  {job.token}  "}
+    headers = {"X-JOB-AUTHORIZATION": f" {scheme} \t {job.token} "}
     assert client.get("/async_request/job", headers=headers).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "value", ["Basic {}", "Token {}", "Token whatever {}", "Bearer Bearer {}", "{} extra"]
+)
+def test_only_bearer_or_a_bare_token_is_accepted(client: Any, value: str) -> None:
+    """Another scheme, or more words than ``Bearer <token>``, is 400, whatever the token."""
+    job = add_job()
+    response = client.get(
+        "/async_request/job", headers={"X-JOB-AUTHORIZATION": value.format(job.token)}
+    )
+    assert response.status_code == 400
+    assert response.json == {"errors": [{"message": "Invalid token"}]}
+
+
+def test_the_same_token_twice_is_that_token(client: Any) -> None:
+    """A token header sent twice with the same token (a proxy repeating it) is accepted."""
+    job = add_job()
+    headers = [("X-JOB-AUTHORIZATION", f"Bearer {job.token}"), ("X-JOB-AUTHORIZATION", job.token)]
+    assert client.get("/async_request/job", headers=headers).status_code == 202
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_two_different_tokens_are_refused(client: Any, order: tuple[int, int]) -> None:
+    """Two token headers with different tokens are 400 in either order."""
+    tokens = [add_job().token, add_job().token]
+    headers = [("X-JOB-AUTHORIZATION", f"Bearer {tokens[i]}") for i in order]
+    assert client.get("/async_request/job", headers=headers).status_code == 400
+    joined = {"X-JOB-AUTHORIZATION": f"{tokens[0]}, {tokens[1]}"}
+    assert client.delete("/async_request/job", headers=joined).status_code == 400
 
 
 def test_header_key_is_configurable(make_app: AppFactory) -> None:
