@@ -77,12 +77,8 @@ def make_celery(app: Flask, queue: str | None = None) -> tuple[Celery, EmbeddedW
         # The in-memory transport's queues are shared by the whole process: a
         # queue of its own keeps each embedded app's jobs with its own worker.
         celery_app.conf.task_default_queue = f"async-request-embedded-{uuid.uuid4().hex[:8]}"
+        # It says it is for development when it starts: CLI commands start none.
         embedded = EmbeddedWorker(celery_app)
-        logger.warning(
-            "flask-async-request runs jobs in an embedded worker inside this process because"
-            ' CELERY has no "broker_url". This is for development only: in production set'
-            " a broker (Redis or RabbitMQ) and run `celery worker` processes."
-        )
     else:
         _bound_connects(celery_app)
     celery_app.set_default()
@@ -186,6 +182,17 @@ def publish(message: Message, countdown: float | None = None) -> None:
             f"Job {message.job_id} is stored but its message could not be published: {e}",
             message.job_id,
         ) from e
+
+
+def start_embedded_worker() -> None:
+    """Start the app's embedded worker, if it has one, unless a test's runner keeps its messages.
+
+    Run before each request of an app in embedded mode: the first one starts
+    it, so that after a restart the jobs left run as soon as the app serves.
+    """
+    state = get_state()
+    if state.embedded is not None and state.outbox is None:
+        state.embedded.ensure_started()
 
 
 def queue_callback(job_id: int) -> None:

@@ -245,12 +245,28 @@ def sweep_command() -> None:
 
     Processing jobs whose lease ran out lost their worker: they run again while
     retries remain, else they fail saying so. Waiting jobs not claimed within
-    ASYNC_REQUEST_WAITING_TIMEOUT lost their message: it is sent again.
+    ASYNC_REQUEST_WAITING_TIMEOUT lost their message: it is sent again. With no
+    broker configured (embedded mode) nothing is sent: the web process's
+    embedded worker runs the waiting jobs.
     """
     result = maintenance.sweep_jobs()
-    click.echo(
-        f"Lost workers: {result.requeued} jobs put back to run, {result.failed} failed."
-        f" Waiting jobs sent again: {result.republished}."
+    if result.sent:
+        click.echo(
+            f"Lost workers: {result.requeued} jobs put back to run, {result.failed} failed."
+            f" Waiting jobs sent again: {result.republished}."
+        )
+        return
+    click.echo(f"Lost workers: {result.requeued} jobs put back to wait, {result.failed} failed.")
+    click.echo(_left_to_the_web_process(maintenance.job_stats().counts[JobStatus.WAITING]))
+
+
+def _left_to_the_web_process(waiting: int) -> str:
+    """What happens to waiting jobs in embedded mode, where this command sends nothing."""
+    timeout = format_duration(get_state().settings.waiting_timeout)
+    return (
+        "No broker is configured, so no message was sent: the web process's embedded worker"
+        f" runs the {waiting} waiting jobs when it next starts, or at its sweeps once they"
+        f" have waited {timeout} (ASYNC_REQUEST_WAITING_TIMEOUT)."
     )
 
 
@@ -341,8 +357,15 @@ def show_command(job_id: int, as_json: bool) -> None:
 @_errors_as_messages
 def retry_command(job_id: int) -> None:
     """Run a failed job again."""
-    maintenance.retry_job(job_id)
-    click.echo(f"Job {job_id} is waiting to run again.")
+    if maintenance.retry_job(job_id):
+        click.echo(f"Job {job_id} is waiting to run again.")
+        return
+    timeout = format_duration(get_state().settings.waiting_timeout)
+    click.echo(
+        f"Job {job_id} is waiting to run again. No broker is configured, so no message was"
+        " sent: the web process's embedded worker runs it when it next starts, or at its"
+        f" sweeps once it has waited {timeout} (ASYNC_REQUEST_WAITING_TIMEOUT)."
+    )
 
 
 @cli.command("stats")

@@ -112,7 +112,8 @@ SETTINGS: dict[str, Setting] = {
     ),
     "ASYNC_REQUEST_SWEEP_INTERVAL": Setting(
         timedelta(seconds=30),
-        "How often beat sweeps lost and stuck jobs; ``None`` turns the sweeper off.",
+        "How often beat, or the embedded worker, sweeps lost and stuck jobs; ``None`` turns"
+        " the periodic sweep off.",
     ),
     "ASYNC_REQUEST_RETRY_AFTER": Setting(
         1,

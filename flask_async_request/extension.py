@@ -9,13 +9,13 @@ import sqlalchemy as sa
 from flask import Flask
 
 from . import web
-from .broker import make_celery
+from .broker import make_celery, start_embedded_worker
 from .cli import cli
 from .config import load_settings
 from .dashboard import DEFAULT_URL_PREFIX, Authorize, init_dashboard
 from .models import TABLE_NAME, Job
 from .state import EXTENSION_KEY, AsyncRequestState
-from .tasks import register_tasks
+from .tasks import keep_embedded_jobs, register_tasks
 from .tokens import TokenVerifier
 from .views import blueprint
 
@@ -92,6 +92,9 @@ class AsyncRequest:
             extension=self,
             verify_token=TokenVerifier(settings),
         )
+        if embedded is not None:
+            keep_embedded_jobs(embedded, app, settings)
+            app.before_request(start_embedded_worker)
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix)
         app.cli.add_command(cli)
 

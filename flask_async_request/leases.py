@@ -90,6 +90,30 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop((id(store), job_id), None)
 
+    def give_up(self, store: JobStore) -> list[int]:
+        """Stop renewing the leases held on ``store`` and end them now: their process stops.
+
+        The jobs are then lost, as if their worker had died: the next sweep runs
+        them again or fails them by the retry rules, and a reply their threads
+        store meanwhile is still taken.
+
+        :returns: the ids of the jobs given up.
+        """
+        with self._lock:
+            mine = [(key, held) for key, held in self._held.items() if held.store is store]
+            for key, _ in mine:
+                del self._held[key]
+        given_up = []
+        for (_, job_id), held in mine:
+            if lifecycle.give_up(store, job_id, held.attempt):
+                logger.warning(
+                    "Job %s: stopped while running; its lease is ended, so it runs again or"
+                    " fails by ASYNC_REQUEST_RETRY at the next sweep.",
+                    job_id,
+                )
+                given_up.append(job_id)
+        return given_up
+
     def _run(self) -> None:
         pid = os.getpid()
         while self._pid == pid:

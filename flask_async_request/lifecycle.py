@@ -186,6 +186,7 @@ _CLAIMED_AT: Any = hot(
 )
 
 _RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
+_GIVE_UP = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("now"))
 _PROGRESS = (
     sa.update(Job)
     .where(*_HELD)
@@ -280,8 +281,14 @@ _LOST_JOBS = (
     .limit(sa.bindparam("limit"))
 )
 _STALE_JOBS = (
-    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit)
+    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
     .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
+    .order_by(Job.id)
+    .limit(sa.bindparam("limit"))
+)
+_WAITING_JOBS = (
+    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
+    .where(Job.status == JobStatus.WAITING, Job.id > sa.bindparam("after_id"))
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
@@ -485,6 +492,15 @@ def renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> bool:
     return renewed == 1
 
 
+def give_up(store: JobStore, job_id: int, attempt: int) -> bool:
+    """End the attempt's lease now, if it still holds the job: its process stops running it.
+
+    The job is then lost, as if its worker had died, and the next sweep runs it
+    again or fails it by the retry rules.
+    """
+    return store.rowcount(_GIVE_UP, {"job_id": job_id, "attempt": attempt, "now": utcnow()}) == 1
+
+
 def set_progress(
     store: JobStore, job_id: int, attempt: int, progress: float, message: str | None
 ) -> bool:
@@ -672,9 +688,32 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
     return ended
 
 
-def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[Message]:
-    """Waiting jobs due before ``due_before``, oldest id first, ready to publish again."""
-    return [Message(*row) for row in store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})]
+class WaitingJob(NamedTuple):
+    """A ``waiting`` job whose message may be lost."""
+
+    id: int
+    uid: str
+    queue: str | None
+    time_limit: float | None
+    #: When it is due to run: its creation, or the end of a retry's backoff.
+    due_at: datetime
+
+    @property
+    def message(self) -> Message:
+        """What publishing it again needs."""
+        return Message(self.id, self.uid, self.queue, self.time_limit)
+
+
+def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[WaitingJob]:
+    """Waiting jobs due before ``due_before``, oldest id first."""
+    rows = store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})
+    return [WaitingJob(*row) for row in rows]
+
+
+def waiting_jobs(store: JobStore, after_id: int, limit: int) -> list[WaitingJob]:
+    """Waiting jobs with an id above ``after_id``, whenever due, oldest id first."""
+    rows = store.all(_WAITING_JOBS, {"after_id": after_id, "limit": limit})
+    return [WaitingJob(*row) for row in rows]
 
 
 def touch_waiting(store: JobStore, job_id: int) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -22,6 +23,9 @@ from .models import Job, JobStatus, as_utc, utcnow
 from .signals import jobs_swept
 from .state import current_flask_app, get_state
 from .worker import Worker, resolve_worker, seconds_of
+
+if TYPE_CHECKING:
+    from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
 
@@ -44,6 +48,7 @@ __all__ = [
     "purge_jobs",
     "retention_of",
     "retry_job",
+    "sends_messages",
     "sweep_jobs",
 ]
 
@@ -253,14 +258,32 @@ def list_jobs(
     return list(session.execute(query).scalars())
 
 
-def retry_job(job_id: int) -> None:
+def sends_messages() -> bool:
+    """Whether a message this process publishes reaches a worker.
+
+    Not in embedded mode in a process whose embedded worker does not run (a
+    ``flask async-request`` command): its in-memory broker ends with it. A job
+    put back to ``waiting`` there is left in the table, where the web process's
+    embedded worker finds it when it starts, or at a sweep once it has waited
+    ``ASYNC_REQUEST_WAITING_TIMEOUT``.
+    """
+    embedded = get_state().embedded
+    return embedded is None or embedded.running
+
+
+def retry_job(job_id: int) -> bool:
     """Run a ``failed`` job again: back to ``waiting`` with its reply and progress cleared.
 
+    :returns: whether its message was sent: not when :func:`sends_messages` is false.
     :raises JobNotFound: there is no such job.
     :raises JobNotFailed: the job has not failed.
     :raises EnqueueError: the broker refused the message; the sweeper sends it later.
     """
-    publish(lifecycle.reset_for_retry(get_state().store(), job_id))
+    message = lifecycle.reset_for_retry(get_state().store(), job_id)
+    if not sends_messages():
+        return False
+    publish(message)
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,9 +296,12 @@ class SweepResult:
     requeued: int
     #: Jobs whose worker was lost and that had no retry left.
     failed: int
+    #: Whether messages were sent (see :func:`sends_messages`): if not, the jobs
+    #: put back wait in the table for the web process's embedded worker.
+    sent: bool = True
 
 
-def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
+def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False) -> SweepResult:
     """Rescue jobs that no worker will finish by itself.
 
     * ``processing`` jobs whose lease ran out lost their worker (killed, machine
@@ -287,10 +313,20 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
 
     Each change is a conditional UPDATE, so sweepers running at once, or a
     worker finishing meanwhile, never step on each other.
+
+    Where :func:`sends_messages` is false, rows are changed but no message is
+    sent: the web process's embedded worker runs the waiting jobs.
+
+    :param all_waiting: take every waiting job's message for lost, whenever it
+        was due, and send them all, ``batch_size`` at a time: what the embedded
+        worker does when it starts, since the messages of the process before it
+        were in memory. One due later (a retry's backoff) is sent to run when it
+        is due.
     """
     state = get_state()
     store = state.store()
     settings = state.settings
+    sends = sends_messages()
     now = utcnow()
     requeued = failed = republished = 0
 
@@ -300,6 +336,8 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
                 continue
             logger.warning("Job %s: its worker was lost; running it again.", job.id)
             requeued += 1
+            if not sends:
+                continue
             try:
                 publish(job.message)
             except EnqueueError:
@@ -314,19 +352,42 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE) -> SweepResult:
             logger.error("Job %s: its worker was lost and no retry is left; failed.", job.id)
             failed += 1
 
-    stale = lifecycle.stale_jobs(store, now - settings.waiting_timeout, batch_size)
-    for message in stale:
-        try:
-            publish(message)
-        except EnqueueError:
-            logger.exception(
-                "Job %s could not be published; the next sweep retries.", message.job_id
+    if sends and all_waiting:
+        # Every waiting job, a page of ids at a time.
+        after_id = 0
+        while page := lifecycle.waiting_jobs(store, after_id, batch_size):
+            sent = _send_again(store, page, now)
+            republished += sent
+            if sent < len(page) or len(page) < batch_size:
+                break
+            after_id = page[-1].id
+        if republished:
+            logger.info(
+                "Sent %s waiting jobs found in the table: a process before this one had"
+                " their messages in memory.",
+                republished,
             )
-            break  # The broker is down: the rest would fail the same way.
-        # Restart its clock, so the next sweep leaves it to the workers for a while.
-        lifecycle.touch_waiting(store, message.job_id)
-        republished += 1
-    if stale:
+    elif sends and (
+        stale := lifecycle.stale_jobs(store, now - settings.waiting_timeout, batch_size)
+    ):
+        republished = _send_again(store, stale, now)
         logger.warning("Sent %s waiting jobs again that no worker had claimed.", republished)
     jobs_swept.send(current_flask_app(), republished=republished, requeued=requeued, failed=failed)
-    return SweepResult(republished, requeued, failed)
+    return SweepResult(republished, requeued, failed, sends)
+
+
+def _send_again(store: JobStore, jobs: list[lifecycle.WaitingJob], now: datetime) -> int:
+    """Publish the messages of waiting ``jobs`` again; how many were sent before any failed."""
+    sent = 0
+    for waiting in jobs:
+        later = (as_utc(waiting.due_at) - now).total_seconds()
+        try:
+            publish(waiting.message, countdown=later if later > 0 else None)
+        except EnqueueError:
+            logger.exception("Job %s could not be published; the next sweep retries.", waiting.id)
+            break  # The broker is down: the rest would fail the same way.
+        if later <= 0:
+            # Restart its clock, so the next sweep leaves it to the workers for a while.
+            lifecycle.touch_waiting(store, waiting.id)
+        sent += 1
+    return sent

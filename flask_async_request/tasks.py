@@ -26,12 +26,15 @@ from .broker import (
     SWEEP_TASK,
 )
 from .exceptions import DatabaseUnavailable
+from .leases import keeper
 from .maintenance import purge_expired, sweep_jobs
 from .runner import run_job
+from .state import get_state
 from .webhooks import DeliveryError, deliver, give_up
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .embedded import EmbeddedWorker
 
 logger = logging.getLogger("flask_async_request")
 
@@ -135,6 +138,29 @@ def register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
         }
     celery_app.conf.beat_schedule = schedule
     _apps.add(app)
+
+
+def keep_embedded_jobs(embedded: EmbeddedWorker, app: Flask, settings: Settings) -> None:
+    """Have ``app``'s embedded worker recover, sweep and give up its jobs as the sweeper would.
+
+    When it starts, the jobs the process before left are recovered: every
+    waiting one is sent to it (its message was in that process's memory), and
+    running ones whose lease ran out run again or fail by the retry rules. Then
+    it sweeps every ``ASYNC_REQUEST_SWEEP_INTERVAL``, since embedded mode has no
+    beat. Jobs still running when it stops have their leases ended, so the next
+    start recovers them at once.
+    """
+
+    def sweep(recovering: bool) -> None:
+        with app.app_context():
+            sweep_jobs(all_waiting=recovering)
+
+    def give_up() -> None:
+        with app.app_context():
+            keeper.give_up(get_state(app).store())
+
+    interval = settings.sweep_interval
+    embedded.keep_jobs(sweep, None if interval is None else interval.total_seconds(), give_up)
 
 
 def _adopt(celery_app: Celery) -> None:

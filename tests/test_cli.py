@@ -17,7 +17,7 @@ from flask_async_request.config import parse_duration
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, add_job
+from tests.conftest import AppFactory, add_job, reload_job
 
 
 def run(app: Flask, *args: str) -> Any:
@@ -338,3 +338,52 @@ def test_stats_json_without_waiting_jobs(make_app: AppFactory) -> None:
     stats = json.loads(run(make_app(), "stats", "--json").output)
     assert stats["oldest_waiting_age_seconds"] is None
     assert set(stats["counts"].values()) == {0}
+
+
+def test_sweep_in_embedded_mode_sends_nothing_and_says_who_runs_the_jobs(
+    make_app: AppFactory,
+) -> None:
+    """With no broker, sweep sends no message and says the web process's worker runs the jobs."""
+    app = make_app(CELERY={})
+    with app.app_context():
+        job = add_job()
+        job.due_at = utcnow() - timedelta(hours=1)
+        get_state().db.session.commit()
+        job_id = job.id
+    result = run(app, "sweep")
+    assert result.exit_code == 0, result.output
+    assert "sent again" not in result.output
+    assert "embedded worker runs the 1 waiting jobs when it next starts" in result.output
+    assert not app.extensions["async_request"].embedded.running
+    with app.app_context():
+        assert reload_job(job_id).status is JobStatus.WAITING
+
+
+def test_sweep_in_embedded_mode_puts_a_lost_job_back_to_wait(make_app: AppFactory) -> None:
+    """With no broker, sweep puts a lost job back to waiting, for the web process to run."""
+    app = make_app(CELERY={}, ASYNC_REQUEST_RETRY=1)
+    with app.app_context():
+        job = add_job(status=JobStatus.PROCESSING)
+        job.attempts = 1
+        job.lease_expires_at = utcnow() - timedelta(minutes=1)
+        get_state().db.session.commit()
+        job_id = job.id
+    result = run(app, "sweep")
+    assert result.exit_code == 0, result.output
+    assert "1 jobs put back to wait, 0 failed" in result.output
+    assert not app.extensions["async_request"].embedded.running
+    with app.app_context():
+        assert reload_job(job_id).status is JobStatus.WAITING
+
+
+def test_retry_in_embedded_mode_says_the_web_process_runs_it(make_app: AppFactory) -> None:
+    """With no broker, retry sends nothing and says the web process's worker runs the job."""
+    app = make_app(CELERY={})
+    with app.app_context():
+        job_id = add_job(status=JobStatus.FAILED, status_code=500, response="boom").id
+    result = run(app, "retry", str(job_id))
+    assert result.exit_code == 0, result.output
+    assert "the web process's embedded worker runs it when it next starts" in result.output
+    assert not app.extensions["async_request"].embedded.running
+    with app.app_context():
+        assert reload_job(job_id).status is JobStatus.WAITING

@@ -165,11 +165,14 @@ def test_cleanup_can_be_switched_off(make_app: AppFactory) -> None:
     assert PURGE_SCHEDULE not in (app.extensions["celery"].conf.beat_schedule or {})
 
 
-def test_embedded_mode_warns(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
-    """With no broker configured, init_app warns that embedded mode is for development."""
+def test_embedded_mode_warns_when_its_worker_starts(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no broker configured, the embedded worker warns it is for development when it starts."""
     with caplog.at_level(logging.WARNING, logger="flask_async_request"):
         app = make_app(CELERY={})
-    assert app.extensions["async_request"].embedded is not None
+        assert "development only" not in caplog.text
+        app.extensions["async_request"].embedded.ensure_started()
     assert "development only" in caplog.text
 
 

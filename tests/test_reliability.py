@@ -246,6 +246,25 @@ def test_unclaimed_waiting_job_is_sent_again(app: Flask, sent: list[Any]) -> Non
     assert reload_job(fresh.id).status is JobStatus.WAITING
 
 
+def test_sweeping_all_waiting_jobs_sends_every_one_page_by_page(
+    app: Flask, sent: list[Any]
+) -> None:
+    """sweep_jobs(all_waiting=True) sends every waiting job, past one batch, each once."""
+    ids = [add_job().id for _ in range(5)]
+    assert sweep_jobs(batch_size=2, all_waiting=True).republished == 5
+    assert [message[0] for message in sent] == ids
+
+
+def test_sweeping_all_waiting_jobs_keeps_a_retry_backoff(app: Flask, sent: list[Any]) -> None:
+    """sweep_jobs(all_waiting=True) sends a job due later with the countdown left to it."""
+    job = add_job()
+    job.due_at = utcnow() + timedelta(seconds=30)
+    get_state().db.session.commit()
+    assert sweep_jobs(all_waiting=True).republished == 1
+    ((_, options),) = sent
+    assert 25 < options["countdown"] <= 30
+
+
 def test_enqueue_error_holds_the_stored_job(make_app: AppFactory) -> None:
     """create_and_enqueue's EnqueueError names the job and holds it, token signed."""
     app = make_app(CELERY=BROKER_DOWN)

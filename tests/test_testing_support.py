@@ -264,6 +264,14 @@ def test_no_embedded_worker_starts(make_app: AppFactory) -> None:
         assert embedded is not None and not embedded.running
 
 
+def test_requests_start_no_embedded_worker(make_app: AppFactory) -> None:
+    """On an app without a broker, requests made while a runner is bound start no worker."""
+    app = make_app(CELERY={})
+    with JobRunner(app):
+        app.test_client().get("/no-such-page")
+        assert not app.extensions["async_request"].embedded.running
+
+
 def test_wait_for_refuses_a_job_nothing_will_run(eager_app: Flask, runner: JobRunner) -> None:
     """A job pending with no message kept is reported at once, not waited for."""
     orphan = add_job()  # stored, never published
