@@ -55,12 +55,18 @@ def receiver() -> Iterator[Receiver]:
     server.server.shutdown()
 
 
+#: The test database's own name and a libpq conninfo for it, from DATABASE_URL.
+_URL = sa.make_url(DATABASE_URL)
+_CONNINFO = f"host={_URL.host} port={_URL.port or 5432} user={_URL.username}"
+
+
 def _terminate_other_backends() -> int:
-    """What a database restart does to every pooled connection: each is cut."""
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+    """What a database restart does to every pooled connection of the test database: each is cut."""
+    with psycopg.connect(f"{_CONNINFO} dbname=postgres", autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = 'test' AND pid <> pg_backend_pid()"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (_URL.database,),
         ).fetchall()
     return len(rows)
 
@@ -256,7 +262,7 @@ def test_claims_renewals_and_progress_do_not_wait_for_the_wal_flush(pg_app: Flas
 
 
 def _updated_at(job_id: int) -> Any:
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+    with psycopg.connect(f"{_CONNINFO} dbname={_URL.database}") as conn:
         row = conn.execute(
             "SELECT updated_at FROM async_request_jobs WHERE id = %s", (job_id,)
         ).fetchone()
