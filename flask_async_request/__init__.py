@@ -26,7 +26,9 @@ from .exceptions import (
     JobNotFailed,
     JobNotFound,
     JobStateError,
+    StorageError,
     TimeLimitExceeded,
+    UnstorableValue,
     WorkerResolutionError,
 )
 
@@ -76,7 +78,9 @@ __all__ = [
     "JobNotFound",
     "JobStateError",
     "JobStatus",
+    "StorageError",
     "TimeLimitExceeded",
+    "UnstorableValue",
     "Worker",
     "WorkerResolutionError",
     "accepted",

@@ -120,6 +120,25 @@ class InvalidCallbackUrl(InvalidRequest):
     """A ``callback_url`` that is not an absolute http(s) url of 2,048 chars at most."""
 
 
+class UnstorableValue(InvalidRequest):
+    """A job's arguments or owner hold what the jobs table cannot store.
+
+    A lone surrogate in an argument (a str that is not valid Unicode, such as
+    one parsed from a client's JSON), or an owner with a NUL character or more
+    than 255 characters. Raised by :meth:`Job.create_and_enqueue` before any
+    row is stored; as an :class:`InvalidRequest`, the app answers 400 for it.
+    """
+
+
+class StorageError(AsyncRequestError):
+    """The jobs table refused a write made for a running job, for a reason other than a
+    lost connection; the message is the library's, the database's error is in the log."""
+
+    def __init__(self, message: str, job_id: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class IdempotencyConflict(AsyncRequestError, ValueError):
     """An idempotency key was used before for a request with other arguments."""
 

@@ -318,20 +318,50 @@ def announce(ended: Ended) -> None:
     Long polls were woken by the ending statement itself. The signal
     (``job_finished``, ``job_failed`` or ``job_cancelled``) goes out in this
     process, and the callback, if the job has one, is queued for delivery.
+    The end is stored already: a receiver of the signal that raises is logged,
+    and neither undoes it nor keeps the callback from being queued.
     """
     app = current_flask_app()
-    if ended.status is JobStatus.PROCESSED:
-        job_finished.send(
-            app, job_id=ended.id, status_code=ended.reply.status_code, worker=ended.worker
-        )
-    elif ended.status is JobStatus.FAILED:
-        job_failed.send(
-            app, job_id=ended.id, error=error_message(ended.reply.response), worker=ended.worker
-        )
-    else:
-        job_cancelled.send(app, job_id=ended.id, worker=ended.worker)
+    try:
+        if ended.status is JobStatus.PROCESSED:
+            job_finished.send(
+                app, job_id=ended.id, status_code=ended.reply.status_code, worker=ended.worker
+            )
+        elif ended.status is JobStatus.FAILED:
+            job_failed.send(
+                app, job_id=ended.id, error=error_message(ended.reply.response), worker=ended.worker
+            )
+        else:
+            job_cancelled.send(app, job_id=ended.id, worker=ended.worker)
+    except Exception:
+        logger.exception("Job %s: a receiver of its %s signal raised.", ended.id, ended.status)
     if ended.callback_url:
         queue_callback(ended.id)
+
+
+def lost_connection(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not be reached, rather than refused a write.
+
+    A lost connection is worth another try, later: the job is left as it is,
+    for its lease to run out and the sweeper to run it again. Any other error
+    (``DataError``, ``IntegrityError``, a driver's ``ValueError``) will happen
+    again, so the job fails instead, with an error of the library's.
+    """
+    return isinstance(error, sa.exc.OperationalError) or (
+        isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
+    )
+
+
+def storage_message(what: str, error: BaseException) -> str:
+    """A client's sentence for a write of ``what`` the database refused with ``error``.
+
+    The database's own message holds SQL and parameters: it goes to the log, never
+    to a stored reply.
+    """
+    return (
+        f"{what} could not be stored: the database refused it ({type(error).__name__};"
+        " details are in the worker's log)."
+    )
 
 
 def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any]:
