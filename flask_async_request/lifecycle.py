@@ -352,15 +352,15 @@ def lost_connection(error: BaseException) -> bool:
     )
 
 
-def storage_message(what: str, error: BaseException) -> str:
+def storage_message(what: str, error: BaseException, *, plural: bool = False) -> str:
     """A client's sentence for a write of ``what`` the database refused with ``error``.
 
     The database's own message holds SQL and parameters: it goes to the log, never
     to a stored reply.
     """
     return (
-        f"{what} could not be stored: the database refused it ({type(error).__name__};"
-        " details are in the worker's log)."
+        f"{what} could not be stored: the database refused {'them' if plural else 'it'}"
+        f" ({type(error).__name__}; details are in the worker's log)."
     )
 
 

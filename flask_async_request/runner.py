@@ -151,7 +151,9 @@ def _store_outcome(
             what = "The worker's reply"
         else:
             what = "The job's error"
-        return _fail(store, job_id, attempt, lifecycle.storage_message(what, e))
+        return _fail(
+            store, job_id, attempt, lifecycle.storage_message(what, e, plural=run.in_session)
+        )
 
 
 def _fail(store: JobStore, job_id: int, attempt: int, message: str) -> Ended | None:
