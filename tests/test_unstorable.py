@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask, request
+from flask_sqlalchemy import SQLAlchemy
+from hypothesis import given, settings
 
 from flask_async_request import (
+    AsyncRequest,
     InvalidCallbackUrl,
     InvalidIdempotencyKey,
     Job,
@@ -30,11 +33,9 @@ from flask_async_request import (
 from flask_async_request.lifecycle import Outcome
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
-from tests import workers
-from tests.conftest import add_job, poll, reload_job
-
-#: What only a database's own error says; never in an answer.
-DRIVER_TEXT = ("[SQL:", "psycopg", "pymysql", "sqlite3", "Background on this error", "Traceback")
+from tests import hostile_values, workers
+from tests.conftest import SECRET, add_job, poll, reload_job
+from tests.hostile_values import DRIVER_TEXT
 
 
 def _error(job: Job) -> str:
@@ -384,3 +385,37 @@ def test_arguments_with_a_nul_character_reach_the_worker(app: Flask) -> None:
 def _no_values_left() -> Iterator[None]:
     yield
     workers.HOSTILE_VALUES.clear()
+
+
+# Any value, at any field ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sqlite_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """One app for every example: eager Celery on SQLite, an identity set per example."""
+    path = tmp_path_factory.mktemp("hostile") / "jobs.db"
+    app = Flask(__name__)
+    app.config.update(
+        TESTING=True,
+        SECRET_KEY=SECRET,
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{path}",
+        CELERY={"task_always_eager": True},
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+    AsyncRequest(app)
+    with app.app_context():
+        db.create_all()
+    yield hostile_values.hostile_app(app)
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.mark.parametrize("field", hostile_values.FIELDS)
+@settings(max_examples=40, deadline=None)
+@given(value=hostile_values.values)
+def test_any_value_at_any_field_ends_its_job_on_sqlite(
+    sqlite_app: Flask, field: str, value: Any
+) -> None:
+    """Any value at any field: the job ends, or no row is made; no answer shows SQL."""
+    hostile_values.hand_over(sqlite_app, field, value)
