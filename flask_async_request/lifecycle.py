@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from .broker import Message, queue_callback
 from .exceptions import InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
-from .models import Job, JobStatus, new_uid, utcnow
+from .models import Job, JobStatus, lone_surrogate, new_uid, utcnow
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
 from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore, hot
@@ -643,7 +643,14 @@ _RECORD_CALLBACK = sa.update(Job).where(_ID).values(callback_status=sa.bindparam
 
 
 def record_callback(store: JobStore, job_id: int, status: str) -> None:
-    """Note how the job's callback delivery went, where ``flask async-request show`` shows it."""
+    """Note how the job's callback delivery went, where ``flask async-request show`` shows it.
+
+    ``status`` may quote an error about the url: what no database stores in it
+    (a NUL character, a lone surrogate) is replaced, and a long one is cut.
+    """
+    status = status.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+    if lone_surrogate(status):
+        status = status.encode("utf-8", "replace").decode("utf-8")
     if len(status) > _CALLBACK_STATUS_LENGTH:
         status = status[: _CALLBACK_STATUS_LENGTH - 3] + "..."
     store.rowcount(_RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})

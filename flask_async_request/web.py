@@ -158,6 +158,14 @@ def create_job(
     state = get_state()
     path = worker_path(worker_class)
     worker = cast("type[Worker]", worker_class)
+    queue = worker.queue or state.settings.queue
+    for name, value in (("worker", path), ("queue", queue)):
+        length = column_length(name)
+        if value is not None and length is not None and len(value) > length:
+            raise ValueError(
+                f"The {name} name {_short(value)} is {len(value)} characters long; the jobs"
+                f" table holds {length} at most."
+            )
     params = {"args": list(args), "kwargs": dict(kwargs)}
     check_json(params["args"], "args")
     check_json(params["kwargs"], "kwargs")
@@ -186,7 +194,7 @@ def create_job(
         owner=owner,
         idempotency_scope=scope,
         callback_url=callback_url,
-        queue=worker.queue or state.settings.queue,
+        queue=queue,
         time_limit=seconds_of(
             worker.time_limit or state.settings.time_limit,
             f"{path}.time_limit",

@@ -375,6 +375,20 @@ def test_an_idempotency_key_with_a_nul_or_lone_surrogate_is_refused(app: Flask, 
     assert _rows() == 0
 
 
+def test_a_queue_name_longer_than_its_column_is_refused(app: Flask) -> None:
+    """A worker class naming a queue of 256 characters makes no job: a ValueError says why."""
+    with pytest.raises(ValueError, match="holds 255 at most"):
+        Job.create_and_enqueue(workers.LongQueue)
+    assert _rows() == 0
+
+
+def test_a_callback_status_quoting_unstorable_text_is_stored_replaced(app: Flask) -> None:
+    """A delivery status quoting a NUL character or a lone surrogate is stored, replaced."""
+    job = add_job()
+    lifecycle.record_callback(get_state().store(), job.id, "refused: a\x00b \ud800")
+    assert reload_job(job.id).callback_status == "refused: a\ufffdb ?"
+
+
 def test_arguments_with_a_nul_character_reach_the_worker(app: Flask) -> None:
     """A NUL character in an argument is stored, escaped in JSON, and reaches the worker."""
     job = Job.create_and_enqueue(workers.Echo, "a\x00b")

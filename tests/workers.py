@@ -362,3 +362,12 @@ class RefusedWrite(Worker):
         assert own is not None
         session.add(Job(uid=own.uid, worker=own.worker, params={"args": [], "kwargs": {}}))
         return 200, "written"
+
+
+class LongQueue(Worker):
+    """Names a queue longer than the jobs table holds."""
+
+    queue = "q" * 256
+
+    def execute(self) -> tuple[int, str]:
+        return 200, "unreachable"
