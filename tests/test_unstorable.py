@@ -34,7 +34,7 @@ from flask_async_request.lifecycle import Outcome
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import hostile_values, workers
-from tests.conftest import SECRET, add_job, poll, reload_job
+from tests.conftest import SECRET, AppFactory, add_job, poll, reload_job
 from tests.hostile_values import DRIVER_TEXT
 
 
@@ -165,6 +165,22 @@ def test_a_refused_progress_write_fails_the_job_with_the_librarys_sentence(
     assert any("[SQL:" in r.getMessage() or r.exc_info for r in caplog.records)
 
 
+def test_a_refused_progress_write_is_not_retried(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused progress write fails the job at once, with retries allowed: it would recur."""
+
+    def refuse(*args: Any) -> bool:
+        raise _database_error()
+
+    monkeypatch.setattr(lifecycle, "set_progress", refuse)
+    workers.HOSTILE_VALUES["k"] = "halfway"
+    with make_app(ASYNC_REQUEST_RETRY=3).app_context():
+        job = Job.create_and_enqueue(workers.Hostile, "progress", "k")
+        assert _error(job).startswith("The progress report could not be stored")
+        assert reload_job(job.id).attempts == 1
+
+
 def test_a_progress_write_on_a_lost_connection_is_skipped(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,6 +203,16 @@ def test_a_database_error_raised_by_the_worker_is_not_shown(app: Flask) -> None:
     job = Job.create_and_enqueue(workers.RaisesDatabaseError)
     assert _error(job) == (
         "The worker raised OperationalError (a database error; details are in the worker's log)."
+    )
+
+
+def test_a_database_error_importing_the_worker_is_not_shown(app: Flask) -> None:
+    """A worker module whose import raises a database error fails its job without the SQL."""
+    job = add_job(worker="tests.imports_a_missing_table:Never")
+    runner.run_job(job.id)
+    assert _error(job) == (
+        "Worker tests.imports_a_missing_table:Never cannot be loaded: importing it raised"
+        " OperationalError (a database error; details are in the worker's log)."
     )
 
 

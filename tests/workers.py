@@ -318,8 +318,6 @@ HOSTILE_VALUES: dict[str, Any] = {}
 class Hostile(Worker):
     """Hands the library a value of :data:`HOSTILE_VALUES` as the ``field`` of its run."""
 
-    retry_on = ()
-
     def execute(self, field: str, key: str) -> Any:
         value = HOSTILE_VALUES.pop(key)
         if field == "body":

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import HealthCheck, given, settings
 
-from flask_async_request import AsyncRequest, Job, JobStatus, runner, worker
+from flask_async_request import AsyncRequest, Job, JobStatus, asynchronous, runner, worker
 from flask_async_request.state import get_state
 from tests import hostile_values, workers
-from tests.conftest import SECRET
+from tests.conftest import SECRET, poll
 from tests.hostile_values import DRIVER_TEXT
 
 pytestmark = pytest.mark.integration
@@ -39,6 +39,12 @@ def _app(url: str) -> Iterator[Flask]:
     db = SQLAlchemy()
     db.init_app(app)
     AsyncRequest(app)
+
+    @app.get("/greet")
+    @asynchronous
+    def greet() -> Any:
+        return f"from {request.args['from']}", 200, {"Content-Type": "text/plain"}
+
     with app.app_context():
         db.drop_all()
         db.create_all()
@@ -78,6 +84,20 @@ def test_a_nul_reply_fails_its_job_on_postgresql(pg_app: Flask) -> None:
     assert "returned a body that cannot be stored: it contains a NUL character" in _failure(
         pg_app, job_id
     )
+
+
+def test_an_asynchronous_view_answering_a_nul_character_fails_its_job_on_postgresql(
+    pg_app: Flask,
+) -> None:
+    """``?from=a%00b`` echoed by an @asynchronous text view: its job fails, polls end."""
+    client = pg_app.test_client()
+    started = client.get("/greet?from=a%00b")
+    assert started.status_code == 202
+    answer = poll(client, started.json["token"])
+    assert answer.status_code == 200
+    assert answer.json["status"] == "failed"
+    message = json.loads(answer.json["response"]["body"])["error"]
+    assert message.endswith("returned a body that cannot be stored: it contains a NUL character")
 
 
 def test_a_nul_reply_postgresql_refuses_fails_its_job(
