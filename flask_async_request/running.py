@@ -93,7 +93,12 @@ class RunContext:
                     self._cancelled = not lifecycle.held(self.store, self.job_id, self.attempt)
                 except Exception as e:
                     if not lifecycle.lost_connection(e):
-                        raise
+                        logger.exception("Job %s: its status could not be read.", self.job_id)
+                        raise StorageError(
+                            f"The job's status could not be read ({type(e).__name__};"
+                            " details are in the worker's log).",
+                            self.job_id,
+                        ) from None
                     # Not known to be cancelled: asked again at the next check.
                     logger.warning(
                         "Job %s: whether it was cancelled could not be read (%s).",

@@ -206,7 +206,10 @@ def create_job(
     if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
-        lifecycle.insert(store, job)
+        try:
+            lifecycle.insert(store, job)
+        except _REFUSED_VALUES as e:
+            raise _refused(e) from None
         job.token  # noqa: B018 -- signed while every column is loaded
         message = lifecycle.message_of(job)
         # Known to the session as the stored row it is (no INSERT at the next flush).
@@ -228,6 +231,9 @@ def create_job(
         if existing is None:
             raise
         return _same_request(existing, path, params, idempotency_key or "")
+    except _REFUSED_VALUES as e:
+        # The session needs a rollback now, as after any failed flush: the caller's.
+        raise _refused(e) from None
     message = lifecycle.message_of(job)
     job.token  # noqa: B018 -- signed now, while id and uid are loaded: a commit expires them
     if deferred:
@@ -238,6 +244,20 @@ def create_job(
     # mode, fast workers).
     _publish_new(message, job)
     return job
+
+
+#: What a database raises for a value it cannot store, checked as they are before the
+#: write: a value out of range or too long, or text the driver cannot encode.
+_REFUSED_VALUES = (sa.exc.DataError, UnicodeError)
+
+
+def _refused(error: Exception) -> UnstorableValue:
+    """The error for a new job whose row the database refused; its own message is logged."""
+    logger.error("A new job could not be stored: the database refused it.", exc_info=error)
+    return UnstorableValue(
+        "The job could not be stored: the database refused one of its values"
+        f" ({type(error).__name__}; details are in the server's log)."
+    )
 
 
 def _publish_new(message: Message, job: Job | None = None) -> None:

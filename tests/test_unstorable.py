@@ -29,6 +29,7 @@ from flask_async_request import (
     lifecycle,
     runner,
     signals,
+    web,
 )
 from flask_async_request.lifecycle import Outcome
 from flask_async_request.state import get_state
@@ -413,6 +414,37 @@ def test_a_callback_status_quoting_unstorable_text_is_stored_replaced(app: Flask
     job = add_job()
     lifecycle.record_callback(get_state().store(), job.id, "refused: a\x00b \ud800")
     assert reload_job(job.id).callback_status == "refused: a\ufffdb ?"
+
+
+def test_a_value_the_database_refuses_at_creation_is_an_unstorable_value(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value past the checks that the database refuses is an UnstorableValue, without SQL."""
+    monkeypatch.setattr(web, "unstorable", lambda text, limit=None: None)
+    get_state().extension.identity_loader(lambda: "half \ud800 a pair")
+    with pytest.raises(UnstorableValue) as refused:
+        Job.create_and_enqueue(workers.Echo)
+    assert str(refused.value) == (
+        "The job could not be stored: the database refused one of its values"
+        " (UnicodeEncodeError; details are in the server's log)."
+    )
+    get_state().db.session.rollback()
+    assert _rows() == 0
+
+
+def test_a_cancellation_check_the_database_refuses_fails_the_job(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation check the database refuses fails the job with the library's sentence."""
+
+    def refuse(*args: Any) -> bool:
+        raise _database_error(sa.exc.ProgrammingError)
+
+    monkeypatch.setattr(lifecycle, "held", refuse)
+    job = Job.create_and_enqueue(workers.ChecksCancelled)
+    assert _error(job) == (
+        "The job's status could not be read (ProgrammingError; details are in the worker's log)."
+    )
 
 
 def test_arguments_with_a_nul_character_reach_the_worker(app: Flask) -> None:

@@ -369,3 +369,10 @@ class LongQueue(Worker):
 
     def execute(self) -> tuple[int, str]:
         return 200, "unreachable"
+
+
+class ChecksCancelled(Worker):
+    """Asks whether its job was cancelled, once, and answers."""
+
+    def execute(self) -> tuple[int, str]:
+        return 200, str(self.cancelled)
