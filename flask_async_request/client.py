@@ -11,7 +11,7 @@ It needs only the standard library::
 
 The polling itself (long polls, ``Retry-After``, retries of 503 and of failed
 connections, the deadline) is written once, without any I/O, in
-:func:`poll_steps`; :func:`wait_for` drives it with :mod:`urllib` or a session,
+``poll_steps()``; :func:`wait_for` drives it with :mod:`urllib` or a session,
 and :mod:`flask_async_request.client_httpx` with httpx, in threads or asyncio.
 """
 
@@ -205,15 +205,67 @@ def _seconds(retry_after: str | None, default: float) -> float:
         return default
 
 
-def start_of(response: Any) -> tuple[str, str]:
-    """The status url and token of a starting view's 202 answer (requests, httpx, Flask).
+#: What :func:`start_of` takes, for its errors.
+ACCEPTED_RESPONSES = (
+    "a requests, httpx or Flask test client response, or the http.client.HTTPResponse"
+    " of urllib.request.urlopen (its body not read yet)"
+)
 
+
+def _status_of(response: Any) -> int | None:
+    """A response's status code: ``status_code`` (requests, httpx, Werkzeug) or ``status``.
+
+    Werkzeug's ``status`` is the status line ("202 ACCEPTED"), hence ``status_code``
+    first; :mod:`http.client`, :mod:`urllib` and aiohttp responses only have ``status``.
+    """
+    for name in ("status_code", "status"):
+        status = getattr(response, name, None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status
+    return None
+
+
+def _body_of(response: Any) -> Any:
+    """A response's JSON body, parsed by the response itself or read from it."""
+    body = getattr(response, "json", None)
+    if callable(body):
+        return body()
+    if body is not None:
+        return body  # Werkzeug's parsed ``json`` property.
+    read = getattr(response, "read", None)
+    if not callable(read):
+        return None
+    data = read()
+    if not data:
+        raise AsyncRequestError(
+            "The 202 answer's body is empty: it was read already. Give wait_for() the"
+            " response before reading it, or url= and token= from the body you read."
+        )
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def start_of(response: Any) -> tuple[str, str]:
+    """The status url and token of a starting view's 202 answer.
+
+    :param response: the answer of the view that started the job: a requests,
+        httpx or Flask test client response, or the
+        :class:`http.client.HTTPResponse` that :func:`urllib.request.urlopen`
+        returns, its body not read yet.
+    :raises TypeError: ``response`` is none of those: it has no status code.
     :raises AsyncRequestError: the answer is not a 202, or holds no token or url.
     """
-    status = getattr(response, "status_code", None)
+    status = _status_of(response)
+    if status is None:
+        raise TypeError(
+            f"wait_for() takes {ACCEPTED_RESPONSES}, or url= and token=;"
+            f" got {type(response).__qualname__}, which has no status code."
+        )
     if status != 202:
         raise AsyncRequestError(f"The request that should start a job answered {status}, not 202.")
-    body = response.json() if callable(getattr(response, "json", None)) else response.json
+    body = _body_of(response)
     token = body.get("token") if isinstance(body, Mapping) else None
     url = (body.get("url") if isinstance(body, Mapping) else None) or response.headers.get(
         "Location"
@@ -329,7 +381,8 @@ def wait_for(
     """Wait until a job finishes and return its answer.
 
     Give the 202 ``response`` of the view that started the job (a ``requests``,
-    ``httpx`` or Flask test response), or its ``url`` and ``token``. Each poll
+    ``httpx`` or Flask test client response, or what :func:`urllib.request.urlopen`
+    returns, its body not read yet), or its ``url`` and ``token``. Each poll
     asks the server to hold it for up to ``long_poll`` seconds (``Prefer: wait``),
     so a finished job is seen at once and few requests are made; a server that
     does not hold it is polled again after its ``Retry-After``.
@@ -339,7 +392,7 @@ def wait_for(
     ``Retry-After`` or a backoff; a connection that fails (a restart, a network
     blip) is tried again with a backoff doubling up to ``max_backoff`` seconds,
     all within ``timeout``. A redirect is not followed (it would carry the
-    token elsewhere): it is an :class:`AsyncRequestError`.
+    token elsewhere): it is an :class:`~flask_async_request.AsyncRequestError`.
 
     :param on_progress: called with ``(fraction, message)`` on every pending answer.
     :param headers: more headers for every poll, such as ``Authorization`` or
@@ -350,6 +403,8 @@ def wait_for(
     :raises TimeoutError: the job did not finish within ``timeout`` seconds.
     :raises AsyncRequestError: the server refused the token (400), knows no such
         job (404) or answered another error.
+    :raises TypeError: ``response`` is not a response (see above), and no
+        ``url`` and ``token`` were given.
     """
     url, token = target(response, url, token)
     steps = poll_steps(

@@ -134,7 +134,7 @@ SETTINGS: dict[str, Setting] = {
     ),
 }
 
-#: The defaults :func:`load_settings` fills in. ``CELERY`` is not among them: the
+#: The defaults ``load_settings()`` fills in. ``CELERY`` is not among them: the
 #: Celery app is made from it (``broker.py``), which gives each app a dict of its own.
 DEFAULTS: dict[str, Any] = {
     key: setting.default for key, setting in SETTINGS.items() if key.startswith("ASYNC_REQUEST_")

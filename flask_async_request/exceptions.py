@@ -35,6 +35,7 @@ class EnqueueError(AsyncRequestError):
 
     def __init__(self, message: str, job_id: int) -> None:
         super().__init__(message)
+        #: The id of the stored job whose message was not published.
         self.job_id = job_id
         #: The stored :class:`~flask_async_request.Job` when a new job's publish
         #: failed (``None`` for a retry's or the sweeper's publish).

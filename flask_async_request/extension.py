@@ -29,8 +29,10 @@ class AsyncRequest:
     """The asynchronous request-reply pattern for a Flask app.
 
     :param app: the app to initialise now, or ``None`` to call :meth:`init_app` later.
+    :type app: ~flask.Flask | None
     :param db: the app's :class:`~flask_sqlalchemy.SQLAlchemy`; by default the one
         registered in ``app.extensions["sqlalchemy"]``.
+    :type db: ~flask_sqlalchemy.SQLAlchemy | None
     """
 
     def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:

@@ -1,6 +1,6 @@
 """Operating on jobs in bulk: purge, sweep lost and stuck jobs, statistics, listing, retry.
 
-Every change of a row goes through :mod:`.lifecycle`; this module decides
+Every change of a row goes through ``flask_async_request.lifecycle``; this module decides
 which jobs to change, and reads for operators.
 """
 

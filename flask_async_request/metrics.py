@@ -1,7 +1,7 @@
 """Prometheus metrics of the jobs, the polls and the sweeper.
 
 Needs ``pip install flask-async-request[metrics]``. Turned on with
-:meth:`AsyncRequest.init_metrics`, which serves them at
+:meth:`~flask_async_request.AsyncRequest.init_metrics`, which serves them at
 ``/async-request/metrics``. Counters and histograms are kept in every process where
 things happen (web processes for submissions and polls, worker processes for
 runs), fed by the library's signals. Under gunicorn's or Celery's several

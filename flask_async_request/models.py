@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, ParamSpec, Protocol, overload
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -75,6 +75,26 @@ def unstorable(text: str, limit: int | None = None) -> str | None:
     if lone_surrogate(text):
         return "it contains a lone surrogate, which is not valid Unicode text"
     return None
+
+
+P = ParamSpec("P")
+
+
+class WorkerLike(Protocol[P]):
+    """A :class:`~flask_async_request.Worker` subclass as type checkers see it.
+
+    The model imports nothing of the package, so it names a worker by its
+    methods: ``execute``, whose parameters ``P`` are those that
+    :meth:`Job.create_and_enqueue` checks a call's arguments against, and
+    ``check_cancelled``, which only ``Worker`` has. At run time only ``Worker``
+    subclasses are accepted, whatever their methods.
+    """
+
+    def execute(self, *args: P.args, **kwargs: P.kwargs) -> object:
+        """Do the work; see :meth:`Worker.execute <flask_async_request.Worker.execute>`."""
+
+    def check_cancelled(self) -> None:
+        """Raise if the job was cancelled."""
 
 
 class _Base(DeclarativeBase):
@@ -191,14 +211,61 @@ class Job(_Base):
             token = self.__dict__["_signed_token"] = self._gateway().sign_token(self)
         return token
 
+    # A keyword-only parameter cannot stand between ``*args: P.args`` and
+    # ``**kwargs: P.kwargs`` (PEP 612), so the arguments of ``execute`` are
+    # checked by the first overload, which has none of the library's keywords;
+    # each other overload requires one of them and checks the worker class alone.
+    @overload
+    @classmethod
+    def create_and_enqueue(
+        cls, worker_class: type[WorkerLike[P]], *args: P.args, **kwargs: P.kwargs
+    ) -> Job: ...
+
+    @overload
+    @classmethod
+    def create_and_enqueue(
+        cls,
+        worker_class: type[WorkerLike[...]],
+        *args: Any,
+        commit: bool,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        **kwargs: Any,
+    ) -> Job: ...
+
+    @overload
+    @classmethod
+    def create_and_enqueue(
+        cls,
+        worker_class: type[WorkerLike[...]],
+        *args: Any,
+        commit: bool = True,
+        idempotency_key: str | None,
+        callback_url: str | None = None,
+        **kwargs: Any,
+    ) -> Job: ...
+
+    @overload
+    @classmethod
+    def create_and_enqueue(
+        cls,
+        worker_class: type[WorkerLike[...]],
+        *args: Any,
+        commit: bool = True,
+        idempotency_key: str | None = None,
+        callback_url: str | None,
+        **kwargs: Any,
+    ) -> Job: ...
+
     @classmethod
     def create_and_enqueue(
         cls,
         worker_class: type,
         *args: Any,
-        commit: bool = True,
-        idempotency_key: str | None = None,
-        callback_url: str | None = None,
+        # Any: the first overload's P.kwargs may hold these names with other types.
+        commit: Any = True,
+        idempotency_key: Any = None,
+        callback_url: Any = None,
         **kwargs: Any,
     ) -> Job:
         """Store a ``waiting`` job for ``worker_class`` and publish it to the workers.
@@ -207,7 +274,9 @@ class Job(_Base):
         sees a message for a job it cannot read. ``commit``, ``idempotency_key``
         and ``callback_url`` are taken for the library; all other keywords go to
         ``execute`` (use :meth:`enqueue_call` for an ``execute`` that takes one
-        of those names itself).
+        of those names itself). Type checkers check the arguments against the
+        parameters of ``worker_class.execute``, and that ``worker_class`` is a
+        worker.
 
         :param worker_class: a :class:`~flask_async_request.Worker` subclass that a
             worker process can import by its dotted path.
@@ -243,7 +312,7 @@ class Job(_Base):
     @classmethod
     def enqueue_call(
         cls,
-        worker_class: type,
+        worker_class: type[WorkerLike[...]],
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         *,

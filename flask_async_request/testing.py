@@ -4,7 +4,7 @@ A :class:`JobRunner` bound to an app keeps the messages the app publishes
 instead of sending them to a broker (none is needed, whatever ``CELERY`` says),
 so a view that starts a job answers 202 with the job still ``waiting``, as it
 would in production. The test then runs the jobs, each as a worker does (claim,
-run, store the reply: :func:`flask_async_request.runner.run_job`), and polls for
+run, store the reply: ``flask_async_request.runner.run_job``), and polls for
 the stored reply::
 
     def test_thumbnail(app):
@@ -16,7 +16,7 @@ the stored reply::
             assert client.get(started.json["url"]).status_code == 200
 
 With pytest, the ``async_jobs`` fixture is such a runner for the test's ``app``
-fixture (see :mod:`flask_async_request.pytest_plugin`).
+fixture (see ``flask_async_request.pytest_plugin``).
 """
 
 from __future__ import annotations

@@ -32,6 +32,46 @@ class RunLink(Protocol):
         """Whether the job is no longer this run's."""
 
 
+class CallableBool:
+    """True or false like a bool, and callable too: calling it gives the bool.
+
+    What :attr:`Worker.cancelled <flask_async_request.Worker.cancelled>` gives. It
+    reads as a bool (``if self.cancelled:``, ``not``, ``==``), and
+    ``self.cancelled()``, a natural slip beside the methods ``progress()`` and
+    ``check_cancelled()``, gives the same answer instead of failing the job with
+    "'bool' object is not callable". It is not the ``True`` or ``False`` object
+    itself: compare it with ``==``, or ``bool()`` it, rather than with ``is``.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bool) -> None:
+        self._value = bool(value)
+
+    def __bool__(self) -> bool:
+        return self._value
+
+    def __call__(self) -> bool:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CallableBool):
+            return self._value == other._value
+        if isinstance(other, int):  # bool included, as True == 1.
+            return self._value == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return repr(self._value)
+
+
+_TRUE = CallableBool(True)
+_FALSE = CallableBool(False)
+
+
 #: The longest progress message stored; a longer one is cut.
 _PROGRESS_MESSAGE_LENGTH = column_length("progress_message") or 255
 #: The longest content type a reply can have.
@@ -120,9 +160,13 @@ class Worker:
             self._run.report(fraction, message)
 
     @property
-    def cancelled(self) -> bool:
-        """Whether the job was cancelled; check it now and then in long work."""
-        return self._run is not None and self._run.cancelled()
+    def cancelled(self) -> CallableBool:
+        """Whether the job was cancelled; check it now and then in long work.
+
+        Read it as a bool: ``if self.cancelled:``. Called, ``self.cancelled()``,
+        it gives the same answer (see :class:`~flask_async_request.worker.CallableBool`).
+        """
+        return _TRUE if self._run is not None and self._run.cancelled() else _FALSE
 
     def check_cancelled(self) -> None:
         """Raise :class:`~flask_async_request.JobCancelled` if the job was cancelled."""

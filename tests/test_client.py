@@ -63,6 +63,36 @@ def test_wait_for_takes_the_starting_response(served_example: str) -> None:
     assert (result.status, result.status_code) == ("processed", 200)
 
 
+def _start_request(base: str, limit: int) -> urllib.request.Request:
+    return urllib.request.Request(
+        f"{base}/primes",
+        data=json.dumps({"limit": limit}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+
+
+def test_wait_for_takes_what_urlopen_returns(served_example: str) -> None:
+    """urllib.request.urlopen's response (status in .status, body unread) is a starting response."""
+    with urllib.request.urlopen(_start_request(served_example, 1000)) as response:
+        result = wait_for(response, timeout=60)
+    assert (result.status, result.status_code) == ("processed", 200)
+
+
+def test_wait_for_says_when_the_body_was_read(served_example: str) -> None:
+    """A urlopen response whose body was read already is refused with what to do instead."""
+    with urllib.request.urlopen(_start_request(served_example, 1000)) as response:
+        response.read()
+        with pytest.raises(AsyncRequestError, match="read already"):
+            wait_for(response)
+
+
+def test_wait_for_names_what_it_takes() -> None:
+    """Something that is not a response is a TypeError naming what is accepted."""
+    with pytest.raises(TypeError, match=r"takes a requests, httpx .* urllib\.request\.urlopen"):
+        wait_for({"token": "t", "url": "http://x/job"})
+
+
 def test_wait_for_times_out(served_example: str) -> None:
     """A job that does not finish in time raises TimeoutError."""
     started = _start(served_example, 400_000_000)

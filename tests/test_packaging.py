@@ -1,4 +1,4 @@
-"""Packaging: the declared dependencies, and what works without the optional ones."""
+"""Packaging: the metadata, the declared dependencies, and what works without the optional ones."""
 
 from __future__ import annotations
 
@@ -8,16 +8,21 @@ import re
 import subprocess
 import sys
 import textwrap
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
+import docutils.core
 import jwt.algorithms
 import pytest
+from docutils import nodes
 
 import flask_async_request
 from flask_async_request import ConfigurationError
 from tests.conftest import AppFactory
 
 ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = "https://github.com/flask-async-request/flask-async-request"
 #: Imported by the package without being its dependency: pytest loads the pytest plugin.
 NOT_DEPENDENCIES = {"pytest"}
 
@@ -173,3 +178,48 @@ def test_hs256_round_trip_needs_no_cryptography(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def pyproject() -> dict[str, Any]:
+    """pyproject.toml, parsed."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib comes with Python 3.11")
+    project: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return project
+
+
+def test_readme_links_work_on_the_package_index() -> None:
+    """The README (PyPI's page of the package) links by absolute urls only, to files that exist."""
+    doctree = docutils.core.publish_doctree((ROOT / "README.rst").read_text())
+    uris = [ref["refuri"] for ref in doctree.findall(nodes.reference) if "refuri" in ref]
+    assert uris
+    for uri in uris:
+        assert urllib.parse.urlsplit(uri).scheme in ("http", "https"), uri
+        for tree in (f"{REPOSITORY}/blob/main/", f"{REPOSITORY}/tree/main/"):
+            if uri.startswith(tree):
+                assert (ROOT / uri.removeprefix(tree)).exists(), uri
+
+
+def test_metadata_links_the_docs_changes_and_issues() -> None:
+    """The project's urls name its documentation, changes, source and issues, in the repository."""
+    urls = pyproject()["project"]["urls"]
+    assert set(urls) == {"Documentation", "Changes", "Source", "Issues"}
+    for label, url in urls.items():
+        assert url.startswith(REPOSITORY), (label, url)
+        for tree in (f"{REPOSITORY}/blob/main/", f"{REPOSITORY}/tree/main/"):
+            if url.startswith(tree):
+                assert (ROOT / url.removeprefix(tree)).exists(), url
+
+
+def test_python_classifiers_follow_requires_python() -> None:
+    """A classifier for each Python version from requires-python's lower bound on, none missing."""
+    project = pyproject()["project"]
+    lowest = re.fullmatch(r">=3\.(\d+)", project["requires-python"])
+    assert lowest, project["requires-python"]
+    versions = {
+        int(c.rsplit(".", 1)[1])
+        for c in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    }
+    assert min(versions) == int(lowest.group(1))
+    assert versions == set(range(min(versions), max(versions) + 1))
+    assert "Programming Language :: Python :: 3 :: Only" in project["classifiers"]

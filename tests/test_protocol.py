@@ -157,7 +157,7 @@ def test_progress_outside_a_run_is_harmless() -> None:
     """Calling execute directly (in a unit test of a worker) reports nowhere."""
     worker = workers.TightLoop()
     assert worker.execute(10) == (200, "10")
-    assert worker.cancelled is False
+    assert not worker.cancelled
 
 
 # Cancellation --------------------------------------------------------------------------
@@ -185,6 +185,25 @@ def test_cancel_a_running_job_stops_it(app: Flask, tmp_path: Path) -> None:
     assert job.status is JobStatus.CANCELLED
     assert job.status_code == 499
     assert counter.read_text() == "0"
+
+
+def test_cancelled_called_like_a_method_answers_too(app: Flask, tmp_path: Path) -> None:
+    """self.cancelled() gives the bool that self.cancelled reads as, instead of failing the job."""
+    answers = tmp_path / "answers.json"
+    job = Job.create_and_enqueue(workers.CallsCancelled, str(answers))
+    assert json.loads(answers.read_text()) == [True, True]
+    assert job.status is JobStatus.CANCELLED
+
+
+def test_cancelled_compares_as_a_bool() -> None:
+    """Worker.cancelled is equal to, hashes and prints as the bool it reads as."""
+    flag = workers.Echo().cancelled
+    assert flag == False  # noqa: E712 (the comparison is what is tested)
+    assert flag != True  # noqa: E712
+    assert hash(flag) == hash(False)
+    assert repr(flag) == "False"
+    assert flag() is False
+    assert {flag: "x"}[False] == "x"
 
 
 def test_cancel_a_finished_job_is_409(app: Flask, client: Any) -> None:

@@ -196,6 +196,18 @@ class CancelsItself(Worker):
         return 200, "should not be stored"
 
 
+class CallsCancelled(Worker):
+    """Cancels its own job, then calls ``self.cancelled()`` like its sibling methods."""
+
+    def execute(self, answers_file: str) -> tuple[int, str]:
+        from flask_async_request.web import cancel_job
+
+        cancel_job(self.job_id)
+        answers = [self.cancelled(), bool(self.cancelled)]
+        Path(answers_file).write_text(json.dumps(answers))
+        return 200, "should not be stored"
+
+
 class SlowSteps(Worker):
     """Works in steps, reporting progress; stops when cancelled."""
 
