@@ -122,12 +122,14 @@ class InvalidCallbackUrl(InvalidRequest):
 
 
 class UnstorableValue(InvalidRequest):
-    """A job's arguments or owner hold what the jobs table cannot store.
+    """A new job holds what the jobs table cannot store; no row is left behind.
 
     A lone surrogate in an argument (a str that is not valid Unicode, such as
     one parsed from a client's JSON), or an owner with a NUL character or more
-    than 255 characters. Raised by :meth:`Job.create_and_enqueue` before any
-    row is stored; as an :class:`InvalidRequest`, the app answers 400 for it.
+    than 255 characters, refused by :meth:`Job.create_and_enqueue` before
+    anything is written; or a value the database refused all the same (its own
+    error is logged, not repeated). As an :class:`InvalidRequest`, the app
+    answers 400 for it.
     """
 
 
