@@ -345,11 +345,18 @@ def lost_connection(error: BaseException) -> bool:
     A lost connection is worth another try, later: the job is left as it is,
     for its lease to run out and the sweeper to run it again. Any other error
     (``DataError``, ``IntegrityError``, a driver's ``ValueError``) will happen
-    again, so the job fails instead, with an error of the library's.
+    again, so the job fails instead, with an error of the library's. An error
+    raised ``from`` a lost connection (one that says the database stayed out
+    of reach after retries) is a lost connection too.
     """
-    return isinstance(error, sa.exc.OperationalError) or (
-        isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
-    )
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, sa.exc.OperationalError) or (
+            isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated
+        ):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def storage_message(what: str, error: BaseException, *, plural: bool = False) -> str:

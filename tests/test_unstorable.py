@@ -196,6 +196,23 @@ def test_a_progress_write_on_a_lost_connection_is_skipped(
     assert reload_job(job.id).status is JobStatus.PROCESSED
 
 
+def test_a_progress_write_failing_from_a_lost_connection_is_skipped(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error raised from a lost connection (the database still out of reach) is skipped too."""
+
+    def unavailable(*args: Any) -> bool:
+        try:
+            raise _database_error(sa.exc.OperationalError)
+        except sa.exc.OperationalError as e:
+            raise RuntimeError("The jobs database is unavailable.") from e
+
+    monkeypatch.setattr(lifecycle, "set_progress", unavailable)
+    workers.HOSTILE_VALUES["k"] = "halfway"
+    job = Job.create_and_enqueue(workers.Hostile, "progress", "k")
+    assert reload_job(job.id).status is JobStatus.PROCESSED
+
+
 # A worker's own errors ----------------------------------------------------------------------
 
 
