@@ -464,6 +464,17 @@ def test_a_cancellation_check_the_database_refuses_fails_the_job(
     )
 
 
+def test_a_dashboard_worker_filter_with_a_nul_character_is_a_400_page(
+    make_app: AppFactory,
+) -> None:
+    """The dashboard's worker filter with a NUL character answers 400, not a database error."""
+    app = make_app()
+    get_state(app).extension.init_dashboard(app, authorize=lambda: True)
+    answer = app.test_client().get("/async-request/dashboard/?worker=a%00b")
+    assert answer.status_code == 400
+    assert "worker cannot be searched for: it contains a NUL character." in answer.text
+
+
 def test_arguments_with_a_nul_character_reach_the_worker(app: Flask) -> None:
     """A NUL character in an argument is stored, escaped in JSON, and reaches the worker."""
     job = Job.create_and_enqueue(workers.Echo, "a\x00b")
