@@ -225,7 +225,8 @@ class JobFilter:
         """The filter a list url asks for.
 
         :raises ValueError: for an unknown status, a duration that does not parse, or
-            a worker with text no database takes in a query (a NUL character).
+            a worker with text no database takes in a query (a NUL character or a
+            lone surrogate).
         """
         status = args.get("status") or None
         if status is not None and status not in {s.value for s in JobStatus}:
