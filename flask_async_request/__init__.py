@@ -27,7 +27,9 @@ from .exceptions import (
     JobNotFailed,
     JobNotFound,
     JobStateError,
+    StorageError,
     TimeLimitExceeded,
+    UnstorableValue,
     WorkerResolutionError,
 )
 
@@ -79,7 +81,9 @@ __all__ = [
     "JobNotFound",
     "JobStateError",
     "JobStatus",
+    "StorageError",
     "TimeLimitExceeded",
+    "UnstorableValue",
     "Worker",
     "WorkerResolutionError",
     "accepted",

@@ -41,7 +41,7 @@ from .config import parse_duration
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
 from .maintenance import retry_job
-from .models import Job, JobStatus, as_utc, utcnow
+from .models import Job, JobStatus, as_utc, unstorable, utcnow
 from .state import EXTENSION_KEY, get_state
 from .web import cancel_job
 
@@ -224,7 +224,9 @@ class JobFilter:
     def from_args(cls, args: Mapping[str, str]) -> JobFilter:
         """The filter a list url asks for.
 
-        :raises ValueError: for an unknown status or a duration that does not parse.
+        :raises ValueError: for an unknown status, a duration that does not parse, or
+            a worker with text no database takes in a query (a NUL character or a
+            lone surrogate).
         """
         status = args.get("status") or None
         if status is not None and status not in {s.value for s in JobStatus}:
@@ -232,9 +234,13 @@ class JobFilter:
                 f"status is {status!r}; expected one of {', '.join(s.value for s in JobStatus)}."
             )
         older, newer = args.get("older_than") or None, args.get("newer_than") or None
+        worker = (args.get("worker") or "").strip() or None
+        reason = None if worker is None else unstorable(worker)
+        if reason is not None:
+            raise ValueError(f"worker cannot be searched for: {reason}.")
         return cls(
             status=None if status is None else JobStatus(status),
-            worker=(args.get("worker") or "").strip() or None,
+            worker=worker,
             older_than=None if older is None else parse_duration(older),
             newer_than=None if newer is None else parse_duration(newer),
         )

@@ -135,6 +135,27 @@ class InvalidCallbackUrl(InvalidRequest):
     """A ``callback_url`` that is not an absolute http(s) url of 2,048 chars at most."""
 
 
+class UnstorableValue(InvalidRequest):
+    """A new job holds what the jobs table cannot store; no row is left behind.
+
+    A lone surrogate in an argument (a str that is not valid Unicode, such as
+    one parsed from a client's JSON), or an owner with a NUL character or more
+    than 255 characters, refused by :meth:`Job.create_and_enqueue` before
+    anything is written; or a value the database refused all the same (its own
+    error is logged, not repeated). As an :class:`InvalidRequest`, the app
+    answers 400 for it.
+    """
+
+
+class StorageError(AsyncRequestError):
+    """The jobs table refused a write made for a running job, for a reason other than a
+    lost connection; the message is the library's, the database's error is in the log."""
+
+    def __init__(self, message: str, job_id: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class IdempotencyConflict(AsyncRequestError, ValueError):
     """An idempotency key was used before for a request with other arguments."""
 

@@ -33,11 +33,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .broker import Message, queue_callback
-from .exceptions import InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
-from .models import Job, JobStatus, new_uid, utcnow
+from .exceptions import DatabaseUnavailable, InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
+from .models import Job, JobStatus, lone_surrogate, new_uid, utcnow
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
-from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore, hot
+from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore, hot, lost_connection
 
 logger = logging.getLogger("flask_async_request")
 
@@ -346,20 +346,54 @@ def announce(ended: Ended) -> None:
     Long polls were woken by the ending statement itself. The signal
     (``job_finished``, ``job_failed`` or ``job_cancelled``) goes out in this
     process, and the callback, if the job has one, is queued for delivery.
+    The end is stored already: a receiver of the signal that raises is logged,
+    and neither undoes it nor keeps the callback from being queued.
     """
     app = current_flask_app()
-    if ended.status is JobStatus.PROCESSED:
-        job_finished.send(
-            app, job_id=ended.id, status_code=ended.reply.status_code, worker=ended.worker
-        )
-    elif ended.status is JobStatus.FAILED:
-        job_failed.send(
-            app, job_id=ended.id, error=error_message(ended.reply.response), worker=ended.worker
-        )
-    else:
-        job_cancelled.send(app, job_id=ended.id, worker=ended.worker)
+    try:
+        if ended.status is JobStatus.PROCESSED:
+            job_finished.send(
+                app, job_id=ended.id, status_code=ended.reply.status_code, worker=ended.worker
+            )
+        elif ended.status is JobStatus.FAILED:
+            job_failed.send(
+                app, job_id=ended.id, error=error_message(ended.reply.response), worker=ended.worker
+            )
+        else:
+            job_cancelled.send(app, job_id=ended.id, worker=ended.worker)
+    except Exception:
+        logger.exception("Job %s: a receiver of its %s signal raised.", ended.id, ended.status)
     if ended.callback_url:
         queue_callback(ended.id)
+
+
+def out_of_reach(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, says the database was out of reach.
+
+    Such an error is worth another try, later: the job is left as it is, for
+    its lease to run out and the sweeper to run it again. Any other error
+    (``DataError``, ``IntegrityError``, a driver's ``ValueError``) would happen
+    again, so the job fails instead, with an error of the library's.
+    :class:`DatabaseUnavailable` (the store's retries ran out) is one.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, DatabaseUnavailable) or lost_connection(cause):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def storage_message(what: str, error: BaseException, *, plural: bool = False) -> str:
+    """A client's sentence for a write of ``what`` the database refused with ``error``.
+
+    The database's own message holds SQL and parameters: it goes to the log, never
+    to a stored reply.
+    """
+    return (
+        f"{what} could not be stored: the database refused {'them' if plural else 'it'}"
+        f" ({type(error).__name__}; details are in the worker's log)."
+    )
 
 
 def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any]:
@@ -729,7 +763,14 @@ _RECORD_CALLBACK = sa.update(Job).where(_ID).values(callback_status=sa.bindparam
 
 
 def record_callback(store: JobStore, job_id: int, status: str) -> None:
-    """Note how the job's callback delivery went, where ``flask async-request show`` shows it."""
+    """Note how the job's callback delivery went, where ``flask async-request show`` shows it.
+
+    ``status`` may quote an error about the url: what no database stores in it
+    (a NUL character, a lone surrogate) is replaced, and a long one is cut.
+    """
+    status = status.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+    if lone_surrogate(status):
+        status = status.encode("utf-8", "replace").decode("utf-8")
     if len(status) > _CALLBACK_STATUS_LENGTH:
         status = status[: _CALLBACK_STATUS_LENGTH - 3] + "..."
     store.rowcount(_RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -47,6 +48,33 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+#: A code point that no driver can encode as UTF-8: half of a surrogate pair, alone.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate, which no database driver can encode."""
+    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
+
+
+def unstorable(text: str, limit: int | None = None) -> str | None:
+    """Why no database can store ``text`` in a column of ``limit`` characters; ``None`` if it can.
+
+    PostgreSQL's text types refuse the NUL character, and a lone surrogate (a
+    Python str that is not valid Unicode, such as ``"\\ud800"``) cannot be
+    encoded by any driver; the same text is refused on every database, so what
+    works on SQLite in development works on PostgreSQL in production. The reason
+    reads after "cannot be stored: ".
+    """
+    if "\x00" in text:
+        return "it contains a NUL character"
+    if limit is not None and len(text) > limit:
+        return f"it is {len(text):,} characters long, and its column holds {limit:,}"
+    if lone_surrogate(text):
+        return "it contains a lone surrogate, which is not valid Unicode text"
+    return None
 
 
 P = ParamSpec("P")
@@ -301,6 +329,12 @@ class Job(_Base):
             idempotency_key=idempotency_key,
             callback_url=callback_url,
         )
+
+
+def column_length(name: str) -> int | None:
+    """The most characters column ``name`` of the jobs table holds (``None``: no set size)."""
+    length: int | None = getattr(Job.__table__.c[name].type, "length", None)
+    return length
 
 
 class JobGateway(Protocol):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import NamedTuple
 
+import sqlalchemy as sa
 from flask import Flask
 
 from . import lifecycle
@@ -20,11 +21,12 @@ from .exceptions import (
     InvalidJobRow,
     InvalidReply,
     JobCancelled,
+    StorageError,
     TimeLimitExceeded,
     WorkerResolutionError,
 )
 from .leases import keeper
-from .lifecycle import Claim, Outcome, decode_params, failure
+from .lifecycle import Claim, Ended, Outcome, decode_params, failure
 from .models import JobStatus, as_utc, utcnow
 from .running import RunContext
 from .signals import job_started
@@ -36,6 +38,9 @@ logger = logging.getLogger("flask_async_request")
 
 #: Longest wait between two attempts of a retried job.
 MAX_RETRY_DELAY = 600.0
+
+#: Longest error message stored for a worker's exception; a longer one is cut.
+MAX_ERROR_LENGTH = 4096
 
 
 def retry_delay(attempt: int) -> float:
@@ -62,6 +67,12 @@ def run_job(job_id: int) -> JobStatus | None:
     or deleted does nothing. While the worker runs, its lease is renewed; the
     reply is stored only if the job was neither cancelled nor taken over meanwhile.
 
+    Whatever raises once the job is claimed, in the worker or in the library
+    (a reply the database refuses, a signal receiver), the job ends ``failed``
+    with an error of the library's, fenced by the attempt like any reply. Only a
+    lost connection to the database leaves it ``processing``, for its lease to
+    run out and the sweeper to run it again.
+
     :returns: the status the job was left in, or ``None`` when it was not claimed
         or its reply was dropped.
     """
@@ -71,6 +82,31 @@ def run_job(job_id: int) -> JobStatus | None:
     if claim is None:
         logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
         return None
+    try:
+        ended = _run_claimed(state, store, job_id, claim)
+    except Exception as e:
+        if lifecycle.out_of_reach(e):
+            raise
+        logger.exception("Job %s: attempt %s failed inside the library.", job_id, claim.attempt)
+        ended = _fail(
+            store,
+            job_id,
+            claim.attempt,
+            f"The job could not be run: the library raised {type(e).__name__}"
+            " (details are in the worker's log).",
+        )
+    if ended is None:
+        logger.info(
+            "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt
+        )
+        return None
+    return ended if isinstance(ended, JobStatus) else ended.status
+
+
+def _run_claimed(
+    state: AsyncRequestState, store: JobStore, job_id: int, claim: Claim
+) -> Ended | JobStatus | None:
+    """Run a claimed job and store its outcome; how it was left (see :func:`run_job`)."""
     app = current_flask_app()
     waited = None if claim.due_at is None else (utcnow() - as_utc(claim.due_at)).total_seconds()
     job_started.send(app, job_id=job_id, attempt=claim.attempt, worker=claim.worker, waited=waited)
@@ -89,23 +125,57 @@ def run_job(job_id: int) -> JobStatus | None:
         keeper.release(store, job_id)
     if run.retry:
         return _schedule_retry(store, job_id, claim)
-    ended = None
-    if run.outcome is not None:
+    if run.outcome is None:
+        return None
+    return _store_outcome(state, store, job_id, claim.attempt, run)
+
+
+def _store_outcome(
+    state: AsyncRequestState, store: JobStore, job_id: int, attempt: int, run: _Run
+) -> Ended | None:
+    """Store the run's outcome; a failure of the library's if the database refuses it."""
+    assert run.outcome is not None
+    try:
         if run.in_session:
-            session = state.db.session()
-            ended = lifecycle.finish_in_session(session, store, job_id, claim.attempt, run.outcome)
+            return lifecycle.finish_in_session(
+                state.db.session(), store, job_id, attempt, run.outcome
+            )
+        # The lease, renewed every third of its length while the job ran, has
+        # two thirds of it left (unless the renewals were lost too): a reply
+        # stored within half of it is not raced by the sweeper.
+        retry_for = state.settings.lease / 2
+        return lifecycle.finish(store, job_id, attempt, run.outcome, retry_for=retry_for)
+    except Exception as e:
+        if lifecycle.out_of_reach(e):
+            raise
+        logger.exception("Job %s: its outcome could not be stored; failing it.", job_id)
+        if run.in_session:
+            what = "The worker's reply and database writes"
+        elif run.outcome.status is JobStatus.PROCESSED:
+            what = "The worker's reply"
         else:
-            # The lease, renewed every third of its length while the job ran, has
-            # two thirds of it left (unless the renewals were lost too): a reply
-            # stored within half of it is not raced by the sweeper.
-            retry_for = state.settings.lease / 2
-            ended = lifecycle.finish(store, job_id, claim.attempt, run.outcome, retry_for=retry_for)
-    if ended is None:
-        logger.info(
-            "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt
+            what = "The job's error"
+        return _fail(
+            store, job_id, attempt, lifecycle.storage_message(what, e, plural=run.in_session)
+        )
+
+
+def _fail(store: JobStore, job_id: int, attempt: int, message: str) -> Ended | None:
+    """Fail the attempt's job with the library's ``message``; log it if even that is refused.
+
+    :returns: the ended job, or ``None`` when the attempt had lost it or the
+        failure could not be stored (the sweeper ends the job when its lease runs out).
+    """
+    try:
+        return lifecycle.finish(store, job_id, attempt, failure(message))
+    except Exception:
+        logger.exception(
+            "Job %s: its failure could not be stored either (%s); the sweeper ends the job"
+            " when its lease runs out.",
+            job_id,
+            message,
         )
         return None
-    return ended.status
 
 
 def _set_async_exception(thread_id: int, exception: type[BaseException] | None) -> None:
@@ -201,7 +271,15 @@ def _execute(
     except (WorkerResolutionError, InvalidJobRow) as e:
         session.rollback()
         logger.error("Job %s: %s", job_id, e)
-        return _Run(failure(str(e)))
+        cause = e.__cause__
+        if cause is not None and _database_error(store, cause):
+            return _Run(
+                failure(
+                    f"Worker {worker} cannot be loaded: importing it raised"
+                    f" {type(cause).__name__} (a database error; details are in the worker's log)."
+                )
+            )
+        return _Run(failure(_cut(str(e))))
     except InvalidReply as e:
         session.rollback()
         logger.error("Job %s: worker %s %s", job_id, worker, e)
@@ -210,9 +288,33 @@ def _execute(
         # The worker may have left its own work half-done in the session.
         session.rollback()
         logger.exception("Job %s: worker %s raised %s", job_id, worker, type(e).__name__)
-        if claim.attempt <= state.settings.retry and isinstance(e, retry_on):
+        if (
+            claim.attempt <= state.settings.retry
+            and isinstance(e, retry_on)
+            and not isinstance(e, StorageError)
+        ):
             return _Run(None, retry=True)
-        return _Run(failure(str(e) or type(e).__name__))
+        if _database_error(store, e):
+            # Its text holds the SQL and the parameters: those are for the log.
+            return _Run(
+                failure(
+                    f"The worker raised {type(e).__name__} (a database error; details are in"
+                    " the worker's log)."
+                )
+            )
+        return _Run(failure(_cut(str(e) or type(e).__name__)))
+
+
+def _database_error(store: JobStore, error: BaseException) -> bool:
+    """Whether ``error`` is SQLAlchemy's or the database driver's, whose text holds SQL."""
+    return isinstance(error, (sa.exc.SQLAlchemyError, store.engine.dialect.loaded_dbapi.Error))
+
+
+def _cut(message: str) -> str:
+    """A worker's error message, cut to :data:`MAX_ERROR_LENGTH` characters."""
+    if len(message) <= MAX_ERROR_LENGTH:
+        return message
+    return message[: MAX_ERROR_LENGTH - 3] + "..."
 
 
 def _schedule_retry(store: JobStore, job_id: int, claim: Claim) -> JobStatus | None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from . import lifecycle
-from .exceptions import JobCancelled
+from .exceptions import JobCancelled, StorageError
 from .signals import job_progress
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from .store import JobStore
+
+logger = logging.getLogger("flask_async_request")
 
 #: Progress is written, and cancellation checked, at most this often (seconds).
 CHECK_INTERVAL = 0.2
@@ -27,6 +30,11 @@ class RunContext:
     cancelled (or taken over after a lost lease): the worker is then stopped
     with :class:`JobCancelled`. With ``writes=False`` progress is only checked
     against cancellation, not stored.
+
+    A write that fails on a lost connection is skipped (the next report tries
+    again, and a job whose worker stays cut off loses its lease); one the
+    database refuses raises :class:`StorageError` in the worker, with the
+    library's message, which fails the job.
     """
 
     def __init__(
@@ -49,10 +57,27 @@ class RunContext:
         if now - self._last_write < CHECK_INTERVAL:
             return
         self._last_write = self._last_check = now
-        if self.writes:
-            held = lifecycle.set_progress(self.store, self.job_id, self.attempt, fraction, message)
-        else:
-            held = lifecycle.held(self.store, self.job_id, self.attempt)
+        try:
+            if self.writes:
+                held = lifecycle.set_progress(
+                    self.store, self.job_id, self.attempt, fraction, message
+                )
+            else:
+                held = lifecycle.held(self.store, self.job_id, self.attempt)
+        except Exception as e:
+            if lifecycle.out_of_reach(e):
+                logger.warning(
+                    "Job %s: its progress could not be stored (%s); trying again at the next"
+                    " report.",
+                    self.job_id,
+                    type(e).__name__,
+                    exc_info=True,
+                )
+                return
+            logger.exception("Job %s: its progress could not be stored.", self.job_id)
+            raise StorageError(
+                lifecycle.storage_message("The progress report", e), self.job_id
+            ) from None
         if not held:
             self._cancelled = True
             raise JobCancelled(f"Job {self.job_id} was cancelled.")
@@ -64,5 +89,20 @@ class RunContext:
             now = time.monotonic()
             if now - self._last_check >= CHECK_INTERVAL:
                 self._last_check = now
-                self._cancelled = not lifecycle.held(self.store, self.job_id, self.attempt)
+                try:
+                    self._cancelled = not lifecycle.held(self.store, self.job_id, self.attempt)
+                except Exception as e:
+                    if not lifecycle.out_of_reach(e):
+                        logger.exception("Job %s: its status could not be read.", self.job_id)
+                        raise StorageError(
+                            f"The job's status could not be read ({type(e).__name__};"
+                            " details are in the worker's log).",
+                            self.job_id,
+                        ) from None
+                    # Not known to be cancelled: asked again at the next check.
+                    logger.warning(
+                        "Job %s: whether it was cancelled could not be read (%s).",
+                        self.job_id,
+                        type(e).__name__,
+                    )
         return self._cancelled

@@ -28,8 +28,9 @@ from .exceptions import (
     IdempotencyConflict,
     InvalidCallbackUrl,
     InvalidIdempotencyKey,
+    UnstorableValue,
 )
-from .models import Job
+from .models import Job, column_length, lone_surrogate, unstorable
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply, Unreachable
@@ -40,6 +41,9 @@ logger = logging.getLogger("flask_async_request")
 
 #: Longest ``Idempotency-Key`` accepted (the key is stored hashed).
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+#: Longest callback url, and longest owner, the jobs table holds.
+_CALLBACK_URL_LENGTH = column_length("callback_url") or 2048
+_OWNER_LENGTH = column_length("owner") or 255
 
 
 def check_json(value: Any, where: str = "arguments") -> None:
@@ -47,8 +51,13 @@ def check_json(value: Any, where: str = "arguments") -> None:
 
     :raises TypeError: naming the first value that JSON cannot store.
     :raises ValueError: for a float that is not finite.
+    :raises UnstorableValue: for a str with a lone surrogate, which is not valid
+        Unicode (a NUL character is stored, escaped, as JSON does).
     """
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, str):
+        _check_unicode(value, where)
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -61,6 +70,7 @@ def check_json(value: Any, where: str = "arguments") -> None:
                     f"{where} contains a dict key {key!r} of type {type(key).__name__};"
                     " JSON object keys must be str."
                 )
+            _check_unicode(key, f"{where} key {_short(key)}")
             check_json(item, f"{where}[{key!r}]")
         return
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
@@ -72,22 +82,26 @@ def check_json(value: Any, where: str = "arguments") -> None:
     )
 
 
+def _check_unicode(text: str, where: str) -> None:
+    if lone_surrogate(text):
+        raise UnstorableValue(
+            f"{where} contains a lone surrogate, which is not valid Unicode text;"
+            " no database can store it."
+        )
+
+
 def check_callback_url(url: str) -> None:
     """Check a callback url where it is given, before any row is stored.
 
     :raises InvalidCallbackUrl: unless ``url`` is an absolute http(s) url of
         2,048 chars at most. Where it points is checked at each delivery.
     """
-    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.netloc
-        or len(url) > 2048
-    ):
+    storable = isinstance(url, str) and unstorable(url, _CALLBACK_URL_LENGTH) is None
+    parts = urllib.parse.urlsplit(url) if storable else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidCallbackUrl(
             f"callback_url is {_short(url)}; expected an absolute http or https url"
-            " of 2,048 chars at most."
+            " of 2,048 chars at most, with no NUL character or lone surrogate."
         )
 
 
@@ -148,6 +162,14 @@ def create_job(
     state = get_state()
     path = worker_path(worker_class)
     worker = cast("type[Worker]", worker_class)
+    queue = worker.queue or state.settings.queue
+    for name, value in (("worker", path), ("queue", queue)):
+        length = column_length(name)
+        if value is not None and length is not None and len(value) > length:
+            raise ValueError(
+                f"The {name} name {_short(value)} is {len(value)} characters long; the jobs"
+                f" table holds {length} at most."
+            )
     params = {"args": list(args), "kwargs": dict(kwargs)}
     check_json(params["args"], "args")
     check_json(params["kwargs"], "kwargs")
@@ -156,6 +178,13 @@ def create_job(
     if callback_url is not None:
         check_callback_url(callback_url)
     owner = state.identity()
+    if owner is not None:
+        reason = unstorable(owner, _OWNER_LENGTH)
+        if reason is not None:
+            # Not echoed: an identity is not for the client's eyes.
+            raise UnstorableValue(
+                f"The current identity cannot be stored as the job's owner: {reason}."
+            )
     session: Session = state.db.session()
     scope = None
     unreachable = Unreachable(f"Job {path} could not be stored")
@@ -171,7 +200,7 @@ def create_job(
         owner=owner,
         idempotency_scope=scope,
         callback_url=callback_url,
-        queue=worker.queue or state.settings.queue,
+        queue=queue,
         time_limit=seconds_of(
             worker.time_limit or state.settings.time_limit,
             f"{path}.time_limit",
@@ -183,8 +212,11 @@ def create_job(
     if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
-        with unreachable:
-            lifecycle.insert(store, job)
+        try:
+            with unreachable:
+                lifecycle.insert(store, job)
+        except _REFUSED_VALUES as e:
+            raise _refused(e) from None
         job.token  # noqa: B018 -- signed while every column is loaded
         message = lifecycle.message_of(job)
         # Known to the session as the stored row it is (no INSERT at the next flush).
@@ -208,6 +240,9 @@ def create_job(
         if existing is None:
             raise
         return _same_request(existing, path, params, idempotency_key or "")
+    except _REFUSED_VALUES as e:
+        # The session needs a rollback now, as after any failed flush: the caller's.
+        raise _refused(e) from None
     message = lifecycle.message_of(job)
     job.token  # noqa: B018 -- signed now, while id and uid are loaded: a commit expires them
     if deferred:
@@ -219,6 +254,20 @@ def create_job(
     # mode, fast workers).
     _publish_new(message, job)
     return job
+
+
+#: What a database raises for a value it cannot store, checked as they are before the
+#: write: a value out of range or too long, or text the driver cannot encode.
+_REFUSED_VALUES = (sa.exc.DataError, UnicodeError)
+
+
+def _refused(error: Exception) -> UnstorableValue:
+    """The error for a new job whose row the database refused; its own message is logged."""
+    logger.error("A new job could not be stored: the database refused it.", exc_info=error)
+    return UnstorableValue(
+        "The job could not be stored: the database refused one of its values"
+        f" ({type(error).__name__}; details are in the server's log)."
+    )
 
 
 def _publish_new(message: Message, job: Job | None = None) -> None:
@@ -237,12 +286,18 @@ def _publish_new(message: Message, job: Job | None = None) -> None:
 def idempotency_scope(key: str, owner: str | None) -> str:
     """The stored hash of an ``Idempotency-Key`` for ``owner``.
 
-    :raises InvalidIdempotencyKey: for a key that is not a non-empty str of 255 chars at most.
+    :raises InvalidIdempotencyKey: for a key that is not a non-empty str of 255
+        chars at most, without a NUL character or a lone surrogate.
     """
-    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+    if (
+        not isinstance(key, str)
+        or not key
+        or unstorable(key, MAX_IDEMPOTENCY_KEY_LENGTH) is not None
+    ):
         raise InvalidIdempotencyKey(
             f"Idempotency-Key is {_short(key)}; expected a non-empty string of"
-            f" {MAX_IDEMPOTENCY_KEY_LENGTH} characters at most."
+            f" {MAX_IDEMPOTENCY_KEY_LENGTH} characters at most, with no NUL character"
+            " or lone surrogate."
         )
     return hashlib.sha256(f"{owner or ''}\x00{key}".encode()).hexdigest()
 

@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 from .exceptions import InvalidReply, JobCancelled, WorkerResolutionError
+from .models import column_length, unstorable
 
 #: Rack status names (the Rails symbols of the original gem) that differ from
 #: :class:`http.HTTPStatus` member names.
@@ -70,6 +71,11 @@ class CallableBool:
 _TRUE = CallableBool(True)
 _FALSE = CallableBool(False)
 
+
+#: The longest progress message stored; a longer one is cut.
+_PROGRESS_MESSAGE_LENGTH = column_length("progress_message") or 255
+#: The longest content type a reply can have.
+_CONTENT_TYPE_LENGTH = column_length("content_type") or 255
 
 Status = int | HTTPStatus | str
 #: What ``execute`` returns: ``(status, body)`` or ``(status, body, content_type)``.
@@ -140,11 +146,16 @@ class Worker:
         :class:`~flask_async_request.JobCancelled` once the job was cancelled,
         which stops the work; let it propagate.
 
-        :raises ValueError: for numbers that are not finite, or a total that is not positive.
+        :raises ValueError: for numbers that are not finite, a total that is not
+            positive, or a message that cannot be stored (one with a NUL character
+            or a lone surrogate; a longer message than 255 characters is cut).
         """
         fraction = fraction_of(done, total)
         if message is not None:
-            message = str(message)[:255]
+            message = str(message)[:_PROGRESS_MESSAGE_LENGTH]
+            reason = unstorable(message)
+            if reason is not None:
+                raise ValueError(f"The progress message cannot be stored: {reason}.")
         if self._run is not None:
             self._run.report(fraction, message)
 
@@ -236,7 +247,7 @@ def status_code_of(status: object) -> int:
     :raises InvalidReply: for anything else, or a code outside 100-599.
     """
     if isinstance(status, bool):
-        raise InvalidReply(f"status {status!r} is a bool, not an HTTP status")
+        raise InvalidReply(f"status {_short(status)} is a bool, not an HTTP status")
     if isinstance(status, int):
         code = int(status)
     elif isinstance(status, str):
@@ -247,10 +258,12 @@ def status_code_of(status: object) -> int:
             try:
                 code = HTTPStatus[name.upper()].value
             except KeyError:
-                raise InvalidReply(f"status {status!r} is not a known HTTP status name") from None
+                raise InvalidReply(
+                    f"status {_short(status)} is not a known HTTP status name"
+                ) from None
     else:
         raise InvalidReply(
-            f"status {status!r} is a {type(status).__name__}; expected an int, an"
+            f"status {_short(status)} is a {type(status).__name__}; expected an int, an"
             " http.HTTPStatus or a status name such as 'ok'"
         )
     if not 100 <= code <= 599:
@@ -264,14 +277,19 @@ def normalize_reply(reply: object) -> tuple[int, str, str | None]:
     A worker returns ``(status, body)``, or ``(status, body, content_type)`` to
     say what the body is.
 
-    :raises InvalidReply: when ``reply`` is not such a tuple of the right types.
+    :raises InvalidReply: when ``reply`` is not such a tuple of the right types, or
+        holds text that no database can store (see :func:`~.models.unstorable`).
     """
     if not isinstance(reply, (tuple, list)) or len(reply) not in (2, 3):
         raise InvalidReply(f"returned {_short(reply)}; expected a (status, body) pair")
     status, body, *rest = reply
     content_type = rest[0] if rest else None
-    if content_type is not None and (not isinstance(content_type, str) or len(content_type) > 255):
-        raise InvalidReply(f"returned content type {_short(content_type)}; expected a str")
+    if content_type is not None:
+        if not isinstance(content_type, str):
+            raise InvalidReply(f"returned content type {_short(content_type)}; expected a str")
+        reason = unstorable(content_type, _CONTENT_TYPE_LENGTH)
+        if reason is not None:
+            raise InvalidReply(f"returned a content type that cannot be stored: {reason}")
     code = status_code_of(status)
     if body is None:
         body = ""
@@ -280,6 +298,9 @@ def normalize_reply(reply: object) -> tuple[int, str, str | None]:
             f"returned a body of type {type(body).__name__}; expected a str"
             " (serialise it, for example with json.dumps)"
         )
+    reason = unstorable(body)
+    if reason is not None:
+        raise InvalidReply(f"returned a body that cannot be stored: {reason}")
     return code, body, content_type
 
 

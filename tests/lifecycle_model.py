@@ -10,7 +10,11 @@ would, and after every step checks the table against the reference model:
 * an attempt that lost its job (cancelled, taken over, finished) writes nothing;
 * every end state was announced exactly once: signal, callback and (on
   PostgreSQL) NOTIFY;
-* purge removes exactly the jobs its rules name.
+* purge removes exactly the jobs its rules name;
+* every job ends: the runner ends each job it claims, even when the database
+  refuses its reply or the library's own code raises (a lost connection aside,
+  which leaves the job to its lease), and a processing job always has a lease
+  for the sweeper to find.
 
 It is run on SQLite by the unit tests and on PostgreSQL by the integration tests.
 """
@@ -36,7 +40,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from flask_async_request import AsyncRequest, Job, JobStatus, lifecycle, maintenance, signals
+from flask_async_request import (
+    AsyncRequest,
+    Job,
+    JobStatus,
+    lifecycle,
+    maintenance,
+    runner,
+    signals,
+)
 from flask_async_request.exceptions import JobFinished, JobNotFailed, JobNotFound
 from flask_async_request.lifecycle import Outcome, failure
 from flask_async_request.models import utcnow
@@ -46,6 +58,32 @@ from flask_async_request.store import CHANNEL
 #: Retries allowed after a lost worker, in the machine's app.
 RETRY = 1
 LEASE = timedelta(minutes=5)
+
+#: What can go wrong when the runner runs a job: nothing, a reply no driver can
+#: encode, a finish the database refuses, a signal receiver that raises in the
+#: library's own code, or a connection lost while finishing.
+FAULTS = ("none", "refused_reply", "refused_finish", "raising_receiver", "lost_connection")
+
+
+def _refuse_processed(real: Callable[..., Any]) -> Callable[..., Any]:
+    """``lifecycle.finish`` as the database runs it when it refuses every reply."""
+
+    def finish(store: Any, job_id: int, attempt: int, outcome: Outcome) -> Any:
+        if outcome.status is JobStatus.PROCESSED:
+            raise sa.exc.DataError("UPDATE async_request_jobs ...", {}, Exception("refused"))
+        return real(store, job_id, attempt, outcome)
+
+    return finish
+
+
+def _lose_connection(store: Any, job_id: int, attempt: int, outcome: Outcome) -> Any:
+    raise sa.exc.OperationalError(
+        "UPDATE async_request_jobs ...", {}, Exception("gone"), connection_invalidated=True
+    )
+
+
+def _raise(sender: Any, **extra: Any) -> None:
+    raise RuntimeError("a receiver broke")
 
 
 @dataclasses.dataclass
@@ -125,6 +163,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         )
         self.notified: list[int] = []
         self.listener = self._listen()
+        #: The attempt the runner last returned from, by job: it may not be left processing.
+        self.ran: dict[int, int] = {}
 
     def _recorder(self, status: JobStatus) -> Callable[..., None]:
         def record(sender: Flask, job_id: int, **extra: Any) -> None:
@@ -176,6 +216,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         )
         lifecycle.insert(self.store, job)
         self.model[job.id] = ModelJob(callback=callback)
+        self.ran.pop(job.id, None)
         return job.id
 
     @rule(target=runs, job_id=jobs)
@@ -189,6 +230,43 @@ class LifecycleMachine(RuleBasedStateMachine):
         job.status, job.attempts, job.lease_expired = JobStatus.PROCESSING, job.attempts + 1, False
         assert claimed.attempt == job.attempts
         return Run(job_id, claimed.attempt)
+
+    @rule(target=runs, job_id=jobs, fault=st.sampled_from(FAULTS))
+    def run(self, job_id: int, fault: str) -> Any:
+        """A worker runs the job through the runner, with one fault of the database or library."""
+        job = self.model.get(job_id)
+        claimable = job is not None and job.status is JobStatus.WAITING
+        with pytest.MonkeyPatch.context() as patch:
+            if fault == "refused_reply":
+                patch.setattr(runner, "normalize_reply", lambda reply: (200, "\ud800", None))
+            elif fault == "refused_finish":
+                patch.setattr(lifecycle, "finish", _refuse_processed(lifecycle.finish))
+            elif fault == "lost_connection":
+                patch.setattr(lifecycle, "finish", _lose_connection)
+            elif fault == "raising_receiver":
+                signals.job_started.connect(_raise)
+            try:
+                if fault == "lost_connection" and claimable:
+                    with pytest.raises(sa.exc.OperationalError):
+                        runner.run_job(job_id)
+                    status = None
+                else:
+                    status = runner.run_job(job_id)
+            finally:
+                signals.job_started.disconnect(_raise)
+        if job is None or not claimable:
+            assert status is None
+            return multiple()
+        job.status, job.attempts, job.lease_expired = JobStatus.PROCESSING, job.attempts + 1, False
+        attempt = Run(job_id, job.attempts)
+        if fault == "lost_connection":
+            # Left to its lease, and the sweeper: the run is as good as a lost worker.
+            return attempt
+        self.ran[job_id] = attempt.attempt
+        ended = JobStatus.PROCESSED if fault == "none" else JobStatus.FAILED
+        assert status is ended
+        self._ended(job_id, ended, (200 if fault == "none" else 500, None))
+        return multiple()
 
     @rule(run=runs, fraction=st.floats(0, 1))
     def progress(self, run: Run, fraction: float) -> None:
@@ -272,6 +350,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             lifecycle.reset_for_retry(self.store, job_id)
             self.model[job_id] = ModelJob(callback=job.callback)
+            self.ran.pop(job_id, None)
 
     @rule(recent=st.booleans())
     def purge(self, recent: bool) -> None:
@@ -302,6 +381,16 @@ class LifecycleMachine(RuleBasedStateMachine):
                     assert row.response == body
             if not job.status.finished:
                 assert row.status_code is None or job.status is JobStatus.PROCESSING
+
+    @invariant()
+    def every_job_ends(self) -> None:
+        rows = self.store.all(sa.select(Job.id, Job.status, Job.attempts, Job.lease_expires_at), {})
+        for row in rows:
+            if JobStatus(row.status) is JobStatus.PROCESSING:
+                # The sweeper ends or requeues it once this runs out.
+                assert row.lease_expires_at is not None, row.id
+                # No attempt the runner returned from is left running.
+                assert self.ran.get(row.id) != row.attempts, row.id
 
     @invariant()
     def every_end_announced_once(self) -> None:

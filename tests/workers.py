@@ -320,3 +320,71 @@ class KeptFailures(Worker):
 
     def execute(self) -> tuple[int, str]:
         return 200, "kept"
+
+
+#: The values :class:`Hostile` hands the library, by key: kept out of the job's
+#: arguments, which cannot hold all of them. Eager Celery runs it in the test's process.
+HOSTILE_VALUES: dict[str, Any] = {}
+
+
+class Hostile(Worker):
+    """Hands the library a value of :data:`HOSTILE_VALUES` as the ``field`` of its run."""
+
+    def execute(self, field: str, key: str) -> Any:
+        value = HOSTILE_VALUES.pop(key)
+        if field == "body":
+            return 200, value
+        if field == "status":
+            return value, "x"
+        if field == "content_type":
+            return 200, "x", value
+        if field == "progress":
+            self.progress(0.5, message=value)
+            return 200, "reported"
+        if field == "error":
+            raise RuntimeError(value)
+        raise AssertionError(f"unknown field {field!r}")
+
+
+class RaisesDatabaseError(Worker):
+    """Runs a query the database refuses, and lets SQLAlchemy's error out."""
+
+    retry_on = ()
+
+    def execute(self) -> tuple[int, str]:
+        get_state().db.session.execute(
+            sa.text("SELECT * FROM no_such_table WHERE id = :id"), {"id": 7}
+        )
+        return 200, "unreachable"
+
+
+class RefusedWrite(Worker):
+    """A transactional worker whose own write breaks a constraint when the reply is committed."""
+
+    transactional = True
+    retry_on = ()
+
+    def execute(self) -> tuple[int, str]:
+        from flask_async_request import Job
+
+        session = get_state().db.session
+        own = session.get(Job, self.job_id)
+        assert own is not None
+        session.add(Job(uid=own.uid, worker=own.worker, params={"args": [], "kwargs": {}}))
+        return 200, "written"
+
+
+class LongQueue(Worker):
+    """Names a queue longer than the jobs table holds."""
+
+    queue = "q" * 256
+
+    def execute(self) -> tuple[int, str]:
+        return 200, "unreachable"
+
+
+class ChecksCancelled(Worker):
+    """Asks whether its job was cancelled, once, and answers."""
+
+    def execute(self) -> tuple[int, str]:
+        return 200, str(self.cancelled)

@@ -1,0 +1,16 @@
+"""A worker module whose import runs a query the database refuses, as a broken module would."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from flask_async_request import Worker
+from flask_async_request.state import get_state
+
+get_state().db.session.execute(
+    sa.text("SELECT secret FROM no_such_table WHERE id = :id"), {"id": 1}
+)
+
+
+class Never(Worker):
+    """Never defined: the import fails before."""
