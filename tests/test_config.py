@@ -211,11 +211,12 @@ def test_each_row_converts_its_own_default() -> None:
             assert getattr(settings, row.attribute) == row.convert(row.key, row.default)
 
 
+@pytest.mark.parametrize("value", [object(), [object()]], ids=["object", "list"])
 @pytest.mark.parametrize("key", list(DEFAULTS))
-def test_each_setting_refuses_a_wrong_type_in_a_sentence(key: str) -> None:
+def test_each_setting_refuses_a_wrong_type_in_a_sentence(key: str, value: object) -> None:
     """A value of no type a setting takes is refused with a sentence naming its key."""
     with pytest.raises(ConfigurationError, match=rf"^{key} is .+; expected .+\.$"):
-        load_settings({"SECRET_KEY": "k" * 32, key: object()})
+        load_settings({"SECRET_KEY": "k" * 32, key: value})
 
 
 def test_docs_and_init_show_every_row() -> None:
