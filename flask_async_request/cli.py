@@ -14,9 +14,9 @@ import click
 import sqlalchemy.exc
 from flask.cli import AppGroup
 
-from . import maintenance
+from . import maintenance, reading
 from .config import format_duration, parse_duration
-from .exceptions import AsyncRequestError, JobNotFound
+from .exceptions import AsyncRequestError
 from .models import Job, JobStatus, as_utc, utcnow
 from .state import current_flask_app, get_state
 
@@ -257,7 +257,7 @@ def sweep_command() -> None:
         )
         return
     click.echo(f"Lost workers: {result.requeued} jobs put back to wait, {result.failed} failed.")
-    click.echo(_left_to_the_web_process(maintenance.job_stats().counts[JobStatus.WAITING]))
+    click.echo(_left_to_the_web_process(reading.job_stats().counts[JobStatus.WAITING]))
 
 
 def _left_to_the_web_process(waiting: int) -> str:
@@ -285,7 +285,7 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    found = maintenance.list_jobs(
+    found = reading.list_jobs(
         [JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit
     )
     if as_json:
@@ -310,20 +310,13 @@ def list_command(
     click.echo(_table(rows))
 
 
-def _load(job_id: int) -> Job:
-    job = get_state().db.session.get(Job, job_id)
-    if job is None:
-        raise JobNotFound(job_id)
-    return job
-
-
 @cli.command("show")
 @click.argument("job_id", type=int)
 @_JSON_OPTION
 @_errors_as_messages
 def show_command(job_id: int, as_json: bool) -> None:
     """Show one job: worker, params, reply and times."""
-    job = _load(job_id)
+    job = reading.load_job(job_id)
     if as_json:
         _echo_json(_job_record(job))
         return
@@ -373,7 +366,7 @@ def retry_command(job_id: int) -> None:
 @_errors_as_messages
 def stats_command(as_json: bool) -> None:
     """Count jobs per status and waiting jobs per queue; say which queues no worker consumes."""
-    stats = maintenance.job_stats()
+    stats = reading.job_stats()
     unconsumed = maintenance.unconsumed_queues(stats.waiting_by_queue)
     default = get_state().celery.conf.task_default_queue
     by_queue = {queue or default: count for queue, count in stats.waiting_by_queue.items()}
