@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ from flask.cli import AppGroup
 from . import maintenance, reading
 from .config import format_duration, parse_duration
 from .exceptions import AsyncRequestError
-from .models import Job, JobStatus, as_utc, utcnow
+from .models import Job, JobStatus, as_utc, finite, iso_utc, utcnow
 from .state import current_flask_app, get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,15 +75,6 @@ _JSON_OPTION = click.option(
 )
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else as_utc(moment).isoformat()
-
-
-def _finite(value: float | None) -> float | None:
-    # JSON has no NaN or infinity, which a float column edited by hand may hold.
-    return value if value is None or math.isfinite(value) else None
-
-
 def _job_summary(job: Job) -> dict[str, Any]:
     """What ``list --json`` prints of each job."""
     return {
@@ -95,10 +85,10 @@ def _job_summary(job: Job) -> dict[str, Any]:
         "status_code": job.status_code,
         "attempts": job.attempts,
         "owner": job.owner,
-        "progress": _finite(job.progress),
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "progress": finite(job.progress),
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
     }
 
 
@@ -112,9 +102,9 @@ def _job_record(job: Job) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "callback_url": job.callback_url,
         "callback_status": job.callback_status,
-        "due_at": _iso(job.due_at),
-        "updated_at": _iso(job.updated_at),
-        "lease_expires_at": _iso(job.lease_expires_at),
+        "due_at": iso_utc(job.due_at),
+        "updated_at": iso_utc(job.updated_at),
+        "lease_expires_at": iso_utc(job.lease_expires_at),
     }
 
 
@@ -334,9 +324,7 @@ def show_command(job_id: int, as_json: bool) -> None:
     ]
     for name in ("created_at", "updated_at", "started_at", "finished_at"):
         moment = getattr(job, name)
-        fields.append(
-            (name.replace("_", " "), "-" if moment is None else as_utc(moment).isoformat())
-        )
+        fields.append((name.replace("_", " "), iso_utc(moment) or "-"))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         lines = value.splitlines() or [""]

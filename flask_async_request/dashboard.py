@@ -14,7 +14,6 @@ import dataclasses
 import hmac
 import json
 import logging
-import math
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -39,7 +38,7 @@ from . import config
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
 from .maintenance import retry_job
-from .models import Job, JobStatus, as_utc, utcnow
+from .models import Job, JobStatus, as_utc, finite, iso_utc, utcnow
 from .reading import PAGE_SIZE, JobFilter, JobPage, job_page, load_job
 from .state import EXTENSION_KEY
 from .web import cancel_job
@@ -180,12 +179,13 @@ def format_moment(moment: datetime | None) -> str:
 
 def format_iso(moment: datetime | None) -> str:
     """A time in ISO 8601, in UTC, or an empty string."""
-    return "" if moment is None else as_utc(moment).isoformat()
+    return iso_utc(moment) or ""
 
 
 def format_percent(progress: float | None) -> str:
     """Progress from 0 to 1 as ``42%``; ``-`` for none (or a value edited into NaN)."""
-    if progress is None or not math.isfinite(progress):
+    progress = finite(progress)
+    if progress is None:
         return "-"
     return f"{progress * 100:.0f}%"
 

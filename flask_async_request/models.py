@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,26 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """``value`` in ISO 8601, in UTC (``2024-05-01T12:00:00+00:00``); ``None`` for none."""
+    return None if value is None else as_utc(value).isoformat()
+
+
+def finite(value: float | None) -> float | None:
+    """``value``, or ``None`` for none and for NaN or an infinity.
+
+    JSON has no NaN or infinity, which a float column edited by hand may hold.
+    """
+    return value if value is None or math.isfinite(value) else None
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message may echo any input."""
+    text = repr(value)
+    # The last characters kept show where the value ends (its closing quote).
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
 #: A code point that no driver can encode as UTF-8: half of a surrogate pair, alone.

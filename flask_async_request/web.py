@@ -30,7 +30,7 @@ from .exceptions import (
     InvalidIdempotencyKey,
     UnstorableValue,
 )
-from .models import Job, column_length, lone_surrogate, unstorable
+from .models import Job, column_length, lone_surrogate, short_repr, unstorable
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply, Unreachable
@@ -70,7 +70,7 @@ def check_json(value: Any, where: str = "arguments") -> None:
                     f"{where} contains a dict key {key!r} of type {type(key).__name__};"
                     " JSON object keys must be str."
                 )
-            _check_unicode(key, f"{where} key {_short(key)}")
+            _check_unicode(key, f"{where} key {short_repr(key)}")
             check_json(item, f"{where}[{key!r}]")
         return
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
@@ -100,15 +100,9 @@ def check_callback_url(url: str) -> None:
     parts = urllib.parse.urlsplit(url) if storable else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidCallbackUrl(
-            f"callback_url is {_short(url)}; expected an absolute http or https url"
+            f"callback_url is {short_repr(url)}; expected an absolute http or https url"
             " of 2,048 chars at most, with no NUL character or lone surrogate."
         )
-
-
-def _short(value: object, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: error messages may echo a client's input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
 def sign_token(job: Job) -> str:
@@ -167,7 +161,7 @@ def create_job(
         length = column_length(name)
         if value is not None and length is not None and len(value) > length:
             raise ValueError(
-                f"The {name} name {_short(value)} is {len(value)} characters long; the jobs"
+                f"The {name} name {short_repr(value)} is {len(value)} characters long; the jobs"
                 f" table holds {length} at most."
             )
     params = {"args": list(args), "kwargs": dict(kwargs)}
@@ -295,7 +289,7 @@ def idempotency_scope(key: str, owner: str | None) -> str:
         or unstorable(key, MAX_IDEMPOTENCY_KEY_LENGTH) is not None
     ):
         raise InvalidIdempotencyKey(
-            f"Idempotency-Key is {_short(key)}; expected a non-empty string of"
+            f"Idempotency-Key is {short_repr(key)}; expected a non-empty string of"
             f" {MAX_IDEMPOTENCY_KEY_LENGTH} characters at most, with no NUL character"
             " or lone surrogate."
         )
