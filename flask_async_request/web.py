@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
 
 from . import lifecycle
 from .broker import Message, publish, revoke
+from .config import Settings
 from .exceptions import (
     EnqueueError,
     IdempotencyConflict,
@@ -105,11 +106,17 @@ def check_callback_url(url: str) -> None:
         )
 
 
-def sign_token(job: Job) -> str:
-    """A token for the stored ``job``, signed with the current app's settings."""
+def sign_token(job: Job, settings: Settings) -> str:
+    """A token for the stored ``job``, signed with ``settings``."""
     if job.id is None:
         raise ValueError("The job has no id yet; a token can only be made for a stored job.")
-    return encode_token(job.id, job.uid, job.owner, get_state().settings)
+    return encode_token(job.id, job.uid, job.owner, settings)
+
+
+def _signed(job: Job, settings: Settings) -> Job:
+    """``job`` holding its token, signed now, while its id and uid are loaded."""
+    job.keep_token(sign_token(job, settings))
+    return job
 
 
 def _caller_transaction(session: Session) -> bool:
@@ -187,7 +194,7 @@ def create_job(
         with unreachable:
             existing = _job_with_scope(session, scope)
         if existing is not None:
-            return _same_request(existing, path, params, idempotency_key)
+            return _signed(_same_request(existing, path, params, idempotency_key), state.settings)
     job = lifecycle.new_job(
         path,
         params,
@@ -211,7 +218,7 @@ def create_job(
                 lifecycle.insert(store, job)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
-        job.token  # noqa: B018 -- signed while every column is loaded
+        _signed(job, state.settings)
         message = lifecycle.message_of(job)
         # Known to the session as the stored row it is (no INSERT at the next flush).
         make_transient_to_detached(job)
@@ -233,12 +240,13 @@ def create_job(
             existing = _job_with_scope(session, scope)
         if existing is None:
             raise
-        return _same_request(existing, path, params, idempotency_key or "")
+        return _signed(_same_request(existing, path, params, idempotency_key or ""), state.settings)
     except _REFUSED_VALUES as e:
         # The session needs a rollback now, as after any failed flush: the caller's.
         raise _refused(e) from None
     message = lifecycle.message_of(job)
-    job.token  # noqa: B018 -- signed now, while id and uid are loaded: a commit expires them
+    # Signed now, while id and uid are loaded: a commit expires them.
+    _signed(job, state.settings)
     if deferred:
         session.info.setdefault(_PENDING_KEY, []).append(message)
         return job
