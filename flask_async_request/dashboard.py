@@ -166,7 +166,7 @@ def _helpers() -> dict[str, Any]:
         "csp_nonce": g.get("async_request_dashboard_nonce", ""),
         "moment": format_moment,
         "iso": format_iso,
-        "duration": format_duration,
+        "duration": format_elapsed,
         "percent": format_percent,
         "statuses": list(JobStatus),
     }
@@ -190,8 +190,12 @@ def format_percent(progress: float | None) -> str:
     return f"{progress * 100:.0f}%"
 
 
-def format_duration(delta: timedelta | None) -> str:
-    """A short duration: 350 ms, 12.3 s, 5m07s, 3h02m, 2d04h; ``-`` for none."""
+def format_elapsed(delta: timedelta | None) -> str:
+    """How long something took, for a reader: 350 ms, 12.3 s, 5m07s, 3h02m, 2d04h; ``-`` for none.
+
+    Under a minute it reads to the millisecond or the tenth of a second; from a
+    minute on it is ``config.format_duration``'s.
+    """
     if delta is None:
         return "-"
     seconds = max(delta.total_seconds(), 0.0)

@@ -73,29 +73,30 @@ _STATUS_ENDPOINTS = frozenset({"async_request.job", "async_request.job_url"})
 _running: dict[int, float] = {}
 
 
-def _worker(extra: dict[str, Any]) -> str:
+def _worker_path(extra: dict[str, Any]) -> str:
+    """The dotted path of the signal's worker class, the metrics' ``worker`` label."""
     return str(extra.get("worker") or "unknown")
 
 
 def _on_enqueued(sender: Flask, job_id: int, **extra: Any) -> None:
-    CREATED.labels(_worker(extra)).inc()
+    CREATED.labels(_worker_path(extra)).inc()
 
 
 def _on_started(sender: Flask, job_id: int, **extra: Any) -> None:
-    worker = _worker(extra)
-    STARTED.labels(worker).inc()
+    path = _worker_path(extra)
+    STARTED.labels(path).inc()
     if extra.get("waited") is not None:
-        WAIT_SECONDS.labels(worker).observe(max(float(extra["waited"]), 0.0))
+        WAIT_SECONDS.labels(path).observe(max(float(extra["waited"]), 0.0))
     _running[job_id] = time.monotonic()
 
 
 def _ended(status: JobStatus) -> Callable[..., None]:
     def on_end(sender: Flask, job_id: int, **extra: Any) -> None:
-        worker = _worker(extra)
-        ENDED.labels(status.value, worker).inc()
+        path = _worker_path(extra)
+        ENDED.labels(status.value, path).inc()
         started = _running.pop(job_id, None)
         if started is not None:
-            RUN_SECONDS.labels(worker).observe(time.monotonic() - started)
+            RUN_SECONDS.labels(path).observe(time.monotonic() - started)
 
     return on_end
 

@@ -162,8 +162,8 @@ def create_job(
     """
     state = get_state()
     path = worker_path(worker_class)
-    worker = cast("type[Worker]", worker_class)
-    queue = worker.queue or state.settings.queue
+    checked_class = cast("type[Worker]", worker_class)
+    queue = checked_class.queue or state.settings.queue
     for name, value in (("worker", path), ("queue", queue)):
         length = column_length(name)
         if value is not None and length is not None and len(value) > length:
@@ -203,7 +203,7 @@ def create_job(
         callback_url=callback_url,
         queue=queue,
         time_limit=seconds_of(
-            worker.time_limit or state.settings.time_limit,
+            checked_class.time_limit or state.settings.time_limit,
             f"{path}.time_limit",
         ),
     )
