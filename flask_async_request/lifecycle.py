@@ -32,12 +32,14 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from . import statements as sql
 from .broker import Message, queue_callback
 from .exceptions import DatabaseUnavailable, InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
 from .models import Job, JobStatus, lone_surrogate, new_uid, utcnow
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
-from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore, hot, lost_connection
+from .statements import ENDED_COLUMNS, JobReply, NewRow
+from .store import JobStore, lost_connection
 
 logger = logging.getLogger("flask_async_request")
 
@@ -140,204 +142,9 @@ class Ended(NamedTuple):
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Ended:
-        """Read a row of :data:`_ENDED_COLUMNS`."""
-        job_id, *reply, callback_url, worker = row[: len(_ENDED_COLUMNS)]
+        """Read a row of :data:`.statements.ENDED_COLUMNS`."""
+        job_id, *reply, callback_url, worker = row[: len(ENDED_COLUMNS)]
         return cls(job_id, JobReply(*reply), callback_url, worker)
-
-
-# The statements ----------------------------------------------------------------------
-
-_ID = Job.id == sa.bindparam("job_id")
-#: The attempt still holds the job: not cancelled, finished, or taken over.
-_HELD = (_ID, Job.status == JobStatus.PROCESSING, Job.attempts == sa.bindparam("attempt"))
-#: The attempt lost its worker: still processing, and its lease ran out.
-_LOST = (*_HELD, Job.lease_expires_at < sa.bindparam("now"))
-
-_CLAIM = (
-    sa.update(Job)
-    .where(_ID, Job.status == JobStatus.WAITING)
-    .values(
-        status=JobStatus.PROCESSING,
-        started_at=sa.bindparam("now"),
-        updated_at=sa.bindparam("now"),
-        lease_expires_at=sa.bindparam("lease_until"),
-        attempts=Job.attempts + 1,
-    )
-)
-# The params come back as text, so a row edited by hand into bad JSON fails its
-# run with a readable error instead of the claim itself.
-_CLAIM_COLUMNS = (
-    Job.uid,
-    Job.worker,
-    sa.cast(Job.params, sa.Text).label("params"),
-    Job.attempts,
-    Job.callback_url,
-    Job.queue,
-    Job.time_limit,
-    Job.due_at,
-)
-_CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
-_CLAIMED: Any = sa.select(*_CLAIM_COLUMNS).where(_ID)
-#: The claim made by a try whose connection was lost: its own start time tells it.
-_CLAIMED_AT: Any = hot(
-    sa.select(*_CLAIM_COLUMNS).where(
-        _ID, Job.status == JobStatus.PROCESSING, Job.started_at == sa.bindparam("now")
-    )
-)
-
-_RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
-_GIVE_UP = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("now"))
-_PROGRESS = (
-    sa.update(Job)
-    .where(*_HELD)
-    .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message"))
-)
-
-# A claim, a lease renewal and a progress report need not wait for PostgreSQL's
-# WAL flush: one lost to a database crash leaves the job as it was before (the
-# sweeper sees a waiting job, or a lease running out), and the finish that
-# stores the reply, which does wait, flushes the WAL up to them anyway. Their
-# own transaction, one statement long, turns synchronous_commit off for itself.
-_NO_FLUSH_WAIT = sa.func.set_config("synchronous_commit", "off", True).is_not(None)
-_CLAIM_RETURNING_NO_WAIT = hot(_CLAIM.where(_NO_FLUSH_WAIT).returning(*_CLAIM_COLUMNS))
-_RENEW_NO_WAIT = hot(_RENEW.where(_NO_FLUSH_WAIT))
-_PROGRESS_NO_WAIT = hot(_PROGRESS.where(_NO_FLUSH_WAIT))
-_HELD_NOW = hot(sa.select(Job.id).where(*_HELD))
-
-_BACK_TO_WAITING: dict[str, Any] = {
-    "status": JobStatus.WAITING,
-    "due_at": sa.bindparam("due_at"),
-    "updated_at": sa.bindparam("now"),
-    "lease_expires_at": None,
-}
-_RESCHEDULE = hot(sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING))
-_REQUEUE_LOST = sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING)
-_RESET_FOR_RETRY = (
-    sa.update(Job)
-    .where(_ID, Job.status == JobStatus.FAILED)
-    .values(
-        {
-            **_BACK_TO_WAITING,
-            "status_code": None,
-            "response": None,
-            "content_type": None,
-            "progress": None,
-            "progress_message": None,
-            "attempts": 0,
-            "started_at": None,
-            "finished_at": None,
-        }
-    )
-)
-_TOUCH_WAITING = (
-    sa.update(Job).where(_ID, Job.status == JobStatus.WAITING).values(due_at=sa.bindparam("now"))
-)
-
-_ENDING: dict[str, Any] = {
-    "status": sa.bindparam("status"),
-    "status_code": sa.bindparam("status_code"),
-    "response": sa.bindparam("response"),
-    "finished_at": sa.bindparam("now"),
-    "updated_at": sa.bindparam("now"),
-    "lease_expires_at": None,
-}
-_FINISH = (
-    sa.update(Job)
-    .where(*_HELD)
-    .values(
-        {
-            **_ENDING,
-            "content_type": sa.bindparam("content_type"),
-            "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
-        }
-    )
-)
-_FAIL_LOST = sa.update(Job).where(*_LOST).values(_ENDING)
-_CANCEL = (
-    sa.update(Job)
-    .where(_ID, Job.status.in_([JobStatus.WAITING, JobStatus.PROCESSING]))
-    .values(_ENDING)
-)
-
-_ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
-_READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
-#: The job as the attempt's finish left it, if that finish was stored: ended by
-#: this attempt with its reply (a sweeper's or a time limit's end says otherwise).
-_FINISHED_BY: Any = hot(
-    sa.select(*_ENDED_COLUMNS).where(
-        _ID,
-        Job.status == sa.bindparam("status"),
-        Job.attempts == sa.bindparam("attempt"),
-        Job.status_code == sa.bindparam("status_code"),
-        Job.response == sa.bindparam("response"),
-    )
-)
-_STATUS = hot(sa.select(Job.status).where(_ID))
-
-_LOST_JOBS = (
-    sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at, Job.queue, Job.time_limit)
-    .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < sa.bindparam("now"))
-    .order_by(Job.id)
-    .limit(sa.bindparam("limit"))
-)
-_STALE_JOBS = (
-    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
-    .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
-    .order_by(Job.id)
-    .limit(sa.bindparam("limit"))
-)
-_WAITING_JOBS = (
-    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
-    .where(Job.status == JobStatus.WAITING, Job.id > sa.bindparam("after_id"))
-    .order_by(Job.id)
-    .limit(sa.bindparam("limit"))
-)
-
-
-class _Ending:
-    """An UPDATE that ends a job, in the forms each database can run.
-
-    On PostgreSQL with psycopg the changed row is announced on :data:`CHANNEL`
-    by the same statement (a ``pg_notify`` over the UPDATE's RETURNING), so no
-    end can be stored without waking the long polls that wait for it.
-    """
-
-    def __init__(self, update: sa.Update) -> None:
-        self.update = update
-        self.returning = update.returning(*_ENDED_COLUMNS)
-        done = self.returning.cte("done")
-        self.notifying = hot(
-            sa.select(*done.c, sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))).select_from(
-                done
-            )
-        )
-
-    def run(self, store: JobStore, params: dict[str, Any]) -> Ended | None:
-        """Run it on the store's own connections; the ended job, if it changed the row."""
-        if store.listen:
-            row = store.first(self.notifying, params)
-        elif store.returning:
-            row = store.first(self.returning, params)
-        else:
-            row = store.update_then_read(self.update, _READ_ENDED, params)
-        return None if row is None else Ended.from_row(row)
-
-    def run_in(self, session: Session, store: JobStore, params: dict[str, Any]) -> Ended | None:
-        """Run it in ``session``'s transaction, which the caller then commits or rolls back."""
-        if store.listen:
-            row = session.execute(self.notifying, params).first()
-        elif store.returning:
-            row = session.execute(self.returning, params).first()
-        elif session.execute(self.update, params).rowcount == 1:  # type: ignore[attr-defined]
-            row = session.execute(_READ_ENDED, params).first()
-        else:
-            row = None
-        return None if row is None else Ended.from_row(row)
-
-
-_FINISHING = _Ending(_FINISH)
-_FAILING_LOST = _Ending(_FAIL_LOST)
-_CANCELLING = _Ending(_CANCEL)
 
 
 def announce(ended: Ended) -> None:
@@ -414,7 +221,7 @@ def _status_of(store: JobStore, job_id: int) -> JobStatus:
 
     :raises JobNotFound: there is no such job.
     """
-    row = store.first(_STATUS, {"job_id": job_id})
+    row = store.first(sql.STATUS, {"job_id": job_id})
     if row is None:
         raise JobNotFound(job_id)
     return JobStatus(row[0])
@@ -433,8 +240,13 @@ def new_job(
     queue: str | None = None,
     time_limit: float | None = None,
 ) -> Job:
-    """A ``waiting`` job, not stored yet: add it to a session, or :func:`insert` it."""
-    return Job(
+    """A ``waiting`` job with every column of its row set, not stored yet.
+
+    Add it to a session, or :func:`insert` it.
+    """
+    now = utcnow()
+    row = NewRow(
+        uid=new_uid(),
         worker=worker,
         params=params,
         status=JobStatus.WAITING,
@@ -443,40 +255,25 @@ def new_job(
         callback_url=callback_url,
         queue=queue,
         time_limit=time_limit,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        due_at=now,
     )
+    return Job(**row._asdict())
+
+
+def insert(store: JobStore, job: Job) -> None:
+    """Store a :func:`new_job` in one autocommitted INSERT, filling in its id.
+
+    ``job`` is left transient: the caller decides whether a session should know it.
+    """
+    job.id = store.insert(NewRow(**{name: getattr(job, name) for name in NewRow._fields}))
 
 
 def message_of(job: Job) -> Message:
     """What publishing a stored ``job`` needs."""
     return Message(job.id, job.uid, job.queue, job.time_limit, job.worker)
-
-
-def insert(store: JobStore, job: Job) -> None:
-    """Store ``job`` in one autocommitted INSERT, filling in its id and defaults.
-
-    ``job`` is left transient, with every column set: the caller decides
-    whether a session should know it.
-    """
-    now = utcnow()
-    values = {
-        "uid": job.uid or new_uid(),
-        "worker": job.worker,
-        "params": job.params,
-        "status": JobStatus.WAITING,
-        "owner": job.owner,
-        "idempotency_scope": job.idempotency_scope,
-        "callback_url": job.callback_url,
-        "queue": job.queue,
-        "time_limit": job.time_limit,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-        "due_at": now,
-    }
-    job_id = store.insert(values)
-    for name, value in values.items():
-        setattr(job, name, value)
-    job.id = job_id
 
 
 # A running attempt ---------------------------------------------------------------------
@@ -501,14 +298,9 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
     params = {"job_id": job_id, "now": now, "lease_until": now + lease}
 
     def claim_once(lost_before: bool) -> Any:
-        if store.postgresql:
-            row = store.first(_CLAIM_RETURNING_NO_WAIT, params)
-        elif store.returning:
-            row = store.first(_CLAIM_RETURNING, params)
-        else:
-            row = store.update_then_read(_CLAIM, _CLAIMED, params)
+        row = store.run(sql.CLAIM, params)
         if row is None and lost_before:
-            row = store.first(_CLAIMED_AT, params)
+            row = store.first(sql.CLAIMED_AT, params)
         return row
 
     row = store.again_if_lost(claim_once, within=CLAIM_RETRY_FOR, what=f"Claiming job {job_id}")
@@ -518,10 +310,9 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
 def renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> bool:
     """Extend the job's lease, if ``attempt`` still holds it."""
     params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
-    statement = _RENEW_NO_WAIT if store.postgresql else _RENEW
     # A lost connection is tried once more at once, on a fresh one.
     renewed = store.again_if_lost(
-        lambda _: store.rowcount(statement, params), within=0, what=f"Renewing job {job_id}'s lease"
+        lambda _: store.count(sql.RENEW, params), within=0, what=f"Renewing job {job_id}'s lease"
     )
     return renewed == 1
 
@@ -532,7 +323,7 @@ def give_up(store: JobStore, job_id: int, attempt: int) -> bool:
     The job is then lost, as if its worker had died, and the next sweep runs it
     again or fails it by the retry rules.
     """
-    return store.rowcount(_GIVE_UP, {"job_id": job_id, "attempt": attempt, "now": utcnow()}) == 1
+    return store.count(sql.GIVE_UP, {"job_id": job_id, "attempt": attempt, "now": utcnow()}) == 1
 
 
 def set_progress(
@@ -540,9 +331,8 @@ def set_progress(
 ) -> bool:
     """Store progress, if ``attempt`` still holds the job; tell whether it does."""
     params = {"job_id": job_id, "attempt": attempt, "progress": progress, "message": message}
-    statement = _PROGRESS_NO_WAIT if store.postgresql else _PROGRESS
     stored = store.again_if_lost(
-        lambda _: store.rowcount(statement, params),
+        lambda _: store.count(sql.PROGRESS, params),
         within=0,
         what=f"Storing job {job_id}'s progress",
     )
@@ -553,7 +343,7 @@ def held(store: JobStore, job_id: int, attempt: int) -> bool:
     """Whether ``attempt`` still holds the job (not cancelled, not taken over)."""
     params = {"job_id": job_id, "attempt": attempt}
     row = store.again_if_lost(
-        lambda _: store.first(_HELD_NOW, params), within=0, what=f"Reading job {job_id}"
+        lambda _: store.first(sql.HELD_NOW, params), within=0, what=f"Reading job {job_id}"
     )
     return row is not None
 
@@ -561,7 +351,7 @@ def held(store: JobStore, job_id: int, attempt: int) -> bool:
 def reschedule(store: JobStore, job_id: int, attempt: int, due_at: datetime) -> bool:
     """Put the job back to ``waiting`` until ``due_at``, if ``attempt`` still holds it."""
     params = {"job_id": job_id, "attempt": attempt, "due_at": due_at, "now": utcnow()}
-    return store.rowcount(_RESCHEDULE, params) == 1
+    return store.count(sql.RESCHEDULE, params) == 1
 
 
 def finish(
@@ -587,11 +377,10 @@ def finish(
     params = _finish_params(job_id, attempt, outcome)
 
     def finish_once(lost_before: bool) -> Ended | None:
-        ended = _FINISHING.run(store, params)
-        if ended is None and lost_before:
-            row = store.first(_FINISHED_BY, params)
-            ended = None if row is None else Ended.from_row(row)
-        return ended
+        row = store.run(sql.FINISH, params)
+        if row is None and lost_before:
+            row = store.first(sql.FINISHED_BY, params)
+        return None if row is None else Ended.from_row(row)
 
     ended = store.again_if_lost(
         finish_once, within=retry_for.total_seconds(), what=f"Storing job {job_id}'s reply"
@@ -613,14 +402,15 @@ def finish_in_session(
     :returns: the ended job, or ``None`` when the attempt had lost it.
     """
     try:
-        ended = _FINISHING.run_in(session, store, _finish_params(job_id, attempt, outcome))
-        if ended is None:
+        row = store.run_in(session, sql.FINISH, _finish_params(job_id, attempt, outcome))
+        if row is None:
             session.rollback()
             return None
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    ended = Ended.from_row(row)
     announce(ended)
     return ended
 
@@ -642,10 +432,11 @@ def cancel(store: JobStore, job_id: int) -> Ended:
         "response": CANCELLED_BODY,
         "now": utcnow(),
     }
-    ended = _CANCELLING.run(store, params)
-    if ended is None:
+    row = store.run(sql.CANCEL, params)
+    if row is None:
         status = _status_of(store, job_id)
         raise JobFinished(f"Job {job_id} is {status.value} already.", job_id, status.value)
+    ended = Ended.from_row(row)
     announce(ended)
     return ended
 
@@ -659,13 +450,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
     """
     now = utcnow()
     params = {"job_id": job_id, "now": now, "due_at": now}
-    columns = (Job.id, Job.uid, Job.queue, Job.time_limit)
-    read: Any = sa.select(*columns).where(_ID)
-    row = (
-        store.first(_RESET_FOR_RETRY.returning(*columns), params)
-        if store.returning
-        else store.update_then_read(_RESET_FOR_RETRY, read, params)
-    )
+    row = store.run(sql.RESET_FOR_RETRY, params)
     if row is None:
         status = _status_of(store, job_id)
         raise JobNotFailed(
@@ -697,13 +482,13 @@ class LostJob(NamedTuple):
 
 def lost_jobs(store: JobStore, now: datetime, limit: int) -> list[LostJob]:
     """Processing jobs whose lease ran out before ``now``, oldest id first."""
-    return [LostJob(*row) for row in store.all(_LOST_JOBS, {"now": now, "limit": limit})]
+    return [LostJob(*row) for row in store.all(sql.LOST_JOBS, {"now": now, "limit": limit})]
 
 
 def requeue_lost(store: JobStore, job: LostJob, now: datetime) -> bool:
     """Put a lost job back to ``waiting``, if its attempt is still the lost one."""
     params = {"job_id": job.id, "attempt": job.attempt, "now": now, "due_at": now}
-    return store.rowcount(_REQUEUE_LOST, params) == 1
+    return store.count(sql.REQUEUE_LOST, params) == 1
 
 
 def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> Ended | None:
@@ -716,9 +501,11 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
         "status_code": 500,
         "response": error_body(message),
     }
-    ended = _FAILING_LOST.run(store, params)
-    if ended is not None:
-        announce(ended)
+    row = store.run(sql.FAIL_LOST, params)
+    if row is None:
+        return None
+    ended = Ended.from_row(row)
+    announce(ended)
     return ended
 
 
@@ -740,26 +527,25 @@ class WaitingJob(NamedTuple):
 
 def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[WaitingJob]:
     """Waiting jobs due before ``due_before``, oldest id first."""
-    rows = store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})
+    rows = store.all(sql.STALE_JOBS, {"cutoff": due_before, "limit": limit})
     return [WaitingJob(*row) for row in rows]
 
 
 def waiting_jobs(store: JobStore, after_id: int, limit: int) -> list[WaitingJob]:
     """Waiting jobs with an id above ``after_id``, whenever due, oldest id first."""
-    rows = store.all(_WAITING_JOBS, {"after_id": after_id, "limit": limit})
+    rows = store.all(sql.WAITING_JOBS, {"after_id": after_id, "limit": limit})
     return [WaitingJob(*row) for row in rows]
 
 
 def touch_waiting(store: JobStore, job_id: int) -> bool:
     """Restart a waiting job's clock (its message was just sent again)."""
-    return store.rowcount(_TOUCH_WAITING, {"job_id": job_id, "now": utcnow()}) == 1
+    return store.count(sql.TOUCH_WAITING, {"job_id": job_id, "now": utcnow()}) == 1
 
 
 # Callbacks -----------------------------------------------------------------------------------
 
 #: Longest callback status stored (the column's length).
 _CALLBACK_STATUS_LENGTH = 255
-_RECORD_CALLBACK = sa.update(Job).where(_ID).values(callback_status=sa.bindparam("callback_status"))
 
 
 def record_callback(store: JobStore, job_id: int, status: str) -> None:
@@ -773,7 +559,7 @@ def record_callback(store: JobStore, job_id: int, status: str) -> None:
         status = status.encode("utf-8", "replace").decode("utf-8")
     if len(status) > _CALLBACK_STATUS_LENGTH:
         status = status[: _CALLBACK_STATUS_LENGTH - 3] + "..."
-    store.rowcount(_RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})
+    store.count(sql.RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})
 
 
 # Purge ---------------------------------------------------------------------------------------

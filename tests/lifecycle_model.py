@@ -53,7 +53,7 @@ from flask_async_request.exceptions import JobFinished, JobNotFailed, JobNotFoun
 from flask_async_request.lifecycle import Outcome, failure
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
-from flask_async_request.store import CHANNEL
+from flask_async_request.statements import CHANNEL
 
 #: Retries allowed after a lost worker, in the machine's app.
 RETRY = 1

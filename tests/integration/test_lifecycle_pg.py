@@ -22,7 +22,7 @@ from flask_async_request import Job, JobStatus
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
-from flask_async_request.store import hot
+from flask_async_request.statements import hot
 from tests import workers
 from tests.conftest import AppFactory, add_job, poll
 from tests.integration.conftest import Stack, _environment, _start_worker
