@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import statements as sql
@@ -42,9 +41,6 @@ from .statements import ENDED_COLUMNS, JobReply, NewRow
 from .store import JobStore, lost_connection
 
 logger = logging.getLogger("flask_async_request")
-
-#: Every status in which a job has its reply and will not run again.
-FINISHED_STATUSES = tuple(status for status in JobStatus if status.finished)
 
 #: What a cancelled job's reply says (499: the client closed the request).
 CANCELLED_STATUS_CODE = 499
@@ -560,94 +556,3 @@ def record_callback(store: JobStore, job_id: int, status: str) -> None:
     if len(status) > _CALLBACK_STATUS_LENGTH:
         status = status[: _CALLBACK_STATUS_LENGTH - 3] + "..."
     store.count(sql.RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})
-
-
-# Purge ---------------------------------------------------------------------------------------
-
-
-def age_filter(
-    ages: Mapping[JobStatus, timedelta], now: datetime | None = None
-) -> sa.ColumnElement[bool]:
-    """Jobs older than the age given for their status; statuses not named are never matched.
-
-    Finished jobs count their age from ``finished_at``, pending ones from ``created_at``.
-    """
-    now = utcnow() if now is None else now
-    by_age: dict[timedelta, list[JobStatus]] = {}
-    for status in JobStatus:
-        if status in ages:
-            by_age.setdefault(ages[status], []).append(status)
-    conditions = []
-    for age, statuses in by_age.items():
-        cutoff = now - age
-        finished = [s for s in statuses if s.finished]
-        pending = [s for s in statuses if not s.finished]
-        if finished:
-            conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
-        if pending:
-            conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
-    return sa.or_(sa.false(), *conditions)
-
-
-def purge_filter(
-    older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
-) -> sa.ColumnElement[bool]:
-    """Jobs in ``statuses`` older than ``older_than``."""
-    return age_filter(dict.fromkeys(statuses, older_than))
-
-
-def retention_filter(
-    default: Mapping[JobStatus, timedelta],
-    by_worker: Mapping[str, Mapping[JobStatus, timedelta]],
-) -> sa.ColumnElement[bool]:
-    """Jobs past their retention: the ages of ``by_worker`` for the workers it names,
-    ``default`` for the others."""
-    now = utcnow()
-    groups: dict[tuple[tuple[JobStatus, timedelta], ...], list[str]] = {}
-    for path, ages in by_worker.items():
-        groups.setdefault(tuple(sorted(ages.items())), []).append(path)
-    conditions = [
-        sa.and_(Job.worker.in_(paths), age_filter(dict(ages), now))
-        for ages, paths in groups.items()
-    ]
-    others = age_filter(default, now)
-    if by_worker:
-        others = sa.and_(Job.worker.not_in(list(by_worker)), others)
-    return sa.or_(others, *conditions)
-
-
-def finished_workers(store: JobStore) -> list[str]:
-    """The worker paths of the finished jobs, each once."""
-    query = sa.select(Job.worker).where(Job.status.in_(FINISHED_STATUSES)).distinct()
-    return [row[0] for row in store.all(query, {})]
-
-
-def count_purgeable(store: JobStore, condition: sa.ColumnElement[bool]) -> int:
-    """How many jobs :func:`purge` would delete now."""
-    query = sa.select(sa.func.count()).select_from(Job).where(condition)
-    row = store.first(query, {})
-    return 0 if row is None else int(row[0])
-
-
-def purge(
-    store: JobStore,
-    condition: sa.ColumnElement[bool],
-    *,
-    batch_size: int,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Delete the jobs ``condition`` matches (see :func:`age_filter`), ``batch_size`` at a time.
-
-    Each batch is its own short statement, so memory stays bounded and the
-    status endpoint is never blocked for long.
-
-    :returns: the number of rows deleted.
-    """
-    batch = sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size)
-    deleted = 0
-    while ids := [row[0] for row in store.all(batch, {})]:
-        # The condition again: a job retried since the SELECT is no longer to go.
-        deleted += store.rowcount(sa.delete(Job).where(Job.id.in_(ids), condition), {})
-        if progress is not None:
-            progress(deleted)
-    return deleted

@@ -46,6 +46,7 @@ from flask_async_request import (
     JobStatus,
     lifecycle,
     maintenance,
+    retention,
     runner,
     signals,
 )
@@ -358,7 +359,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def purge(self, recent: bool) -> None:
         """Purge finished jobs: all of them, or only those older than an hour (none here)."""
         age = timedelta(0) if recent else timedelta(hours=1)
-        deleted = lifecycle.purge(self.store, lifecycle.purge_filter(age), batch_size=3)
+        deleted = retention.delete_matching(self.store, retention.purge_filter(age), batch_size=3)
         gone = [i for i, job in self.model.items() if job.status.finished] if recent else []
         assert deleted == len(gone)
         for job_id in gone:

@@ -273,7 +273,7 @@ def _updated_at(job_id: int) -> Any:
 def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask) -> None:
     """Claim, renew, progress, check, reschedule, finish and cancel skip SQLAlchemy's
     execution layer, and come back typed as through it."""
-    from flask_async_request import lifecycle
+    from flask_async_request import lifecycle, retention
 
     store = get_state().store()
     executed: list[str] = []
@@ -305,7 +305,10 @@ def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask) -> None:
     other = add_job(status=JobStatus.WAITING).id
     assert lifecycle.cancel(store, other).status is JobStatus.CANCELLED
     assert len(executed) == 1
-    assert lifecycle.purge(store, lifecycle.purge_filter(timedelta(days=1)), batch_size=100) == 0
+    assert (
+        retention.delete_matching(store, retention.purge_filter(timedelta(days=1)), batch_size=100)
+        == 0
+    )
     assert len(executed) > 1
 
 
