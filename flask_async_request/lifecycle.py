@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,7 @@ CANCELLED_BODY = error_body("Job cancelled")
 class Claim(NamedTuple):
     """What a worker needs of the job it just claimed."""
 
+    id: int
     uid: str
     worker: str
     #: The stored arguments, as JSON text: see :func:`decode_params`.
@@ -267,8 +268,23 @@ def insert(store: JobStore, job: Job) -> None:
     job.id = store.insert(NewRow(**{name: getattr(job, name) for name in NewRow._fields}))
 
 
-def message_of(job: Job) -> Message:
-    """What publishing a stored ``job`` needs."""
+class Sendable(Protocol):
+    """What :func:`message_of` reads of a job: a stored :class:`~.models.Job` or a row of it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def time_limit(self) -> float | None: ...
+    @property
+    def worker(self) -> str | None: ...
+
+
+def message_of(job: Sendable) -> Message:
+    """What publishing ``job``'s message needs: every message of a job is made here."""
     return Message(job.id, job.uid, job.queue, job.time_limit, job.worker)
 
 
@@ -454,7 +470,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
             job_id,
             status.value,
         )
-    return Message(*row)
+    return message_of(WaitingJob(*row))
 
 
 # The sweeper's transitions -------------------------------------------------------------------
@@ -465,15 +481,11 @@ class LostJob(NamedTuple):
 
     id: int
     uid: str
+    queue: str | None
+    time_limit: float | None
+    worker: str
     attempt: int
     lease_expires_at: datetime
-    queue: str | None = None
-    time_limit: float | None = None
-
-    @property
-    def message(self) -> Message:
-        """What publishing it again needs."""
-        return Message(self.id, self.uid, self.queue, self.time_limit)
 
 
 def lost_jobs(store: JobStore, now: datetime, limit: int) -> list[LostJob]:
@@ -512,13 +524,9 @@ class WaitingJob(NamedTuple):
     uid: str
     queue: str | None
     time_limit: float | None
+    worker: str
     #: When it is due to run: its creation, or the end of a retry's backoff.
     due_at: datetime
-
-    @property
-    def message(self) -> Message:
-        """What publishing it again needs."""
-        return Message(self.id, self.uid, self.queue, self.time_limit)
 
 
 def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[WaitingJob]:

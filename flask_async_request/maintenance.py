@@ -220,7 +220,7 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
             if not sends:
                 continue
             try:
-                publish(job.message)
+                publish(lifecycle.message_of(job))
             except EnqueueError:
                 logger.exception("Job %s could not be published; the next sweep retries.", job.id)
             continue
@@ -263,7 +263,7 @@ def _send_again(store: JobStore, jobs: list[lifecycle.WaitingJob], now: datetime
     for waiting in jobs:
         later = (as_utc(waiting.due_at) - now).total_seconds()
         try:
-            publish(waiting.message, countdown=later if later > 0 else None)
+            publish(lifecycle.message_of(waiting), countdown=later if later > 0 else None)
         except EnqueueError:
             logger.exception("Job %s could not be published; the next sweep retries.", waiting.id)
             break  # The broker is down: the rest would fail the same way.

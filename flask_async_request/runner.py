@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from . import lifecycle
-from .broker import Message, publish
+from .broker import publish
 from .exceptions import (
     EnqueueError,
     InvalidJobRow,
@@ -324,7 +324,7 @@ def _schedule_retry(store: JobStore, job_id: int, claim: Claim) -> JobStatus | N
         return None
     logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, claim.attempt, delay)
     try:
-        publish(Message(job_id, claim.uid, claim.queue, claim.time_limit), countdown=delay)
+        publish(lifecycle.message_of(claim), countdown=delay)
     except EnqueueError:
         logger.exception("Job %s: the retry could not be published; the sweeper will.", job_id)
     return JobStatus.WAITING

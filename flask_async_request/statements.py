@@ -173,6 +173,7 @@ _LOST = (*_HELD, Job.lease_expires_at < sa.bindparam("now"))
 # The params come back as text, so a row edited by hand into bad JSON fails its
 # run with a readable error instead of the claim itself.
 CLAIM_COLUMNS = (
+    Job.id,
     Job.uid,
     Job.worker,
     sa.cast(Job.params, sa.Text).label("params"),
@@ -280,7 +281,9 @@ STATUS = hot(sa.select(Job.status).where(_ID))
 # Back to waiting, and the sweeper's reads ---------------------------------------------------
 
 #: What publishing a job's message needs: see ``lifecycle.message_of``.
-MESSAGE_COLUMNS = (Job.id, Job.uid, Job.queue, Job.time_limit)
+MESSAGE_COLUMNS = (Job.id, Job.uid, Job.queue, Job.time_limit, Job.worker)
+#: A waiting job's: see ``lifecycle.WaitingJob``.
+_WAITING_COLUMNS = (*MESSAGE_COLUMNS, Job.due_at)
 
 REQUEUE_LOST = Statement(sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING))
 RESET_FOR_RETRY = Statement(
@@ -299,26 +302,26 @@ RESET_FOR_RETRY = Statement(
             "finished_at": None,
         }
     ),
-    returns=MESSAGE_COLUMNS,
+    returns=_WAITING_COLUMNS,
 )
 TOUCH_WAITING = Statement(
     sa.update(Job).where(_ID, Job.status == JobStatus.WAITING).values(due_at=sa.bindparam("now"))
 )
 
 LOST_JOBS = (
-    sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at, Job.queue, Job.time_limit)
+    sa.select(*MESSAGE_COLUMNS, Job.attempts, Job.lease_expires_at)
     .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < sa.bindparam("now"))
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
 STALE_JOBS = (
-    sa.select(*MESSAGE_COLUMNS, Job.due_at)
+    sa.select(*_WAITING_COLUMNS)
     .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
 WAITING_JOBS = (
-    sa.select(*MESSAGE_COLUMNS, Job.due_at)
+    sa.select(*_WAITING_COLUMNS)
     .where(Job.status == JobStatus.WAITING, Job.id > sa.bindparam("after_id"))
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
