@@ -23,7 +23,6 @@ statement itself), the signal is sent and the completion callback queued.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -33,38 +32,24 @@ from sqlalchemy.orm import Session
 
 from . import statements as sql
 from .broker import Message, queue_callback
-from .exceptions import DatabaseUnavailable, InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
+from .exceptions import JobFinished, JobNotFailed, JobNotFound
 from .models import Job, JobStatus, lone_surrogate, new_uid, utcnow
+from .outcomes import Outcome, error_body
+from .outcomes import error_message as error_message
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
 from .statements import ENDED_COLUMNS, JobReply, NewRow
-from .store import JobStore, lost_connection
+from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
 
 #: What a cancelled job's reply says (499: the client closed the request).
 CANCELLED_STATUS_CODE = 499
+CANCELLED_BODY = error_body("Job cancelled")
 
 #: Seconds a claim whose connection was lost is tried again on fresh connections,
 #: before its message is left to be delivered again.
 CLAIM_RETRY_FOR = 2.0
-
-
-def error_body(message: str) -> str:
-    """The reply body of a job that failed or was cancelled: ``{"error": message}``."""
-    return json.dumps({"error": message})
-
-
-def error_message(body: str | None) -> str:
-    """The message of an :func:`error_body`; the body itself if it is not one."""
-    try:
-        message = json.loads(body or "")["error"]
-    except (ValueError, TypeError, KeyError):
-        return body or ""
-    return message if isinstance(message, str) else json.dumps(message)
-
-
-CANCELLED_BODY = error_body("Job cancelled")
 
 
 class Claim(NamedTuple):
@@ -73,7 +58,7 @@ class Claim(NamedTuple):
     id: int
     uid: str
     worker: str
-    #: The stored arguments, as JSON text: see :func:`decode_params`.
+    #: The stored arguments, as JSON text: see :func:`.outcomes.decode_params`.
     params: str
     attempt: int
     callback_url: str | None
@@ -81,40 +66,6 @@ class Claim(NamedTuple):
     time_limit: float | None = None
     #: When the job was due to run: its creation, or the end of a retry's backoff.
     due_at: datetime | None = None
-
-
-def decode_params(job_id: int, params: str | None) -> tuple[list[Any], dict[str, Any]]:
-    """The positional and keyword arguments stored as ``{"args": [...], "kwargs": {...}}``.
-
-    :raises InvalidJobRow: for anything else (a row edited by hand).
-    """
-    try:
-        decoded = json.loads(params or "")
-    except ValueError:
-        decoded = None
-    if isinstance(decoded, dict):
-        args, kwargs = decoded.get("args", []), decoded.get("kwargs", {})
-        if isinstance(args, list) and isinstance(kwargs, dict):
-            return args, kwargs
-    raise InvalidJobRow(
-        f'Job {job_id}\'s stored params are not {{"args": [...], "kwargs": {{...}}}}:'
-        f" {(params or '')[:100]!r}",
-        job_id,
-    )
-
-
-class Outcome(NamedTuple):
-    """How a run ended: the status to store and the reply."""
-
-    status: JobStatus
-    status_code: int
-    body: str
-    content_type: str | None = None
-
-
-def failure(message: str) -> Outcome:
-    """The outcome of a run that failed with ``message``."""
-    return Outcome(JobStatus.FAILED, 500, error_body(message))
 
 
 class Ended(NamedTuple):
@@ -169,35 +120,6 @@ def announce(ended: Ended) -> None:
         logger.exception("Job %s: a receiver of its %s signal raised.", ended.id, ended.status)
     if ended.callback_url:
         queue_callback(ended.id)
-
-
-def out_of_reach(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from, says the database was out of reach.
-
-    Such an error is worth another try, later: the job is left as it is, for
-    its lease to run out and the sweeper to run it again. Any other error
-    (``DataError``, ``IntegrityError``, a driver's ``ValueError``) would happen
-    again, so the job fails instead, with an error of the library's.
-    :class:`DatabaseUnavailable` (the store's retries ran out) is one.
-    """
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, DatabaseUnavailable) or lost_connection(cause):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-def storage_message(what: str, error: BaseException, *, plural: bool = False) -> str:
-    """A client's sentence for a write of ``what`` the database refused with ``error``.
-
-    The database's own message holds SQL and parameters: it goes to the log, never
-    to a stored reply.
-    """
-    return (
-        f"{what} could not be stored: the database refused {'them' if plural else 'it'}"
-        f" ({type(error).__name__}; details are in the worker's log)."
-    )
 
 
 def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any]:

@@ -51,8 +51,8 @@ from flask_async_request import (
     signals,
 )
 from flask_async_request.exceptions import JobFinished, JobNotFailed, JobNotFound
-from flask_async_request.lifecycle import Outcome, failure
 from flask_async_request.models import utcnow
+from flask_async_request.outcomes import Outcome, failure
 from flask_async_request.state import get_state
 from flask_async_request.statements import CHANNEL
 
