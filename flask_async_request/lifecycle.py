@@ -9,9 +9,10 @@ call the same functions as the web and worker processes)::
                  │  └──requeue_lost──────┘
                  └──reset_for_retry── failed
     waiting | processing ──cancel──> cancelled
-    processed | failed | cancelled ──purge──> (deleted)
+    processed | failed | cancelled ──purge──> (deleted, see ``retention.py``)
 
-Each transition is one conditional statement, so two processes racing for the
+Each transition is one conditional statement, named in ``statements.py`` and
+run by the store in its database's form, so two processes racing for the
 same job (two workers, a worker and the sweeper, a worker and a cancel) never
 both win. Writes made on behalf of a running attempt are fenced by its attempt
 number: a worker whose job was cancelled or taken over changes nothing.
