@@ -9,9 +9,10 @@ call the same functions as the web and worker processes)::
                  │  └──requeue_lost──────┘
                  └──reset_for_retry── failed
     waiting | processing ──cancel──> cancelled
-    processed | failed | cancelled ──purge──> (deleted)
+    processed | failed | cancelled ──purge──> (deleted, see ``retention.py``)
 
-Each transition is one conditional statement, so two processes racing for the
+Each transition is one conditional statement, named in ``statements.py`` and
+run by the store in its database's form, so two processes racing for the
 same job (two workers, a worker and the sweeper, a worker and a cancel) never
 both win. Writes made on behalf of a running attempt are fenced by its attempt
 number: a worker whose job was cancelled or taken over changes nothing.
@@ -23,58 +24,42 @@ statement itself), the signal is sent and the completion callback queued.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from . import statements as sql
 from .broker import Message, queue_callback
-from .exceptions import DatabaseUnavailable, InvalidJobRow, JobFinished, JobNotFailed, JobNotFound
+from .exceptions import JobFinished, JobNotFailed, JobNotFound
 from .models import Job, JobStatus, lone_surrogate, new_uid, utcnow
+from .outcomes import Outcome, error_body
+from .outcomes import error_message as error_message
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
-from .store import CHANNEL, REPLY_COLUMNS, JobReply, JobStore, hot, lost_connection
+from .statements import ENDED_COLUMNS, JobReply, NewRow
+from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
 
-#: Every status in which a job has its reply and will not run again.
-FINISHED_STATUSES = tuple(status for status in JobStatus if status.finished)
-
 #: What a cancelled job's reply says (499: the client closed the request).
 CANCELLED_STATUS_CODE = 499
+CANCELLED_BODY = error_body("Job cancelled")
 
 #: Seconds a claim whose connection was lost is tried again on fresh connections,
 #: before its message is left to be delivered again.
 CLAIM_RETRY_FOR = 2.0
 
 
-def error_body(message: str) -> str:
-    """The reply body of a job that failed or was cancelled: ``{"error": message}``."""
-    return json.dumps({"error": message})
-
-
-def error_message(body: str | None) -> str:
-    """The message of an :func:`error_body`; the body itself if it is not one."""
-    try:
-        message = json.loads(body or "")["error"]
-    except (ValueError, TypeError, KeyError):
-        return body or ""
-    return message if isinstance(message, str) else json.dumps(message)
-
-
-CANCELLED_BODY = error_body("Job cancelled")
-
-
 class Claim(NamedTuple):
     """What a worker needs of the job it just claimed."""
 
+    id: int
     uid: str
     worker: str
-    #: The stored arguments, as JSON text: see :func:`decode_params`.
+    #: The stored arguments, as JSON text: see :func:`.outcomes.decode_params`.
     params: str
     attempt: int
     callback_url: str | None
@@ -82,40 +67,6 @@ class Claim(NamedTuple):
     time_limit: float | None = None
     #: When the job was due to run: its creation, or the end of a retry's backoff.
     due_at: datetime | None = None
-
-
-def decode_params(job_id: int, params: str | None) -> tuple[list[Any], dict[str, Any]]:
-    """The positional and keyword arguments stored as ``{"args": [...], "kwargs": {...}}``.
-
-    :raises InvalidJobRow: for anything else (a row edited by hand).
-    """
-    try:
-        decoded = json.loads(params or "")
-    except ValueError:
-        decoded = None
-    if isinstance(decoded, dict):
-        args, kwargs = decoded.get("args", []), decoded.get("kwargs", {})
-        if isinstance(args, list) and isinstance(kwargs, dict):
-            return args, kwargs
-    raise InvalidJobRow(
-        f'Job {job_id}\'s stored params are not {{"args": [...], "kwargs": {{...}}}}:'
-        f" {(params or '')[:100]!r}",
-        job_id,
-    )
-
-
-class Outcome(NamedTuple):
-    """How a run ended: the status to store and the reply."""
-
-    status: JobStatus
-    status_code: int
-    body: str
-    content_type: str | None = None
-
-
-def failure(message: str) -> Outcome:
-    """The outcome of a run that failed with ``message``."""
-    return Outcome(JobStatus.FAILED, 500, error_body(message))
 
 
 class Ended(NamedTuple):
@@ -140,204 +91,9 @@ class Ended(NamedTuple):
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Ended:
-        """Read a row of :data:`_ENDED_COLUMNS`."""
-        job_id, *reply, callback_url, worker = row[: len(_ENDED_COLUMNS)]
+        """Read a row of :data:`.statements.ENDED_COLUMNS`."""
+        job_id, *reply, callback_url, worker = row[: len(ENDED_COLUMNS)]
         return cls(job_id, JobReply(*reply), callback_url, worker)
-
-
-# The statements ----------------------------------------------------------------------
-
-_ID = Job.id == sa.bindparam("job_id")
-#: The attempt still holds the job: not cancelled, finished, or taken over.
-_HELD = (_ID, Job.status == JobStatus.PROCESSING, Job.attempts == sa.bindparam("attempt"))
-#: The attempt lost its worker: still processing, and its lease ran out.
-_LOST = (*_HELD, Job.lease_expires_at < sa.bindparam("now"))
-
-_CLAIM = (
-    sa.update(Job)
-    .where(_ID, Job.status == JobStatus.WAITING)
-    .values(
-        status=JobStatus.PROCESSING,
-        started_at=sa.bindparam("now"),
-        updated_at=sa.bindparam("now"),
-        lease_expires_at=sa.bindparam("lease_until"),
-        attempts=Job.attempts + 1,
-    )
-)
-# The params come back as text, so a row edited by hand into bad JSON fails its
-# run with a readable error instead of the claim itself.
-_CLAIM_COLUMNS = (
-    Job.uid,
-    Job.worker,
-    sa.cast(Job.params, sa.Text).label("params"),
-    Job.attempts,
-    Job.callback_url,
-    Job.queue,
-    Job.time_limit,
-    Job.due_at,
-)
-_CLAIM_RETURNING = _CLAIM.returning(*_CLAIM_COLUMNS)
-_CLAIMED: Any = sa.select(*_CLAIM_COLUMNS).where(_ID)
-#: The claim made by a try whose connection was lost: its own start time tells it.
-_CLAIMED_AT: Any = hot(
-    sa.select(*_CLAIM_COLUMNS).where(
-        _ID, Job.status == JobStatus.PROCESSING, Job.started_at == sa.bindparam("now")
-    )
-)
-
-_RENEW = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("lease_until"))
-_GIVE_UP = sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("now"))
-_PROGRESS = (
-    sa.update(Job)
-    .where(*_HELD)
-    .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message"))
-)
-
-# A claim, a lease renewal and a progress report need not wait for PostgreSQL's
-# WAL flush: one lost to a database crash leaves the job as it was before (the
-# sweeper sees a waiting job, or a lease running out), and the finish that
-# stores the reply, which does wait, flushes the WAL up to them anyway. Their
-# own transaction, one statement long, turns synchronous_commit off for itself.
-_NO_FLUSH_WAIT = sa.func.set_config("synchronous_commit", "off", True).is_not(None)
-_CLAIM_RETURNING_NO_WAIT = hot(_CLAIM.where(_NO_FLUSH_WAIT).returning(*_CLAIM_COLUMNS))
-_RENEW_NO_WAIT = hot(_RENEW.where(_NO_FLUSH_WAIT))
-_PROGRESS_NO_WAIT = hot(_PROGRESS.where(_NO_FLUSH_WAIT))
-_HELD_NOW = hot(sa.select(Job.id).where(*_HELD))
-
-_BACK_TO_WAITING: dict[str, Any] = {
-    "status": JobStatus.WAITING,
-    "due_at": sa.bindparam("due_at"),
-    "updated_at": sa.bindparam("now"),
-    "lease_expires_at": None,
-}
-_RESCHEDULE = hot(sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING))
-_REQUEUE_LOST = sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING)
-_RESET_FOR_RETRY = (
-    sa.update(Job)
-    .where(_ID, Job.status == JobStatus.FAILED)
-    .values(
-        {
-            **_BACK_TO_WAITING,
-            "status_code": None,
-            "response": None,
-            "content_type": None,
-            "progress": None,
-            "progress_message": None,
-            "attempts": 0,
-            "started_at": None,
-            "finished_at": None,
-        }
-    )
-)
-_TOUCH_WAITING = (
-    sa.update(Job).where(_ID, Job.status == JobStatus.WAITING).values(due_at=sa.bindparam("now"))
-)
-
-_ENDING: dict[str, Any] = {
-    "status": sa.bindparam("status"),
-    "status_code": sa.bindparam("status_code"),
-    "response": sa.bindparam("response"),
-    "finished_at": sa.bindparam("now"),
-    "updated_at": sa.bindparam("now"),
-    "lease_expires_at": None,
-}
-_FINISH = (
-    sa.update(Job)
-    .where(*_HELD)
-    .values(
-        {
-            **_ENDING,
-            "content_type": sa.bindparam("content_type"),
-            "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
-        }
-    )
-)
-_FAIL_LOST = sa.update(Job).where(*_LOST).values(_ENDING)
-_CANCEL = (
-    sa.update(Job)
-    .where(_ID, Job.status.in_([JobStatus.WAITING, JobStatus.PROCESSING]))
-    .values(_ENDING)
-)
-
-_ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
-_READ_ENDED: Any = sa.select(*_ENDED_COLUMNS).where(_ID)
-#: The job as the attempt's finish left it, if that finish was stored: ended by
-#: this attempt with its reply (a sweeper's or a time limit's end says otherwise).
-_FINISHED_BY: Any = hot(
-    sa.select(*_ENDED_COLUMNS).where(
-        _ID,
-        Job.status == sa.bindparam("status"),
-        Job.attempts == sa.bindparam("attempt"),
-        Job.status_code == sa.bindparam("status_code"),
-        Job.response == sa.bindparam("response"),
-    )
-)
-_STATUS = hot(sa.select(Job.status).where(_ID))
-
-_LOST_JOBS = (
-    sa.select(Job.id, Job.uid, Job.attempts, Job.lease_expires_at, Job.queue, Job.time_limit)
-    .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < sa.bindparam("now"))
-    .order_by(Job.id)
-    .limit(sa.bindparam("limit"))
-)
-_STALE_JOBS = (
-    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
-    .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
-    .order_by(Job.id)
-    .limit(sa.bindparam("limit"))
-)
-_WAITING_JOBS = (
-    sa.select(Job.id, Job.uid, Job.queue, Job.time_limit, Job.due_at)
-    .where(Job.status == JobStatus.WAITING, Job.id > sa.bindparam("after_id"))
-    .order_by(Job.id)
-    .limit(sa.bindparam("limit"))
-)
-
-
-class _Ending:
-    """An UPDATE that ends a job, in the forms each database can run.
-
-    On PostgreSQL with psycopg the changed row is announced on :data:`CHANNEL`
-    by the same statement (a ``pg_notify`` over the UPDATE's RETURNING), so no
-    end can be stored without waking the long polls that wait for it.
-    """
-
-    def __init__(self, update: sa.Update) -> None:
-        self.update = update
-        self.returning = update.returning(*_ENDED_COLUMNS)
-        done = self.returning.cte("done")
-        self.notifying = hot(
-            sa.select(*done.c, sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))).select_from(
-                done
-            )
-        )
-
-    def run(self, store: JobStore, params: dict[str, Any]) -> Ended | None:
-        """Run it on the store's own connections; the ended job, if it changed the row."""
-        if store.listen:
-            row = store.first(self.notifying, params)
-        elif store.returning:
-            row = store.first(self.returning, params)
-        else:
-            row = store.update_then_read(self.update, _READ_ENDED, params)
-        return None if row is None else Ended.from_row(row)
-
-    def run_in(self, session: Session, store: JobStore, params: dict[str, Any]) -> Ended | None:
-        """Run it in ``session``'s transaction, which the caller then commits or rolls back."""
-        if store.listen:
-            row = session.execute(self.notifying, params).first()
-        elif store.returning:
-            row = session.execute(self.returning, params).first()
-        elif session.execute(self.update, params).rowcount == 1:  # type: ignore[attr-defined]
-            row = session.execute(_READ_ENDED, params).first()
-        else:
-            row = None
-        return None if row is None else Ended.from_row(row)
-
-
-_FINISHING = _Ending(_FINISH)
-_FAILING_LOST = _Ending(_FAIL_LOST)
-_CANCELLING = _Ending(_CANCEL)
 
 
 def announce(ended: Ended) -> None:
@@ -367,35 +123,6 @@ def announce(ended: Ended) -> None:
         queue_callback(ended.id)
 
 
-def out_of_reach(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from, says the database was out of reach.
-
-    Such an error is worth another try, later: the job is left as it is, for
-    its lease to run out and the sweeper to run it again. Any other error
-    (``DataError``, ``IntegrityError``, a driver's ``ValueError``) would happen
-    again, so the job fails instead, with an error of the library's.
-    :class:`DatabaseUnavailable` (the store's retries ran out) is one.
-    """
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, DatabaseUnavailable) or lost_connection(cause):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-def storage_message(what: str, error: BaseException, *, plural: bool = False) -> str:
-    """A client's sentence for a write of ``what`` the database refused with ``error``.
-
-    The database's own message holds SQL and parameters: it goes to the log, never
-    to a stored reply.
-    """
-    return (
-        f"{what} could not be stored: the database refused {'them' if plural else 'it'}"
-        f" ({type(error).__name__}; details are in the worker's log)."
-    )
-
-
 def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any]:
     return {
         "job_id": job_id,
@@ -414,7 +141,7 @@ def _status_of(store: JobStore, job_id: int) -> JobStatus:
 
     :raises JobNotFound: there is no such job.
     """
-    row = store.first(_STATUS, {"job_id": job_id})
+    row = store.first(sql.STATUS, {"job_id": job_id})
     if row is None:
         raise JobNotFound(job_id)
     return JobStatus(row[0])
@@ -433,8 +160,13 @@ def new_job(
     queue: str | None = None,
     time_limit: float | None = None,
 ) -> Job:
-    """A ``waiting`` job, not stored yet: add it to a session, or :func:`insert` it."""
-    return Job(
+    """A ``waiting`` job with every column of its row set, not stored yet.
+
+    Add it to a session, or :func:`insert` it.
+    """
+    now = utcnow()
+    row = NewRow(
+        uid=new_uid(),
         worker=worker,
         params=params,
         status=JobStatus.WAITING,
@@ -443,40 +175,40 @@ def new_job(
         callback_url=callback_url,
         queue=queue,
         time_limit=time_limit,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        due_at=now,
     )
-
-
-def message_of(job: Job) -> Message:
-    """What publishing a stored ``job`` needs."""
-    return Message(job.id, job.uid, job.queue, job.time_limit, job.worker)
+    return Job(**row._asdict())
 
 
 def insert(store: JobStore, job: Job) -> None:
-    """Store ``job`` in one autocommitted INSERT, filling in its id and defaults.
+    """Store a :func:`new_job` in one autocommitted INSERT, filling in its id.
 
-    ``job`` is left transient, with every column set: the caller decides
-    whether a session should know it.
+    ``job`` is left transient: the caller decides whether a session should know it.
     """
-    now = utcnow()
-    values = {
-        "uid": job.uid or new_uid(),
-        "worker": job.worker,
-        "params": job.params,
-        "status": JobStatus.WAITING,
-        "owner": job.owner,
-        "idempotency_scope": job.idempotency_scope,
-        "callback_url": job.callback_url,
-        "queue": job.queue,
-        "time_limit": job.time_limit,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-        "due_at": now,
-    }
-    job_id = store.insert(values)
-    for name, value in values.items():
-        setattr(job, name, value)
-    job.id = job_id
+    job.id = store.insert(NewRow(**{name: getattr(job, name) for name in NewRow._fields}))
+
+
+class Sendable(Protocol):
+    """What :func:`message_of` reads of a job: a stored :class:`~.models.Job` or a row of it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def time_limit(self) -> float | None: ...
+    @property
+    def worker(self) -> str | None: ...
+
+
+def message_of(job: Sendable) -> Message:
+    """What publishing ``job``'s message needs: every message of a job is made here."""
+    return Message(job.id, job.uid, job.queue, job.time_limit, job.worker)
 
 
 # A running attempt ---------------------------------------------------------------------
@@ -501,14 +233,9 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
     params = {"job_id": job_id, "now": now, "lease_until": now + lease}
 
     def claim_once(lost_before: bool) -> Any:
-        if store.postgresql:
-            row = store.first(_CLAIM_RETURNING_NO_WAIT, params)
-        elif store.returning:
-            row = store.first(_CLAIM_RETURNING, params)
-        else:
-            row = store.update_then_read(_CLAIM, _CLAIMED, params)
+        row = store.run(sql.CLAIM, params)
         if row is None and lost_before:
-            row = store.first(_CLAIMED_AT, params)
+            row = store.first(sql.CLAIMED_AT, params)
         return row
 
     row = store.again_if_lost(claim_once, within=CLAIM_RETRY_FOR, what=f"Claiming job {job_id}")
@@ -518,10 +245,9 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
 def renew(store: JobStore, job_id: int, attempt: int, lease: timedelta) -> bool:
     """Extend the job's lease, if ``attempt`` still holds it."""
     params = {"job_id": job_id, "attempt": attempt, "lease_until": utcnow() + lease}
-    statement = _RENEW_NO_WAIT if store.postgresql else _RENEW
     # A lost connection is tried once more at once, on a fresh one.
     renewed = store.again_if_lost(
-        lambda _: store.rowcount(statement, params), within=0, what=f"Renewing job {job_id}'s lease"
+        lambda _: store.count(sql.RENEW, params), within=0, what=f"Renewing job {job_id}'s lease"
     )
     return renewed == 1
 
@@ -532,7 +258,7 @@ def give_up(store: JobStore, job_id: int, attempt: int) -> bool:
     The job is then lost, as if its worker had died, and the next sweep runs it
     again or fails it by the retry rules.
     """
-    return store.rowcount(_GIVE_UP, {"job_id": job_id, "attempt": attempt, "now": utcnow()}) == 1
+    return store.count(sql.GIVE_UP, {"job_id": job_id, "attempt": attempt, "now": utcnow()}) == 1
 
 
 def set_progress(
@@ -540,9 +266,8 @@ def set_progress(
 ) -> bool:
     """Store progress, if ``attempt`` still holds the job; tell whether it does."""
     params = {"job_id": job_id, "attempt": attempt, "progress": progress, "message": message}
-    statement = _PROGRESS_NO_WAIT if store.postgresql else _PROGRESS
     stored = store.again_if_lost(
-        lambda _: store.rowcount(statement, params),
+        lambda _: store.count(sql.PROGRESS, params),
         within=0,
         what=f"Storing job {job_id}'s progress",
     )
@@ -553,7 +278,7 @@ def held(store: JobStore, job_id: int, attempt: int) -> bool:
     """Whether ``attempt`` still holds the job (not cancelled, not taken over)."""
     params = {"job_id": job_id, "attempt": attempt}
     row = store.again_if_lost(
-        lambda _: store.first(_HELD_NOW, params), within=0, what=f"Reading job {job_id}"
+        lambda _: store.first(sql.HELD_NOW, params), within=0, what=f"Reading job {job_id}"
     )
     return row is not None
 
@@ -561,7 +286,7 @@ def held(store: JobStore, job_id: int, attempt: int) -> bool:
 def reschedule(store: JobStore, job_id: int, attempt: int, due_at: datetime) -> bool:
     """Put the job back to ``waiting`` until ``due_at``, if ``attempt`` still holds it."""
     params = {"job_id": job_id, "attempt": attempt, "due_at": due_at, "now": utcnow()}
-    return store.rowcount(_RESCHEDULE, params) == 1
+    return store.count(sql.RESCHEDULE, params) == 1
 
 
 def finish(
@@ -587,11 +312,10 @@ def finish(
     params = _finish_params(job_id, attempt, outcome)
 
     def finish_once(lost_before: bool) -> Ended | None:
-        ended = _FINISHING.run(store, params)
-        if ended is None and lost_before:
-            row = store.first(_FINISHED_BY, params)
-            ended = None if row is None else Ended.from_row(row)
-        return ended
+        row = store.run(sql.FINISH, params)
+        if row is None and lost_before:
+            row = store.first(sql.FINISHED_BY, params)
+        return None if row is None else Ended.from_row(row)
 
     ended = store.again_if_lost(
         finish_once, within=retry_for.total_seconds(), what=f"Storing job {job_id}'s reply"
@@ -613,14 +337,15 @@ def finish_in_session(
     :returns: the ended job, or ``None`` when the attempt had lost it.
     """
     try:
-        ended = _FINISHING.run_in(session, store, _finish_params(job_id, attempt, outcome))
-        if ended is None:
+        row = store.run_in(session, sql.FINISH, _finish_params(job_id, attempt, outcome))
+        if row is None:
             session.rollback()
             return None
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    ended = Ended.from_row(row)
     announce(ended)
     return ended
 
@@ -642,10 +367,11 @@ def cancel(store: JobStore, job_id: int) -> Ended:
         "response": CANCELLED_BODY,
         "now": utcnow(),
     }
-    ended = _CANCELLING.run(store, params)
-    if ended is None:
+    row = store.run(sql.CANCEL, params)
+    if row is None:
         status = _status_of(store, job_id)
         raise JobFinished(f"Job {job_id} is {status.value} already.", job_id, status.value)
+    ended = Ended.from_row(row)
     announce(ended)
     return ended
 
@@ -659,13 +385,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
     """
     now = utcnow()
     params = {"job_id": job_id, "now": now, "due_at": now}
-    columns = (Job.id, Job.uid, Job.queue, Job.time_limit)
-    read: Any = sa.select(*columns).where(_ID)
-    row = (
-        store.first(_RESET_FOR_RETRY.returning(*columns), params)
-        if store.returning
-        else store.update_then_read(_RESET_FOR_RETRY, read, params)
-    )
+    row = store.run(sql.RESET_FOR_RETRY, params)
     if row is None:
         status = _status_of(store, job_id)
         raise JobNotFailed(
@@ -673,7 +393,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
             job_id,
             status.value,
         )
-    return Message(*row)
+    return message_of(WaitingJob(*row))
 
 
 # The sweeper's transitions -------------------------------------------------------------------
@@ -684,26 +404,22 @@ class LostJob(NamedTuple):
 
     id: int
     uid: str
+    queue: str | None
+    time_limit: float | None
+    worker: str
     attempt: int
     lease_expires_at: datetime
-    queue: str | None = None
-    time_limit: float | None = None
-
-    @property
-    def message(self) -> Message:
-        """What publishing it again needs."""
-        return Message(self.id, self.uid, self.queue, self.time_limit)
 
 
 def lost_jobs(store: JobStore, now: datetime, limit: int) -> list[LostJob]:
     """Processing jobs whose lease ran out before ``now``, oldest id first."""
-    return [LostJob(*row) for row in store.all(_LOST_JOBS, {"now": now, "limit": limit})]
+    return [LostJob(*row) for row in store.all(sql.LOST_JOBS, {"now": now, "limit": limit})]
 
 
 def requeue_lost(store: JobStore, job: LostJob, now: datetime) -> bool:
     """Put a lost job back to ``waiting``, if its attempt is still the lost one."""
     params = {"job_id": job.id, "attempt": job.attempt, "now": now, "due_at": now}
-    return store.rowcount(_REQUEUE_LOST, params) == 1
+    return store.count(sql.REQUEUE_LOST, params) == 1
 
 
 def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> Ended | None:
@@ -716,9 +432,11 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
         "status_code": 500,
         "response": error_body(message),
     }
-    ended = _FAILING_LOST.run(store, params)
-    if ended is not None:
-        announce(ended)
+    row = store.run(sql.FAIL_LOST, params)
+    if row is None:
+        return None
+    ended = Ended.from_row(row)
+    announce(ended)
     return ended
 
 
@@ -729,37 +447,32 @@ class WaitingJob(NamedTuple):
     uid: str
     queue: str | None
     time_limit: float | None
+    worker: str
     #: When it is due to run: its creation, or the end of a retry's backoff.
     due_at: datetime
-
-    @property
-    def message(self) -> Message:
-        """What publishing it again needs."""
-        return Message(self.id, self.uid, self.queue, self.time_limit)
 
 
 def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[WaitingJob]:
     """Waiting jobs due before ``due_before``, oldest id first."""
-    rows = store.all(_STALE_JOBS, {"cutoff": due_before, "limit": limit})
+    rows = store.all(sql.STALE_JOBS, {"cutoff": due_before, "limit": limit})
     return [WaitingJob(*row) for row in rows]
 
 
 def waiting_jobs(store: JobStore, after_id: int, limit: int) -> list[WaitingJob]:
     """Waiting jobs with an id above ``after_id``, whenever due, oldest id first."""
-    rows = store.all(_WAITING_JOBS, {"after_id": after_id, "limit": limit})
+    rows = store.all(sql.WAITING_JOBS, {"after_id": after_id, "limit": limit})
     return [WaitingJob(*row) for row in rows]
 
 
 def touch_waiting(store: JobStore, job_id: int) -> bool:
     """Restart a waiting job's clock (its message was just sent again)."""
-    return store.rowcount(_TOUCH_WAITING, {"job_id": job_id, "now": utcnow()}) == 1
+    return store.count(sql.TOUCH_WAITING, {"job_id": job_id, "now": utcnow()}) == 1
 
 
 # Callbacks -----------------------------------------------------------------------------------
 
 #: Longest callback status stored (the column's length).
 _CALLBACK_STATUS_LENGTH = 255
-_RECORD_CALLBACK = sa.update(Job).where(_ID).values(callback_status=sa.bindparam("callback_status"))
 
 
 def record_callback(store: JobStore, job_id: int, status: str) -> None:
@@ -773,95 +486,4 @@ def record_callback(store: JobStore, job_id: int, status: str) -> None:
         status = status.encode("utf-8", "replace").decode("utf-8")
     if len(status) > _CALLBACK_STATUS_LENGTH:
         status = status[: _CALLBACK_STATUS_LENGTH - 3] + "..."
-    store.rowcount(_RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})
-
-
-# Purge ---------------------------------------------------------------------------------------
-
-
-def age_filter(
-    ages: Mapping[JobStatus, timedelta], now: datetime | None = None
-) -> sa.ColumnElement[bool]:
-    """Jobs older than the age given for their status; statuses not named are never matched.
-
-    Finished jobs count their age from ``finished_at``, pending ones from ``created_at``.
-    """
-    now = utcnow() if now is None else now
-    by_age: dict[timedelta, list[JobStatus]] = {}
-    for status in JobStatus:
-        if status in ages:
-            by_age.setdefault(ages[status], []).append(status)
-    conditions = []
-    for age, statuses in by_age.items():
-        cutoff = now - age
-        finished = [s for s in statuses if s.finished]
-        pending = [s for s in statuses if not s.finished]
-        if finished:
-            conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
-        if pending:
-            conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
-    return sa.or_(sa.false(), *conditions)
-
-
-def purge_filter(
-    older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
-) -> sa.ColumnElement[bool]:
-    """Jobs in ``statuses`` older than ``older_than``."""
-    return age_filter(dict.fromkeys(statuses, older_than))
-
-
-def retention_filter(
-    default: Mapping[JobStatus, timedelta],
-    by_worker: Mapping[str, Mapping[JobStatus, timedelta]],
-) -> sa.ColumnElement[bool]:
-    """Jobs past their retention: the ages of ``by_worker`` for the workers it names,
-    ``default`` for the others."""
-    now = utcnow()
-    groups: dict[tuple[tuple[JobStatus, timedelta], ...], list[str]] = {}
-    for path, ages in by_worker.items():
-        groups.setdefault(tuple(sorted(ages.items())), []).append(path)
-    conditions = [
-        sa.and_(Job.worker.in_(paths), age_filter(dict(ages), now))
-        for ages, paths in groups.items()
-    ]
-    others = age_filter(default, now)
-    if by_worker:
-        others = sa.and_(Job.worker.not_in(list(by_worker)), others)
-    return sa.or_(others, *conditions)
-
-
-def finished_workers(store: JobStore) -> list[str]:
-    """The worker paths of the finished jobs, each once."""
-    query = sa.select(Job.worker).where(Job.status.in_(FINISHED_STATUSES)).distinct()
-    return [row[0] for row in store.all(query, {})]
-
-
-def count_purgeable(store: JobStore, condition: sa.ColumnElement[bool]) -> int:
-    """How many jobs :func:`purge` would delete now."""
-    query = sa.select(sa.func.count()).select_from(Job).where(condition)
-    row = store.first(query, {})
-    return 0 if row is None else int(row[0])
-
-
-def purge(
-    store: JobStore,
-    condition: sa.ColumnElement[bool],
-    *,
-    batch_size: int,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Delete the jobs ``condition`` matches (see :func:`age_filter`), ``batch_size`` at a time.
-
-    Each batch is its own short statement, so memory stays bounded and the
-    status endpoint is never blocked for long.
-
-    :returns: the number of rows deleted.
-    """
-    batch = sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size)
-    deleted = 0
-    while ids := [row[0] for row in store.all(batch, {})]:
-        # The condition again: a job retried since the SELECT is no longer to go.
-        deleted += store.rowcount(sa.delete(Job).where(Job.id.in_(ids), condition), {})
-        if progress is not None:
-            progress(deleted)
-    return deleted
+    store.count(sql.RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})

@@ -1,38 +1,40 @@
-"""Operating on jobs in bulk: purge, sweep lost and stuck jobs, retry.
+"""Operating on jobs in bulk: sweep lost and stuck jobs, retry.
 
 Every change of a row goes through ``flask_async_request.lifecycle``; this module decides
-which jobs to change. Its :func:`list_jobs`, :func:`job_stats` and :class:`JobStats` are
-``flask_async_request.reading``'s, the read side the command line and the dashboard share.
+which jobs to change. The purge is :mod:`.retention`'s, and :func:`list_jobs`,
+:func:`job_stats` and :class:`JobStats` are :mod:`.reading`'s (the read side the command
+line and the dashboard share): each is importable from here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
-
-import sqlalchemy as sa
 
 from . import lifecycle
 from .broker import publish
-from .config import Settings
-from .exceptions import EnqueueError, WorkerResolutionError
-from .lifecycle import FINISHED_STATUSES
-from .models import JobStatus, as_utc, utcnow
+from .exceptions import EnqueueError
+from .models import as_utc, utcnow
 from .reading import JobStats, job_stats, list_jobs
+from .retention import (
+    FINISHED_STATUSES,
+    PURGE_BATCH_SIZE,
+    count_expired,
+    count_purgeable,
+    purge_expired,
+    purge_jobs,
+    retention_of,
+)
 from .signals import jobs_swept
 from .state import current_flask_app, get_state
-from .worker import Worker, resolve_worker, seconds_of
 
 if TYPE_CHECKING:
     from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
 
-#: Rows deleted per transaction by :func:`purge_jobs`.
-PURGE_BATCH_SIZE = 1000
 #: Jobs looked at per kind by one :func:`sweep_jobs`.
 SWEEP_BATCH_SIZE = 500
 
@@ -53,130 +55,6 @@ __all__ = [
     "sends_messages",
     "sweep_jobs",
 ]
-
-
-def count_purgeable(
-    older_than: timedelta, statuses: Iterable[JobStatus] = FINISHED_STATUSES
-) -> int:
-    """How many jobs :func:`purge_jobs` would delete now."""
-    return lifecycle.count_purgeable(
-        get_state().store(), lifecycle.purge_filter(older_than, statuses)
-    )
-
-
-def count_expired(statuses: Iterable[JobStatus] = FINISHED_STATUSES) -> int:
-    """How many jobs :func:`purge_expired` would delete now."""
-    return lifecycle.count_purgeable(get_state().store(), _retention_filter(statuses))
-
-
-def purge_jobs(
-    older_than: timedelta,
-    statuses: Iterable[JobStatus] = FINISHED_STATUSES,
-    *,
-    batch_size: int = PURGE_BATCH_SIZE,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Delete jobs in ``statuses`` (default: finished ones) older than ``older_than``.
-
-    Finished means processed, failed or cancelled. Rows go in batches of
-    ``batch_size``, each in its own short statement, so memory stays bounded
-    and the status endpoint is never blocked for long. ``waiting`` and
-    ``processing`` jobs are kept unless ``statuses`` names them.
-
-    :param progress: called with the running total after each batch.
-    :returns: the number of rows deleted.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size is {batch_size}; expected a positive int.")
-    deleted = lifecycle.purge(
-        get_state().store(),
-        lifecycle.purge_filter(older_than, statuses),
-        batch_size=batch_size,
-        progress=progress,
-    )
-    if deleted:
-        logger.info("Purged %s jobs older than %s.", deleted, older_than)
-    return deleted
-
-
-def purge_expired(
-    statuses: Iterable[JobStatus] = FINISHED_STATUSES,
-    *,
-    batch_size: int = PURGE_BATCH_SIZE,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Delete the jobs past their retention: what the periodic purge does.
-
-    A finished job is kept for its worker class's ``retention`` (failed ones:
-    ``failed_retention``), else for ``ASYNC_REQUEST_FAILED_JOBS_EXPIRATION``
-    (failed ones) or ``ASYNC_REQUEST_JOBS_EXPIRATION``. The worker classes are
-    read now, so a changed retention applies to the jobs already stored. Pending
-    statuses, when named, are aged from their creation by the global expiration.
-
-    :returns: the number of rows deleted.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size is {batch_size}; expected a positive int.")
-    deleted = lifecycle.purge(
-        get_state().store(), _retention_filter(statuses), batch_size=batch_size, progress=progress
-    )
-    if deleted:
-        logger.info("Purged %s jobs past their retention.", deleted)
-    return deleted
-
-
-def retention_of(worker: type[Worker] | None, settings: Settings) -> dict[JobStatus, timedelta]:
-    """How long finished jobs of ``worker`` are kept, per status (``None``: no worker class)."""
-    kept = seconds_of(worker.retention, f"{worker.__qualname__}.retention") if worker else None
-    failed = (
-        seconds_of(worker.failed_retention, f"{worker.__qualname__}.failed_retention")
-        if worker
-        else None
-    )
-    finished = settings.jobs_expiration if kept is None else timedelta(seconds=kept)
-    if failed is not None:
-        failed_age = timedelta(seconds=failed)
-    elif settings.failed_jobs_expiration is not None:
-        failed_age = settings.failed_jobs_expiration
-    else:
-        failed_age = finished
-    return {
-        JobStatus.PROCESSED: finished,
-        JobStatus.CANCELLED: finished,
-        JobStatus.FAILED: failed_age,
-    }
-
-
-def _retention_filter(statuses: Iterable[JobStatus]) -> sa.ColumnElement[bool]:
-    """Jobs in ``statuses`` past their retention, worker class by worker class."""
-    settings = get_state().settings
-    chosen = set(statuses)
-
-    def ages(worker: type[Worker] | None) -> dict[JobStatus, timedelta]:
-        finished = retention_of(worker, settings)
-        return {
-            status: finished.get(status, settings.jobs_expiration)
-            for status in JobStatus
-            if status in chosen
-        }
-
-    default = ages(None)
-    by_worker = {}
-    for path in lifecycle.finished_workers(get_state().store()):
-        try:
-            worker = resolve_worker(path)
-        except WorkerResolutionError as e:
-            # A worker class removed since: its jobs are kept as long as the default.
-            logger.warning("Purging the jobs of %s with the default retention: %s", path, e)
-            continue
-        try:
-            own = ages(worker)
-        except ValueError as e:
-            logger.warning("Purging the jobs of %s with the default retention: %s", path, e)
-            continue
-        if own != default:
-            by_worker[path] = own
-    return lifecycle.retention_filter(default, by_worker)
 
 
 def unconsumed_queues(waiting_by_queue: dict[str | None, int], timeout: float = 1.0) -> list[str]:
@@ -279,7 +157,7 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
             if not sends:
                 continue
             try:
-                publish(job.message)
+                publish(lifecycle.message_of(job))
             except EnqueueError:
                 logger.exception("Job %s could not be published; the next sweep retries.", job.id)
             continue
@@ -322,7 +200,7 @@ def _send_again(store: JobStore, jobs: list[lifecycle.WaitingJob], now: datetime
     for waiting in jobs:
         later = (as_utc(waiting.due_at) - now).total_seconds()
         try:
-            publish(waiting.message, countdown=later if later > 0 else None)
+            publish(lifecycle.message_of(waiting), countdown=later if later > 0 else None)
         except EnqueueError:
             logger.exception("Job %s could not be published; the next sweep retries.", waiting.id)
             break  # The broker is down: the rest would fail the same way.

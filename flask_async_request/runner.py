@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from . import lifecycle
-from .broker import Message, publish
+from .broker import publish
 from .exceptions import (
     EnqueueError,
     InvalidJobRow,
@@ -26,8 +26,9 @@ from .exceptions import (
     WorkerResolutionError,
 )
 from .leases import keeper
-from .lifecycle import Claim, Ended, Outcome, decode_params, failure
+from .lifecycle import Claim, Ended
 from .models import JobStatus, as_utc, utcnow
+from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state
@@ -85,7 +86,7 @@ def run_job(job_id: int) -> JobStatus | None:
     try:
         ended = _run_claimed(state, store, job_id, claim)
     except Exception as e:
-        if lifecycle.out_of_reach(e):
+        if out_of_reach(e):
             raise
         logger.exception("Job %s: attempt %s failed inside the library.", job_id, claim.attempt)
         ended = _fail(
@@ -146,7 +147,7 @@ def _store_outcome(
         retry_for = state.settings.lease / 2
         return lifecycle.finish(store, job_id, attempt, run.outcome, retry_for=retry_for)
     except Exception as e:
-        if lifecycle.out_of_reach(e):
+        if out_of_reach(e):
             raise
         logger.exception("Job %s: its outcome could not be stored; failing it.", job_id)
         if run.in_session:
@@ -155,9 +156,7 @@ def _store_outcome(
             what = "The worker's reply"
         else:
             what = "The job's error"
-        return _fail(
-            store, job_id, attempt, lifecycle.storage_message(what, e, plural=run.in_session)
-        )
+        return _fail(store, job_id, attempt, storage_message(what, e, plural=run.in_session))
 
 
 def _fail(store: JobStore, job_id: int, attempt: int, message: str) -> Ended | None:
@@ -324,7 +323,7 @@ def _schedule_retry(store: JobStore, job_id: int, claim: Claim) -> JobStatus | N
         return None
     logger.info("Job %s: attempt %s failed; retrying in %.0f s.", job_id, claim.attempt, delay)
     try:
-        publish(Message(job_id, claim.uid, claim.queue, claim.time_limit), countdown=delay)
+        publish(lifecycle.message_of(claim), countdown=delay)
     except EnqueueError:
         logger.exception("Job %s: the retry could not be published; the sweeper will.", job_id)
     return JobStatus.WAITING

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from . import lifecycle
 from .exceptions import JobCancelled, StorageError
+from .outcomes import out_of_reach, storage_message
 from .signals import job_progress
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class RunContext:
             else:
                 held = lifecycle.held(self.store, self.job_id, self.attempt)
         except Exception as e:
-            if lifecycle.out_of_reach(e):
+            if out_of_reach(e):
                 logger.warning(
                     "Job %s: its progress could not be stored (%s); trying again at the next"
                     " report.",
@@ -75,9 +76,7 @@ class RunContext:
                 )
                 return
             logger.exception("Job %s: its progress could not be stored.", self.job_id)
-            raise StorageError(
-                lifecycle.storage_message("The progress report", e), self.job_id
-            ) from None
+            raise StorageError(storage_message("The progress report", e), self.job_id) from None
         if not held:
             self._cancelled = True
             raise JobCancelled(f"Job {self.job_id} was cancelled.")
@@ -92,7 +91,7 @@ class RunContext:
                 try:
                     self._cancelled = not lifecycle.held(self.store, self.job_id, self.attempt)
                 except Exception as e:
-                    if not lifecycle.out_of_reach(e):
+                    if not out_of_reach(e):
                         logger.exception("Job %s: its status could not be read.", self.job_id)
                         raise StorageError(
                             f"The job's status could not be read ({type(e).__name__};"

@@ -1,7 +1,7 @@
 """Where the jobs table is reached: pooled autocommit connections, and the status reads.
 
 Polls, claims, replies and lease renewals are single statements run many
-times per job (the writes are built in :mod:`.lifecycle`). Through the ORM
+times per job (the statements are named in :mod:`.statements`). Through the ORM
 session each would open a transaction and end it (two more round trips) and
 pay for building the statement again; here each is compiled once and, on a
 network database, runs on a connection in autocommit mode from a small pool of
@@ -17,82 +17,26 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
+from .statements import CHANNEL, INSERT, PENDING_OF, REPLY, NewRow, Statement, is_hot
+from .statements import JobReply as JobReply
 from .waiting import Waiters, wait_for
 
 if TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy.engine import Dialect, Engine
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger("flask_async_request")
 
-_Statement = TypeVar("_Statement", bound=sa.Executable)
 _Result = TypeVar("_Result")
 
-#: The statements marked with :func:`hot`, by id (each is built once, at import).
-_HOT: dict[int, sa.Executable] = {}
 
-
-def hot(statement: _Statement) -> _Statement:
-    """Mark ``statement``, built once at import, as a hot path's; it is returned as it is.
-
-    Where the store can (PostgreSQL with psycopg, autocommitted), it runs a hot
-    statement compiled once, on a raw cursor: SQLAlchemy's execution layer
-    costs a worker more CPU than a claim or a finish itself.
-    """
-    _HOT[id(statement)] = statement
-    return statement
-
-
-#: The columns of a :class:`JobReply`, in its order.
-REPLY_COLUMNS = (
-    Job.uid,
-    Job.owner,
-    Job.status,
-    Job.status_code,
-    Job.response,
-    Job.progress,
-    Job.progress_message,
-    Job.content_type,
-)
-_REPLY = sa.select(*REPLY_COLUMNS).where(Job.id == sa.bindparam("job_id"))
-
-#: Every column of a new job's row, as :meth:`JobStore.insert` takes them.
-INSERT_COLUMNS = (
-    "uid",
-    "worker",
-    "params",
-    "status",
-    "owner",
-    "idempotency_scope",
-    "callback_url",
-    "queue",
-    "time_limit",
-    "attempts",
-    "created_at",
-    "updated_at",
-    "due_at",
-)
-_INSERT = hot(
-    sa.insert(Job)
-    .values({name: sa.bindparam(name, type_=Job.__table__.c[name].type) for name in INSERT_COLUMNS})
-    .returning(Job.id)
-)
-
-#: The PostgreSQL channel on which finished and cancelled jobs are announced.
-CHANNEL = "async_request_jobs"
-
-
-#: Which of the waited-on jobs are still pending: one query for all the long polls.
-_PENDING_OF = sa.select(Job.id).where(
-    Job.id.in_(sa.bindparam("job_ids", expanding=True)),
-    Job.status.in_([JobStatus.WAITING.value, JobStatus.PROCESSING.value]),
-)
 #: Ids per query of the long polls' check.
 _CHECK_BATCH = 500
 #: Seconds an ended job's reply is shared by the requests its end woke.
@@ -218,19 +162,6 @@ def _ended_or_gone(reply: JobReply | None) -> bool:
     return reply is None or reply.status.finished
 
 
-class JobReply(NamedTuple):
-    """The columns the status endpoint reads."""
-
-    uid: str
-    owner: str | None
-    status: JobStatus
-    status_code: int | None
-    response: str | None
-    progress: float | None
-    message: str | None
-    content_type: str | None = None
-
-
 class JobStore:
     """Runs the hot paths' statements for one app in one process."""
 
@@ -245,7 +176,7 @@ class JobStore:
         self.returning = bool(engine.dialect.update_returning)
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.
-        self._reply_sql = _REPLY.compile(dialect=engine.dialect).string
+        self._reply_sql = REPLY.compile(dialect=engine.dialect).string
         self._positional = bool(engine.dialect.positional)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
@@ -378,13 +309,14 @@ class JobStore:
         finally:
             connection.close()
 
-    def insert(self, values: dict[str, Any]) -> int:
-        """Store a new job's row (all its columns in ``values``) in one statement; its id.
+    def insert(self, row: NewRow) -> int:
+        """Store a new job's row in one statement; its id.
 
         On PostgreSQL with psycopg it is a precompiled ``INSERT ... RETURNING``
         on a raw cursor, autocommitted: the submission's hot path.
         """
-        precompiled = self._hot(_INSERT)
+        values = row._asdict()
+        precompiled = self._hot(INSERT)
         if precompiled is None:
             with self.engine.begin() as conn:
                 key = conn.execute(sa.insert(Job), values).inserted_primary_key
@@ -399,7 +331,7 @@ class JobStore:
         key = id(statement)
         if key in self._precompiled:
             return self._precompiled[key]
-        if _HOT.get(key) is not statement:
+        if not is_hot(statement):
             return None
         found: _Precompiled | None
         try:
@@ -430,6 +362,48 @@ class JobStore:
             return int(self._raw(precompiled.sql, precompiled.params(params), rowcount=True))
         with self.engine.begin() as conn:
             return int(conn.execute(statement, params).rowcount)
+
+    def _form(self, statement: Statement, *, own_transaction: bool = True) -> sa.Executable:
+        """The form of ``statement`` this database runs: the one place that decides it.
+
+        PostgreSQL with psycopg announces an end in the statement itself; PostgreSQL
+        skips the WAL flush wait for a statement in a transaction of its own; a
+        database with RETURNING hands back the changed row; the others run the
+        plain UPDATE (and then read the row, see :meth:`run`).
+        """
+        if self.listen and statement.notifying is not None:
+            return statement.notifying
+        if own_transaction and self.postgresql and statement.no_wait is not None:
+            return statement.no_wait
+        if self.returning and statement.returning is not None:
+            return statement.returning
+        return statement.update
+
+    def run(self, statement: Statement, params: dict[str, Any]) -> Any:
+        """Run ``statement`` in a transaction of its own; the row it changed, if it changed one.
+
+        The row holds the statement's ``returns`` first (an announcing form adds a column).
+        """
+        form = self._form(statement)
+        if form is statement.update:
+            return self.update_then_read(statement.update, statement.read, params)
+        return self.first(form, params)
+
+    def run_in(self, session: Session, statement: Statement, params: dict[str, Any]) -> Any:
+        """Run ``statement`` in ``session``'s transaction; the row it changed, if it changed one.
+
+        The caller then commits or rolls back.
+        """
+        form = self._form(statement, own_transaction=False)
+        if form is not statement.update:
+            return session.execute(form, params).first()
+        if session.execute(form, params).rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return session.execute(statement.read, params).first()
+
+    def count(self, statement: Statement, params: dict[str, Any]) -> int:
+        """Run ``statement`` in a transaction of its own; the number of rows it changed."""
+        return self.rowcount(self._form(statement), params)
 
     def update_then_read(
         self, update: sa.Update, read: sa.Select[Any], params: dict[str, Any]
@@ -533,7 +507,7 @@ class JobStore:
         pending: set[int] = set()
         for start in range(0, len(job_ids), _CHECK_BATCH):
             batch = job_ids[start : start + _CHECK_BATCH]
-            pending.update(row[0] for row in self.all(_PENDING_OF, {"job_ids": batch}))
+            pending.update(row[0] for row in self.all(PENDING_OF, {"job_ids": batch}))
         return [job_id for job_id in job_ids if job_id not in pending]
 
     def dispose(self) -> None:

@@ -27,7 +27,8 @@ from .broker import (
 )
 from .exceptions import DatabaseUnavailable
 from .leases import keeper
-from .maintenance import purge_expired, sweep_jobs
+from .maintenance import sweep_jobs
+from .retention import purge_expired
 from .runner import run_job
 from .state import get_state
 from .webhooks import DeliveryError, deliver, give_up

@@ -46,14 +46,15 @@ from flask_async_request import (
     JobStatus,
     lifecycle,
     maintenance,
+    retention,
     runner,
     signals,
 )
 from flask_async_request.exceptions import JobFinished, JobNotFailed, JobNotFound
-from flask_async_request.lifecycle import Outcome, failure
 from flask_async_request.models import utcnow
+from flask_async_request.outcomes import Outcome, failure
 from flask_async_request.state import get_state
-from flask_async_request.store import CHANNEL
+from flask_async_request.statements import CHANNEL
 
 #: Retries allowed after a lost worker, in the machine's app.
 RETRY = 1
@@ -358,7 +359,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def purge(self, recent: bool) -> None:
         """Purge finished jobs: all of them, or only those older than an hour (none here)."""
         age = timedelta(0) if recent else timedelta(hours=1)
-        deleted = lifecycle.purge(self.store, lifecycle.purge_filter(age), batch_size=3)
+        deleted = retention.delete_matching(self.store, retention.purge_filter(age), batch_size=3)
         gone = [i for i, job in self.model.items() if job.status.finished] if recent else []
         assert deleted == len(gone)
         for job_id in gone:

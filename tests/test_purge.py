@@ -9,8 +9,8 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus, Worker
 from flask_async_request.broker import PURGE_TASK
-from flask_async_request.maintenance import count_expired, purge_expired, purge_jobs, retention_of
 from flask_async_request.models import utcnow
+from flask_async_request.retention import count_expired, purge_expired, purge_jobs, retention_of
 from flask_async_request.state import get_state
 from tests.conftest import AppFactory, add_job
 from tests.workers import KeptBriefly, KeptFailures
@@ -142,7 +142,7 @@ def test_a_job_retried_between_select_and_delete_is_kept(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The DELETE checks the condition again, so a row changed since its SELECT stays."""
-    from flask_async_request import lifecycle
+    from flask_async_request import retention
 
     old = utcnow() - timedelta(days=2)
     gone = add_job(status=JobStatus.PROCESSED, finished_at=old).id
@@ -151,5 +151,8 @@ def test_a_job_retried_between_select_and_delete_is_kept(
     store = get_state().store()
     calls = iter([[(gone,), (retried,)]])
     monkeypatch.setattr(store, "all", lambda *args: next(calls, []))
-    assert lifecycle.purge(store, lifecycle.purge_filter(timedelta(days=1)), batch_size=10) == 1
+    assert (
+        retention.delete_matching(store, retention.purge_filter(timedelta(days=1)), batch_size=10)
+        == 1
+    )
     assert {job.id for job in get_state(app).db.session.query(Job)} == {retried}

@@ -31,7 +31,7 @@ from flask_async_request import (
     signals,
     web,
 )
-from flask_async_request.lifecycle import Outcome
+from flask_async_request.outcomes import Outcome
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import hostile_values, workers

@@ -62,6 +62,23 @@ INVENTORIES = {
             # Where the class is defined, which is how the model's annotations
             # name it; SQLAlchemy documents it as sqlalchemy.orm.Mapped.
             "sqlalchemy.orm.base.Mapped": ("py:class", "orm/internals.html#sqlalchemy.orm.Mapped"),
+            # The types of a statement's forms, by the modules that define them.
+            "sqlalchemy.sql.base.Executable": (
+                "py:class",
+                "core/selectable.html#sqlalchemy.sql.expression.Executable",
+            ),
+            "sqlalchemy.sql.dml.Update": (
+                "py:class",
+                "core/dml.html#sqlalchemy.sql.expression.Update",
+            ),
+            "sqlalchemy.sql.elements.ColumnElement": (
+                "py:class",
+                "core/sqlelement.html#sqlalchemy.sql.expression.ColumnElement",
+            ),
+            "sqlalchemy.orm.attributes.QueryableAttribute": (
+                "py:class",
+                "orm/internals.html#sqlalchemy.orm.QueryableAttribute",
+            ),
         },
     ),
 }

@@ -21,8 +21,9 @@ from flask import Flask
 from flask_async_request import Job, JobStatus
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
+from flask_async_request.outcomes import Outcome
 from flask_async_request.state import get_state
-from flask_async_request.store import hot
+from flask_async_request.statements import hot
 from tests import workers
 from tests.conftest import AppFactory, add_job, poll
 from tests.integration.conftest import Stack, _environment, _start_worker
@@ -254,7 +255,7 @@ def test_claims_renewals_and_progress_do_not_wait_for_the_wal_flush(pg_app: Flas
     # The setting was the statements' own: the session's is untouched.
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
-    outcome = lifecycle.Outcome(JobStatus.PROCESSED, 200, "done")
+    outcome = Outcome(JobStatus.PROCESSED, 200, "done")
     before = _wal_syncs(store)
     for job_id in jobs:
         assert lifecycle.finish(store, job_id, 1, outcome) is not None
@@ -273,7 +274,7 @@ def _updated_at(job_id: int) -> Any:
 def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask) -> None:
     """Claim, renew, progress, check, reschedule, finish and cancel skip SQLAlchemy's
     execution layer, and come back typed as through it."""
-    from flask_async_request import lifecycle
+    from flask_async_request import lifecycle, retention
 
     store = get_state().store()
     executed: list[str] = []
@@ -294,7 +295,7 @@ def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask) -> None:
     assert lifecycle.reschedule(store, job_id, claim.attempt, utcnow())
     claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
     assert claim is not None and claim.attempt == 2
-    outcome = lifecycle.Outcome(JobStatus.PROCESSED, 201, "made")
+    outcome = Outcome(JobStatus.PROCESSED, 201, "made")
     ended = lifecycle.finish(store, job_id, claim.attempt, outcome)
     assert ended is not None
     assert ended.status is JobStatus.PROCESSED
@@ -305,7 +306,10 @@ def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask) -> None:
     other = add_job(status=JobStatus.WAITING).id
     assert lifecycle.cancel(store, other).status is JobStatus.CANCELLED
     assert len(executed) == 1
-    assert lifecycle.purge(store, lifecycle.purge_filter(timedelta(days=1)), batch_size=100) == 0
+    assert (
+        retention.delete_matching(store, retention.purge_filter(timedelta(days=1)), batch_size=100)
+        == 0
+    )
     assert len(executed) > 1
 
 

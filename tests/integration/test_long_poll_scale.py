@@ -21,8 +21,8 @@ import pytest
 from flask import Flask
 
 from flask_async_request import lifecycle
-from flask_async_request.lifecycle import Outcome
 from flask_async_request.models import JobStatus
+from flask_async_request.outcomes import Outcome
 from flask_async_request.state import get_state
 from tests.conftest import AppFactory, add_job, serving
 from tests.integration.conftest import (
