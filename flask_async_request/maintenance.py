@@ -1,9 +1,9 @@
 """Operating on jobs in bulk: sweep lost and stuck jobs, retry.
 
 Every change of a row goes through ``flask_async_request.lifecycle``; this module decides
-which jobs to change. The purge is :mod:`.retention`'s, and :func:`list_jobs`,
-:func:`job_stats` and :class:`JobStats` are :mod:`.reading`'s (the read side the command
-line and the dashboard share): each is importable from here too.
+which jobs to change. The purge is :mod:`flask_async_request.retention`'s, and
+``list_jobs``, ``job_stats`` and ``JobStats`` are :mod:`flask_async_request.reading`'s (the
+read side the command line and the dashboard share): each is importable from here too.
 """
 
 from __future__ import annotations

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from docutils import nodes
-from docutils.statemachine import StringList
-from sphinx.util.docutils import SphinxDirective
-
 from flask_async_request.config import SETTINGS, default_source
 
 
@@ -35,16 +31,21 @@ def table_lines() -> list[str]:
     return lines
 
 
-class SettingsTable(SphinxDirective):
-    """Draw the table of every setting, its default and its meaning."""
-
-    def run(self) -> list[nodes.Node]:
-        container = nodes.container()
-        source = StringList(table_lines(), source="flask_async_request/config.py")
-        self.state.nested_parse(source, self.content_offset, container)
-        return list(container.children)
-
-
 def setup(app: Any) -> dict[str, Any]:
+    # Sphinx is imported here, not at the top, so that the tests read the
+    # table's lines (table_lines) where only the dev tools are installed.
+    from docutils import nodes
+    from docutils.statemachine import StringList
+    from sphinx.util.docutils import SphinxDirective
+
+    class SettingsTable(SphinxDirective):
+        """Draw the table of every setting, its default and its meaning."""
+
+        def run(self) -> list[nodes.Node]:
+            container = nodes.container()
+            source = StringList(table_lines(), source="flask_async_request/config.py")
+            self.state.nested_parse(source, self.content_offset, container)
+            return list(container.children)
+
     app.add_directive("settings-table", SettingsTable)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
