@@ -156,7 +156,11 @@ def precompile(statement: Any, dialect: Dialect) -> Precompiled | None:
     except ValueError:
         return None
     except _CHANGED as e:
-        _changed("SQLAlchemy's SQLCompiler attributes", _ORDINARY_PATH, e)
+        _changed(
+            "SQLAlchemy's compiled statement (SQLCompiler attributes, a default's __wrapped__)",
+            _ORDINARY_PATH,
+            e,
+        )
         return None
 
 
