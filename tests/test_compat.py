@@ -309,3 +309,22 @@ def test_a_changed_redis_channel_sends_with_apply_async(
     assert sent == [(job_id,)]
     (warning,) = _warnings(caplog)
     assert "_q_for_pri" in warning and "apply_async" in warning
+
+
+def test_the_installed_releases_have_every_internal(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No fallback is needed with the releases installed: CI runs this against the newest,
+    so that a release that changes an internal fails there before it degrades a deployment."""
+    for statement in store._HOT.values():
+        compat.precompile(statement, _PG)
+    session = get_state().db.session()
+    session.execute(sa.select(1))
+    assert compat.transaction_used_connection(session.get_transaction())
+    monkeypatch.setattr(celery._state, "_on_app_finalizers", set())
+    compat.on_every_app_finalized(lambda celery_app: None)
+    compat.daemon_thread_pool.cache_clear()
+    assert compat.daemon_thread_pool().__name__ == "DaemonThreadPool"
+    assert compat.anon_nodename()
+    assert compat.redis_channel_fits(kombu.transport.redis.Channel)
+    assert _warnings(caplog) == []
