@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,10 +13,10 @@ import click
 import sqlalchemy.exc
 from flask.cli import AppGroup
 
-from . import maintenance
+from . import maintenance, reading
 from .config import format_duration, parse_duration
-from .exceptions import AsyncRequestError, JobNotFound
-from .models import Job, JobStatus, as_utc, utcnow
+from .exceptions import AsyncRequestError
+from .models import Job, JobStatus, as_utc, finite, iso_utc, utcnow
 from .state import current_flask_app, get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,15 +75,6 @@ _JSON_OPTION = click.option(
 )
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else as_utc(moment).isoformat()
-
-
-def _finite(value: float | None) -> float | None:
-    # JSON has no NaN or infinity, which a float column edited by hand may hold.
-    return value if value is None or math.isfinite(value) else None
-
-
 def _job_summary(job: Job) -> dict[str, Any]:
     """What ``list --json`` prints of each job."""
     return {
@@ -95,10 +85,10 @@ def _job_summary(job: Job) -> dict[str, Any]:
         "status_code": job.status_code,
         "attempts": job.attempts,
         "owner": job.owner,
-        "progress": _finite(job.progress),
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "progress": finite(job.progress),
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
     }
 
 
@@ -112,9 +102,9 @@ def _job_record(job: Job) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "callback_url": job.callback_url,
         "callback_status": job.callback_status,
-        "due_at": _iso(job.due_at),
-        "updated_at": _iso(job.updated_at),
-        "lease_expires_at": _iso(job.lease_expires_at),
+        "due_at": iso_utc(job.due_at),
+        "updated_at": iso_utc(job.updated_at),
+        "lease_expires_at": iso_utc(job.lease_expires_at),
     }
 
 
@@ -257,7 +247,7 @@ def sweep_command() -> None:
         )
         return
     click.echo(f"Lost workers: {result.requeued} jobs put back to wait, {result.failed} failed.")
-    click.echo(_left_to_the_web_process(maintenance.job_stats().counts[JobStatus.WAITING]))
+    click.echo(_left_to_the_web_process(reading.job_stats().counts[JobStatus.WAITING]))
 
 
 def _left_to_the_web_process(waiting: int) -> str:
@@ -285,7 +275,7 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    found = maintenance.list_jobs(
+    found = reading.list_jobs(
         [JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit
     )
     if as_json:
@@ -310,20 +300,13 @@ def list_command(
     click.echo(_table(rows))
 
 
-def _load(job_id: int) -> Job:
-    job = get_state().db.session.get(Job, job_id)
-    if job is None:
-        raise JobNotFound(job_id)
-    return job
-
-
 @cli.command("show")
 @click.argument("job_id", type=int)
 @_JSON_OPTION
 @_errors_as_messages
 def show_command(job_id: int, as_json: bool) -> None:
     """Show one job: worker, params, reply and times."""
-    job = _load(job_id)
+    job = reading.load_job(job_id)
     if as_json:
         _echo_json(_job_record(job))
         return
@@ -341,9 +324,7 @@ def show_command(job_id: int, as_json: bool) -> None:
     ]
     for name in ("created_at", "updated_at", "started_at", "finished_at"):
         moment = getattr(job, name)
-        fields.append(
-            (name.replace("_", " "), "-" if moment is None else as_utc(moment).isoformat())
-        )
+        fields.append((name.replace("_", " "), iso_utc(moment) or "-"))
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         lines = value.splitlines() or [""]
@@ -373,7 +354,7 @@ def retry_command(job_id: int) -> None:
 @_errors_as_messages
 def stats_command(as_json: bool) -> None:
     """Count jobs per status and waiting jobs per queue; say which queues no worker consumes."""
-    stats = maintenance.job_stats()
+    stats = reading.job_stats()
     unconsumed = maintenance.unconsumed_queues(stats.waiting_by_queue)
     default = get_state().celery.conf.task_default_queue
     by_queue = {queue or default: count for queue, count in stats.waiting_by_queue.items()}

@@ -57,7 +57,8 @@ def _options(client: httpx.Client | httpx.AsyncClient, step: Get) -> dict[str, A
     return {"headers": step.headers, "timeout": _timeout(client, step), "follow_redirects": False}
 
 
-def _answer(response: httpx.Response) -> Answer:
+def _answer_of(response: httpx.Response) -> Answer:
+    """What the polling steps need of an httpx response."""
     return Answer(response.status_code, response.headers, response.text)
 
 
@@ -97,7 +98,7 @@ def wait_for(
 
     def get(step: Get) -> Answer:
         try:
-            return _answer(client.get(step.url, **_options(client, step)))
+            return _answer_of(client.get(step.url, **_options(client, step)))
         except RETRIED as e:
             raise Unreachable(str(e) or type(e).__name__) from e
 
@@ -152,7 +153,7 @@ async def async_wait_for(
                 sent = None
                 continue
             try:
-                sent = _answer(await client.get(step.url, **_options(client, step)))
+                sent = _answer_of(await client.get(step.url, **_options(client, step)))
             except RETRIED as e:
                 unreachable = Unreachable(str(e) or type(e).__name__)
                 unreachable.__cause__ = e

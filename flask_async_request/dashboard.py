@@ -14,13 +14,11 @@ import dataclasses
 import hmac
 import json
 import logging
-import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from flask import (
     Blueprint,
     Flask,
@@ -37,12 +35,12 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from . import config
-from .config import parse_duration
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
 from .maintenance import retry_job
-from .models import Job, JobStatus, as_utc, unstorable, utcnow
-from .state import EXTENSION_KEY, get_state
+from .models import Job, JobStatus, as_utc, finite, iso_utc, utcnow
+from .reading import PAGE_SIZE, JobFilter, JobPage, job_page, load_job
+from .state import EXTENSION_KEY
 from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")
@@ -50,8 +48,6 @@ logger = logging.getLogger("flask_async_request")
 #: Where the dashboard's state is kept in ``app.extensions``.
 DASHBOARD_KEY = "async_request_dashboard"
 DEFAULT_URL_PREFIX = "/async-request/dashboard"
-#: Jobs on one page of the list.
-PAGE_SIZE = 50
 #: Characters of a reply or of arguments shown on a job's page; the rest is cut.
 SHOWN_CHARS = 100_000
 
@@ -170,7 +166,7 @@ def _helpers() -> dict[str, Any]:
         "csp_nonce": g.get("async_request_dashboard_nonce", ""),
         "moment": format_moment,
         "iso": format_iso,
-        "duration": format_duration,
+        "duration": format_elapsed,
         "percent": format_percent,
         "statuses": list(JobStatus),
     }
@@ -183,18 +179,23 @@ def format_moment(moment: datetime | None) -> str:
 
 def format_iso(moment: datetime | None) -> str:
     """A time in ISO 8601, in UTC, or an empty string."""
-    return "" if moment is None else as_utc(moment).isoformat()
+    return iso_utc(moment) or ""
 
 
 def format_percent(progress: float | None) -> str:
     """Progress from 0 to 1 as ``42%``; ``-`` for none (or a value edited into NaN)."""
-    if progress is None or not math.isfinite(progress):
+    progress = finite(progress)
+    if progress is None:
         return "-"
     return f"{progress * 100:.0f}%"
 
 
-def format_duration(delta: timedelta | None) -> str:
-    """A short duration: 350 ms, 12.3 s, 5m07s, 3h02m, 2d04h; ``-`` for none."""
+def format_elapsed(delta: timedelta | None) -> str:
+    """How long something took, for a reader: 350 ms, 12.3 s, 5m07s, 3h02m, 2d04h; ``-`` for none.
+
+    Under a minute it reads to the millisecond or the tenth of a second; from a
+    minute on it is ``config.format_duration``'s.
+    """
     if delta is None:
         return "-"
     seconds = max(delta.total_seconds(), 0.0)
@@ -205,163 +206,7 @@ def format_duration(delta: timedelta | None) -> str:
     return config.format_duration(delta)
 
 
-# Reading jobs ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class JobFilter:
-    """Which jobs a list shows; empty fields do not filter."""
-
-    status: JobStatus | None = None
-    #: The worker's dotted path, exactly.
-    worker: str | None = None
-    #: Only jobs created longer ago than this.
-    older_than: timedelta | None = None
-    #: Only jobs created within this.
-    newer_than: timedelta | None = None
-
-    @classmethod
-    def from_args(cls, args: Mapping[str, str]) -> JobFilter:
-        """The filter a list url asks for.
-
-        :raises ValueError: for an unknown status, a duration that does not parse, or
-            a worker with text no database takes in a query (a NUL character or a
-            lone surrogate).
-        """
-        status = args.get("status") or None
-        if status is not None and status not in {s.value for s in JobStatus}:
-            raise ValueError(
-                f"status is {status!r}; expected one of {', '.join(s.value for s in JobStatus)}."
-            )
-        older, newer = args.get("older_than") or None, args.get("newer_than") or None
-        worker = (args.get("worker") or "").strip() or None
-        reason = None if worker is None else unstorable(worker)
-        if reason is not None:
-            raise ValueError(f"worker cannot be searched for: {reason}.")
-        return cls(
-            status=None if status is None else JobStatus(status),
-            worker=worker,
-            older_than=None if older is None else parse_duration(older),
-            newer_than=None if newer is None else parse_duration(newer),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class ListedJob:
-    """What a list shows of a job: no arguments or reply, which may be large."""
-
-    id: int
-    status: JobStatus
-    worker: str
-    status_code: int | None
-    attempts: int
-    progress: float | None
-    owner: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-_LISTED = sa.select(*(getattr(Job, field.name) for field in dataclasses.fields(ListedJob)))
-
-
-@dataclasses.dataclass(frozen=True)
-class JobPage:
-    """One page of a list, newest first, with where the next pages start."""
-
-    jobs: list[ListedJob]
-    #: Pass as ``before`` for the next, older page; ``None`` on the last page.
-    older: int | None
-    #: Pass as ``after`` for the previous, newer page; ``None`` on the first page.
-    newer: int | None
-
-
-def job_page(
-    filters: JobFilter,
-    *,
-    before: int | None = None,
-    after: int | None = None,
-    size: int = PAGE_SIZE,
-) -> JobPage:
-    """A page of jobs that match ``filters``, newest (highest id) first.
-
-    Keyset paging: ``before`` gives the page of jobs just older than that id,
-    ``after`` the page just newer. Each page is one range scan of the primary key,
-    ``(status, id)`` or ``(worker, id)``, with no OFFSET and no sort; an age filter
-    first turns into an id bound with one lookup in the ``created_at`` index.
-    """
-    session = get_state().db.session
-    conditions = _conditions(session, filters)
-    if conditions is None:
-        return JobPage([], None, None)
-    if after is not None:
-        query = _LISTED.where(*conditions, Job.id > after).order_by(Job.id.asc()).limit(size + 1)
-        jobs = [ListedJob(*row) for row in session.execute(query)]
-        if len(jobs) > size:
-            jobs = jobs[:size][::-1]
-            return JobPage(jobs, older=jobs[-1].id, newer=jobs[0].id)
-        # Nothing newer beyond these: the newest page, full.
-        before = None
-    query = _LISTED.where(*conditions).order_by(Job.id.desc()).limit(size + 1)
-    if before is not None:
-        query = query.where(Job.id < before)
-    jobs = [ListedJob(*row) for row in session.execute(query)]
-    older = jobs[size - 1].id if len(jobs) > size else None
-    jobs = jobs[:size]
-    newer = jobs[0].id if before is not None and jobs else None
-    return JobPage(jobs, older=older, newer=newer)
-
-
-def _conditions(session: Any, filters: JobFilter) -> list[sa.ColumnElement[bool]] | None:
-    """The WHERE clauses of ``filters``; ``None`` when no job can match."""
-    conditions: list[sa.ColumnElement[bool]] = []
-    if filters.status is not None:
-        conditions.append(Job.status == filters.status)
-    if filters.worker is not None:
-        conditions.append(Job.worker == filters.worker)
-    now = utcnow()
-    # An age becomes a bound on id, found in the created_at index: ids grow with
-    # creation, so the page stays one range scan by id. Jobs created within the
-    # same instant by different processes may fall on either side of the bound.
-    if filters.newer_than is not None:
-        first = session.execute(
-            sa.select(Job.id)
-            .where(Job.created_at >= now - filters.newer_than)
-            .order_by(Job.created_at.asc())
-            .limit(1)
-        ).scalar()
-        if first is None:
-            return None
-        conditions.append(Job.id >= first)
-    if filters.older_than is not None:
-        last = session.execute(
-            sa.select(Job.id)
-            .where(Job.created_at < now - filters.older_than)
-            .order_by(Job.created_at.desc())
-            .limit(1)
-        ).scalar()
-        if last is None:
-            return None
-        conditions.append(Job.id <= last)
-    return conditions
-
-
-def load_job(job_id: int) -> Job:
-    """Job ``job_id`` as stored now, read by its primary key.
-
-    :raises JobNotFound: there is no such job.
-    """
-    job = (
-        get_state()
-        .db.session.execute(
-            # Read afresh even if the session holds the job from earlier in the request.
-            sa.select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
-        )
-        .scalar()
-    )
-    if job is None:
-        raise JobNotFound(job_id)
-    return job
+# One job's times and text ----------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,6 +295,7 @@ def list_view() -> Any:
         filters,
         before=request.args.get("before", type=int),
         after=request.args.get("after", type=int),
+        size=PAGE_SIZE,
     )
     return render_template(
         "async_request_dashboard/jobs.html", **context, filters=filters, page=page, error=None

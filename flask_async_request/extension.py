@@ -14,7 +14,7 @@ from .cli import cli
 from .config import load_settings
 from .dashboard import DEFAULT_URL_PREFIX, Authorize, init_dashboard
 from .models import TABLE_NAME, Job
-from .state import EXTENSION_KEY, AsyncRequestState
+from .state import EXTENSION_KEY, AsyncRequestState, get_state
 from .tasks import keep_embedded_jobs, register_tasks
 from .tokens import TokenVerifier
 from .views import blueprint
@@ -166,5 +166,9 @@ class AsyncRequest:
         )
 
     def sign_token(self, job: Job) -> str:
-        """A token for the stored ``job``, signed with the current app's settings."""
-        return web.sign_token(job)
+        """A token for the stored ``job``, signed with the current app's settings.
+
+        What :attr:`Job.token` asks for a job read from the database; a job
+        being created is signed where it is created.
+        """
+        return web.sign_token(job, get_state().settings)

@@ -1,7 +1,8 @@
-"""Operating on jobs in bulk: purge, sweep lost and stuck jobs, statistics, listing, retry.
+"""Operating on jobs in bulk: purge, sweep lost and stuck jobs, retry.
 
 Every change of a row goes through ``flask_async_request.lifecycle``; this module decides
-which jobs to change, and reads for operators.
+which jobs to change. Its :func:`list_jobs`, :func:`job_stats` and :class:`JobStats` are
+``flask_async_request.reading``'s, the read side the command line and the dashboard share.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .broker import publish
 from .config import Settings
 from .exceptions import EnqueueError, WorkerResolutionError
 from .lifecycle import FINISHED_STATUSES
-from .models import Job, JobStatus, as_utc, utcnow
+from .models import JobStatus, as_utc, utcnow
+from .reading import JobStats, job_stats, list_jobs
 from .signals import jobs_swept
 from .state import current_flask_app, get_state
 from .worker import Worker, resolve_worker, seconds_of
@@ -177,48 +179,6 @@ def _retention_filter(statuses: Iterable[JobStatus]) -> sa.ColumnElement[bool]:
     return lifecycle.retention_filter(default, by_worker)
 
 
-@dataclasses.dataclass(frozen=True)
-class JobStats:
-    """Counts for operators: see :func:`job_stats`."""
-
-    counts: dict[JobStatus, int]
-    oldest_waiting_age: timedelta | None
-    finished_last_hour: int
-    #: Waiting jobs per queue they go to (``None``: Celery's default queue).
-    waiting_by_queue: dict[str | None, int] = dataclasses.field(default_factory=dict)
-
-
-def job_stats() -> JobStats:
-    """Count jobs per status, the oldest waiting job's age and jobs finished in the last hour."""
-    session = get_state().db.session
-    now = utcnow()
-    counts = dict.fromkeys(JobStatus, 0)
-    for status, count in session.execute(
-        sa.select(Job.status, sa.func.count()).group_by(Job.status)
-    ):
-        counts[status] = count
-    oldest = session.execute(
-        sa.select(sa.func.min(Job.created_at)).where(Job.status == JobStatus.WAITING)
-    ).scalar()
-    finished = session.execute(
-        sa.select(sa.func.count())
-        .select_from(Job)
-        .where(Job.status.in_(FINISHED_STATUSES), Job.finished_at >= now - timedelta(hours=1))
-    ).scalar_one()
-    by_queue = {
-        queue: int(count)
-        for queue, count in session.execute(
-            sa.select(Job.queue, sa.func.count())
-            .where(Job.status == JobStatus.WAITING)
-            .group_by(Job.queue)
-        )
-    }
-    session.commit()
-    return JobStats(
-        counts, None if oldest is None else now - as_utc(oldest), int(finished), by_queue
-    )
-
-
 def unconsumed_queues(waiting_by_queue: dict[str | None, int], timeout: float = 1.0) -> list[str]:
     """The queues with waiting jobs that no running worker consumes, as Celery's inspect tells.
 
@@ -236,26 +196,6 @@ def unconsumed_queues(waiting_by_queue: dict[str | None, int], timeout: float = 
     answers = state.celery.control.inspect(timeout=timeout).active_queues() or {}
     consumed = {queue["name"] for queues in answers.values() for queue in queues or ()}
     return sorted(wanted - consumed)
-
-
-def list_jobs(
-    statuses: Iterable[JobStatus] = (),
-    older_than: timedelta | None = None,
-    newer_than: timedelta | None = None,
-    limit: int = 50,
-) -> list[Job]:
-    """The newest jobs first, filtered by status and by age (from ``created_at``)."""
-    session = get_state().db.session
-    query = sa.select(Job).order_by(Job.id.desc()).limit(limit)
-    statuses = list(statuses)
-    if statuses:
-        query = query.where(Job.status.in_(statuses))
-    now = utcnow()
-    if older_than is not None:
-        query = query.where(Job.created_at < now - older_than)
-    if newer_than is not None:
-        query = query.where(Job.created_at >= now - newer_than)
-    return list(session.execute(query).scalars())
 
 
 def sends_messages() -> bool:

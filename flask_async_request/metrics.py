@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,8 +33,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import signals
-from .models import Job, JobStatus, as_utc, utcnow
-from .state import get_state
+from .models import JobStatus
+from .reading import waiting_now
 
 #: Seconds buckets for run time and queue wait: 10 ms to 1 hour.
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -69,37 +68,35 @@ SWEPT = Counter(
 )
 
 _STATUS_ENDPOINTS = frozenset({"async_request.job", "async_request.job_url"})
-_WAITING = sa.select(sa.func.count(), sa.func.min(Job.due_at)).where(
-    Job.status == JobStatus.WAITING
-)
 
 # Runs started in this process, so their end can be timed: job id -> monotonic start.
 _running: dict[int, float] = {}
 
 
-def _worker(extra: dict[str, Any]) -> str:
+def _worker_path(extra: dict[str, Any]) -> str:
+    """The dotted path of the signal's worker class, the metrics' ``worker`` label."""
     return str(extra.get("worker") or "unknown")
 
 
 def _on_enqueued(sender: Flask, job_id: int, **extra: Any) -> None:
-    CREATED.labels(_worker(extra)).inc()
+    CREATED.labels(_worker_path(extra)).inc()
 
 
 def _on_started(sender: Flask, job_id: int, **extra: Any) -> None:
-    worker = _worker(extra)
-    STARTED.labels(worker).inc()
+    path = _worker_path(extra)
+    STARTED.labels(path).inc()
     if extra.get("waited") is not None:
-        WAIT_SECONDS.labels(worker).observe(max(float(extra["waited"]), 0.0))
+        WAIT_SECONDS.labels(path).observe(max(float(extra["waited"]), 0.0))
     _running[job_id] = time.monotonic()
 
 
 def _ended(status: JobStatus) -> Callable[..., None]:
     def on_end(sender: Flask, job_id: int, **extra: Any) -> None:
-        worker = _worker(extra)
-        ENDED.labels(status.value, worker).inc()
+        path = _worker_path(extra)
+        ENDED.labels(status.value, path).inc()
         started = _running.pop(job_id, None)
         if started is not None:
-            RUN_SECONDS.labels(worker).observe(time.monotonic() - started)
+            RUN_SECONDS.labels(path).observe(time.monotonic() - started)
 
     return on_end
 
@@ -134,12 +131,11 @@ class _TableCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self.app.app_context():
-            row = get_state().store().first(_WAITING, {})
-        count, oldest = (row[0], row[1]) if row is not None else (0, None)
+            count, due_for = waiting_now()
         yield GaugeMetricFamily(
             "async_request_jobs_waiting", "Jobs waiting to be claimed now.", value=count
         )
-        age = 0.0 if oldest is None else (utcnow() - as_utc(oldest)).total_seconds()
+        age = 0.0 if due_for is None else due_for.total_seconds()
         yield GaugeMetricFamily(
             "async_request_oldest_waiting_seconds",
             "How long the oldest waiting job has been due (0 when none waits).",

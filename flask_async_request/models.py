@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,26 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """``value`` in ISO 8601, in UTC (``2024-05-01T12:00:00+00:00``); ``None`` for none."""
+    return None if value is None else as_utc(value).isoformat()
+
+
+def finite(value: float | None) -> float | None:
+    """``value``, or ``None`` for none and for NaN or an infinity.
+
+    JSON has no NaN or infinity, which a float column edited by hand may hold.
+    """
+    return value if value is None or math.isfinite(value) else None
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message may echo any input."""
+    text = repr(value)
+    # The last characters kept show where the value ends (its closing quote).
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
 #: A code point that no driver can encode as UTF-8: half of a surrogate pair, alone.
@@ -203,13 +224,19 @@ class Job(_Base):
     def token(self) -> str:
         """A signed token that lets a client read this job from the status endpoint.
 
-        Signed on first use and kept on the instance, so reading it again costs
-        no query even after a commit has expired the row.
+        A job from :meth:`create_and_enqueue` holds the token signed as it was
+        created; a job read from the database is signed on first use. Either way
+        it is kept on the instance, so reading it again costs no query even after
+        a commit has expired the row.
         """
-        token: str | None = self.__dict__.get("_signed_token")
+        token: str | None = self.__dict__.get(_TOKEN_KEY)
         if token is None:
-            token = self.__dict__["_signed_token"] = self._gateway().sign_token(self)
+            token = self.__dict__[_TOKEN_KEY] = self._gateway().sign_token(self)
         return token
+
+    def keep_token(self, token: str) -> None:
+        """Keep ``token``, signed for this job, as its :attr:`token`."""
+        self.__dict__[_TOKEN_KEY] = token
 
     # A keyword-only parameter cannot stand between ``*args: P.args`` and
     # ``**kwargs: P.kwargs`` (PEP 612), so the arguments of ``execute`` are
@@ -335,6 +362,10 @@ def column_length(name: str) -> int | None:
     """The most characters column ``name`` of the jobs table holds (``None``: no set size)."""
     length: int | None = getattr(Job.__table__.c[name].type, "length", None)
     return length
+
+
+#: Where a job keeps its signed token: in the instance's own dict, not a column.
+_TOKEN_KEY = "_signed_token"
 
 
 class JobGateway(Protocol):

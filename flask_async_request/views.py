@@ -7,7 +7,6 @@ import copy
 import functools
 import json
 import logging
-import math
 import re
 from collections.abc import Iterator, Mapping
 from importlib import resources
@@ -28,6 +27,7 @@ from .exceptions import (
     JobNotFound,
 )
 from .models import Job
+from .replies import finished_body, pending_body
 from .state import get_state
 from .store import JobReply, lost_connection
 from .tokens import MAX_TOKEN_LENGTH, TokenClaims, token_from_header
@@ -49,9 +49,6 @@ class _Blueprint(Blueprint):
 
 #: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
 blueprint = _Blueprint("async_request", __name__, static_folder="static")
-
-#: Decimal places of the progress in an answer.
-PROGRESS_DIGITS = 4
 
 #: Seconds a client is asked to wait before polling again after a database outage.
 UNAVAILABLE_RETRY_AFTER = 5
@@ -132,26 +129,16 @@ def unavailable_answer() -> tuple[Response, int, dict[str, Any]]:
     )
 
 
-def _answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _reply_answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
     """202 with status and progress while pending; 200 with the stored reply when finished."""
     if not reply.status.finished:
-        # JSON has no NaN or infinity, which a float column edited by hand may hold.
-        progress = (
-            reply.progress if reply.progress is None or math.isfinite(reply.progress) else None
-        )
-        if progress is not None:
-            # A fraction of many digits says no more than four do.
-            progress = round(progress, PROGRESS_DIGITS)
-        body = {"status": reply.status.value, "progress": progress, "message": reply.message}
         headers = {"Retry-After": str(get_state().settings.retry_after)}
         if request.view_args and request.view_args.get("token"):
             # Where to poll next: this very url, for clients that only follow Location.
             headers["Location"] = request.base_url
-        return body, 202, headers
-    response: dict[str, Any] = {"status_code": reply.status_code, "body": reply.response or ""}
-    if reply.content_type:
-        response["content_type"] = reply.content_type
-    return {"status": reply.status.value, "response": response}, 200, {}
+        return pending_body(reply), 202, headers
+    body = finished_body(reply.status, reply.status_code, reply.response, reply.content_type)
+    return body, 200, {}
 
 
 # RFC 7240's grammar, in RFC 9110's terms: a preference is a token with an
@@ -254,7 +241,7 @@ def job_status(token: str | None = None) -> Any:
                 reply = waited
     except _Refusal as refusal:
         return refusal.response
-    body, status, headers = _answer(reply)
+    body, status, headers = _reply_answer(reply)
     if applied is not None:
         headers["Preference-Applied"] = f"wait={applied}"
     return body, status, headers
@@ -276,7 +263,7 @@ def cancel(token: str | None = None) -> Any:
         return error_answer("The job has finished already and cannot be cancelled.", 409)
     except JobNotFound:
         return error_answer("Job not found", 404)
-    return _answer(reply)
+    return _reply_answer(reply)
 
 
 @blueprint.errorhandler(HTTPException)

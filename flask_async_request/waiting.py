@@ -169,7 +169,7 @@ class Waiters:
                 self.wake_all()
 
 
-def wait_for(
+def read_when_done(
     waiters: Waiters,
     job_id: int,
     timeout: float,
@@ -177,7 +177,7 @@ def wait_for(
     done: Callable[[Any], bool],
     reread: Callable[[], Any] | None = None,
 ) -> Any:
-    """Wait up to ``timeout`` seconds for job ``job_id``; what ``read`` gives then.
+    """What ``read`` gives once job ``job_id`` is ``done``, waiting up to ``timeout`` seconds.
 
     ``read`` is called once before waiting (a job already done answers at
     once); ``reread`` (default ``read``) once per wake, never while nothing
@@ -197,3 +197,7 @@ def wait_for(
             if not woken.wait(remaining):
                 # The deadline: as the job is now (it may even be gone).
                 return read()
+
+
+#: The former name of :func:`read_when_done`, which the store still imports.
+wait_for = read_when_done

@@ -24,6 +24,7 @@ from sqlalchemy.orm import (
 from . import lifecycle
 from .broker import Message, publish, revoke
 from .compat import transaction_used_connection
+from .config import Settings
 from .exceptions import (
     EnqueueError,
     IdempotencyConflict,
@@ -31,7 +32,7 @@ from .exceptions import (
     InvalidIdempotencyKey,
     UnstorableValue,
 )
-from .models import Job, column_length, lone_surrogate, unstorable
+from .models import Job, column_length, lone_surrogate, short_repr, unstorable
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply, Unreachable
@@ -71,7 +72,7 @@ def check_json(value: Any, where: str = "arguments") -> None:
                     f"{where} contains a dict key {key!r} of type {type(key).__name__};"
                     " JSON object keys must be str."
                 )
-            _check_unicode(key, f"{where} key {_short(key)}")
+            _check_unicode(key, f"{where} key {short_repr(key)}")
             check_json(item, f"{where}[{key!r}]")
         return
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
@@ -101,22 +102,22 @@ def check_callback_url(url: str) -> None:
     parts = urllib.parse.urlsplit(url) if storable else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidCallbackUrl(
-            f"callback_url is {_short(url)}; expected an absolute http or https url"
+            f"callback_url is {short_repr(url)}; expected an absolute http or https url"
             " of 2,048 chars at most, with no NUL character or lone surrogate."
         )
 
 
-def _short(value: object, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: error messages may echo a client's input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
-
-
-def sign_token(job: Job) -> str:
-    """A token for the stored ``job``, signed with the current app's settings."""
+def sign_token(job: Job, settings: Settings) -> str:
+    """A token for the stored ``job``, signed with ``settings``."""
     if job.id is None:
         raise ValueError("The job has no id yet; a token can only be made for a stored job.")
-    return encode_token(job.id, job.uid, job.owner, get_state().settings)
+    return encode_token(job.id, job.uid, job.owner, settings)
+
+
+def _signed(job: Job, settings: Settings) -> Job:
+    """``job`` holding its token, signed now, while its id and uid are loaded."""
+    job.keep_token(sign_token(job, settings))
+    return job
 
 
 def _caller_transaction(session: Session) -> bool:
@@ -161,13 +162,13 @@ def create_job(
     """
     state = get_state()
     path = worker_path(worker_class)
-    worker = cast("type[Worker]", worker_class)
-    queue = worker.queue or state.settings.queue
+    checked_class = cast("type[Worker]", worker_class)
+    queue = checked_class.queue or state.settings.queue
     for name, value in (("worker", path), ("queue", queue)):
         length = column_length(name)
         if value is not None and length is not None and len(value) > length:
             raise ValueError(
-                f"The {name} name {_short(value)} is {len(value)} characters long; the jobs"
+                f"The {name} name {short_repr(value)} is {len(value)} characters long; the jobs"
                 f" table holds {length} at most."
             )
     params = {"args": list(args), "kwargs": dict(kwargs)}
@@ -193,7 +194,7 @@ def create_job(
         with unreachable:
             existing = _job_with_scope(session, scope)
         if existing is not None:
-            return _same_request(existing, path, params, idempotency_key)
+            return _signed(_same_request(existing, path, params, idempotency_key), state.settings)
     job = lifecycle.new_job(
         path,
         params,
@@ -202,7 +203,7 @@ def create_job(
         callback_url=callback_url,
         queue=queue,
         time_limit=seconds_of(
-            worker.time_limit or state.settings.time_limit,
+            checked_class.time_limit or state.settings.time_limit,
             f"{path}.time_limit",
         ),
     )
@@ -217,7 +218,7 @@ def create_job(
                 lifecycle.insert(store, job)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
-        job.token  # noqa: B018 -- signed while every column is loaded
+        _signed(job, state.settings)
         message = lifecycle.message_of(job)
         # Known to the session as the stored row it is (no INSERT at the next flush).
         make_transient_to_detached(job)
@@ -239,12 +240,13 @@ def create_job(
             existing = _job_with_scope(session, scope)
         if existing is None:
             raise
-        return _same_request(existing, path, params, idempotency_key or "")
+        return _signed(_same_request(existing, path, params, idempotency_key or ""), state.settings)
     except _REFUSED_VALUES as e:
         # The session needs a rollback now, as after any failed flush: the caller's.
         raise _refused(e) from None
     message = lifecycle.message_of(job)
-    job.token  # noqa: B018 -- signed now, while id and uid are loaded: a commit expires them
+    # Signed now, while id and uid are loaded: a commit expires them.
+    _signed(job, state.settings)
     if deferred:
         session.info.setdefault(_PENDING_KEY, []).append(message)
         return job
@@ -295,7 +297,7 @@ def idempotency_scope(key: str, owner: str | None) -> str:
         or unstorable(key, MAX_IDEMPOTENCY_KEY_LENGTH) is not None
     ):
         raise InvalidIdempotencyKey(
-            f"Idempotency-Key is {_short(key)}; expected a non-empty string of"
+            f"Idempotency-Key is {short_repr(key)}; expected a non-empty string of"
             f" {MAX_IDEMPOTENCY_KEY_LENGTH} characters at most, with no NUL character"
             " or lone surrogate."
         )

@@ -2,8 +2,10 @@
 
 Each delivery runs in its own Celery task, with retries and exponential backoff,
 so a slow or failing receiver never holds a worker up. The POST's JSON body is
-``{"job_id": ..., "status": ..., "response": {"status_code": ..., "body": ...}}``,
-signed in the `Standard Webhooks <https://www.standardwebhooks.com/>`_ format:
+``{"job_id": ..., "status": ..., "response": {"status_code": ..., "body": ...}}``
+(with the reply's ``content_type`` when the worker gave one): the status
+endpoint's answer for the finished job, with its id in front. It is signed in
+the `Standard Webhooks <https://www.standardwebhooks.com/>`_ format:
 
 * ``webhook-id``: the same for every delivery of one end of one job, so a
   receiver drops the duplicates that at-least-once delivery brings;
@@ -40,7 +42,6 @@ import hashlib
 import hmac
 import http.client
 import ipaddress
-import json
 import logging
 import socket
 import ssl
@@ -54,6 +55,7 @@ import sqlalchemy as sa
 from . import lifecycle
 from .exceptions import AsyncRequestError
 from .models import Job, JobStatus
+from .replies import callback_payload
 from .state import get_state
 
 logger = logging.getLogger("flask_async_request")
@@ -152,16 +154,6 @@ def verify_callback(
     return any(
         hmac.compare_digest(expected, candidate.encode("ascii")) for candidate in signatures.split()
     )
-
-
-def callback_payload(job_id: int, status: JobStatus, status_code: int | None, body: str) -> bytes:
-    """The JSON body announcing job ``job_id``'s end."""
-    payload = {
-        "job_id": job_id,
-        "status": status.value,
-        "response": {"status_code": status_code, "body": body},
-    }
-    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 # Where a callback may go ------------------------------------------------------------------
@@ -297,7 +289,13 @@ def post(target: Target, payload: bytes, headers: Mapping[str, str]) -> int:
 # Delivery ---------------------------------------------------------------------------------
 
 _CALLBACK = sa.select(
-    Job.callback_url, Job.uid, Job.attempts, Job.status, Job.status_code, Job.response
+    Job.callback_url,
+    Job.uid,
+    Job.attempts,
+    Job.status,
+    Job.status_code,
+    Job.response,
+    Job.content_type,
 ).where(Job.id == sa.bindparam("job_id"))
 
 
@@ -325,7 +323,7 @@ def deliver(job_id: int, attempt: int = 1) -> bool:
         target = resolve_target(
             row.callback_url, allow_private=state.settings.callback_allow_private
         )
-        payload = callback_payload(job_id, status, row.status_code, row.response or "")
+        payload = callback_payload(job_id, status, row.status_code, row.response, row.content_type)
         message = message_id(row.uid, row.attempts, status.value)
         timestamp = str(int(time.time()))
         code = post(

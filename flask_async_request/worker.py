@@ -9,7 +9,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 from .exceptions import InvalidReply, JobCancelled, WorkerResolutionError
-from .models import column_length, unstorable
+from .models import column_length, short_repr, unstorable
 
 #: Rack status names (the Rails symbols of the original gem) that differ from
 #: :class:`http.HTTPStatus` member names.
@@ -20,6 +20,9 @@ _RACK_NAMES = {
     "range_not_satisfiable": HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
     "unprocessable_content": HTTPStatus.UNPROCESSABLE_ENTITY,
 }
+
+#: Characters of a returned value that an error message about it shows.
+_ECHOED = 200
 
 
 class RunLink(Protocol):
@@ -247,7 +250,7 @@ def status_code_of(status: object) -> int:
     :raises InvalidReply: for anything else, or a code outside 100-599.
     """
     if isinstance(status, bool):
-        raise InvalidReply(f"status {_short(status)} is a bool, not an HTTP status")
+        raise InvalidReply(f"status {short_repr(status, _ECHOED)} is a bool, not an HTTP status")
     if isinstance(status, int):
         code = int(status)
     elif isinstance(status, str):
@@ -259,12 +262,12 @@ def status_code_of(status: object) -> int:
                 code = HTTPStatus[name.upper()].value
             except KeyError:
                 raise InvalidReply(
-                    f"status {_short(status)} is not a known HTTP status name"
+                    f"status {short_repr(status, _ECHOED)} is not a known HTTP status name"
                 ) from None
     else:
         raise InvalidReply(
-            f"status {_short(status)} is a {type(status).__name__}; expected an int, an"
-            " http.HTTPStatus or a status name such as 'ok'"
+            f"status {short_repr(status, _ECHOED)} is a {type(status).__name__}; expected an"
+            " int, an http.HTTPStatus or a status name such as 'ok'"
         )
     if not 100 <= code <= 599:
         raise InvalidReply(f"status {code} is outside the HTTP range 100-599")
@@ -281,12 +284,14 @@ def normalize_reply(reply: object) -> tuple[int, str, str | None]:
         holds text that no database can store (see :func:`~.models.unstorable`).
     """
     if not isinstance(reply, (tuple, list)) or len(reply) not in (2, 3):
-        raise InvalidReply(f"returned {_short(reply)}; expected a (status, body) pair")
+        raise InvalidReply(f"returned {short_repr(reply, _ECHOED)}; expected a (status, body) pair")
     status, body, *rest = reply
     content_type = rest[0] if rest else None
     if content_type is not None:
         if not isinstance(content_type, str):
-            raise InvalidReply(f"returned content type {_short(content_type)}; expected a str")
+            raise InvalidReply(
+                f"returned content type {short_repr(content_type, _ECHOED)}; expected a str"
+            )
         reason = unstorable(content_type, _CONTENT_TYPE_LENGTH)
         if reason is not None:
             raise InvalidReply(f"returned a content type that cannot be stored: {reason}")
@@ -302,11 +307,6 @@ def normalize_reply(reply: object) -> tuple[int, str, str | None]:
     if reason is not None:
         raise InvalidReply(f"returned a body that cannot be stored: {reason}")
     return code, body, content_type
-
-
-def _short(value: object, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def fraction_of(done: float, total: float | None) -> float:

@@ -68,15 +68,17 @@ FAULTS = ("none", "refused_reply", "refused_finish", "raising_receiver", "lost_c
 def _refuse_processed(real: Callable[..., Any]) -> Callable[..., Any]:
     """``lifecycle.finish`` as the database runs it when it refuses every reply."""
 
-    def finish(store: Any, job_id: int, attempt: int, outcome: Outcome) -> Any:
+    def finish(store: Any, job_id: int, attempt: int, outcome: Outcome, **options: Any) -> Any:
         if outcome.status is JobStatus.PROCESSED:
             raise sa.exc.DataError("UPDATE async_request_jobs ...", {}, Exception("refused"))
-        return real(store, job_id, attempt, outcome)
+        return real(store, job_id, attempt, outcome, **options)
 
     return finish
 
 
-def _lose_connection(store: Any, job_id: int, attempt: int, outcome: Outcome) -> Any:
+def _lose_connection(
+    store: Any, job_id: int, attempt: int, outcome: Outcome, **options: Any
+) -> Any:
     raise sa.exc.OperationalError(
         "UPDATE async_request_jobs ...", {}, Exception("gone"), connection_invalidated=True
     )
@@ -159,7 +161,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._patch = pytest.MonkeyPatch()
         self._patch.setattr(lifecycle, "queue_callback", self.callbacks.append)
         self._patch.setattr(
-            maintenance, "publish", lambda message: self.published.append(message.job_id)
+            maintenance, "publish", lambda message, **options: self.published.append(message.job_id)
         )
         self.notified: list[int] = []
         self.listener = self._listen()

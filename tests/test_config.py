@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import warnings
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +14,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flask_async_request import ConfigurationError
-from flask_async_request.config import InsecureKeyWarning
+from flask_async_request.config import (
+    DEFAULTS,
+    SETTINGS,
+    InsecureKeyWarning,
+    Settings,
+    default_source,
+    load_settings,
+)
+from flask_async_request.migrations import config_snippet
 from tests.conftest import AppFactory
 
 
@@ -169,3 +180,49 @@ def test_a_long_enough_key_does_not_warn(make_app: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", InsecureKeyWarning)
         make_app(SECRET_KEY="k" * 32)
+
+
+def docs_table_lines() -> list[str]:
+    """The reST lines of the docs' configuration table, from its Sphinx directive."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "_ext" / "settings_table.py"
+    spec = importlib.util.spec_from_file_location("settings_table", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lines: list[str] = module.table_lines()
+    return lines
+
+
+def test_each_field_of_settings_is_one_row() -> None:
+    """The rows after CELERY are the fields of Settings, in order, each naming its attribute."""
+    celery, *rows = SETTINGS.values()
+    assert (celery.key, celery.convert, celery.attribute) == ("CELERY", None, None)
+    assert [row.attribute for row in rows] == [f.name for f in dataclasses.fields(Settings)]
+    assert [row.key for row in rows] == list(DEFAULTS)
+    assert all(key == row.key for key, row in SETTINGS.items())
+
+
+def test_each_row_converts_its_own_default() -> None:
+    """Every row has a converter, and the defaults load as the converters make them."""
+    settings = load_settings({"SECRET_KEY": "k" * 32})
+    for row in list(SETTINGS.values())[1:]:
+        assert row.convert is not None and row.attribute is not None
+        if row.default is not None:
+            assert getattr(settings, row.attribute) == row.convert(row.key, row.default)
+
+
+@pytest.mark.parametrize("value", [object(), [object()]], ids=["object", "list"])
+@pytest.mark.parametrize("key", list(DEFAULTS))
+def test_each_setting_refuses_a_wrong_type_in_a_sentence(key: str, value: object) -> None:
+    """A value of no type a setting takes is refused with a sentence naming its key."""
+    with pytest.raises(ConfigurationError, match=rf"^{key} is .+; expected .+\.$"):
+        load_settings({"SECRET_KEY": "k" * 32, key: value})
+
+
+def test_docs_and_init_show_every_row() -> None:
+    """The docs' table and the snippet of init list every row with its default."""
+    table = "\n".join(docs_table_lines())
+    snippet = config_snippet()
+    for key, row in SETTINGS.items():
+        assert f"* - ``{key}``\n     - ``{default_source(row.default)}``" in table
+        assert f"# {key} = {default_source(row.default)}\n" in snippet

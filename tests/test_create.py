@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_async_request import EnqueueError, Job, JobStatus, Worker
+from flask_async_request import AsyncRequest, EnqueueError, Job, JobStatus, Worker
 from flask_async_request.state import get_state
 from tests import workers
 from tests.conftest import AppFactory
@@ -156,3 +156,30 @@ def test_broker_down_keeps_the_row_and_raises(make_app: AppFactory) -> None:
         job = get_state().db.session.get(Job, info.value.job_id)
         assert job is not None
         assert job.status is JobStatus.WAITING
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_a_new_job_holds_its_token_signed_where_it_was_created(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, commit: bool
+) -> None:
+    """create_and_enqueue signs the token itself: the job never asks the extension for one."""
+
+    def refuse(self: Any, job: Job) -> str:
+        raise AssertionError("a new job's token was signed on first use")
+
+    monkeypatch.setattr(AsyncRequest, "sign_token", refuse)
+    job = Job.create_and_enqueue(workers.Echo, 1, commit=commit)
+    claims = get_state().verify_token(job.token)
+    assert (claims.job_id, claims.uid) == (job.id, job.uid)
+
+
+def test_a_job_read_from_the_database_is_signed_on_first_use(app: Flask) -> None:
+    """Job.token works on a job a query loads, signed with the app's settings."""
+    created = Job.create_and_enqueue(workers.Echo, 1)
+    job_id, uid = created.id, created.uid
+    session = get_state().db.session
+    session.expunge_all()
+    loaded = session.get(Job, job_id)
+    assert loaded is not None
+    claims = get_state().verify_token(loaded.token)
+    assert (claims.job_id, claims.uid) == (job_id, uid)

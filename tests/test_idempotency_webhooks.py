@@ -23,7 +23,7 @@ from flask_async_request.webhooks import (
     verify_callback,
 )
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job
+from tests.conftest import SECRET, AppFactory, add_job, poll
 
 
 def _count() -> int:
@@ -141,6 +141,48 @@ def test_processed_job_calls_back_signed(app: Flask, receiver: Receiver) -> None
         "response": {"status_code": 200, "body": job.response},
     }
     assert verify_callback(body, headers, key=SECRET)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [201, '{"id": 7}', "application/json"],
+        ["bad_request", "no"],
+        [200, None],
+    ],
+)
+def test_callback_payload_is_the_poll_body_with_the_job_id(
+    app: Flask, receiver: Receiver, reply: list[object]
+) -> None:
+    """The callback payload is the finished poll body with the job id in front."""
+    job = Job.create_and_enqueue(workers.ReturnValue, reply, callback_url=receiver.url)
+    receiver.wait()
+    body, _ = receiver.calls[0]
+    polled = poll(app.test_client(), job.token)
+    assert polled.status_code == 200
+    assert json.loads(body) == {"job_id": job.id, **polled.json}
+
+
+def test_callback_payload_bytes(app: Flask, receiver: Receiver) -> None:
+    """The payload is compact JSON in a fixed order: job_id, status, then the response."""
+    job = Job.create_and_enqueue(
+        workers.ReturnValue, [201, "ok", "text/plain"], callback_url=receiver.url
+    )
+    receiver.wait()
+    assert receiver.calls[0][0] == (
+        b'{"job_id":%d,"status":"processed","response":{"status_code":201,"body":"ok",'
+        b'"content_type":"text/plain"}}' % job.id
+    )
+
+
+def test_a_failed_job_calls_back_with_its_poll_body(app: Flask, receiver: Receiver) -> None:
+    """A failed job's callback carries what its poll answers: status failed, 500, the error."""
+    job = Job.create_and_enqueue(workers.Boom, callback_url=receiver.url)
+    receiver.wait()
+    payload = json.loads(receiver.calls[0][0])
+    assert payload == {"job_id": job.id, **poll(app.test_client(), job.token).json}
+    assert payload["status"] == "failed"
+    assert payload["response"]["status_code"] == 500
 
 
 def test_signature_checks(app: Flask, receiver: Receiver) -> None:

@@ -75,11 +75,13 @@ def refuse_finish(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[Outcome
         real = lifecycle.finish
         tried: list[Outcome] = []
 
-        def finish(store: JobStore, job_id: int, attempt: int, outcome: Outcome) -> Any:
+        def finish(
+            store: JobStore, job_id: int, attempt: int, outcome: Outcome, **options: Any
+        ) -> Any:
             tried.append(outcome)
             if refused(outcome):
                 raise error if error is not None else _database_error()
-            return real(store, job_id, attempt, outcome)
+            return real(store, job_id, attempt, outcome, **options)
 
         monkeypatch.setattr(lifecycle, "finish", finish)
         return tried

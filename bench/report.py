@@ -1,0 +1,414 @@
+"""The benchmark's report: ratios against the targets, the table and the results page.
+
+Reads the raw figures of ``results.json`` (one entry per run) and renders them: the table
+printed and shown on the page, and the page itself from ``templates/page.rst``, with the
+long-poll section from ``templates/long_polls.rst`` and ``longpoll.json``. The chart is
+``bench.chart``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import string
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.harness import GUNICORN, HERE, MODULES, SYSTEMS
+from bench.scenarios import LONG_WAIT, WARM_UP_JOBS
+
+TEMPLATES = HERE / "templates"
+LABELS = {
+    "bare": "bare Flask",
+    "peer": "peer",
+    "peer-db": "peer-db",
+    "far": "flask-async-request",
+}
+
+#: flask-async-request's figure over the peer's ("_vs_peer"), over bare Flask's ("_vs_bare"),
+#: or its own; keys ending in "_max" are upper bounds, the others lower bounds.
+TARGETS = {
+    "poll_pending_vs_peer": 1.0,
+    "poll_pending_vs_bare": 0.6,
+    "poll_finished_vs_peer": 1.1,
+    "poll_finished_vs_bare": 0.6,
+    "submit_vs_peer": 1.0,
+    "e2e_median_vs_peer_max": 1.0,
+    "e2e_wait_median_vs_peer_max": 0.8,
+    "throughput_vs_peer": 1.0,
+    "web_rss_vs_peer_max": 1.1,
+    "worker_rss_vs_peer_max": 1.1,
+    "poll_1m_vs_10k_max": 1.1,
+    "purge_seconds_max": 60,
+    "purge_peak_mb_max": 200,
+}
+
+
+# --- figures and ratios ----------------------------------------------------------------------
+
+
+def web_mb(run: dict[str, Any], name: str) -> float:
+    """The web figure: the largest peak RSS among the system's gunicorn workers."""
+    return max(run["rss_mb"]["web"][name])
+
+
+def worker_mb(run: dict[str, Any], name: str) -> float:
+    """The worker figure: the burst worker's main process and pool children, summed."""
+    rss = run["rss_mb"]["worker"][name]
+    return float(rss["main"] + sum(rss["pool"]))
+
+
+def ratios(r: dict[str, Any], rows: int, peer: str = "peer") -> dict[str, float]:
+    """One run's ratios, the ``_vs_peer`` ones against ``peer`` (peer or peer-db)."""
+
+    def rps(figure: str, system: str) -> float:
+        return float(r[figure][system]["rps"])
+
+    e2e, by_rows = r["end_to_end"], r["poll_by_rows"]
+    return {
+        "poll_pending_vs_peer": rps("poll_pending", "far") / rps("poll_pending", peer),
+        "poll_pending_vs_bare": rps("poll_pending", "far") / rps("poll_pending", "bare"),
+        "poll_finished_vs_peer": rps("poll_finished", "far") / rps("poll_finished", peer),
+        "poll_finished_vs_bare": rps("poll_finished", "far") / rps("poll_finished", "bare"),
+        "submit_vs_peer": rps("submit", "far") / rps("submit", peer),
+        "e2e_median_vs_peer_max": e2e["far"]["median_ms"] / e2e[peer]["median_ms"],
+        "e2e_wait_median_vs_peer_max": e2e["far-wait"]["median_ms"] / e2e[peer]["median_ms"],
+        "throughput_vs_peer": r["throughput"]["far"] / r["throughput"][peer],
+        "web_rss_vs_peer_max": web_mb(r, "far") / web_mb(r, peer),
+        "worker_rss_vs_peer_max": worker_mb(r, "far") / worker_mb(r, peer),
+        "poll_1m_vs_10k_max": by_rows[str(rows)]["p50_ms"] / by_rows["10000"]["p50_ms"],
+        "purge_seconds_max": r["purge"]["seconds"],
+        "purge_peak_mb_max": r["purge"]["peak_rss_mb"],
+    }
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Minimum, median and maximum."""
+    return min(values), statistics.median(values), max(values)
+
+
+def ratio_spreads(results: dict[str, Any], peer: str = "peer") -> dict[str, tuple[float, ...]]:
+    each = [ratios(r, results["rows"], peer) for r in results["runs"]]
+    return {key: spread([q[key] for q in each]) for key in TARGETS}
+
+
+def met(name: str, value: float) -> bool:
+    target = TARGETS[name]
+    return value <= target if name.endswith("_max") else value >= target
+
+
+def median_of(results: dict[str, Any], figure: Callable[[dict[str, Any]], float]) -> float:
+    return statistics.median(figure(r) for r in results["runs"])
+
+
+def table(results: dict[str, Any]) -> list[list[str]]:
+    vs_peer, vs_peer_db = ratio_spreads(results), ratio_spreads(results, "peer-db")
+    big = f"{results['rows']:,}"
+    workers = tuple(MODULES)
+
+    def med(figure: Callable[[dict[str, Any]], float], digits: int = 0) -> str:
+        return f"{median_of(results, figure):,.{digits}f}"
+
+    def per_system(
+        figure: Callable[[dict[str, Any], str], float], systems: tuple[str, ...] = SYSTEMS
+    ) -> list[str]:
+        """The median of ``figure`` for each system of ``systems``; blank for the others."""
+
+        def of(system: str) -> Callable[[dict[str, Any]], float]:
+            return lambda r: figure(r, system)
+
+        return [med(of(system)) if system in systems else "" for system in SYSTEMS]
+
+    def rps(figure: str) -> list[str]:
+        return per_system(lambda r, system: r[figure][system]["rps"])
+
+    def ratio(values: tuple[float, ...]) -> str:
+        low, middle, high = values
+        if len(results["runs"]) == 1:
+            return f"{middle:.2f}"
+        return f"{low:.2f} / {middle:.2f} / {high:.2f}"
+
+    def row(label: str, cells: list[str], key: str) -> list[str]:
+        sign = "<=" if key.endswith("_max") else ">="
+        versus = "x bare" if "_vs_bare" in key else "x peer" if "_vs_peer" in key else ""
+        shown = "" if key.startswith("purge") else ratio(vs_peer[key])
+        against_db = ratio(vs_peer_db[key]) if "_vs_peer" in key else ""
+        verdict = "yes" if met(key, vs_peer[key][1]) else "NO"
+        return [label, *cells, shown, f"{sign} {TARGETS[key]}{versus}", verdict, against_db]
+
+    def e2e(way: str, field: str = "median_ms") -> str:
+        return med(lambda r: r["end_to_end"][way][field], 1)
+
+    def only_far(cell: str) -> list[str]:
+        return ["", "", "", cell]
+
+    def by_rows(rows: str) -> str:
+        return med(lambda r: r["poll_by_rows"][rows]["p50_ms"], 2)
+
+    blank = ["", "", "", ""]
+    header = ["figure", *(LABELS[s] for s in SYSTEMS), "ratio", "target", "met"]
+    return [
+        [*header, "ratio to peer-db"],
+        row("poll, pending job (req/s)", rps("poll_pending"), "poll_pending_vs_peer"),
+        row("poll, pending job vs bare", blank, "poll_pending_vs_bare"),
+        row("poll, finished job (req/s)", rps("poll_finished"), "poll_finished_vs_peer"),
+        row("poll, finished job vs bare", blank, "poll_finished_vs_bare"),
+        row("submissions (req/s)", rps("submit"), "submit_vs_peer"),
+        row(
+            "end-to-end median, polling (ms)",
+            ["", e2e("peer"), e2e("peer-db"), e2e("far")],
+            "e2e_median_vs_peer_max",
+        ),
+        [
+            "end-to-end p95, polling (ms)",
+            *("", e2e("peer", "p95_ms"), e2e("peer-db", "p95_ms"), e2e("far", "p95_ms")),
+            *blank,
+        ],
+        row(
+            f"end-to-end median, Prefer: wait={LONG_WAIT} (ms)",
+            only_far(e2e("far-wait")),
+            "e2e_wait_median_vs_peer_max",
+        ),
+        ["end-to-end p95, Prefer: wait (ms)", *only_far(e2e("far-wait", "p95_ms")), *blank],
+        row(
+            f"worker throughput, burst of {results['burst']:,} (jobs/s)",
+            per_system(lambda r, system: r["throughput"][system], workers),
+            "throughput_vs_peer",
+        ),
+        row("web process peak RSS (MB)", per_system(web_mb), "web_rss_vs_peer_max"),
+        row("worker peak RSS (MB)", per_system(worker_mb, workers), "worker_rss_vs_peer_max"),
+        row(
+            f"poll p50 at 10,000 / {big} rows (ms)",
+            only_far(f"{by_rows('10000')} / {by_rows(str(results['rows']))}"),
+            "poll_1m_vs_10k_max",
+        ),
+        row(
+            f"purge of {big} rows (s)",
+            only_far(med(lambda r: r["purge"]["seconds"], 1)),
+            "purge_seconds_max",
+        ),
+        row(
+            "purge peak memory (MB)",
+            only_far(med(lambda r: r["purge"]["peak_rss_mb"])),
+            "purge_peak_mb_max",
+        ),
+    ]
+
+
+def render(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    lines = [rule, line(rows[0]), rule]
+    lines += [line([c or ".." for c in row]) for row in rows[1:]]
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+# --- the page --------------------------------------------------------------------------------
+
+
+def template(name: str) -> string.Template:
+    """The page template ``templates/<name>.rst``; its ``$name`` fields are filled in."""
+    return string.Template((TEMPLATES / f"{name}.rst").read_text())
+
+
+#: Why a target can fail, in this design; shown for the targets a run misses.
+REASONS = {
+    "poll_pending_vs_peer": (
+        "A poll verifies a JWT and reads one row by primary key from PostgreSQL; the peer's"
+        " view reads one Redis key (three times over while a task is pending: ready(),"
+        " successful(), ready())."
+    ),
+    "poll_pending_vs_bare": (
+        "The bare view does no I/O at all; a poll verifies a JWT (cached after its first"
+        " check) and reads one row by primary key from PostgreSQL. In process, with Flask's"
+        " test client, that read is about 180 us of a poll's 500-620 us, bare Flask's view"
+        " 170-250 us, and this library's own Python the rest, about 70 us."
+    ),
+    "poll_finished_vs_peer": (
+        "A finished poll returns the stored reply in its JSON envelope, read from PostgreSQL;"
+        " the peer reads one small Redis value. Both are one round trip; the rest is Python"
+        " on the same cores as the load generator."
+    ),
+    "poll_finished_vs_bare": (
+        "The bare view does no I/O at all; a finished poll verifies a JWT, reads one row from"
+        " PostgreSQL and returns the stored reply: the read is the cost, as for a pending"
+        " poll."
+    ),
+    "submit_vs_peer": (
+        "A submission makes the job durable before answering: one INSERT, committed at once,"
+        " that waits for PostgreSQL's WAL flush, then one Redis LPUSH of the job's message."
+        " Neither peer stores anything until a worker runs the task; their publish goes"
+        " through Celery's apply_async. ``python -m bench.floor`` times the round trips on"
+        " this machine: the durable INSERT alone costs about twice the LPUSH. The durable row"
+        " is what lets a reply outlive restarts and a job never be lost; the cost shrinks"
+        " with a faster disk, or with synchronous_commit = off, which gives up that"
+        " durability. py-spy on a gunicorn worker under wrk's submissions: 28% of its"
+        " samples in the INSERT (23% in psycopg's execute, sending and waiting), 20% in the"
+        " publish (15% in redis-py's LPUSH), about 5% in the ORM's handing back of the Job"
+        " and 3% in the JWT; the INSERT is what the peers do not pay."
+    ),
+    "e2e_median_vs_peer_max": (
+        "A job's round trip includes its durable submission and two more statements in the"
+        " worker: the claim, which does not wait for the WAL flush, and the reply, which"
+        " does."
+    ),
+    "e2e_wait_median_vs_peer_max": (
+        "A long poll takes the polling interval out of the round trip, but not the durable"
+        " submission or the worker's claim and durable reply. The answer leaves when the"
+        " ending statement's NOTIFY reaches the web process's listener and the row is read"
+        " once more."
+    ),
+    "throughput_vs_peer": (
+        "Each job costs two statements in the worker: the atomic claim (which makes"
+        " duplicate deliveries harmless; it does not wait for the WAL flush) and the stored"
+        " reply, a durable commit that also sends the NOTIFY waking long polls. The peer"
+        " writes its result to Redis, and peer-db commits one row per task to PostgreSQL."
+        " All three go through the same Celery machinery. Both statements run precompiled"
+        " on a raw cursor; in process a job's claim and reply cost a worker about 300 us of"
+        " CPU and 750 us of wall time, nearly all of it the two round trips and"
+        " PostgreSQL's work on them (each changes the indexed status column, so each"
+        " UPDATE writes a new entry in every index of the table)."
+    ),
+    "web_rss_vs_peer_max": (
+        "A web process of flask-async-request loads Flask-SQLAlchemy, SQLAlchemy's ORM, the"
+        " psycopg driver and a JWT library besides Celery, and keeps a pool of database"
+        " connections; once a client long-polls it also runs a listener thread on a"
+        " connection of its own. The peer's web process loads Celery and its Redis client."
+        " Measured by importing them in turn in the benchmark's venv: Flask, Celery and"
+        " Redis take a process to 46 MB; SQLAlchemy's ORM with Flask-SQLAlchemy add 17 MB,"
+        " psycopg 11 MB, PyJWT 1 MB and this library with the app 3 MB. The SQL stack is"
+        " the difference, and peer-db carries the same."
+    ),
+    "worker_rss_vs_peer_max": (
+        "Each process of a flask-async-request worker loads the Flask app with"
+        " Flask-SQLAlchemy, SQLAlchemy's ORM and psycopg, and each pool child opens a"
+        " connection pool of its own; the peer's worker loads Celery and its Redis client."
+        " As for the web process, SQLAlchemy's ORM and psycopg are 28 MB of each of the"
+        " three processes."
+    ),
+    "poll_1m_vs_10k_max": (
+        "The lookup is by primary key: a million rows add at most one B-tree level; a miss"
+        " here is within the ratio's run-to-run spread, which the min / median / max shows."
+    ),
+    "purge_seconds_max": "The purge deletes in batches of short transactions.",
+    "purge_peak_mb_max": "The purge holds one batch of ids at a time.",
+}
+
+
+def analysis(results: dict[str, Any]) -> str:
+    vs_peer, vs_peer_db = ratio_spreads(results), ratio_spreads(results, "peer-db")
+    missed = [key for key in TARGETS if not met(key, vs_peer[key][1])]
+    if not missed:
+        return "Every target held on the median of the runs."
+
+    def figure(key: str) -> str:
+        low, middle, high = vs_peer[key]
+        shown = f"{middle:.2f}" if low == high else f"{middle:.2f}, {low:.2f} to {high:.2f}"
+        if "_vs_peer" in key:
+            shown += f"; {vs_peer_db[key][1]:.2f} against peer-db"
+        return shown
+
+    return "\n".join(f"* ``{key}`` ({figure(key)}): {REASONS[key]}" for key in missed)
+
+
+def reading(runs: int) -> str:
+    """How to read the table of ``runs`` runs."""
+    text = (
+        "A ratio is flask-async-request's figure over the other system's (over bare Flask's"
+        ' in the rows "vs bare").'
+    )
+    if runs > 1:
+        text = (
+            f"Each system's figure is its median over the {runs} runs. {text} It is given as"
+            " the minimum / median / maximum of its values in the runs; a target is met when"
+            " the median meets it."
+        )
+    text += (
+        ' "ratio to peer-db" is the same ratio against peer-db, for comparison; the targets'
+        " are not set against it."
+    )
+    return textwrap.fill(text, width=92)
+
+
+def page(results: dict[str, Any], rows: list[list[str]]) -> str:
+    count = len(results["runs"])
+    several = count > 1
+    return template("page").substitute(
+        gunicorn=" ".join(GUNICORN),
+        table=render(rows),
+        cpus=results["machine"]["cpus"],
+        python=results["machine"]["python"],
+        postgresql=results["machine"]["postgresql"],
+        redis=results["machine"]["redis"],
+        **results["load"],
+        samples=results["samples"],
+        warm_up=WARM_UP_JOBS,
+        wait=LONG_WAIT,
+        burst=f"{results['burst']:,}",
+        rows=f"{results['rows']:,}",
+        when=results["when"],
+        runs_text=f"{count} runs" if several else "one run",
+        reading=reading(count),
+        analysis=analysis(results),
+        long_polls=long_polls(HERE / "longpoll.json"),
+    )
+
+
+def long_polls(path: Path) -> str:
+    """The section of ``bench.longpoll``'s last runs, as ``--json`` wrote them."""
+    if not path.exists():
+        return ""
+    found = json.loads(path.read_text())
+    # Runs written before gevent was measured too were all gthread, with no floor.
+    for run in found["runs"]:
+        run.setdefault("server", "gthread")
+    servers = list(dict.fromkeys(run["server"] for run in found["runs"]))
+    by_server = {name: [r for r in found["runs"] if r["server"] == name] for name in servers}
+
+    def spread(pick: Callable[[dict[str, Any]], float], digits: int = 0) -> list[str]:
+        cells = []
+        for runs in by_server.values():
+            values = [pick(run) for run in runs]
+            middle = statistics.median(values)
+            cells.append(
+                f"{middle:,.{digits}f} ({min(values):,.{digits}f} - {max(values):,.{digits}f})"
+            )
+        return cells
+
+    rows = [
+        ["figure", *(f"{name}: median (min - max)" for name in servers)],
+        ["waiters, each holding Prefer: wait=60", *spread(lambda r: r["waiters"])],
+        ["answered, p50 after the job's end (ms)", *spread(lambda r: r["answer_ms"]["p50"])],
+        ["answered, p99 after the job's end (ms)", *spread(lambda r: r["answer_ms"]["p99"])],
+        ["answered, last after the job's end (ms)", *spread(lambda r: r["answer_ms"]["max"])],
+        ["5xx answers", *spread(lambda r: r["server_errors"])],
+        ["plain polls alone, p99 (ms)", *spread(lambda r: r["plain_alone_ms"]["p99"], 1)],
+        [
+            "plain polls beside the waiters, p99 (ms)",
+            *spread(lambda r: r["plain_beside_ms"]["p99"], 1),
+        ],
+        [
+            "database connections of the web process",
+            *spread(lambda r: r["database_connections"]),
+        ],
+    ]
+    if all("floor" in run for run in found["runs"]):
+        rows += [
+            [
+                "floor: bare Flask, as many held requests released, p50 (ms)",
+                *spread(lambda r: r["floor"]["answer_ms"]["p50"]),
+            ],
+            ["floor: p99 (ms)", *spread(lambda r: r["floor"]["answer_ms"]["p99"])],
+            ["floor: last (ms)", *spread(lambda r: r["floor"]["answer_ms"]["max"])],
+        ]
+    runs = len(next(iter(by_server.values())))
+    return template("long_polls").substitute(
+        when=found["when"], python=found["python"], runs=runs, table=render(rows)
+    )
