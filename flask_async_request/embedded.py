@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -14,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery._state import _set_task_join_will_block
+
+from .compat import daemon_thread_pool
 
 logger = logging.getLogger("flask_async_request")
 
@@ -96,7 +95,7 @@ class EmbeddedWorker:
             controller = WorkController(
                 app=self.celery_app,
                 hostname=f"embedded-{os.getpid()}@{socket.gethostname()}",
-                pool=_daemon_thread_pool(),
+                pool=daemon_thread_pool(),
                 concurrency=self.concurrency,
                 without_heartbeat=True,
                 without_mingle=True,
@@ -110,9 +109,6 @@ class EmbeddedWorker:
             # Publishing before the consumer is up is safe (the message waits in
             # the in-memory queue), but waiting makes start-up errors visible here.
             ready.wait(timeout=10)
-            # Starting a pool marks the whole process as a worker, where
-            # AsyncResult.get() is refused; the web process is not one.
-            _set_task_join_will_block(False)
             self._controller, self._pid = controller, os.getpid()
             logger.warning(
                 "flask-async-request runs jobs in an embedded worker inside this process because"
@@ -165,7 +161,10 @@ class EmbeddedWorker:
                 # Its consuming thread ends by itself within Celery's poll
                 # timeout (2 s): a daemon thread, not waited for.
                 self._controller.stop(in_sighandler=False)
-                finished = pool is None or pool.wait_idle(timeout)
+                # Celery's own pool, the fallback, has no wait_idle: its stop
+                # waited for its jobs.
+                wait_idle = getattr(pool, "wait_idle", None)
+                finished = wait_idle is None or wait_idle(timeout)
                 if not finished and self._give_up is not None:
                     try:
                         self._give_up()
@@ -174,83 +173,3 @@ class EmbeddedWorker:
                 if self._sweeper is not None:
                     self._sweeper.join(max(deadline - time.monotonic(), 0.1))
             self._controller = self._sweeper = self._pid = None
-
-
-class _Applied:
-    """What the pool gives Celery for a job handed to it (Celery keeps a weak reference)."""
-
-    __slots__ = ("__weakref__",)
-
-
-@functools.cache
-def _daemon_thread_pool() -> type:
-    """A Celery pool of daemon threads, so an exiting process does not wait for its jobs.
-
-    Celery's own thread pool is a ``ThreadPoolExecutor``, whose threads the
-    interpreter joins at exit: a reload or Ctrl+C would wait for every running
-    job to end. Made on first use, for the cost of importing Celery's pools.
-    """
-    from celery.concurrency.base import BasePool, apply_target
-
-    class DaemonThreadPool(BasePool):  # type: ignore[misc]
-        body_can_be_buffer = True
-        signal_safe = False
-
-        def on_start(self) -> None:
-            self._tasks: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-            self._changed = threading.Condition()
-            self._busy = 0
-            self._closed = False
-            self._threads = [
-                threading.Thread(target=self._serve, name="flask-async-request-job", daemon=True)
-                for _ in range(self.limit)
-            ]
-            for thread in self._threads:
-                thread.start()
-
-        def _serve(self) -> None:
-            while (task := self._tasks.get()) is not None:
-                with self._changed:
-                    if self._closed:
-                        return
-                    self._busy += 1
-                try:
-                    apply_target(*task)
-                except Exception:
-                    logger.exception("The embedded worker's pool could not run a task.")
-                finally:
-                    with self._changed:
-                        self._busy -= 1
-                        self._changed.notify_all()
-
-        def on_apply(
-            self,
-            target: Callable[..., Any],
-            args: tuple[Any, ...] | None = None,
-            kwargs: dict[str, Any] | None = None,
-            callback: Callable[..., Any] | None = None,
-            accept_callback: Callable[..., Any] | None = None,
-            **_: Any,
-        ) -> _Applied:
-            self._tasks.put((target, args, kwargs, callback, accept_callback))
-            return _Applied()
-
-        def on_stop(self) -> None:
-            # Jobs handed over but not started stay waiting in the table, where
-            # the next start's recovery finds them.
-            with self._changed:
-                self._closed = True
-            for _ in self._threads:
-                self._tasks.put(None)
-
-        def wait_idle(self, timeout: float) -> bool:
-            """Wait up to ``timeout`` seconds for the running jobs; whether none runs."""
-            with self._changed:
-                return self._changed.wait_for(lambda: self._busy == 0, timeout)
-
-        def _get_info(self) -> dict[str, Any]:
-            info: dict[str, Any] = super()._get_info()
-            info.update({"max-concurrency": self.limit, "threads": len(self._threads)})
-            return info
-
-    return DaemonThreadPool

@@ -29,8 +29,9 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
-from celery.utils.nodenames import anon_nodename
 from kombu.utils.functional import retry_over_time
+
+from .compat import anon_nodename, redis_channel_fits, redis_client, redis_list
 
 #: The transports whose channels push to a Redis list per queue.
 _REDIS_TRANSPORTS = frozenset({"redis", "rediss"})
@@ -55,7 +56,7 @@ class RedisSender:
         self._connection = connection
         # The channel's own client class and pool: its URL, password, TLS and
         # key prefix settings apply, as they do to apply_async.
-        self._client = channel._create_client()
+        self._client = redis_client(channel)
         # Each push is tried once by the client, on a pooled connection or a new
         # one, and retried here as Celery's publish retry policy says: retries
         # of the client's own, inside each of these, would multiply the
@@ -68,7 +69,7 @@ class RedisSender:
         # What kombu's publish takes for what the policy leaves out.
         self._policy = {"interval_start": 1, "interval_step": 1, "interval_max": 1, **policy}
         self._errors = (redis.ConnectionError, redis.TimeoutError)
-        self._key = channel._q_for_pri
+        self._key = redis_list(channel)
         self._origin = anon_nodename()
         # The pool refuses more connections than its size instead of waiting for
         # one: threads (or greenlets) past it wait here for their turn.
@@ -90,7 +91,7 @@ class RedisSender:
     ) -> None:
         """Push the message that runs ``task_name(argument)`` with id ``task_id`` onto ``queue``."""
         body = json.dumps([[argument], {}, _EMBED]).encode()
-        headers = {
+        headers: dict[str, Any] = {
             "lang": "py",
             "task": task_name,
             "id": task_id,
@@ -242,7 +243,7 @@ def _plain(celery_app: Celery) -> bool:
         if not isinstance(transport, str) or transport not in _REDIS_TRANSPORTS:
             return False
         channel_class = probe.transport.Channel
-    return hasattr(channel_class, "_create_client") and hasattr(channel_class, "_q_for_pri")
+    return redis_channel_fits(channel_class)
 
 
 def _direct(celery_app: Celery, queue: str) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
+from .compat import Precompiled, precompile
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
 from .statements import CHANNEL, INSERT, PENDING_OF, REPLY, NewRow, Statement, is_hot
@@ -29,7 +30,7 @@ from .waiting import Waiters, wait_for
 
 if TYPE_CHECKING:
     from flask import Flask
-    from sqlalchemy.engine import Dialect, Engine
+    from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
 logger = logging.getLogger("flask_async_request")
@@ -90,74 +91,6 @@ class Unreachable:
             raise DatabaseUnavailable(f"{self.what}: the database is out of reach.") from error
 
 
-class _Precompiled:
-    """A hot statement compiled for one dialect, with its types' bind and result processing."""
-
-    def __init__(self, statement: Any, dialect: Dialect) -> None:
-        compiled: Any = statement.compile(dialect=dialect)
-        if compiled.post_compile_params or compiled.literal_execute_params:
-            raise ValueError("A hot statement cannot hold expanding parameters.")
-        self.sql: str = compiled.string
-        self._compiled = compiled
-        # Columns SQLAlchemy fills in from Python at each execution (``onupdate``,
-        # ``default``) when the statement does not set them itself.
-        self._defaults: dict[str, Any] = {}
-        for column in compiled.update_prefetch:
-            self._defaults[column.key] = _python_default(column.onupdate)
-        for column in compiled.insert_prefetch:
-            self._defaults[column.key] = _python_default(column.default)
-        # Keyed as the driver's parameters are: by the names in the SQL, escaped.
-        escaped = compiled.escaped_bind_names
-        self._binds = {
-            escaped.get(name, name): process
-            for bind, name in compiled.bind_names.items()
-            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        }
-        # The types' own processors, not the driver's variants, which want the
-        # column's type code from a cursor: psycopg hands back the jobs table's
-        # values as Python wants them, all but the Enum's.
-        columns = getattr(statement, "exported_columns", ())
-        self._results = [
-            (index, process)
-            for index, column in enumerate(columns)
-            if (process := column.type.result_processor(dialect, None)) is not None
-        ]
-
-    def params(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The driver's parameters for ``values``, as SQLAlchemy would send them."""
-        params: dict[str, Any] = self._compiled.construct_params(values)
-        for name, default in self._defaults.items():
-            params[name] = default()
-        for name, process in self._binds.items():
-            if name in params:
-                params[name] = process(params[name])
-        return params
-
-    def row(self, row: Any) -> Any:
-        """The driver's ``row`` with each column's type applied, as SQLAlchemy would give it."""
-        if row is None or not self._results:
-            return row
-        values = list(row)
-        for index, process in self._results:
-            values[index] = process(values[index])
-        return tuple(values)
-
-
-def _python_default(default: Any) -> Callable[[], Any]:
-    """A column's Python-side default or ``onupdate`` as a function of nothing.
-
-    :raises ValueError: for one that needs SQLAlchemy's execution context.
-    """
-    if default is not None and default.is_scalar:
-        return lambda: default.arg
-    if default is not None and default.is_callable:
-        # SQLAlchemy wraps a function of no arguments into one taking its context.
-        function = getattr(default.arg, "__wrapped__", None)
-        if function is not None:
-            return function  # type: ignore[no-any-return]
-    raise ValueError(f"A hot statement's column default {default!r} needs SQLAlchemy.")
-
-
 def _ended_or_gone(reply: JobReply | None) -> bool:
     return reply is None or reply.status.finished
 
@@ -184,7 +117,7 @@ class JobStore:
         self.listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
         #: Hot statements precompiled for this engine, by id; see :func:`hot`. Only
         #: autocommitted psycopg connections to PostgreSQL run them raw.
-        self._precompiled: dict[int, _Precompiled | None] | None = (
+        self._precompiled: dict[int, Precompiled | None] | None = (
             {} if autocommit and self.listen else None
         )
         self._waiters: Waiters | None = None
@@ -324,7 +257,7 @@ class JobStore:
             return int(key[0])
         return int(self._raw(precompiled.sql, precompiled.params(values))[0])
 
-    def _hot(self, statement: sa.Executable) -> _Precompiled | None:
+    def _hot(self, statement: sa.Executable) -> Precompiled | None:
         """``statement`` precompiled, if it is :func:`hot` and this store runs raw statements."""
         if self._precompiled is None:
             return None
@@ -333,13 +266,8 @@ class JobStore:
             return self._precompiled[key]
         if not is_hot(statement):
             return None
-        found: _Precompiled | None
-        try:
-            found = _Precompiled(statement, self.engine.dialect)
-        except ValueError:
-            # Left to SQLAlchemy, which can run any statement.
-            found = None
-        self._precompiled[key] = found
+        # None: left to SQLAlchemy, which can run any statement.
+        found = self._precompiled[key] = precompile(statement, self.engine.dialect)
         return found
 
     def first(self, statement: sa.Executable, params: dict[str, Any]) -> Any:

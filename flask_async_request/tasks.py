@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 from celery import Celery, Task
-from celery._state import connect_on_app_finalize
 from celery.signals import worker_process_init
 from flask import Flask
 
@@ -25,6 +24,7 @@ from .broker import (
     SWEEP_SCHEDULE,
     SWEEP_TASK,
 )
+from .compat import on_every_app_finalized
 from .exceptions import DatabaseUnavailable
 from .leases import keeper
 from .maintenance import sweep_jobs
@@ -189,7 +189,7 @@ def _adopt(celery_app: Celery) -> None:
 
 # Every Celery app of the process passes through here when it is finalized, as
 # for Celery's own shared tasks.
-connect_on_app_finalize(_adopt)
+on_every_app_finalized(_adopt)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
 
 from . import lifecycle
 from .broker import Message, publish, revoke
+from .compat import transaction_used_connection
 from .config import Settings
 from .exceptions import (
     EnqueueError,
@@ -130,8 +131,7 @@ def _caller_transaction(session: Session) -> bool:
     if session.new or session.dirty or session.deleted:
         return True
     transaction = session.get_transaction()
-    # SQLAlchemy keeps no public record of the connections a transaction used.
-    return transaction is not None and bool(getattr(transaction, "_connections", True))
+    return transaction is not None and transaction_used_connection(transaction)
 
 
 def _explicit_transaction(session: Session) -> bool:

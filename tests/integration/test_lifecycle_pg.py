@@ -317,11 +317,11 @@ def test_a_hot_statement_cannot_expand_parameters() -> None:
     """A list parameter would compile afresh for each length: it has no place among them."""
     from sqlalchemy.dialects import postgresql
 
-    from flask_async_request.store import _Precompiled
+    from flask_async_request.compat import Precompiled
 
     statement = sa.select(Job.id).where(Job.id.in_(sa.bindparam("ids", expanding=True)))
     with pytest.raises(ValueError, match="expanding"):
-        _Precompiled(statement, postgresql.psycopg.dialect())  # type: ignore[attr-defined]
+        Precompiled(statement, postgresql.psycopg.dialect())  # type: ignore[attr-defined]
 
 
 #: A hot statement whose parameter names the driver cannot take as they are.
