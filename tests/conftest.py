@@ -140,3 +140,19 @@ def reload_job(job_id: int) -> Job:
     job = session.get(Job, job_id)
     assert job is not None
     return job
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Escape lone surrogates in a report's captured output.
+
+    The hostile-value tests make the library log text holding lone surrogates;
+    pytest-xdist sends each report to the controller as UTF-8, which cannot
+    carry them, and the whole run would stop on it.
+    """
+    outcome: Any = yield
+    report = outcome.get_result()
+    report.sections = [
+        (title, content.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, content in report.sections
+    ]
