@@ -16,6 +16,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import settings
 from werkzeug.serving import make_server
+from werkzeug.test import TestResponse
 
 from flask_async_request import AsyncRequest, Job, JobStatus
 from flask_async_request.state import get_state
@@ -140,3 +141,10 @@ def reload_job(job_id: int) -> Job:
     job = session.get(Job, job_id)
     assert job is not None
     return job
+
+
+def json_of(response: TestResponse) -> Any:
+    """The JSON body of a test client's ``response``; fails the test if it has none."""
+    body = response.json
+    assert body is not None, response.data[:200]
+    return body
