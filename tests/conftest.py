@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import settings
-from werkzeug.serving import make_server
+from werkzeug.serving import ThreadedWSGIServer, make_server
 from werkzeug.test import TestResponse
 
 from flask_async_request import AsyncRequest, Job, JobStatus
@@ -84,6 +84,7 @@ def client(app: Flask) -> Any:
 def serving(app: Any) -> Iterator[str]:
     """Serve the WSGI ``app`` on 127.0.0.1 in a thread; yields its base url."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
+    assert isinstance(server, ThreadedWSGIServer)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
