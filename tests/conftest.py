@@ -15,7 +15,8 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import settings
-from werkzeug.serving import make_server
+from werkzeug.serving import ThreadedWSGIServer, make_server
+from werkzeug.test import TestResponse
 
 from flask_async_request import AsyncRequest, Job, JobStatus
 from flask_async_request.state import get_state
@@ -83,6 +84,7 @@ def client(app: Flask) -> Any:
 def serving(app: Any) -> Iterator[str]:
     """Serve the WSGI ``app`` on 127.0.0.1 in a thread; yields its base url."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
+    assert isinstance(server, ThreadedWSGIServer)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -140,6 +142,13 @@ def reload_job(job_id: int) -> Job:
     job = session.get(Job, job_id)
     assert job is not None
     return job
+
+
+def json_of(response: TestResponse) -> Any:
+    """The JSON body of a test client's ``response``; fails the test if it has none."""
+    body = response.json
+    assert body is not None, response.data[:200]
+    return body
 
 
 @pytest.hookimpl(hookwrapper=True)

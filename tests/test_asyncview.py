@@ -11,7 +11,7 @@ from flask import Flask, abort, g, jsonify, request
 from flask_async_request import Job, asynchronous
 from flask_async_request.asyncview import ViewWorker
 from flask_async_request.state import get_state
-from tests.conftest import AppFactory, poll
+from tests.conftest import AppFactory, json_of, poll
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_prefer_wait_answers_with_the_views_own_response(views_app: Flask) -> No
     response = views_app.test_client().post("/reports/2000", json={}, headers={"Prefer": "wait=5"})
     assert response.status_code == 201
     assert response.content_type == "application/json"
-    assert response.json["year"] == 2000
+    assert json_of(response)["year"] == 2000
     assert response.headers["Preference-Applied"] == "wait=5"
 
 
@@ -131,7 +131,7 @@ def test_an_empty_idempotency_key_is_400(views_app: Flask) -> None:
     for _ in range(2):
         response = client.post("/reports/1", json={}, headers={"Idempotency-Key": ""})
         assert response.status_code == 400
-        assert "Idempotency-Key" in response.json["errors"][0]["message"]
+        assert "Idempotency-Key" in json_of(response)["errors"][0]["message"]
     with views_app.app_context():
         assert get_state().db.session.query(Job).count() == 0
 
@@ -180,6 +180,7 @@ def test_worker_replays_only_asynchronous_views(views_app: Flask) -> None:
     with views_app.app_context():
         job = Job.create_and_enqueue(ViewWorker, snapshot)
         assert job.status.value == "failed"
+        assert job.response is not None
         assert "is not an asynchronous view" in json.loads(job.response)["error"]
 
 
@@ -194,6 +195,6 @@ def test_raising_view_fails_the_job(make_app: AppFactory) -> None:
 
     response = app.test_client().get("/explode")
     assert response.status_code == 202
-    reply = poll(app.test_client(), response.json["token"]).json
+    reply = poll(app.test_client(), json_of(response)["token"]).json
     assert reply["status"] == "failed"
     assert reply["response"] == {"status_code": 500, "body": '{"error": "kaboom"}'}

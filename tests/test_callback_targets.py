@@ -12,9 +12,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
@@ -50,7 +50,7 @@ INWARD = [
 ]
 
 
-def _resolving_to(*addresses: str) -> Any:
+def _resolving_to(*addresses: str) -> Callable[..., list[Any]]:
     """A stand-in for getaddrinfo that answers ``addresses`` for any name."""
 
     def resolve(host: str, port: int, **kwargs: Any) -> list[Any]:
@@ -205,7 +205,7 @@ class _Misbehaving(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def misbehaving() -> Iterator[tuple[str, list[str]]]:
-    handler = type("Handler", (_Misbehaving,), {"requests": []})
+    handler = cast("type[_Misbehaving]", type("Handler", (_Misbehaving,), {"requests": []}))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", handler.requests

@@ -186,11 +186,14 @@ def test_retry_runs_a_failed_job_again(make_app: AppFactory, tmp_path: Path) -> 
     app = make_app()
     with app.app_context():
         job_id = Job.create_and_enqueue(workers.FlakyThenOk, str(tmp_path / "runs"), 1).id
-        assert get_state().db.session.get(Job, job_id).status is JobStatus.FAILED
+        job = get_state().db.session.get(Job, job_id)
+        assert job is not None
+        assert job.status is JobStatus.FAILED
     result = run(app, "retry", str(job_id))
     assert result.output.strip() == f"Job {job_id} is waiting to run again."
     with app.app_context():
         job = get_state().db.session.get(Job, job_id)
+        assert job is not None
         assert (job.status, job.response) == (JobStatus.PROCESSED, "2")
 
 
@@ -298,6 +301,7 @@ def test_show_json(filled: Flask) -> None:
     """show --json prints every stored field, times in ISO 8601 UTC."""
     with filled.app_context():
         job = get_state().db.session.get(Job, 2)
+        assert job is not None
         job.params = {"args": [1, "ü"], "kwargs": {"size": "small"}}
         job.progress, job.callback_url = float("nan"), "https://client.example/hook"
         get_state().db.session.commit()

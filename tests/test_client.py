@@ -9,7 +9,7 @@ import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -33,7 +33,8 @@ class _Response:
     """A requests-like response."""
 
     def __init__(self, status_code: int, body: dict[str, Any]) -> None:
-        self.status_code, self._body, self.headers = status_code, body, {}
+        self.status_code, self._body = status_code, body
+        self.headers: dict[str, str] = {}
 
     def json(self) -> dict[str, Any]:
         return self._body
@@ -146,7 +147,7 @@ def _serve(handler: type[BaseHTTPRequestHandler], port: int = 0) -> ThreadingHTT
 
 def test_wait_for_waits_out_a_503_with_retry_after() -> None:
     """The server's own 503 + Retry-After is asked again, not given up; extra headers go along."""
-    handler = type("Handler", (_Flaky,), {"seen": []})
+    handler = cast("type[_Flaky]", type("Handler", (_Flaky,), {"seen": []}))
     server = _serve(handler)
     try:
         result = wait_for(

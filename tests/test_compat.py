@@ -24,7 +24,7 @@ from flask import Flask
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from flask_async_request import Job, JobStatus, compat, lifecycle, store
+from flask_async_request import Job, JobStatus, compat, statements
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.publisher import sender_for
 from flask_async_request.state import get_state
@@ -37,7 +37,7 @@ PG_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("FAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
-_PG = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+_PG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(autouse=True)
@@ -80,15 +80,15 @@ def _compiled_without(
 
 def test_hot_statements_precompile(caplog: pytest.LogCaptureFixture) -> None:
     """With the installed SQLAlchemy, a job's hot statements precompile for psycopg."""
-    for statement in store._HOT.values():
+    for statement in statements._HOT.values():
         compat.precompile(statement, _PG)
     assert _warnings(caplog) == []
     job_path = [
-        store._INSERT,
-        lifecycle._CLAIM_RETURNING_NO_WAIT,
-        lifecycle._RENEW_NO_WAIT,
-        lifecycle._PROGRESS_NO_WAIT,
-        lifecycle._STATUS,
+        statements.INSERT,
+        statements.CLAIM.no_wait,
+        statements.RENEW.no_wait,
+        statements.PROGRESS.no_wait,
+        statements.STATUS,
     ]
     assert None not in [compat.precompile(statement, _PG) for statement in job_path]
 
@@ -97,10 +97,10 @@ def test_a_changed_compiler_leaves_hot_statements_to_sqlalchemy(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A compiled statement without its prefetch list is not precompiled: one warning for all."""
-    statements = [lifecycle._RESCHEDULE, lifecycle._STATUS]
-    for statement in statements:
+    changed = [statements.RESCHEDULE.update, statements.STATUS]
+    for statement in changed:
         _compiled_without(monkeypatch, statement)
-    assert [compat.precompile(s, _PG) for s in statements * 2] == [None] * 4
+    assert [compat.precompile(s, _PG) for s in changed * 2] == [None] * 4
     (warning,) = _warnings(caplog)
     assert "SQLCompiler" in warning and "ordinary execution" in warning
 
@@ -110,9 +110,9 @@ def test_a_default_no_longer_wrapped_leaves_the_statement_to_sqlalchemy(
 ) -> None:
     """An onupdate function without __wrapped__ is not guessed at: SQLAlchemy runs the UPDATE."""
     monkeypatch.delattr(Job.__table__.c.updated_at.onupdate.arg, "__wrapped__")
-    assert compat.precompile(lifecycle._RENEW_NO_WAIT, _PG) is None
-    assert compat.precompile(lifecycle._PROGRESS_NO_WAIT, _PG) is None
-    assert compat.precompile(lifecycle._STATUS, _PG) is not None
+    assert compat.precompile(statements.RENEW.no_wait, _PG) is None
+    assert compat.precompile(statements.PROGRESS.no_wait, _PG) is None
+    assert compat.precompile(statements.STATUS, _PG) is not None
     assert len(_warnings(caplog)) == 1
 
 
@@ -144,7 +144,7 @@ def test_a_job_s_hot_statements_run_through_sqlalchemy_when_the_compiler_changed
 ) -> None:
     """On PostgreSQL, with the internals gone, a job is created, claimed and finished all the
     same, through SQLAlchemy's execution."""
-    for statement in store._HOT.values():
+    for statement in statements._HOT.values():
         _compiled_without(monkeypatch, statement, "escaped_bind_names")
     monkeypatch.delattr(Job.__table__.c.updated_at.onupdate.arg, "__wrapped__")
     state = get_state()
@@ -316,7 +316,7 @@ def test_the_installed_releases_have_every_internal(
 ) -> None:
     """No fallback is needed with the releases installed: CI runs this against the newest,
     so that a release that changes an internal fails there before it degrades a deployment."""
-    for statement in store._HOT.values():
+    for statement in statements._HOT.values():
         compat.precompile(statement, _PG)
     session = get_state().db.session()
     session.execute(sa.select(1))

@@ -25,6 +25,7 @@ def test_stores_a_row_and_runs_it(app: Flask) -> None:
     assert job.params == {"args": [1, "two"], "kwargs": {"three": 3}}
     assert len(job.uid) == 32
     assert job.status is JobStatus.PROCESSED
+    assert job.response is not None
     assert json.loads(job.response) == {
         "args": [1, "two"],
         "kwargs": {"three": 3},
@@ -36,12 +37,14 @@ def test_nested_params_come_back_equal(app: Flask) -> None:
     """Hashes, lists, numbers and strings reach execute unchanged."""
     params: dict[str, Any] = {"a": {"b": [1, 2.5, None, True]}, "c": "d", "e": []}
     job = Job.create_and_enqueue(workers.Echo, params, [params])
+    assert job.response is not None
     assert json.loads(job.response)["args"] == [params, [params]]
 
 
 def test_tuples_are_stored_as_lists(app: Flask) -> None:
     """A tuple argument is accepted and arrives as a list, as JSON stores it."""
     job = Job.create_and_enqueue(workers.Echo, (1, 2))
+    assert job.response is not None
     assert json.loads(job.response)["args"] == [[1, 2]]
 
 

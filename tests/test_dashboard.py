@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from flask import Flask, request
 
 from flask_async_request import AsyncRequest, Job, JobStatus
-from flask_async_request.dashboard import PAGE_SIZE, blueprint
+from flask_async_request.dashboard import blueprint
 from flask_async_request.models import utcnow
+from flask_async_request.reading import PAGE_SIZE
 from flask_async_request.state import get_state
 from tests.conftest import AppFactory, add_job
 

@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 
 from flask_async_request.client import wait_for
-from tests.conftest import poll, serving
+from tests.conftest import json_of, poll, serving
 
 APP_FILE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sums.py"
 
@@ -90,8 +90,8 @@ def test_cancel_stops_the_worker(app: Flask) -> None:
     headers = {"X-JOB-AUTHORIZATION": f"Bearer {token}"}
     cancelled = client.delete("/async_request/job", headers=headers)
     assert cancelled.status_code == 200
-    assert cancelled.json["status"] == "cancelled"
-    assert cancelled.json["response"]["status_code"] == 499
+    assert json_of(cancelled)["status"] == "cancelled"
+    assert json_of(cancelled)["response"]["status_code"] == 499
     assert poll(client, token).json == cancelled.json
 
 

@@ -15,7 +15,7 @@ from flask_async_request.models import as_utc, utcnow
 from flask_async_request.signals import jobs_swept
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll, reload_job
+from tests.conftest import AppFactory, add_job, json_of, poll, reload_job
 
 
 def _poll_until_done(client: Any, token: str, timeout: float = 15) -> Any:
@@ -61,9 +61,9 @@ def test_job_runs_in_the_background(make_app: AppFactory) -> None:
     response = client.post("/sleep")
     assert response.status_code == 202
     assert time.monotonic() - started < 0.3
-    assert response.json["url"] == "http://localhost/async_request/job"
-    assert poll(client, response.json["token"]).status_code == 202
-    done = _poll_until_done(client, response.json["token"])
+    assert json_of(response)["url"] == "http://localhost/async_request/job"
+    assert poll(client, json_of(response)["token"]).status_code == 202
+    done = _poll_until_done(client, json_of(response)["token"])
     assert done.status_code == 200
     assert done.json["status"] == "processed"
     assert '"tag": "embedded"' in done.json["response"]["body"]
@@ -84,7 +84,7 @@ def test_several_jobs_finish(make_app: AppFactory) -> None:
     """A handful of jobs enqueued together all finish."""
     app = _app_with_view(make_app)
     client = app.test_client()
-    tokens = [client.post("/sleep").json["token"] for _ in range(5)]
+    tokens = [json_of(client.post("/sleep"))["token"] for _ in range(5)]
     assert {_poll_until_done(client, t).json["status"] for t in tokens} == {"processed"}
 
 
@@ -95,7 +95,7 @@ def test_web_process_can_still_wait_on_results(make_app: AppFactory) -> None:
     celery_app = app.extensions["celery"]
     celery_app.conf.task_always_eager = True
 
-    @celery_app.task(shared=False)
+    @celery_app.task(shared=False)  # type: ignore[untyped-decorator]  # Celery has no type hints
     def add(a: int, b: int) -> int:
         return a + b
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from example.app import PrimeReport, create_app
-from tests.conftest import poll
+from tests.conftest import json_of, poll
 
 
 def test_prime_report_worker_is_right() -> None:
@@ -28,9 +28,9 @@ def test_post_then_poll(tmp_path: Path) -> None:
         client = app.test_client()
         created = client.post("/primes", json={"limit": 60_000_000})
         assert created.status_code == 202
-        assert created.json["url"].startswith("http://localhost/async_request/job/")
-        assert created.headers["Location"] == created.json["url"]
-        token = created.json["token"]
+        assert json_of(created)["url"].startswith("http://localhost/async_request/job/")
+        assert created.headers["Location"] == json_of(created)["url"]
+        token = json_of(created)["token"]
         messages = set()
         deadline = time.monotonic() + 60
         while (response := poll(client, token)).status_code == 202:

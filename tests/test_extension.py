@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from tests.conftest import SECRET, AppFactory, poll
 from tests.workers import Echo
 
 
-def _bare_app(tmp_path, **config) -> Flask:
+def _bare_app(tmp_path: Path, **config: Any) -> Flask:
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=SECRET,
@@ -30,7 +31,7 @@ def _bare_app(tmp_path, **config) -> Flask:
     return app
 
 
-def test_finds_db_in_app_extensions(tmp_path) -> None:
+def test_finds_db_in_app_extensions(tmp_path: Path) -> None:
     """init_app without db= uses the SQLAlchemy registered on the app."""
     app = _bare_app(tmp_path)
     db = SQLAlchemy(app)
@@ -38,7 +39,7 @@ def test_finds_db_in_app_extensions(tmp_path) -> None:
     assert app.extensions["async_request"].db is db
 
 
-def test_explicit_db_wins(tmp_path) -> None:
+def test_explicit_db_wins(tmp_path: Path) -> None:
     """A db passed to the constructor is used even if another is registered."""
     app = _bare_app(tmp_path)
     SQLAlchemy(app)
@@ -47,7 +48,7 @@ def test_explicit_db_wins(tmp_path) -> None:
     assert app.extensions["async_request"].db is other
 
 
-def test_missing_sqlalchemy_is_a_clear_error(tmp_path) -> None:
+def test_missing_sqlalchemy_is_a_clear_error(tmp_path: Path) -> None:
     """Without Flask-SQLAlchemy on the app, init_app says how to fix it."""
     with pytest.raises(RuntimeError, match=r"db\.init_app\(app\)"):
         AsyncRequest(_bare_app(tmp_path))
@@ -82,7 +83,7 @@ def test_celery_app_is_stored_and_has_the_tasks(app: Flask) -> None:
     assert celery_app.conf.task_always_eager is True
 
 
-def test_existing_celery_app_is_reused(tmp_path) -> None:
+def test_existing_celery_app_is_reused(tmp_path: Path) -> None:
     """A Celery app already in app.extensions['celery'] gets the tasks instead of a new one."""
     app = _bare_app(tmp_path)
     SQLAlchemy(app)
@@ -104,7 +105,7 @@ def test_user_tasks_run_in_app_context(app: Flask) -> None:
 
     celery_app = app.extensions["celery"]
 
-    @celery_app.task(shared=False)
+    @celery_app.task(shared=False)  # type: ignore[untyped-decorator]  # Celery has no type hints
     def app_name() -> str:
         return current_app.name
 

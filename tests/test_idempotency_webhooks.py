@@ -23,7 +23,7 @@ from flask_async_request.webhooks import (
     verify_callback,
 )
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job, poll
+from tests.conftest import SECRET, AppFactory, add_job, json_of, poll
 
 
 def _count() -> int:
@@ -82,11 +82,11 @@ def test_idempotency_key_header_in_a_view(app: Flask) -> None:
     first = client.post("/echo/1", headers={"Idempotency-Key": "abc"})
     again = client.post("/echo/1", headers={"Idempotency-Key": "abc"})
     assert first.status_code == again.status_code == 202
-    claims = [json.loads(_payload(r.json["token"]))["job_id"] for r in (first, again)]
+    claims = [json.loads(_payload(json_of(r)["token"]))["job_id"] for r in (first, again)]
     assert claims[0] == claims[1]
     conflict = client.post("/echo/2", headers={"Idempotency-Key": "abc"})
     assert conflict.status_code == 422
-    assert "was used for job" in conflict.json["errors"][0]["message"]
+    assert "was used for job" in json_of(conflict)["errors"][0]["message"]
 
 
 def _payload(token: str) -> str:

@@ -244,6 +244,7 @@ def test_transactional_worker_that_fails_writes_nothing(app: Flask, effects_tabl
     """A failing execute rolls its writes back; the failure is stored."""
     job = Job.create_and_enqueue(workers.WriteEffect, fail=True)
     assert job.status is JobStatus.FAILED
+    assert job.response is not None
     assert json.loads(job.response) == {"error": "failed after writing"}
     assert _effects() == []
 

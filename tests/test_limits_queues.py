@@ -18,13 +18,13 @@ from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, poll
+from tests.conftest import AppFactory, json_of, poll
 
 
 class Slow(Worker):
     """Sleeps past any short limit, checking for nothing."""
 
-    time_limit = timedelta(seconds=0.5)
+    time_limit: float | timedelta | None = timedelta(seconds=0.5)
 
     def execute(self, seconds: float = 30) -> tuple[int, str]:
         deadline = time.monotonic() + seconds
@@ -63,6 +63,7 @@ def test_a_job_past_its_time_limit_fails_saying_so(app: Flask) -> None:
     job = Job.create_and_enqueue(Slow)
     assert time.monotonic() - started < 5
     assert job.status is JobStatus.FAILED
+    assert job.response is not None
     assert json.loads(job.response) == {"error": "The job exceeded its time limit of 0.5 s."}
 
 
@@ -74,6 +75,7 @@ def test_a_stopped_worker_can_clean_up(
     job = Job.create_and_enqueue(workers.Forever)
     assert job.status is JobStatus.FAILED
     assert (tmp_path / f"cleaned-{job.id}").exists()
+    assert job.response is not None
     assert "time limit of 1.5 s" in json.loads(job.response)["error"]
 
 
@@ -151,14 +153,14 @@ def test_embedded_worker_ends_a_job_past_its_limit_and_goes_on(make_app: AppFact
         "/async_request/job", headers={"X-JOB-AUTHORIZATION": stuck, "Prefer": "wait=10"}
     )
     assert answer.status_code == 200
-    assert "time limit of 1.5 s" in answer.json["response"]["body"]
+    assert "time limit of 1.5 s" in json_of(answer)["response"]["body"]
     assert time.monotonic() - started < 8
     with app.app_context():
         after = Job.create_and_enqueue(workers.Echo, "after").token
     answer = client.get(
         "/async_request/job", headers={"X-JOB-AUTHORIZATION": after, "Prefer": "wait=10"}
     )
-    assert answer.json["status"] == "processed"
+    assert json_of(answer)["status"] == "processed"
 
 
 def test_stats_count_waiting_jobs_per_queue(app: Flask, sent: list[Any]) -> None:

@@ -17,7 +17,7 @@ from flask_async_request.runner import run_job
 from flask_async_request.signals import job_finished
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import AppFactory, add_job, reload_job
+from tests.conftest import AppFactory, add_job, json_of, reload_job
 
 
 def _lost() -> sa.exc.OperationalError:
@@ -226,7 +226,7 @@ def test_an_asynchronous_view_whose_wait_loses_the_database_answers_202(
     monkeypatch.setattr(JobStore, "wait_until_finished", lost)
     answer = app.test_client().post("/doubled/21", headers={"Prefer": "wait=5"})
     assert answer.status_code == 202
-    assert answer.json["token"]
+    assert json_of(answer)["token"]
 
 
 def test_a_claim_past_its_redeliveries_is_left_to_the_sweeper(

@@ -21,7 +21,7 @@ from flask_async_request import InvalidToken, Job, accepted, openapi_document
 from flask_async_request.state import get_state
 from flask_async_request.tokens import MAX_TOKEN_LENGTH
 from tests import workers
-from tests.conftest import AppFactory, add_job, serving
+from tests.conftest import AppFactory, add_job, json_of, serving
 
 ACCEPTED = "#/components/responses/AsyncRequestAccepted"
 
@@ -29,7 +29,8 @@ ACCEPTED = "#/components/responses/AsyncRequestAccepted"
 def _document(app: Flask) -> dict[str, Any]:
     response = app.test_client().get("/async_request/openapi.json")
     assert response.status_code == 200
-    return response.json
+    document: dict[str, Any] = json_of(response)
+    return document
 
 
 def _validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
@@ -52,7 +53,7 @@ def test_document_is_valid_openapi_3_1(app: Flask) -> None:
 def test_document_follows_the_configuration(make_app: AppFactory) -> None:
     """Prefix and header name in the document are the app's own."""
     app = make_app(ASYNC_REQUEST_URL_PREFIX="/jobs", ASYNC_REQUEST_HEADER_KEY="Authorization")
-    document = app.test_client().get("/jobs/openapi.json").json
+    document = json_of(app.test_client().get("/jobs/openapi.json"))
     assert list(document["paths"]) == ["/jobs/job", "/jobs/job/{token}"]
     scheme = document["components"]["securitySchemes"]["asyncRequestToken"]
     assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "Authorization")
@@ -79,7 +80,7 @@ def test_the_token_is_a_credential_of_the_real_length(app: Flask) -> None:
 def test_without_job_urls_the_document_has_none(make_app: AppFactory) -> None:
     """ASYNC_REQUEST_TOKEN_IN_URL = False: no job url path, no links to one."""
     app = make_app(ASYNC_REQUEST_TOKEN_IN_URL=False)
-    document = app.test_client().get("/async_request/openapi.json").json
+    document = json_of(app.test_client().get("/async_request/openapi.json"))
     assert list(document["paths"]) == ["/async_request/job"]
     assert "links" not in document["components"]["responses"]["AsyncRequestAccepted"]
     schemathesis.openapi.from_dict(document)
@@ -192,7 +193,7 @@ def test_an_http_error_the_app_raises_under_the_prefix_is_the_envelope(
         response = client.get(path)
         assert response.status_code == status
         assert response.is_json, response.data[:100]
-        assert response.json["errors"][0]["message"]
+        assert json_of(response)["errors"][0]["message"]
     assert not client.get("/elsewhere").is_json
 
 

@@ -8,17 +8,17 @@ import jwt
 import pytest
 from flask import Flask, request, url_for
 
-from flask_async_request import Job
+from flask_async_request import AsyncRequest, Job
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import SECRET, AppFactory
+from tests.conftest import SECRET, AppFactory, json_of
 
 
 @pytest.fixture
 def owned_app(make_app: AppFactory) -> Flask:
     """An app whose identity is the X-User header, with a view that starts a job."""
     app = make_app()
-    extension = app.extensions["async_request"].extension
+    extension: AsyncRequest = app.extensions["async_request"].extension
 
     @extension.identity_loader
     def current_user() -> str | None:
@@ -41,7 +41,7 @@ def _poll(app: Flask, token: str, user: str | None) -> int:
 
 def test_owner_is_stored_and_signed(owned_app: Flask) -> None:
     """The identity is stored on the job and carried in the token's sub claim."""
-    token = owned_app.test_client().post("/start", headers={"X-User": "alice"}).json["token"]
+    token = json_of(owned_app.test_client().post("/start", headers={"X-User": "alice"}))["token"]
     assert jwt.decode(token, SECRET, algorithms=["HS256"])["sub"] == "alice"
     with owned_app.app_context():
         assert get_state().db.session.query(Job).one().owner == "alice"
@@ -49,27 +49,27 @@ def test_owner_is_stored_and_signed(owned_app: Flask) -> None:
 
 def test_owner_reads_the_job(owned_app: Flask) -> None:
     """The identity that created the job reads it."""
-    token = owned_app.test_client().post("/start", headers={"X-User": "alice"}).json["token"]
+    token = json_of(owned_app.test_client().post("/start", headers={"X-User": "alice"}))["token"]
     assert _poll(owned_app, token, "alice") == 200
 
 
 @pytest.mark.parametrize("other", ["bob", None, ""])
 def test_other_identity_gets_404(owned_app: Flask, other: str | None) -> None:
     """Another identity, or none, is told the job does not exist."""
-    token = owned_app.test_client().post("/start", headers={"X-User": "alice"}).json["token"]
+    token = json_of(owned_app.test_client().post("/start", headers={"X-User": "alice"}))["token"]
     assert _poll(owned_app, token, other) == 404
 
 
 def test_job_without_owner_is_readable_by_any_identity(owned_app: Flask) -> None:
     """A job created with no identity stays readable with its token alone."""
-    token = owned_app.test_client().post("/start").json["token"]
+    token = json_of(owned_app.test_client().post("/start"))["token"]
     assert _poll(owned_app, token, "bob") == 200
     assert _poll(owned_app, token, None) == 200
 
 
 def test_token_for_another_owner_gets_404(owned_app: Flask) -> None:
     """A token whose sub differs from the row's owner does not read the row."""
-    token = owned_app.test_client().post("/start", headers={"X-User": "alice"}).json["token"]
+    token = json_of(owned_app.test_client().post("/start", headers={"X-User": "alice"}))["token"]
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     claims["sub"] = "mallory"
     forged = jwt.encode(claims, SECRET, algorithm="HS256")

@@ -15,7 +15,7 @@ from flask_async_request import Job, JobStatus
 from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, add_job
+from tests.conftest import AppFactory, add_job, json_of
 
 
 def _reply(app: Flask, status: Any, body: Any) -> Job:
@@ -65,6 +65,7 @@ def test_raising_worker_fails_with_500_and_logs(
         job = Job.create_and_enqueue(workers.Boom, "disk on fire")
     assert job.status is JobStatus.FAILED
     assert job.status_code == 500
+    assert job.response is not None
     assert json.loads(job.response) == {"error": "disk on fire"}
     record = next(r for r in caplog.records if r.name == "flask_async_request")
     assert record.exc_info is not None
@@ -92,6 +93,7 @@ def test_wrong_reply_fails_naming_the_worker(app: Flask, reply: Any, message: st
     job = Job.create_and_enqueue(workers.ReturnValue, reply)
     assert job.status is JobStatus.FAILED
     assert job.status_code == 500
+    assert job.response is not None
     error = json.loads(job.response)["error"]
     assert error.startswith("Worker tests.workers:ReturnValue ")
     assert message in error
@@ -101,6 +103,7 @@ def test_bytes_body_fails(app: Flask) -> None:
     """A bytes body is an error on the job, not a crash."""
     job = Job.create_and_enqueue(workers.ReturnBytes)
     assert job.status is JobStatus.FAILED
+    assert job.response is not None
     assert "body of type bytes" in json.loads(job.response)["error"]
 
 
@@ -144,6 +147,7 @@ def test_stored_path_that_is_no_worker_is_refused(app: Flask, path: str) -> None
     get_state().db.session.refresh(job)
     assert job.status is JobStatus.FAILED
     assert job.status_code == 500
+    assert job.response is not None
     assert path.split(":")[0] in json.loads(job.response)["error"]
 
 
@@ -166,6 +170,7 @@ def test_retry_gives_up_after_n_retries(make_app: AppFactory, tmp_path: Path) ->
         job = Job.create_and_enqueue(workers.FlakyThenOk, str(counter), 5)
         assert job.status is JobStatus.FAILED
         assert job.attempts == 2
+        assert job.response is not None
         assert json.loads(job.response) == {"error": "transient failure 2"}
 
 
@@ -204,7 +209,7 @@ def test_reply_may_name_its_content_type(app: Flask) -> None:
     response = app.test_client().get(
         "/async_request/job", headers={"X-JOB-AUTHORIZATION": job.token}
     )
-    assert response.json["response"] == {
+    assert json_of(response)["response"] == {
         "status_code": 201,
         "body": "<p>hi</p>",
         "content_type": "text/html",

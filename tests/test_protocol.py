@@ -16,7 +16,7 @@ from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll
+from tests.conftest import AppFactory, add_job, json_of, poll
 
 
 def delete(client: Any, token: str) -> Any:
@@ -51,10 +51,10 @@ def test_accepted_builds_the_202(app: Flask) -> None:
 
     response = app.test_client().post("/start")
     assert response.status_code == 202
-    token = response.json["token"]
-    assert response.json["url"] == f"http://localhost/async_request/job/{token}"
-    assert response.json["kind"] == "echo"
-    assert response.headers["Location"] == response.json["url"]
+    token = json_of(response)["token"]
+    assert json_of(response)["url"] == f"http://localhost/async_request/job/{token}"
+    assert json_of(response)["kind"] == "echo"
+    assert response.headers["Location"] == json_of(response)["url"]
     assert response.headers["Retry-After"] == "1"
     assert poll(app.test_client(), token).status_code == 200
 
@@ -103,7 +103,7 @@ def test_the_job_url_can_be_turned_off(make_app: AppFactory) -> None:
         return accepted(Job.create_and_enqueue(workers.Echo, 1))
 
     response = app.test_client().post("/start")
-    token = response.json["token"]
+    token = json_of(response)["token"]
     assert response.headers["Location"] == "http://localhost/async_request/job"
     assert app.test_client().get(f"/async_request/job/{token}").status_code == 404
     assert poll(app.test_client(), token).status_code == 200
@@ -122,6 +122,7 @@ def test_a_bad_token_in_the_job_url_is_400(client: Any) -> None:
 def test_progress_is_stored_while_running(app: Flask) -> None:
     """progress(done, total, message) is visible in the row while the job runs."""
     job = Job.create_and_enqueue(workers.ProgressProbe)
+    assert job.response is not None
     assert json.loads(job.response) == {"progress": 0.75, "message": "three quarters"}
     assert job.progress == 1.0
 
@@ -203,7 +204,8 @@ def test_cancelled_compares_as_a_bool() -> None:
     assert hash(flag) == hash(False)
     assert repr(flag) == "False"
     assert flag() is False
-    assert {flag: "x"}[False] == "x"
+    by_flag: dict[object, str] = {flag: "x"}
+    assert by_flag[False] == "x"
 
 
 def test_cancel_a_finished_job_is_409(app: Flask, client: Any) -> None:

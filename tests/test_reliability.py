@@ -19,7 +19,7 @@ from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll, reload_job
+from tests.conftest import AppFactory, add_job, json_of, poll, reload_job
 
 BROKER_DOWN = {
     "broker_url": "redis://127.0.0.1:1/0",
@@ -98,6 +98,7 @@ def test_publish_failure_after_commit_is_logged(
 def test_enqueue_call_passes_a_commit_argument_to_execute(app: Flask) -> None:
     """enqueue_call gives execute the keyword names the library reserves."""
     job = Job.enqueue_call(workers.Echo, [1], {"commit": "abc123"})
+    assert job.response is not None
     assert json.loads(job.response)["kwargs"] == {"commit": "abc123"}
 
 
@@ -118,6 +119,7 @@ def test_lease_is_renewed_while_the_worker_runs(make_app: AppFactory) -> None:
     app = make_app(ASYNC_REQUEST_LEASE=0.6)
     with app.app_context():
         job = Job.create_and_enqueue(workers.LeaseProbe, 1.0)
+        assert job.response is not None
         probe = json.loads(job.response)
         assert probe["after"] > probe["before"]
         assert job.lease_expires_at is None
@@ -211,6 +213,7 @@ def test_lost_worker_without_retries_fails_the_job(app: Flask, sent: list[Any]) 
     job = reload_job(job_id)
     assert job.status is JobStatus.FAILED
     assert job.status_code == 500
+    assert job.response is not None
     assert "The worker running this job was lost" in json.loads(job.response)["error"]
     assert sent == []
 
@@ -346,8 +349,8 @@ def test_a_job_stored_while_the_broker_was_down_is_answered_202(
     assert answer.status_code == 202, answer.data
     if url.startswith("/doubled"):
         assert "The sweeper sends it once the broker is back." in caplog.text
-    assert answer.headers["Location"] == answer.json["url"]
-    token = answer.json["token"]
+    assert answer.headers["Location"] == json_of(answer)["url"]
+    token = json_of(answer)["token"]
     assert poll(client, token).json["status"] == "waiting"
     with down.app_context():
         job = get_state().db.session.query(Job).one()

@@ -35,7 +35,7 @@ from flask_async_request.outcomes import Outcome
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import hostile_values, workers
-from tests.conftest import SECRET, AppFactory, add_job, poll, reload_job
+from tests.conftest import SECRET, AppFactory, add_job, json_of, poll, reload_job
 from tests.hostile_values import DRIVER_TEXT
 
 
@@ -133,7 +133,7 @@ def test_an_asynchronous_view_answering_a_nul_character_fails_its_job(app: Flask
     client = app.test_client()
     started = client.get("/greet?from=a%00b")
     assert started.status_code == 202
-    answer = poll(client, started.json["token"])
+    answer = poll(client, json_of(started)["token"])
     assert answer.status_code == 200
     assert answer.json["status"] == "failed"
     assert "contains a NUL character" in json.loads(answer.json["response"]["body"])["error"]
@@ -388,7 +388,7 @@ def test_a_view_passing_a_clients_lone_surrogate_answers_400(app: Flask) -> None
         "/search", data='{"q": "\\ud800"}', content_type="application/json"
     )
     assert answer.status_code == 400
-    assert "lone surrogate" in answer.json["errors"][0]["message"]
+    assert "lone surrogate" in json_of(answer)["errors"][0]["message"]
     assert _rows() == 0
 
 
@@ -398,7 +398,9 @@ def test_a_view_passing_a_clients_lone_surrogate_answers_400(app: Flask) -> None
 )
 def test_an_owner_the_table_cannot_hold_is_refused(app: Flask, identity: str, reason: str) -> None:
     """An identity with a NUL character, or longer than 255 characters, makes no job."""
-    get_state().extension.identity_loader(lambda: identity)
+    extension = get_state().extension
+    assert isinstance(extension, AsyncRequest)
+    extension.identity_loader(lambda: identity)
     with pytest.raises(UnstorableValue, match=reason) as refused:
         Job.create_and_enqueue(workers.Echo)
     assert identity not in str(refused.value)
@@ -440,7 +442,9 @@ def test_a_value_the_database_refuses_at_creation_is_an_unstorable_value(
 ) -> None:
     """A value past the checks that the database refuses is an UnstorableValue, without SQL."""
     monkeypatch.setattr(web, "unstorable", lambda text, limit=None: None)
-    get_state().extension.identity_loader(lambda: "half \ud800 a pair")
+    extension = get_state().extension
+    assert isinstance(extension, AsyncRequest)
+    extension.identity_loader(lambda: "half \ud800 a pair")
     with pytest.raises(UnstorableValue) as refused:
         Job.create_and_enqueue(workers.Echo)
     assert str(refused.value) == (
@@ -471,7 +475,9 @@ def test_a_dashboard_worker_filter_with_a_nul_character_is_a_400_page(
 ) -> None:
     """The dashboard's worker filter with a NUL character answers 400, not a database error."""
     app = make_app()
-    get_state(app).extension.init_dashboard(app, authorize=lambda: True)
+    extension = get_state(app).extension
+    assert isinstance(extension, AsyncRequest)
+    extension.init_dashboard(app, authorize=lambda: True)
     answer = app.test_client().get("/async-request/dashboard/?worker=a%00b")
     assert answer.status_code == 400
     assert "worker cannot be searched for: it contains a NUL character." in answer.text

@@ -50,7 +50,8 @@ class ReturnValue(Worker):
 class ReturnBytes(Worker):
     """Returns a bytes body, which is not allowed."""
 
-    def execute(self) -> tuple[int, bytes]:
+    # Any: the body is deliberately outside what Worker.execute's type allows.
+    def execute(self) -> Any:
         return 200, b"raw"
 
 
@@ -187,6 +188,7 @@ class CancelsItself(Worker):
     def execute(self, counter_file: str) -> tuple[int, str]:
         from flask_async_request.web import cancel_job
 
+        assert self.job_id is not None
         cancel_job(self.job_id)
         assert self.cancelled
         for step in range(10):
@@ -202,6 +204,7 @@ class CallsCancelled(Worker):
     def execute(self, answers_file: str) -> tuple[int, str]:
         from flask_async_request.web import cancel_job
 
+        assert self.job_id is not None
         cancel_job(self.job_id)
         answers = [self.cancelled(), bool(self.cancelled)]
         Path(answers_file).write_text(json.dumps(answers))

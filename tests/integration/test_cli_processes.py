@@ -76,7 +76,7 @@ def test_beat_and_worker_purge_old_finished_jobs(
         remaining: list[str] = []
         while time.monotonic() < deadline:
             with project.app.app_context():
-                remaining = sorted(j.response for j in get_state().db.session.query(Job))
+                remaining = sorted(j.response or "" for j in get_state().db.session.query(Job))
             if "old" not in remaining:
                 break
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()

@@ -44,7 +44,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[An
         server.wait(20)
 
 
-def _request(port: int, method: str, path: str, body: bytes = b"", **headers: str) -> Any:
+def _request(port: int, method: str, path: str, body: bytes = b"", /, **headers: str) -> Any:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request(method, path, body=body, headers=headers)

@@ -25,7 +25,7 @@ from flask_async_request.outcomes import Outcome
 from flask_async_request.state import get_state
 from flask_async_request.statements import hot
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll
+from tests.conftest import AppFactory, add_job, json_of, poll
 from tests.integration.conftest import Stack, _environment, _start_worker
 from tests.test_idempotency_webhooks import Receiver
 
@@ -117,7 +117,7 @@ def test_delete_after_a_database_restart_cancels_and_calls_back(
             break
     answer = client.delete("/async_request/job", headers=headers)
     assert answer.status_code == 200, answer.json
-    assert answer.json["status"] == "cancelled"
+    assert json_of(answer)["status"] == "cancelled"
     receiver.wait()
     assert json.loads(receiver.calls[0][0])["status"] == "cancelled"
     assert client.delete("/async_request/job", headers=headers).status_code == 409
@@ -321,7 +321,7 @@ def test_a_hot_statement_cannot_expand_parameters() -> None:
 
     statement = sa.select(Job.id).where(Job.id.in_(sa.bindparam("ids", expanding=True)))
     with pytest.raises(ValueError, match="expanding"):
-        Precompiled(statement, postgresql.psycopg.dialect())  # type: ignore[attr-defined]
+        Precompiled(statement, postgresql.psycopg.dialect())  # type: ignore[no-untyped-call]
 
 
 #: A hot statement whose parameter names the driver cannot take as they are.
@@ -359,7 +359,10 @@ def test_a_lost_connection_takes_the_stale_idle_ones_with_it(pg_app: Flask) -> N
     job_id = add_job().id
     store.engine.pool.dispose()
     held = [store.engine.raw_connection() for _ in range(2)]
-    pids = [connection.driver_connection.info.backend_pid for connection in held]
+    pids = []
+    for connection in held:
+        assert connection.driver_connection is not None
+        pids.append(connection.driver_connection.info.backend_pid)
     for connection in held:
         connection.close()
     _terminate(pids)
@@ -380,6 +383,7 @@ def test_a_statement_that_fails_keeps_its_connection(pg_app: Flask) -> None:
     def backend() -> int:
         connection = store.engine.raw_connection()
         try:
+            assert connection.driver_connection is not None
             return int(connection.driver_connection.info.backend_pid)
         finally:
             connection.close()

@@ -7,29 +7,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import request
+from flask import Flask, request
 
 from flask_async_request import Job, accepted
 from tests import workers
-from tests.conftest import poll
+from tests.conftest import json_of, poll
 from tests.integration.conftest import Stack, effects
 
 pytestmark = pytest.mark.integration
 
 
-def _start(app: Any, steps: int, pause: float) -> str:
+def _start(app: Flask, steps: int, pause: float) -> str:
     if "steps_view" not in app.view_functions:
 
         @app.post("/steps")
         def steps_view() -> Any:
             body = request.get_json()
+            assert body is not None
             return accepted(Job.create_and_enqueue(workers.SlowSteps, body["steps"], body["pause"]))
 
     response = app.test_client().post("/steps", json={"steps": steps, "pause": pause})
     assert response.status_code == 202
-    assert response.headers["Location"] == response.json["url"]
+    assert response.headers["Location"] == json_of(response)["url"]
     assert "/async_request/job/" in response.headers["Location"]
-    return str(response.json["token"])
+    return str(json_of(response)["token"])
 
 
 def test_polls_show_progress_then_the_reply(stack: Stack) -> None:
@@ -66,7 +67,7 @@ def test_delete_stops_a_running_job(stack: Stack, tmp_path: Path) -> None:
     time.sleep(0.5)
     response = client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": token})
     assert response.status_code == 200
-    assert response.json["status"] == "cancelled"
+    assert json_of(response)["status"] == "cancelled"
     time.sleep(1.0)  # let the worker notice and stop
     steps_done = len(effects(tmp_path))
     time.sleep(1.0)
@@ -107,7 +108,7 @@ def test_long_poll_returns_when_the_worker_finishes(stack: Stack) -> None:
     )
     elapsed = time.monotonic() - started
     assert response.status_code == 200, response.json
-    assert response.json["status"] == "processed"
+    assert json_of(response)["status"] == "processed"
     assert response.headers["Preference-Applied"] == "wait=20"
     assert 0.5 < elapsed < 5
 
@@ -180,10 +181,10 @@ def test_asynchronous_view_runs_in_the_worker_process(stack: Stack) -> None:
     assert response.status_code == 202
     waited = client.get(
         "/async_request/job",
-        headers={"X-JOB-AUTHORIZATION": response.json["token"], "Prefer": "wait=20"},
+        headers={"X-JOB-AUTHORIZATION": json_of(response)["token"], "Prefer": "wait=20"},
     )
     assert waited.status_code == 200
-    reply = waited.json["response"]
+    reply = json_of(waited)["response"]
     assert reply["status_code"] == 201
     assert reply["content_type"] == "application/json"
     body = json.loads(reply["body"])

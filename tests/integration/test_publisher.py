@@ -11,10 +11,10 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import kombu
+import kombu.connection
 import kombu.exceptions
 import kombu.utils.functional
 import pytest
@@ -23,7 +23,7 @@ import redis.connection
 import redis.retry
 from celery import Celery
 from celery.signals import before_task_publish
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.publisher import RedisSender, sender_for
@@ -54,6 +54,7 @@ def queue() -> Iterator[str]:
 def _pop(queue: str) -> dict[str, Any]:
     raw = redis.Redis.from_url(REDIS_URL).rpop(queue)
     assert raw is not None, f"nothing on {queue}"
+    assert isinstance(raw, bytes)
     message: dict[str, Any] = json.loads(raw)
     message["body"] = json.loads(base64.b64decode(message["body"]))
     # Ids of the message itself, and of the process that sent it.
@@ -110,11 +111,11 @@ def test_other_message_shapes_use_apply_async(queue: str, conf: dict[str, Any]) 
 
 def test_a_queue_routed_through_a_topic_exchange_uses_apply_async(queue: str) -> None:
     """Only a queue that is the list of its own name is pushed to directly."""
-    routed = Queue(queue, Exchange("media", type="topic"), routing_key="media.#")
+    routed = Queue(queue, Exchange("media", type="topic"), routing_key="media.#")  # type: ignore[no-untyped-call]
     assert sender_for(_celery(task_queues=[routed]), queue) is None
-    plain = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
+    plain = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)  # type: ignore[no-untyped-call]
     assert sender_for(_celery(task_queues=[plain]), queue) is not None
-    expiring = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, expires=60)
+    expiring = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, expires=60)  # type: ignore[no-untyped-call]
     assert sender_for(_celery(task_queues=[expiring]), queue) is None
 
 
@@ -219,7 +220,7 @@ def test_a_push_whose_connection_fails_is_sent_again(
 ) -> None:
     """A push that fails on its way out is retried on a new connection, not lost."""
     sender = RedisSender(_celery())
-    real = redis.connection.Connection.send_packed_command
+    real: Callable[..., None] = redis.connection.Connection.send_packed_command
     sent: list[int] = []
 
     def flaky(connection: Any, command: Any, check_health: bool = True) -> None:
@@ -241,14 +242,14 @@ def test_first_senders_connect_side_by_side(queue: str, monkeypatch: pytest.Monk
     celery_app = _celery()
     connecting: list[int] = []
     go_on = threading.Event()
-    real = kombu.Connection.ensure_connection
+    real: Callable[..., Any] = kombu.connection.Connection.ensure_connection
 
     def slow(connection: Any, *args: Any, **kwargs: Any) -> Any:
         connecting.append(1)
         assert go_on.wait(10)
         return real(connection, *args, **kwargs)
 
-    monkeypatch.setattr(kombu.Connection, "ensure_connection", slow)
+    monkeypatch.setattr(kombu.connection.Connection, "ensure_connection", slow)
     senders: list[Any] = []
     threads = [
         threading.Thread(target=lambda: senders.append(sender_for(celery_app, queue)))
@@ -442,7 +443,7 @@ def test_a_push_to_a_broker_that_stopped_answering_is_retried_once_per_policy_re
         sender.send(PROCESS_TASK, 11, "t-11", queue)  # over an open connection
         relay.cut()
         connects: list[int] = []
-        real = redis.connection.Connection._connect
+        real: Callable[..., Any] = redis.connection.Connection._connect
 
         def counted(connection: Any) -> Any:
             connects.append(1)

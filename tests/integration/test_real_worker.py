@@ -15,7 +15,7 @@ from flask_async_request import Job, JobStatus
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import poll
+from tests.conftest import json_of, poll
 from tests.integration.conftest import Stack, effects
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def test_poll_until_done_over_http(stack: Stack) -> None:
     client = app.test_client()
     created = client.post("/sleep")
     assert created.status_code == 202
-    token = created.json["token"]
+    token = json_of(created)["token"]
     assert poll(client, token).status_code == 202
     deadline = time.monotonic() + 30
     while (response := poll(client, token)).status_code == 202:
@@ -68,12 +68,15 @@ def test_burst_on_prefork_children(stack: Stack, tmp_path: Path) -> None:
         failing = Job.create_and_enqueue(workers.Boom, "real failure").id
     jobs = _wait_all_finished(app, [*ids, failing])
     assert {jobs[i].status for i in ids} == {JobStatus.PROCESSED}
-    pids = Counter(json.loads(jobs[i].response)["pid"] for i in ids)
+    # A processed job always has a response; "" would fail to parse, as None would.
+    pids = Counter(json.loads(jobs[i].response or "")["pid"] for i in ids)
     assert len(pids) == 2, f"expected both children to work, got {pids}"
     runs = Counter(name.split("-")[0] for name in effects(tmp_path))
     assert runs == Counter({str(i): 1 for i in ids})
     assert jobs[failing].status is JobStatus.FAILED
-    assert json.loads(jobs[failing].response) == {"error": "real failure"}
+    failure = jobs[failing].response
+    assert failure is not None
+    assert json.loads(failure) == {"error": "real failure"}
     log = worker.output()
     assert "StaleDataError" not in log
     assert "ROLLBACK" not in log
@@ -100,6 +103,7 @@ def test_rabbitmq_broker(stack: Stack) -> None:
         job_id = Job.create_and_enqueue(workers.Echo, "rabbit", n=1).id
     job = _wait_all_finished(app, [job_id])[job_id]
     assert job.status is JobStatus.PROCESSED
+    assert job.response is not None
     assert json.loads(job.response)["args"] == ["rabbit"]
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from flask_async_request import AsyncRequest, Job, JobStatus, asynchronous, runner, worker
 from flask_async_request.state import get_state
 from tests import hostile_values, workers
-from tests.conftest import SECRET, poll
+from tests.conftest import SECRET, json_of, poll
 from tests.hostile_values import DRIVER_TEXT
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ def test_an_asynchronous_view_answering_a_nul_character_fails_its_job_on_postgre
     client = pg_app.test_client()
     started = client.get("/greet?from=a%00b")
     assert started.status_code == 202
-    answer = poll(client, started.json["token"])
+    answer = poll(client, json_of(started)["token"])
     assert answer.status_code == 200
     assert answer.json["status"] == "failed"
     message = json.loads(answer.json["response"]["body"])["error"]
