@@ -86,11 +86,15 @@ def serving(app: Any) -> Iterator[str]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
     assert isinstance(server, ThreadedWSGIServer)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+        # Ended before the next test starts, which may count the threads it starts.
+        thread.join()
+        server.server_close()
 
 
 @pytest.fixture
