@@ -157,8 +157,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             (signals.job_failed, self._recorder(JobStatus.FAILED)),
             (signals.job_cancelled, self._recorder(JobStatus.CANCELLED)),
         ]
+        # Only this app's ends: a job of another test's app, still running in a
+        # thread of this process, may end meanwhile.
         for signal, receiver in self._receivers:
-            signal.connect(receiver)
+            signal.connect(receiver, sender=self.app)
         self._patch = pytest.MonkeyPatch()
         self._patch.setattr(lifecycle, "queue_callback", self.callbacks.append)
         self._patch.setattr(
