@@ -67,6 +67,25 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
             app.extensions["sqlalchemy"].engine.dispose()
 
 
+#: The PostgreSQL database of the tests that need one.
+PG_DATABASE_URL = os.environ.get(
+    "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def pg_app(make_app: AppFactory) -> Iterator[Flask]:
+    """An app on PostgreSQL with eager Celery and a fresh jobs table."""
+    app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=PG_DATABASE_URL)
+    with app.app_context():
+        db = app.extensions["sqlalchemy"]
+        db.drop_all()
+        db.create_all()
+        yield app
+        db.session.remove()
+        get_state().store().dispose()
+
+
 @pytest.fixture
 def app(make_app: AppFactory) -> Iterator[Flask]:
     """An app on SQLite with eager Celery, inside an app context."""

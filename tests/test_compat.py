@@ -30,11 +30,9 @@ from flask_async_request.publisher import sender_for
 from flask_async_request.state import get_state
 from flask_async_request.tasks import _adopt
 from tests import workers
-from tests.conftest import AppFactory, add_job, reload_job
+from tests.conftest import PG_DATABASE_URL, AppFactory, add_job, reload_job
 
-PG_URL = os.environ.get(
-    "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_URL = PG_DATABASE_URL
 REDIS_URL = os.environ.get("FAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 _PG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
@@ -123,19 +121,6 @@ def test_an_expanding_parameter_is_no_change_of_sqlalchemy(
     statement = sa.select(Job.id).where(Job.id.in_(sa.bindparam("ids", expanding=True)))
     assert compat.precompile(statement, _PG) is None
     assert _warnings(caplog) == []
-
-
-@pytest.fixture
-def pg_app(make_app: AppFactory) -> Iterator[Flask]:
-    """An app on PostgreSQL with eager Celery and a fresh jobs table."""
-    app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=PG_URL)
-    with app.app_context():
-        db = app.extensions["sqlalchemy"]
-        db.drop_all()
-        db.create_all()
-        yield app
-        db.session.remove()
-        get_state().store().dispose()
 
 
 @pytest.mark.integration

@@ -25,28 +25,13 @@ from flask_async_request.outcomes import Outcome
 from flask_async_request.state import get_state
 from flask_async_request.statements import hot
 from tests import workers
-from tests.conftest import AppFactory, add_job, json_of, poll
+from tests.conftest import PG_DATABASE_URL, add_job, json_of, poll
 from tests.integration.conftest import Stack, _environment, _start_worker
 from tests.test_idempotency_webhooks import Receiver
 
 pytestmark = pytest.mark.integration
 
-DATABASE_URL = os.environ.get(
-    "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-@pytest.fixture
-def pg_app(make_app: AppFactory) -> Iterator[Flask]:
-    """An app on PostgreSQL with eager Celery and a fresh jobs table."""
-    app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=DATABASE_URL)
-    with app.app_context():
-        db = app.extensions["sqlalchemy"]
-        db.drop_all()
-        db.create_all()
-        yield app
-        db.session.remove()
-        get_state().store().dispose()
+DATABASE_URL = PG_DATABASE_URL
 
 
 @pytest.fixture

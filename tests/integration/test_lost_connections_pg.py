@@ -9,7 +9,6 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,7 +21,7 @@ from flask_async_request.broker import Message, publish
 from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, add_job, reload_job
+from tests.conftest import PG_DATABASE_URL, add_job, reload_job
 from tests.integration.conftest import (
     _environment,
     _load_project,
@@ -41,22 +40,7 @@ TERMINATE_EVERY = 0.5
 RATE = 25
 
 
-DATABASE_URL = os.environ.get(
-    "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-@pytest.fixture
-def pg_app(make_app: AppFactory) -> Iterator[Flask]:
-    """An app on PostgreSQL with eager Celery and a fresh jobs table."""
-    app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=DATABASE_URL)
-    with app.app_context():
-        db = app.extensions["sqlalchemy"]
-        db.drop_all()
-        db.create_all()
-        yield app
-        db.session.remove()
-        get_state().store().dispose()
+DATABASE_URL = PG_DATABASE_URL
 
 
 @pytest.mark.parametrize(("lost", "what"), [(1, "claim"), (2, "finish")])
