@@ -250,7 +250,9 @@ def test_a_new_row_inserts_every_column_it_names() -> None:
 def conn() -> Iterator[Connection]:
     """A connection to an in-memory database holding the jobs table alone."""
     engine = sa.create_engine("sqlite://")
-    Job.__table__.create(engine)  # type: ignore[attr-defined]
+    table = Job.__table__
+    assert isinstance(table, sa.Table)
+    table.create(engine)
     with engine.connect() as connection:
         yield connection
     engine.dispose()
@@ -286,6 +288,12 @@ def _uid(conn: Connection) -> str:
     return f"{count:032x}"
 
 
+def _form(form: sa.Executable | None) -> sa.Executable:
+    """A form the statement has."""
+    assert form is not None
+    return form
+
+
 def _row(conn: Connection, job_id: int) -> Any:
     return conn.execute(sa.select(Job.__table__).where(Job.id == job_id)).one()
 
@@ -293,7 +301,7 @@ def _row(conn: Connection, job_id: int) -> Any:
 def _claim(conn: Connection, job_id: int, now: datetime | None = None) -> Any:
     now = now or utcnow()
     return conn.execute(
-        CLAIM.returning,  # type: ignore[arg-type]
+        _form(CLAIM.returning),
         {"job_id": job_id, "now": now, "lease_until": now + timedelta(minutes=1)},
     ).one_or_none()
 
@@ -382,7 +390,7 @@ def _finish(conn: Connection, job_id: int, attempt: int, progress: float | None)
         progress=progress,
         now=utcnow(),
     )
-    return conn.execute(FINISH.returning, values).one_or_none()  # type: ignore[arg-type]
+    return conn.execute(_form(FINISH.returning), values).one_or_none()
 
 
 def test_finish_stores_the_reply_and_hands_back_the_ended_row(conn: Connection) -> None:
@@ -499,7 +507,7 @@ def test_reset_for_retry_clears_a_failed_job_only(conn: Connection) -> None:
     )
     processed = _insert(conn, JobStatus.PROCESSED)
     values = {"job_id": failed, "due_at": now, "now": now}
-    reset = conn.execute(RESET_FOR_RETRY.returning, values).one()  # type: ignore[arg-type]
+    reset = conn.execute(_form(RESET_FOR_RETRY.returning), values).one()
     assert (reset.id, reset.due_at) == (failed, now.replace(tzinfo=None))
     row = _row(conn, failed)
     assert row.status == "waiting"
