@@ -69,10 +69,12 @@ def test_parse_duration_reads_a_number_and_a_unit(text: str, seconds: int) -> No
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "h", "2x", "-1", "1 day", "2h30m", "1e3", "+5", "1,5h"])
+@pytest.mark.parametrize(
+    "text", ["", "h", "2x", "-1", "1 day", "2 fortnights", "2h30m", "1e3", "+5", "1,5h", "5\n6"]
+)
 def test_parse_duration_refuses_anything_else(text: str) -> None:
     """Anything but a number with one unit is a ValueError that shows the forms."""
-    with pytest.raises(ValueError, match="is not a duration; use a number"):
+    with pytest.raises(ValueError, match=r"is not a duration; .* such as 90, 15m, 2h or 7d"):
         parse_duration(text)
 
 
