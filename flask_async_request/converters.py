@@ -28,6 +28,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+#: The longest duration a setting takes: now plus or minus it stays a date (an
+#: expiry, a retention's cutoff), which a timedelta's own maximum would not.
+LONGEST_DURATION = timedelta(days=36_525)
+
 
 def invalid(key: str, got: object, expected: str) -> ConfigurationError:
     """The error for ``key``: what it got, and what would be right."""
@@ -90,6 +94,10 @@ def duration(key: str, value: Any) -> timedelta:
         raise invalid(key, value, "a number of seconds, a datetime.timedelta or a str like 2h")
     if delta <= timedelta(0):
         raise invalid(key, value, "a positive duration")
+    if delta > LONGEST_DURATION:
+        raise invalid(
+            key, value, f"a duration of at most 100 years ({LONGEST_DURATION.days:,} days)"
+        )
     return delta
 
 

@@ -16,6 +16,7 @@ from flask_async_request.converters import (
     ASYMMETRIC_ALGORITHMS,
     HMAC_ALGORITHMS,
     HMAC_MINIMUM,
+    LONGEST_DURATION,
     SUPPORTED_ALGORITHMS,
     boolean,
     choice,
@@ -35,6 +36,7 @@ from flask_async_request.converters import (
     whole_seconds,
 )
 from flask_async_request.exceptions import ConfigurationError
+from flask_async_request.models import utcnow
 
 KEY = "ASYNC_REQUEST_SOMETHING"
 
@@ -168,6 +170,21 @@ def test_duration_refuses_what_no_timedelta_holds(value: Any) -> None:
     """NaN, an infinity or a number past a timedelta's range is a ConfigurationError."""
     with pytest.raises(ConfigurationError, match=f"^{KEY} is "):
         duration(KEY, value)
+
+
+@pytest.mark.parametrize(
+    "value", [timedelta(days=36_526), timedelta.max, 10**10, "5300w", "36526d"]
+)
+def test_duration_refuses_what_would_take_a_date_out_of_range(value: Any) -> None:
+    """A duration longer than 100 years is refused, rather than every expiry it sets failing."""
+    with pytest.raises(ConfigurationError, match=r"at most 100 years \(36,525 days\)"):
+        duration(KEY, value)
+
+
+def test_the_longest_duration_keeps_dates_in_range() -> None:
+    """The longest duration taken, added to now or taken from it, is still a date."""
+    assert duration(KEY, LONGEST_DURATION) == LONGEST_DURATION
+    assert utcnow() - LONGEST_DURATION < utcnow() + LONGEST_DURATION
 
 
 # Optional, schedules ---------------------------------------------------------------------------
