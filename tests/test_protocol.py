@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_async_request import Job, JobStatus, accepted, lifecycle, signals
+from flask_async_request import Job, JobStatus, accepted, signals
 from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
@@ -125,23 +125,6 @@ def test_progress_is_stored_while_running(app: Flask) -> None:
     assert job.response is not None
     assert json.loads(job.response) == {"progress": 0.75, "message": "three quarters"}
     assert job.progress == 1.0
-
-
-def test_progress_in_a_tight_loop_writes_rarely(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """100,000 reports cost a handful of writes."""
-    writes: list[float] = []
-    original = lifecycle.set_progress
-
-    def counting(store: JobStore, *args: Any) -> bool:
-        writes.append(args[2])
-        return original(store, *args)
-
-    monkeypatch.setattr(lifecycle, "set_progress", counting)
-    job = Job.create_and_enqueue(workers.TightLoop, 100_000)
-    assert job.status is JobStatus.PROCESSED
-    assert 1 <= len(writes) <= 20
 
 
 # Cancellation --------------------------------------------------------------------------
