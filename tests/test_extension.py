@@ -177,55 +177,6 @@ def test_embedded_mode_warns_when_its_worker_starts(
     assert "development only" in caplog.text
 
 
-def test_broker_configured_means_no_embedded_worker(make_app: AppFactory) -> None:
-    """Naming a broker turns embedded mode off."""
-    app = make_app(CELERY={"broker_url": "redis://127.0.0.1:6379/15"})
-    assert app.extensions["async_request"].embedded is None
-    assert app.extensions["celery"].conf.broker_url == "redis://127.0.0.1:6379/15"
-
-
-@pytest.mark.parametrize(
-    ("celery", "bound"),
-    [
-        ({"broker_url": "redis://127.0.0.1:6379/15"}, 4.0),
-        ({"broker_url": "rediss://127.0.0.1:6380/0", "broker_connection_timeout": 2}, 2.0),
-        ({"broker_url": "redis://h", "broker_transport_options": {"visibility_timeout": 9}}, 4.0),
-        ({"broker_url": "redis://h", "broker_connection_timeout": None}, None),
-        (
-            {
-                "broker_url": "redis://h",
-                "broker_transport_options": {"socket_connect_timeout": 9},
-            },
-            9,
-        ),
-        ({"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}, None),
-        ({}, None),
-        # The redis client connects within socket_timeout when it is the only one.
-        ({"broker_url": "redis://h", "broker_transport_options": {"socket_timeout": 9}}, None),
-    ],
-    ids=["redis", "rediss", "other options", "no timeout", "named", "amqp", "embedded", "read"],
-)
-def test_a_redis_broker_s_connects_give_up_after_the_connection_timeout(
-    make_app: AppFactory, celery: dict[str, Any], bound: float | None
-) -> None:
-    """Celery's Redis transport would wait out the kernel's SYN retries (over two minutes)."""
-    conf = make_app(CELERY={"task_always_eager": False, **celery}).extensions["celery"].conf
-    options = conf.broker_transport_options or {}
-    assert options.get("socket_connect_timeout") == bound
-    assert options.get("visibility_timeout") == celery.get("broker_transport_options", {}).get(
-        "visibility_timeout"
-    )
-
-
-def test_a_celery_app_of_the_user_s_keeps_its_transport_options(tmp_path: Any) -> None:
-    app = _bare_app(tmp_path)
-    SQLAlchemy(app)
-    mine = Celery("mine", broker="redis://127.0.0.1:6379/15")
-    app.extensions["celery"] = mine
-    AsyncRequest(app)
-    assert "socket_connect_timeout" not in (mine.conf.broker_transport_options or {})
-
-
 def test_cleanup_goes_to_the_jobs_queue(make_app: AppFactory) -> None:
     """With ASYNC_REQUEST_QUEUE set, beat sends the purge to that queue."""
     app = make_app(ASYNC_REQUEST_QUEUE="jobs", ASYNC_REQUEST_CLEAN_JOBS_CRON=30)
