@@ -15,7 +15,7 @@ from flask import Flask, url_for
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import AsyncRequest, Job
-from flask_async_request.broker import PROCESS_TASK, PURGE_SCHEDULE
+from flask_async_request.broker import PROCESS_TASK
 from tests.conftest import SECRET, AppFactory, poll
 from tests.workers import Echo
 
@@ -153,19 +153,6 @@ def test_two_apps_with_different_configs(make_app: AppFactory) -> None:
     assert response.status_code == 400
 
 
-def test_beat_schedule_has_the_cleanup(app: Flask) -> None:
-    """ASYNC_REQUEST_CLEAN_JOBS (default on) adds the purge to the beat schedule."""
-    entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
-    assert entry["schedule"].hour == {0}
-    assert entry["schedule"].minute == {0}
-
-
-def test_cleanup_can_be_switched_off(make_app: AppFactory) -> None:
-    """ASYNC_REQUEST_CLEAN_JOBS=False leaves the beat schedule alone."""
-    app = make_app(ASYNC_REQUEST_CLEAN_JOBS=False)
-    assert PURGE_SCHEDULE not in (app.extensions["celery"].conf.beat_schedule or {})
-
-
 def test_embedded_mode_warns_when_its_worker_starts(
     make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -175,14 +162,6 @@ def test_embedded_mode_warns_when_its_worker_starts(
         assert "development only" not in caplog.text
         app.extensions["async_request"].embedded.ensure_started()
     assert "development only" in caplog.text
-
-
-def test_cleanup_goes_to_the_jobs_queue(make_app: AppFactory) -> None:
-    """With ASYNC_REQUEST_QUEUE set, beat sends the purge to that queue."""
-    app = make_app(ASYNC_REQUEST_QUEUE="jobs", ASYNC_REQUEST_CLEAN_JOBS_CRON=30)
-    entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
-    assert entry["options"] == {"queue": "jobs"}
-    assert entry["schedule"].total_seconds() == 30
 
 
 def _celery_init_app(app: Flask) -> Any:

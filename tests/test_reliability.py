@@ -284,18 +284,6 @@ def test_sweep_command(app: Flask) -> None:
     assert "Lost workers: 0 jobs put back to run, 1 failed." in result.output
 
 
-def test_sweep_runs_on_beat(app: Flask) -> None:
-    """The sweeper is scheduled every ASYNC_REQUEST_SWEEP_INTERVAL."""
-    entry = app.extensions["celery"].conf.beat_schedule["flask_async_request.sweep_jobs"]
-    assert entry["schedule"] == timedelta(seconds=30)
-
-
-def test_sweep_can_be_switched_off(make_app: AppFactory) -> None:
-    """ASYNC_REQUEST_SWEEP_INTERVAL=None adds no beat entry."""
-    app = make_app(ASYNC_REQUEST_SWEEP_INTERVAL=None)
-    assert "flask_async_request.sweep_jobs" not in app.extensions["celery"].conf.beat_schedule
-
-
 def test_every_new_app_publishes_on_commit(tmp_path: Path) -> None:
     """Apps made and dropped one after another each get their listeners (no stale registry)."""
     import gc
