@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_async_request import Job, JobStatus, lifecycle, signals
+from flask_async_request import Job, JobStatus, Worker, lifecycle, signals
 from flask_async_request.broker import PROCESS_TASK
-from flask_async_request.exceptions import DatabaseUnavailable
+from flask_async_request.exceptions import DatabaseUnavailable, JobCancelled
 from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome
 from flask_async_request.runner import MAX_ERROR_LENGTH, MAX_RETRY_DELAY, retry_delay, run_job
@@ -366,3 +366,20 @@ def test_a_worker_stopped_by_its_cancel_stores_nothing(app: Flask, tmp_path: Pat
     assert stored.status is JobStatus.CANCELLED
     assert stored.response is not None
     assert "should not be stored" not in stored.response
+
+
+class RaisesCancelled(Worker):
+    """Raises JobCancelled itself, its job not cancelled."""
+
+    def execute(self) -> tuple[int, str]:
+        raise JobCancelled("stopped by the worker")
+
+
+def test_job_cancelled_raised_while_the_job_still_runs_fails_it(app: Flask) -> None:
+    """A JobCancelled of the worker's own, its job not cancelled, fails the job, not leaves it."""
+    job = add_job(worker="tests.test_runner:RaisesCancelled")
+    assert run_job(job.id) is JobStatus.FAILED
+    stored = reload_job(job.id)
+    assert (stored.status, stored.status_code) == (JobStatus.FAILED, 500)
+    assert stored.response is not None
+    assert json.loads(stored.response) == {"error": "stopped by the worker"}
