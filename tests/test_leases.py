@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from flask import Flask
+from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus, lifecycle
 from flask_async_request.leases import LeaseKeeper
@@ -69,7 +69,7 @@ def running(attempts: int = 1, lease_from_now: float = 60) -> Job:
     job = add_job(status=JobStatus.PROCESSING)
     job.attempts = attempts
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_from_now)
-    get_state().db.session.commit()
+    current_app.extensions["sqlalchemy"].session.commit()
     return job
 
 

@@ -17,7 +17,6 @@ from flask_async_request.exceptions import DatabaseUnavailable, JobCancelled
 from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome
 from flask_async_request.runner import MAX_ERROR_LENGTH, MAX_RETRY_DELAY, retry_delay, run_job
-from flask_async_request.state import get_state
 from tests import workers
 from tests.conftest import AppFactory, add_job, json_of, reload_job
 
@@ -115,8 +114,7 @@ def test_message_for_a_processing_job_does_nothing(app: Flask) -> None:
     """A job already claimed by another worker is not run again."""
     job = add_job(status=JobStatus.PROCESSING)
     assert run_job(job.id) is None
-    get_state().db.session.refresh(job)
-    assert job.status is JobStatus.PROCESSING
+    assert reload_job(job.id).status is JobStatus.PROCESSING
 
 
 def test_message_for_a_deleted_job_does_nothing(app: Flask) -> None:
@@ -139,7 +137,7 @@ def test_stored_path_that_is_no_worker_is_refused(app: Flask, path: str) -> None
     """A row naming anything but a Worker subclass fails without running it."""
     job = add_job(worker=path, args=["echo pwned"])
     assert run_job(job.id) is JobStatus.FAILED
-    get_state().db.session.refresh(job)
+    job = reload_job(job.id)
     assert job.status is JobStatus.FAILED
     assert job.status_code == 500
     assert job.response is not None

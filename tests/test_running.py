@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus, lifecycle, running
 from flask_async_request.exceptions import DatabaseUnavailable, JobCancelled, StorageError
@@ -48,7 +48,7 @@ def claimed() -> Job:
     """A job claimed by its first attempt."""
     job = add_job(status=JobStatus.PROCESSING)
     job.attempts = 1
-    get_state().db.session.commit()
+    current_app.extensions["sqlalchemy"].session.commit()
     return job
 
 
@@ -59,7 +59,7 @@ def run_of(app: Flask, store: JobStore, job: Job, *, writes: bool = True) -> Run
 
 def cancel(job_id: int) -> None:
     """Mark the job cancelled, as a client's DELETE does."""
-    session = get_state().db.session
+    session = current_app.extensions["sqlalchemy"].session
     session.execute(sa.update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
     session.commit()
 
@@ -126,7 +126,7 @@ def test_a_job_taken_over_counts_as_cancelled(app: Flask, store: JobStore, clock
     """A report of an attempt that no longer holds the job raises JobCancelled."""
     job = claimed()
     run = run_of(app, store, job)
-    session = get_state().db.session
+    session = current_app.extensions["sqlalchemy"].session
     session.execute(sa.update(Job).where(Job.id == job.id).values(attempts=2))
     session.commit()
     with pytest.raises(JobCancelled):
