@@ -15,7 +15,6 @@ from flask_async_request import EnqueueError, Job, JobStatus, accepted, asynchro
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
-from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
@@ -105,94 +104,7 @@ def test_enqueue_call_passes_a_commit_argument_to_execute(app: Flask) -> None:
 # One effect per claim ------------------------------------------------------------------
 
 
-def test_reply_of_a_run_whose_lease_was_taken_over_is_dropped(app: Flask) -> None:
-    """A worker that lost its job to another attempt does not overwrite it."""
-    job = Job.create_and_enqueue(workers.Hijacked)
-    job = reload_job(job.id)
-    assert job.status is JobStatus.PROCESSING
-    assert job.response is None
-    assert job.attempts == 2
-
-
-def test_lease_is_renewed_while_the_worker_runs(make_app: AppFactory) -> None:
-    """A job running longer than its lease keeps it renewed."""
-    app = make_app(ASYNC_REQUEST_LEASE=0.6)
-    with app.app_context():
-        job = Job.create_and_enqueue(workers.LeaseProbe, 1.0)
-        assert job.response is not None
-        probe = json.loads(job.response)
-        assert probe["after"] > probe["before"]
-        assert job.lease_expires_at is None
-
-
-def test_short_job_costs_no_renewal(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job done within a third of its lease is never renewed."""
-    from flask_async_request.leases import LeaseKeeper
-
-    renewals: list[int] = []
-    monkeypatch.setattr(
-        LeaseKeeper,
-        "_renew",
-        staticmethod(lambda engine, job_id, attempt, lease: renewals.append(job_id)),
-    )
-    app = make_app(ASYNC_REQUEST_LEASE=60)
-    with app.app_context():
-        for _ in range(5):
-            Job.create_and_enqueue(workers.Echo)
-    assert renewals == []
-
-
 # Retries ---------------------------------------------------------------------------------
-
-
-def test_retry_on_limits_what_is_retried(make_app: AppFactory, tmp_path: Path) -> None:
-    """An exception outside Worker.retry_on fails the job at once."""
-    app = make_app(ASYNC_REQUEST_RETRY=3)
-    with app.app_context():
-        counter = tmp_path / "value"
-        job = Job.create_and_enqueue(workers.Picky, str(counter), "value")
-        assert job.status is JobStatus.FAILED
-        assert counter.read_text() == "1"
-        counter = tmp_path / "connection"
-        job = Job.create_and_enqueue(workers.Picky, str(counter), "connection")
-        assert job.status is JobStatus.FAILED
-        assert counter.read_text() == "4"
-
-
-def test_retries_back_off_exponentially(
-    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each retry is published with a doubled countdown and the job waits meanwhile."""
-    app = make_app(ASYNC_REQUEST_RETRY=3)
-    countdowns: list[float | None] = []
-    with app.app_context():
-        task = get_state().celery.tasks[PROCESS_TASK]
-        real = task.apply_async
-
-        def spy(args: tuple[int], **options: Any) -> Any:
-            countdowns.append(options.get("countdown"))
-            return real(args, **options)
-
-        monkeypatch.setattr(task, "apply_async", spy)
-        job = Job.create_and_enqueue(workers.FlakyThenOk, str(tmp_path / "runs"), 3)
-        assert job.status is JobStatus.PROCESSED
-    assert countdowns == [None, 1.0, 2.0, 4.0]
-
-
-def test_job_waits_for_its_retry(make_app: AppFactory, tmp_path: Path) -> None:
-    """Between attempts the job is waiting (the status endpoint answers 202), due later."""
-    app = make_app(ASYNC_REQUEST_RETRY=1, CELERY=BROKER_DOWN)
-    with app.app_context():
-        job = add_job(worker="tests.workers:FlakyThenOk", args=[str(tmp_path / "runs"), 5])
-        before = utcnow()
-        assert run_job(job.id) is JobStatus.WAITING
-        job = reload_job(job.id)
-        assert job.status is JobStatus.WAITING
-        assert job.due_at.replace(tzinfo=before.tzinfo) >= before + timedelta(seconds=0.9)
-        response = app.test_client().get(
-            "/async_request/job", headers={"X-JOB-AUTHORIZATION": job.token}
-        )
-        assert response.status_code == 202
 
 
 # Nothing stuck: the sweeper --------------------------------------------------------------
@@ -370,18 +282,6 @@ def test_sweep_command(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["async-request", "sweep"])
     assert result.exit_code == 0
     assert "Lost workers: 0 jobs put back to run, 1 failed." in result.output
-
-
-def test_sweep_runs_on_beat(app: Flask) -> None:
-    """The sweeper is scheduled every ASYNC_REQUEST_SWEEP_INTERVAL."""
-    entry = app.extensions["celery"].conf.beat_schedule["flask_async_request.sweep_jobs"]
-    assert entry["schedule"] == timedelta(seconds=30)
-
-
-def test_sweep_can_be_switched_off(make_app: AppFactory) -> None:
-    """ASYNC_REQUEST_SWEEP_INTERVAL=None adds no beat entry."""
-    app = make_app(ASYNC_REQUEST_SWEEP_INTERVAL=None)
-    assert "flask_async_request.sweep_jobs" not in app.extensions["celery"].conf.beat_schedule
 
 
 def test_every_new_app_publishes_on_commit(tmp_path: Path) -> None:
