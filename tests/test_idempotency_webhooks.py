@@ -10,16 +10,11 @@ from typing import Any
 
 import pytest
 from flask import Flask, request
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug.serving import make_server
 
 from flask_async_request import IdempotencyConflict, InvalidIdempotencyKey, Job, accepted
 from flask_async_request.state import get_state
 from flask_async_request.webhooks import (
-    ID_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    receiver_secret,
     verify_callback,
 )
 from tests import workers
@@ -185,35 +180,6 @@ def test_a_failed_job_calls_back_with_its_poll_body(app: Flask, receiver: Receiv
     assert payload["response"]["status_code"] == 500
 
 
-def test_signature_checks(app: Flask, receiver: Receiver) -> None:
-    """A changed body, id or key, an old timestamp or a missing header does not verify."""
-    Job.create_and_enqueue(workers.Echo, callback_url=receiver.url)
-    receiver.wait()
-    body, headers = receiver.calls[0]
-    assert not verify_callback(body + b" ", headers, key=SECRET)
-    assert not verify_callback(body, headers, key="another key")
-    assert not verify_callback(body, {**headers, "Webhook-Id": "msg_other"}, key=SECRET)
-    later = int(headers["Webhook-Timestamp"]) + 3600
-    assert not verify_callback(body, headers, key=SECRET, now=later)
-    assert not verify_callback(body, {SIGNATURE_HEADER: headers["Webhook-Signature"]}, key=SECRET)
-
-
-def test_callback_verifies_with_the_standard_webhooks_library(
-    app: Flask, receiver: Receiver
-) -> None:
-    """The reference Standard Webhooks implementation accepts the callback, and no changed one."""
-    job = Job.create_and_enqueue(workers.Echo, callback_url=receiver.url)
-    receiver.wait()
-    body, headers = receiver.calls[0]
-    hook = Webhook(receiver_secret(SECRET))
-    lowered = {name.lower(): value for name, value in headers.items()}
-    assert hook.verify(body, lowered)["job_id"] == job.id
-    with pytest.raises(WebhookVerificationError):
-        hook.verify(body.replace(b"processed", b"failed\x20\x20"), lowered)
-    with pytest.raises(WebhookVerificationError):
-        Webhook(receiver_secret("another key")).verify(body, lowered)
-
-
 def test_failing_receiver_is_retried_with_the_same_webhook_id(app: Flask) -> None:
     """A receiver answering 500 gets the callback again, with the same webhook-id."""
     server = Receiver(status=500)
@@ -226,27 +192,6 @@ def test_failing_receiver_is_retried_with_the_same_webhook_id(app: Flask) -> Non
     timestamps = [headers["Webhook-Timestamp"] for _, headers in server.calls]
     assert len(ids) == 1
     assert all(t.isdigit() for t in timestamps)
-
-
-def test_verify_callback_takes_a_whsec_secret(app: Flask, receiver: Receiver) -> None:
-    """A receiver may hold the key in its Standard Webhooks form."""
-    Job.create_and_enqueue(workers.Echo, callback_url=receiver.url)
-    receiver.wait()
-    body, headers = receiver.calls[0]
-    assert verify_callback(body, headers, key=receiver_secret(SECRET))
-
-
-@pytest.mark.parametrize(
-    "signature", ["v1=\u00e9\u00e9", "v1,\u00e9\u00e9", "\u00e9", "v1,", "", "v1,AAAA v2,\u00ff"]
-)
-def test_non_ascii_signature_is_false_not_an_error(signature: str) -> None:
-    """A forged signature header with non-ASCII characters verifies False, never raises."""
-    headers = {
-        ID_HEADER: "msg_x",
-        TIMESTAMP_HEADER: str(int(time.time())),
-        SIGNATURE_HEADER: signature,
-    }
-    assert verify_callback(b"{}", headers, key=SECRET) is False
 
 
 def test_failed_and_cancelled_jobs_call_back(app: Flask, receiver: Receiver) -> None:
