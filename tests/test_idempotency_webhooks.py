@@ -12,57 +12,13 @@ import pytest
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-from flask_async_request import IdempotencyConflict, InvalidIdempotencyKey, Job, accepted
+from flask_async_request import Job, accepted
 from flask_async_request.state import get_state
-from flask_async_request.webhooks import (
-    verify_callback,
-)
+from flask_async_request.webhooks import verify_callback
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job, json_of, poll
-
-
-def _count() -> int:
-    return get_state().db.session.query(Job).count()
-
+from tests.conftest import SECRET, add_job, json_of, poll
 
 # Idempotency ---------------------------------------------------------------------------
-
-
-def test_same_key_returns_the_same_job(app: Flask) -> None:
-    """A repeated key with the same arguments returns the job it first created."""
-    first = Job.create_and_enqueue(workers.Echo, 1, idempotency_key="order-7")
-    again = Job.create_and_enqueue(workers.Echo, 1, idempotency_key="order-7")
-    assert again.id == first.id
-    assert _count() == 1
-
-
-def test_same_key_other_arguments_is_a_conflict(app: Flask) -> None:
-    """A repeated key with other arguments raises IdempotencyConflict and stores nothing."""
-    first = Job.create_and_enqueue(workers.Echo, 1, idempotency_key="order-7")
-    with pytest.raises(IdempotencyConflict, match="'order-7' was used for job") as info:
-        Job.create_and_enqueue(workers.Echo, 2, idempotency_key="order-7")
-    assert info.value.job_id == first.id
-    assert _count() == 1
-
-
-def test_keys_are_per_identity(make_app: AppFactory) -> None:
-    """The same key from two identities makes two jobs."""
-    app = make_app()
-    who = {"name": "alice"}
-    app.extensions["async_request"].extension.identity_loader(lambda: who["name"])
-    with app.app_context():
-        alice = Job.create_and_enqueue(workers.Echo, idempotency_key="k").id
-        who["name"] = "bob"
-        bob = Job.create_and_enqueue(workers.Echo, idempotency_key="k").id
-        assert alice != bob
-
-
-@pytest.mark.parametrize("key", ["", "x" * 256])
-def test_bad_key_is_a_value_error(app: Flask, key: str) -> None:
-    """An empty or overlong key is refused before anything is stored."""
-    with pytest.raises(InvalidIdempotencyKey, match="Idempotency-Key"):
-        Job.create_and_enqueue(workers.Echo, idempotency_key=key)
-    assert _count() == 0
 
 
 def test_idempotency_key_header_in_a_view(app: Flask) -> None:
@@ -205,11 +161,3 @@ def test_failed_and_cancelled_jobs_call_back(app: Flask, receiver: Receiver) -> 
     receiver.wait(2)
     statuses = [json.loads(body)["status"] for body, _ in receiver.calls]
     assert statuses == ["failed", "cancelled"]
-
-
-@pytest.mark.parametrize("url", ["ftp://x/y", "not a url", "/relative", "http://"])
-def test_bad_callback_url_stores_nothing(app: Flask, url: str) -> None:
-    """Only absolute http(s) urls are accepted."""
-    with pytest.raises(ValueError, match="callback_url"):
-        Job.create_and_enqueue(workers.Echo, callback_url=url)
-    assert _count() == 0

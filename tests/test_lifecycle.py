@@ -16,18 +16,15 @@ from flask import Flask
 from flask_async_request import Job, JobStatus, signals
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.exceptions import (
-    AsyncRequestError,
-    JobFinished,
     JobNotFailed,
     JobNotFound,
-    JobStateError,
 )
 from flask_async_request.maintenance import retry_job, sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll, reload_job
+from tests.conftest import add_job, poll, reload_job
 from tests.test_idempotency_webhooks import Receiver
 
 
@@ -129,20 +126,6 @@ def test_cancel_answers_from_its_own_statement(app: Flask, monkeypatch: pytest.M
     assert reply.status is JobStatus.CANCELLED
     assert reply.status_code == 499
     assert json.loads(reply.response or "") == {"error": "Job cancelled"}
-
-
-def test_cancel_errors_narrow(app: Flask) -> None:
-    """A missing job is JobNotFound (a LookupError); a finished one JobFinished."""
-    with pytest.raises(JobNotFound) as missing:
-        cancel_job(12345)
-    assert isinstance(missing.value, LookupError)
-    assert isinstance(missing.value, AsyncRequestError)
-    assert missing.value.job_id == 12345
-    done = add_job(status=JobStatus.PROCESSED, response="x", finished_at=utcnow())
-    with pytest.raises(JobFinished) as finished:
-        cancel_job(done.id)
-    assert isinstance(finished.value, JobStateError)
-    assert finished.value.status == "processed"
 
 
 # Long polls ---------------------------------------------------------------------------------
@@ -247,21 +230,6 @@ def test_transactional_worker_that_fails_writes_nothing(app: Flask, effects_tabl
     assert job.response is not None
     assert json.loads(job.response) == {"error": "failed after writing"}
     assert _effects() == []
-
-
-def test_listeners_stay_on_the_apps_own_session(make_app: AppFactory) -> None:
-    """Another session in the process carries none of the library's listeners."""
-    make_app()
-    from sqlalchemy import event
-    from sqlalchemy.orm import Session
-
-    from flask_async_request import web
-
-    assert not event.contains(Session, "after_commit", web._publish_on_commit)
-    other = Session(sa.create_engine("sqlite://"))
-    other.info[web._PENDING_KEY] = [(1, "x")]
-    other.commit()
-    assert web._PENDING_KEY in other.info
 
 
 def test_shared_reads_after_wakes_stay_bounded(app: Flask) -> None:

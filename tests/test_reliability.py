@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,59 +39,7 @@ def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, dict[st
     return messages
 
 
-# Publishing after commit -------------------------------------------------------------
-
-
-def test_commit_false_publishes_on_the_callers_commit(app: Flask, sent: list[Any]) -> None:
-    """With commit=False nothing is sent until the caller commits."""
-    job = Job.create_and_enqueue(workers.Echo, 1, commit=False)
-    job_id = job.id
-    assert sent == []
-    get_state().db.session.commit()
-    assert [message[0] for message in sent] == [job_id]
-
-
-def test_commit_false_rolled_back_is_never_published(app: Flask, sent: list[Any]) -> None:
-    """A rolled back transaction leaves no row and sends no message."""
-    Job.create_and_enqueue(workers.Echo, commit=False)
-    session = get_state().db.session
-    session.rollback()
-    session.commit()
-    assert sent == []
-    assert session.query(Job).count() == 0
-
-
-def test_begin_block_publishes_when_it_commits(app: Flask, sent: list[Any]) -> None:
-    """Inside db.session.begin() the job waits for the block's commit."""
-    session = get_state().db.session
-    session.commit()
-    with session.begin():
-        job_id = Job.create_and_enqueue(workers.Echo).id
-        assert sent == []
-    assert [message[0] for message in sent] == [job_id]
-
-
-def test_begin_block_rolled_back_publishes_nothing(app: Flask, sent: list[Any]) -> None:
-    """An exception in the block rolls the job back and nothing is sent."""
-    session = get_state().db.session
-    session.commit()
-    with pytest.raises(RuntimeError), session.begin():
-        Job.create_and_enqueue(workers.Echo)
-        raise RuntimeError("abort")
-    assert sent == []
-    assert session.query(Job).count() == 0
-
-
-def test_publish_failure_after_commit_is_logged(
-    make_app: AppFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A broker down at the caller's commit loses nothing: the row stays waiting, it is logged."""
-    app = make_app(CELERY=BROKER_DOWN)
-    with app.app_context(), caplog.at_level(logging.ERROR, logger="flask_async_request"):
-        job_id = Job.create_and_enqueue(workers.Echo, commit=False).id
-        get_state().db.session.commit()
-        assert reload_job(job_id).status is JobStatus.WAITING
-    assert f"Job {job_id} is stored but could not be published yet" in caplog.text
+# The keywords the library reserves ---------------------------------------------------
 
 
 def test_enqueue_call_passes_a_commit_argument_to_execute(app: Flask) -> None:
@@ -268,19 +215,6 @@ def test_sweeping_all_waiting_jobs_keeps_a_retry_backoff(app: Flask, sent: list[
     assert 25 < options["countdown"] <= 30
 
 
-def test_enqueue_error_holds_the_stored_job(make_app: AppFactory) -> None:
-    """create_and_enqueue's EnqueueError names the job and holds it, token signed."""
-    app = make_app(CELERY=BROKER_DOWN)
-    with app.app_context():
-        with pytest.raises(EnqueueError) as info:
-            Job.create_and_enqueue(workers.Echo, "late")
-        job = info.value.job
-        assert isinstance(job, Job)
-        assert job.id == info.value.job_id
-        assert job.status is JobStatus.WAITING
-        assert job.token
-
-
 def test_job_stored_while_the_broker_was_down_runs_when_it_is_back(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
@@ -382,34 +316,3 @@ def test_sweep_can_be_switched_off(make_app: AppFactory) -> None:
     """ASYNC_REQUEST_SWEEP_INTERVAL=None adds no beat entry."""
     app = make_app(ASYNC_REQUEST_SWEEP_INTERVAL=None)
     assert "flask_async_request.sweep_jobs" not in app.extensions["celery"].conf.beat_schedule
-
-
-def test_every_new_app_publishes_on_commit(tmp_path: Path) -> None:
-    """Apps made and dropped one after another each get their listeners (no stale registry)."""
-    import gc
-
-    from flask_sqlalchemy import SQLAlchemy
-
-    from flask_async_request import AsyncRequest
-
-    for n in range(150):
-        app = Flask(__name__)
-        app.config.update(
-            SECRET_KEY="k" * 32,
-            SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/app{n}.db",
-            CELERY={"task_always_eager": True},
-        )
-        db = SQLAlchemy(app)
-        AsyncRequest(app)
-        with app.app_context():
-            db.create_all()
-            messages: list[int] = []
-            task = get_state().celery.tasks[PROCESS_TASK]
-            task.apply_async = lambda args, _sent=messages, **options: _sent.append(args[0])
-            job_id = Job.create_and_enqueue(workers.Echo, commit=False).id
-            db.session.commit()
-            assert messages == [job_id], f"app {n} published nothing on commit"
-            db.session.remove()
-            db.engine.dispose()
-        del app, db
-        gc.collect()
