@@ -14,12 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_async_request import Job, JobStatus, signals
-from flask_async_request.broker import PROCESS_TASK
-from flask_async_request.exceptions import (
-    JobNotFailed,
-    JobNotFound,
-)
-from flask_async_request.maintenance import retry_job, sweep_jobs
+from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from flask_async_request.web import cancel_job
@@ -152,36 +147,6 @@ def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
     assert response.status_code == 404
     assert time.monotonic() - started < 1.9
     assert poll(app.test_client(), token).status_code == 404
-
-
-# Retry and purge from the CLI ---------------------------------------------------------------
-
-
-def test_retry_clears_progress_and_content_type(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A retried job starts afresh: no old reply, progress, message or content type."""
-    sent: list[int] = []
-    task = get_state().celery.tasks[PROCESS_TASK]
-    monkeypatch.setattr(task, "apply_async", lambda args, **options: sent.append(args[0]))
-    job = add_job(status=JobStatus.FAILED, status_code=500, response='{"error": "x"}')
-    job.progress, job.progress_message, job.content_type = 0.5, "half way", "text/csv"
-    job.attempts, job.finished_at = 3, utcnow()
-    get_state().db.session.commit()
-    retry_job(job.id)
-    job = reload_job(job.id)
-    assert sent == [job.id]
-    assert job.status is JobStatus.WAITING
-    assert (job.progress, job.progress_message, job.content_type) == (None, None, None)
-    assert (job.status_code, job.response, job.finished_at, job.attempts) == (None, None, None, 0)
-
-
-def test_retry_errors_narrow(app: Flask) -> None:
-    """Retrying a missing job is JobNotFound; one that has not failed is JobNotFailed."""
-    with pytest.raises(JobNotFound):
-        retry_job(999)
-    with pytest.raises(JobNotFailed, match="only failed jobs can be retried"):
-        retry_job(add_job().id)
 
 
 # Transactional workers ----------------------------------------------------------------------
