@@ -250,6 +250,26 @@ def test_malformed_headers_are_false_not_an_error(changes: dict[str, str]) -> No
     assert verify_callback(body, _signed_headers(body, **changes), key=SECRET) is False
 
 
+@pytest.mark.parametrize("timestamp", ["1" + "0" * 400, "9" * 5000])
+def test_a_timestamp_too_long_to_be_a_time_is_false_not_an_error(timestamp: str) -> None:
+    """Digits past any float, or past what int() converts, verify False: they never raise."""
+    body = b"{}"
+    headers = _signed_headers(body)
+    forged = {**headers, TIMESTAMP_HEADER: timestamp}
+    forged[SIGNATURE_HEADER] = sign(headers[ID_HEADER], timestamp, body, SECRET)
+    assert verify_callback(body, forged, key=SECRET) is False
+
+
+def test_leading_zeros_do_not_change_a_timestamp() -> None:
+    """A timestamp is its number: zeros in front of a fresh one still verify when signed so."""
+    body = b"{}"
+    headers = _signed_headers(body)
+    padded = "0" * 30 + headers[TIMESTAMP_HEADER]
+    forged = {**headers, TIMESTAMP_HEADER: padded}
+    forged[SIGNATURE_HEADER] = sign(headers[ID_HEADER], padded, body, SECRET)
+    assert verify_callback(body, forged, key=SECRET) is True
+
+
 def test_a_payload_that_is_not_bytes_is_false() -> None:
     """The raw body is needed: a str (decoded by the receiver) does not verify."""
     body = b"{}"
