@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections import UserDict, UserList
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -136,6 +138,10 @@ def test_check_json_accepts_what_json_stores(value: Any) -> None:
         (float("nan"), ValueError, "JSON cannot store"),
         ([[1, [float("-inf")]]], ValueError, r"args\[0\]\[1\]\[0\]"),
         ({"k": {"deep": b""}}, TypeError, r"args\['k'\]\['deep'\]"),
+        (range(3), TypeError, r"args is range\(0, 3\) of type range"),
+        ([MappingProxyType({"a": 1})], TypeError, r"args\[0\] is .* of type mappingproxy"),
+        ({"k": UserList([1])}, TypeError, r"args\['k'\] is .* of type UserList"),
+        (UserDict({"a": 1}), TypeError, "of type UserDict"),
         ("\ud800", UnstorableValue, "lone surrogate"),
         ({"\udcff": 1}, UnstorableValue, "args key"),
     ],
@@ -166,6 +172,13 @@ def test_unserialisable_arguments_leave_no_row(
     """Arguments JSON cannot store raise and store nothing."""
     with pytest.raises(error, match=message):
         create_job(workers.Echo, args, kwargs)
+    assert _count(app) == 0
+
+
+def test_an_argument_only_json_s_own_types_hold_is_named(app: Flask) -> None:
+    """A sequence or mapping that json.dumps refuses is the library's error, naming where it is."""
+    with pytest.raises(TypeError, match=r"kwargs\['ids'\] is range\(0, 2\)"):
+        create_job(workers.Echo, [], {"ids": range(2)})
     assert _count(app) == 0
 
 
