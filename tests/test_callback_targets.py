@@ -20,12 +20,12 @@ import pytest
 from flask import Flask
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus, webhooks
-from flask_async_request.state import get_state
 from flask_async_request.webhooks import CallbackRefused, DeliveryError, deliver, resolve_target
 from tests import workers
-from tests.conftest import AppFactory, add_job
+from tests.conftest import AppFactory, add_job, current_db
 from tests.test_idempotency_webhooks import Receiver
 
 INWARD = [
@@ -161,7 +161,7 @@ def test_delivery_connects_to_the_address_it_checked(
     monkeypatch.setattr(webhooks, "_connect", connect)
     job = add_job()
     job.callback_url = f"http://hooks.example.com:{port}/hook"
-    get_state().db.session.commit()
+    current_db().session.commit()
     assert deliver(job.id)
     assert connected == [("93.184.216.34", port)]
     assert receiver.calls[0][1]["Host"] == f"hooks.example.com:{port}"
@@ -215,7 +215,7 @@ def misbehaving() -> Iterator[tuple[str, list[str]]]:
 def _job_calling(url: str) -> int:
     job = add_job(status=JobStatus.PROCESSED, status_code=200, response="ok")
     job.callback_url = url
-    get_state().db.session.commit()
+    current_db().session.commit()
     return job.id
 
 
@@ -238,7 +238,10 @@ def test_an_endless_answer_is_read_no_further_than_the_limit(
 
 
 def test_a_silent_receiver_times_out(
-    app: Flask, misbehaving: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+    app: Flask,
+    session: scoped_session[Any],
+    misbehaving: tuple[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A receiver that never answers fails the delivery after the timeout."""
     monkeypatch.setattr(webhooks, "TIMEOUT", 0.5)
@@ -248,18 +251,18 @@ def test_a_silent_receiver_times_out(
     with pytest.raises(DeliveryError, match="could not be sent"):
         deliver(job_id, attempt=3)
     assert time.monotonic() - started < 2.5
-    session = get_state().db.session
     session.expire_all()
     job = session.get(Job, job_id)
     assert job is not None
     assert (job.callback_status or "").startswith("failed (delivery 3): could not be sent")
 
 
-def test_private_targets_are_delivered_when_allowed(app: Flask, receiver: Receiver) -> None:
+def test_private_targets_are_delivered_when_allowed(
+    app: Flask, session: scoped_session[Any], receiver: Receiver
+) -> None:
     """ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE lets callbacks reach 127.0.0.1."""
     job_id = _job_calling(receiver.url)
     assert deliver(job_id)
-    session = get_state().db.session
     session.expire_all()
     job = session.get(Job, job_id)
     assert job is not None and job.callback_status == "delivered: 200 (delivery 1)"

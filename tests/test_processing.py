@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.runner import run_job
-from flask_async_request.state import get_state
 from tests import workers
 from tests.conftest import AppFactory, add_job, json_of
 
@@ -116,11 +116,13 @@ def test_duplicate_delivery_runs_once(app: Flask, tmp_path: Path) -> None:
     assert counter.read_text() == "1"
 
 
-def test_message_for_a_processing_job_does_nothing(app: Flask) -> None:
+def test_message_for_a_processing_job_does_nothing(
+    app: Flask, session: scoped_session[Any]
+) -> None:
     """A job already claimed by another worker is not run again."""
     job = add_job(status=JobStatus.PROCESSING)
     assert run_job(job.id) is None
-    get_state().db.session.refresh(job)
+    session.refresh(job)
     assert job.status is JobStatus.PROCESSING
 
 
@@ -140,11 +142,13 @@ def test_message_for_a_deleted_job_does_nothing(app: Flask) -> None:
         "nocolon",
     ],
 )
-def test_stored_path_that_is_no_worker_is_refused(app: Flask, path: str) -> None:
+def test_stored_path_that_is_no_worker_is_refused(
+    app: Flask, session: scoped_session[Any], path: str
+) -> None:
     """A row naming anything but a Worker subclass fails without running it."""
     job = add_job(worker=path, args=["echo pwned"])
     assert run_job(job.id) is JobStatus.FAILED
-    get_state().db.session.refresh(job)
+    session.refresh(job)
     assert job.status is JobStatus.FAILED
     assert job.status_code == 500
     assert job.response is not None

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus, Worker
 from flask_async_request.broker import PURGE_TASK
+from flask_async_request.config import Settings
 from flask_async_request.models import utcnow
 from flask_async_request.retention import count_expired, purge_expired, purge_jobs, retention_of
-from flask_async_request.state import get_state
+from flask_async_request.store import JobStore
 from tests.conftest import AppFactory, add_job
 from tests.workers import KeptBriefly, KeptFailures
 
 
 def _remaining(app: Flask) -> set[str]:
-    return {job.response or job.status.value for job in get_state(app).db.session.query(Job)}
+    session = app.extensions["sqlalchemy"].session
+    return {job.response or job.status.value for job in session.query(Job)}
 
 
 def _fill() -> None:
@@ -116,9 +120,9 @@ def test_cleanup_task_follows_worker_retention(app: Flask) -> None:
     assert "brief past" not in _remaining(app)
 
 
-def test_retention_of_resolves_in_order(app: Flask) -> None:
+def test_retention_of_resolves_in_order(async_settings: Settings) -> None:
     """Failed jobs: failed_retention, then the failed setting, then retention, then the global."""
-    settings = get_state(app).settings
+    settings = async_settings
     assert retention_of(None, settings)[JobStatus.FAILED] == timedelta(days=1)
     assert retention_of(KeptBriefly, settings) == {
         JobStatus.PROCESSED: timedelta(minutes=10),
@@ -139,7 +143,7 @@ def test_bad_retention_is_refused_when_the_class_is_defined(value: object) -> No
 
 
 def test_a_job_retried_between_select_and_delete_is_kept(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
+    session: scoped_session[Any], job_store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The DELETE checks the condition again, so a row changed since its SELECT stays."""
     from flask_async_request import retention
@@ -148,11 +152,11 @@ def test_a_job_retried_between_select_and_delete_is_kept(
     gone = add_job(status=JobStatus.PROCESSED, finished_at=old).id
     # Picked by the SELECT while failed, then retried (waiting again) before the DELETE.
     retried = add_job(status=JobStatus.WAITING, finished_at=old).id
-    store = get_state().store()
+    store = job_store
     calls = iter([[(gone,), (retried,)]])
     monkeypatch.setattr(store, "all", lambda *args: next(calls, []))
     assert (
         retention.delete_matching(store, retention.purge_filter(timedelta(days=1)), batch_size=10)
         == 1
     )
-    assert {job.id for job in get_state(app).db.session.query(Job)} == {retried}
+    assert {job.id for job in session.query(Job)} == {retried}

@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.app.task import Task
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import EnqueueError, Job, JobStatus, accepted, asynchronous
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.runner import run_job
-from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import AppFactory, add_job, json_of, poll, reload_job
+from tests.conftest import AppFactory, add_job, current_db, json_of, poll, reload_job
 
 BROKER_DOWN = {
     "broker_url": "redis://127.0.0.1:1/0",
@@ -30,12 +31,13 @@ BROKER_DOWN = {
 
 
 @pytest.fixture
-def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, dict[str, Any]]]:
+def sent(
+    process_task: Task[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[int, dict[str, Any]]]:
     """Record the messages published, instead of running them."""
     messages: list[tuple[int, dict[str, Any]]] = []
-    task = get_state().celery.tasks[PROCESS_TASK]
     monkeypatch.setattr(
-        task, "apply_async", lambda args, **options: messages.append((args[0], options))
+        process_task, "apply_async", lambda args, **options: messages.append((args[0], options))
     )
     return messages
 
@@ -43,28 +45,32 @@ def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, dict[st
 # Publishing after commit -------------------------------------------------------------
 
 
-def test_commit_false_publishes_on_the_callers_commit(app: Flask, sent: list[Any]) -> None:
+def test_commit_false_publishes_on_the_callers_commit(
+    app: Flask, session: scoped_session[Any], sent: list[Any]
+) -> None:
     """With commit=False nothing is sent until the caller commits."""
     job = Job.create_and_enqueue(workers.Echo, 1, commit=False)
     job_id = job.id
     assert sent == []
-    get_state().db.session.commit()
+    session.commit()
     assert [message[0] for message in sent] == [job_id]
 
 
-def test_commit_false_rolled_back_is_never_published(app: Flask, sent: list[Any]) -> None:
+def test_commit_false_rolled_back_is_never_published(
+    app: Flask, session: scoped_session[Any], sent: list[Any]
+) -> None:
     """A rolled back transaction leaves no row and sends no message."""
     Job.create_and_enqueue(workers.Echo, commit=False)
-    session = get_state().db.session
     session.rollback()
     session.commit()
     assert sent == []
     assert session.query(Job).count() == 0
 
 
-def test_begin_block_publishes_when_it_commits(app: Flask, sent: list[Any]) -> None:
+def test_begin_block_publishes_when_it_commits(
+    app: Flask, session: scoped_session[Any], sent: list[Any]
+) -> None:
     """Inside db.session.begin() the job waits for the block's commit."""
-    session = get_state().db.session
     session.commit()
     with session.begin():
         job_id = Job.create_and_enqueue(workers.Echo).id
@@ -72,9 +78,10 @@ def test_begin_block_publishes_when_it_commits(app: Flask, sent: list[Any]) -> N
     assert [message[0] for message in sent] == [job_id]
 
 
-def test_begin_block_rolled_back_publishes_nothing(app: Flask, sent: list[Any]) -> None:
+def test_begin_block_rolled_back_publishes_nothing(
+    app: Flask, session: scoped_session[Any], sent: list[Any]
+) -> None:
     """An exception in the block rolls the job back and nothing is sent."""
-    session = get_state().db.session
     session.commit()
     with pytest.raises(RuntimeError), session.begin():
         Job.create_and_enqueue(workers.Echo)
@@ -90,7 +97,7 @@ def test_publish_failure_after_commit_is_logged(
     app = make_app(CELERY=BROKER_DOWN)
     with app.app_context(), caplog.at_level(logging.ERROR, logger="flask_async_request"):
         job_id = Job.create_and_enqueue(workers.Echo, commit=False).id
-        get_state().db.session.commit()
+        current_db().session.commit()
         assert reload_job(job_id).status is JobStatus.WAITING
     assert f"Job {job_id} is stored but could not be published yet" in caplog.text
 
@@ -166,7 +173,7 @@ def test_retries_back_off_exponentially(
     app = make_app(ASYNC_REQUEST_RETRY=3)
     countdowns: list[float | None] = []
     with app.app_context():
-        task = get_state().celery.tasks[PROCESS_TASK]
+        task = app.extensions["celery"].tasks[PROCESS_TASK]
         real = task.apply_async
 
         def spy(args: tuple[int], **options: Any) -> Any:
@@ -202,7 +209,7 @@ def _processing(lease_from_now: float, attempts: int = 1) -> int:
     job = add_job(status=JobStatus.PROCESSING)
     job.attempts = attempts
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_from_now)
-    get_state().db.session.commit()
+    current_db().session.commit()
     return job.id
 
 
@@ -237,12 +244,14 @@ def test_live_lease_is_left_alone(app: Flask, sent: list[Any]) -> None:
     assert sent == []
 
 
-def test_unclaimed_waiting_job_is_sent_again(app: Flask, sent: list[Any]) -> None:
+def test_unclaimed_waiting_job_is_sent_again(
+    app: Flask, session: scoped_session[Any], sent: list[Any]
+) -> None:
     """A waiting job due longer ago than the timeout is published again, once per timeout."""
     stale = add_job()
     stale.due_at = utcnow() - timedelta(minutes=10)
     fresh = add_job()
-    get_state().db.session.commit()
+    session.commit()
     assert sweep_jobs().republished == 1
     assert [message[0] for message in sent] == [stale.id]
     assert sweep_jobs().republished == 0
@@ -258,11 +267,13 @@ def test_sweeping_all_waiting_jobs_sends_every_one_page_by_page(
     assert [message[0] for message in sent] == ids
 
 
-def test_sweeping_all_waiting_jobs_keeps_a_retry_backoff(app: Flask, sent: list[Any]) -> None:
+def test_sweeping_all_waiting_jobs_keeps_a_retry_backoff(
+    app: Flask, session: scoped_session[Any], sent: list[Any]
+) -> None:
     """sweep_jobs(all_waiting=True) sends a job due later with the countdown left to it."""
     job = add_job()
     job.due_at = utcnow() + timedelta(seconds=30)
-    get_state().db.session.commit()
+    session.commit()
     assert sweep_jobs(all_waiting=True).republished == 1
     ((_, options),) = sent
     assert 25 < options["countdown"] <= 30
@@ -293,7 +304,7 @@ def test_job_stored_while_the_broker_was_down_runs_when_it_is_back(
         job_id = info.value.job_id
         job = reload_job(job_id)
         job.due_at = utcnow() - timedelta(minutes=6)
-        get_state().db.session.commit()
+        current_db().session.commit()
         assert sweep_jobs().republished == 0  # Still down: the job stays waiting.
     back = make_app(SQLALCHEMY_DATABASE_URI=database, create_tables=False)
     with back.app_context():
@@ -353,9 +364,9 @@ def test_a_job_stored_while_the_broker_was_down_is_answered_202(
     token = json_of(answer)["token"]
     assert poll(client, token).json["status"] == "waiting"
     with down.app_context():
-        job = get_state().db.session.query(Job).one()
+        job = current_db().session.query(Job).one()
         job.due_at = utcnow() - timedelta(minutes=6)
-        get_state().db.session.commit()
+        current_db().session.commit()
     back = _submitting_views(make_app(SQLALCHEMY_DATABASE_URI=database, create_tables=False))
     with back.app_context():
         assert sweep_jobs().republished == 1
@@ -404,7 +415,7 @@ def test_every_new_app_publishes_on_commit(tmp_path: Path) -> None:
         with app.app_context():
             db.create_all()
             messages: list[int] = []
-            task = get_state().celery.tasks[PROCESS_TASK]
+            task = app.extensions["celery"].tasks[PROCESS_TASK]
             task.apply_async = lambda args, _sent=messages, **options: _sent.append(args[0])
             job_id = Job.create_and_enqueue(workers.Echo, commit=False).id
             db.session.commit()
