@@ -10,11 +10,17 @@ from typing import Any
 
 import pytest
 from flask import Flask, request
+from sqlalchemy.orm import scoped_session
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug.serving import make_server
 
-from flask_async_request import IdempotencyConflict, InvalidIdempotencyKey, Job, accepted
-from flask_async_request.state import get_state
+from flask_async_request import (
+    AsyncRequest,
+    IdempotencyConflict,
+    InvalidIdempotencyKey,
+    Job,
+    accepted,
+)
 from flask_async_request.webhooks import (
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -23,11 +29,11 @@ from flask_async_request.webhooks import (
     verify_callback,
 )
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job, json_of, poll
+from tests.conftest import SECRET, AppFactory, add_job, current_db, json_of, poll
 
 
 def _count() -> int:
-    return get_state().db.session.query(Job).count()
+    return current_db().session.query(Job).count()
 
 
 # Idempotency ---------------------------------------------------------------------------
@@ -52,9 +58,10 @@ def test_same_key_other_arguments_is_a_conflict(app: Flask) -> None:
 
 def test_keys_are_per_identity(make_app: AppFactory) -> None:
     """The same key from two identities makes two jobs."""
-    app = make_app()
+    extension = AsyncRequest()
+    app = make_app(extension=extension)
     who = {"name": "alice"}
-    app.extensions["async_request"].extension.identity_loader(lambda: who["name"])
+    extension.identity_loader(lambda: who["name"])
     with app.app_context():
         alice = Job.create_and_enqueue(workers.Echo, idempotency_key="k").id
         who["name"] = "bob"
@@ -249,12 +256,14 @@ def test_non_ascii_signature_is_false_not_an_error(signature: str) -> None:
     assert verify_callback(b"{}", headers, key=SECRET) is False
 
 
-def test_failed_and_cancelled_jobs_call_back(app: Flask, receiver: Receiver) -> None:
+def test_failed_and_cancelled_jobs_call_back(
+    app: Flask, session: scoped_session[Any], receiver: Receiver
+) -> None:
     """Failures and cancellations are announced too."""
     Job.create_and_enqueue(workers.Boom, "no", callback_url=receiver.url)
     job = add_job()
     job.callback_url = receiver.url
-    get_state().db.session.commit()
+    session.commit()
     client = app.test_client()
     client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": job.token})
     receiver.wait(2)
