@@ -23,11 +23,11 @@ SCRIPT = "<script>alert('x')</script>"
 
 
 def open_dashboard(
-    make_app: AppFactory, authorize: Callable[[], bool] | None = lambda: True
+    make_app: AppFactory, authorize: Callable[[], bool] | None = lambda: True, **config: Any
 ) -> Flask:
     """A new app whose extension opens the dashboard to the requests ``authorize`` allows."""
     extension = AsyncRequest()
-    app = make_app(extension=extension)
+    app = make_app(extension=extension, **config)
     extension.init_dashboard(app, authorize=authorize)
     return app
 

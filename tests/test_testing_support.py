@@ -30,9 +30,8 @@ from flask_async_request import (
 )
 from flask_async_request.client import wait_for
 from flask_async_request.signals import job_progress
-from flask_async_request.state import get_state
 from flask_async_request.testing import JobRun, JobRunner
-from tests.conftest import AppFactory, add_job, reload_job
+from tests.conftest import AppFactory, Internals, add_job, reload_job
 from tests.workers import Echo, FlakyThenOk
 
 pytest_plugins = ["pytester"]
@@ -239,11 +238,13 @@ def test_callbacks_are_kept_and_delivered(eager_app: Flask, runner: JobRunner) -
     assert json.loads(received[0])["job_id"] == job.id
 
 
-def test_publishing_goes_back_to_the_broker_on_close(eager_app: Flask) -> None:
+def test_publishing_goes_back_to_the_broker_on_close(
+    eager_app: Flask, internals: Internals
+) -> None:
     """Closing the runner gives the app its broker back: eager Celery runs the job at once."""
     with JobRunner(eager_app):
-        assert get_state().outbox is not None
-    assert get_state().outbox is None
+        assert internals.outbox(eager_app) is not None
+    assert internals.outbox(eager_app) is None
     job = Job.create_and_enqueue(Echo, 1)
     assert reload_job(job.id).status is JobStatus.PROCESSED
 
@@ -254,22 +255,21 @@ def test_one_runner_per_app(eager_app: Flask, runner: JobRunner) -> None:
         JobRunner(eager_app)
 
 
-def test_no_embedded_worker_starts(make_app: AppFactory) -> None:
+def test_no_embedded_worker_starts(make_app: AppFactory, internals: Internals) -> None:
     """On an app without a broker, the runner's jobs start no worker thread."""
     app = make_app(CELERY={})
     with app.app_context(), JobRunner(app) as runner:
         job = Job.create_and_enqueue(Echo, 1)
         assert runner.run_pending() == [JobRun(job.id, JobStatus.PROCESSED)]
-        embedded = get_state().embedded
-        assert embedded is not None and not embedded.running
+        assert not internals.embedded_worker(app).running
 
 
-def test_requests_start_no_embedded_worker(make_app: AppFactory) -> None:
+def test_requests_start_no_embedded_worker(make_app: AppFactory, internals: Internals) -> None:
     """On an app without a broker, requests made while a runner is bound start no worker."""
     app = make_app(CELERY={})
     with JobRunner(app):
         app.test_client().get("/no-such-page")
-        assert not app.extensions["async_request"].embedded.running
+        assert not internals.embedded_worker(app).running
 
 
 def test_wait_for_refuses_a_job_nothing_will_run(eager_app: Flask, runner: JobRunner) -> None:
