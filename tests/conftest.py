@@ -44,9 +44,64 @@ SECRET = "test-secret-key-long-enough-for-every-hmac-algorithm-hs256-hs384-hs512
 AppFactory = Callable[..., Flask]
 
 
+class Internals:
+    """What the extension keeps for any app, for the tests that check it there.
+
+    It is not public: this class is the tests' one way to it, for the tests
+    whose behaviour lives there (the embedded worker, the job store's
+    statements, the settings read from the config).
+    """
+
+    def db(self, app: Flask) -> SQLAlchemy:
+        """The Flask-SQLAlchemy extension that ``app``'s extension uses."""
+        return get_state(app).db
+
+    def settings(self, app: Flask) -> Settings:
+        """The settings ``app``'s extension read from its config."""
+        return get_state(app).settings
+
+    def job_store(self, app: Flask) -> JobStore:
+        """The job store of ``app`` in this process (needs its app context)."""
+        return get_state(app).store()
+
+    def verify_token(self, app: Flask) -> TokenVerifier:
+        """Verifies ``app``'s tokens as its status endpoint does."""
+        return get_state(app).verify_token
+
+    def outbox(self, app: Flask) -> Outbox | None:
+        """Where ``app`` publishes instead of its broker, while a JobRunner holds it."""
+        return get_state(app).outbox
+
+    def embedded_worker_or_none(self, app: Flask) -> EmbeddedWorker | None:
+        """The embedded worker of ``app``; ``None`` when a broker is configured."""
+        return get_state(app).embedded
+
+    def embedded_worker(self, app: Flask) -> EmbeddedWorker:
+        """The embedded worker of ``app``, which runs in embedded mode."""
+        embedded = get_state(app).embedded
+        assert embedded is not None, "the app names a broker: no embedded worker"
+        return embedded
+
+    def stop_embedded_worker(self, app: Flask) -> None:
+        """Stop ``app``'s embedded worker, if it has one (at the end of a test)."""
+        embedded = get_state(app).embedded
+        if embedded is not None:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def internals() -> Internals:
+    """What the extension keeps for any app (:class:`Internals`)."""
+    return Internals()
+
+
 @pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[AppFactory]:
-    """Build apps with their own SQLite file, eager Celery and any config overrides."""
+def make_app(tmp_path: Path, internals: Internals) -> Iterator[AppFactory]:
+    """Build apps with their own SQLite file, eager Celery and any config overrides.
+
+    ``extension=`` is the :class:`AsyncRequest` to initialise on the app, for a
+    test that uses it as an app's own module would (a new one otherwise).
+    """
     counter = itertools.count()
     made: list[Flask] = []
 
@@ -74,7 +129,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
 
     yield factory
     for app in made:
-        stop_embedded_worker(app)
+        internals.stop_embedded_worker(app)
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
 
@@ -86,7 +141,7 @@ PG_DATABASE_URL = os.environ.get(
 
 
 @pytest.fixture
-def pg_app(make_app: AppFactory) -> Iterator[Flask]:
+def pg_app(make_app: AppFactory, internals: Internals) -> Iterator[Flask]:
     """An app on PostgreSQL with eager Celery and a fresh jobs table."""
     app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=PG_DATABASE_URL)
     with app.app_context():
@@ -95,7 +150,7 @@ def pg_app(make_app: AppFactory) -> Iterator[Flask]:
         db.create_all()
         yield app
         db.session.remove()
-        get_state(app).store().dispose()
+        internals.job_store(app).dispose()
 
 
 @pytest.fixture
@@ -145,73 +200,22 @@ def process_task(celery_app: Celery) -> Task[Any, Any]:
     return task
 
 
-# What the extension keeps per app is not public; the fixtures below are the
-# tests' only way to it, for the tests whose behaviour lives there.
-
-
 @pytest.fixture
-def job_store(app: Flask) -> JobStore:
+def job_store(app: Flask, internals: Internals) -> JobStore:
     """The job store of the ``app`` fixture in this process."""
-    return get_state(app).store()
+    return internals.job_store(app)
 
 
 @pytest.fixture
-def async_settings(app: Flask) -> Settings:
+def async_settings(app: Flask, internals: Internals) -> Settings:
     """The settings the ``app`` fixture's extension read from its config."""
-    return get_state(app).settings
+    return internals.settings(app)
 
 
 @pytest.fixture
-def verify_token(app: Flask) -> TokenVerifier:
+def verify_token(app: Flask, internals: Internals) -> TokenVerifier:
     """Verifies the ``app`` fixture's tokens as its status endpoint does."""
-    return get_state(app).verify_token
-
-
-class Internals:
-    """What the extension keeps for any app, for the tests that check it there."""
-
-    def db(self, app: Flask) -> SQLAlchemy:
-        """The Flask-SQLAlchemy extension that ``app``'s extension uses."""
-        return get_state(app).db
-
-    def settings(self, app: Flask) -> Settings:
-        """The settings ``app``'s extension read from its config."""
-        return get_state(app).settings
-
-    def job_store(self, app: Flask) -> JobStore:
-        """The job store of ``app`` in this process (needs its app context)."""
-        return get_state(app).store()
-
-    def verify_token(self, app: Flask) -> TokenVerifier:
-        """Verifies ``app``'s tokens as its status endpoint does."""
-        return get_state(app).verify_token
-
-    def outbox(self, app: Flask) -> Outbox | None:
-        """Where ``app`` publishes instead of its broker, while a JobRunner holds it."""
-        return get_state(app).outbox
-
-    def embedded_worker_or_none(self, app: Flask) -> EmbeddedWorker | None:
-        """The embedded worker of ``app``; ``None`` when a broker is configured."""
-        return get_state(app).embedded
-
-    def embedded_worker(self, app: Flask) -> EmbeddedWorker:
-        """The embedded worker of ``app``, which runs in embedded mode."""
-        embedded = get_state(app).embedded
-        assert embedded is not None, "the app names a broker: no embedded worker"
-        return embedded
-
-
-@pytest.fixture(scope="session")
-def internals() -> Internals:
-    """What the extension keeps for any app (:class:`Internals`)."""
-    return Internals()
-
-
-def stop_embedded_worker(app: Flask) -> None:
-    """Stop ``app``'s embedded worker, if it has one, at the end of a test."""
-    embedded = get_state(app).embedded
-    if embedded is not None:
-        embedded.stop()
+    return internals.verify_token(app)
 
 
 @pytest.fixture
@@ -237,7 +241,7 @@ def serving(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def served_example(tmp_path: Path) -> Iterator[str]:
+def served_example(tmp_path: Path, internals: Internals) -> Iterator[str]:
     """The example app on the embedded default, served on 127.0.0.1; yields its base url."""
     from example.app import create_app
 
@@ -246,7 +250,7 @@ def served_example(tmp_path: Path) -> Iterator[str]:
         with serving(app) as base:
             yield base
     finally:
-        stop_embedded_worker(app)
+        internals.stop_embedded_worker(app)
 
 
 def current_db() -> SQLAlchemy:
