@@ -78,13 +78,13 @@ class Internals:
 
     def embedded_worker(self, app: Flask) -> EmbeddedWorker:
         """The embedded worker of ``app``, which runs in embedded mode."""
-        embedded = get_state(app).embedded
+        embedded = self.embedded_worker_or_none(app)
         assert embedded is not None, "the app names a broker: no embedded worker"
         return embedded
 
     def stop_embedded_worker(self, app: Flask) -> None:
         """Stop ``app``'s embedded worker, if it has one (at the end of a test)."""
-        embedded = get_state(app).embedded
+        embedded = self.embedded_worker_or_none(app)
         if embedded is not None:
             embedded.stop()
 
