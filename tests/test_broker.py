@@ -26,9 +26,8 @@ from flask_async_request.broker import (
     task_id,
 )
 from flask_async_request.exceptions import ConfigurationError
-from flask_async_request.state import get_state
 from flask_async_request.testing import JobRunner
-from tests.conftest import SECRET, AppFactory
+from tests.conftest import INTERNALS, SECRET, AppFactory
 
 Sent = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
@@ -309,7 +308,7 @@ def test_revoke_names_the_job_s_task(broker_app: Flask, monkeypatch: pytest.Monk
     """revoke asks the workers to drop the job's task id."""
     revoked: list[str] = []
     monkeypatch.setattr(broker_app.extensions["celery"].control, "revoke", revoked.append)
-    revoke(get_state(), 4, "uid")
+    revoke(INTERNALS.state(current_app), 4, "uid")
     assert revoked == ["async-request-4-uid"]
 
 
@@ -317,7 +316,7 @@ def test_revoke_is_skipped_when_eager(app: Flask, monkeypatch: pytest.MonkeyPatc
     """With eager Celery there is no worker to tell."""
     revoked: list[str] = []
     monkeypatch.setattr(app.extensions["celery"].control, "revoke", revoked.append)
-    revoke(get_state(), 4, "uid")
+    revoke(INTERNALS.state(current_app), 4, "uid")
     assert revoked == []
 
 
@@ -331,5 +330,5 @@ def test_a_revoke_that_fails_is_logged(
 
     monkeypatch.setattr(broker_app.extensions["celery"].control, "revoke", refused)
     with caplog.at_level(logging.WARNING, logger="flask_async_request"):
-        revoke(get_state(), 4, "uid")
+        revoke(INTERNALS.state(current_app), 4, "uid")
     assert "Job 4: could not revoke its Celery task." in caplog.text

@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import EnqueueError, Job, JobStatus, Worker
-from flask_async_request.state import get_state
+from flask_async_request.tokens import TokenVerifier
 from tests import workers
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, current_db
 
 
 def _count(app: Flask) -> int:
-    return get_state(app).db.session.query(Job).count()
+    return app.extensions["sqlalchemy"].session.query(Job).count()  # type: ignore[no-any-return]
 
 
 def test_stores_a_row_and_runs_it(app: Flask) -> None:
@@ -93,7 +94,7 @@ def test_queue_setting_routes_the_message(
     app = make_app(ASYNC_REQUEST_QUEUE="slow")
     sent: list[dict[str, Any]] = []
     with app.app_context():
-        task = get_state().celery.tasks["flask_async_request.process_job"]
+        task = app.extensions["celery"].tasks["flask_async_request.process_job"]
         monkeypatch.setattr(task, "apply_async", lambda args, **options: sent.append(options))
         Job.create_and_enqueue(workers.Echo)
     assert sent[0]["queue"] == "slow"
@@ -112,18 +113,19 @@ def test_broker_down_keeps_the_row_and_raises(make_app: AppFactory) -> None:
     with app.app_context():
         with pytest.raises(EnqueueError, match="could not be published") as info:
             Job.create_and_enqueue(workers.Echo)
-        job = get_state().db.session.get(Job, info.value.job_id)
+        job = current_db().session.get(Job, info.value.job_id)
         assert job is not None
         assert job.status is JobStatus.WAITING
 
 
-def test_a_job_read_from_the_database_is_signed_on_first_use(app: Flask) -> None:
+def test_a_job_read_from_the_database_is_signed_on_first_use(
+    app: Flask, session: scoped_session[Any], verify_token: TokenVerifier
+) -> None:
     """Job.token works on a job a query loads, signed with the app's settings."""
     created = Job.create_and_enqueue(workers.Echo, 1)
     job_id, uid = created.id, created.uid
-    session = get_state().db.session
     session.expunge_all()
     loaded = session.get(Job, job_id)
     assert loaded is not None
-    claims = get_state().verify_token(loaded.token)
+    claims = verify_token(loaded.token)
     assert (claims.job_id, claims.uid) == (job_id, uid)

@@ -16,7 +16,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import AsyncRequest, Job
 from flask_async_request.broker import PROCESS_TASK
-from tests.conftest import SECRET, AppFactory, poll
+from tests.conftest import SECRET, AppFactory, Internals, poll
 from tests.workers import Echo
 
 
@@ -31,21 +31,21 @@ def _bare_app(tmp_path: Path, **config: Any) -> Flask:
     return app
 
 
-def test_finds_db_in_app_extensions(tmp_path: Path) -> None:
+def test_finds_db_in_app_extensions(tmp_path: Path, internals: Internals) -> None:
     """init_app without db= uses the SQLAlchemy registered on the app."""
     app = _bare_app(tmp_path)
     db = SQLAlchemy(app)
     AsyncRequest().init_app(app)
-    assert app.extensions["async_request"].db is db
+    assert internals.db(app) is db
 
 
-def test_explicit_db_wins(tmp_path: Path) -> None:
+def test_explicit_db_wins(tmp_path: Path, internals: Internals) -> None:
     """A db passed to the constructor is used even if another is registered."""
     app = _bare_app(tmp_path)
     SQLAlchemy(app)
     other = SQLAlchemy()
     AsyncRequest(app, db=other)
-    assert app.extensions["async_request"].db is other
+    assert internals.db(app) is other
 
 
 def test_missing_sqlalchemy_is_a_clear_error(tmp_path: Path) -> None:
@@ -154,13 +154,13 @@ def test_two_apps_with_different_configs(make_app: AppFactory) -> None:
 
 
 def test_embedded_mode_warns_when_its_worker_starts(
-    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture, internals: Internals
 ) -> None:
     """With no broker configured, the embedded worker warns it is for development when it starts."""
     with caplog.at_level(logging.WARNING, logger="flask_async_request"):
         app = make_app(CELERY={})
         assert "development only" not in caplog.text
-        app.extensions["async_request"].embedded.ensure_started()
+        internals.embedded_worker(app).ensure_started()
     assert "development only" in caplog.text
 
 
@@ -207,4 +207,4 @@ def test_flask_docs_celery_recipe_in_either_order(tmp_path: Any, recipe_first: b
         db.create_all()
         job = Job.create_and_enqueue(workers.Echo, "recipe")
         assert job.status.value == "processed"
-        assert app.extensions["async_request"].celery is celery_app
+        assert app.extensions["celery"] is celery_app

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from flask import Flask, request
+from sqlalchemy.orm import scoped_session
 from werkzeug.serving import make_server
 
 from flask_async_request import Job, accepted
-from flask_async_request.state import get_state
 from flask_async_request.webhooks import verify_callback
 from tests import workers
 from tests.conftest import SECRET, add_job, json_of, poll
@@ -150,12 +150,14 @@ def test_failing_receiver_is_retried_with_the_same_webhook_id(app: Flask) -> Non
     assert all(t.isdigit() for t in timestamps)
 
 
-def test_failed_and_cancelled_jobs_call_back(app: Flask, receiver: Receiver) -> None:
+def test_failed_and_cancelled_jobs_call_back(
+    app: Flask, receiver: Receiver, session: scoped_session[Any]
+) -> None:
     """Failures and cancellations are announced too."""
     Job.create_and_enqueue(workers.Boom, "no", callback_url=receiver.url)
     job = add_job()
     job.callback_url = receiver.url
-    get_state().db.session.commit()
+    session.commit()
     client = app.test_client()
     client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": job.token})
     receiver.wait(2)

@@ -15,10 +15,9 @@ from flask import Flask, current_app
 from flask_async_request import Job, JobStatus, lifecycle
 from flask_async_request.leases import LeaseKeeper
 from flask_async_request.models import as_utc, utcnow
-from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import AppFactory, add_job, reload_job
+from tests.conftest import INTERNALS, AppFactory, add_job, reload_job
 
 #: How long a test waits for the keeper's thread to do what it must (not a measured time).
 PATIENCE = 20.0
@@ -35,7 +34,7 @@ def eventually(condition: Callable[[], bool]) -> None:
 @pytest.fixture
 def store(app: Flask) -> JobStore:
     """The app's job store, which the keeper renews leases through."""
-    return get_state().store()
+    return INTERNALS.job_store(current_app)
 
 
 @pytest.fixture
@@ -127,7 +126,7 @@ def test_give_up_ends_the_leases_held_on_its_store(
     keeper.hold(store, taken_over.id, 1, timedelta(minutes=5))
     other_app = make_app()
     with other_app.app_context():
-        other_store = get_state().store()
+        other_store = INTERNALS.job_store(current_app)
         other_job = running()
         keeper.hold(other_store, other_job.id, 1, timedelta(minutes=5))
 

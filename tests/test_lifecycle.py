@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus, signals
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
-from flask_async_request.state import get_state
+from flask_async_request.store import JobStore
 from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import add_job, poll, reload_job
+from tests.conftest import add_job, current_db, poll, reload_job
 from tests.test_idempotency_webhooks import Receiver
 
 
@@ -62,7 +63,7 @@ def _lost_job(callback_url: str | None = None) -> int:
     job.attempts = 1
     job.lease_expires_at = utcnow() - timedelta(seconds=5)
     job.callback_url = callback_url
-    get_state().db.session.commit()
+    current_db().session.commit()
     return job.id
 
 
@@ -97,13 +98,13 @@ def test_each_end_is_announced_exactly_once(app: Flask, announced: list[tuple[st
 
 
 def test_sweeper_loses_to_a_worker_that_finished(
-    app: Flask, announced: list[tuple[str, int]]
+    app: Flask, session: scoped_session[Any], announced: list[tuple[str, int]]
 ) -> None:
     """A lost job whose attempt has moved on meanwhile is not failed a second time."""
     job_id = _lost_job()
     job = reload_job(job_id)
     job.status = JobStatus.PROCESSED
-    get_state().db.session.commit()
+    session.commit()
     assert sweep_jobs().failed == 0
     assert announced == []
 
@@ -111,10 +112,12 @@ def test_sweeper_loses_to_a_worker_that_finished(
 # Cancel: one statement whose result is the answer -------------------------------------------
 
 
-def test_cancel_answers_from_its_own_statement(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_answers_from_its_own_statement(
+    job_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A successful cancel is one statement: its answer needs no second read."""
     job_id = add_job().id
-    store = get_state().store()
+    store = job_store
     monkeypatch.setattr(store, "fetch_reply", lambda job_id: pytest.fail("read again"))
     monkeypatch.setattr(store, "update_then_read", lambda *a: pytest.fail("two statements"))
     reply = cancel_job(job_id)
@@ -126,7 +129,9 @@ def test_cancel_answers_from_its_own_statement(app: Flask, monkeypatch: pytest.M
 # Long polls ---------------------------------------------------------------------------------
 
 
-def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
+def test_long_poll_on_a_job_purged_meanwhile_is_404(
+    app: Flask, session: scoped_session[Any]
+) -> None:
     """A job deleted during a long poll answers 404, as a plain GET would."""
     job = add_job()
     token, job_id = job.token, job.id
@@ -134,8 +139,8 @@ def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
     def purge() -> None:
         time.sleep(0.3)
         with app.app_context():
-            get_state().db.session.execute(sa.delete(Job).where(Job.id == job_id))
-            get_state().db.session.commit()
+            session.execute(sa.delete(Job).where(Job.id == job_id))
+            session.commit()
 
     remover = threading.Thread(target=purge)
     remover.start()
@@ -154,14 +159,14 @@ def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
 
 @pytest.fixture
 def effects_table(app: Flask) -> Iterator[None]:
-    session = get_state().db.session
+    session = current_db().session
     session.execute(sa.text("CREATE TABLE effects (job_id INTEGER NOT NULL)"))
     session.commit()
     yield
 
 
 def _effects() -> list[int]:
-    session = get_state().db.session
+    session = current_db().session
     rows = session.execute(sa.text("SELECT job_id FROM effects")).scalars().all()
     session.commit()
     return list(rows)
@@ -197,9 +202,9 @@ def test_transactional_worker_that_fails_writes_nothing(app: Flask, effects_tabl
     assert _effects() == []
 
 
-def test_shared_reads_after_wakes_stay_bounded(app: Flask) -> None:
+def test_shared_reads_after_wakes_stay_bounded(app: Flask, job_store: JobStore) -> None:
     """Shared replies of woken long polls are forgotten after a while; no read stays in flight."""
-    store = get_state().store()
+    store = job_store
     job_id = add_job().id
     for gone in range(10_000, 11_100):
         store._read_after_wake(gone)
@@ -210,9 +215,9 @@ def test_shared_reads_after_wakes_stay_bounded(app: Flask) -> None:
     assert len(store._ended) <= 2
 
 
-def test_a_shared_end_is_read_without_waiting_for_a_read_in_flight(app: Flask) -> None:
+def test_a_shared_end_is_read_without_waiting_for_a_read_in_flight(job_store: JobStore) -> None:
     """Requests woken after the first read of an end take it with nothing to wait for."""
-    store = get_state().store()
+    store = job_store
     job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
     first = store._read_after_wake(job_id)
     answers: list[Any] = []
@@ -225,11 +230,11 @@ def test_a_shared_end_is_read_without_waiting_for_a_read_in_flight(app: Flask) -
 
 
 def test_requests_woken_together_share_the_first_one_s_read(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
+    job_store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the first woken request reads the row, the others wait for its answer:
     one read for all of them, and they all go on when it is done."""
-    store = get_state().store()
+    store = job_store
     job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
     reads: list[int] = []
     reading = threading.Event()

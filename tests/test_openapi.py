@@ -18,10 +18,9 @@ from schemathesis.cli import schemathesis as schemathesis_cli
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
 from flask_async_request import InvalidToken, Job, accepted, openapi_document
-from flask_async_request.state import get_state
-from flask_async_request.tokens import MAX_TOKEN_LENGTH
+from flask_async_request.tokens import MAX_TOKEN_LENGTH, TokenVerifier
 from tests import workers
-from tests.conftest import AppFactory, add_job, json_of, serving
+from tests.conftest import AppFactory, Internals, add_job, json_of, serving
 
 ACCEPTED = "#/components/responses/AsyncRequestAccepted"
 
@@ -266,8 +265,9 @@ class _RealTokens:
     A token a link took from an earlier answer (the stateful phase) is kept.
     """
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, verify_token: TokenVerifier) -> None:
         self.app = app
+        self.verify_token = verify_token
         self.created = itertools.count()
         self.cases = {"new": 0, "linked": 0, "generated": 0}
 
@@ -295,21 +295,21 @@ class _RealTokens:
             return False
         with self.app.app_context():
             try:
-                get_state().verify_token(token)
+                self.verify_token(token)
             except InvalidToken:
                 return False
         return True
 
 
 def test_endpoint_conforms_to_its_document(
-    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internals: Internals
 ) -> None:
     """Every phase and check of schemathesis pass with no warning, an app's 202 linked in."""
     # The fuzzer keeps a cache of what it found in the working directory; each
     # run starts afresh, and leaves nothing in the checkout.
     monkeypatch.chdir(tmp_path)
     app = _fuzzed_app(make_app)
-    tokens = _RealTokens(app)
+    tokens = _RealTokens(app, internals.verify_token(app))
     hook = schemathesis.hook("before_call")(tokens)
     path = tmp_path / "report.json"
     # The server's access log would fill the fuzzer's output.

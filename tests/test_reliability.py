@@ -13,10 +13,9 @@ from flask import Flask
 from flask_async_request import EnqueueError, Job, JobStatus, accepted, asynchronous
 from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
-from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import AppFactory, add_job, json_of, poll, reload_job
+from tests.conftest import AppFactory, add_job, current_db, json_of, poll, reload_job
 
 BROKER_DOWN = {
     "broker_url": "redis://127.0.0.1:1/0",
@@ -49,7 +48,7 @@ def _processing(lease_from_now: float, attempts: int = 1) -> int:
     job = add_job(status=JobStatus.PROCESSING)
     job.attempts = attempts
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_from_now)
-    get_state().db.session.commit()
+    current_db().session.commit()
     return job.id
 
 
@@ -65,7 +64,7 @@ def test_job_stored_while_the_broker_was_down_runs_when_it_is_back(
         job_id = info.value.job_id
         job = reload_job(job_id)
         job.due_at = utcnow() - timedelta(minutes=6)
-        get_state().db.session.commit()
+        current_db().session.commit()
         assert sweep_jobs().republished == 0  # Still down: the job stays waiting.
     back = make_app(SQLALCHEMY_DATABASE_URI=database, create_tables=False)
     with back.app_context():
@@ -125,9 +124,9 @@ def test_a_job_stored_while_the_broker_was_down_is_answered_202(
     token = json_of(answer)["token"]
     assert poll(client, token).json["status"] == "waiting"
     with down.app_context():
-        job = get_state().db.session.query(Job).one()
+        job = current_db().session.query(Job).one()
         job.due_at = utcnow() - timedelta(minutes=6)
-        get_state().db.session.commit()
+        current_db().session.commit()
     back = _submitting_views(make_app(SQLALCHEMY_DATABASE_URI=database, create_tables=False))
     with back.app_context():
         assert sweep_jobs().republished == 1

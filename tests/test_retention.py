@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus, retention
 from flask_async_request.config import Settings
@@ -21,27 +21,26 @@ from flask_async_request.retention import (
     purge_jobs,
     retention_of,
 )
-from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
-from tests.conftest import AppFactory, add_job
+from tests.conftest import INTERNALS, AppFactory, add_job
 from tests.workers import KeptBriefly, KeptFailures
 
 
 @pytest.fixture
 def settings(app: Flask) -> Settings:
     """The app's settings, as the purge reads them."""
-    return get_state(app).settings
+    return INTERNALS.settings(app)
 
 
 @pytest.fixture
 def store(app: Flask) -> Iterator[JobStore]:
     """The app's job store, which the purge's statements run on."""
-    yield get_state(app).store()
+    yield INTERNALS.job_store(app)
 
 
 def remaining(app: Flask) -> set[str]:
     """The jobs left, each by its response (or its status when it has none)."""
-    session = get_state(app).db.session
+    session = INTERNALS.db(app).session
     session.expire_all()
     return {job.response or job.status.value for job in session.query(Job)}
 
@@ -81,7 +80,7 @@ def fill_workers() -> None:
 def _created(status: JobStatus, age: timedelta, name: str) -> None:
     job = add_job(status=status, response=name)
     job.created_at = utcnow() - age
-    get_state().db.session.commit()
+    INTERNALS.db(current_app).session.commit()
 
 
 # The policy ------------------------------------------------------------------------------
@@ -108,7 +107,7 @@ def test_retention_of_names_the_finished_statuses_only(settings: Settings) -> No
 def test_the_failed_setting_ages_failed_jobs_only(make_app: AppFactory) -> None:
     """ASYNC_REQUEST_FAILED_JOBS_EXPIRATION changes failed jobs' age, not processed or cancelled."""
     app = make_app(ASYNC_REQUEST_FAILED_JOBS_EXPIRATION="7d", ASYNC_REQUEST_JOBS_EXPIRATION="2h")
-    ages = retention_of(None, get_state(app).settings)
+    ages = retention_of(None, INTERNALS.settings(app))
     assert ages == {
         JobStatus.PROCESSED: timedelta(hours=2),
         JobStatus.CANCELLED: timedelta(hours=2),
@@ -119,7 +118,7 @@ def test_the_failed_setting_ages_failed_jobs_only(make_app: AppFactory) -> None:
 def test_a_class_failed_retention_beats_the_failed_setting(make_app: AppFactory) -> None:
     """A worker class's failed_retention wins over ASYNC_REQUEST_FAILED_JOBS_EXPIRATION."""
     app = make_app(ASYNC_REQUEST_FAILED_JOBS_EXPIRATION="1h")
-    settings = get_state(app).settings
+    settings = INTERNALS.settings(app)
     assert retention_of(KeptFailures, settings)[JobStatus.FAILED] == timedelta(days=7)
     # A class with a retention only: its failed jobs follow the setting, not its retention.
     assert retention_of(KeptBriefly, settings)[JobStatus.FAILED] == timedelta(hours=1)
@@ -334,4 +333,4 @@ def test_a_job_retried_between_select_and_delete_is_kept(
         retention.delete_matching(store, retention.purge_filter(timedelta(days=1)), batch_size=10)
         == 1
     )
-    assert {job.id for job in get_state(app).db.session.query(Job)} == {retried}
+    assert {job.id for job in INTERNALS.db(app).session.query(Job)} == {retried}

@@ -14,10 +14,9 @@ from flask_async_request import Job, JobStatus, lifecycle, running
 from flask_async_request.exceptions import DatabaseUnavailable, JobCancelled, StorageError
 from flask_async_request.running import CHECK_INTERVAL, RunContext
 from flask_async_request.signals import job_progress
-from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import add_job, reload_job
+from tests.conftest import INTERNALS, add_job, reload_job
 
 
 class Clock:
@@ -41,7 +40,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 @pytest.fixture
 def store(app: Flask) -> JobStore:
     """The app's job store, which a run writes through."""
-    return get_state().store()
+    return INTERNALS.job_store(current_app)
 
 
 def claimed() -> Job:

@@ -30,10 +30,9 @@ from flask_async_request import (
 )
 from flask_async_request.client import wait_for
 from flask_async_request.signals import job_progress
-from flask_async_request.state import get_state
 from flask_async_request.testing import JobRun, JobRunner
 from flask_async_request.webhooks import DeliveryError
-from tests.conftest import AppFactory, add_job, reload_job, serving
+from tests.conftest import AppFactory, Internals, add_job, reload_job, serving
 from tests.workers import Echo, FlakyThenOk
 
 pytest_plugins = ["pytester"]
@@ -240,7 +239,9 @@ def test_callbacks_are_kept_and_delivered(eager_app: Flask, runner: JobRunner) -
     assert json.loads(received[0])["job_id"] == job.id
 
 
-def test_publishing_goes_back_to_the_broker_on_close(eager_app: Flask) -> None:
+def test_publishing_goes_back_to_the_broker_on_close(
+    eager_app: Flask, internals: Internals
+) -> None:
     """Closing the runner gives the app its broker back: eager Celery runs the job at once."""
     with JobRunner(eager_app) as runner:
         kept = Job.create_and_enqueue(Echo, 1)
@@ -255,22 +256,21 @@ def test_one_runner_per_app(eager_app: Flask, runner: JobRunner) -> None:
         JobRunner(eager_app)
 
 
-def test_no_embedded_worker_starts(make_app: AppFactory) -> None:
+def test_no_embedded_worker_starts(make_app: AppFactory, internals: Internals) -> None:
     """On an app without a broker, the runner's jobs start no worker thread."""
     app = make_app(CELERY={})
     with app.app_context(), JobRunner(app) as runner:
         job = Job.create_and_enqueue(Echo, 1)
         assert runner.run_pending() == [JobRun(job.id, JobStatus.PROCESSED)]
-        embedded = get_state().embedded
-        assert embedded is not None and not embedded.running
+        assert not internals.embedded_worker(app).running
 
 
-def test_requests_start_no_embedded_worker(make_app: AppFactory) -> None:
+def test_requests_start_no_embedded_worker(make_app: AppFactory, internals: Internals) -> None:
     """On an app without a broker, requests made while a runner is bound start no worker."""
     app = make_app(CELERY={})
     with JobRunner(app):
         app.test_client().get("/no-such-page")
-        assert not app.extensions["async_request"].embedded.running
+        assert not internals.embedded_worker(app).running
 
 
 def test_wait_for_refuses_a_job_nothing_will_run(eager_app: Flask, runner: JobRunner) -> None:

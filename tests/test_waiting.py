@@ -11,14 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.state import get_state
 from flask_async_request.store import JobReply, JobStore
 from flask_async_request.waiting import Waiters, read_when_done
 from flask_async_request.web import cancel_job
-from tests.conftest import add_job
+from tests.conftest import INTERNALS, add_job
 
 #: Longest a test waits for what must happen; a test never passes by reaching it.
 PATIENCE = 30.0
@@ -327,7 +326,7 @@ def test_the_first_waiter_waits_for_the_listener_to_listen() -> None:
 @pytest.fixture
 def store(app: Flask) -> JobStore:
     """The app's job store, whose waiters poll on SQLite."""
-    return get_state(app).store()
+    return INTERNALS.job_store(app)
 
 
 def _ended_or_gone(reply: JobReply | None) -> bool:
@@ -367,7 +366,7 @@ def test_on_sqlite_a_job_deleted_meanwhile_ends_the_wait_with_nothing(
     def delete() -> None:
         _until(lambda: store.waiters().count == 1)
         with app.app_context():
-            session = get_state().db.session
+            session = INTERNALS.db(current_app).session
             session.execute(sa.delete(Job).where(Job.id == job_id))
             session.commit()
 

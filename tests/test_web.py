@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -30,7 +30,6 @@ from flask_async_request.exceptions import (
     UnstorableValue,
 )
 from flask_async_request.models import utcnow
-from flask_async_request.state import get_state
 from flask_async_request.web import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     cancel_job,
@@ -41,7 +40,7 @@ from flask_async_request.web import (
     sign_token,
 )
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job, poll, reload_job
+from tests.conftest import INTERNALS, SECRET, AppFactory, add_job, poll, reload_job
 
 BROKER_DOWN = {
     "broker_url": "redis://127.0.0.1:1/0",
@@ -238,7 +237,7 @@ def test_sign_token_needs_a_stored_job(app: Flask) -> None:
     """A job with no id yet has no token."""
     job = Job(worker="tests.workers:Echo", params={"args": [], "kwargs": {}})
     with pytest.raises(ValueError, match="no id yet"):
-        sign_token(job, get_state().settings)
+        sign_token(job, INTERNALS.settings(current_app))
 
 
 @pytest.mark.parametrize("commit", [True, False])
@@ -252,7 +251,7 @@ def test_a_new_job_holds_its_token_signed_where_it_was_created(
 
     monkeypatch.setattr(AsyncRequest, "sign_token", refuse)
     job = create_job(workers.Echo, [1], {}, commit=commit)
-    claims = get_state().verify_token(job.token)
+    claims = INTERNALS.verify_token(current_app)(job.token)
     assert (claims.job_id, claims.uid) == (job.id, job.uid)
 
 

@@ -22,13 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
 import pytest
-from flask import Flask
+from flask import Flask, current_app
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from flask_async_request import Job, JobStatus, webhooks
-from flask_async_request.state import get_state
 from flask_async_request.webhooks import (
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -47,7 +46,7 @@ from flask_async_request.webhooks import (
     verify_callback,
 )
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job, reload_job
+from tests.conftest import INTERNALS, SECRET, AppFactory, add_job, reload_job
 from tests.test_idempotency_webhooks import Receiver
 
 INWARD = [
@@ -439,7 +438,7 @@ def receiver() -> Iterator[Receiver]:
 def _job_calling(url: str, status: JobStatus = JobStatus.PROCESSED) -> int:
     job = add_job(status=status, status_code=200, response="ok")
     job.callback_url = url
-    get_state().db.session.commit()
+    INTERNALS.db(current_app).session.commit()
     return job.id
 
 

@@ -21,9 +21,7 @@ SCRIPT = "<script>window.injected = true</script>"
 @pytest.fixture
 def dashboard_app(make_app: AppFactory) -> Flask:
     """An app (eager Celery) with the dashboard open, and jobs in each interesting state."""
-    app = make_app()
-    open_dashboard(app)
-    return app
+    return open_dashboard(make_app)
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_async_request import JobStatus
-from flask_async_request.state import get_state
 from flask_async_request.statements import CHANNEL
 from flask_async_request.store import JobReply, JobStore
 from flask_async_request.waiting import read_when_done
 from flask_async_request.web import cancel_job
-from tests.conftest import add_job
+from tests.conftest import INTERNALS, add_job
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +33,7 @@ def _until(condition: Callable[[], bool]) -> None:
 @pytest.fixture
 def store(pg_app: Flask) -> JobStore:
     """The PostgreSQL app's job store, whose waiters LISTEN."""
-    store = get_state(pg_app).store()
+    store = INTERNALS.job_store(pg_app)
     assert store.listen
     return store
 
