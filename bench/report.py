@@ -51,7 +51,7 @@ TARGETS = {
 
 def web_mb(run: dict[str, Any], name: str) -> float:
     """The web figure: the largest peak RSS among the system's gunicorn workers."""
-    return max(run["rss_mb"]["web"][name])
+    return float(max(run["rss_mb"]["web"][name]))
 
 
 def worker_mb(run: dict[str, Any], name: str) -> float:
