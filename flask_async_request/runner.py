@@ -257,8 +257,13 @@ def _execute(
             reply = instance.execute(*args, **kwargs)
         outcome = Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
         return _Run(outcome, in_session=worker_class.transactional)
-    except JobCancelled:
+    except JobCancelled as e:
         session.rollback()
+        if lifecycle.held(store, job_id, claim.attempt):
+            # Raised by the worker's own code, its job not cancelled: ended now
+            # as any error is, not left processing until its lease runs out.
+            logger.error("Job %s: worker %s raised JobCancelled; its job was not.", job_id, worker)
+            return _Run(failure(_cut(str(e) or type(e).__name__)))
         logger.info("Job %s: the worker stopped, its job cancelled.", job_id)
         return _Run(None)
     except TimeLimitExceeded:

@@ -13,7 +13,6 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.broker import PURGE_TASK
-from flask_async_request.config import parse_duration
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from tests import workers
@@ -44,21 +43,6 @@ def filled(make_app: AppFactory) -> Flask:
         add_job(status=JobStatus.PROCESSING, response="processing")
         get_state().db.session.commit()
     return app
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("90", 90), ("30s", 30), ("15m", 900), ("2h", 7200), ("7d", 604800), ("1w", 604800)],
-)
-def test_parse_duration(text: str, expected: int) -> None:
-    """Durations take an optional unit."""
-    assert parse_duration(text) == timedelta(seconds=expected)
-
-
-def test_parse_duration_refuses_garbage() -> None:
-    """An unknown unit is a ValueError that shows the accepted forms."""
-    with pytest.raises(ValueError, match="such as 90, 15m, 2h or 7d"):
-        parse_duration("2 fortnights")
 
 
 def test_purge_deletes_old_finished_jobs(filled: Flask) -> None:

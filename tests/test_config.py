@@ -88,11 +88,6 @@ def test_bad_values_are_refused_naming_the_key(
     assert key in str(info.value)
 
 
-def test_configuration_error_is_a_value_error() -> None:
-    """Callers catching ValueError catch configuration errors too."""
-    assert issubclass(ConfigurationError, ValueError)
-
-
 def test_hs256_without_any_secret(make_app: AppFactory) -> None:
     """HS256 with neither ENCODE_KEY nor SECRET_KEY fails at init_app."""
     with pytest.raises(ConfigurationError, match=r"ASYNC_REQUEST_ENCODE_KEY.*SECRET_KEY"):

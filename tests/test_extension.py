@@ -15,7 +15,7 @@ from flask import Flask, url_for
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import AsyncRequest, Job
-from flask_async_request.broker import PROCESS_TASK, PURGE_SCHEDULE
+from flask_async_request.broker import PROCESS_TASK
 from tests.conftest import SECRET, AppFactory, poll
 from tests.workers import Echo
 
@@ -153,19 +153,6 @@ def test_two_apps_with_different_configs(make_app: AppFactory) -> None:
     assert response.status_code == 400
 
 
-def test_beat_schedule_has_the_cleanup(app: Flask) -> None:
-    """ASYNC_REQUEST_CLEAN_JOBS (default on) adds the purge to the beat schedule."""
-    entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
-    assert entry["schedule"].hour == {0}
-    assert entry["schedule"].minute == {0}
-
-
-def test_cleanup_can_be_switched_off(make_app: AppFactory) -> None:
-    """ASYNC_REQUEST_CLEAN_JOBS=False leaves the beat schedule alone."""
-    app = make_app(ASYNC_REQUEST_CLEAN_JOBS=False)
-    assert PURGE_SCHEDULE not in (app.extensions["celery"].conf.beat_schedule or {})
-
-
 def test_embedded_mode_warns_when_its_worker_starts(
     make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -175,63 +162,6 @@ def test_embedded_mode_warns_when_its_worker_starts(
         assert "development only" not in caplog.text
         app.extensions["async_request"].embedded.ensure_started()
     assert "development only" in caplog.text
-
-
-def test_broker_configured_means_no_embedded_worker(make_app: AppFactory) -> None:
-    """Naming a broker turns embedded mode off."""
-    app = make_app(CELERY={"broker_url": "redis://127.0.0.1:6379/15"})
-    assert app.extensions["async_request"].embedded is None
-    assert app.extensions["celery"].conf.broker_url == "redis://127.0.0.1:6379/15"
-
-
-@pytest.mark.parametrize(
-    ("celery", "bound"),
-    [
-        ({"broker_url": "redis://127.0.0.1:6379/15"}, 4.0),
-        ({"broker_url": "rediss://127.0.0.1:6380/0", "broker_connection_timeout": 2}, 2.0),
-        ({"broker_url": "redis://h", "broker_transport_options": {"visibility_timeout": 9}}, 4.0),
-        ({"broker_url": "redis://h", "broker_connection_timeout": None}, None),
-        (
-            {
-                "broker_url": "redis://h",
-                "broker_transport_options": {"socket_connect_timeout": 9},
-            },
-            9,
-        ),
-        ({"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}, None),
-        ({}, None),
-        # The redis client connects within socket_timeout when it is the only one.
-        ({"broker_url": "redis://h", "broker_transport_options": {"socket_timeout": 9}}, None),
-    ],
-    ids=["redis", "rediss", "other options", "no timeout", "named", "amqp", "embedded", "read"],
-)
-def test_a_redis_broker_s_connects_give_up_after_the_connection_timeout(
-    make_app: AppFactory, celery: dict[str, Any], bound: float | None
-) -> None:
-    """Celery's Redis transport would wait out the kernel's SYN retries (over two minutes)."""
-    conf = make_app(CELERY={"task_always_eager": False, **celery}).extensions["celery"].conf
-    options = conf.broker_transport_options or {}
-    assert options.get("socket_connect_timeout") == bound
-    assert options.get("visibility_timeout") == celery.get("broker_transport_options", {}).get(
-        "visibility_timeout"
-    )
-
-
-def test_a_celery_app_of_the_user_s_keeps_its_transport_options(tmp_path: Any) -> None:
-    app = _bare_app(tmp_path)
-    SQLAlchemy(app)
-    mine = Celery("mine", broker="redis://127.0.0.1:6379/15")
-    app.extensions["celery"] = mine
-    AsyncRequest(app)
-    assert "socket_connect_timeout" not in (mine.conf.broker_transport_options or {})
-
-
-def test_cleanup_goes_to_the_jobs_queue(make_app: AppFactory) -> None:
-    """With ASYNC_REQUEST_QUEUE set, beat sends the purge to that queue."""
-    app = make_app(ASYNC_REQUEST_QUEUE="jobs", ASYNC_REQUEST_CLEAN_JOBS_CRON=30)
-    entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
-    assert entry["options"] == {"queue": "jobs"}
-    assert entry["schedule"].total_seconds() == 30
 
 
 def _celery_init_app(app: Flask) -> Any:

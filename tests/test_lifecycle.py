@@ -14,20 +14,12 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_async_request import Job, JobStatus, signals
-from flask_async_request.broker import PROCESS_TASK
-from flask_async_request.exceptions import (
-    AsyncRequestError,
-    JobFinished,
-    JobNotFailed,
-    JobNotFound,
-    JobStateError,
-)
-from flask_async_request.maintenance import retry_job, sweep_jobs
+from flask_async_request.maintenance import sweep_jobs
 from flask_async_request.models import utcnow
 from flask_async_request.state import get_state
 from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll, reload_job
+from tests.conftest import add_job, poll, reload_job
 from tests.test_idempotency_webhooks import Receiver
 
 
@@ -131,20 +123,6 @@ def test_cancel_answers_from_its_own_statement(app: Flask, monkeypatch: pytest.M
     assert json.loads(reply.response or "") == {"error": "Job cancelled"}
 
 
-def test_cancel_errors_narrow(app: Flask) -> None:
-    """A missing job is JobNotFound (a LookupError); a finished one JobFinished."""
-    with pytest.raises(JobNotFound) as missing:
-        cancel_job(12345)
-    assert isinstance(missing.value, LookupError)
-    assert isinstance(missing.value, AsyncRequestError)
-    assert missing.value.job_id == 12345
-    done = add_job(status=JobStatus.PROCESSED, response="x", finished_at=utcnow())
-    with pytest.raises(JobFinished) as finished:
-        cancel_job(done.id)
-    assert isinstance(finished.value, JobStateError)
-    assert finished.value.status == "processed"
-
-
 # Long polls ---------------------------------------------------------------------------------
 
 
@@ -169,36 +147,6 @@ def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
     assert response.status_code == 404
     assert time.monotonic() - started < 1.9
     assert poll(app.test_client(), token).status_code == 404
-
-
-# Retry and purge from the CLI ---------------------------------------------------------------
-
-
-def test_retry_clears_progress_and_content_type(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A retried job starts afresh: no old reply, progress, message or content type."""
-    sent: list[int] = []
-    task = get_state().celery.tasks[PROCESS_TASK]
-    monkeypatch.setattr(task, "apply_async", lambda args, **options: sent.append(args[0]))
-    job = add_job(status=JobStatus.FAILED, status_code=500, response='{"error": "x"}')
-    job.progress, job.progress_message, job.content_type = 0.5, "half way", "text/csv"
-    job.attempts, job.finished_at = 3, utcnow()
-    get_state().db.session.commit()
-    retry_job(job.id)
-    job = reload_job(job.id)
-    assert sent == [job.id]
-    assert job.status is JobStatus.WAITING
-    assert (job.progress, job.progress_message, job.content_type) == (None, None, None)
-    assert (job.status_code, job.response, job.finished_at, job.attempts) == (None, None, None, 0)
-
-
-def test_retry_errors_narrow(app: Flask) -> None:
-    """Retrying a missing job is JobNotFound; one that has not failed is JobNotFailed."""
-    with pytest.raises(JobNotFound):
-        retry_job(999)
-    with pytest.raises(JobNotFailed, match="only failed jobs can be retried"):
-        retry_job(add_job().id)
 
 
 # Transactional workers ----------------------------------------------------------------------
@@ -247,18 +195,3 @@ def test_transactional_worker_that_fails_writes_nothing(app: Flask, effects_tabl
     assert job.response is not None
     assert json.loads(job.response) == {"error": "failed after writing"}
     assert _effects() == []
-
-
-def test_listeners_stay_on_the_apps_own_session(make_app: AppFactory) -> None:
-    """Another session in the process carries none of the library's listeners."""
-    make_app()
-    from sqlalchemy import event
-    from sqlalchemy.orm import Session
-
-    from flask_async_request import web
-
-    assert not event.contains(Session, "after_commit", web._publish_on_commit)
-    other = Session(sa.create_engine("sqlite://"))
-    other.info[web._PENDING_KEY] = [(1, "x")]
-    other.commit()
-    assert web._PENDING_KEY in other.info

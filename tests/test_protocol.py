@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_async_request import Job, JobStatus, accepted, lifecycle, signals
+from flask_async_request import Job, JobStatus, accepted, signals
 from flask_async_request.runner import run_job
 from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
@@ -127,40 +127,6 @@ def test_progress_is_stored_while_running(app: Flask) -> None:
     assert job.progress == 1.0
 
 
-def test_progress_in_a_tight_loop_writes_rarely(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """100,000 reports cost a handful of writes."""
-    writes: list[float] = []
-    original = lifecycle.set_progress
-
-    def counting(store: JobStore, *args: Any) -> bool:
-        writes.append(args[2])
-        return original(store, *args)
-
-    monkeypatch.setattr(lifecycle, "set_progress", counting)
-    job = Job.create_and_enqueue(workers.TightLoop, 100_000)
-    assert job.status is JobStatus.PROCESSED
-    assert 1 <= len(writes) <= 20
-
-
-@pytest.mark.parametrize(
-    ("done", "total", "message"),
-    [(float("nan"), None, "done is nan"), (1, 0, "total is 0"), ("half", None, "finite number")],
-)
-def test_bad_progress_is_a_value_error(done: Any, total: Any, message: str) -> None:
-    """Bad numbers raise ValueError naming them."""
-    with pytest.raises(ValueError, match=message):
-        workers.Echo().progress(done, total)
-
-
-def test_progress_outside_a_run_is_harmless() -> None:
-    """Calling execute directly (in a unit test of a worker) reports nowhere."""
-    worker = workers.TightLoop()
-    assert worker.execute(10) == (200, "10")
-    assert not worker.cancelled
-
-
 # Cancellation --------------------------------------------------------------------------
 
 
@@ -194,18 +160,6 @@ def test_cancelled_called_like_a_method_answers_too(app: Flask, tmp_path: Path) 
     job = Job.create_and_enqueue(workers.CallsCancelled, str(answers))
     assert json.loads(answers.read_text()) == [True, True]
     assert job.status is JobStatus.CANCELLED
-
-
-def test_cancelled_compares_as_a_bool() -> None:
-    """Worker.cancelled is equal to, hashes and prints as the bool it reads as."""
-    flag = workers.Echo().cancelled
-    assert flag == False  # noqa: E712 (the comparison is what is tested)
-    assert flag != True  # noqa: E712
-    assert hash(flag) == hash(False)
-    assert repr(flag) == "False"
-    assert flag() is False
-    by_flag: dict[object, str] = {flag: "x"}
-    assert by_flag[False] == "x"
 
 
 def test_cancel_a_finished_job_is_409(app: Flask, client: Any) -> None:
