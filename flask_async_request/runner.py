@@ -26,9 +26,9 @@ from .exceptions import (
     WorkerResolutionError,
 )
 from .leases import keeper
-from .lifecycle import Claim, Ended
 from .models import JobStatus, as_utc, utcnow
 from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
+from .rows import Claim, Ended
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state

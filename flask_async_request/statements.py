@@ -238,7 +238,7 @@ _ENDING: dict[str, Any] = {
     "updated_at": sa.bindparam("now"),
     "lease_expires_at": None,
 }
-#: What an ending statement hands back: see ``lifecycle.Ended``.
+#: What an ending statement hands back: see ``rows.Ended``.
 ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
 
 
@@ -282,7 +282,7 @@ STATUS = hot(sa.select(Job.status).where(_ID))
 
 #: What publishing a job's message needs: see ``lifecycle.message_of``.
 MESSAGE_COLUMNS = (Job.id, Job.uid, Job.queue, Job.time_limit, Job.worker)
-#: A waiting job's: see ``lifecycle.WaitingJob``.
+#: A waiting job's: see ``rows.WaitingJob``.
 _WAITING_COLUMNS = (*MESSAGE_COLUMNS, Job.due_at)
 
 REQUEUE_LOST = Statement(sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING))

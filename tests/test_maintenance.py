@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from flask import Flask, current_app
+from flask import Flask
 
 from flask_async_request import EnqueueError, Job, JobStatus, maintenance, reading, retention
 from flask_async_request.broker import PROCESS_TASK
@@ -24,7 +24,7 @@ from flask_async_request.maintenance import (
 )
 from flask_async_request.models import utcnow
 from flask_async_request.signals import jobs_swept
-from tests.conftest import INTERNALS, AppFactory, add_job, reload_job
+from tests.conftest import AppFactory, add_job, current_db, reload_job
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def embedded(make_app: AppFactory) -> Iterator[Flask]:
 
 
 def _commit() -> None:
-    INTERNALS.db(current_app).session.commit()
+    current_db().session.commit()
 
 
 def _processing(lease_from_now: float, attempts: int = 1) -> int:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, current_app
+from flask import Flask
 
 from flask_async_request import Job, JobStatus, retention
 from flask_async_request.config import Settings
@@ -22,7 +22,7 @@ from flask_async_request.retention import (
     retention_of,
 )
 from flask_async_request.store import JobStore
-from tests.conftest import INTERNALS, AppFactory, add_job
+from tests.conftest import INTERNALS, AppFactory, add_job, current_db
 from tests.workers import KeptBriefly, KeptFailures
 
 
@@ -80,7 +80,7 @@ def fill_workers() -> None:
 def _created(status: JobStatus, age: timedelta, name: str) -> None:
     job = add_job(status=status, response=name)
     job.created_at = utcnow() - age
-    INTERNALS.db(current_app).session.commit()
+    current_db().session.commit()
 
 
 # The policy ------------------------------------------------------------------------------

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, current_app
+from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.store import JobReply, JobStore
 from flask_async_request.waiting import Waiters, read_when_done
 from flask_async_request.web import cancel_job
-from tests.conftest import INTERNALS, add_job
+from tests.conftest import INTERNALS, add_job, current_db
 
 #: Longest a test waits for what must happen; a test never passes by reaching it.
 PATIENCE = 30.0
@@ -366,7 +366,7 @@ def test_on_sqlite_a_job_deleted_meanwhile_ends_the_wait_with_nothing(
     def delete() -> None:
         _until(lambda: store.waiters().count == 1)
         with app.app_context():
-            session = INTERNALS.db(current_app).session
+            session = current_db().session
             session.execute(sa.delete(Job).where(Job.id == job_id))
             session.commit()
 

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
 import pytest
-from flask import Flask, current_app
+from flask import Flask
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -46,7 +46,7 @@ from flask_async_request.webhooks import (
     verify_callback,
 )
 from tests import workers
-from tests.conftest import INTERNALS, SECRET, AppFactory, add_job, reload_job
+from tests.conftest import SECRET, AppFactory, add_job, current_db, reload_job
 from tests.test_idempotency_webhooks import Receiver
 
 INWARD = [
@@ -438,7 +438,7 @@ def receiver() -> Iterator[Receiver]:
 def _job_calling(url: str, status: JobStatus = JobStatus.PROCESSED) -> int:
     job = add_job(status=status, status_code=200, response="ok")
     job.callback_url = url
-    INTERNALS.db(current_app).session.commit()
+    current_db().session.commit()
     return job.id
 
 
