@@ -69,7 +69,7 @@ def test_no_index_holds_a_column_the_claim_sets(pg_app: Flask) -> None:
     """No index names a claimed column, in its key or its WHERE, and the fillfactor is set."""
     db = get_state(pg_app).db
     with db.engine.connect() as conn:
-        definitions = dict(
+        definitions: dict[str, str] = dict(
             conn.execute(
                 sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :table"),
                 {"table": TABLE_NAME},
