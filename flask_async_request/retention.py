@@ -147,7 +147,10 @@ def age_filter(
         if finished:
             conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
         if pending:
-            conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
+            # finished_at too: the index of unfinished jobs, as no index holds the status.
+            conditions.append(
+                sa.and_(Job.status.in_(pending), Job.finished_at.is_(None), Job.created_at < cutoff)
+            )
     return sa.or_(sa.false(), *conditions)
 
 

@@ -355,9 +355,12 @@ def test_every_read_uses_an_index(dash: Flask, query: str) -> None:
                 plan = [row[3] for row in cursor.fetchall()]
                 assert plan, statement
                 # A SCAN without an index is the table's own b-tree, which is the
-                # primary key: fine for the unfiltered list, walked in id order up to
-                # its LIMIT, and nowhere else.
-                unfiltered = "WHERE" not in statement and "LIMIT" in statement
+                # primary key: fine for the unfiltered list and for a list of finished
+                # statuses alone (no index holds the status, so that a claim's UPDATE
+                # is HOT on PostgreSQL, and finished jobs are most of a table), walked
+                # in id order up to its LIMIT, and nowhere else.
+                by_status = re.search(r"WHERE \S+\.status IN \([^)]*\) ORDER BY", statement)
+                unfiltered = ("WHERE" not in statement or by_status) and "LIMIT" in statement
                 for step in plan:
                     assert "TEMP B-TREE" not in step, (statement, plan)
                     if step.startswith("SCAN") and "USING" not in step:

@@ -48,6 +48,9 @@ def init_command(config_file: Path, force: bool) -> None:
         click.echo("Next: run `flask db upgrade` to create the table.")
     else:
         click.echo(f"The jobs table revision exists already, left as is: {result.revision}")
+    if result.hot_revision is not None:
+        click.echo(f"Wrote the revision of the jobs table's new indexes: {result.hot_revision}")
+        click.echo("Next: run `flask db upgrade` to change them.")
     if result.config_written:
         click.echo(f"Wrote the settings snippet: {result.config}")
     else:
