@@ -264,7 +264,7 @@ def far_fill(total: int) -> str:
     """Grow the table to ``total`` finished rows two days old; return a token for a middle row."""
     from bench.far import app, db
     from flask_async_request import Job
-    from flask_async_request.models import utcnow
+    from flask_async_request.values import utcnow
 
     with app.app_context():
         have = db.session.execute(sa.text("SELECT count(*) FROM async_request_jobs")).scalar_one()

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from . import statements as sql
 from .broker import Message, queue_callback
 from .exceptions import JobFinished, JobNotFailed, JobNotFound
-from .models import Job, JobStatus, lone_surrogate, new_uid, utcnow
+from .models import Job, JobStatus
 from .outcomes import Outcome, error_body
 from .outcomes import error_message as error_message
 from .rows import Claim, Ended, LostJob, Sendable, WaitingJob
@@ -44,6 +44,7 @@ from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
 from .statements import NewRow
 from .store import JobStore
+from .values import lone_surrogate, new_uid, utcnow
 
 logger = logging.getLogger("flask_async_request")
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from . import lifecycle, rows
 from .broker import publish
 from .exceptions import EnqueueError
-from .models import as_utc, utcnow
 from .reading import JobStats, job_stats, list_jobs
 from .retention import (
     FINISHED_STATUSES,
@@ -29,6 +28,7 @@ from .retention import (
 )
 from .signals import jobs_swept
 from .state import current_flask_app, get_state
+from .values import as_utc, utcnow
 
 if TYPE_CHECKING:
     from .store import JobStore

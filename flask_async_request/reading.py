@@ -16,9 +16,10 @@ import sqlalchemy as sa
 
 from .config import parse_duration
 from .exceptions import JobNotFound
-from .models import Job, JobStatus, as_utc, unstorable, utcnow
+from .models import Job, JobStatus
 from .state import get_state
 from .statements import UNFINISHED
+from .values import as_utc, unstorable, utcnow
 
 #: Jobs on one page of a list, by default.
 PAGE_SIZE = 50

@@ -16,9 +16,10 @@ import sqlalchemy as sa
 
 from .config import Settings
 from .exceptions import WorkerResolutionError
-from .models import Job, JobStatus, utcnow
+from .models import Job, JobStatus
 from .state import get_state
 from .store import JobStore
+from .values import utcnow
 from .worker import Worker, resolve_worker, seconds_of
 
 logger = logging.getLogger("flask_async_request")

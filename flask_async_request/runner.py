@@ -26,13 +26,14 @@ from .exceptions import (
     WorkerResolutionError,
 )
 from .leases import keeper
-from .models import JobStatus, as_utc, utcnow
+from .models import JobStatus
 from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
 from .rows import Claim, Ended
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state
 from .store import JobStore
+from .values import as_utc, utcnow
 from .worker import normalize_reply, resolve_worker
 
 logger = logging.getLogger("flask_async_request")

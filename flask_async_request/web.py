@@ -32,11 +32,12 @@ from .exceptions import (
     InvalidIdempotencyKey,
     UnstorableValue,
 )
-from .models import Job, column_length, lone_surrogate, short_repr, unstorable
+from .models import Job, column_length
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply, Unreachable
 from .tokens import encode_token
+from .values import lone_surrogate, short_repr, unstorable
 from .worker import Worker, seconds_of, worker_path
 
 logger = logging.getLogger("flask_async_request")

@@ -51,10 +51,10 @@ from flask_async_request import (
     signals,
 )
 from flask_async_request.exceptions import JobFinished, JobNotFailed, JobNotFound
-from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome, failure
 from flask_async_request.statements import CHANNEL
 from flask_async_request.store import JobStore
+from flask_async_request.values import utcnow
 
 #: Retries allowed after a lost worker, in the machine's app.
 RETRY = 1

@@ -13,7 +13,7 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.broker import PURGE_TASK
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from tests import workers
 from tests.conftest import AppFactory, Internals, add_job, current_db, reload_job
 

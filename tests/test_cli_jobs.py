@@ -12,7 +12,7 @@ from flask import Flask, current_app
 from flask_async_request import JobStatus
 from flask_async_request.cli import jobs
 from flask_async_request.config import format_duration
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, add_job
 
 

@@ -13,7 +13,7 @@ from flask_migrate import Migrate
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.cli import operations
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, add_job, current_db, reload_job
 
 

@@ -36,7 +36,7 @@ from flask_async_request.converters import (
     whole_seconds,
 )
 from flask_async_request.exceptions import ConfigurationError
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 
 KEY = "ASYNC_REQUEST_SOMETHING"
 

@@ -14,8 +14,8 @@ from flask import Flask, request
 
 from flask_async_request import AsyncRequest, Job, JobStatus
 from flask_async_request.dashboard import blueprint
-from flask_async_request.models import utcnow
 from flask_async_request.reading import PAGE_SIZE
+from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, add_job, current_db
 
 PREFIX = "/async-request/dashboard"

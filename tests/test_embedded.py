@@ -12,8 +12,8 @@ from flask import Flask, url_for
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.embedded import EmbeddedWorker
-from flask_async_request.models import as_utc, utcnow
 from flask_async_request.signals import jobs_swept
+from flask_async_request.values import as_utc, utcnow
 from tests import workers
 from tests.conftest import AppFactory, Internals, add_job, current_db, json_of, poll, reload_job
 

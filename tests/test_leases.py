@@ -14,8 +14,8 @@ from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus, lifecycle
 from flask_async_request.leases import LeaseKeeper
-from flask_async_request.models import as_utc, utcnow
 from flask_async_request.store import JobStore
+from flask_async_request.values import as_utc, utcnow
 from tests import workers
 from tests.conftest import INTERNALS, AppFactory, add_job, reload_job
 

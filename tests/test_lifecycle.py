@@ -16,8 +16,8 @@ from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus, signals
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import utcnow
 from flask_async_request.store import JobStore
+from flask_async_request.values import utcnow
 from flask_async_request.web import cancel_job
 from tests import workers
 from tests.conftest import add_job, current_db, poll, reload_job

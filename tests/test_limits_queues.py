@@ -17,7 +17,7 @@ from sqlalchemy.orm import scoped_session
 from flask_async_request import Job, JobStatus, Worker
 from flask_async_request.broker import hard_time_limit
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from tests import workers
 from tests.conftest import AppFactory, json_of, poll
 

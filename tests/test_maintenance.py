@@ -22,8 +22,8 @@ from flask_async_request.maintenance import (
     sweep_jobs,
     unconsumed_queues,
 )
-from flask_async_request.models import utcnow
 from flask_async_request.signals import jobs_swept
+from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, add_job, current_db, reload_job
 
 

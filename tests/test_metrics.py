@@ -11,7 +11,8 @@ from flask import Flask
 
 from flask_async_request import AsyncRequest, Job
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import JobStatus, utcnow
+from flask_async_request.models import JobStatus
+from flask_async_request.values import utcnow
 from tests import workers
 from tests.conftest import AppFactory, add_job, current_db, poll
 

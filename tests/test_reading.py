@@ -10,8 +10,8 @@ import pytest
 from flask import Flask
 
 from flask_async_request import AsyncRequest, JobStatus
-from flask_async_request.models import utcnow
 from flask_async_request.reading import JobFilter, list_jobs
+from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, add_job, current_db
 
 

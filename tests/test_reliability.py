@@ -12,8 +12,8 @@ from flask import Flask
 
 from flask_async_request import EnqueueError, Job, JobStatus, accepted, asynchronous
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import utcnow
 from flask_async_request.store import JobStore
+from flask_async_request.values import utcnow
 from tests import workers
 from tests.conftest import AppFactory, add_job, current_db, json_of, poll, reload_job
 

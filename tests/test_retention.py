@@ -11,7 +11,6 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus, retention
 from flask_async_request.config import Settings
-from flask_async_request.models import utcnow
 from flask_async_request.retention import (
     FINISHED_STATUSES,
     age_filter,
@@ -22,6 +21,7 @@ from flask_async_request.retention import (
     retention_of,
 )
 from flask_async_request.store import JobStore
+from flask_async_request.values import utcnow
 from tests.conftest import INTERNALS, AppFactory, add_job, current_db
 from tests.workers import KeptBriefly, KeptFailures
 

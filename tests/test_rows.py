@@ -7,7 +7,6 @@ from datetime import timedelta
 from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus, lifecycle
-from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome
 from flask_async_request.rows import (
     Claim,
@@ -19,6 +18,7 @@ from flask_async_request.rows import (
     waiting_jobs,
 )
 from flask_async_request.statements import ENDED_COLUMNS, JobReply
+from flask_async_request.values import utcnow
 from tests.conftest import INTERNALS, add_job, current_db
 
 

@@ -14,9 +14,9 @@ from flask import Flask
 from flask_async_request import Job, JobStatus, Worker, lifecycle, signals
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.exceptions import DatabaseUnavailable, JobCancelled
-from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome
 from flask_async_request.runner import MAX_ERROR_LENGTH, MAX_RETRY_DELAY, retry_delay, run_job
+from flask_async_request.values import utcnow
 from tests import workers
 from tests.conftest import AppFactory, add_job, json_of, reload_job
 

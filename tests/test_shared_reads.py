@@ -11,8 +11,8 @@ from flask import Flask, current_app
 
 from flask_async_request import JobStatus
 from flask_async_request import shared_reads as module
-from flask_async_request.models import utcnow
 from flask_async_request.shared_reads import SharedReads
+from flask_async_request.values import utcnow
 from tests.conftest import INTERNALS, add_job
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
 from flask_async_request import statements
-from flask_async_request.models import Job, JobStatus, utcnow
+from flask_async_request.models import Job, JobStatus
 from flask_async_request.statements import (
     CANCEL,
     CHANNEL,
@@ -47,6 +47,7 @@ from flask_async_request.statements import (
     hot,
     is_hot,
 )
+from flask_async_request.values import utcnow
 
 #: Every Statement of the module, by name.
 STATEMENTS = {

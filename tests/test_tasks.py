@@ -20,7 +20,6 @@ from flask_async_request.broker import (
 )
 from flask_async_request.config import load_settings
 from flask_async_request.exceptions import DatabaseUnavailable
-from flask_async_request.models import utcnow
 from flask_async_request.tasks import (
     CALLBACK_RETRIES,
     CLAIM_REDELIVERIES,
@@ -28,6 +27,7 @@ from flask_async_request.tasks import (
     claim_countdown,
     register_tasks,
 )
+from flask_async_request.values import utcnow
 from flask_async_request.webhooks import DeliveryError
 from tests.conftest import AppFactory, add_job, reload_job
 

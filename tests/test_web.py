@@ -29,7 +29,7 @@ from flask_async_request.exceptions import (
     JobStateError,
     UnstorableValue,
 )
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from flask_async_request.web import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     cancel_job,

@@ -11,8 +11,9 @@ from flask.cli import with_appcontext
 
 from .. import maintenance, reading
 from ..config import format_duration
-from ..models import Job, JobStatus, as_utc, finite, iso_utc, utcnow
+from ..models import Job, JobStatus
 from ..state import get_state
+from ..values import as_utc, finite, iso_utc, utcnow
 from .options import DURATION, JSON_OPTION, STATUS, echo_json, errors_as_messages, table
 
 

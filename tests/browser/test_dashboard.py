@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_async_request import JobStatus
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, serving
 from tests.test_dashboard import PREFIX, add, open_dashboard, stored
 

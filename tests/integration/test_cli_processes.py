@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from tests.conftest import add_job, current_db
 from tests.integration.conftest import ROOT, _environment, _load_project
 

@@ -20,9 +20,9 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome
 from flask_async_request.statements import hot
+from flask_async_request.values import utcnow
 from tests import workers
 from tests.conftest import PG_DATABASE_URL, Internals, add_job, current_db, json_of, poll
 from tests.integration.conftest import Stack, _environment, _start_worker

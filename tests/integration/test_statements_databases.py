@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from flask_async_request.models import Job, JobStatus, utcnow
+from flask_async_request.models import Job, JobStatus
 from flask_async_request.statements import CHANNEL, CLAIM, FINISH, INSERT, NewRow
+from flask_async_request.values import utcnow
 from tests.conftest import PG_DATABASE_URL
 
 pytestmark = pytest.mark.integration
