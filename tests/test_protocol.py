@@ -1,10 +1,9 @@
-"""The richer protocol: 202 with progress and Retry-After, accepted(), cancellation, signals."""
+"""The richer protocol: 202 with progress and Retry-After, accepted(), cancellation."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import scoped_session
 
-from flask_async_request import Job, JobStatus, accepted, signals
+from flask_async_request import Job, JobStatus, accepted
 from flask_async_request.runner import run_job
 from flask_async_request.store import JobStore
 from tests import workers
@@ -202,49 +201,6 @@ def _reload(job: Job) -> Job:
     found = session.get(Job, job.id)
     assert found is not None
     return found
-
-
-# Signals -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """Every signal sent during the test, as (name, keyword arguments)."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-    names = ["job_enqueued", "job_started", "job_progress", "job_finished", "job_failed"]
-    names.append("job_cancelled")
-    receivers = []
-    for name in names:
-
-        def receiver(sender: Flask, _name: str = name, **kwargs: Any) -> None:
-            seen.append((_name, kwargs))
-
-        getattr(signals, name).connect(receiver)
-        receivers.append((name, receiver))
-    yield seen
-    for name, receiver in receivers:
-        getattr(signals, name).disconnect(receiver)
-
-
-def test_signals_of_a_successful_job(app: Flask, received: list[Any]) -> None:
-    """A job sends enqueued, started, progress and finished."""
-    job = Job.create_and_enqueue(workers.ProgressProbe)
-    names = [name for name, _ in received]
-    assert names == ["job_started", "job_progress", "job_finished", "job_enqueued"]
-    assert all(kwargs["job_id"] == job.id for _, kwargs in received)
-    assert received[2][1]["status_code"] == 200
-
-
-def test_signals_of_a_failed_and_a_cancelled_job(
-    app: Flask, client: Any, received: list[Any]
-) -> None:
-    """A raising job sends failed with the error; a DELETE sends cancelled."""
-    Job.create_and_enqueue(workers.Boom, "bad")
-    boom, echo = "tests.workers:Boom", "tests.workers:Echo"
-    assert ("job_failed", {"job_id": 1, "error": "bad", "worker": boom}) in received
-    job = add_job()
-    delete(client, job.token)
-    assert received[-1] == ("job_cancelled", {"job_id": job.id, "worker": echo})
 
 
 # Long polling ------------------------------------------------------------------------
