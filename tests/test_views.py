@@ -263,6 +263,12 @@ def test_requested_wait_is_delta_seconds(app: Flask, value: str, seconds: int) -
     assert _wait_of(app, value) == seconds
 
 
+def test_leading_zeros_do_not_lengthen_a_wait(app: Flask) -> None:
+    """Delta-seconds may have leading zeros: 000000000005 is 5 seconds, not past the ceiling."""
+    assert _wait_of(app, "wait=000000000005") == 5
+    assert _wait_of(app, "wait=" + "0" * 30) == 0
+
+
 @pytest.mark.parametrize("value", ["wait=99999999999999999999", f"wait={2**31 + 1}"])
 def test_a_wait_past_the_ceiling_is_the_ceiling(app: Flask, value: str) -> None:
     """RFC 9111: a delta-seconds longer than 2**31 stands for 2**31."""
