@@ -235,3 +235,12 @@ def test_a_raising_job_cancelled_receiver_leaves_the_cancel_done(
     assert reply.status is JobStatus.CANCELLED
     assert reload_job(job.id).status is JobStatus.CANCELLED
     assert "receiver broke" in caplog.text
+
+
+def test_a_raising_job_progress_receiver_ends_the_job_failed(app: Flask) -> None:
+    """A receiver of job_progress that raises inside a run ends the claimed job failed."""
+    with signals.job_progress.connected_to(_broken, app):
+        job = Job.create_and_enqueue(workers.ProgressProbe)
+    job = reload_job(job.id)
+    assert job.status is JobStatus.FAILED
+    assert job.finished_at is not None
