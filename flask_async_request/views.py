@@ -188,7 +188,9 @@ def requested_wait() -> int | None:
     value = preferences().get("wait")
     if value is None or _DELTA_SECONDS.fullmatch(value) is None:
         return None
-    return _MAX_DELTA_SECONDS if len(value) > 10 else min(int(value), _MAX_DELTA_SECONDS)
+    # Leading zeros are digits of the same number; only the others make it long.
+    digits = value.lstrip("0") or "0"
+    return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits), _MAX_DELTA_SECONDS)
 
 
 def _job_url_enabled() -> None:

@@ -1,4 +1,4 @@
-"""Running an app's jobs inline in its tests: the JobRunner and its pytest plugin.
+"""Running an app's jobs inline in its tests: the JobRunner, and the example of its fixture.
 
 The first part is the example of docs/testing.rst, which includes it: an app
 with a view that starts a job, the fixtures a project writes, and its tests.
@@ -7,8 +7,6 @@ with a view that starts a job, the fixtures a project writes, and its tests.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +32,6 @@ from flask_async_request.testing import JobRun, JobRunner
 from flask_async_request.webhooks import DeliveryError
 from tests.conftest import AppFactory, Internals, add_job, reload_job, serving
 from tests.workers import Echo, FlakyThenOk
-
-pytest_plugins = ["pytester"]
 
 # [app]
 db = SQLAlchemy()
@@ -288,37 +284,6 @@ def test_the_client_polls_through_a_test_client(eager_app: Flask) -> None:
     )
     assert result.ok
     assert json.loads(result.body)["args"] == [7]
-
-
-# The plugin, in projects of its own.
-
-
-def test_the_plugin_leaves_projects_without_an_app_alone(pytester: pytest.Pytester) -> None:
-    """A project with no app fixture, which asks for none of its fixtures, runs as before."""
-    pytester.makepyfile("def test_ok():\n    assert True\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
-
-
-def test_the_plugin_loads_without_the_server_stack() -> None:
-    """Loading the plugin, as pytest does at start-up, imports none of the server stack."""
-    code = (
-        "import sys, flask_async_request.pytest_plugin\n"
-        "loaded = {m.split('.')[0] for m in sys.modules} | set(sys.modules)\n"
-        "print(sorted(loaded & {'flask', 'celery', 'sqlalchemy', 'flask_async_request.testing'}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
-
-
-def test_async_jobs_needs_an_app_fixture(pytester: pytest.Pytester) -> None:
-    """Asking for async_jobs without an app fixture names the missing fixture."""
-    pytester.makepyfile("def test_it(async_jobs):\n    pass\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*fixture 'app' not found*"])
 
 
 class Chain(Worker):

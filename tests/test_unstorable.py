@@ -29,7 +29,6 @@ from flask_async_request import (
     asynchronous,
     lifecycle,
     runner,
-    signals,
     web,
 )
 from flask_async_request.outcomes import Outcome
@@ -322,42 +321,6 @@ def test_a_transactional_write_the_database_refuses_fails_the_job(app: Flask) ->
         " them (IntegrityError; details are in the worker's log)."
     )
     assert _rows() == 1
-
-
-def test_a_raising_job_started_receiver_fails_the_job(app: Flask) -> None:
-    """A receiver of job_started that raises fails the job instead of leaving it processing."""
-
-    def broken(sender: Flask, **extra: Any) -> None:
-        raise RuntimeError("receiver broke")
-
-    signals.job_started.connect(broken)
-    try:
-        job = Job.create_and_enqueue(workers.Echo)
-    finally:
-        signals.job_started.disconnect(broken)
-    assert _error(job) == (
-        "The job could not be run: the library raised RuntimeError"
-        " (details are in the worker's log)."
-    )
-
-
-def test_a_raising_end_receiver_leaves_the_end_stored_and_the_callback_queued(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A receiver of job_finished that raises is logged; the callback is queued all the same."""
-    queued: list[int] = []
-    monkeypatch.setattr(lifecycle, "queue_callback", queued.append)
-
-    def broken(sender: Flask, **extra: Any) -> None:
-        raise RuntimeError("receiver broke")
-
-    signals.job_finished.connect(broken)
-    try:
-        job = Job.create_and_enqueue(workers.Echo, callback_url="http://127.0.0.1:9/hook")
-    finally:
-        signals.job_finished.disconnect(broken)
-    assert reload_job(job.id).status is JobStatus.PROCESSED
-    assert queued == [job.id]
 
 
 # Creation -------------------------------------------------------------------------------------
