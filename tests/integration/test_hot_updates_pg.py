@@ -11,8 +11,8 @@ from flask import Flask
 
 from flask_async_request import Job
 from flask_async_request.models import FILLFACTOR, TABLE_NAME
-from flask_async_request.state import get_state
 from tests import workers
+from tests.conftest import INTERNALS
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +35,8 @@ def _counters(engine: sa.Engine) -> tuple[int, int]:
 
 def _flush_statistics(app: Flask) -> None:
     """Have the app's connections hand their counters in: a backend does as it ends."""
-    state = get_state(app)
-    state.store().dispose()
-    state.db.engine.dispose()
+    INTERNALS.job_store(app).dispose()
+    INTERNALS.db(app).engine.dispose()
 
 
 def test_claim_is_a_hot_update(pg_app: Flask) -> None:
@@ -67,7 +66,7 @@ def test_claim_is_a_hot_update(pg_app: Flask) -> None:
 
 def test_no_index_holds_a_column_the_claim_sets(pg_app: Flask) -> None:
     """No index names a claimed column, in its key or its WHERE, and the fillfactor is set."""
-    db = get_state(pg_app).db
+    db = INTERNALS.db(pg_app)
     with db.engine.connect() as conn:
         definitions: dict[str, str] = dict(
             conn.execute(
@@ -87,7 +86,7 @@ def test_no_index_holds_a_column_the_claim_sets(pg_app: Flask) -> None:
 
 def test_indexes_are_the_models(pg_app: Flask) -> None:
     """The table's indexes are those of the model, partial ones with the model's WHERE."""
-    db = get_state(pg_app).db
+    db = INTERNALS.db(pg_app)
     reflected = {
         index["name"]: (
             tuple(index["column_names"]),
