@@ -156,6 +156,16 @@ class StorageError(AsyncRequestError):
         self.job_id = job_id
 
 
+class ReceiverError(AsyncRequestError):
+    """A receiver of :data:`~.signals.job_progress` raised while the job ran; the
+    message is the library's, the receiver's error is in the log. The job ends
+    failed, and is not retried."""
+
+    def __init__(self, message: str, job_id: int) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class IdempotencyConflict(AsyncRequestError, ValueError):
     """An idempotency key was used before for a request with other arguments."""
 

@@ -21,6 +21,7 @@ from .exceptions import (
     InvalidJobRow,
     InvalidReply,
     JobCancelled,
+    ReceiverError,
     StorageError,
     TimeLimitExceeded,
     WorkerResolutionError,
@@ -296,7 +297,7 @@ def _execute(
         if (
             claim.attempt <= state.settings.retry
             and isinstance(e, retry_on)
-            and not isinstance(e, StorageError)
+            and not isinstance(e, (StorageError, ReceiverError))
         ):
             return _Run(None, retry=True)
         if _database_error(store, e):

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import lifecycle
-from .exceptions import JobCancelled, StorageError
+from .exceptions import JobCancelled, ReceiverError, StorageError
 from .outcomes import out_of_reach, storage_message
 from .signals import job_progress
 
@@ -80,7 +80,15 @@ class RunContext:
         if not held:
             self._cancelled = True
             raise JobCancelled(f"Job {self.job_id} was cancelled.")
-        job_progress.send(self.app, job_id=self.job_id, progress=fraction, message=message)
+        try:
+            job_progress.send(self.app, job_id=self.job_id, progress=fraction, message=message)
+        except Exception as e:
+            logger.exception("Job %s: a receiver of job_progress raised.", self.job_id)
+            raise ReceiverError(
+                f"The job could not be run: a receiver of job_progress raised {type(e).__name__}"
+                " (details are in the worker's log).",
+                self.job_id,
+            ) from None
 
     def cancelled(self) -> bool:
         """Whether the job is no longer this run's (checked at most every interval)."""

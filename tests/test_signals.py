@@ -244,3 +244,18 @@ def test_a_raising_job_progress_receiver_ends_the_job_failed(app: Flask) -> None
     job = reload_job(job.id)
     assert job.status is JobStatus.FAILED
     assert job.finished_at is not None
+    # The library's sentence, as for job_started: never the receiver's own text.
+    assert job.response is not None
+    assert json.loads(job.response)["error"] == (
+        "The job could not be run: a receiver of job_progress raised RuntimeError"
+        " (details are in the worker's log)."
+    )
+
+
+def test_a_raising_job_progress_receiver_is_not_retried(make_app: AppFactory) -> None:
+    """The receiver's error is the library's: the job fails at once, retries or not."""
+    app = make_app(ASYNC_REQUEST_RETRY=3)
+    with app.app_context(), signals.job_progress.connected_to(_broken, app):
+        job = Job.create_and_enqueue(workers.ProgressProbe)
+        job = reload_job(job.id)
+        assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
