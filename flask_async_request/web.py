@@ -24,7 +24,6 @@ from sqlalchemy.orm import (
 from . import lifecycle
 from .broker import Message, publish, revoke
 from .compat import transaction_used_connection
-from .config import Settings
 from .exceptions import (
     EnqueueError,
     IdempotencyConflict,
@@ -36,7 +35,7 @@ from .models import Job, column_length, lone_surrogate, short_repr, unstorable
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply, Unreachable
-from .tokens import encode_token
+from .tokens import TokenSigner
 from .worker import Worker, seconds_of, worker_path
 
 logger = logging.getLogger("flask_async_request")
@@ -107,16 +106,16 @@ def check_callback_url(url: str) -> None:
         )
 
 
-def sign_token(job: Job, settings: Settings) -> str:
-    """A token for the stored ``job``, signed with ``settings``."""
+def sign_token(job: Job, signer: TokenSigner) -> str:
+    """A token for the stored ``job``, signed by ``signer``."""
     if job.id is None:
         raise ValueError("The job has no id yet; a token can only be made for a stored job.")
-    return encode_token(job.id, job.uid, job.owner, settings)
+    return signer(job.id, job.uid, job.owner)
 
 
-def _signed(job: Job, settings: Settings) -> Job:
+def _signed(job: Job, signer: TokenSigner) -> Job:
     """``job`` holding its token, signed now, while its id and uid are loaded."""
-    job.keep_token(sign_token(job, settings))
+    job.keep_token(sign_token(job, signer))
     return job
 
 
@@ -194,7 +193,7 @@ def create_job(
         with unreachable:
             existing = _job_with_scope(session, scope)
         if existing is not None:
-            return _signed(_same_request(existing, path, params, idempotency_key), state.settings)
+            return _signed(_same_request(existing, path, params, idempotency_key), state.sign_token)
     job = lifecycle.new_job(
         path,
         params,
@@ -218,7 +217,7 @@ def create_job(
                 lifecycle.insert(store, job)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
-        _signed(job, state.settings)
+        _signed(job, state.sign_token)
         message = lifecycle.message_of(job)
         # Known to the session as the stored row it is (no INSERT at the next flush).
         make_transient_to_detached(job)
@@ -240,13 +239,15 @@ def create_job(
             existing = _job_with_scope(session, scope)
         if existing is None:
             raise
-        return _signed(_same_request(existing, path, params, idempotency_key or ""), state.settings)
+        return _signed(
+            _same_request(existing, path, params, idempotency_key or ""), state.sign_token
+        )
     except _REFUSED_VALUES as e:
         # The session needs a rollback now, as after any failed flush: the caller's.
         raise _refused(e) from None
     message = lifecycle.message_of(job)
     # Signed now, while id and uid are loaded: a commit expires them.
-    _signed(job, state.settings)
+    _signed(job, state.sign_token)
     if deferred:
         session.info.setdefault(_PENDING_KEY, []).append(message)
         return job
