@@ -45,6 +45,8 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 #: Longest callback url, and longest owner, the jobs table holds.
 _CALLBACK_URL_LENGTH = column_length("callback_url") or 2048
 _OWNER_LENGTH = column_length("owner") or 255
+#: Longest worker path and queue name the jobs table holds.
+_NAME_LENGTHS = {name: column_length(name) for name in ("worker", "queue")}
 
 
 def check_json(value: Any, where: str = "arguments") -> None:
@@ -164,7 +166,7 @@ def create_job(
     checked_class = cast("type[Worker]", worker_class)
     queue = checked_class.queue or state.settings.queue
     for name, value in (("worker", path), ("queue", queue)):
-        length = column_length(name)
+        length = _NAME_LENGTHS[name]
         if value is not None and length is not None and len(value) > length:
             raise ValueError(
                 f"The {name} name {short_repr(value)} is {len(value)} characters long; the jobs"
@@ -194,7 +196,7 @@ def create_job(
             existing = _job_with_scope(session, scope)
         if existing is not None:
             return _signed(_same_request(existing, path, params, idempotency_key), state.sign_token)
-    job = lifecycle.new_job(
+    row = lifecycle.new_row(
         path,
         params,
         owner=owner,
@@ -214,18 +216,14 @@ def create_job(
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
         try:
             with unreachable:
-                lifecycle.insert(store, job)
+                job_id = lifecycle.insert_row(store, row)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
-        _signed(job, state.sign_token)
-        message = lifecycle.message_of(job)
-        # Known to the session as the stored row it is (no INSERT at the next flush).
-        make_transient_to_detached(job)
-        session.add(job)
-        # Loaded afresh on next access: it may already have run.
-        session.expire(job)
-        _publish_new(message, job)
+        job = _stored_job(session, job_id)
+        job.keep_token(state.sign_token(job_id, row.uid, row.owner))
+        _publish_new(lifecycle.message_of_row(job_id, row), job)
         return job
+    job = Job(**row._asdict())
     session.add(job)
     try:
         with unreachable:
@@ -256,6 +254,19 @@ def create_job(
     # The job is loaded afresh on next access: it may already have run (eager
     # mode, fast workers).
     _publish_new(message, job)
+    return job
+
+
+def _stored_job(session: Session, job_id: int) -> Job:
+    """The job stored with id ``job_id``, known to ``session`` as that row.
+
+    Only its id is set: every other column is read on first access, as the job
+    may already have run. (An ORM object with every column set, only to be
+    expired at once, cost a submission twice the CPU of this one.)
+    """
+    job = Job(id=job_id)
+    make_transient_to_detached(job)
+    session.add(job)
     return job
 
 

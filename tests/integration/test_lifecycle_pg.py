@@ -138,6 +138,24 @@ def test_clean_session_still_takes_the_one_statement_insert(
     assert first in session and second in session
 
 
+def test_a_new_job_s_id_and_token_cost_no_query(pg_app: Flask) -> None:
+    """The fast path hands back the job by its id alone: the rest of its row is read afresh."""
+    session = get_state().db.session
+    session.commit()
+    job = Job.create_and_enqueue(workers.Echo, "quick")
+    executed: list[str] = []
+    sa.event.listen(
+        get_state().db.engine, "before_cursor_execute", lambda *a: executed.append(a[2])
+    )
+    assert get_state().verify_token(job.token).job_id == job.id
+    assert executed == []
+    # Eager Celery ran it meanwhile: what is read is the row as it is now.
+    assert job.status is JobStatus.PROCESSED
+    assert len(executed) == 1 and executed[0].startswith("SELECT")
+    session.flush()
+    assert len(executed) == 1
+
+
 # Transactional workers against a real prefork worker -----------------------------------------
 
 
