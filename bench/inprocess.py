@@ -75,6 +75,14 @@ def _reset() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
+def _timer(call: Callable[[], Any], ops: int) -> float:
+    """Wall microseconds per call, over ``ops`` calls (``bench.floor``'s timer)."""
+    started = time.perf_counter()
+    for _ in range(ops):
+        call()
+    return (time.perf_counter() - started) / ops * 1e6
+
+
 def _measure(calls: Iterator[Callable[[], Any]], ops: int) -> tuple[float, float]:
     """CPU and wall microseconds per call, over the first ``ops`` of ``calls``."""
     work = [next(calls) for _ in range(ops)]

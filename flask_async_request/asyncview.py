@@ -26,11 +26,12 @@ from typing import Any, TypeVar, overload
 import sqlalchemy.exc
 from flask import Response, request
 
+from .envelope import error_answer, unavailable_answer
 from .exceptions import DatabaseUnavailable, EnqueueError, InvalidReply, WorkerResolutionError
 from .models import Job, JobStatus
 from .state import current_flask_app, get_state
 from .store import lost_connection
-from .views import accepted, error_answer, preferences, requested_wait, unavailable_answer
+from .views import accepted, preferences, requested_wait
 from .web import create_job
 from .worker import Worker
 

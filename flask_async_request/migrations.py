@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 
 from .config import SETTINGS, default_source
 from .exceptions import AsyncRequestError
-from .models import TABLE_NAME, Job
+from .models import FILLFACTOR, TABLE_NAME, Job
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -23,6 +23,19 @@ if TYPE_CHECKING:
 #: Written into the revision, so a second ``init`` finds it.
 MARKER = f"flask-async-request: create {TABLE_NAME}"
 REVISION_MESSAGE = f"create {TABLE_NAME}"
+
+#: Written into the revision that moves a table created with an index on status
+#: to the indexes of HOT updates, so a second ``init`` finds it.
+HOT_MARKER = f"flask-async-request: {TABLE_NAME} indexes for HOT updates"
+HOT_MESSAGE = f"{TABLE_NAME} indexes for HOT updates"
+#: The index that only a table with the indexes of HOT updates has.
+_HOT_INDEX = f"ix_{TABLE_NAME}_unfinished_id"
+#: The indexes of a table created before, in place of those the model has by their names.
+_INDEXES_BEFORE = (
+    ops.CreateIndexOp(f"ix_{TABLE_NAME}_finished_at", TABLE_NAME, ["finished_at"]),
+    ops.CreateIndexOp(f"ix_{TABLE_NAME}_status_id", TABLE_NAME, ["status", "id"]),
+)
+_END = "    # ### end Alembic commands ###"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +47,9 @@ class InitResult:
     revision_written: bool
     config: Path
     config_written: bool
+    #: The revision written to move a table created with an index on status to the
+    #: indexes of HOT updates, if one was.
+    hot_revision: Path | None = None
 
 
 def config_snippet() -> str:
@@ -52,6 +68,21 @@ def config_snippet() -> str:
         lines += [f"# {line}" for line in textwrap.wrap(meaning, width=86)]
         lines += [f"# {key} = {default_source(setting.default)}", ""]
     return "\n".join(lines)
+
+
+def _marked(code: str, marker: str) -> str:
+    """Alembic's rendered ``code``, its first line the ``marker`` a second ``init`` looks for."""
+    first, _, rest = code.partition("\n")
+    return f"# {marker}\n{rest}" if first.startswith("# ###") else f"# {marker}\n    {code}"
+
+
+def _fillfactor(code: str, statement: str) -> str:
+    """``code`` with ``statement`` run on PostgreSQL at its end: no Alembic operation sets it."""
+    run = (
+        '    if op.get_context().dialect.name == "postgresql":\n'
+        f'        op.execute("{statement}")\n'
+    )
+    return code.replace(_END, run + _END)
 
 
 def _revision_code() -> tuple[str, str]:
@@ -73,12 +104,39 @@ def _revision_code() -> tuple[str, str]:
             ]
         )
     )
+    set_fillfactor = f"ALTER TABLE {TABLE_NAME} SET (fillfactor = {FILLFACTOR})"
+    return _fillfactor(_marked(upgrade, MARKER), set_fillfactor), _marked(downgrade, MARKER)
 
-    def mark(code: str) -> str:
-        first, _, rest = code.partition("\n")
-        return f"# {MARKER}\n{rest}" if first.startswith("# ###") else f"# {MARKER}\n    {code}"
 
-    return mark(upgrade), mark(downgrade)
+def _hot_revision_code() -> tuple[str, str]:
+    """The revision that moves a table created with an index on status to the model's indexes.
+
+    The index on ``(status, id)`` made every change of status, a claim's too,
+    write a new entry into every index; ``finished_at``'s now leaves out the jobs
+    not finished, and a new one holds those by id.
+    """
+    table = cast(sa.Table, Job.__table__)
+    after = {str(index.name): index for index in table.indexes}
+    changed = [after[f"ix_{TABLE_NAME}_finished_at"], after[_HOT_INDEX]]
+    upgrade = render_python_code(
+        ops.UpgradeOps(
+            ops=[
+                *(before.reverse() for before in _INDEXES_BEFORE),
+                *(ops.CreateIndexOp.from_index(index) for index in changed),
+            ]
+        )
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(
+            ops=[*(ops.DropIndexOp.from_index(index) for index in changed), *_INDEXES_BEFORE]
+        )
+    )
+    set_fillfactor = f"ALTER TABLE {TABLE_NAME} SET (fillfactor = {FILLFACTOR})"
+    reset_fillfactor = f"ALTER TABLE {TABLE_NAME} RESET (fillfactor)"
+    return (
+        _fillfactor(_marked(upgrade, HOT_MARKER), set_fillfactor),
+        _fillfactor(_marked(downgrade, HOT_MARKER), reset_fillfactor),
+    )
 
 
 def _existing_revision(script: ScriptDirectory) -> Path | None:
@@ -91,6 +149,23 @@ def _existing_revision(script: ScriptDirectory) -> Path | None:
         if MARKER in text or any(c in text for c in creates):
             return Path(revision.path)
     return None
+
+
+def _has_hot_indexes(script: ScriptDirectory) -> bool:
+    """Whether a revision gives the jobs table the indexes of HOT updates (creating it or later)."""
+    for revision in script.walk_revisions():
+        if revision.path is not None and _HOT_INDEX in Path(revision.path).read_text("utf-8"):
+            return True
+    return False
+
+
+def _single_head(script: ScriptDirectory) -> None:
+    heads = script.get_heads()
+    if len(heads) > 1:
+        raise AsyncRequestError(
+            f"The migration history has several heads ({', '.join(heads)}); merge them with"
+            " `flask db merge heads`, then run this command again."
+        )
 
 
 def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> InitResult:
@@ -120,13 +195,9 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
 
     revision = _existing_revision(script)
     revision_written = False
+    hot_revision = None
     if revision is None:
-        heads = script.get_heads()
-        if len(heads) > 1:
-            raise AsyncRequestError(
-                f"The migration history has several heads ({', '.join(heads)}); merge them with"
-                " `flask db merge heads`, then run this command again."
-            )
+        _single_head(script)
         upgrades, downgrades = _revision_code()
         written = script.generate_revision(
             uuid.uuid4().hex[:12],
@@ -137,9 +208,25 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         )
         assert written is not None and written.path is not None
         revision, revision_written = Path(written.path), True
+    elif not _has_hot_indexes(script):
+        # A table created with an index on status: its revision and the indexes it made
+        # are the app's own history, so the change comes as a revision after them.
+        _single_head(script)
+        upgrades, downgrades = _hot_revision_code()
+        written = script.generate_revision(
+            uuid.uuid4().hex[:12],
+            HOT_MESSAGE,
+            head="head",
+            upgrades=upgrades,
+            downgrades=downgrades,
+        )
+        assert written is not None and written.path is not None
+        hot_revision = Path(written.path)
 
     config_written = force or not config_path.exists()
     if config_written:
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(config_snippet(), encoding="utf-8")
-    return InitResult(migrations_created, revision, revision_written, config_path, config_written)
+    return InitResult(
+        migrations_created, revision, revision_written, config_path, config_written, hot_revision
+    )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .models import JobStatus, finite
+from .models import JobStatus
 from .store import JobReply
+from .values import finite
 
 #: Decimal places of the progress in an answer.
 PROGRESS_DIGITS = 4

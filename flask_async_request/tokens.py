@@ -16,7 +16,7 @@ from jwt.utils import base64url_encode
 from jwt.warnings import InsecureKeyLengthWarning
 
 from .exceptions import InvalidToken
-from .models import utcnow
+from .values import utcnow
 
 if TYPE_CHECKING:
     from .config import Settings

@@ -10,24 +10,27 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import scoped_session
 
-from flask_async_request import Job, JobStatus, accepted, lifecycle, signals
+from flask_async_request import Job, JobStatus, accepted, signals
 from flask_async_request.runner import run_job
-from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import workers
-from tests.conftest import AppFactory, add_job, json_of, poll
+from tests.conftest import AppFactory, add_job, current_db, json_of, poll
 
 
 def delete(client: Any, token: str) -> Any:
     return client.delete("/async_request/job", headers={"X-JOB-AUTHORIZATION": f"Bearer {token}"})
 
 
-def test_pending_answer_has_progress_and_retry_after(app: Flask, client: Any) -> None:
+def test_pending_answer_has_progress_and_retry_after(
+    app: Flask, session: scoped_session[Any], client: Any
+) -> None:
     """A 202 carries Retry-After and a body with status, progress and message."""
     job = add_job(status=JobStatus.PROCESSING)
     job.progress, job.progress_message = 0.5, "halfway"
-    get_state().db.session.commit()
+    session.commit()
     response = poll(client, job.token)
     assert response.status_code == 202
     assert response.headers["Retry-After"] == "1"
@@ -127,40 +130,6 @@ def test_progress_is_stored_while_running(app: Flask) -> None:
     assert job.progress == 1.0
 
 
-def test_progress_in_a_tight_loop_writes_rarely(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """100,000 reports cost a handful of writes."""
-    writes: list[float] = []
-    original = lifecycle.set_progress
-
-    def counting(store: JobStore, *args: Any) -> bool:
-        writes.append(args[2])
-        return original(store, *args)
-
-    monkeypatch.setattr(lifecycle, "set_progress", counting)
-    job = Job.create_and_enqueue(workers.TightLoop, 100_000)
-    assert job.status is JobStatus.PROCESSED
-    assert 1 <= len(writes) <= 20
-
-
-@pytest.mark.parametrize(
-    ("done", "total", "message"),
-    [(float("nan"), None, "done is nan"), (1, 0, "total is 0"), ("half", None, "finite number")],
-)
-def test_bad_progress_is_a_value_error(done: Any, total: Any, message: str) -> None:
-    """Bad numbers raise ValueError naming them."""
-    with pytest.raises(ValueError, match=message):
-        workers.Echo().progress(done, total)
-
-
-def test_progress_outside_a_run_is_harmless() -> None:
-    """Calling execute directly (in a unit test of a worker) reports nowhere."""
-    worker = workers.TightLoop()
-    assert worker.execute(10) == (200, "10")
-    assert not worker.cancelled
-
-
 # Cancellation --------------------------------------------------------------------------
 
 
@@ -196,18 +165,6 @@ def test_cancelled_called_like_a_method_answers_too(app: Flask, tmp_path: Path) 
     assert job.status is JobStatus.CANCELLED
 
 
-def test_cancelled_compares_as_a_bool() -> None:
-    """Worker.cancelled is equal to, hashes and prints as the bool it reads as."""
-    flag = workers.Echo().cancelled
-    assert flag == False  # noqa: E712 (the comparison is what is tested)
-    assert flag != True  # noqa: E712
-    assert hash(flag) == hash(False)
-    assert repr(flag) == "False"
-    assert flag() is False
-    by_flag: dict[object, str] = {flag: "x"}
-    assert by_flag[False] == "x"
-
-
 def test_cancel_a_finished_job_is_409(app: Flask, client: Any) -> None:
     """A finished job cannot be cancelled."""
     job = Job.create_and_enqueue(workers.Echo)
@@ -217,13 +174,13 @@ def test_cancel_a_finished_job_is_409(app: Flask, client: Any) -> None:
     assert _reload(job).status is JobStatus.PROCESSED
 
 
-def test_cancel_needs_a_valid_token(app: Flask, client: Any) -> None:
+def test_cancel_needs_a_valid_token(app: Flask, session: scoped_session[Any], client: Any) -> None:
     """DELETE with a bad token is 400, with a token of a deleted job 404."""
     assert delete(client, "garbage").status_code == 400
     job = add_job()
     token = job.token
-    get_state().db.session.delete(job)
-    get_state().db.session.commit()
+    session.delete(job)
+    session.commit()
     assert delete(client, token).status_code == 404
 
 
@@ -240,7 +197,7 @@ def test_cancel_revokes_the_task(make_app: AppFactory, monkeypatch: pytest.Monke
 
 
 def _reload(job: Job) -> Job:
-    session = get_state().db.session
+    session = current_db().session
     session.expire_all()
     found = session.get(Job, job.id)
     assert found is not None
@@ -300,7 +257,7 @@ def _prefer(client: Any, token: str, prefer: str) -> Any:
     )
 
 
-def test_prefer_wait_answers_when_the_job_finishes(app: Flask, client: Any) -> None:
+def test_prefer_wait_answers_when_the_job_finishes(app: Flask, engine: Engine, client: Any) -> None:
     """A long poll returns as soon as the job finishes, with its reply."""
     import threading
     import time
@@ -309,7 +266,6 @@ def test_prefer_wait_answers_when_the_job_finishes(app: Flask, client: Any) -> N
 
     job = add_job(status=JobStatus.PROCESSING)
     token, job_id = job.token, job.id
-    engine = get_state().db.engine
 
     def finish_soon() -> None:
         time.sleep(0.4)
@@ -397,9 +353,11 @@ def test_a_wait_preference_in_any_valid_form_is_applied(
     assert response.headers["Preference-Applied"] == "wait=1"
 
 
-def test_progress_is_answered_rounded(app: Flask, client: Any) -> None:
+def test_progress_is_answered_rounded(
+    app: Flask, session: scoped_session[Any], client: Any
+) -> None:
     """Progress is answered to four decimal places, not as the float it is stored as."""
     job = add_job(status=JobStatus.PROCESSING)
     job.progress = 86 / 300
-    get_state().db.session.commit()
+    session.commit()
     assert poll(client, job.token).json["progress"] == 0.2867

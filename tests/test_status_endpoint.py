@@ -14,12 +14,12 @@ import pytest
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.state import get_state
 from flask_async_request.tokens import MAX_TOKEN_LENGTH
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job, json_of, poll
+from tests.conftest import SECRET, AppFactory, add_job, current_db, json_of, poll
 from tests.test_config import rsa_pem_pair
 
 INVALID = {"errors": [{"message": "Invalid token"}]}
@@ -115,11 +115,10 @@ def test_header_key_is_configurable(make_app: AppFactory) -> None:
     assert poll(client, token).status_code == 400
 
 
-def test_deleted_job_answers_404(app: Flask, client: Any) -> None:
+def test_deleted_job_answers_404(app: Flask, session: scoped_session[Any], client: Any) -> None:
     """A valid token for a job that no longer exists answers 404."""
     job = add_job()
     token = job.token
-    session = get_state().db.session
     session.delete(job)
     session.commit()
     response = poll(client, token)
@@ -127,12 +126,14 @@ def test_deleted_job_answers_404(app: Flask, client: Any) -> None:
     assert response.json == {"errors": [{"message": "Job not found"}]}
 
 
-def test_token_never_reads_a_later_job_with_the_same_id(app: Flask, client: Any) -> None:
+def test_token_never_reads_a_later_job_with_the_same_id(
+    app: Flask, session: scoped_session[Any], client: Any
+) -> None:
     """If the id is reused by a new row, the old token does not reach it."""
     job = add_job()
     token = job.token
     job.uid = "0" * 32
-    get_state().db.session.commit()
+    session.commit()
     assert poll(client, token).status_code == 404
 
 
@@ -345,7 +346,7 @@ def test_no_header_value_gives_a_500(client: Any, value: str) -> None:
 
 def add_job_once(client: Any) -> None:
     """Keep one job with id 1 in the table, so valid ids can hit a real row."""
-    if get_state().db.session.get(Job, 1) is None:
+    if current_db().session.get(Job, 1) is None:
         add_job()
 
 
