@@ -22,7 +22,10 @@ class Noop(Worker):
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=SECRET_KEY,
+        # The token key alone, not SECRET_KEY: with one, Flask opens its cookie
+        # session in every request, which the peers' apps (and bare Flask) have none of.
+        ASYNC_REQUEST_ENCODE_KEY=SECRET_KEY,
+        ASYNC_REQUEST_DECODE_KEY=SECRET_KEY,
         SQLALCHEMY_DATABASE_URI=DATABASE_URL,
         # Lets the long-poll benchmark count the web process's connections.
         SQLALCHEMY_ENGINE_OPTIONS={

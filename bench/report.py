@@ -1,8 +1,9 @@
 """The benchmark's results page, from ``templates/page.rst``.
 
 Renders the figures of ``results.json`` (their ratios and table are ``bench.figures``'),
-with why a target can be missed, and the long-poll section from
-``templates/long_polls.rst`` and ``longpoll.json``. The chart is ``bench.chart``'s.
+with why a target can be missed, the long-poll section from ``templates/long_polls.rst``
+and ``longpoll.json``, and the in-process CPU section from ``templates/in_process.rst`` and
+``inprocess.json``. The chart is ``bench.chart``'s.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def page(results: dict[str, Any], rows: list[list[str]]) -> str:
         reading=reading(count),
         analysis=analysis(results),
         long_polls=long_polls(HERE / "longpoll.json"),
+        in_process=in_process(HERE / "inprocess.json"),
     )
 
 
@@ -223,4 +225,77 @@ def long_polls(path: Path) -> str:
     runs = len(next(iter(by_server.values())))
     return template("long_polls").substitute(
         when=found["when"], python=found["python"], runs=runs, table=render(rows)
+    )
+
+
+#: The in-process targets: flask-async-request's CPU per operation over another system's.
+IN_PROCESS_TARGETS = {
+    "submission": ("peer", 1.0),
+    "poll, finished job": ("bare Flask", 2.0),
+    "worker's job": ("peer", 1.0),
+}
+
+
+def in_process(path: Path) -> str:
+    """The section of ``bench.inprocess``'s runs, as ``--json`` kept them, by label."""
+    if not path.exists():
+        return ""
+    found = json.loads(path.read_text())
+    runs = found["runs"]
+    labels = list(dict.fromkeys(run["label"] for run in runs))
+    operations = [op for op in runs[0]["figures"] if op in IN_PROCESS_TARGETS]
+
+    def medians(op: str, system: str, label: str | None, kind: str) -> list[float]:
+        """Each run's median of ``kind`` (cpu, wall), of the runs under ``label`` (None: all)."""
+        return [
+            statistics.median(run["figures"][op][system][kind])
+            for run in runs
+            if label is None or run["label"] == label
+        ]
+
+    def cell(op: str, system: str, label: str | None = None) -> str:
+        cpu = statistics.median(medians(op, system, label, "cpu"))
+        wall = statistics.median(medians(op, system, label, "wall"))
+        return f"{cpu:,.0f} / {wall:,.0f}"
+
+    def ratio(op: str, label: str) -> float:
+        other, _ = IN_PROCESS_TARGETS[op]
+        ours = medians(op, "flask-async-request", label, "cpu")
+        theirs = medians(op, other, label, "cpu")
+        return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+    rows = [
+        [
+            "CPU / wall per operation (us)",
+            "bare Flask",
+            "peer",
+            "peer-db",
+            *(f"flask-async-request, {label}" for label in labels),
+            f"CPU ratio, {' -> '.join(labels)}",
+            "target",
+            "met",
+        ]
+    ]
+    for op in operations:
+        other, target = IN_PROCESS_TARGETS[op]
+        ratios = [ratio(op, label) for label in labels]
+        rows.append(
+            [
+                op,
+                *(cell(op, system) for system in ("bare Flask", "peer", "peer-db")),
+                *(cell(op, "flask-async-request", label) for label in labels),
+                " -> ".join(f"{r:.2f}" for r in ratios),
+                f"CPU <= {target:g}x {other}",
+                "yes" if ratios[-1] <= target else "NO",
+            ]
+        )
+    first = runs[0]
+    return template("in_process").substitute(
+        when=runs[-1]["when"],
+        python=first["python"],
+        count=len(runs),
+        per_label=len(runs) // len(labels),
+        rounds=first["rounds"],
+        ops=first["ops"],
+        table=render(rows),
     )

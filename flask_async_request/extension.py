@@ -16,7 +16,7 @@ from .dashboard import DEFAULT_URL_PREFIX, Authorize, init_dashboard
 from .models import TABLE_NAME, Job
 from .state import EXTENSION_KEY, AsyncRequestState, get_state
 from .tasks import keep_embedded_jobs, register_tasks
-from .tokens import TokenVerifier
+from .tokens import TokenSigner, TokenVerifier
 from .views import blueprint
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class AsyncRequest:
             embedded=embedded,
             extension=self,
             verify_token=TokenVerifier(settings),
+            sign_token=TokenSigner(settings),
         )
         if embedded is not None:
             keep_embedded_jobs(embedded, app, settings)
@@ -171,4 +172,4 @@ class AsyncRequest:
         What :attr:`Job.token` asks for a job read from the database; a job
         being created is signed where it is created.
         """
-        return web.sign_token(job, get_state().settings)
+        return web.sign_token(job, get_state().sign_token)

@@ -125,8 +125,32 @@ def new_job(
 
     Add it to a session, or :func:`insert` it.
     """
+    return Job(
+        **new_row(
+            worker,
+            params,
+            owner=owner,
+            idempotency_scope=idempotency_scope,
+            callback_url=callback_url,
+            queue=queue,
+            time_limit=time_limit,
+        )._asdict()
+    )
+
+
+def new_row(
+    worker: str,
+    params: dict[str, Any],
+    *,
+    owner: str | None = None,
+    idempotency_scope: str | None = None,
+    callback_url: str | None = None,
+    queue: str | None = None,
+    time_limit: float | None = None,
+) -> NewRow:
+    """Every column of a ``waiting`` job's row, for :func:`insert_row` (no ORM object)."""
     now = utcnow()
-    row = NewRow(
+    return NewRow(
         uid=new_uid(),
         worker=worker,
         params=params,
@@ -141,7 +165,6 @@ def new_job(
         updated_at=now,
         due_at=now,
     )
-    return Job(**row._asdict())
 
 
 def insert(store: JobStore, job: Job) -> None:
@@ -149,12 +172,22 @@ def insert(store: JobStore, job: Job) -> None:
 
     ``job`` is left transient: the caller decides whether a session should know it.
     """
-    job.id = store.insert(NewRow(**{name: getattr(job, name) for name in NewRow._fields}))
+    job.id = insert_row(store, NewRow(**{name: getattr(job, name) for name in NewRow._fields}))
+
+
+def insert_row(store: JobStore, row: NewRow) -> int:
+    """Store a :func:`new_row` in one autocommitted INSERT; the new job's id."""
+    return store.insert(row)
 
 
 def message_of(job: Sendable) -> Message:
     """What publishing ``job``'s message needs: every message of a job is made here."""
     return Message(job.id, job.uid, job.queue, job.time_limit, job.worker)
+
+
+def message_of_row(job_id: int, row: NewRow) -> Message:
+    """:func:`message_of` the job stored as ``row`` by :func:`insert_row`, with id ``job_id``."""
+    return Message(job_id, row.uid, row.queue, row.time_limit, row.worker)
 
 
 # A running attempt ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from .config import Settings
     from .embedded import EmbeddedWorker
-    from .tokens import TokenVerifier
+    from .tokens import TokenSigner, TokenVerifier
 
 EXTENSION_KEY = "async_request"
 
@@ -51,6 +51,8 @@ class AsyncRequestState:
     extension: IdentitySource
     #: Verifies the status endpoint's tokens, remembering good ones.
     verify_token: TokenVerifier
+    #: Signs new jobs' tokens, its key prepared once.
+    sign_token: TokenSigner
     #: Where messages go instead of the broker while a test runs the jobs itself.
     outbox: Outbox | None = None
     #: The hot paths' statements, made on first use in each process.

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import time
+import warnings
+from calendar import timegm
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import jwt
+from jwt.utils import base64url_encode
+from jwt.warnings import InsecureKeyLengthWarning
 
 from .exceptions import InvalidToken
 from .values import utcnow
@@ -32,21 +37,68 @@ class TokenClaims:
     owner: str | None = None
 
 
+class TokenSigner:
+    """Signs tokens for one app, its key prepared once.
+
+    ``jwt.encode`` prepares the key again for every token (for an HMAC secret,
+    checks that it is no PEM or SSH key), which costs more than the signature.
+    Here PyJWT's algorithm object prepares it once and signs each token; the
+    tokens are byte for byte those ``jwt.encode`` makes of the same claims.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._algorithm = jwt.get_algorithm_by_name(settings.algorithm)
+        self._encode_key = settings.encode_key
+        #: Prepared at the first signature, when jwt.encode would first prepare it.
+        self._key: Any = None
+        self._expiration = settings.token_expiration
+        header = {"typ": "JWT", "alg": settings.algorithm}
+        self._header = base64url_encode(_compact(header, sort_keys=True)) + b"."
+
+    def _prepared_key(self) -> Any:
+        key = self._key
+        if key is None:
+            key = self._algorithm.prepare_key(self._encode_key)
+            # As jwt.encode warns of a key too short for its algorithm.
+            too_short = self._algorithm.check_key_length(key)
+            if too_short:
+                warnings.warn(too_short, InsecureKeyLengthWarning, stacklevel=3)
+            self._key = key
+        return key
+
+    def __call__(self, job_id: int, uid: str, owner: str | None) -> str:
+        """Sign a token for job ``job_id`` (row ``uid``), valid for the app's token expiration.
+
+        :param owner: the identity the job is bound to, put in the token's ``sub``.
+        """
+        now = utcnow()
+        claims: dict[str, object] = {
+            "job_id": job_id,
+            "jti": uid,
+            # Whole seconds, as jwt.encode turns a datetime into a NumericDate.
+            "iat": timegm(now.utctimetuple()),
+            "exp": timegm((now + self._expiration).utctimetuple()),
+        }
+        if owner is not None:
+            claims["sub"] = owner
+        signing_input = self._header + base64url_encode(_compact(claims))
+        signature = self._algorithm.sign(signing_input, self._prepared_key())
+        return (signing_input + b"." + base64url_encode(signature)).decode()
+
+
+def _compact(value: dict[str, Any], *, sort_keys: bool = False) -> bytes:
+    """``value`` as JSON, as jwt.encode writes a header or a payload."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys).encode()
+
+
 def encode_token(job_id: int, uid: str, owner: str | None, settings: Settings) -> str:
     """Sign a token for job ``job_id`` (row ``uid``), valid for ``settings.token_expiration``.
 
+    An app signs with its own :class:`TokenSigner`, which prepares its key once.
+
     :param owner: the identity the job is bound to, put in the token's ``sub``.
     """
-    now = utcnow()
-    claims: dict[str, object] = {
-        "job_id": job_id,
-        "jti": uid,
-        "iat": now,
-        "exp": now + settings.token_expiration,
-    }
-    if owner is not None:
-        claims["sub"] = owner
-    return jwt.encode(claims, settings.encode_key, algorithm=settings.algorithm)
+    return TokenSigner(settings)(job_id, uid, owner)
 
 
 def token_from_header(value: str | None) -> str:

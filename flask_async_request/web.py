@@ -24,7 +24,6 @@ from sqlalchemy.orm import (
 from . import lifecycle
 from .broker import Message, publish, revoke
 from .compat import transaction_used_connection
-from .config import Settings
 from .exceptions import (
     EnqueueError,
     IdempotencyConflict,
@@ -36,7 +35,7 @@ from .models import Job, column_length
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply, Unreachable
-from .tokens import encode_token
+from .tokens import TokenSigner
 from .values import lone_surrogate, short_repr, unstorable
 from .worker import Worker, seconds_of, worker_path
 
@@ -47,6 +46,8 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 #: Longest callback url, and longest owner, the jobs table holds.
 _CALLBACK_URL_LENGTH = column_length("callback_url") or 2048
 _OWNER_LENGTH = column_length("owner") or 255
+#: Longest worker path and queue name the jobs table holds.
+_NAME_LENGTHS = {name: column_length(name) for name in ("worker", "queue")}
 
 
 def check_json(value: Any, where: str = "arguments") -> None:
@@ -110,16 +111,16 @@ def check_callback_url(url: str) -> None:
         )
 
 
-def sign_token(job: Job, settings: Settings) -> str:
-    """A token for the stored ``job``, signed with ``settings``."""
+def sign_token(job: Job, signer: TokenSigner) -> str:
+    """A token for the stored ``job``, signed by ``signer``."""
     if job.id is None:
         raise ValueError("The job has no id yet; a token can only be made for a stored job.")
-    return encode_token(job.id, job.uid, job.owner, settings)
+    return signer(job.id, job.uid, job.owner)
 
 
-def _signed(job: Job, settings: Settings) -> Job:
+def _signed(job: Job, signer: TokenSigner) -> Job:
     """``job`` holding its token, signed now, while its id and uid are loaded."""
-    job.keep_token(sign_token(job, settings))
+    job.keep_token(sign_token(job, signer))
     return job
 
 
@@ -168,7 +169,7 @@ def create_job(
     checked_class = cast("type[Worker]", worker_class)
     queue = checked_class.queue or state.settings.queue
     for name, value in (("worker", path), ("queue", queue)):
-        length = column_length(name)
+        length = _NAME_LENGTHS[name]
         if value is not None and length is not None and len(value) > length:
             raise ValueError(
                 f"The {name} name {short_repr(value)} is {len(value)} characters long; the jobs"
@@ -197,8 +198,8 @@ def create_job(
         with unreachable:
             existing = _job_with_scope(session, scope)
         if existing is not None:
-            return _signed(_same_request(existing, path, params, idempotency_key), state.settings)
-    job = lifecycle.new_job(
+            return _signed(_same_request(existing, path, params, idempotency_key), state.sign_token)
+    row = lifecycle.new_row(
         path,
         params,
         owner=owner,
@@ -218,18 +219,14 @@ def create_job(
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
         try:
             with unreachable:
-                lifecycle.insert(store, job)
+                job_id = lifecycle.insert_row(store, row)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
-        _signed(job, state.settings)
-        message = lifecycle.message_of(job)
-        # Known to the session as the stored row it is (no INSERT at the next flush).
-        make_transient_to_detached(job)
-        session.add(job)
-        # Loaded afresh on next access: it may already have run.
-        session.expire(job)
-        _publish_new(message, job)
+        job = _stored_job(session, job_id)
+        job.keep_token(state.sign_token(job_id, row.uid, row.owner))
+        _publish_new(lifecycle.message_of_row(job_id, row), job)
         return job
+    job = Job(**row._asdict())
     session.add(job)
     try:
         with unreachable:
@@ -243,13 +240,15 @@ def create_job(
             existing = _job_with_scope(session, scope)
         if existing is None:
             raise
-        return _signed(_same_request(existing, path, params, idempotency_key or ""), state.settings)
+        return _signed(
+            _same_request(existing, path, params, idempotency_key or ""), state.sign_token
+        )
     except _REFUSED_VALUES as e:
         # The session needs a rollback now, as after any failed flush: the caller's.
         raise _refused(e) from None
     message = lifecycle.message_of(job)
     # Signed now, while id and uid are loaded: a commit expires them.
-    _signed(job, state.settings)
+    _signed(job, state.sign_token)
     if deferred:
         session.info.setdefault(_PENDING_KEY, []).append(message)
         return job
@@ -258,6 +257,19 @@ def create_job(
     # The job is loaded afresh on next access: it may already have run (eager
     # mode, fast workers).
     _publish_new(message, job)
+    return job
+
+
+def _stored_job(session: Session, job_id: int) -> Job:
+    """The job stored with id ``job_id``, known to ``session`` as that row.
+
+    Only its id is set: every other column is read on first access, as the job
+    may already have run. (An ORM object with every column set, only to be
+    expired at once, cost a submission twice the CPU of this one.)
+    """
+    job = Job(id=job_id)
+    make_transient_to_detached(job)
+    session.add(job)
     return job
 
 

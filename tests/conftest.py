@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from flask_async_request.embedded import EmbeddedWorker
     from flask_async_request.state import AsyncRequestState, Outbox
     from flask_async_request.store import JobStore
-    from flask_async_request.tokens import TokenVerifier
+    from flask_async_request.tokens import TokenSigner, TokenVerifier
 
 # CI explores the same examples each run, so a red run always reproduces;
 # local runs keep exploring new ones.
@@ -71,6 +71,10 @@ class Internals:
     def verify_token(self, app: Flask) -> TokenVerifier:
         """Verifies ``app``'s tokens as its status endpoint does."""
         return get_state(app).verify_token
+
+    def sign_token(self, app: Flask) -> TokenSigner:
+        """Signs ``app``'s new jobs' tokens, its key prepared once."""
+        return get_state(app).sign_token
 
     def outbox(self, app: Flask) -> Outbox | None:
         """Where ``app`` publishes instead of its broker, while a JobRunner holds it."""

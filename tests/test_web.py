@@ -237,7 +237,7 @@ def test_sign_token_needs_a_stored_job(app: Flask) -> None:
     """A job with no id yet has no token."""
     job = Job(worker="tests.workers:Echo", params={"args": [], "kwargs": {}})
     with pytest.raises(ValueError, match="no id yet"):
-        sign_token(job, INTERNALS.settings(current_app))
+        sign_token(job, INTERNALS.sign_token(current_app))
 
 
 @pytest.mark.parametrize("commit", [True, False])

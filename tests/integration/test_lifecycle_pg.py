@@ -24,7 +24,15 @@ from flask_async_request.outcomes import Outcome
 from flask_async_request.statements import hot
 from flask_async_request.values import utcnow
 from tests import workers
-from tests.conftest import PG_DATABASE_URL, Internals, add_job, current_db, json_of, poll
+from tests.conftest import (
+    INTERNALS,
+    PG_DATABASE_URL,
+    Internals,
+    add_job,
+    current_db,
+    json_of,
+    poll,
+)
 from tests.integration.conftest import Stack, _environment, _start_worker
 from tests.test_idempotency_webhooks import Receiver
 
@@ -135,6 +143,22 @@ def test_clean_session_still_takes_the_one_statement_insert(
     second = Job.create_and_enqueue(workers.Echo, "again")
     assert first.id is not None and second.id == first.id + 1
     assert first in session and second in session
+
+
+def test_a_new_job_s_id_and_token_cost_no_query(pg_app: Flask) -> None:
+    """The fast path hands back the job by its id alone: the rest of its row is read afresh."""
+    session = current_db().session
+    session.commit()
+    job = Job.create_and_enqueue(workers.Echo, "quick")
+    executed: list[str] = []
+    sa.event.listen(current_db().engine, "before_cursor_execute", lambda *a: executed.append(a[2]))
+    assert INTERNALS.verify_token(pg_app)(job.token).job_id == job.id
+    assert executed == []
+    # Eager Celery ran it meanwhile: what is read is the row as it is now.
+    assert job.status is JobStatus.PROCESSED
+    assert len(executed) == 1 and executed[0].startswith("SELECT")
+    session.flush()
+    assert len(executed) == 1
 
 
 # Transactional workers against a real prefork worker -----------------------------------------

@@ -25,6 +25,7 @@ from celery import Celery
 from celery.signals import before_task_publish
 from kombu.entity import Exchange, Queue
 
+import flask_async_request.publisher
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.publisher import RedisSender, sender_for
 from tests.integration.conftest import free_port
@@ -235,6 +236,40 @@ def test_a_push_whose_connection_fails_is_sent_again(
     # The failed push, then a new connection's handshake and the push again.
     assert len(sent) > 1
     assert _pop(queue)["headers"]["id"] == "t-9"
+
+
+def test_a_push_that_goes_through_never_enters_the_retry_wrapper(
+    queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kombu's retry wrapper is for a push that failed: one that succeeds is a plain LPUSH."""
+    sender = RedisSender(_celery())
+    wrapped: list[object] = []
+    real: Callable[..., Any] = kombu.utils.functional.retry_over_time
+
+    def counted(fun: Any, *args: Any, **kwargs: Any) -> Any:
+        wrapped.append(fun)
+        return real(fun, *args, **kwargs)
+
+    monkeypatch.setattr(flask_async_request.publisher, "retry_over_time", counted)
+    for n in range(3):
+        sender.send(PROCESS_TASK, n, f"t-{n}", queue)
+    assert wrapped == []
+    assert [_pop(queue)["headers"]["id"] for _ in range(3)] == ["t-0", "t-1", "t-2"]
+    # A push whose connection was cut is retried there, and sent once.
+    real_send: Callable[..., None] = redis.connection.Connection.send_packed_command
+    failed: list[int] = []
+
+    def cut_once(connection: Any, command: Any, check_health: bool = True) -> None:
+        if not failed:
+            failed.append(1)
+            raise redis.ConnectionError("Connection reset by peer")
+        real_send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", cut_once)
+    sender.send(PROCESS_TASK, 3, "t-3", queue)
+    assert len(wrapped) == 1
+    assert _pop(queue)["headers"]["id"] == "t-3"
+    assert redis.Redis.from_url(REDIS_URL).llen(queue) == 0
 
 
 def test_first_senders_connect_side_by_side(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
