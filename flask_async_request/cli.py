@@ -150,6 +150,9 @@ def init_command(config_file: Path, force: bool) -> None:
         click.echo("Next: run `flask db upgrade` to create the table.")
     else:
         click.echo(f"The jobs table revision exists already, left as is: {result.revision}")
+    if result.results_revision is not None:
+        click.echo(f"Wrote the result store revision: {result.results_revision}")
+        click.echo("Next: run `flask db upgrade` to add the result store.")
     if result.config_written:
         click.echo(f"Wrote the settings snippet: {result.config}")
     else:

@@ -9,6 +9,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -188,3 +189,69 @@ def test_init_without_flask_migrate_explains(project: Path, tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stderr.startswith("Error: Flask-Migrate is not set up on this app")
     assert "Traceback" not in result.stderr
+
+
+def _run_revision(engine: sa.Engine, code: str) -> None:
+    """Run the body of a revision's upgrade() or downgrade(), as Alembic would."""
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.dialects import mysql
+
+    with engine.begin() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        namespace: dict[str, object] = {"op": op, "sa": sa, "mysql": mysql}
+        exec(compile(f"def run():\n    {code}\n", "revision", "exec"), namespace)
+        runner: Any = namespace["run"]
+        runner()
+
+
+def _differences(engine: sa.Engine, metadata: sa.MetaData) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), metadata))
+
+
+def test_results_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
+    """The result store's revision takes a jobs table of before it to the model, and back."""
+    from flask_async_request.migrations import RESULT_COLUMNS, results_revision_code
+    from flask_async_request.models import Job, ResultChunk
+
+    jobs = cast(sa.Table, Job.__table__)
+    before = sa.MetaData()
+    old = sa.Table(
+        jobs.name,
+        before,
+        *(
+            sa.Column(
+                c.name,
+                c.type,
+                primary_key=c.primary_key,
+                nullable=c.nullable,
+                unique=c.unique,
+                index=c.index,
+            )
+            for c in jobs.columns
+            if c.name not in RESULT_COLUMNS
+        ),
+    )
+    made = {index.name for index in old.indexes}
+    for index in jobs.indexes:
+        if index.name not in made:
+            sa.Index(index.name, *(old.c[c.name] for c in index.columns), unique=index.unique)
+    now = sa.MetaData()
+    for table in (jobs, cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(now)
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    try:
+        before.create_all(engine)
+        assert _differences(engine, now)
+        upgrade, downgrade = results_revision_code()
+        _run_revision(engine, upgrade)
+        assert _differences(engine, now) == []
+        _run_revision(engine, downgrade)
+        assert _differences(engine, before) == []
+    finally:
+        engine.dispose()
