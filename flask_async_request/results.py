@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from .models import Job, JobStatus, ResultChunk
+from .statements import hot
 from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
@@ -38,8 +39,11 @@ _KEY = (
     ResultChunk.attempt == sa.bindparam("attempt"),
 )
 INSERT_CHUNK = sa.insert(ResultChunk)
-READ_CHUNK = sa.select(ResultChunk.start, ResultChunk.data).where(
-    *_KEY, ResultChunk.seq == sa.bindparam("seq")
+#: One chunk, read raw where the store can: a download is a run of these.
+READ_CHUNK = hot(
+    sa.select(ResultChunk.start, ResultChunk.data).where(
+        *_KEY, ResultChunk.seq == sa.bindparam("seq")
+    )
 )
 #: The chunk that holds byte ``offset``: the last to start at or before it.
 CHUNK_AT = (
@@ -48,8 +52,9 @@ CHUNK_AT = (
     .order_by(ResultChunk.seq.desc())
     .limit(1)
 )
-DELETE_ATTEMPT = sa.delete(ResultChunk).where(*_KEY)
-DELETE_JOB = sa.delete(ResultChunk).where(ResultChunk.job_id == sa.bindparam("job_id"))
+# Run by a cancel, a retry and the sweeper's transitions: raw, as their own statements are.
+DELETE_ATTEMPT = hot(sa.delete(ResultChunk).where(*_KEY))
+DELETE_JOB = hot(sa.delete(ResultChunk).where(ResultChunk.job_id == sa.bindparam("job_id")))
 DELETE_JOBS = sa.delete(ResultChunk).where(
     ResultChunk.job_id.in_(sa.bindparam("job_ids", expanding=True))
 )

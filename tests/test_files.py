@@ -29,7 +29,10 @@ def _chunk_count(job_id: int | None = None) -> int:
     query = sa.select(sa.func.count()).select_from(ResultChunk)
     if job_id is not None:
         query = query.where(ResultChunk.job_id == job_id)
-    return int(get_state().db.session.execute(query).scalar_one())
+    session = get_state().db.session
+    count = int(session.execute(query).scalar_one())
+    session.commit()
+    return count
 
 
 def _finished(client: Any, token: str) -> dict[str, Any]:
