@@ -1,4 +1,4 @@
-"""The result url: ``GET {ASYNC_REQUEST_URL_PREFIX}/job/result`` and ``/job/<token>/result``.
+"""The result url: ``GET {ASYNC_REQUEST_URL_PREFIX}/result`` and ``/job/<token>/result``.
 
 It serves a processed job's reply as bytes, with the headers the reply kept,
 under the same token, owner binding and expiry as the status url: a reply held
@@ -30,7 +30,7 @@ logger = logging.getLogger("flask_async_request")
 _TEXT = "text/html; charset=utf-8"
 
 
-@blueprint.get("/job/result", endpoint="result")
+@blueprint.get("/result", endpoint="result")
 @blueprint.get("/job/<token>/result", endpoint="result_url")
 def result(token: str | None = None) -> Any:
     """Serve the processed job's reply: 200, 206 for a range, 304 when the client has it."""

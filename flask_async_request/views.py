@@ -387,13 +387,18 @@ def openapi_document(document: Mapping[str, Any] | None = None) -> dict[str, Any
     components["securitySchemes"]["asyncRequestToken"]["name"] = settings.header_key
     shared = paths.pop("/async_request/job")
     own = paths.pop("/async_request/job/{token}")
+    shared_result = paths.pop("/async_request/result")
+    own_result = paths.pop("/async_request/job/{token}/result")
     paths[f"{settings.url_prefix}/job"] = shared
+    paths[f"{settings.url_prefix}/result"] = shared_result
     if settings.token_in_url:
         paths[f"{settings.url_prefix}/job/{{token}}"] = own
+        paths[f"{settings.url_prefix}/job/{{token}}/result"] = own_result
     else:
         # No job urls: nothing to link to, and the token goes in the header only.
         del components["responses"]["AsyncRequestAccepted"]["links"]
         del components["responses"]["AsyncRequestPendingAtUrl"]
+        del components["responses"]["AsyncRequestResult"]
         del components["parameters"]["AsyncRequestToken"]
     if document is None:
         return library

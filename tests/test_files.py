@@ -43,7 +43,7 @@ def _finished(client: Any, token: str) -> dict[str, Any]:
 
 
 def _download(client: Any, token: str, **headers: str) -> Any:
-    return client.get("/async_request/job/result", headers={TOKEN_HEADER: token, **headers})
+    return client.get("/async_request/result", headers={TOKEN_HEADER: token, **headers})
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_bytes_round_trip_with_headers(app: Flask, client: Any) -> None:
     assert response["size"] == 3
     assert response["sha256"] == hashlib.sha256(b"raw").hexdigest()
     assert response["content_type"] == "application/octet-stream"
-    assert response["href"] == "http://localhost/async_request/job/result"
+    assert response["href"] == "http://localhost/async_request/result"
     download = _download(client, job.token)
     assert download.status_code == 200
     assert download.data == b"raw"
@@ -234,7 +234,7 @@ def test_if_none_match_is_304(client: Any, stored: tuple[str, bytes]) -> None:
 
 def test_head_has_the_headers_and_no_body(client: Any, stored: tuple[str, bytes]) -> None:
     """HEAD answers the length and the ETag, with no body."""
-    answer = client.head("/async_request/job/result", headers={TOKEN_HEADER: stored[0]})
+    answer = client.head("/async_request/result", headers={TOKEN_HEADER: stored[0]})
     assert answer.status_code == 200
     assert answer.headers["Content-Length"] == "2500"
     assert answer.data == b""
@@ -281,7 +281,7 @@ def test_redirect_mode_answers_303_to_the_result(make_app: AppFactory) -> None:
     assert (followed.status_code, followed.data) == (200, b"raw")
     shared = poll(client, job.token)
     assert shared.status_code == 303
-    assert shared.headers["Location"] == "http://localhost/async_request/job/result"
+    assert shared.headers["Location"] == "http://localhost/async_request/result"
     assert poll(client, failed.token).status_code == 200
 
 

@@ -71,7 +71,7 @@ def _chunks(job_id: int) -> int:
 
 
 def _download(client: Any, token: str, **headers: str) -> Any:
-    return client.get("/async_request/job/result", headers={TOKEN_HEADER: token, **headers})
+    return client.get("/async_request/result", headers={TOKEN_HEADER: token, **headers})
 
 
 def test_send_file_round_trips_in_real_chunks(db_app: Flask) -> None:
