@@ -179,11 +179,11 @@ def download(
 
     As :func:`flask_async_request.client.download`, with httpx: the bytes come
     a block at a time, their size and SHA-256 are checked, and a file begun at
-    a path is removed if the download fails.
+    a path is removed if the download fails. A connection that fails raises
+    httpx's own error (``httpx.TransportError``).
 
     :raises AsyncRequestError: the job was not processed, the server answered an
         error, or the bytes are not those the job recorded.
-    :raises httpx.HTTPError: the connection failed.
     """
     receiver = _receiver(result, to)
     if not result.stored:

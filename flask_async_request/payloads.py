@@ -6,7 +6,7 @@ A worker's ``execute`` may return, besides ``(status, body)`` with a str body:
   whose names are among :data:`KEPT_HEADERS`;
 * ``body`` as ``bytes`` (or ``bytearray``, ``memoryview``), a file path
   (``pathlib.Path``), a binary file object, or an iterable of ``bytes`` chunks;
-* a Flask or Werkzeug :class:`~werkzeug.wrappers.Response`, ``send_file``'s
+* a Flask or Werkzeug ``Response``, ``send_file``'s
   or a streamed one: its status, body and kept headers.
 
 :func:`payload_of` turns such a reply into a :class:`Payload`, whose body is read
@@ -84,7 +84,7 @@ def payload_of(reply: object) -> Payload | None:
     """A worker's reply as a :class:`Payload`; ``None`` for a plain text reply.
 
     A plain text reply is ``(status, body)`` or ``(status, body, content_type)``
-    with a str or ``None`` body: :func:`~.worker.normalize_reply` takes it.
+    with a str or ``None`` body: ``normalize_reply`` takes it.
 
     :raises InvalidReply: for a reply of no known shape, or headers not kept.
     """

@@ -85,7 +85,6 @@ _PROGRESS_MESSAGE_LENGTH = column_length("progress_message") or 255
 _CONTENT_TYPE_LENGTH = column_length("content_type") or 255
 
 Status = int | HTTPStatus | str
-#: What ``execute`` returns: ``(status, body)`` or ``(status, body, content_type)``.
 #: A reply's body: text, bytes, a file path, a binary file object or chunks of bytes.
 Body = str | bytes | bytearray | memoryview | os.PathLike[str] | IO[bytes] | Iterable[bytes] | None
 #: Headers a reply keeps (see ``payloads.KEPT_HEADERS``): a mapping or pairs.
