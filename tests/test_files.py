@@ -475,3 +475,13 @@ def test_a_large_result_is_written_and_read_in_bounded_memory(app: Flask, client
     # A generous bound: a handful of 1 MiB chunks, far from 50 MiB.
     assert write_peak < 12 * 1024 * 1024, write_peak
     assert read_peak < 12 * 1024 * 1024, read_peak
+
+
+def test_transactional_worker_stores_its_result_in_its_transaction(
+    app: Flask, client: Any, small_chunks: int
+) -> None:
+    """A transactional worker's chunks commit with its end, on SQLite's one writer too."""
+    job = Job.create_and_enqueue(workers.TransactionalBytes)
+    assert job.status is JobStatus.PROCESSED
+    assert _chunk_count(job.id) == 3
+    assert _download(client, job.token).data == b"".join(bytes([i]) * 1000 for i in range(3))

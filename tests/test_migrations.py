@@ -255,3 +255,48 @@ def test_results_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_pat
         assert _differences(engine, before) == []
     finally:
         engine.dispose()
+
+
+OLD_REVISION = '''"""create async_request_jobs, before the result store
+
+Revision ID: before01
+Revises:
+Create Date: 2024-01-01 00:00:00
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = 'before01'
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table('async_request_jobs', sa.Column('id', sa.Integer(), nullable=False))
+
+
+def downgrade():
+    op.drop_table('async_request_jobs')
+'''
+
+
+def test_init_adds_the_result_store_to_a_history_made_before_it(
+    project: Path, tmp_path: Path
+) -> None:
+    """A history whose jobs revision predates the result store gets the revision that adds it."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    flask(project, url, "db", "init")
+    (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
+    output = flask(project, url, "async-request", "init")
+    assert "The jobs table revision exists already" in output
+    assert "Wrote the result store revision" in output
+    added = [text for name, text in _versions(project).items() if "before01" not in name]
+    assert len(added) == 1
+    assert "down_revision = 'before01'" in added[0]
+    assert "op.create_table('async_request_results'" in added[0]
+    assert "from sqlalchemy.dialects import mysql" in added[0]
+    again = flask(project, url, "async-request", "init")
+    assert "result store revision" not in again
+    assert len(_versions(project)) == 2

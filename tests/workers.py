@@ -451,3 +451,12 @@ class ReturnText(Worker):
         if disposition is None:
             return 200, text * count, "text/plain; charset=utf-8"
         return 200, text * count, "text/plain; charset=utf-8", {"Content-Disposition": disposition}
+
+
+class TransactionalBytes(Worker):
+    """A transactional worker returning bytes: its chunks go in its own transaction."""
+
+    transactional = True
+
+    def execute(self) -> Any:
+        return 200, (bytes([i]) * 1000 for i in range(3)), "application/octet-stream"
