@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.figures import LABELS, spread, web_mb, worker_mb
 from bench.harness import MODULES, SYSTEMS
-from bench.report import LABELS, spread, web_mb, worker_mb
 from bench.scenarios import LONG_WAIT
 
 

@@ -63,7 +63,9 @@ def main() -> None:
     with far.app.app_context():
         from flask_async_request import Job
 
-        pending = far_client.post("/submit").json["token"]
+        started = far_client.post("/submit").get_json()
+        assert isinstance(started, dict)
+        pending = started["token"]
         finished_job = Job.create_and_enqueue(far.Noop)
         far.db.session.execute(
             far.db.text("UPDATE async_request_jobs SET status='processed', status_code=200,"

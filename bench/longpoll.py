@@ -100,21 +100,21 @@ class _Waiters(threading.Thread):
         deadline = time.monotonic() + 90
         while received and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=1):
-                client = key.fileobj
-                assert isinstance(client, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    chunk = client.recv(65536)
+                    chunk = ready.recv(65536)
                 except OSError:
                     chunk = b""
-                    received[client] = b""
+                    received[ready] = b""
                 if chunk:
-                    received[client] += chunk
+                    received[ready] += chunk
                     continue
                 # The server closed the connection: the whole answer is in.
                 at = time.monotonic()
-                selector.unregister(client)
-                client.close()
-                answer = received.pop(client)
+                selector.unregister(ready)
+                ready.close()
+                answer = received.pop(ready)
                 try:
                     status = int(answer.split(b" ", 2)[1])
                 except (ValueError, IndexError):
@@ -227,8 +227,8 @@ def measure(args: argparse.Namespace, worker_class: str) -> dict[str, Any]:
     _reset()
     from bench import far
     from flask_async_request import Job, lifecycle
-    from flask_async_request.lifecycle import Outcome
     from flask_async_request.models import JobStatus
+    from flask_async_request.outcomes import Outcome
     from flask_async_request.state import get_state
 
     with far.app.app_context():

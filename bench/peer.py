@@ -34,7 +34,7 @@ app.config["CELERY"] = {
 celery_app = celery_init_app(app)
 
 
-@shared_task(ignore_result=False)
+@shared_task(ignore_result=False)  # type: ignore[untyped-decorator]
 def noop() -> dict[str, bool]:
     return {"ok": True}
 

@@ -45,7 +45,8 @@ def fill(url: str, rows: int) -> float:
     """Recreate the table with ``rows`` finished jobs two days old; return the seconds taken."""
     import sqlalchemy as sa
 
-    from flask_async_request.models import Job, JobStatus, utcnow
+    from flask_async_request.models import Job, JobStatus
+    from flask_async_request.values import utcnow
 
     app, db = make_app(url)
     started = time.perf_counter()

@@ -43,6 +43,7 @@ import httpx  # noqa: E402
 
 from bench import scenarios  # noqa: E402
 from bench.chart import chart  # noqa: E402
+from bench.figures import render, table  # noqa: E402
 from bench.harness import (  # noqa: E402
     HERE,
     MODULES,
@@ -58,7 +59,7 @@ from bench.harness import (  # noqa: E402
     wait_port,
     web_rss,
 )
-from bench.report import page, render, table  # noqa: E402
+from bench.report import page  # noqa: E402
 
 #: The full benchmark, and the short one that checks the script works.
 FULL = {"duration": 5, "samples": 100, "burst": 2000, "rows": 1_000_000, "runs": 3}

@@ -66,7 +66,7 @@ def far_pending_token() -> str:
     from flask_async_request import Job, JobStatus
 
     with app.app_context():
-        params = {"args": [], "kwargs": {}}
+        params: dict[str, Any] = {"args": [], "kwargs": {}}
         job = Job(worker="bench.far:Noop", params=params, status=JobStatus.WAITING)
         db.session.add(job)
         db.session.commit()
@@ -75,7 +75,7 @@ def far_pending_token() -> str:
 
 def far_submit_and_wait(client: httpx.Client, wait: int | None = None) -> str:
     """Submit a job and poll until it is done: every 2 ms, or with ``Prefer: wait=N``."""
-    token = client.post(f"http://127.0.0.1:{PORTS['far']}/submit").json()["token"]
+    token = str(client.post(f"http://127.0.0.1:{PORTS['far']}/submit").json()["token"])
     url = f"http://127.0.0.1:{PORTS['far']}/async_request/job"
     headers = {HEADER: f"Bearer {token}"}
     if wait:
@@ -89,7 +89,7 @@ def far_submit_and_wait(client: httpx.Client, wait: int | None = None) -> str:
 def peer_submit_and_wait(client: httpx.Client, name: str = "peer") -> str:
     """Submit a task to peer or peer-db and poll its result every 2 ms until it is ready."""
     base = f"http://127.0.0.1:{PORTS[name]}"
-    result_id = client.post(f"{base}/submit").json()["result_id"]
+    result_id = str(client.post(f"{base}/submit").json()["result_id"])
     while not client.get(f"{base}/result/{result_id}").json()["ready"]:
         time.sleep(0.002)
     return result_id
@@ -264,7 +264,7 @@ def far_fill(total: int) -> str:
     """Grow the table to ``total`` finished rows two days old; return a token for a middle row."""
     from bench.far import app, db
     from flask_async_request import Job
-    from flask_async_request.models import utcnow
+    from flask_async_request.values import utcnow
 
     with app.app_context():
         have = db.session.execute(sa.text("SELECT count(*) FROM async_request_jobs")).scalar_one()
@@ -292,4 +292,5 @@ def purge() -> dict[str, float]:
     command = [sys.executable, str(HERE / "purge.py"), "--child"]
     command += ["--database-url", settings.DATABASE_URL]
     child = subprocess.run(command, capture_output=True, text=True, check=True, env=env())
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    figures: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
+    return figures

@@ -29,12 +29,13 @@ import sqlalchemy.exc
 from flask import request
 
 from .downloads import reply_response
+from .envelope import error_answer, unavailable_answer
 from .exceptions import DatabaseUnavailable, EnqueueError, WorkerResolutionError
 from .models import Job, JobStatus
 from .payloads import kept_headers
 from .state import current_flask_app, get_state
 from .store import lost_connection
-from .views import accepted, error_answer, preferences, requested_wait, unavailable_answer
+from .views import accepted, preferences, requested_wait
 from .web import create_job
 from .worker import Reply, Worker
 

@@ -1,6 +1,6 @@
 """The Python client on httpx, in threads or in asyncio: ``pip install flask-async-request[httpx]``.
 
-The polling is :mod:`flask_async_request.client`'s (long polls, ``Retry-After``,
+The polling is :mod:`flask_async_request.client_polling`'s (long polls, ``Retry-After``,
 retries of 503 and of failed connections, the deadline); the requests are
 httpx's, made with the client given, so its cookies, auth, proxies, HTTP/2 and
 transports apply::
@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .client import (
+from .client_polling import (
     DEFAULT_HEADER,
     Answer,
     Destination,

@@ -23,9 +23,14 @@ T = TypeVar("T")
 #: Turns the value of a key into a setting's value.
 Converter = Callable[[str, Any], T]
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+# Matched whole (fullmatch): "$" would let a line end through.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+#: The longest duration a setting takes: now plus or minus it stays a date (an
+#: expiry, a retention's cutoff), which a timedelta's own maximum would not.
+LONGEST_DURATION = timedelta(days=36_525)
 
 
 def invalid(key: str, got: object, expected: str) -> ConfigurationError:
@@ -38,14 +43,19 @@ def parse_duration(text: str) -> timedelta:
 
     :raises ValueError: for anything else.
     """
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError(
             f"{text!r} is not a duration; use a number with an optional unit s, m, h, d or w,"
             " such as 90, 15m, 2h or 7d."
         )
     number, unit = match.groups()
-    return timedelta(seconds=float(number) * _UNITS[unit.lower()])
+    try:
+        return timedelta(seconds=float(number) * _UNITS[unit.lower()])
+    except OverflowError:
+        raise ValueError(
+            f"{text!r} is too long a duration; the longest is {timedelta.max.days:,} days."
+        ) from None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -74,11 +84,20 @@ def duration(key: str, value: Any) -> timedelta:
     elif isinstance(value, timedelta):
         delta = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        delta = timedelta(seconds=value)
+        try:
+            delta = timedelta(seconds=value)
+        except (OverflowError, ValueError):  # NaN, an infinity, or past a timedelta's range
+            raise invalid(
+                key, value, f"a finite number of seconds, at most {timedelta.max.days:,} days"
+            ) from None
     else:
         raise invalid(key, value, "a number of seconds, a datetime.timedelta or a str like 2h")
     if delta <= timedelta(0):
         raise invalid(key, value, "a positive duration")
+    if delta > LONGEST_DURATION:
+        raise invalid(
+            key, value, f"a duration of at most 100 years ({LONGEST_DURATION.days:,} days)"
+        )
     return delta
 
 
@@ -157,7 +176,7 @@ def choice(choices: Collection[str]) -> Converter[str]:
 
 def header_name(key: str, value: Any) -> str:
     """An HTTP header name."""
-    if not isinstance(value, str) or not _HEADER_NAME.match(value):
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
         raise invalid(key, value, "an HTTP header name")
     return value
 

@@ -38,9 +38,10 @@ from . import config
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
 from .maintenance import retry_job
-from .models import Job, JobStatus, as_utc, finite, iso_utc, utcnow
+from .models import Job, JobStatus
 from .reading import PAGE_SIZE, JobFilter, JobPage, job_page, load_job
 from .state import EXTENSION_KEY
+from .values import as_utc, finite, iso_utc, utcnow
 from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")

@@ -16,13 +16,14 @@ from typing import Any
 from flask import Response, request
 
 from . import results
+
+# The status url's own checks, shared so the two urls can never answer differently.
+from .envelope import error_answer
 from .models import JobStatus
 from .payloads import decode_headers
 from .state import get_state
 from .store import JobReply, JobStore
-
-# The status url's own checks, shared so the two urls can never answer differently.
-from .views import _job_for_request, _job_url_enabled, _Refusal, blueprint, error_answer
+from .views import _job_for_request, _job_url_enabled, _Refusal, blueprint
 
 logger = logging.getLogger("flask_async_request")
 

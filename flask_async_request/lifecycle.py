@@ -20,14 +20,16 @@ number: a worker whose job was cancelled or taken over changes nothing.
 Every end state, whichever path reaches it, goes through :func:`announce`:
 long polls are woken (on PostgreSQL the NOTIFY is part of the ending
 statement itself), the signal is sent and the completion callback queued.
+
+What the transitions hand back (a claim, an end) and the sweeper's reads of
+lost and waiting jobs are in ``rows.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -35,13 +37,15 @@ from . import results
 from . import statements as sql
 from .broker import Message, queue_callback
 from .exceptions import JobFinished, JobNotFailed, JobNotFound
-from .models import Job, JobStatus, lone_surrogate, new_uid, utcnow
+from .models import Job, JobStatus
 from .outcomes import Outcome, error_body
 from .outcomes import error_message as error_message
+from .rows import Claim, Ended, LostJob, Sendable, WaitingJob
 from .signals import job_cancelled, job_failed, job_finished
 from .state import current_flask_app
-from .statements import ENDED_COLUMNS, JobReply, NewRow
+from .statements import NewRow
 from .store import JobStore
+from .values import lone_surrogate, new_uid, utcnow
 
 logger = logging.getLogger("flask_async_request")
 
@@ -52,49 +56,6 @@ CANCELLED_BODY = error_body("Job cancelled")
 #: Seconds a claim whose connection was lost is tried again on fresh connections,
 #: before its message is left to be delivered again.
 CLAIM_RETRY_FOR = 2.0
-
-
-class Claim(NamedTuple):
-    """What a worker needs of the job it just claimed."""
-
-    id: int
-    uid: str
-    worker: str
-    #: The stored arguments, as JSON text: see :func:`.outcomes.decode_params`.
-    params: str
-    attempt: int
-    callback_url: str | None
-    queue: str | None = None
-    time_limit: float | None = None
-    #: When the job was due to run: its creation, or the end of a retry's backoff.
-    due_at: datetime | None = None
-
-
-class Ended(NamedTuple):
-    """A job that has just reached an end state, as the ending statement left it."""
-
-    id: int
-    #: What the status endpoint answers for the job now.
-    reply: JobReply
-    callback_url: str | None
-    #: The job's worker path.
-    worker: str
-
-    @property
-    def status(self) -> JobStatus:
-        """The end state reached."""
-        return self.reply.status
-
-    @property
-    def uid(self) -> str:
-        """The job's uid."""
-        return self.reply.uid
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> Ended:
-        """Read a row of :data:`.statements.ENDED_COLUMNS`."""
-        job_id, *reply, callback_url, worker = row[: len(ENDED_COLUMNS)]
-        return cls(job_id, JobReply(*reply), callback_url, worker)
 
 
 def announce(ended: Ended) -> None:
@@ -193,21 +154,6 @@ def insert(store: JobStore, job: Job) -> None:
     ``job`` is left transient: the caller decides whether a session should know it.
     """
     job.id = store.insert(NewRow(**{name: getattr(job, name) for name in NewRow._fields}))
-
-
-class Sendable(Protocol):
-    """What :func:`message_of` reads of a job: a stored :class:`~.models.Job` or a row of it."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def uid(self) -> str: ...
-    @property
-    def queue(self) -> str | None: ...
-    @property
-    def time_limit(self) -> float | None: ...
-    @property
-    def worker(self) -> str | None: ...
 
 
 def message_of(job: Sendable) -> Message:
@@ -406,23 +352,6 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
 # The sweeper's transitions -------------------------------------------------------------------
 
 
-class LostJob(NamedTuple):
-    """A ``processing`` job whose lease ran out."""
-
-    id: int
-    uid: str
-    queue: str | None
-    time_limit: float | None
-    worker: str
-    attempt: int
-    lease_expires_at: datetime
-
-
-def lost_jobs(store: JobStore, now: datetime, limit: int) -> list[LostJob]:
-    """Processing jobs whose lease ran out before ``now``, oldest id first."""
-    return [LostJob(*row) for row in store.all(sql.LOST_JOBS, {"now": now, "limit": limit})]
-
-
 def requeue_lost(store: JobStore, job: LostJob, now: datetime) -> bool:
     """Put a lost job back to ``waiting``, if its attempt is still the lost one."""
     params = {"job_id": job.id, "attempt": job.attempt, "now": now, "due_at": now}
@@ -449,30 +378,6 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
     ended = Ended.from_row(row)
     announce(ended)
     return ended
-
-
-class WaitingJob(NamedTuple):
-    """A ``waiting`` job whose message may be lost."""
-
-    id: int
-    uid: str
-    queue: str | None
-    time_limit: float | None
-    worker: str
-    #: When it is due to run: its creation, or the end of a retry's backoff.
-    due_at: datetime
-
-
-def stale_jobs(store: JobStore, due_before: datetime, limit: int) -> list[WaitingJob]:
-    """Waiting jobs due before ``due_before``, oldest id first."""
-    rows = store.all(sql.STALE_JOBS, {"cutoff": due_before, "limit": limit})
-    return [WaitingJob(*row) for row in rows]
-
-
-def waiting_jobs(store: JobStore, after_id: int, limit: int) -> list[WaitingJob]:
-    """Waiting jobs with an id above ``after_id``, whenever due, oldest id first."""
-    rows = store.all(sql.WAITING_JOBS, {"after_id": after_id, "limit": limit})
-    return [WaitingJob(*row) for row in rows]
 
 
 def touch_waiting(store: JobStore, job_id: int) -> bool:

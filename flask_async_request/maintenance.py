@@ -13,10 +13,9 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from . import lifecycle
+from . import lifecycle, rows
 from .broker import publish
 from .exceptions import EnqueueError
-from .models import as_utc, utcnow
 from .reading import JobStats, job_stats, list_jobs
 from .retention import (
     FINISHED_STATUSES,
@@ -29,6 +28,7 @@ from .retention import (
 )
 from .signals import jobs_swept
 from .state import current_flask_app, get_state
+from .values import as_utc, utcnow
 
 if TYPE_CHECKING:
     from .store import JobStore
@@ -148,7 +148,7 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
     now = utcnow()
     requeued = failed = republished = 0
 
-    for job in lifecycle.lost_jobs(store, now, batch_size):
+    for job in rows.lost_jobs(store, now, batch_size):
         if job.attempt <= settings.retry:
             if not lifecycle.requeue_lost(store, job, now):
                 continue
@@ -173,7 +173,7 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
     if sends and all_waiting:
         # Every waiting job, a page of ids at a time.
         after_id = 0
-        while page := lifecycle.waiting_jobs(store, after_id, batch_size):
+        while page := rows.waiting_jobs(store, after_id, batch_size):
             sent = _send_again(store, page, now)
             republished += sent
             if sent < len(page) or len(page) < batch_size:
@@ -185,16 +185,14 @@ def sweep_jobs(batch_size: int = SWEEP_BATCH_SIZE, *, all_waiting: bool = False)
                 " their messages in memory.",
                 republished,
             )
-    elif sends and (
-        stale := lifecycle.stale_jobs(store, now - settings.waiting_timeout, batch_size)
-    ):
+    elif sends and (stale := rows.stale_jobs(store, now - settings.waiting_timeout, batch_size)):
         republished = _send_again(store, stale, now)
         logger.warning("Sent %s waiting jobs again that no worker had claimed.", republished)
     jobs_swept.send(current_flask_app(), republished=republished, requeued=requeued, failed=failed)
     return SweepResult(republished, requeued, failed, sends)
 
 
-def _send_again(store: JobStore, jobs: list[lifecycle.WaitingJob], now: datetime) -> int:
+def _send_again(store: JobStore, jobs: list[rows.WaitingJob], now: datetime) -> int:
     """Publish the messages of waiting ``jobs`` again; how many were sent before any failed."""
     sent = 0
     for waiting in jobs:

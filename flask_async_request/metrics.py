@@ -9,7 +9,7 @@ processes, set ``PROMETHEUS_MULTIPROC_DIR`` to a directory they share (empty at
 start) before they start, as prometheus-client's multiprocess mode asks: the
 endpoint then adds up every process's figures. Two figures that need the table,
 the jobs waiting and the age of the oldest, are read when scraped, in one query
-on the status index.
+on the index of unfinished jobs.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 
 from .config import SETTINGS, default_source
 from .exceptions import AsyncRequestError
-from .models import RESULTS_TABLE_NAME, TABLE_NAME, Job, ResultChunk
+from .models import FILLFACTOR, RESULTS_TABLE_NAME, TABLE_NAME, Job, ResultChunk
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -29,6 +29,19 @@ RESULTS_REVISION_MESSAGE = f"create {RESULTS_TABLE_NAME}"
 #: The jobs table's columns that came with the result store.
 RESULT_COLUMNS = ("headers", "result_size", "result_sha256")
 
+#: Written into the revision that moves a table created with an index on status
+#: to the indexes of HOT updates, so a second ``init`` finds it.
+HOT_MARKER = f"flask-async-request: {TABLE_NAME} indexes for HOT updates"
+HOT_MESSAGE = f"{TABLE_NAME} indexes for HOT updates"
+#: The index that only a table with the indexes of HOT updates has.
+_HOT_INDEX = f"ix_{TABLE_NAME}_unfinished_id"
+#: The indexes of a table created before, in place of those the model has by their names.
+_INDEXES_BEFORE = (
+    ops.CreateIndexOp(f"ix_{TABLE_NAME}_finished_at", TABLE_NAME, ["finished_at"]),
+    ops.CreateIndexOp(f"ix_{TABLE_NAME}_status_id", TABLE_NAME, ["status", "id"]),
+)
+_END = "    # ### end Alembic commands ###"
+
 
 @dataclasses.dataclass(frozen=True)
 class InitResult:
@@ -39,6 +52,9 @@ class InitResult:
     revision_written: bool
     config: Path
     config_written: bool
+    #: The revision written to move a table created with an index on status to the
+    #: indexes of HOT updates, if one was.
+    hot_revision: Path | None = None
     #: The revision written to add the result store to a jobs table made before it.
     results_revision: Path | None = None
 
@@ -61,18 +77,24 @@ def config_snippet() -> str:
     return "\n".join(lines)
 
 
-def _tables() -> list[sa.Table]:
-    return [cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)]
-
-
-def _mark(code: str, marker: str) -> str:
+def _marked(code: str, marker: str) -> str:
+    """Alembic's rendered ``code``, its first line the ``marker`` a second ``init`` looks for."""
     first, _, rest = code.partition("\n")
     return f"# {marker}\n{rest}" if first.startswith("# ###") else f"# {marker}\n    {code}"
 
 
+def _fillfactor(code: str, statement: str) -> str:
+    """``code`` with ``statement`` run on PostgreSQL at its end: no Alembic operation sets it."""
+    run = (
+        '    if op.get_context().dialect.name == "postgresql":\n'
+        f'        op.execute("{statement}")\n'
+    )
+    return code.replace(_END, run + _END)
+
+
 def _revision_code() -> tuple[str, str]:
     """The upgrade and downgrade of the revision that creates the jobs and results tables."""
-    tables = _tables()
+    tables = [cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)]
     upgrade = render_python_code(
         ops.UpgradeOps(
             ops=[
@@ -97,7 +119,39 @@ def _revision_code() -> tuple[str, str]:
             ]
         )
     )
-    return _mark(upgrade, MARKER), _mark(downgrade, MARKER)
+    set_fillfactor = f"ALTER TABLE {TABLE_NAME} SET (fillfactor = {FILLFACTOR})"
+    return _fillfactor(_marked(upgrade, MARKER), set_fillfactor), _marked(downgrade, MARKER)
+
+
+def _hot_revision_code() -> tuple[str, str]:
+    """The revision that moves a table created with an index on status to the model's indexes.
+
+    The index on ``(status, id)`` made every change of status, a claim's too,
+    write a new entry into every index; ``finished_at``'s now leaves out the jobs
+    not finished, and a new one holds those by id.
+    """
+    table = cast(sa.Table, Job.__table__)
+    after = {str(index.name): index for index in table.indexes}
+    changed = [after[f"ix_{TABLE_NAME}_finished_at"], after[_HOT_INDEX]]
+    upgrade = render_python_code(
+        ops.UpgradeOps(
+            ops=[
+                *(before.reverse() for before in _INDEXES_BEFORE),
+                *(ops.CreateIndexOp.from_index(index) for index in changed),
+            ]
+        )
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(
+            ops=[*(ops.DropIndexOp.from_index(index) for index in changed), *_INDEXES_BEFORE]
+        )
+    )
+    set_fillfactor = f"ALTER TABLE {TABLE_NAME} SET (fillfactor = {FILLFACTOR})"
+    reset_fillfactor = f"ALTER TABLE {TABLE_NAME} RESET (fillfactor)"
+    return (
+        _fillfactor(_marked(upgrade, HOT_MARKER), set_fillfactor),
+        _fillfactor(_marked(downgrade, HOT_MARKER), reset_fillfactor),
+    )
 
 
 def _indexes(table: sa.Table) -> list[sa.Index]:
@@ -144,7 +198,7 @@ def results_revision_code() -> tuple[str, str]:
             ]
         )
     )
-    return _mark(upgrade, RESULTS_MARKER), _mark(downgrade, RESULTS_MARKER)
+    return _marked(upgrade, RESULTS_MARKER), _marked(downgrade, RESULTS_MARKER)
 
 
 def _existing_revision(
@@ -159,6 +213,23 @@ def _existing_revision(
         if marker in text or any(c in text for c in creates):
             return Path(revision.path)
     return None
+
+
+def _has_hot_indexes(script: ScriptDirectory) -> bool:
+    """Whether a revision gives the jobs table the indexes of HOT updates (creating it or later)."""
+    for revision in script.walk_revisions():
+        if revision.path is not None and _HOT_INDEX in Path(revision.path).read_text("utf-8"):
+            return True
+    return False
+
+
+def _single_head(script: ScriptDirectory) -> None:
+    heads = script.get_heads()
+    if len(heads) > 1:
+        raise AsyncRequestError(
+            f"The migration history has several heads ({', '.join(heads)}); merge them with"
+            " `flask db merge heads`, then run this command again."
+        )
 
 
 def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> InitResult:
@@ -188,13 +259,18 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
 
     revision = _existing_revision(script)
     revision_written = False
-    results_revision = None
+    hot_revision = results_revision = None
     if revision is None:
         revision = _generate(script, REVISION_MESSAGE, *_revision_code())
         revision_written = True
-    elif _existing_revision(script, RESULTS_TABLE_NAME, RESULTS_MARKER) is None:
-        # A jobs table made before the result store: the revision that adds it.
-        results_revision = _generate(script, RESULTS_REVISION_MESSAGE, *results_revision_code())
+    else:
+        if not _has_hot_indexes(script):
+            # A table created with an index on status: its revision and the indexes it
+            # made are the app's own history, so the change comes as a revision after them.
+            hot_revision = _generate(script, HOT_MESSAGE, *_hot_revision_code())
+        if _existing_revision(script, RESULTS_TABLE_NAME, RESULTS_MARKER) is None:
+            # A jobs table made before the result store: the revision that adds it.
+            results_revision = _generate(script, RESULTS_REVISION_MESSAGE, *results_revision_code())
 
     config_written = force or not config_path.exists()
     if config_written:
@@ -206,6 +282,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         revision_written,
         config_path,
         config_written,
+        hot_revision,
         results_revision,
     )
 
@@ -215,12 +292,7 @@ def _generate(script: ScriptDirectory, message: str, upgrades: str, downgrades: 
 
     :raises AsyncRequestError: the history has several heads.
     """
-    heads = script.get_heads()
-    if len(heads) > 1:
-        raise AsyncRequestError(
-            f"The migration history has several heads ({', '.join(heads)}); merge them with"
-            " `flask db merge heads`, then run this command again."
-        )
+    _single_head(script)
     written = script.generate_revision(
         uuid.uuid4().hex[:12],
         message,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import enum
-import math
-import re
-import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, ClassVar, ParamSpec, Protocol, overload
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .values import new_uid, utcnow
 
 TABLE_NAME = "async_request_jobs"
 #: The result store: replies too large for the jobs table, and binary ones, in chunks.
@@ -35,70 +34,6 @@ class JobStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(timezone.utc)
-
-
-def new_uid() -> str:
-    """A new job's uid: 32 random hex digits."""
-    return uuid.uuid4().hex
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def iso_utc(value: datetime | None) -> str | None:
-    """``value`` in ISO 8601, in UTC (``2024-05-01T12:00:00+00:00``); ``None`` for none."""
-    return None if value is None else as_utc(value).isoformat()
-
-
-def finite(value: float | None) -> float | None:
-    """``value``, or ``None`` for none and for NaN or an infinity.
-
-    JSON has no NaN or infinity, which a float column edited by hand may hold.
-    """
-    return value if value is None or math.isfinite(value) else None
-
-
-def short_repr(value: object, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: an error message may echo any input."""
-    text = repr(value)
-    # The last characters kept show where the value ends (its closing quote).
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
-
-
-#: A code point that no driver can encode as UTF-8: half of a surrogate pair, alone.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def lone_surrogate(text: str) -> bool:
-    """Whether ``text`` holds a lone surrogate, which no database driver can encode."""
-    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
-
-
-def unstorable(text: str, limit: int | None = None) -> str | None:
-    """Why no database can store ``text`` in a column of ``limit`` characters; ``None`` if it can.
-
-    PostgreSQL's text types refuse the NUL character, and a lone surrogate (a
-    Python str that is not valid Unicode, such as ``"\\ud800"``) cannot be
-    encoded by any driver; the same text is refused on every database, so what
-    works on SQLite in development works on PostgreSQL in production. The reason
-    reads after "cannot be stored: ".
-    """
-    if "\x00" in text:
-        return "it contains a NUL character"
-    if limit is not None and len(text) > limit:
-        return f"it is {len(text):,} characters long, and its column holds {limit:,}"
-    if lone_surrogate(text):
-        return "it contains a lone surrogate, which is not valid Unicode text"
-    return None
 
 
 P = ParamSpec("P")
@@ -131,12 +66,35 @@ class Job(_Base):
     """One asynchronous request: the worker to run, its arguments and, once done, its reply."""
 
     __tablename__ = TABLE_NAME
-    # Each ends with id, so a filtered list newest first is one range scan of the
-    # index, with no sort, on PostgreSQL too (whose indexes do not end with the
-    # key by themselves). (status, id) serves every lookup by status as well.
+    # No index holds a column that a claim, a lease renewal or a progress report
+    # changes (status, attempts, the times but created_at and finished_at), not
+    # even in its WHERE: so on PostgreSQL those UPDATEs are HOT, written on the
+    # row's own page with no new entry in any index (see FILLFACTOR). A job's
+    # index entries change only as it is created, as it ends and if it is retried.
     __table_args__ = (
-        sa.Index(f"ix_{TABLE_NAME}_status_id", "status", "id"),
+        # Ends with id, so a list of one worker's jobs newest first is one range scan
+        # of the index, with no sort, on PostgreSQL too (whose indexes do not end
+        # with the key by themselves).
         sa.Index(f"ix_{TABLE_NAME}_worker_id", "worker", "id"),
+        # The waiting and processing jobs, by id: the sweeper's reads, the metrics'
+        # count, a list of pending jobs. A job leaves it once, as it ends. MariaDB
+        # has no partial index and reads them from the finished_at index instead
+        # (NULL first, then by id, as InnoDB ends each entry with the key), so
+        # there this one is the primary key's twin, never read.
+        sa.Index(
+            f"ix_{TABLE_NAME}_unfinished_id",
+            "id",
+            postgresql_where=sa.text("finished_at IS NULL"),
+            sqlite_where=sa.text("finished_at IS NULL"),
+        ),
+        # The finished jobs by the time they ended: the purge's ranges. A job
+        # enters it once, as it ends.
+        sa.Index(
+            f"ix_{TABLE_NAME}_finished_at",
+            "finished_at",
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+            sqlite_where=sa.text("finished_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(
@@ -203,7 +161,8 @@ class Job(_Base):
         sa.DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
     )
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), index=True)
+    #: Set as the job ends, and only then: ``NULL`` is waiting or processing.
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.worker} {self.status}>"
@@ -368,6 +327,22 @@ class Job(_Base):
             idempotency_key=idempotency_key,
             callback_url=callback_url,
         )
+
+
+#: How full PostgreSQL packs a page of the jobs table with new rows, in percent.
+#: The rest is room for the new versions of those rows: an UPDATE is HOT only if
+#: its new version fits on the row's own page. At the default of 100, the pages of
+#: a backlog are full when its jobs are claimed: of 5,000 waiting jobs claimed in
+#: a row, 83% of the claims were HOT at 100, 97% at 70.
+FILLFACTOR = 70
+
+
+# Kept by the copy that init_app makes in the app's metadata (propagate).
+@sa.event.listens_for(Job.__table__, "after_create", propagate=True)
+def _set_fillfactor(table: sa.Table, connection: sa.Connection, **kwargs: Any) -> None:
+    """Give the new jobs table its :data:`FILLFACTOR`, on PostgreSQL."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"ALTER TABLE {table.name} SET (fillfactor = {FILLFACTOR})")
 
 
 class ResultChunk(_Base):

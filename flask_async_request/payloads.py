@@ -26,7 +26,7 @@ from typing import Any
 from werkzeug.wrappers import Response
 
 from .exceptions import InvalidReply
-from .models import short_repr, unstorable
+from .values import short_repr, unstorable
 from .worker import content_type_of, status_code_of
 
 #: Response headers a reply keeps, besides ``Content-Type``: what describes the

@@ -16,8 +16,10 @@ import sqlalchemy as sa
 
 from .config import parse_duration
 from .exceptions import JobNotFound
-from .models import Job, JobStatus, as_utc, unstorable, utcnow
+from .models import Job, JobStatus
 from .state import get_state
+from .statements import UNFINISHED
+from .values import as_utc, unstorable, utcnow
 
 #: Jobs on one page of a list, by default.
 PAGE_SIZE = 50
@@ -121,7 +123,7 @@ def job_page(
 
     Keyset paging: ``before`` gives the page of jobs just older than that id,
     ``after`` the page just newer. Each page is one range scan of the primary key,
-    ``(status, id)`` or ``(worker, id)``, with no OFFSET and no sort; an age filter
+    the unfinished jobs' ``id`` or ``(worker, id)``, with no OFFSET and no sort; an age filter
     first turns into an id bound with one lookup in the ``created_at`` index.
     """
     session = get_state().db.session
@@ -170,6 +172,8 @@ def _conditions(session: Any, filters: JobFilter) -> list[sa.ColumnElement[bool]
     conditions: list[sa.ColumnElement[bool]] = []
     if filters.statuses:
         conditions.append(Job.status.in_(filters.statuses))
+        if not any(status.finished for status in filters.statuses):
+            conditions.append(UNFINISHED)
     if filters.worker is not None:
         conditions.append(Job.worker == filters.worker)
     now = utcnow()
@@ -238,7 +242,7 @@ def job_stats() -> JobStats:
     ):
         counts[status] = count
     oldest = session.execute(
-        sa.select(sa.func.min(Job.created_at)).where(Job.status == JobStatus.WAITING)
+        sa.select(sa.func.min(Job.created_at)).where(Job.status == JobStatus.WAITING, UNFINISHED)
     ).scalar()
     finished = session.execute(
         sa.select(sa.func.count())
@@ -252,7 +256,7 @@ def job_stats() -> JobStats:
         queue: int(count)
         for queue, count in session.execute(
             sa.select(Job.queue, sa.func.count())
-            .where(Job.status == JobStatus.WAITING)
+            .where(Job.status == JobStatus.WAITING, UNFINISHED)
             .group_by(Job.queue)
         )
     }
@@ -263,14 +267,14 @@ def job_stats() -> JobStats:
 
 
 _WAITING = sa.select(sa.func.count(), sa.func.min(Job.due_at)).where(
-    Job.status == JobStatus.WAITING
+    Job.status == JobStatus.WAITING, UNFINISHED
 )
 
 
 def waiting_now() -> tuple[int, timedelta | None]:
     """How many jobs wait to be claimed, and how long the one due first has been due.
 
-    One query on the status index, outside the app's session: what a scrape reads.
+    One query on the index of unfinished jobs, outside the app's session: what a scrape reads.
     """
     row = get_state().store().first(_WAITING, {})
     count, due = (row[0], row[1]) if row is not None else (0, None)

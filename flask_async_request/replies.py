@@ -11,8 +11,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .models import JobStatus, finite
+from .models import JobStatus
 from .store import JobReply
+from .values import finite
 
 #: Kept headers: ``(name, value)`` pairs.
 Headers = Sequence[tuple[str, str]]

@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from . import results
 from .config import Settings
 from .exceptions import WorkerResolutionError
-from .models import Job, JobStatus, utcnow
+from .models import Job, JobStatus
 from .state import get_state
 from .store import JobStore
+from .values import utcnow
 from .worker import Worker, resolve_worker, seconds_of
 
 logger = logging.getLogger("flask_async_request")
@@ -148,7 +149,10 @@ def age_filter(
         if finished:
             conditions.append(sa.and_(Job.status.in_(finished), Job.finished_at < cutoff))
         if pending:
-            conditions.append(sa.and_(Job.status.in_(pending), Job.created_at < cutoff))
+            # finished_at too: the index of unfinished jobs, as no index holds the status.
+            conditions.append(
+                sa.and_(Job.status.in_(pending), Job.finished_at.is_(None), Job.created_at < cutoff)
+            )
     return sa.or_(sa.false(), *conditions)
 
 

@@ -26,14 +26,15 @@ from .exceptions import (
     WorkerResolutionError,
 )
 from .leases import keeper
-from .lifecycle import Claim, Ended
-from .models import JobStatus, as_utc, utcnow
+from .models import JobStatus
 from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
 from .payloads import Payload, encode_headers, payload_of
+from .rows import Claim, Ended
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state
 from .store import JobStore
+from .values import as_utc, utcnow
 from .worker import Worker, normalize_reply, resolve_worker
 
 logger = logging.getLogger("flask_async_request")
@@ -275,8 +276,13 @@ def _execute(
             state, store, session, job_id, claim.attempt, payload, stopper, worker_class
         )
         return _Run(outcome, in_session=worker_class.transactional)
-    except JobCancelled:
+    except JobCancelled as e:
         session.rollback()
+        if lifecycle.held(store, job_id, claim.attempt):
+            # Raised by the worker's own code, its job not cancelled: ended now
+            # as any error is, not left processing until its lease runs out.
+            logger.error("Job %s: worker %s raised JobCancelled; its job was not.", job_id, worker)
+            return _Run(failure(_cut(str(e) or type(e).__name__)))
         logger.info("Job %s: the worker stopped, its job cancelled.", job_id)
         return _Run(None)
     except TimeLimitExceeded:

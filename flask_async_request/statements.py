@@ -172,6 +172,10 @@ INSERT = hot(
     .returning(Job.id)
 )
 
+#: Waiting or processing: said by ``finished_at`` too, so that a read of such jobs is
+#: a scan of the partial index over them (no index holds the status; see ``Job``).
+UNFINISHED = Job.finished_at.is_(None)
+
 #: Which of the waited-on jobs are still pending: one query for all the long polls.
 PENDING_OF = sa.select(Job.id).where(
     Job.id.in_(sa.bindparam("job_ids", expanding=True)),
@@ -254,7 +258,7 @@ _ENDING: dict[str, Any] = {
     "updated_at": sa.bindparam("now"),
     "lease_expires_at": None,
 }
-#: What an ending statement hands back: see ``lifecycle.Ended``.
+#: What an ending statement hands back: see ``rows.Ended``.
 ENDED_COLUMNS = (Job.id, *REPLY_COLUMNS, Job.callback_url, Job.worker)
 
 
@@ -270,9 +274,10 @@ FINISH = _ending(
         {
             **_ENDING,
             "content_type": sa.bindparam("content_type"),
-            "headers": sa.bindparam("headers"),
-            "result_size": sa.bindparam("result_size"),
-            "result_sha256": sa.bindparam("result_sha256"),
+            # None unless given: a reply with no kept headers, held in the row.
+            "headers": sa.bindparam("headers", None, type_=sa.Text()),
+            "result_size": sa.bindparam("result_size", None, type_=sa.BigInteger()),
+            "result_sha256": sa.bindparam("result_sha256", None, type_=sa.String(64)),
             "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
         }
     )
@@ -301,7 +306,7 @@ STATUS = hot(sa.select(Job.status).where(_ID))
 
 #: What publishing a job's message needs: see ``lifecycle.message_of``.
 MESSAGE_COLUMNS = (Job.id, Job.uid, Job.queue, Job.time_limit, Job.worker)
-#: A waiting job's: see ``lifecycle.WaitingJob``.
+#: A waiting job's: see ``rows.WaitingJob``.
 _WAITING_COLUMNS = (*MESSAGE_COLUMNS, Job.due_at)
 
 REQUEUE_LOST = Statement(sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING))
@@ -332,19 +337,21 @@ TOUCH_WAITING = Statement(
 
 LOST_JOBS = (
     sa.select(*MESSAGE_COLUMNS, Job.attempts, Job.lease_expires_at)
-    .where(Job.status == JobStatus.PROCESSING, Job.lease_expires_at < sa.bindparam("now"))
+    .where(
+        Job.status == JobStatus.PROCESSING, Job.lease_expires_at < sa.bindparam("now"), UNFINISHED
+    )
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
 STALE_JOBS = (
     sa.select(*_WAITING_COLUMNS)
-    .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"))
+    .where(Job.status == JobStatus.WAITING, Job.due_at < sa.bindparam("cutoff"), UNFINISHED)
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )
 WAITING_JOBS = (
     sa.select(*_WAITING_COLUMNS)
-    .where(Job.status == JobStatus.WAITING, Job.id > sa.bindparam("after_id"))
+    .where(Job.status == JobStatus.WAITING, Job.id > sa.bindparam("after_id"), UNFINISHED)
     .order_by(Job.id)
     .limit(sa.bindparam("limit"))
 )

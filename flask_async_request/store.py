@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from .compat import Precompiled, precompile
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
+from .shared_reads import SharedReads
 from .statements import CHANNEL, INSERT, PENDING_OF, REPLY, NewRow, Statement, is_hot
 from .statements import JobReply as JobReply
 from .waiting import Waiters, wait_for
@@ -40,8 +41,6 @@ _Result = TypeVar("_Result")
 
 #: Ids per query of the long polls' check.
 _CHECK_BATCH = 500
-#: Seconds an ended job's reply is shared by the requests its end woke.
-_SHARED_FOR = 1.0
 
 
 #: The pause before the second try again of a statement whose connection was lost;
@@ -122,11 +121,8 @@ class JobStore:
         )
         self._waiters: Waiters | None = None
         self._waiters_lock = threading.Lock()
-        # The ended jobs' replies, shared by the requests their end woke.
-        self._shared_lock = threading.Lock()
-        #: The reads in flight of ended jobs' rows: the requests woken with the reader wait on it.
-        self._reading: dict[int, threading.Event] = {}
-        self._ended: dict[int, tuple[float, JobReply | None]] = {}
+        #: The reads of ended jobs' rows, shared by the requests their end woke.
+        self.shared_reads = SharedReads(lambda job_id: self.fetch_reply(job_id), _ended_or_gone)
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -346,61 +342,17 @@ class JobStore:
         """Wait up to ``timeout`` seconds for the job to end; its reply then (``None``: gone).
 
         The wait holds no database connection: see :mod:`.waiting`. It reads
-        the job once before waiting and once when woken.
+        the job once before waiting and once when woken, that read shared with
+        the other requests the same end woke (see :mod:`.shared_reads`).
         """
         return wait_for(  # type: ignore[no-any-return]
             self.waiters(),
             job_id,
             timeout,
             read=lambda: self.fetch_reply(job_id),
-            reread=lambda: self._read_after_wake(job_id),
+            reread=lambda: self.shared_reads.read(job_id),
             done=_ended_or_gone,
         )
-
-    def _read_after_wake(self, job_id: int) -> JobReply | None:
-        """Read a job whose end may just have woken many requests, once for all of them.
-
-        The first woken request reads the row; the others wait for that read
-        and, when it has found the job ended, take its answer, all at once (a
-        pending answer is never shared: it could be stale, and they read again).
-        """
-        # Most of a thousand woken requests find the end already read: a dict
-        # lookup, with nothing to wait for.
-        shared = self._shared_end(job_id)
-        if shared is not None:
-            return shared[1]
-        with self._shared_lock:
-            reading = self._reading.get(job_id)
-            leader = reading is None
-            if reading is None:
-                reading = self._reading[job_id] = threading.Event()
-        if not leader:
-            # The reader sets it however its read ends (its ``finally``): as long
-            # as one's own read would take, and with no surge of reads after it.
-            reading.wait()
-            shared = self._shared_end(job_id)
-            return shared[1] if shared is not None else self.fetch_reply(job_id)
-        try:
-            reply = self.fetch_reply(job_id)
-            with self._shared_lock:
-                now = time.monotonic()
-                if len(self._ended) > 1024:
-                    # Kept bounded: the ends shared long enough ago are forgotten.
-                    self._ended = {k: v for k, v in self._ended.items() if now - v[0] < _SHARED_FOR}
-                if _ended_or_gone(reply):
-                    self._ended[job_id] = (now, reply)
-            return reply
-        finally:
-            with self._shared_lock:
-                del self._reading[job_id]
-            reading.set()
-
-    def _shared_end(self, job_id: int) -> tuple[float, JobReply | None] | None:
-        """The end of job ``job_id`` read for the requests it woke, if recent enough to share."""
-        shared = self._ended.get(job_id)
-        if shared is not None and time.monotonic() - shared[0] < _SHARED_FOR:
-            return shared
-        return None
 
     def waiters(self) -> Waiters:
         """This store's waiting requests (made on first use)."""

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
-from .client import JobResult, start_of, wait_for
+from .client import wait_for
+from .client_polling import JobResult, start_of
 from .exceptions import AsyncRequestError
 from .models import Job, JobStatus
 from .runner import run_job

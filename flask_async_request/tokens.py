@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal, overload
 import jwt
 
 from .exceptions import InvalidToken
-from .models import utcnow
+from .values import utcnow
 
 if TYPE_CHECKING:
     from .config import Settings

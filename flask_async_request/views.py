@@ -1,4 +1,7 @@
-"""The status endpoint: ``GET`` and ``DELETE {ASYNC_REQUEST_URL_PREFIX}/job``."""
+"""The status endpoint: ``GET`` and ``DELETE {ASYNC_REQUEST_URL_PREFIX}/job``.
+
+Its errors are answered in the JSON envelope of :mod:`.envelope`.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +16,12 @@ from importlib import resources
 from typing import Any
 
 import sqlalchemy.exc
-from flask import Blueprint, Response, jsonify, request, url_for
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import RequestRedirect
+from flask import Blueprint, Response, request, url_for
 
+from .envelope import answer_errors, error_answer, unavailable_answer
 from .exceptions import (
     DatabaseUnavailable,
-    IdempotencyConflict,
     InvalidJobRow,
-    InvalidRequest,
     InvalidToken,
     JobFinished,
     JobNotFound,
@@ -50,9 +50,7 @@ class _Blueprint(Blueprint):
 
 #: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
 blueprint = _Blueprint("async_request", __name__, static_folder="static")
-
-#: Seconds a client is asked to wait before polling again after a database outage.
-UNAVAILABLE_RETRY_AFTER = 5
+answer_errors(blueprint)
 
 
 class _Refusal(Exception):
@@ -60,11 +58,6 @@ class _Refusal(Exception):
 
     def __init__(self, response: Any) -> None:
         self.response = response
-
-
-def error_answer(message: str, status: int, **headers: Any) -> tuple[Response, int, dict[str, Any]]:
-    """The JSON error envelope, ``{"errors": [{"message": ...}]}``, with ``status``."""
-    return jsonify(errors=[{"message": message}]), status, headers
 
 
 def _job_for_request(token: str | None = None) -> tuple[TokenClaims, JobReply]:
@@ -119,15 +112,6 @@ def _database() -> Iterator[None]:
         # 409 says the job cannot be served as it is stored, and the log says why.
         logger.error("%s Answering 409.", e)
         raise _Refusal(error_answer("The job's stored row is not valid.", 409)) from None
-
-
-def unavailable_answer() -> tuple[Response, int, dict[str, Any]]:
-    """503 with ``Retry-After``: the jobs database is out of reach, ask again later."""
-    return error_answer(
-        "The job store is unavailable; try again later.",
-        503,
-        **{"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
-    )
 
 
 def _reply_answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -228,7 +212,9 @@ def requested_wait() -> int | None:
     value = preferences().get("wait")
     if value is None or _DELTA_SECONDS.fullmatch(value) is None:
         return None
-    return _MAX_DELTA_SECONDS if len(value) > 10 else min(int(value), _MAX_DELTA_SECONDS)
+    # Leading zeros are digits of the same number; only the others make it long.
+    digits = value.lstrip("0") or "0"
+    return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits), _MAX_DELTA_SECONDS)
 
 
 def _job_url_enabled() -> None:
@@ -293,70 +279,6 @@ def cancel(token: str | None = None) -> Any:
     except JobNotFound:
         return error_answer("Job not found", 404)
     return _reply_answer(reply)
-
-
-@blueprint.errorhandler(HTTPException)
-def http_error(error: HTTPException) -> Any:
-    """An HTTP error in one of the endpoint's views (a 413, 415, ...): the JSON envelope."""
-    return _envelope_of(error)
-
-
-@blueprint.before_app_request
-def routing_error() -> Any:
-    """A url under the endpoint's prefix that no view takes, or a method it does not: the envelope.
-
-    Routing fails before any blueprint is chosen, so the blueprint's error
-    handlers never see a 404 or a 405; an app-wide handler would take the app's
-    own as well. This answers only under the prefix, and leaves redirects be.
-    """
-    error = request.routing_exception
-    if (
-        error is None
-        or not isinstance(error, HTTPException)
-        or isinstance(error, RequestRedirect)
-        or not _under_prefix(request.path)
-    ):
-        return None
-    return _envelope_of(error)
-
-
-def _under_prefix(path: str) -> bool:
-    prefix = get_state().settings.url_prefix.rstrip("/")
-    # At the root the endpoint shares every url with the app, whose answers they stay.
-    return bool(prefix) and (path == prefix or path.startswith(f"{prefix}/"))
-
-
-def _envelope_of(error: HTTPException) -> Any:
-    """``error`` answered with the JSON envelope, its status and its headers (``Allow``)."""
-    if error.response is not None:
-        return error.response
-    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
-    name = error.name or "Error"
-    return error_answer(name[0] + name[1:].lower(), error.code or 500, **headers)
-
-
-@blueprint.app_errorhandler(IdempotencyConflict)
-def idempotency_conflict(error: IdempotencyConflict) -> Any:
-    """A reused Idempotency-Key with other arguments: 422, in any view of the app."""
-    return error_answer(str(error), 422)
-
-
-@blueprint.app_errorhandler(DatabaseUnavailable)
-def database_unavailable(error: DatabaseUnavailable) -> Any:
-    """A job that could not be stored, the database out of reach: 503, in any view of the app.
-
-    Unlike ``EnqueueError``, nothing was stored: there is no job the view could
-    answer for, and the client asks again after ``Retry-After``, as it does
-    when a poll gets the same answer.
-    """
-    logger.warning("%s Answering 503.", error, exc_info=error)
-    return unavailable_answer()
-
-
-@blueprint.app_errorhandler(InvalidRequest)
-def invalid_request(error: InvalidRequest) -> Any:
-    """A client's bad Idempotency-Key or callback url: 400, in any view of the app."""
-    return error_answer(str(error), 400)
 
 
 @functools.cache

@@ -32,11 +32,12 @@ from .exceptions import (
     InvalidIdempotencyKey,
     UnstorableValue,
 )
-from .models import Job, column_length, lone_surrogate, short_repr, unstorable
+from .models import Job, column_length
 from .signals import job_enqueued
 from .state import current_flask_app, get_state
 from .store import JobReply, Unreachable
 from .tokens import encode_token
+from .values import lone_surrogate, short_repr, unstorable
 from .worker import Worker, seconds_of, worker_path
 
 logger = logging.getLogger("flask_async_request")
@@ -65,7 +66,9 @@ def check_json(value: Any, where: str = "arguments") -> None:
         if not math.isfinite(value):
             raise ValueError(f"{where} contains {value!r}, which JSON cannot store.")
         return
-    if isinstance(value, Mapping):
+    # Only the containers json.dumps takes: a range or a mappingproxy is a Sequence
+    # or a Mapping all the same, and would fail there, with no place named.
+    if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(
@@ -75,7 +78,7 @@ def check_json(value: Any, where: str = "arguments") -> None:
             _check_unicode(key, f"{where} key {short_repr(key)}")
             check_json(item, f"{where}[{key!r}]")
         return
-    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+    if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             check_json(item, f"{where}[{index}]")
         return

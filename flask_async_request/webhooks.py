@@ -70,6 +70,8 @@ TOLERANCE = 300
 TIMEOUT = 10
 #: The most of a receiver's answer that is read.
 MAX_RESPONSE_BYTES = 64 * 1024
+#: The most significant digits a ``webhook-timestamp`` may have (seconds since the epoch).
+_TIMESTAMP_DIGITS = 20
 #: The prefix of a Standard Webhooks secret given in its base64 form.
 SECRET_PREFIX = "whsec_"
 
@@ -145,6 +147,9 @@ def verify_callback(
     timestamp = _header(headers, TIMESTAMP_HEADER)
     signatures = _header(headers, SIGNATURE_HEADER)
     if not (message and timestamp.isascii() and timestamp.isdigit() and signatures.isascii()):
+        return False
+    if len(timestamp.lstrip("0")) > _TIMESTAMP_DIGITS:
+        # No time at all: int() refuses 4,300 digits, and a float a few hundred.
         return False
     if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         return False

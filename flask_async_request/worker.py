@@ -13,7 +13,8 @@ from typing import IO, Any, Protocol
 from werkzeug.wrappers import Response as BaseResponse
 
 from .exceptions import InvalidReply, JobCancelled, WorkerResolutionError
-from .models import column_length, short_repr, unstorable
+from .models import column_length
+from .values import short_repr, unstorable
 
 #: Rack status names (the Rails symbols of the original gem) that differ from
 #: :class:`http.HTTPStatus` member names.
@@ -321,7 +322,7 @@ def normalize_reply(reply: object) -> tuple[int, str, str | None]:
     say what the body is.
 
     :raises InvalidReply: when ``reply`` is not such a tuple of the right types, or
-        holds text that no database can store (see :func:`~.models.unstorable`).
+        holds text that no database can store (see :func:`~.values.unstorable`).
     """
     if not isinstance(reply, (tuple, list)) or len(reply) not in (2, 3):
         raise InvalidReply(f"returned {short_repr(reply, _ECHOED)}; expected a (status, body) pair")

@@ -9,17 +9,29 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from flask import Flask
+from celery import Celery
+from celery.app.task import Task
+from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import settings
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import scoped_session
 from werkzeug.serving import ThreadedWSGIServer, make_server
 from werkzeug.test import TestResponse
 
 from flask_async_request import AsyncRequest, Job, JobStatus
+from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.state import get_state
+
+if TYPE_CHECKING:
+    from flask_async_request.config import Settings
+    from flask_async_request.embedded import EmbeddedWorker
+    from flask_async_request.state import AsyncRequestState, Outbox
+    from flask_async_request.store import JobStore
+    from flask_async_request.tokens import TokenVerifier
 
 # CI explores the same examples each run, so a red run always reproduces;
 # local runs keep exploring new ones.
@@ -32,13 +44,78 @@ SECRET = "test-secret-key-long-enough-for-every-hmac-algorithm-hs256-hs384-hs512
 AppFactory = Callable[..., Flask]
 
 
+class Internals:
+    """What the extension keeps for any app, for the tests that check it there.
+
+    It is not public: this class is the tests' one way to it, for the tests
+    whose behaviour lives there (the embedded worker, the job store's
+    statements, the settings read from the config).
+    """
+
+    def state(self, app: Flask) -> AsyncRequestState:
+        """All that ``app``'s extension keeps, for the functions that take it whole."""
+        return get_state(app)
+
+    def db(self, app: Flask) -> SQLAlchemy:
+        """The Flask-SQLAlchemy extension that ``app``'s extension uses."""
+        return get_state(app).db
+
+    def settings(self, app: Flask) -> Settings:
+        """The settings ``app``'s extension read from its config."""
+        return get_state(app).settings
+
+    def job_store(self, app: Flask) -> JobStore:
+        """The job store of ``app`` in this process (needs its app context)."""
+        return get_state(app).store()
+
+    def verify_token(self, app: Flask) -> TokenVerifier:
+        """Verifies ``app``'s tokens as its status endpoint does."""
+        return get_state(app).verify_token
+
+    def outbox(self, app: Flask) -> Outbox | None:
+        """Where ``app`` publishes instead of its broker, while a JobRunner holds it."""
+        return get_state(app).outbox
+
+    def embedded_worker_or_none(self, app: Flask) -> EmbeddedWorker | None:
+        """The embedded worker of ``app``; ``None`` when a broker is configured."""
+        return get_state(app).embedded
+
+    def embedded_worker(self, app: Flask) -> EmbeddedWorker:
+        """The embedded worker of ``app``, which runs in embedded mode."""
+        embedded = self.embedded_worker_or_none(app)
+        assert embedded is not None, "the app names a broker: no embedded worker"
+        return embedded
+
+    def stop_embedded_worker(self, app: Flask) -> None:
+        """Stop ``app``'s embedded worker, if it has one (at the end of a test)."""
+        embedded = self.embedded_worker_or_none(app)
+        if embedded is not None:
+            embedded.stop()
+
+
+#: The one :class:`Internals`, for the tests' helper functions outside fixtures.
+INTERNALS = Internals()
+
+
+@pytest.fixture(scope="session")
+def internals() -> Internals:
+    """What the extension keeps for any app (:class:`Internals`)."""
+    return INTERNALS
+
+
 @pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[AppFactory]:
-    """Build apps with their own SQLite file, eager Celery and any config overrides."""
+def make_app(tmp_path: Path, internals: Internals) -> Iterator[AppFactory]:
+    """Build apps with their own SQLite file, eager Celery and any config overrides.
+
+    ``extension=`` is the :class:`AsyncRequest` to initialise on the app, for a
+    test that uses it as an app's own module would (a new one otherwise).
+    """
     counter = itertools.count()
     made: list[Flask] = []
 
-    def factory(create_tables: bool = True, **config: Any) -> Flask:
+    def factory(
+        create_tables: bool = True, *, extension: AsyncRequest | None = None, **config: Any
+    ) -> Flask:
         app = Flask(__name__)
         app.config.update(
             TESTING=True,
@@ -51,7 +128,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
         app.config.update(config)
         db = SQLAlchemy()
         db.init_app(app)
-        AsyncRequest(app)
+        (extension or AsyncRequest()).init_app(app)
         if create_tables:
             with app.app_context():
                 db.create_all()
@@ -60,9 +137,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
 
     yield factory
     for app in made:
-        state = app.extensions.get("async_request")
-        if state is not None and state.embedded is not None:
-            state.embedded.stop()
+        internals.stop_embedded_worker(app)
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
 
@@ -74,7 +149,7 @@ PG_DATABASE_URL = os.environ.get(
 
 
 @pytest.fixture
-def pg_app(make_app: AppFactory) -> Iterator[Flask]:
+def pg_app(make_app: AppFactory, internals: Internals) -> Iterator[Flask]:
     """An app on PostgreSQL with eager Celery and a fresh jobs table."""
     app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=PG_DATABASE_URL)
     with app.app_context():
@@ -83,15 +158,72 @@ def pg_app(make_app: AppFactory) -> Iterator[Flask]:
         db.create_all()
         yield app
         db.session.remove()
-        get_state().store().dispose()
+        internals.job_store(app).dispose()
 
 
 @pytest.fixture
-def app(make_app: AppFactory) -> Iterator[Flask]:
+def extension() -> AsyncRequest:
+    """The :class:`AsyncRequest` of the ``app`` fixture, as the app's own module holds it."""
+    return AsyncRequest()
+
+
+@pytest.fixture
+def app(make_app: AppFactory, extension: AsyncRequest) -> Iterator[Flask]:
     """An app on SQLite with eager Celery, inside an app context."""
-    app = make_app()
+    app = make_app(extension=extension)
     with app.app_context():
         yield app
+
+
+@pytest.fixture
+def db(app: Flask) -> SQLAlchemy:
+    """The Flask-SQLAlchemy extension of the ``app`` fixture."""
+    sqlalchemy: SQLAlchemy = app.extensions["sqlalchemy"]
+    return sqlalchemy
+
+
+@pytest.fixture
+def session(db: SQLAlchemy) -> scoped_session[Any]:
+    """The Flask-SQLAlchemy session of the ``app`` fixture."""
+    return db.session
+
+
+@pytest.fixture
+def engine(db: SQLAlchemy) -> Engine:
+    """The database engine of the ``app`` fixture."""
+    return db.engine
+
+
+@pytest.fixture
+def celery_app(app: Flask) -> Celery:
+    """The Celery app of the ``app`` fixture, where the Flask docs' recipe keeps it."""
+    celery: Celery = app.extensions["celery"]
+    return celery
+
+
+@pytest.fixture
+def process_task(celery_app: Celery) -> Task[Any, Any]:
+    """The Celery task that runs a job, as the ``app`` fixture registered it."""
+    task: Task[Any, Any] = celery_app.tasks[PROCESS_TASK]
+    return task
+
+
+@pytest.fixture
+def job_store(app: Flask, internals: Internals) -> JobStore:
+    """The job store of the ``app`` fixture in this process."""
+    return internals.job_store(app)
+
+
+@pytest.fixture
+def async_settings(app: Flask, internals: Internals) -> Settings:
+    """The settings the ``app`` fixture's extension read from its config."""
+    return internals.settings(app)
+
+
+@pytest.fixture
+def verify_token(app: Flask, internals: Internals) -> TokenVerifier:
+    """Verifies the ``app`` fixture's tokens as its status endpoint does."""
+    return internals.verify_token(app)
 
 
 @pytest.fixture
@@ -117,7 +249,7 @@ def serving(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def served_example(tmp_path: Path) -> Iterator[str]:
+def served_example(tmp_path: Path, internals: Internals) -> Iterator[str]:
     """The example app on the embedded default, served on 127.0.0.1; yields its base url."""
     from example.app import create_app
 
@@ -126,7 +258,13 @@ def served_example(tmp_path: Path) -> Iterator[str]:
         with serving(app) as base:
             yield base
     finally:
-        app.extensions["async_request"].embedded.stop()
+        internals.stop_embedded_worker(app)
+
+
+def current_db() -> SQLAlchemy:
+    """The Flask-SQLAlchemy extension of the current app."""
+    db: SQLAlchemy = current_app.extensions["sqlalchemy"]
+    return db
 
 
 def add_job(
@@ -139,7 +277,7 @@ def add_job(
     finished_at: datetime | None = None,
 ) -> Job:
     """Insert a job row directly, without publishing it (needs an app context)."""
-    session = get_state().db.session
+    session = current_db().session
     job = Job(
         worker=worker,
         params={"args": args or [], "kwargs": {}},
@@ -160,7 +298,7 @@ def poll(client: Any, token: str, header: str = "X-JOB-AUTHORIZATION") -> Any:
 
 def reload_job(job_id: int) -> Job:
     """Job ``job_id`` as the database has it now (needs an app context)."""
-    session = get_state().db.session
+    session = current_db().session
     session.expire_all()
     job = session.get(Job, job_id)
     assert job is not None

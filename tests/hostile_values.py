@@ -19,10 +19,9 @@ import sqlalchemy as sa
 from flask import Flask
 from hypothesis import strategies as st
 
-from flask_async_request import Job, JobStatus, lifecycle
-from flask_async_request.state import get_state
+from flask_async_request import AsyncRequest, Job, JobStatus, lifecycle
 from tests import workers
-from tests.conftest import poll
+from tests.conftest import current_db, poll
 
 #: What only a database's own error says; never in an answer.
 DRIVER_TEXT = ("[SQL:", "psycopg", "pymysql", "sqlite3", "Background on this error", "Traceback")
@@ -62,16 +61,15 @@ values = st.one_of(
 _keys = itertools.count()
 
 
-def hostile_app(app: Flask) -> Flask:
-    """Give ``app`` the identity :func:`hand_over` sets for an ``owner`` value."""
+def hostile_app(app: Flask, extension: AsyncRequest) -> Flask:
+    """Give ``app``, whose extension is ``extension``, the identity :func:`hand_over` sets."""
     app.config["HOSTILE_OWNER"] = None
-    extension = app.extensions["async_request"].extension
     extension.identity_loader(lambda: app.config["HOSTILE_OWNER"])
     return app
 
 
 def _job_count() -> int:
-    session = get_state().db.session
+    session = current_db().session
     count = session.execute(sa.select(sa.func.count()).select_from(Job)).scalar_one()
     session.commit()
     return int(count)
@@ -108,7 +106,7 @@ def hand_over(app: Flask, field: str, value: Any) -> None:
                 assert not any(text in str(refused) for text in DRIVER_TEXT), str(refused)
                 return
             job_id, token = job.id, job.token
-            session = get_state().db.session
+            session = current_db().session
             session.commit()
             status = session.execute(sa.select(Job.status).where(Job.id == job_id)).scalar_one()
             session.commit()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from flask import current_app
 
 from flask_async_request import Worker
-from flask_async_request.state import get_state
 
-get_state().db.session.execute(
+current_app.extensions["sqlalchemy"].session.execute(
     sa.text("SELECT secret FROM no_such_table WHERE id = :id"), {"id": 1}
 )
 

@@ -51,10 +51,10 @@ from flask_async_request import (
     signals,
 )
 from flask_async_request.exceptions import JobFinished, JobNotFailed, JobNotFound
-from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome, failure
-from flask_async_request.state import get_state
 from flask_async_request.statements import CHANNEL
+from flask_async_request.store import JobStore
+from flask_async_request.values import utcnow
 
 #: Retries allowed after a lost worker, in the machine's app.
 RETRY = 1
@@ -131,9 +131,11 @@ def make_app(database_url: str) -> Flask:
 
 
 class LifecycleMachine(RuleBasedStateMachine):
-    """Drives the lifecycle; subclasses give :attr:`app` (and :attr:`listen` on PostgreSQL)."""
+    """Drives the lifecycle; subclasses give :attr:`app` and :attr:`job_store_of`."""
 
     app: Flask
+    #: The job store of an app (the ``internals`` fixture's ``job_store``).
+    job_store_of: Callable[[Flask], JobStore]
 
     jobs = Bundle("jobs")
     runs = Bundle("runs")
@@ -142,7 +144,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         super().__init__()
         self.context = self.app.app_context()
         self.context.push()
-        self.store = get_state().store()
+        self.store = self.job_store_of(self.app)
         self.store.rowcount(sa.delete(Job), {})
         self.model: dict[int, ModelJob] = {}
         #: End states as the model expects them announced: (job id, status), in order.
@@ -192,7 +194,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if self.listener is not None:
             self.listener.driver_connection.execute(f"UNLISTEN {CHANNEL}")
             self.listener.close()
-        get_state().db.session.remove()
+        self.app.extensions["sqlalchemy"].session.remove()
         self.context.pop()
 
     # The model's bookkeeping --------------------------------------------------------------

@@ -10,8 +10,7 @@ from flask import Flask, abort, g, jsonify, request
 
 from flask_async_request import Job, asynchronous
 from flask_async_request.asyncview import ViewWorker
-from flask_async_request.state import get_state
-from tests.conftest import AppFactory, json_of, poll
+from tests.conftest import AppFactory, current_db, json_of, poll
 
 
 @pytest.fixture
@@ -121,7 +120,7 @@ def test_idempotency_key_header(views_app: Flask) -> None:
     client.post("/reports/1", json={}, headers=headers)
     client.post("/reports/1", json={}, headers=headers)
     with views_app.app_context():
-        assert get_state().db.session.query(Job).count() == 1
+        assert current_db().session.query(Job).count() == 1
     assert client.post("/reports/2", json={}, headers=headers).status_code == 422
 
 
@@ -133,7 +132,7 @@ def test_an_empty_idempotency_key_is_400(views_app: Flask) -> None:
         assert response.status_code == 400
         assert "Idempotency-Key" in json_of(response)["errors"][0]["message"]
     with views_app.app_context():
-        assert get_state().db.session.query(Job).count() == 0
+        assert current_db().session.query(Job).count() == 0
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,9 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.broker import PURGE_TASK
-from flask_async_request.config import parse_duration
-from flask_async_request.models import utcnow
-from flask_async_request.state import get_state
+from flask_async_request.values import utcnow
 from tests import workers
-from tests.conftest import AppFactory, add_job, reload_job
+from tests.conftest import AppFactory, Internals, add_job, current_db, reload_job
 
 
 def run(app: Flask, *args: str) -> Any:
@@ -26,7 +24,7 @@ def run(app: Flask, *args: str) -> Any:
 
 def _statuses(app: Flask) -> list[str]:
     with app.app_context():
-        session = get_state().db.session
+        session = current_db().session
         return sorted(job.response or "" for job in session.query(Job))
 
 
@@ -42,23 +40,8 @@ def filled(make_app: AppFactory) -> Flask:
         job = add_job(status=JobStatus.WAITING, response="old waiting")
         job.created_at = old
         add_job(status=JobStatus.PROCESSING, response="processing")
-        get_state().db.session.commit()
+        current_db().session.commit()
     return app
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("90", 90), ("30s", 30), ("15m", 900), ("2h", 7200), ("7d", 604800), ("1w", 604800)],
-)
-def test_parse_duration(text: str, expected: int) -> None:
-    """Durations take an optional unit."""
-    assert parse_duration(text) == timedelta(seconds=expected)
-
-
-def test_parse_duration_refuses_garbage() -> None:
-    """An unknown unit is a ValueError that shows the accepted forms."""
-    with pytest.raises(ValueError, match="such as 90, 15m, 2h or 7d"):
-        parse_duration("2 fortnights")
 
 
 def test_purge_deletes_old_finished_jobs(filled: Flask) -> None:
@@ -92,7 +75,7 @@ def test_scheduled_purge_deletes_old_cancelled_jobs(filled: Flask) -> None:
             response="old cancelled",
             finished_at=utcnow() - timedelta(days=3),
         )
-        purge = get_state().celery.tasks[PURGE_TASK]
+        purge = filled.extensions["celery"].tasks[PURGE_TASK]
         assert purge.apply().get() == 3
     assert "old cancelled" not in _statuses(filled)
 
@@ -186,13 +169,13 @@ def test_retry_runs_a_failed_job_again(make_app: AppFactory, tmp_path: Path) -> 
     app = make_app()
     with app.app_context():
         job_id = Job.create_and_enqueue(workers.FlakyThenOk, str(tmp_path / "runs"), 1).id
-        job = get_state().db.session.get(Job, job_id)
+        job = current_db().session.get(Job, job_id)
         assert job is not None
         assert job.status is JobStatus.FAILED
     result = run(app, "retry", str(job_id))
     assert result.output.strip() == f"Job {job_id} is waiting to run again."
     with app.app_context():
-        job = get_state().db.session.get(Job, job_id)
+        job = current_db().session.get(Job, job_id)
         assert job is not None
         assert (job.status, job.response) == (JobStatus.PROCESSED, "2")
 
@@ -300,11 +283,11 @@ def test_list_json_keeps_the_filters(filled: Flask) -> None:
 def test_show_json(filled: Flask) -> None:
     """show --json prints every stored field, times in ISO 8601 UTC."""
     with filled.app_context():
-        job = get_state().db.session.get(Job, 2)
+        job = current_db().session.get(Job, 2)
         assert job is not None
         job.params = {"args": [1, "ü"], "kwargs": {"size": "small"}}
         job.progress, job.callback_url = float("nan"), "https://client.example/hook"
-        get_state().db.session.commit()
+        current_db().session.commit()
     result = run(filled, "show", "--json", "2")
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
@@ -346,41 +329,46 @@ def test_stats_json_without_waiting_jobs(make_app: AppFactory) -> None:
 
 def test_sweep_in_embedded_mode_sends_nothing_and_says_who_runs_the_jobs(
     make_app: AppFactory,
+    internals: Internals,
 ) -> None:
     """With no broker, sweep sends no message and says the web process's worker runs the jobs."""
     app = make_app(CELERY={})
     with app.app_context():
         job = add_job()
         job.due_at = utcnow() - timedelta(hours=1)
-        get_state().db.session.commit()
+        current_db().session.commit()
         job_id = job.id
     result = run(app, "sweep")
     assert result.exit_code == 0, result.output
     assert "sent again" not in result.output
     assert "embedded worker runs the 1 waiting jobs when it next starts" in result.output
-    assert not app.extensions["async_request"].embedded.running
+    assert not internals.embedded_worker(app).running
     with app.app_context():
         assert reload_job(job_id).status is JobStatus.WAITING
 
 
-def test_sweep_in_embedded_mode_puts_a_lost_job_back_to_wait(make_app: AppFactory) -> None:
+def test_sweep_in_embedded_mode_puts_a_lost_job_back_to_wait(
+    make_app: AppFactory, internals: Internals
+) -> None:
     """With no broker, sweep puts a lost job back to waiting, for the web process to run."""
     app = make_app(CELERY={}, ASYNC_REQUEST_RETRY=1)
     with app.app_context():
         job = add_job(status=JobStatus.PROCESSING)
         job.attempts = 1
         job.lease_expires_at = utcnow() - timedelta(minutes=1)
-        get_state().db.session.commit()
+        current_db().session.commit()
         job_id = job.id
     result = run(app, "sweep")
     assert result.exit_code == 0, result.output
     assert "1 jobs put back to wait, 0 failed" in result.output
-    assert not app.extensions["async_request"].embedded.running
+    assert not internals.embedded_worker(app).running
     with app.app_context():
         assert reload_job(job_id).status is JobStatus.WAITING
 
 
-def test_retry_in_embedded_mode_says_the_web_process_runs_it(make_app: AppFactory) -> None:
+def test_retry_in_embedded_mode_says_the_web_process_runs_it(
+    make_app: AppFactory, internals: Internals
+) -> None:
     """With no broker, retry sends nothing and says the web process's worker runs the job."""
     app = make_app(CELERY={})
     with app.app_context():
@@ -388,6 +376,6 @@ def test_retry_in_embedded_mode_says_the_web_process_runs_it(make_app: AppFactor
     result = run(app, "retry", str(job_id))
     assert result.exit_code == 0, result.output
     assert "the web process's embedded worker runs it when it next starts" in result.output
-    assert not app.extensions["async_request"].embedded.running
+    assert not internals.embedded_worker(app).running
     with app.app_context():
         assert reload_job(job_id).status is JobStatus.WAITING

@@ -204,63 +204,6 @@ def test_the_client_loads_without_the_server_stack() -> None:
     assert result.stdout.strip() == "[]"
 
 
-# The polling core, step by step (no I/O) ------------------------------------------------
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _pending(**headers: str) -> Any:
-    from flask_async_request.client import Answer
-
-    body = {"status": "waiting", "progress": None, "message": None}
-    return Answer(202, {"Retry-After": "2", **headers}, json.dumps(body))
-
-
-def test_a_poll_the_server_did_not_hold_is_followed_by_its_retry_after() -> None:
-    """Preference-Applied: wait=0 (long polls off) is not a held poll: no busy loop."""
-    from flask_async_request.client import Get, Sleep, poll_steps
-
-    steps = poll_steps("http://x/job", "t", timeout=60, clock=_Clock())
-    first = next(steps)
-    assert isinstance(first, Get) and first.headers["Prefer"] == "wait=20"
-    assert steps.send(_pending(**{"Preference-Applied": "wait=0"})) == Sleep(2.0)
-    assert isinstance(next(steps), Get)
-    # A held poll that comes back pending is followed by the next one at once.
-    assert isinstance(steps.send(_pending(**{"Preference-Applied": "wait=20"})), Get)
-
-
-def test_the_last_second_asks_for_no_wait_and_no_request_outlives_the_deadline() -> None:
-    """No ``Prefer: wait=0``; each request's timeout ends about when the wait does."""
-    from flask_async_request.client import Get, Sleep, poll_steps
-
-    clock = _Clock()
-    steps = poll_steps("http://x/job", "t", timeout=10, clock=clock)
-    first = next(steps)
-    assert isinstance(first, Get) and first.wait == 10 and first.timeout <= 11
-    clock.now = 9.5
-    last = steps.send(_pending(**{"Preference-Applied": "wait=10"}))
-    assert isinstance(last, Get) and "Prefer" not in last.headers and last.timeout <= 1.5
-    assert steps.send(_pending()) == Sleep(0.5)
-
-
-@pytest.mark.parametrize("status", [502, 503, 504])
-def test_gateway_errors_are_asked_again_with_a_backoff(status: int) -> None:
-    """A proxy's 502 or 504 while the app restarts is retried like the server's 503."""
-    from flask_async_request.client import Answer, Get, Sleep, poll_steps
-
-    steps = poll_steps("http://x/job", "t", timeout=60, clock=_Clock())
-    next(steps)
-    assert steps.send(Answer(status, {}, "Bad Gateway")) == Sleep(1.0)
-    assert isinstance(next(steps), Get)
-    assert steps.send(Answer(status, {}, "Bad Gateway")) == Sleep(2.0)
-
-
 class _Redirects(BaseHTTPRequestHandler):
     """Redirects every poll to another server, which records what it receives."""
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from flask import Flask, request
+from flask import request
 from werkzeug.serving import make_server
 
-from flask_async_request import AsyncRequestError, Job, accepted
+from flask_async_request import AsyncRequest, AsyncRequestError, Job, accepted
 from flask_async_request.client import JobResult
 from flask_async_request.client_httpx import async_wait_for, wait_for
 from tests.conftest import AppFactory, serving
@@ -137,8 +137,8 @@ def test_a_server_that_stays_down(waiter: Waiter) -> None:
 @pytest.fixture
 def owned_app(make_app: AppFactory) -> Iterator[str]:
     """An app whose jobs belong to the ``user`` cookie's identity, run by its embedded worker."""
-    app: Flask = make_app(CELERY={})
-    extension = app.extensions["async_request"].extension
+    extension = AsyncRequest()
+    app = make_app(CELERY={}, extension=extension)
     extension.identity_loader(lambda: request.cookies.get("user"))
 
     @app.post("/naps")

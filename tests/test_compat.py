@@ -22,15 +22,15 @@ from celery import Celery
 from celery.utils.dispatch import Signal
 from flask import Flask
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from flask_async_request import Job, JobStatus, compat, statements
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.publisher import sender_for
-from flask_async_request.state import get_state
+from flask_async_request.store import JobStore
 from flask_async_request.tasks import _adopt
 from tests import workers
-from tests.conftest import PG_DATABASE_URL, AppFactory, add_job, reload_job
+from tests.conftest import PG_DATABASE_URL, AppFactory, Internals, add_job, reload_job
 
 PG_URL = PG_DATABASE_URL
 REDIS_URL = os.environ.get("FAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -125,16 +125,22 @@ def test_an_expanding_parameter_is_no_change_of_sqlalchemy(
 
 @pytest.mark.integration
 def test_a_job_s_hot_statements_run_through_sqlalchemy_when_the_compiler_changed(
-    pg_app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pg_app: Flask,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    internals: Internals,
 ) -> None:
     """On PostgreSQL, with the internals gone, a job is created, claimed and finished all the
     same, through SQLAlchemy's execution."""
     for statement in statements._HOT.values():
         _compiled_without(monkeypatch, statement, "escaped_bind_names")
     monkeypatch.delattr(Job.__table__.c.updated_at.onupdate.arg, "__wrapped__")
-    state = get_state()
     executed: list[str] = []
-    sa.event.listen(state.store().engine, "before_cursor_execute", lambda *a: executed.append(a[2]))
+    sa.event.listen(
+        internals.job_store(pg_app).engine,
+        "before_cursor_execute",
+        lambda *a: executed.append(a[2]),
+    )
     job = Job.create_and_enqueue(workers.Echo, "through sqlalchemy")
     assert reload_job(job.id).status is JobStatus.PROCESSED
     assert any(sql.startswith("INSERT") for sql in executed)
@@ -143,11 +149,14 @@ def test_a_job_s_hot_statements_run_through_sqlalchemy_when_the_compiler_changed
 
 
 def test_no_record_of_a_transaction_s_connections_commits_the_caller_s_work_along(
-    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    session: scoped_session[Any],
+    job_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Without SessionTransaction._connections, a job is stored through the session, so
     the caller's own statements are committed with it, as when they are known."""
-    store_ = get_state().store()
+    store_ = job_store
     # As on a network database: a job alone is stored in one autocommitted INSERT.
     monkeypatch.setattr(store_, "autocommit", True)
     get_transaction = Session.get_transaction
@@ -158,7 +167,6 @@ def test_no_record_of_a_transaction_s_connections_commits_the_caller_s_work_alon
             None if (found := get_transaction(self)) is None else _Without(found, "_connections")
         ),
     )
-    session = get_state().db.session
     other = add_job(status=JobStatus.WAITING).id
     for _ in range(2):
         session.execute(sa.update(Job).where(Job.id == other).values(worker="tests.workers:Sleep"))
@@ -195,7 +203,7 @@ def test_without_celery_s_finalize_hook_a_celery_command_adopts_the_recipe_s_app
     celery.signals.import_modules.send(sender=celery_app)
     assert PROCESS_TASK in celery_app.tasks
     with app.app_context():
-        assert get_state().celery is celery_app
+        assert app.extensions["celery"] is celery_app
         job = Job.create_and_enqueue(workers.Echo, "adopted")
         assert reload_job(job.id).status is JobStatus.PROCESSED
     (warning,) = _warnings(caplog)
@@ -223,7 +231,10 @@ def pool_cache() -> Iterator[None]:
 
 @pytest.mark.usefixtures("pool_cache")
 def test_without_celery_s_base_pool_the_embedded_worker_runs_on_celery_s_threads(
-    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    internals: Internals,
 ) -> None:
     """With BasePool gone, embedded jobs run on Celery's thread pool, and AsyncResult.get()
     still works in the web process."""
@@ -234,7 +245,8 @@ def test_without_celery_s_base_pool_the_embedded_worker_runs_on_celery_s_threads
     with app.app_context():
         ids = [Job.create_and_enqueue(workers.Echo, n).id for n in range(3)]
     assert {_wait_until_ended(app, job_id) for job_id in ids} == {JobStatus.PROCESSED}
-    assert type(app.extensions["async_request"].embedded._controller.pool).__name__ == "ThreadPool"
+    embedded = internals.embedded_worker(app)
+    assert type(embedded._controller.pool).__name__ == "ThreadPool"
     celery_app = app.extensions["celery"]
     celery_app.conf.task_always_eager = True
 
@@ -243,7 +255,7 @@ def test_without_celery_s_base_pool_the_embedded_worker_runs_on_celery_s_threads
         return a + b
 
     assert add.delay(2, 3).get(timeout=5) == 5
-    app.extensions["async_request"].embedded.stop()
+    embedded.stop()
     assert compat.daemon_thread_pool() is compat.daemon_thread_pool()
     (warning,) = _warnings(caplog)
     assert "BasePool" in warning
@@ -297,15 +309,18 @@ def test_a_changed_redis_channel_sends_with_apply_async(
 
 
 def test_the_installed_releases_have_every_internal(
-    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: Flask,
+    session: scoped_session[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No fallback is needed with the releases installed: CI runs this against the newest,
     so that a release that changes an internal fails there before it degrades a deployment."""
     for statement in statements._HOT.values():
         compat.precompile(statement, _PG)
-    session = get_state().db.session()
-    session.execute(sa.select(1))
-    assert compat.transaction_used_connection(session.get_transaction())
+    orm_session = session()
+    orm_session.execute(sa.select(1))
+    assert compat.transaction_used_connection(orm_session.get_transaction())
     monkeypatch.setattr(celery._state, "_on_app_finalizers", set())
     compat.on_every_app_finalized(lambda celery_app: None)
     compat.daemon_thread_pool.cache_clear()

@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
-from flask_async_request import AsyncRequest, EnqueueError, Job, JobStatus, Worker
-from flask_async_request.state import get_state
+from flask_async_request import EnqueueError, Job, JobStatus, Worker
+from flask_async_request.tokens import TokenVerifier
 from tests import workers
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, current_db
 
 
 def _count(app: Flask) -> int:
-    return get_state(app).db.session.query(Job).count()
+    return app.extensions["sqlalchemy"].session.query(Job).count()  # type: ignore[no-any-return]
 
 
 def test_stores_a_row_and_runs_it(app: Flask) -> None:
@@ -86,50 +87,6 @@ def test_bad_worker_class_leaves_no_row(
     assert _count(app) == 0
 
 
-@pytest.mark.parametrize(
-    ("args", "kwargs", "error", "message"),
-    [
-        ((object(),), {}, TypeError, r"args\[0\] is <object"),
-        (({1, 2},), {}, TypeError, "of type set"),
-        ((b"bytes",), {}, TypeError, "of type bytes"),
-        (({1: "a"},), {}, TypeError, "dict key 1 of type int"),
-        ((float("nan"),), {}, ValueError, "JSON cannot store"),
-        ((), {"when": __import__("datetime").date(2026, 1, 1)}, TypeError, r"kwargs\['when'\]"),
-        (([[1, [float("inf")]]],), {}, ValueError, r"args\[0\]\[0\]\[1\]\[0\]"),
-    ],
-)
-def test_unserialisable_arguments_leave_no_row(
-    app: Flask, args: tuple[Any, ...], kwargs: dict[str, Any], error: type[Exception], message: str
-) -> None:
-    """Arguments JSON cannot store raise and store nothing."""
-    with pytest.raises(error, match=message):
-        Job.create_and_enqueue(workers.Echo, *args, **kwargs)
-    assert _count(app) == 0
-
-
-def test_row_is_committed_before_the_message_is_published(
-    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When the message goes out, the row is already visible to another connection."""
-    app = make_app()
-    seen: list[Any] = []
-    with app.app_context():
-        task = get_state().celery.tasks["flask_async_request.process_job"]
-        engine = get_state().db.engine
-
-        def spy(args: tuple[int], **options: Any) -> None:
-            with engine.connect() as conn:
-                seen.append(
-                    conn.exec_driver_sql(
-                        "SELECT status FROM async_request_jobs WHERE id = ?", (args[0],)
-                    ).scalar()
-                )
-
-        monkeypatch.setattr(task, "apply_async", spy)
-        Job.create_and_enqueue(workers.Echo)
-    assert seen == ["waiting"]
-
-
 def test_queue_setting_routes_the_message(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,7 +94,7 @@ def test_queue_setting_routes_the_message(
     app = make_app(ASYNC_REQUEST_QUEUE="slow")
     sent: list[dict[str, Any]] = []
     with app.app_context():
-        task = get_state().celery.tasks["flask_async_request.process_job"]
+        task = app.extensions["celery"].tasks["flask_async_request.process_job"]
         monkeypatch.setattr(task, "apply_async", lambda args, **options: sent.append(options))
         Job.create_and_enqueue(workers.Echo)
     assert sent[0]["queue"] == "slow"
@@ -156,33 +113,19 @@ def test_broker_down_keeps_the_row_and_raises(make_app: AppFactory) -> None:
     with app.app_context():
         with pytest.raises(EnqueueError, match="could not be published") as info:
             Job.create_and_enqueue(workers.Echo)
-        job = get_state().db.session.get(Job, info.value.job_id)
+        job = current_db().session.get(Job, info.value.job_id)
         assert job is not None
         assert job.status is JobStatus.WAITING
 
 
-@pytest.mark.parametrize("commit", [True, False])
-def test_a_new_job_holds_its_token_signed_where_it_was_created(
-    app: Flask, monkeypatch: pytest.MonkeyPatch, commit: bool
+def test_a_job_read_from_the_database_is_signed_on_first_use(
+    app: Flask, session: scoped_session[Any], verify_token: TokenVerifier
 ) -> None:
-    """create_and_enqueue signs the token itself: the job never asks the extension for one."""
-
-    def refuse(self: Any, job: Job) -> str:
-        raise AssertionError("a new job's token was signed on first use")
-
-    monkeypatch.setattr(AsyncRequest, "sign_token", refuse)
-    job = Job.create_and_enqueue(workers.Echo, 1, commit=commit)
-    claims = get_state().verify_token(job.token)
-    assert (claims.job_id, claims.uid) == (job.id, job.uid)
-
-
-def test_a_job_read_from_the_database_is_signed_on_first_use(app: Flask) -> None:
     """Job.token works on a job a query loads, signed with the app's settings."""
     created = Job.create_and_enqueue(workers.Echo, 1)
     job_id, uid = created.id, created.uid
-    session = get_state().db.session
     session.expunge_all()
     loaded = session.get(Job, job_id)
     assert loaded is not None
-    claims = get_state().verify_token(loaded.token)
+    claims = verify_token(loaded.token)
     assert (claims.job_id, claims.uid) == (job_id, uid)

@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 
 from flask_async_request.client import wait_for
-from tests.conftest import json_of, poll, serving
+from tests.conftest import Internals, json_of, poll, serving
 
 APP_FILE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sums.py"
 
@@ -41,12 +41,12 @@ def sums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType
 
 
 @pytest.fixture
-def app(sums: ModuleType, tmp_path: Path) -> Iterator[Flask]:
+def app(sums: ModuleType, tmp_path: Path, internals: Internals) -> Iterator[Flask]:
     app: Flask = sums.create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/sums.db"})
     try:
         yield app
     finally:
-        app.extensions["async_request"].embedded.stop()
+        internals.embedded_worker(app).stop()
 
 
 def start(client: Any, n: object) -> Any:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from example.app import PrimeReport, create_app
-from tests.conftest import json_of, poll
+from tests.conftest import Internals, json_of, poll
 
 
 def test_prime_report_worker_is_right() -> None:
@@ -21,7 +21,7 @@ def test_prime_report_worker_is_right() -> None:
     assert (report["primes"], report["twin_prime_pairs"]) == (216816, 20932)
 
 
-def test_post_then_poll(tmp_path: Path) -> None:
+def test_post_then_poll(tmp_path: Path, internals: Internals) -> None:
     """POST /primes answers 202 with token, url and Location; polls show progress, then 200."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/example.db"})
     try:
@@ -43,7 +43,7 @@ def test_post_then_poll(tmp_path: Path) -> None:
         assert report["primes"] == 3562115
         assert any(m.startswith("sieved ") for m in messages)
     finally:
-        app.extensions["async_request"].embedded.stop()
+        internals.embedded_worker(app).stop()
 
 
 def test_bad_limit_is_a_400(tmp_path: Path) -> None:

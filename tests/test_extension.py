@@ -15,8 +15,8 @@ from flask import Flask, url_for
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import AsyncRequest, Job
-from flask_async_request.broker import PROCESS_TASK, PURGE_SCHEDULE
-from tests.conftest import SECRET, AppFactory, poll
+from flask_async_request.broker import PROCESS_TASK
+from tests.conftest import SECRET, AppFactory, Internals, poll
 from tests.workers import Echo
 
 
@@ -31,21 +31,21 @@ def _bare_app(tmp_path: Path, **config: Any) -> Flask:
     return app
 
 
-def test_finds_db_in_app_extensions(tmp_path: Path) -> None:
+def test_finds_db_in_app_extensions(tmp_path: Path, internals: Internals) -> None:
     """init_app without db= uses the SQLAlchemy registered on the app."""
     app = _bare_app(tmp_path)
     db = SQLAlchemy(app)
     AsyncRequest().init_app(app)
-    assert app.extensions["async_request"].db is db
+    assert internals.db(app) is db
 
 
-def test_explicit_db_wins(tmp_path: Path) -> None:
+def test_explicit_db_wins(tmp_path: Path, internals: Internals) -> None:
     """A db passed to the constructor is used even if another is registered."""
     app = _bare_app(tmp_path)
     SQLAlchemy(app)
     other = SQLAlchemy()
     AsyncRequest(app, db=other)
-    assert app.extensions["async_request"].db is other
+    assert internals.db(app) is other
 
 
 def test_missing_sqlalchemy_is_a_clear_error(tmp_path: Path) -> None:
@@ -118,7 +118,8 @@ def test_create_all_creates_the_jobs_table(app: Flask) -> None:
     inspector = sa.inspect(engine)
     assert "async_request_jobs" in inspector.get_table_names()
     indexed = {tuple(ix["column_names"]) for ix in inspector.get_indexes("async_request_jobs")}
-    assert {("status", "id"), ("worker", "id"), ("created_at",), ("finished_at",)} <= indexed
+    assert {("id",), ("worker", "id"), ("created_at",), ("finished_at",)} <= indexed
+    assert not any("status" in columns for columns in indexed)
     uniques = inspector.get_unique_constraints("async_request_jobs")
     unique_index = [ix for ix in inspector.get_indexes("async_request_jobs") if ix["unique"]]
     assert any(c["column_names"] == ["uid"] for c in uniques + unique_index)
@@ -153,85 +154,15 @@ def test_two_apps_with_different_configs(make_app: AppFactory) -> None:
     assert response.status_code == 400
 
 
-def test_beat_schedule_has_the_cleanup(app: Flask) -> None:
-    """ASYNC_REQUEST_CLEAN_JOBS (default on) adds the purge to the beat schedule."""
-    entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
-    assert entry["schedule"].hour == {0}
-    assert entry["schedule"].minute == {0}
-
-
-def test_cleanup_can_be_switched_off(make_app: AppFactory) -> None:
-    """ASYNC_REQUEST_CLEAN_JOBS=False leaves the beat schedule alone."""
-    app = make_app(ASYNC_REQUEST_CLEAN_JOBS=False)
-    assert PURGE_SCHEDULE not in (app.extensions["celery"].conf.beat_schedule or {})
-
-
 def test_embedded_mode_warns_when_its_worker_starts(
-    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture, internals: Internals
 ) -> None:
     """With no broker configured, the embedded worker warns it is for development when it starts."""
     with caplog.at_level(logging.WARNING, logger="flask_async_request"):
         app = make_app(CELERY={})
         assert "development only" not in caplog.text
-        app.extensions["async_request"].embedded.ensure_started()
+        internals.embedded_worker(app).ensure_started()
     assert "development only" in caplog.text
-
-
-def test_broker_configured_means_no_embedded_worker(make_app: AppFactory) -> None:
-    """Naming a broker turns embedded mode off."""
-    app = make_app(CELERY={"broker_url": "redis://127.0.0.1:6379/15"})
-    assert app.extensions["async_request"].embedded is None
-    assert app.extensions["celery"].conf.broker_url == "redis://127.0.0.1:6379/15"
-
-
-@pytest.mark.parametrize(
-    ("celery", "bound"),
-    [
-        ({"broker_url": "redis://127.0.0.1:6379/15"}, 4.0),
-        ({"broker_url": "rediss://127.0.0.1:6380/0", "broker_connection_timeout": 2}, 2.0),
-        ({"broker_url": "redis://h", "broker_transport_options": {"visibility_timeout": 9}}, 4.0),
-        ({"broker_url": "redis://h", "broker_connection_timeout": None}, None),
-        (
-            {
-                "broker_url": "redis://h",
-                "broker_transport_options": {"socket_connect_timeout": 9},
-            },
-            9,
-        ),
-        ({"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}, None),
-        ({}, None),
-        # The redis client connects within socket_timeout when it is the only one.
-        ({"broker_url": "redis://h", "broker_transport_options": {"socket_timeout": 9}}, None),
-    ],
-    ids=["redis", "rediss", "other options", "no timeout", "named", "amqp", "embedded", "read"],
-)
-def test_a_redis_broker_s_connects_give_up_after_the_connection_timeout(
-    make_app: AppFactory, celery: dict[str, Any], bound: float | None
-) -> None:
-    """Celery's Redis transport would wait out the kernel's SYN retries (over two minutes)."""
-    conf = make_app(CELERY={"task_always_eager": False, **celery}).extensions["celery"].conf
-    options = conf.broker_transport_options or {}
-    assert options.get("socket_connect_timeout") == bound
-    assert options.get("visibility_timeout") == celery.get("broker_transport_options", {}).get(
-        "visibility_timeout"
-    )
-
-
-def test_a_celery_app_of_the_user_s_keeps_its_transport_options(tmp_path: Any) -> None:
-    app = _bare_app(tmp_path)
-    SQLAlchemy(app)
-    mine = Celery("mine", broker="redis://127.0.0.1:6379/15")
-    app.extensions["celery"] = mine
-    AsyncRequest(app)
-    assert "socket_connect_timeout" not in (mine.conf.broker_transport_options or {})
-
-
-def test_cleanup_goes_to_the_jobs_queue(make_app: AppFactory) -> None:
-    """With ASYNC_REQUEST_QUEUE set, beat sends the purge to that queue."""
-    app = make_app(ASYNC_REQUEST_QUEUE="jobs", ASYNC_REQUEST_CLEAN_JOBS_CRON=30)
-    entry = app.extensions["celery"].conf.beat_schedule[PURGE_SCHEDULE]
-    assert entry["options"] == {"queue": "jobs"}
-    assert entry["schedule"].total_seconds() == 30
 
 
 def _celery_init_app(app: Flask) -> Any:
@@ -277,4 +208,4 @@ def test_flask_docs_celery_recipe_in_either_order(tmp_path: Any, recipe_first: b
         db.create_all()
         job = Job.create_and_enqueue(workers.Echo, "recipe")
         assert job.status.value == "processed"
-        assert app.extensions["async_request"].celery is celery_app
+        assert app.extensions["celery"] is celery_app

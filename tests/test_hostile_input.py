@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from flask_async_request import Job, JobStatus, asynchronous
 from flask_async_request.runner import run_job
-from flask_async_request.state import get_state
 from flask_async_request.webhooks import (
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -27,7 +26,7 @@ from flask_async_request.webhooks import (
     verify_callback,
 )
 from tests import workers
-from tests.conftest import SECRET, AppFactory, json_of
+from tests.conftest import SECRET, AppFactory, Internals, current_db, json_of
 
 FUZZ = settings(
     max_examples=60,
@@ -50,7 +49,7 @@ def _envelope(response: Any) -> None:
 
 
 def _rows() -> list[tuple[Any, ...]]:
-    session = get_state().db.session
+    session = current_db().session
     rows = [tuple(row) for row in session.execute(sa.select(Job.id, Job.status, Job.response))]
     session.commit()
     return rows
@@ -105,8 +104,8 @@ def test_prefer_header(hostile_app: Flask, prefer: str) -> None:
     """Any Prefer header on a poll answers 202 for a pending job and 200 for a finished one."""
     client = hostile_app.test_client()
     pending = Job(worker="tests.workers:Echo", params={"args": [], "kwargs": {}})
-    get_state().db.session.add(pending)
-    get_state().db.session.commit()
+    current_db().session.add(pending)
+    current_db().session.commit()
     finished = Job.create_and_enqueue(workers.Echo)
     for job, expected in ((pending, 202), (finished, 200)):
         response = client.get(
@@ -180,7 +179,7 @@ def test_asynchronous_view_request(
     job_id = json.loads(base64.urlsafe_b64decode(json_of(response)["token"].split(".")[1] + "=="))[
         "job_id"
     ]
-    job = get_state().db.session.get(Job, job_id)
+    job = current_db().session.get(Job, job_id)
     assert job is not None
     assert job.status in (JobStatus.PROCESSED, JobStatus.FAILED)
     if job.status is JobStatus.FAILED:
@@ -198,7 +197,7 @@ def test_asynchronous_view_multipart_files(hostile_app: Flask) -> None:
         content_type="multipart/form-data",
     )
     assert response.status_code == 202
-    job = get_state().db.session.scalars(sa.select(Job)).one()
+    job = current_db().session.scalars(sa.select(Job)).one()
     assert job.response is not None
     assert json.loads(job.response)["files"] == {"upload": 200}
     assert json.loads(job.response)["form"] == {"note": "hi"}
@@ -260,10 +259,10 @@ worker_paths = st.sampled_from(
 @example(status="waiting", params='{"args": "x"}', worker="tests.workers:Echo", progress=0.0)
 @example(status="processing", params="{}", worker="tests.workers:Echo", progress=float("nan"))
 def test_rows_edited_by_hand(
-    hostile_app: Flask, status: str, params: str, worker: str, progress: float
+    hostile_app: Flask, status: str, params: str, worker: str, progress: float, internals: Internals
 ) -> None:
     """A row holding anything answers a documented status, and its run fails readably."""
-    session = get_state().db.session
+    session = current_db().session
     job_id = session.execute(
         sa.text(
             "INSERT INTO async_request_jobs (uid, worker, params, status, attempts, progress,"
@@ -282,7 +281,7 @@ def test_rows_edited_by_hand(
     session.commit()
     from flask_async_request.tokens import encode_token
 
-    token = encode_token(job_id, "u" * 32, None, get_state().settings)
+    token = encode_token(job_id, "u" * 32, None, internals.settings(hostile_app))
     try:
         response = hostile_app.test_client().get(
             "/async_request/job", headers={"X-JOB-AUTHORIZATION": token}

@@ -12,22 +12,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus, signals
-from flask_async_request.broker import PROCESS_TASK
-from flask_async_request.exceptions import (
-    AsyncRequestError,
-    JobFinished,
-    JobNotFailed,
-    JobNotFound,
-    JobStateError,
-)
-from flask_async_request.maintenance import retry_job, sweep_jobs
-from flask_async_request.models import utcnow
-from flask_async_request.state import get_state
+from flask_async_request.maintenance import sweep_jobs
+from flask_async_request.store import JobStore
+from flask_async_request.values import utcnow
 from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll, reload_job
+from tests.conftest import add_job, current_db, poll, reload_job
 from tests.test_idempotency_webhooks import Receiver
 
 
@@ -70,7 +63,7 @@ def _lost_job(callback_url: str | None = None) -> int:
     job.attempts = 1
     job.lease_expires_at = utcnow() - timedelta(seconds=5)
     job.callback_url = callback_url
-    get_state().db.session.commit()
+    current_db().session.commit()
     return job.id
 
 
@@ -105,13 +98,13 @@ def test_each_end_is_announced_exactly_once(app: Flask, announced: list[tuple[st
 
 
 def test_sweeper_loses_to_a_worker_that_finished(
-    app: Flask, announced: list[tuple[str, int]]
+    app: Flask, session: scoped_session[Any], announced: list[tuple[str, int]]
 ) -> None:
     """A lost job whose attempt has moved on meanwhile is not failed a second time."""
     job_id = _lost_job()
     job = reload_job(job_id)
     job.status = JobStatus.PROCESSED
-    get_state().db.session.commit()
+    session.commit()
     assert sweep_jobs().failed == 0
     assert announced == []
 
@@ -119,10 +112,12 @@ def test_sweeper_loses_to_a_worker_that_finished(
 # Cancel: one statement whose result is the answer -------------------------------------------
 
 
-def test_cancel_answers_from_its_own_statement(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_answers_from_its_own_statement(
+    job_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A successful cancel is one statement: its answer needs no second read."""
     job_id = add_job().id
-    store = get_state().store()
+    store = job_store
     monkeypatch.setattr(store, "fetch_reply", lambda job_id: pytest.fail("read again"))
     monkeypatch.setattr(store, "update_then_read", lambda *a: pytest.fail("two statements"))
     reply = cancel_job(job_id)
@@ -131,24 +126,12 @@ def test_cancel_answers_from_its_own_statement(app: Flask, monkeypatch: pytest.M
     assert json.loads(reply.response or "") == {"error": "Job cancelled"}
 
 
-def test_cancel_errors_narrow(app: Flask) -> None:
-    """A missing job is JobNotFound (a LookupError); a finished one JobFinished."""
-    with pytest.raises(JobNotFound) as missing:
-        cancel_job(12345)
-    assert isinstance(missing.value, LookupError)
-    assert isinstance(missing.value, AsyncRequestError)
-    assert missing.value.job_id == 12345
-    done = add_job(status=JobStatus.PROCESSED, response="x", finished_at=utcnow())
-    with pytest.raises(JobFinished) as finished:
-        cancel_job(done.id)
-    assert isinstance(finished.value, JobStateError)
-    assert finished.value.status == "processed"
-
-
 # Long polls ---------------------------------------------------------------------------------
 
 
-def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
+def test_long_poll_on_a_job_purged_meanwhile_is_404(
+    app: Flask, session: scoped_session[Any]
+) -> None:
     """A job deleted during a long poll answers 404, as a plain GET would."""
     job = add_job()
     token, job_id = job.token, job.id
@@ -156,8 +139,8 @@ def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
     def purge() -> None:
         time.sleep(0.3)
         with app.app_context():
-            get_state().db.session.execute(sa.delete(Job).where(Job.id == job_id))
-            get_state().db.session.commit()
+            session.execute(sa.delete(Job).where(Job.id == job_id))
+            session.commit()
 
     remover = threading.Thread(target=purge)
     remover.start()
@@ -171,49 +154,19 @@ def test_long_poll_on_a_job_purged_meanwhile_is_404(app: Flask) -> None:
     assert poll(app.test_client(), token).status_code == 404
 
 
-# Retry and purge from the CLI ---------------------------------------------------------------
-
-
-def test_retry_clears_progress_and_content_type(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A retried job starts afresh: no old reply, progress, message or content type."""
-    sent: list[int] = []
-    task = get_state().celery.tasks[PROCESS_TASK]
-    monkeypatch.setattr(task, "apply_async", lambda args, **options: sent.append(args[0]))
-    job = add_job(status=JobStatus.FAILED, status_code=500, response='{"error": "x"}')
-    job.progress, job.progress_message, job.content_type = 0.5, "half way", "text/csv"
-    job.attempts, job.finished_at = 3, utcnow()
-    get_state().db.session.commit()
-    retry_job(job.id)
-    job = reload_job(job.id)
-    assert sent == [job.id]
-    assert job.status is JobStatus.WAITING
-    assert (job.progress, job.progress_message, job.content_type) == (None, None, None)
-    assert (job.status_code, job.response, job.finished_at, job.attempts) == (None, None, None, 0)
-
-
-def test_retry_errors_narrow(app: Flask) -> None:
-    """Retrying a missing job is JobNotFound; one that has not failed is JobNotFailed."""
-    with pytest.raises(JobNotFound):
-        retry_job(999)
-    with pytest.raises(JobNotFailed, match="only failed jobs can be retried"):
-        retry_job(add_job().id)
-
-
 # Transactional workers ----------------------------------------------------------------------
 
 
 @pytest.fixture
 def effects_table(app: Flask) -> Iterator[None]:
-    session = get_state().db.session
+    session = current_db().session
     session.execute(sa.text("CREATE TABLE effects (job_id INTEGER NOT NULL)"))
     session.commit()
     yield
 
 
 def _effects() -> list[int]:
-    session = get_state().db.session
+    session = current_db().session
     rows = session.execute(sa.text("SELECT job_id FROM effects")).scalars().all()
     session.commit()
     return list(rows)
@@ -247,83 +200,3 @@ def test_transactional_worker_that_fails_writes_nothing(app: Flask, effects_tabl
     assert job.response is not None
     assert json.loads(job.response) == {"error": "failed after writing"}
     assert _effects() == []
-
-
-def test_listeners_stay_on_the_apps_own_session(make_app: AppFactory) -> None:
-    """Another session in the process carries none of the library's listeners."""
-    make_app()
-    from sqlalchemy import event
-    from sqlalchemy.orm import Session
-
-    from flask_async_request import web
-
-    assert not event.contains(Session, "after_commit", web._publish_on_commit)
-    other = Session(sa.create_engine("sqlite://"))
-    other.info[web._PENDING_KEY] = [(1, "x")]
-    other.commit()
-    assert web._PENDING_KEY in other.info
-
-
-def test_shared_reads_after_wakes_stay_bounded(app: Flask) -> None:
-    """Shared replies of woken long polls are forgotten after a while; no read stays in flight."""
-    store = get_state().store()
-    job_id = add_job().id
-    for gone in range(10_000, 11_100):
-        store._read_after_wake(gone)
-    assert len(store._ended) > 1024
-    assert store._reading == {}
-    time.sleep(1.1)  # past the time an end is shared
-    assert store._read_after_wake(job_id) is not None
-    assert len(store._ended) <= 2
-
-
-def test_a_shared_end_is_read_without_waiting_for_a_read_in_flight(app: Flask) -> None:
-    """Requests woken after the first read of an end take it with nothing to wait for."""
-    store = get_state().store()
-    job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
-    first = store._read_after_wake(job_id)
-    answers: list[Any] = []
-    # A later end's read in flight, as its first reader leaves it until done.
-    store._reading[job_id] = threading.Event()
-    reader = threading.Thread(target=lambda: answers.append(store._read_after_wake(job_id)))
-    reader.start()
-    reader.join(2)
-    assert answers == [first]
-
-
-def test_requests_woken_together_share_the_first_one_s_read(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While the first woken request reads the row, the others wait for its answer:
-    one read for all of them, and they all go on when it is done."""
-    store = get_state().store()
-    job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
-    reads: list[int] = []
-    reading = threading.Event()
-    release = threading.Event()
-    real = store.fetch_reply
-
-    def slow_read(job: int) -> Any:
-        reads.append(job)
-        reading.set()
-        release.wait(5)
-        return real(job)
-
-    monkeypatch.setattr(store, "fetch_reply", slow_read)
-    answers: list[Any] = []
-
-    def woken() -> None:
-        answers.append(store._read_after_wake(job_id))
-
-    threads = [threading.Thread(target=woken) for _ in range(20)]
-    threads[0].start()
-    assert reading.wait(5)
-    for thread in threads[1:]:
-        thread.start()
-    time.sleep(0.2)
-    assert answers == []  # all waiting on the one read in flight
-    release.set()
-    for thread in threads:
-        thread.join(5)
-    assert reads == [job_id]
-    assert len(answers) == 20 and {a.status for a in answers} == {JobStatus.PROCESSED}

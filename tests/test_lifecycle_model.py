@@ -7,15 +7,19 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.conftest import Internals
 from tests.lifecycle_model import LifecycleMachine, make_app
 
 
 @pytest.fixture(scope="module")
-def sqlite_machine(tmp_path_factory: pytest.TempPathFactory) -> type[LifecycleMachine]:
+def sqlite_machine(
+    tmp_path_factory: pytest.TempPathFactory, internals: Internals
+) -> type[LifecycleMachine]:
     path: Path = tmp_path_factory.mktemp("model") / "jobs.db"
 
     class SQLiteLifecycle(LifecycleMachine):
         app = make_app(f"sqlite:///{path}")
+        job_store_of = internals.job_store
 
     return SQLiteLifecycle
 

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.app.task import Task
 from flask import Flask
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import Job, JobStatus, Worker
-from flask_async_request.broker import PROCESS_TASK, hard_time_limit
+from flask_async_request.broker import hard_time_limit
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import utcnow
-from flask_async_request.state import get_state
+from flask_async_request.values import utcnow
 from tests import workers
 from tests.conftest import AppFactory, json_of, poll
 
@@ -47,12 +48,13 @@ class BadLimit(Worker):
 
 
 @pytest.fixture
-def sent(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def sent(process_task: Task[Any, Any], monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The options of each job message published, instead of running it."""
     messages: list[dict[str, Any]] = []
-    task = get_state().celery.tasks[PROCESS_TASK]
     monkeypatch.setattr(
-        task, "apply_async", lambda args, **options: messages.append({"job": args[0], **options})
+        process_task,
+        "apply_async",
+        lambda args, **options: messages.append({"job": args[0], **options}),
     )
     return messages
 
@@ -95,11 +97,11 @@ def test_global_time_limit_applies_to_workers_without_their_own(make_app: AppFac
         assert job.time_limit == 0.3
 
 
-def test_a_bad_time_limit_is_refused_at_enqueue(app: Flask) -> None:
+def test_a_bad_time_limit_is_refused_at_enqueue(app: Flask, session: scoped_session[Any]) -> None:
     """A limit that is not a positive duration is a ValueError and stores nothing."""
     with pytest.raises(ValueError, match="time_limit is -1"):
         Job.create_and_enqueue(BadLimit)
-    assert get_state().db.session.query(Job).count() == 0
+    assert session.query(Job).count() == 0
 
 
 def test_the_limit_and_queue_travel_with_the_message(app: Flask, sent: list[Any]) -> None:
@@ -121,14 +123,16 @@ def test_default_queue_for_workers_without_one(make_app: AppFactory) -> None:
         job = Job.create_and_enqueue(workers.Echo)
         report = Job.create_and_enqueue(workers.Report)
         assert (job.queue, report.queue) == ("jobs", workers.REPORTS_QUEUE)
-        assert get_state().celery.conf.task_default_queue == "jobs"
+        assert app.extensions["celery"].conf.task_default_queue == "jobs"
 
 
-def test_sweeper_sends_a_stale_job_to_its_own_queue(app: Flask, sent: list[Any]) -> None:
+def test_sweeper_sends_a_stale_job_to_its_own_queue(
+    app: Flask, session: scoped_session[Any], sent: list[Any]
+) -> None:
     """A waiting job whose message was lost goes back to the queue stored with it."""
     job = Job.create_and_enqueue(workers.Thumbnail)
     job.due_at = utcnow() - timedelta(hours=1)
-    get_state().db.session.commit()
+    session.commit()
     sent.clear()
     assert sweep_jobs().republished == 1
     assert sent[0]["queue"] == workers.THUMBS_QUEUE

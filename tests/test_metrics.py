@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_async_request import Job
+from flask_async_request import AsyncRequest, Job
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import JobStatus, utcnow
-from flask_async_request.state import get_state
+from flask_async_request.models import JobStatus
+from flask_async_request.values import utcnow
 from tests import workers
-from tests.conftest import AppFactory, add_job, poll
+from tests.conftest import AppFactory, add_job, current_db, poll
 
 
 def _value(text: str, name: str, **labels: str) -> float:
@@ -29,8 +29,9 @@ def _value(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def measured(make_app: AppFactory) -> Any:
-    app = make_app()
-    app.extensions["async_request"].extension.init_metrics(app)
+    extension = AsyncRequest()
+    app = make_app(extension=extension)
+    extension.init_metrics(app)
     with app.app_context():
         yield app
 
@@ -83,7 +84,7 @@ def test_waiting_jobs_are_read_from_the_table(measured: Flask) -> None:
     job.due_at = utcnow() - timedelta(seconds=120)
     add_job()
     add_job(status=JobStatus.PROCESSED)
-    get_state().db.session.commit()
+    current_db().session.commit()
     text = _scrape(measured)
     assert _value(text, "async_request_jobs_waiting") == 2
     assert 119 <= _value(text, "async_request_oldest_waiting_seconds") < 200
@@ -91,13 +92,14 @@ def test_waiting_jobs_are_read_from_the_table(measured: Flask) -> None:
 
 def test_sweeper_actions_are_counted(make_app: AppFactory) -> None:
     """A lost job failed by the sweeper counts as a sweeper action and an end."""
-    app = make_app()
-    app.extensions["async_request"].extension.init_metrics(app)
+    extension = AsyncRequest()
+    app = make_app(extension=extension)
+    extension.init_metrics(app)
     with app.app_context():
         before = _scrape(app)
         job = add_job(status=JobStatus.PROCESSING)
         job.attempts, job.lease_expires_at = 1, utcnow() - timedelta(seconds=5)
-        get_state().db.session.commit()
+        current_db().session.commit()
         assert sweep_jobs().failed == 1
         after = _scrape(app)
     grown = _value(after, "async_request_sweeper_actions_total", action="failed") - _value(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -191,6 +192,106 @@ def test_init_without_flask_migrate_explains(project: Path, tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
+def _with_index_on_status(text: str) -> str:
+    """A jobs-table revision as ``init`` wrote it while the table had an index on (status, id)."""
+    kept = []
+    for line in text.splitlines():
+        if "unfinished_id" in line or "fillfactor" in line or "dialect.name" in line:
+            continue
+        if "ix_async_request_jobs_finished_at" in line:
+            line = re.sub(r", postgresql_where=.*\)$", ")", line)
+            kept.append(line)
+            line = line.replace("_finished_at", "_status_id").replace(
+                "['finished_at']", "['status', 'id']"
+            )
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def _indexes(url: str) -> dict[str, tuple[Any, ...]]:
+    engine = sa.create_engine(url)
+    try:
+        found = sa.inspect(engine).get_indexes("async_request_jobs")
+        options = None
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                options = conn.exec_driver_sql(
+                    "SELECT reloptions FROM pg_class WHERE relname = 'async_request_jobs'"
+                ).scalar()
+    finally:
+        engine.dispose()
+    indexes: dict[str, tuple[Any, ...]] = {
+        # A partial index's WHERE: text on PostgreSQL, a TextClause on SQLite.
+        str(i["name"]): (
+            tuple(i["column_names"]),
+            sorted((key, str(value)) for key, value in i.get("dialect_options", {}).items()),
+        )
+        for i in found
+    }
+    indexes["(table options)"] = (options,)
+    return indexes
+
+
+def _created_by_the_model(url: str, tmp_path: Path) -> dict[str, tuple[Any, ...]]:
+    """The indexes of a jobs table the model creates, in a new database like ``url``'s."""
+    from flask_async_request.models import Job
+
+    fresh = sa.make_url(url)
+    admin = None
+    if fresh.drivername.startswith("sqlite"):
+        fresh = fresh.set(database=str(tmp_path / "fresh.db"))
+    else:
+        fresh = fresh.set(database=f"{fresh.database}_fresh")
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {fresh.database}")
+    try:
+        engine = sa.create_engine(fresh)
+        cast(sa.Table, Job.__table__).create(engine)
+        engine.dispose()
+        return _indexes(fresh.render_as_string(hide_password=False))
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {fresh.database} WITH (FORCE)")
+            admin.dispose()
+
+
+def test_table_with_index_on_status_gets_a_revision_to_the_models_indexes(
+    project: Path, database_url: str, tmp_path: Path
+) -> None:
+    """A table created with the (status, id) index: init writes the revision to the model's indexes.
+
+    Upgraded, the table has the indexes (and on PostgreSQL the fillfactor) of a
+    table the model creates, db migrate finds no change, and a downgrade brings
+    back the index on status.
+    """
+    flask(project, database_url, "async-request", "init")
+    [(name, text)] = _versions(project).items()
+    (project / "migrations" / "versions" / name).write_text(_with_index_on_status(text))
+    flask(project, database_url, "db", "upgrade")
+    before = _indexes(database_url)
+    assert "ix_async_request_jobs_status_id" in before
+
+    output = flask(project, database_url, "async-request", "init")
+    assert "Wrote the revision of the jobs table's new indexes" in output
+    assert len(_versions(project)) == 2
+    again = flask(project, database_url, "async-request", "init")
+    assert "new indexes" not in again
+    assert len(_versions(project)) == 2
+
+    flask(project, database_url, "db", "upgrade")
+    assert _indexes(database_url) == _created_by_the_model(database_url, tmp_path)
+    assert _indexes(database_url) != before
+    migrate = flask(project, database_url, "db", "migrate", "-m", "check")
+    assert "No changes in schema detected" in migrate
+
+    created = re.search(r"^revision = '(\w+)'", text, re.MULTILINE)
+    assert created is not None
+    flask(project, database_url, "db", "downgrade", created.group(1))
+    assert _indexes(database_url) == before
+
+
 def _run_revision(engine: sa.Engine, code: str) -> None:
     """Run the body of a revision's upgrade() or downgrade(), as Alembic would."""
     from alembic.operations import Operations
@@ -292,11 +393,18 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
     output = flask(project, url, "async-request", "init")
     assert "The jobs table revision exists already" in output
     assert "Wrote the result store revision" in output
-    added = [text for name, text in _versions(project).items() if "before01" not in name]
-    assert len(added) == 1
-    assert "down_revision = 'before01'" in added[0]
-    assert "op.create_table('async_request_results'" in added[0]
-    assert "from sqlalchemy.dialects import mysql" in added[0]
+    # After the revision of the new indexes, which that history lacks too.
+    added = {
+        re.search(r"^revision = '(\w+)'", text, re.M).group(1): text  # type: ignore[union-attr]
+        for name, text in _versions(project).items()
+        if "before01" not in name
+    }
+    assert len(added) == 2
+    [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
+    [indexes] = [revision for revision, text in added.items() if text is not results]
+    assert f"down_revision = '{indexes}'" in results
+    assert "down_revision = 'before01'" in added[indexes]
+    assert "from sqlalchemy.dialects import mysql" in results
     again = flask(project, url, "async-request", "init")
     assert "result store revision" not in again
-    assert len(_versions(project)) == 2
+    assert len(_versions(project)) == 3

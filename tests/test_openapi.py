@@ -13,15 +13,14 @@ import jsonschema
 import pytest
 import schemathesis
 from click.testing import CliRunner
-from flask import Flask, abort
+from flask import Flask
 from schemathesis.cli import schemathesis as schemathesis_cli
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
 from flask_async_request import InvalidToken, Job, accepted, openapi_document
-from flask_async_request.state import get_state
-from flask_async_request.tokens import MAX_TOKEN_LENGTH
+from flask_async_request.tokens import MAX_TOKEN_LENGTH, TokenVerifier
 from tests import workers
-from tests.conftest import AppFactory, add_job, json_of, serving
+from tests.conftest import AppFactory, Internals, add_job, json_of, serving
 
 ACCEPTED = "#/components/responses/AsyncRequestAccepted"
 
@@ -181,66 +180,6 @@ def test_a_document_that_cannot_take_the_endpoint_is_refused(
         openapi_document(document)
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "status"),
-    [
-        ("GET", "/async_request/job/", 404),
-        ("GET", "/async_request/", 404),
-        ("GET", "/async_request", 404),
-        ("GET", "/async_request/nothing/here", 404),
-        ("POST", "/async_request/job", 405),
-        ("PUT", "/async_request/job/abc", 405),
-        ("PATCH", "/async_request/openapi.json", 405),
-        ("GET", "/async_request/static/no-such-file.js", 404),
-    ],
-)
-def test_every_error_under_the_prefix_is_the_envelope(
-    client: Any, method: str, path: str, status: int
-) -> None:
-    """Unknown urls and methods under the prefix answer the JSON envelope, 405 with Allow."""
-    response = client.open(path, method=method)
-    assert response.status_code == status
-    assert response.is_json
-    assert response.json["errors"][0]["message"] in ("Not found", "Method not allowed")
-    if status == 405:
-        assert {"GET", "DELETE"} & set(response.headers["Allow"].split(", "))
-
-
-@pytest.mark.parametrize("status", [406, 413, 415, 431])
-def test_an_http_error_the_app_raises_under_the_prefix_is_the_envelope(
-    make_app: AppFactory, status: int
-) -> None:
-    """An error the app's own hooks raise on the endpoint's urls is answered as JSON too."""
-    app = make_app()
-
-    @app.before_request
-    def refuse() -> None:
-        abort(status)
-
-    client = app.test_client()
-    for path in ("/async_request/job", "/async_request/job/abc", "/async_request/openapi.json"):
-        response = client.get(path)
-        assert response.status_code == status
-        assert response.is_json, response.data[:100]
-        assert json_of(response)["errors"][0]["message"]
-    assert not client.get("/elsewhere").is_json
-
-
-def test_the_apps_own_errors_stay_its_own(make_app: AppFactory) -> None:
-    """Outside the prefix, 404 and 405 are the app's: its handlers, or Flask's HTML."""
-    app = make_app()
-
-    @app.post("/start")
-    def start() -> Any:
-        return accepted(Job.create_and_enqueue(workers.Echo))
-
-    client = app.test_client()
-    assert client.get("/start").status_code == 405
-    assert not client.get("/start").is_json
-    assert not client.get("/async_requestx").is_json
-    assert not client.get("/nothing").is_json
-
-
 # The fuzzer ---------------------------------------------------------------------------
 
 #: Operations that take a job's token; a positive case of one gets a real token.
@@ -304,8 +243,9 @@ class _RealTokens:
     A token a link took from an earlier answer (the stateful phase) is kept.
     """
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, verify_token: TokenVerifier) -> None:
         self.app = app
+        self.verify_token = verify_token
         self.created = itertools.count()
         self.cases = {"new": 0, "linked": 0, "generated": 0}
 
@@ -337,21 +277,21 @@ class _RealTokens:
             return False
         with self.app.app_context():
             try:
-                get_state().verify_token(token)
+                self.verify_token(token)
             except InvalidToken:
                 return False
         return True
 
 
 def test_endpoint_conforms_to_its_document(
-    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internals: Internals
 ) -> None:
     """Every phase and check of schemathesis pass with no warning, an app's 202 linked in."""
     # The fuzzer keeps a cache of what it found in the working directory; each
     # run starts afresh, and leaves nothing in the checkout.
     monkeypatch.chdir(tmp_path)
     app = _fuzzed_app(make_app)
-    tokens = _RealTokens(app)
+    tokens = _RealTokens(app, internals.verify_token(app))
     hook = schemathesis.hook("before_call")(tokens)
     path = tmp_path / "report.json"
     # The server's access log would fill the fuzzer's output.

@@ -9,16 +9,15 @@ import pytest
 from flask import Flask, request, url_for
 
 from flask_async_request import AsyncRequest, Job
-from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import SECRET, AppFactory, json_of
+from tests.conftest import SECRET, AppFactory, current_db, json_of
 
 
 @pytest.fixture
 def owned_app(make_app: AppFactory) -> Flask:
     """An app whose identity is the X-User header, with a view that starts a job."""
-    app = make_app()
-    extension: AsyncRequest = app.extensions["async_request"].extension
+    extension = AsyncRequest()
+    app = make_app(extension=extension)
 
     @extension.identity_loader
     def current_user() -> str | None:
@@ -44,7 +43,7 @@ def test_owner_is_stored_and_signed(owned_app: Flask) -> None:
     token = json_of(owned_app.test_client().post("/start", headers={"X-User": "alice"}))["token"]
     assert jwt.decode(token, SECRET, algorithms=["HS256"])["sub"] == "alice"
     with owned_app.app_context():
-        assert get_state().db.session.query(Job).one().owner == "alice"
+        assert current_db().session.query(Job).one().owner == "alice"
 
 
 def test_owner_reads_the_job(owned_app: Flask) -> None:
@@ -79,7 +78,8 @@ def test_token_for_another_owner_gets_404(owned_app: Flask) -> None:
 
 def test_identity_loader_returns_the_function(make_app: AppFactory) -> None:
     """The decorator leaves the function usable."""
-    extension = make_app().extensions["async_request"].extension
+    extension = AsyncRequest()
+    make_app(extension=extension)
 
     def loader() -> str:
         return "x"

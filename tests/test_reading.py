@@ -10,18 +10,16 @@ import pytest
 from flask import Flask
 
 from flask_async_request import AsyncRequest, JobStatus
-from flask_async_request.models import utcnow
 from flask_async_request.reading import JobFilter, list_jobs
-from flask_async_request.state import get_state
-from tests.conftest import AppFactory, add_job
+from flask_async_request.values import utcnow
+from tests.conftest import AppFactory, add_job, current_db
 
 
 @pytest.fixture
 def mixed(make_app: AppFactory) -> Flask:
     """Jobs in several statuses, one created long ago though its id is newer than others'."""
-    app = make_app()
-    extension = get_state(app).extension
-    assert isinstance(extension, AsyncRequest)
+    extension = AsyncRequest()
+    app = make_app(extension=extension)
     extension.init_dashboard(app, authorize=lambda: True)
     now = utcnow()
     with app.app_context():
@@ -30,7 +28,7 @@ def mixed(make_app: AppFactory) -> Flask:
         add_job(status=JobStatus.WAITING).created_at = now - timedelta(days=2)
         add_job(status=JobStatus.PROCESSED, finished_at=now).created_at = now - timedelta(hours=3)
         add_job(status=JobStatus.PROCESSING)
-        get_state().db.session.commit()
+        current_db().session.commit()
     return app
 
 

@@ -14,6 +14,7 @@ import pytest
 from docutils import nodes
 
 from flask_async_request.config import SETTINGS, default_source
+from tests.conftest import Internals
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.rst"
@@ -32,7 +33,9 @@ def test_quickstart_is_short() -> None:
     assert len(lines) < 20
 
 
-def test_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quickstart_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internals: Internals
+) -> None:
     """Saved as quickstart.py, it answers 202 and then the sum."""
     (tmp_path / "quickstart.py").write_text(quickstart_code())
     monkeypatch.chdir(tmp_path)
@@ -49,7 +52,7 @@ def test_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             time.sleep(0.05)
         assert json.loads(response.json["response"]["body"]) == {"sum": 332833500}
     finally:
-        module.app.extensions["async_request"].embedded.stop()
+        internals.embedded_worker(module.app).stop()
         sys.modules.pop("quickstart", None)
 
 

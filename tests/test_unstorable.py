@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import given, settings
+from sqlalchemy.orm import scoped_session
 
 from flask_async_request import (
     AsyncRequest,
@@ -28,14 +29,12 @@ from flask_async_request import (
     asynchronous,
     lifecycle,
     runner,
-    signals,
     web,
 )
 from flask_async_request.outcomes import Outcome
-from flask_async_request.state import get_state
 from flask_async_request.store import JobStore
 from tests import hostile_values, workers
-from tests.conftest import SECRET, AppFactory, add_job, json_of, poll, reload_job
+from tests.conftest import SECRET, AppFactory, add_job, current_db, json_of, poll, reload_job
 from tests.hostile_values import DRIVER_TEXT
 
 
@@ -48,7 +47,7 @@ def _error(job: Job) -> str:
 
 
 def _rows() -> int:
-    session = get_state().db.session
+    session = current_db().session
     count = session.execute(sa.select(sa.func.count()).select_from(Job)).scalar_one()
     session.commit()
     return int(count)
@@ -296,10 +295,10 @@ def test_a_failure_that_cannot_be_stored_either_is_logged_with_the_job_id(
 
 
 def test_a_refused_reply_of_a_cancelled_attempt_changes_nothing(
-    app: Flask, refuse_finish: Callable[..., list[Outcome]]
+    job_store: JobStore, refuse_finish: Callable[..., list[Outcome]]
 ) -> None:
     """The failure stored for a refused reply is fenced: a job cancelled meanwhile stays so."""
-    store = get_state().store()
+    store = job_store
 
     def cancel_then_refuse(outcome: Outcome) -> bool:
         if outcome.status is JobStatus.PROCESSED:
@@ -322,42 +321,6 @@ def test_a_transactional_write_the_database_refuses_fails_the_job(app: Flask) ->
         " them (IntegrityError; details are in the worker's log)."
     )
     assert _rows() == 1
-
-
-def test_a_raising_job_started_receiver_fails_the_job(app: Flask) -> None:
-    """A receiver of job_started that raises fails the job instead of leaving it processing."""
-
-    def broken(sender: Flask, **extra: Any) -> None:
-        raise RuntimeError("receiver broke")
-
-    signals.job_started.connect(broken)
-    try:
-        job = Job.create_and_enqueue(workers.Echo)
-    finally:
-        signals.job_started.disconnect(broken)
-    assert _error(job) == (
-        "The job could not be run: the library raised RuntimeError"
-        " (details are in the worker's log)."
-    )
-
-
-def test_a_raising_end_receiver_leaves_the_end_stored_and_the_callback_queued(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A receiver of job_finished that raises is logged; the callback is queued all the same."""
-    queued: list[int] = []
-    monkeypatch.setattr(lifecycle, "queue_callback", queued.append)
-
-    def broken(sender: Flask, **extra: Any) -> None:
-        raise RuntimeError("receiver broke")
-
-    signals.job_finished.connect(broken)
-    try:
-        job = Job.create_and_enqueue(workers.Echo, callback_url="http://127.0.0.1:9/hook")
-    finally:
-        signals.job_finished.disconnect(broken)
-    assert reload_job(job.id).status is JobStatus.PROCESSED
-    assert queued == [job.id]
 
 
 # Creation -------------------------------------------------------------------------------------
@@ -396,10 +359,10 @@ def test_a_view_passing_a_clients_lone_surrogate_answers_400(app: Flask) -> None
     ("identity", "reason"),
     [("alice\x00admin", "contains a NUL character"), ("a" * 256, "its column holds 255")],
 )
-def test_an_owner_the_table_cannot_hold_is_refused(app: Flask, identity: str, reason: str) -> None:
+def test_an_owner_the_table_cannot_hold_is_refused(
+    extension: AsyncRequest, app: Flask, identity: str, reason: str
+) -> None:
     """An identity with a NUL character, or longer than 255 characters, makes no job."""
-    extension = get_state().extension
-    assert isinstance(extension, AsyncRequest)
     extension.identity_loader(lambda: identity)
     with pytest.raises(UnstorableValue, match=reason) as refused:
         Job.create_and_enqueue(workers.Echo)
@@ -430,20 +393,18 @@ def test_a_queue_name_longer_than_its_column_is_refused(app: Flask) -> None:
     assert _rows() == 0
 
 
-def test_a_callback_status_quoting_unstorable_text_is_stored_replaced(app: Flask) -> None:
+def test_a_callback_status_quoting_unstorable_text_is_stored_replaced(job_store: JobStore) -> None:
     """A delivery status quoting a NUL character or a lone surrogate is stored, replaced."""
     job = add_job()
-    lifecycle.record_callback(get_state().store(), job.id, "refused: a\x00b \ud800")
+    lifecycle.record_callback(job_store, job.id, "refused: a\x00b \ud800")
     assert reload_job(job.id).callback_status == "refused: a\ufffdb ?"
 
 
 def test_a_value_the_database_refuses_at_creation_is_an_unstorable_value(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
+    extension: AsyncRequest, session: scoped_session[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A value past the checks that the database refuses is an UnstorableValue, without SQL."""
     monkeypatch.setattr(web, "unstorable", lambda text, limit=None: None)
-    extension = get_state().extension
-    assert isinstance(extension, AsyncRequest)
     extension.identity_loader(lambda: "half \ud800 a pair")
     with pytest.raises(UnstorableValue) as refused:
         Job.create_and_enqueue(workers.Echo)
@@ -451,7 +412,7 @@ def test_a_value_the_database_refuses_at_creation_is_an_unstorable_value(
         "The job could not be stored: the database refused one of its values"
         " (UnicodeEncodeError; details are in the server's log)."
     )
-    get_state().db.session.rollback()
+    session.rollback()
     assert _rows() == 0
 
 
@@ -474,9 +435,8 @@ def test_a_dashboard_worker_filter_with_a_nul_character_is_a_400_page(
     make_app: AppFactory,
 ) -> None:
     """The dashboard's worker filter with a NUL character answers 400, not a database error."""
-    app = make_app()
-    extension = get_state(app).extension
-    assert isinstance(extension, AsyncRequest)
+    extension = AsyncRequest()
+    app = make_app(extension=extension)
     extension.init_dashboard(app, authorize=lambda: True)
     answer = app.test_client().get("/async-request/dashboard/?worker=a%00b")
     assert answer.status_code == 400
@@ -511,10 +471,10 @@ def sqlite_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     )
     db = SQLAlchemy()
     db.init_app(app)
-    AsyncRequest(app)
+    extension = AsyncRequest(app)
     with app.app_context():
         db.create_all()
-    yield hostile_values.hostile_app(app)
+    yield hostile_values.hostile_app(app, extension)
     with app.app_context():
         db.engine.dispose()
 

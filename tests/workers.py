@@ -11,12 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
+from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import TimeLimitExceeded, Worker
-from flask_async_request.state import get_state
 
 #: Files that record each run, for tests that count executions across processes.
 EFFECTS_DIR_ENV = "FAR_TEST_EFFECTS_DIR"
+
+
+def _db() -> SQLAlchemy:
+    """The Flask-SQLAlchemy extension of the app the job runs in."""
+    db: SQLAlchemy = current_app.extensions["sqlalchemy"]
+    return db
 
 
 class Echo(Worker):
@@ -98,9 +105,8 @@ class ReportOwnStatus(Worker):
 
     def execute(self) -> tuple[int, str]:
         from flask_async_request import Job
-        from flask_async_request.state import get_state
 
-        job = get_state().db.session.get(Job, self.job_id)
+        job = _db().session.get(Job, self.job_id)
         assert job is not None
         return 200, job.status.value
 
@@ -122,9 +128,7 @@ class Hijacked(Worker):
     def execute(self) -> tuple[int, str]:
         import sqlalchemy as sa
 
-        from flask_async_request.state import get_state
-
-        with get_state().db.engine.begin() as conn:
+        with _db().engine.begin() as conn:
             conn.execute(
                 sa.text("UPDATE async_request_jobs SET attempts = attempts + 1 WHERE id = :id"),
                 {"id": self.job_id},
@@ -138,9 +142,7 @@ class LeaseProbe(Worker):
     def execute(self, seconds: float) -> tuple[int, str]:
         import sqlalchemy as sa
 
-        from flask_async_request.state import get_state
-
-        engine = get_state().db.engine
+        engine = _db().engine
 
         def lease() -> str:
             with engine.connect() as conn:
@@ -162,10 +164,8 @@ class ProgressProbe(Worker):
     def execute(self) -> tuple[int, str]:
         import sqlalchemy as sa
 
-        from flask_async_request.state import get_state
-
         self.progress(3, 4, "three quarters")
-        with get_state().db.engine.connect() as conn:
+        with _db().engine.connect() as conn:
             row = conn.execute(
                 sa.text("SELECT progress, progress_message FROM async_request_jobs WHERE id = :id"),
                 {"id": self.job_id},
@@ -236,14 +236,13 @@ class WriteEffect(Worker):
     transactional = True
 
     def execute(self, take_over: bool = False, fail: bool = False, sleep: float = 0.0) -> Any:
-        state = get_state()
         if take_over:
-            with state.store().engine.begin() as conn:
+            with _db().engine.begin() as conn:
                 conn.execute(
                     sa.text("UPDATE async_request_jobs SET attempts = attempts + 1 WHERE id = :id"),
                     {"id": self.job_id},
                 )
-        state.db.session.execute(
+        _db().session.execute(
             sa.text("INSERT INTO effects (job_id) VALUES (:id)"), {"id": self.job_id}
         )
         effects = os.environ.get(EFFECTS_DIR_ENV)
@@ -355,9 +354,7 @@ class RaisesDatabaseError(Worker):
     retry_on = ()
 
     def execute(self) -> tuple[int, str]:
-        get_state().db.session.execute(
-            sa.text("SELECT * FROM no_such_table WHERE id = :id"), {"id": 7}
-        )
+        _db().session.execute(sa.text("SELECT * FROM no_such_table WHERE id = :id"), {"id": 7})
         return 200, "unreachable"
 
 
@@ -370,7 +367,7 @@ class RefusedWrite(Worker):
     def execute(self) -> tuple[int, str]:
         from flask_async_request import Job
 
-        session = get_state().db.session
+        session = _db().session
         own = session.get(Job, self.job_id)
         assert own is not None
         session.add(Job(uid=own.uid, worker=own.worker, params={"args": [], "kwargs": {}}))

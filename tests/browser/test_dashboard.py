@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_async_request import JobStatus
-from flask_async_request.models import utcnow
+from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, serving
 from tests.test_dashboard import PREFIX, add, open_dashboard, stored
 
@@ -21,9 +21,7 @@ SCRIPT = "<script>window.injected = true</script>"
 @pytest.fixture
 def dashboard_app(make_app: AppFactory) -> Flask:
     """An app (eager Celery) with the dashboard open, and jobs in each interesting state."""
-    app = make_app()
-    open_dashboard(app)
-    return app
+    return open_dashboard(make_app)
 
 
 @pytest.fixture

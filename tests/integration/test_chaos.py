@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from flask_async_request import EnqueueError, Job, JobStatus
-from flask_async_request.state import get_state
 from tests import workers
+from tests.conftest import current_db
 from tests.integration.conftest import ROOT, _environment, _load_project, effects
 
 pytestmark = pytest.mark.integration
@@ -121,7 +121,7 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 def _counts(app: object) -> Counter[JobStatus]:
     with app.app_context():  # type: ignore[attr-defined]
-        session = get_state().db.session
+        session = current_db().session
         rows = session.query(Job.status).all()
         session.commit()
     return Counter(status for (status,) in rows)
@@ -191,7 +191,7 @@ def test_jobs_survive_a_killed_worker_and_a_redis_restart(
     assert worker.exits <= 1, worker.report()
     assert beat.exits <= 1, beat.report()
     with project.app.app_context():
-        jobs = get_state().db.session.query(Job).all()
+        jobs = current_db().session.query(Job).all()
         assert len(jobs) == JOBS
         assert {job.status for job in jobs} <= {JobStatus.PROCESSED, JobStatus.FAILED}
         runs = Counter(int(name.split("-")[0]) for name in effects(tmp_path))

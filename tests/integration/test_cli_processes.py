@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.models import utcnow
-from flask_async_request.state import get_state
-from tests.conftest import add_job
+from flask_async_request.values import utcnow
+from tests.conftest import add_job, current_db
 from tests.integration.conftest import ROOT, _environment, _load_project
 
 pytestmark = pytest.mark.integration
@@ -65,7 +64,7 @@ def test_beat_and_worker_purge_old_finished_jobs(
         waiting = add_job(status=JobStatus.WAITING, response="waiting")
         waiting.created_at = old
         add_job(status=JobStatus.PROCESSING, response="processing")
-        get_state().db.session.commit()
+        current_db().session.commit()
 
     worker = _spawn(env, tmp_path / "worker.log", "worker", "--concurrency", "1", "-l", "INFO")
     beat = _spawn(
@@ -76,7 +75,7 @@ def test_beat_and_worker_purge_old_finished_jobs(
         remaining: list[str] = []
         while time.monotonic() < deadline:
             with project.app.app_context():
-                remaining = sorted(j.response or "" for j in get_state().db.session.query(Job))
+                remaining = sorted(j.response or "" for j in current_db().session.query(Job))
             if "old" not in remaining:
                 break
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()

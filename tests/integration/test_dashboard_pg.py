@@ -11,8 +11,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_async_request.state import get_state
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, Internals, current_db
 from tests.test_dashboard import PREFIX, open_dashboard, statements
 
 pytestmark = pytest.mark.integration
@@ -74,9 +73,8 @@ def big_app_database() -> Iterator[str]:
 
 
 @pytest.fixture
-def big_app(make_app: AppFactory, big_app_database: str) -> Iterator[Flask]:
-    app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=big_app_database)
-    open_dashboard(app)
+def big_app(make_app: AppFactory, big_app_database: str, internals: Internals) -> Iterator[Flask]:
+    app = open_dashboard(make_app, create_tables=False, SQLALCHEMY_DATABASE_URI=big_app_database)
     with app.app_context():
         db = app.extensions["sqlalchemy"]
         if not sa.inspect(db.engine).has_table("async_request_jobs"):
@@ -87,7 +85,7 @@ def big_app(make_app: AppFactory, big_app_database: str) -> Iterator[Flask]:
                 conn.exec_driver_sql("VACUUM ANALYZE async_request_jobs")
     yield app
     with app.app_context():
-        get_state().store().dispose()
+        internals.job_store(app).dispose()
 
 
 @pytest.mark.parametrize("query", QUERIES)
@@ -102,7 +100,7 @@ def test_every_read_is_an_index_scan_at_a_million_rows(big_app: Flask, query: st
     selects = [(s, p) for s, p in seen if s.lstrip().upper().startswith("SELECT")]
     assert selects
     with big_app.app_context():
-        connection = get_state().db.engine.raw_connection()
+        connection = current_db().engine.raw_connection()
         try:
             cursor = connection.cursor()
             for statement, parameters in selects:

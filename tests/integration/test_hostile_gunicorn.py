@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from flask_async_request import Job
-from flask_async_request.state import get_state
 from flask_async_request.tokens import encode_token
+from tests.conftest import Internals, current_db
 from tests.integration.conftest import ROOT, _environment, _load_project, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,9 @@ def _request(port: int, method: str, path: str, body: bytes = b"", /, **headers:
         connection.close()
 
 
-def test_hostile_requests_get_4xx_from_gunicorn(served: tuple[Any, int]) -> None:
+def test_hostile_requests_get_4xx_from_gunicorn(
+    served: tuple[Any, int], internals: Internals
+) -> None:
     """Bad keys, bodies, tokens, preferences and rows answer 4xx through a real server."""
     app, port = served
     json_body = json.dumps({"scale": 2}).encode()
@@ -91,7 +93,7 @@ def test_hostile_requests_get_4xx_from_gunicorn(served: tuple[Any, int]) -> None
             assert status == 400
 
     with app.app_context():
-        session = get_state().db.session
+        session = current_db().session
         job_id = session.execute(sa.select(Job.id)).scalar_one()
         session.execute(
             sa.text("UPDATE async_request_jobs SET status = 'bogus' WHERE id = :id"), {"id": job_id}
@@ -99,7 +101,7 @@ def test_hostile_requests_get_4xx_from_gunicorn(served: tuple[Any, int]) -> None
         session.commit()
         uid = session.execute(sa.select(Job.uid)).scalar_one()
         session.commit()
-        forged = encode_token(job_id, uid, None, get_state().settings)
+        forged = encode_token(job_id, uid, None, internals.settings(app))
     for method in ("GET", "DELETE"):
         status, body, _ = _request(
             port, method, "/async_request/job", **{"X-JOB-AUTHORIZATION": forged}

@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from flask_async_request.state import get_state
+from tests.conftest import Internals
 from tests.lifecycle_model import LifecycleMachine, make_app
 
 pytestmark = pytest.mark.integration
@@ -17,11 +17,12 @@ DATABASE_URL = os.environ.get(
 )
 
 
-def test_lifecycle_matches_its_model_on_postgresql() -> None:
+def test_lifecycle_matches_its_model_on_postgresql(internals: Internals) -> None:
     """Random interleavings keep the table equal to the model; every end NOTIFYs once."""
 
     class PostgresLifecycle(LifecycleMachine):
         app = make_app(DATABASE_URL)
+        job_store_of = internals.job_store
 
     machine = settings(
         max_examples=60,
@@ -33,5 +34,5 @@ def test_lifecycle_matches_its_model_on_postgresql() -> None:
         machine.TestCase().runTest()
     finally:
         with PostgresLifecycle.app.app_context():
-            get_state().store().dispose()
+            internals.job_store(PostgresLifecycle.app).dispose()
             PostgresLifecycle.app.extensions["sqlalchemy"].engine.dispose()

@@ -20,12 +20,11 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.maintenance import sweep_jobs
-from flask_async_request.models import utcnow
 from flask_async_request.outcomes import Outcome
-from flask_async_request.state import get_state
 from flask_async_request.statements import hot
+from flask_async_request.values import utcnow
 from tests import workers
-from tests.conftest import PG_DATABASE_URL, add_job, json_of, poll
+from tests.conftest import PG_DATABASE_URL, Internals, add_job, current_db, json_of, poll
 from tests.integration.conftest import Stack, _environment, _start_worker
 from tests.test_idempotency_webhooks import Receiver
 
@@ -61,7 +60,7 @@ def test_long_poll_wakes_when_the_sweeper_fails_a_job(pg_app: Flask) -> None:
     """A long poll on a lost job answers as soon as the sweeper fails it, not at its deadline."""
     job = add_job(status=JobStatus.PROCESSING)
     job.attempts, job.lease_expires_at = 1, utcnow() - timedelta(seconds=5)
-    get_state().db.session.commit()
+    current_db().session.commit()
     token = job.token
     answers: list[tuple[int, float]] = []
 
@@ -89,9 +88,9 @@ def test_delete_after_a_database_restart_cancels_and_calls_back(
     """A DELETE made just after a restart cancels once, answers the cancelled reply, calls back."""
     job = add_job()
     job.callback_url = receiver.url
-    get_state().db.session.commit()
+    current_db().session.commit()
     token = job.token
-    get_state().db.session.commit()  # the session holds no connection through the restart
+    current_db().session.commit()  # the session holds no connection through the restart
     client = pg_app.test_client()
     headers = {"X-JOB-AUTHORIZATION": token}
     assert client.get("/async_request/job", headers=headers).status_code == 202
@@ -110,7 +109,7 @@ def test_delete_after_a_database_restart_cancels_and_calls_back(
 
 def test_core_statement_before_enqueue_is_committed(pg_app: Flask) -> None:
     """The caller's own Core statement in the session is committed with the job, never dropped."""
-    session = get_state().db.session
+    session = current_db().session
     session.execute(sa.text("DROP TABLE IF EXISTS accounts"))
     session.execute(sa.text("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER)"))
     session.execute(sa.text("INSERT INTO accounts VALUES (1, 100)"))
@@ -119,7 +118,7 @@ def test_core_statement_before_enqueue_is_committed(pg_app: Flask) -> None:
     job = Job.create_and_enqueue(workers.Echo, "debited")
     assert job.status is JobStatus.PROCESSED
     session.remove()
-    with get_state().db.engine.connect() as conn:
+    with current_db().engine.connect() as conn:
         balance = conn.execute(sa.text("SELECT balance FROM accounts WHERE id = 1")).scalar_one()
     assert balance == 70
 
@@ -128,7 +127,7 @@ def test_clean_session_still_takes_the_one_statement_insert(
     pg_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With nothing of the caller's in the session each job is one autocommit INSERT."""
-    session = get_state().db.session
+    session = current_db().session
     session.commit()
     monkeypatch.setattr(session(), "commit", lambda: pytest.fail("committed the session"))
     first = Job.create_and_enqueue(workers.Echo, "quick")
@@ -142,7 +141,7 @@ def test_clean_session_still_takes_the_one_statement_insert(
 
 
 def _effects(app: Flask) -> list[int]:
-    with app.app_context(), get_state().db.engine.connect() as conn:
+    with app.app_context(), current_db().engine.connect() as conn:
         return list(conn.execute(sa.text("SELECT job_id FROM effects")).scalars())
 
 
@@ -161,7 +160,7 @@ def test_transactional_worker_killed_mid_job_applies_its_writes_once(
     monkeypatch.setenv("FAR_TEST_RETRY", "1")
     app, worker = stack()
     with app.app_context():
-        session = get_state().db.session
+        session = current_db().session
         session.execute(sa.text("DROP TABLE IF EXISTS effects"))
         session.execute(sa.text("CREATE TABLE effects (job_id INTEGER NOT NULL)"))
         session.commit()
@@ -190,7 +189,7 @@ def test_transactional_worker_killed_mid_job_applies_its_writes_once(
 
 
 def _status(job_id: int) -> JobStatus:
-    session = get_state().db.session
+    session = current_db().session
     status = session.execute(sa.select(Job.status).where(Job.id == job_id)).scalar_one()
     session.commit()
     return JobStatus(status)
@@ -203,7 +202,7 @@ def _children(pid: int) -> list[int]:
 
 def test_poll_after_transactional_job(pg_app: Flask) -> None:
     """A transactional job's reply is read by the status endpoint like any other."""
-    session = get_state().db.session
+    session = current_db().session
     session.execute(sa.text("DROP TABLE IF EXISTS effects"))
     session.execute(sa.text("CREATE TABLE effects (job_id INTEGER NOT NULL)"))
     session.commit()
@@ -221,11 +220,13 @@ def _wal_syncs(store: Any) -> int:
         return int(conn.execute(sa.text("SELECT wal_sync FROM pg_stat_wal")).scalar_one())
 
 
-def test_claims_renewals_and_progress_do_not_wait_for_the_wal_flush(pg_app: Flask) -> None:
+def test_claims_renewals_and_progress_do_not_wait_for_the_wal_flush(
+    pg_app: Flask, internals: Internals
+) -> None:
     """Only the stored reply waits for a flush: 60 claims, renewals and reports do not."""
     from flask_async_request import lifecycle
 
-    store = get_state().store()
+    store = internals.job_store(pg_app)
     jobs = [add_job(status=JobStatus.WAITING).id for _ in range(20)]
     before = _wal_syncs(store)
     for job_id in jobs:
@@ -256,12 +257,12 @@ def _updated_at(job_id: int) -> Any:
     return row[0]
 
 
-def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask) -> None:
+def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask, internals: Internals) -> None:
     """Claim, renew, progress, check, reschedule, finish and cancel skip SQLAlchemy's
     execution layer, and come back typed as through it."""
     from flask_async_request import lifecycle, retention
 
-    store = get_state().store()
+    store = internals.job_store(pg_app)
     executed: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute", lambda *a: executed.append(a[2]))
     job_id = add_job(status=JobStatus.WAITING).id
@@ -320,9 +321,10 @@ _ODD_NAMES = hot(
 
 def test_a_hot_statement_s_parameters_are_processed_by_their_escaped_names(
     pg_app: Flask,
+    internals: Internals,
 ) -> None:
     """ "new params" is "new_params" in the SQL: its JSON type still serializes the dict."""
-    store = get_state().store()
+    store = internals.job_store(pg_app)
     executed: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute", lambda *a: executed.append(a[2]))
     job_id = add_job(status=JobStatus.WAITING).id
@@ -337,10 +339,12 @@ def _terminate(pids: list[int]) -> None:
             c.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
 
 
-def test_a_lost_connection_takes_the_stale_idle_ones_with_it(pg_app: Flask) -> None:
+def test_a_lost_connection_takes_the_stale_idle_ones_with_it(
+    pg_app: Flask, internals: Internals
+) -> None:
     """After the database dropped every connection, one statement fails (as SQLAlchemy's
     would) and the next gets a new connection, not another stale one."""
-    store = get_state().store()
+    store = internals.job_store(pg_app)
     job_id = add_job().id
     store.engine.pool.dispose()
     held = [store.engine.raw_connection() for _ in range(2)]
@@ -357,11 +361,11 @@ def test_a_lost_connection_takes_the_stale_idle_ones_with_it(pg_app: Flask) -> N
     assert store.fetch_reply(job_id) is not None
 
 
-def test_a_statement_that_fails_keeps_its_connection(pg_app: Flask) -> None:
+def test_a_statement_that_fails_keeps_its_connection(pg_app: Flask, internals: Internals) -> None:
     """A constraint error is the statement's, not the connection's: it stays in the pool."""
     from flask_async_request import lifecycle
 
-    store = get_state().store()
+    store = internals.job_store(pg_app)
     taken = add_job().uid
     store.engine.pool.dispose()
 

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ from flask import Flask
 from flask_async_request import lifecycle
 from flask_async_request.models import JobStatus
 from flask_async_request.outcomes import Outcome
-from flask_async_request.state import get_state
-from tests.conftest import AppFactory, add_job, serving
+from flask_async_request.store import JobStore
+from tests.conftest import AppFactory, Internals, add_job, current_db, serving
 from tests.integration.conftest import (
     ROOT,
     _environment,
@@ -84,12 +84,14 @@ def _backends(application: str = APPLICATION) -> int:
     return int(row[0])
 
 
-def _run_waiters(app: Flask, url: str, count_backends: bool = False) -> dict[str, Any]:
+def _run_waiters(
+    app: Flask, store_of: Callable[[Flask], JobStore], url: str, count_backends: bool = False
+) -> dict[str, Any]:
     """200 long polls and a stream of plain polls on one pending job, then the job ends."""
     with app.app_context():
         job = add_job()
         token, job_id = job.token, job.id
-        get_state().db.session.commit()
+        current_db().session.commit()
     waited: list[tuple[int, float]] = []
     plain: list[tuple[int, float]] = []
 
@@ -101,7 +103,7 @@ def _run_waiters(app: Flask, url: str, count_backends: bool = False) -> dict[str
     for thread in threads:
         thread.start()
     with app.app_context():
-        store = get_state().store()
+        store = store_of(app)
         deadline = time.monotonic() + 20
         while store.waiters().count < WAITERS:
             assert time.monotonic() < deadline, f"only {store.waiters().count} waiting"
@@ -110,7 +112,7 @@ def _run_waiters(app: Flask, url: str, count_backends: bool = False) -> dict[str
         plain.append(_get(url, token))
     connections = _backends() if count_backends else None
     with app.app_context():
-        store = get_state().store()
+        store = store_of(app)
         claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
         assert claim is not None
         ended_at = time.monotonic()
@@ -122,11 +124,13 @@ def _run_waiters(app: Flask, url: str, count_backends: bool = False) -> dict[str
     return {"waited": waited, "plain": plain, "ended_at": ended_at, "connections": connections}
 
 
-def test_waiters_on_postgresql_hold_no_connection(make_app: AppFactory) -> None:
+def test_waiters_on_postgresql_hold_no_connection(
+    make_app: AppFactory, internals: Internals
+) -> None:
     """200 waiters on a pool of 2: plain polls answer, every waiter gets 200 when the job ends."""
     app = _small_pool_app(make_app, DATABASE_URL, connect_args={"application_name": APPLICATION})
     for url in _served(app):
-        result = _run_waiters(app, url, count_backends=True)
+        result = _run_waiters(app, internals.job_store, url, count_backends=True)
     assert Counter(status for status, _ in result["plain"]) == {202: 40}
     assert max(seconds for _, seconds in result["plain"]) < 2.5  # under the pool timeout
     assert Counter(status for status, _ in result["waited"]) == {200: WAITERS}
@@ -135,17 +139,19 @@ def test_waiters_on_postgresql_hold_no_connection(make_app: AppFactory) -> None:
     assert result["connections"] <= 6
 
 
-def test_waiters_without_listen_share_one_check(make_app: AppFactory) -> None:
+def test_waiters_without_listen_share_one_check(make_app: AppFactory, internals: Internals) -> None:
     """On MariaDB (no LISTEN) the waiters share one query per interval and all get 200."""
     app = _small_pool_app(make_app, MARIADB_URL)
     for url in _served(app):
-        result = _run_waiters(app, url)
+        result = _run_waiters(app, internals.job_store, url)
     assert Counter(status for status, _ in result["plain"]) == {202: 40}
     assert Counter(status for status, _ in result["waited"]) == {200: WAITERS}
     assert max(at for _, at in result["waited"]) - result["ended_at"] < 5
 
 
-def test_waiters_under_gevent_gunicorn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waiters_under_gevent_gunicorn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internals: Internals
+) -> None:
     """Under ``gunicorn -k gevent``, 300 waiters in one process hold no connection each.
 
     The listener, the waiters' events and the pooled reads all run on greenlets
@@ -192,7 +198,7 @@ def test_waiters_under_gevent_gunicorn(tmp_path: Path, monkeypatch: pytest.Monke
         plain = [_get(url, token)[0] for _ in range(20)]
         connections = _backends(GEVENT_APPLICATION)
         with project.app.app_context():
-            store = get_state().store()
+            store = internals.job_store(project.app)
             claim = lifecycle.claim(store, job_id, timedelta(minutes=1))
             assert claim is not None
             lifecycle.finish(store, job_id, claim.attempt, Outcome(JobStatus.PROCESSED, 200, "x"))

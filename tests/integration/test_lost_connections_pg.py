@@ -19,9 +19,8 @@ from flask import Flask
 from flask_async_request import DatabaseUnavailable, Job, JobStatus
 from flask_async_request.broker import Message, publish
 from flask_async_request.runner import run_job
-from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import PG_DATABASE_URL, add_job, reload_job
+from tests.conftest import PG_DATABASE_URL, add_job, current_db, reload_job
 from tests.integration.conftest import (
     _environment,
     _load_project,
@@ -110,7 +109,7 @@ def test_jobs_end_at_once_when_backends_are_terminated_under_load(
         with app.app_context():
             # This process's own pooled connections were cut too.
             project.db.engine.dispose()
-            session = get_state().db.session
+            session = current_db().session
             deadline = chaos_ended + 20
             while True:
                 counts = Counter(status for (status,) in session.query(Job.status))
@@ -237,7 +236,7 @@ def test_jobs_run_as_soon_as_a_stopped_database_is_back(
             messages = [Message(job.id, job.uid) for job in queued]
             # One runs when the database stops: its reply is stored once it is back.
             running = Job.create_and_enqueue(workers.Sleep, 1.0, tag="running")
-            session = get_state().db.session
+            session = current_db().session
             deadline = time.monotonic() + 30
             while reload_job(running.id).status is not JobStatus.PROCESSING:
                 session.rollback()

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import AppFactory, poll
+from tests.conftest import AppFactory, Internals, current_db, poll
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +28,10 @@ def maria_app(make_app: AppFactory) -> Any:
     return app
 
 
-def test_jobs_run_and_answer_on_mariadb(maria_app: Any) -> None:
+def test_jobs_run_and_answer_on_mariadb(maria_app: Any, internals: Internals) -> None:
     """Create, claim (without RETURNING), run, store and poll."""
     with maria_app.app_context():
-        store = get_state().store()
+        store = internals.job_store(maria_app)
         assert not store.returning
         job = Job.create_and_enqueue(workers.Echo, {"nested": [1, 2]}, key="v")
         token = job.token
@@ -46,8 +45,8 @@ def test_cancel_and_long_poll_on_mariadb(maria_app: Any) -> None:
     """Cancellation works, and a long poll falls back to a bounded backoff."""
     with maria_app.app_context():
         job = Job(worker="tests.workers:Echo", params={"args": [], "kwargs": {}})
-        get_state().db.session.add(job)
-        get_state().db.session.commit()
+        current_db().session.add(job)
+        current_db().session.commit()
         token = job.token
     client = maria_app.test_client()
     started = time.monotonic()

@@ -11,7 +11,7 @@ from flask import Flask, request
 
 from flask_async_request import Job, accepted
 from tests import workers
-from tests.conftest import json_of, poll
+from tests.conftest import Internals, json_of, poll
 from tests.integration.conftest import Stack, effects
 
 pytestmark = pytest.mark.integration
@@ -113,9 +113,8 @@ def test_long_poll_returns_when_the_worker_finishes(stack: Stack) -> None:
     assert 0.5 < elapsed < 5
 
 
-def test_long_poll_listens_instead_of_polling(stack: Stack) -> None:
+def test_long_poll_listens_instead_of_polling(stack: Stack, internals: Internals) -> None:
     """While a long poll waits on PostgreSQL it sends no queries (LISTEN/NOTIFY)."""
-    from flask_async_request.state import get_state
     from flask_async_request.store import JobStore
 
     app, _ = stack()
@@ -138,7 +137,7 @@ def test_long_poll_listens_instead_of_polling(stack: Stack) -> None:
         JobStore.fetch_reply = original  # type: ignore[method-assign]
     assert response.status_code == 200
     with app.app_context():
-        assert get_state().store().listen
+        assert internals.job_store(app).listen
     # The first read, the re-check after LISTEN and the final read: no polling.
     assert len(fetches) <= 3, fetches
 

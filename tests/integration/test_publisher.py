@@ -501,3 +501,32 @@ def test_apply_async_on_the_extension_s_celery_app_gives_up_after_the_connection
     _pauses(monkeypatch, kombu.utils.functional)
     with pytest.raises(kombu.exceptions.OperationalError, match="Timeout connecting"):
         app.extensions["celery"].send_task("anything", queue="anywhere")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_priority": 10}, {"message_ttl": 60}, {"queue_arguments": {"x-max-length": 5}}],
+    ids=["priorities", "ttl", "arguments"],
+)
+def test_a_queue_declared_with_options_uses_apply_async(
+    queue: str, options: dict[str, Any]
+) -> None:
+    """Priorities, expiry or arguments of a declared queue are applied by kombu's publish only."""
+    declared = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, **options)  # type: ignore[no-untyped-call]
+    assert sender_for(_celery(task_queues=[declared]), queue) is None
+
+
+def test_a_queue_celery_would_not_make_uses_apply_async(queue: str) -> None:
+    """With task_create_missing_queues off, a queue not declared is left to apply_async."""
+    assert sender_for(_celery(task_create_missing_queues=False), queue) is None
+    assert sender_for(_celery(), queue) is not None
+
+
+def test_one_sender_serves_an_app_in_a_process(queue: str) -> None:
+    """The same sender is given for each queue of one Celery app, another for another app."""
+    app = _celery()
+    sender = sender_for(app, queue)
+    assert sender is not None
+    assert sender_for(app, queue + "-other") is sender
+    other = sender_for(_celery(), queue)
+    assert other is not None and other is not sender

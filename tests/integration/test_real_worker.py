@@ -13,9 +13,8 @@ from flask import url_for
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.broker import PROCESS_TASK
-from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import json_of, poll
+from tests.conftest import Internals, current_db, json_of, poll
 from tests.integration.conftest import Stack, effects
 
 pytestmark = pytest.mark.integration
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.integration
 def _wait_all_finished(app: Any, ids: list[int], timeout: float = 120) -> dict[int, Job]:
     deadline = time.monotonic() + timeout
     with app.app_context():
-        session = get_state().db.session
+        session = current_db().session
         while time.monotonic() < deadline:
             session.expire_all()
             jobs = {j.id: j for j in session.query(Job).filter(Job.id.in_(ids))}
@@ -86,11 +85,11 @@ def test_duplicate_messages_run_once(stack: Stack, tmp_path: Path) -> None:
     """The same job published three times is executed once."""
     app, _ = stack()
     with app.app_context():
-        job_id = Job.create_and_enqueue(workers.Sleep, 0.3, tag="dup").id
-        task = get_state().celery.tasks[PROCESS_TASK]
-        queue = get_state().settings.queue
-        task.apply_async((job_id,), queue=queue)
-        task.apply_async((job_id,), queue=queue)
+        job = Job.create_and_enqueue(workers.Sleep, 0.3, tag="dup")
+        job_id = job.id
+        task = app.extensions["celery"].tasks[PROCESS_TASK]
+        task.apply_async((job_id,), queue=job.queue)
+        task.apply_async((job_id,), queue=job.queue)
     _wait_all_finished(app, [job_id])
     time.sleep(1)  # let the duplicates be consumed too
     assert [name.split("-")[0] for name in effects(tmp_path)] == [str(job_id)]
@@ -107,21 +106,20 @@ def test_rabbitmq_broker(stack: Stack) -> None:
     assert json.loads(job.response)["args"] == ["rabbit"]
 
 
-def test_creation_paths_on_postgres(stack: Stack) -> None:
+def test_creation_paths_on_postgres(stack: Stack, internals: Internals) -> None:
     """A clean session takes the one-statement insert; pending work is committed along."""
     import sqlalchemy as sa
 
     app, _ = stack()
     with app.app_context():
-        state = get_state()
-        assert state.store().autocommit
+        assert internals.job_store(app).autocommit
         quick = Job.create_and_enqueue(workers.Echo, "quick")
-        assert quick in state.db.session
+        assert quick in current_db().session
         assert quick.params == {"args": ["quick"], "kwargs": {}}
         other = Job.create_and_enqueue(workers.Echo, "other")
         other.params = {"args": ["changed"], "kwargs": {}}  # pending in the session
         Job.create_and_enqueue(workers.Echo, "after")
-        with state.db.engine.connect() as conn:
+        with current_db().engine.connect() as conn:
             stored = conn.execute(
                 sa.text("SELECT params FROM async_request_jobs WHERE id = :id"), {"id": other.id}
             ).scalar_one()

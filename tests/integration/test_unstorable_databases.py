@@ -13,9 +13,8 @@ from flask_sqlalchemy import SQLAlchemy
 from hypothesis import HealthCheck, given, settings
 
 from flask_async_request import AsyncRequest, Job, JobStatus, asynchronous, runner, worker
-from flask_async_request.state import get_state
 from tests import hostile_values, workers
-from tests.conftest import SECRET, json_of, poll
+from tests.conftest import SECRET, Internals, json_of, poll, reload_job
 from tests.hostile_values import DRIVER_TEXT
 
 pytestmark = pytest.mark.integration
@@ -28,7 +27,7 @@ MARIADB_URL = os.environ.get("FAR_TEST_MARIADB_URL", "mysql+pymysql://root@127.0
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _app(url: str) -> Iterator[Flask]:
+def _app(url: str, internals: Internals) -> Iterator[Flask]:
     app = Flask(__name__)
     app.config.update(
         TESTING=True,
@@ -38,7 +37,7 @@ def _app(url: str) -> Iterator[Flask]:
     )
     db = SQLAlchemy()
     db.init_app(app)
-    AsyncRequest(app)
+    extension = AsyncRequest(app)
 
     @app.get("/greet")
     @asynchronous
@@ -48,29 +47,28 @@ def _app(url: str) -> Iterator[Flask]:
     with app.app_context():
         db.drop_all()
         db.create_all()
-    yield hostile_values.hostile_app(app)
+    yield hostile_values.hostile_app(app, extension)
     with app.app_context():
         db.session.remove()
-        get_state().store().dispose()
+        internals.job_store(app).dispose()
         db.engine.dispose()
 
 
 @pytest.fixture(scope="module")
-def pg_app() -> Iterator[Flask]:
+def pg_app(internals: Internals) -> Iterator[Flask]:
     """An app on PostgreSQL, eager Celery, one jobs table for every example."""
-    yield from _app(DATABASE_URL)
+    yield from _app(DATABASE_URL, internals)
 
 
 @pytest.fixture(scope="module")
-def maria_app() -> Iterator[Flask]:
+def maria_app(internals: Internals) -> Iterator[Flask]:
     """An app on MariaDB, eager Celery, one jobs table for every example."""
-    yield from _app(MARIADB_URL)
+    yield from _app(MARIADB_URL, internals)
 
 
 def _failure(app: Flask, job_id: int) -> str:
     with app.app_context():
-        row = get_state().store().fetch_reply(job_id)
-    assert row is not None
+        row = reload_job(job_id)
     assert row.status is JobStatus.FAILED, (row.status, row.response)
     message: str = json.loads(row.response or "")["error"]
     assert not any(text in message for text in DRIVER_TEXT), message

@@ -1,4 +1,4 @@
-"""Running an app's jobs inline in its tests: the JobRunner and the pytest plugin.
+"""Running an app's jobs inline in its tests: the JobRunner, and the example of its fixture.
 
 The first part is the example of docs/testing.rst, which includes it: an app
 with a view that starts a job, the fixtures a project writes, and its tests.
@@ -7,8 +7,6 @@ with a view that starts a job, the fixtures a project writes, and its tests.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +28,10 @@ from flask_async_request import (
 )
 from flask_async_request.client import wait_for
 from flask_async_request.signals import job_progress
-from flask_async_request.state import get_state
 from flask_async_request.testing import JobRun, JobRunner
-from tests.conftest import AppFactory, add_job, reload_job
+from flask_async_request.webhooks import DeliveryError
+from tests.conftest import AppFactory, Internals, add_job, reload_job, serving
 from tests.workers import Echo, FlakyThenOk
-
-pytest_plugins = ["pytester"]
 
 # [app]
 db = SQLAlchemy()
@@ -239,11 +235,13 @@ def test_callbacks_are_kept_and_delivered(eager_app: Flask, runner: JobRunner) -
     assert json.loads(received[0])["job_id"] == job.id
 
 
-def test_publishing_goes_back_to_the_broker_on_close(eager_app: Flask) -> None:
+def test_publishing_goes_back_to_the_broker_on_close(
+    eager_app: Flask, internals: Internals
+) -> None:
     """Closing the runner gives the app its broker back: eager Celery runs the job at once."""
-    with JobRunner(eager_app):
-        assert get_state().outbox is not None
-    assert get_state().outbox is None
+    with JobRunner(eager_app) as runner:
+        kept = Job.create_and_enqueue(Echo, 1)
+        assert runner.pending == [kept.id]
     job = Job.create_and_enqueue(Echo, 1)
     assert reload_job(job.id).status is JobStatus.PROCESSED
 
@@ -254,22 +252,21 @@ def test_one_runner_per_app(eager_app: Flask, runner: JobRunner) -> None:
         JobRunner(eager_app)
 
 
-def test_no_embedded_worker_starts(make_app: AppFactory) -> None:
+def test_no_embedded_worker_starts(make_app: AppFactory, internals: Internals) -> None:
     """On an app without a broker, the runner's jobs start no worker thread."""
     app = make_app(CELERY={})
     with app.app_context(), JobRunner(app) as runner:
         job = Job.create_and_enqueue(Echo, 1)
         assert runner.run_pending() == [JobRun(job.id, JobStatus.PROCESSED)]
-        embedded = get_state().embedded
-        assert embedded is not None and not embedded.running
+        assert not internals.embedded_worker(app).running
 
 
-def test_requests_start_no_embedded_worker(make_app: AppFactory) -> None:
+def test_requests_start_no_embedded_worker(make_app: AppFactory, internals: Internals) -> None:
     """On an app without a broker, requests made while a runner is bound start no worker."""
     app = make_app(CELERY={})
     with JobRunner(app):
         app.test_client().get("/no-such-page")
-        assert not app.extensions["async_request"].embedded.running
+        assert not internals.embedded_worker(app).running
 
 
 def test_wait_for_refuses_a_job_nothing_will_run(eager_app: Flask, runner: JobRunner) -> None:
@@ -289,32 +286,71 @@ def test_the_client_polls_through_a_test_client(eager_app: Flask) -> None:
     assert json.loads(result.body)["args"] == [7]
 
 
-# The plugin, in projects of its own.
+class Chain(Worker):
+    """Enqueues one more job of its own kind until ``left`` reaches 0."""
+
+    def execute(self, left: int) -> tuple[int, str]:
+        if left:
+            Job.create_and_enqueue(Chain, left - 1)
+        return 200, str(left)
 
 
-def test_the_plugin_leaves_projects_without_an_app_alone(pytester: pytest.Pytester) -> None:
-    """A project with no app fixture, which asks for none of its fixtures, runs as before."""
-    pytester.makepyfile("def test_ok():\n    assert True\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
+def test_jobs_that_jobs_enqueue_run_in_the_same_call(eager_app: Flask, runner: JobRunner) -> None:
+    """run_pending runs the messages published while it runs, until none is left."""
+    Job.create_and_enqueue(Chain, 2)
+    runs = runner.run_pending()
+    assert [run.status for run in runs] == [JobStatus.PROCESSED] * 3
+    assert [job.response for job in runner.jobs()] == ["2", "1", "0"]
+    assert runner.pending == []
 
 
-def test_the_plugin_loads_without_the_server_stack() -> None:
-    """Loading the plugin, as pytest does at start-up, imports none of the server stack."""
-    code = (
-        "import sys, flask_async_request.pytest_plugin\n"
-        "loaded = {m.split('.')[0] for m in sys.modules} | set(sys.modules)\n"
-        "print(sorted(loaded & {'flask', 'celery', 'sqlalchemy', 'flask_async_request.testing'}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
+def test_run_takes_the_202_of_the_view_that_started_the_job(
+    client: Any, async_jobs: JobRunner
+) -> None:
+    """run() of a view's 202 runs that job."""
+    started = client.post("/reports", json={"month": 4})
+    assert async_jobs.run(started) is JobStatus.PROCESSED
+    assert async_jobs.pending == []
+    assert client.get(started.json["url"]).status_code == 200
 
 
-def test_async_jobs_needs_an_app_fixture(pytester: pytest.Pytester) -> None:
-    """Asking for async_jobs without an app fixture names the missing fixture."""
-    pytester.makepyfile("def test_it(async_jobs):\n    pass\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*fixture 'app' not found*"])
+def test_run_refuses_a_job_never_stored(eager_app: Flask, runner: JobRunner) -> None:
+    """A Job with no id cannot be run: a ValueError saying so."""
+    with pytest.raises(ValueError, match="never stored"):
+        runner.run(Job(worker="tests.workers:Echo", params={"args": [], "kwargs": {}}))
+
+
+def test_close_drops_what_was_not_run(eager_app: Flask) -> None:
+    """Messages and callbacks still kept at close are dropped; the rows stay waiting."""
+    runner = JobRunner(eager_app)
+    job = Job.create_and_enqueue(Echo, 1)
+    runner.queue_callback(job.id)
+    runner.close()
+    assert (runner.pending, runner.callbacks) == ([], [])
+    assert reload_job(job.id).status is JobStatus.WAITING
+
+
+def test_no_broker_is_needed_whatever_celery_says(make_app: AppFactory) -> None:
+    """With a runner bound, an app whose broker is down enqueues and runs its jobs."""
+    app = make_app(CELERY={"broker_url": "redis://127.0.0.1:1/0", "broker_connection_retry": False})
+    with app.app_context(), JobRunner(app) as runner:
+        job = Job.create_and_enqueue(Echo, 1)
+        assert runner.run_pending() == [JobRun(job.id, JobStatus.PROCESSED)]
+
+
+def test_a_callback_the_receiver_refuses_raises_delivery_error(
+    eager_app: Flask, runner: JobRunner
+) -> None:
+    """deliver_callbacks raises DeliveryError for a receiver that does not answer 2xx."""
+
+    def receiver(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("500 Internal Server Error", [])
+        return [b"down"]
+
+    with serving(receiver) as base:
+        job = Job.create_and_enqueue(Echo, 1, callback_url=f"{base}/hook")
+        runner.run_pending()
+        assert runner.callbacks == [job.id]
+        with pytest.raises(DeliveryError):
+            runner.deliver_callbacks()
+    assert runner.callbacks == []

@@ -1,0 +1,186 @@
+"""The commands on jobs: ``list``, ``show``, ``retry`` and ``stats``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+from flask.cli import with_appcontext
+
+from .. import maintenance, reading
+from ..config import format_duration
+from ..models import Job, JobStatus
+from ..state import get_state
+from ..values import as_utc, finite, iso_utc, utcnow
+from .options import DURATION, JSON_OPTION, STATUS, echo_json, errors_as_messages, table
+
+
+def _age(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    return format_duration(now - as_utc(moment))
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    """What ``list --json`` prints of each job."""
+    return {
+        "id": job.id,
+        "uid": job.uid,
+        "status": job.status.value,
+        "worker": job.worker,
+        "status_code": job.status_code,
+        "attempts": job.attempts,
+        "owner": job.owner,
+        "progress": finite(job.progress),
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
+    }
+
+
+def _job_record(job: Job) -> dict[str, Any]:
+    """What ``show --json`` prints of a job: all it stores but the idempotency hash."""
+    return {
+        **_job_summary(job),
+        "params": job.params,
+        "response": job.response,
+        "content_type": job.content_type,
+        "progress_message": job.progress_message,
+        "callback_url": job.callback_url,
+        "callback_status": job.callback_status,
+        "due_at": iso_utc(job.due_at),
+        "updated_at": iso_utc(job.updated_at),
+        "lease_expires_at": iso_utc(job.lease_expires_at),
+    }
+
+
+@click.command("list")
+@with_appcontext
+@click.option("--status", "statuses", type=STATUS, multiple=True, help="Only these statuses.")
+@click.option("--older-than", type=DURATION, help="Only jobs created before this age ago.")
+@click.option("--newer-than", type=DURATION, help="Only jobs created within this age.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@JSON_OPTION
+@errors_as_messages
+def list_command(
+    statuses: tuple[str, ...],
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    found = reading.list_jobs(
+        [JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit
+    )
+    if as_json:
+        echo_json([_job_summary(job) for job in found])
+        return
+    if not found:
+        click.echo("No jobs.")
+        return
+    now = utcnow()
+    rows = [["ID", "STATUS", "CODE", "WORKER", "AGE", "TRIES"]]
+    rows += [
+        [
+            str(job.id),
+            job.status.value,
+            "-" if job.status_code is None else str(job.status_code),
+            job.worker,
+            _age(job.created_at, now),
+            str(job.attempts),
+        ]
+        for job in found
+    ]
+    click.echo(table(rows))
+
+
+@click.command("show")
+@with_appcontext
+@click.argument("job_id", type=int)
+@JSON_OPTION
+@errors_as_messages
+def show_command(job_id: int, as_json: bool) -> None:
+    """Show one job: worker, params, reply and times."""
+    job = reading.load_job(job_id)
+    if as_json:
+        echo_json(_job_record(job))
+        return
+    fields = [
+        ("id", str(job.id)),
+        ("uid", job.uid),
+        ("status", job.status.value),
+        ("worker", job.worker),
+        ("params", json.dumps(job.params, indent=2)),
+        ("attempts", str(job.attempts)),
+        ("status code", "-" if job.status_code is None else str(job.status_code)),
+        ("response", "-" if job.response is None else job.response),
+        ("callback", job.callback_url or "-"),
+        ("callback status", job.callback_status or "-"),
+    ]
+    for name in ("created_at", "updated_at", "started_at", "finished_at"):
+        moment = getattr(job, name)
+        fields.append((name.replace("_", " "), iso_utc(moment) or "-"))
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        lines = value.splitlines() or [""]
+        click.echo(f"{name.ljust(width)}  {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"{' ' * width}  {line}")
+
+
+@click.command("retry")
+@with_appcontext
+@click.argument("job_id", type=int)
+@errors_as_messages
+def retry_command(job_id: int) -> None:
+    """Run a failed job again."""
+    if maintenance.retry_job(job_id):
+        click.echo(f"Job {job_id} is waiting to run again.")
+        return
+    timeout = format_duration(get_state().settings.waiting_timeout)
+    click.echo(
+        f"Job {job_id} is waiting to run again. No broker is configured, so no message was"
+        " sent: the web process's embedded worker runs it when it next starts, or at its"
+        f" sweeps once it has waited {timeout} (ASYNC_REQUEST_WAITING_TIMEOUT)."
+    )
+
+
+@click.command("stats")
+@with_appcontext
+@JSON_OPTION
+@errors_as_messages
+def stats_command(as_json: bool) -> None:
+    """Count jobs per status and waiting jobs per queue; say which queues no worker consumes."""
+    stats = reading.job_stats()
+    unconsumed = maintenance.unconsumed_queues(stats.waiting_by_queue)
+    default = get_state().celery.conf.task_default_queue
+    by_queue = {queue or default: count for queue, count in stats.waiting_by_queue.items()}
+    if as_json:
+        age = stats.oldest_waiting_age
+        echo_json(
+            {
+                "counts": {status.value: count for status, count in stats.counts.items()},
+                "oldest_waiting_age_seconds": None if age is None else age.total_seconds(),
+                "finished_last_hour": stats.finished_last_hour,
+                "waiting_by_queue": by_queue,
+                "queues_without_workers": unconsumed,
+            }
+        )
+        return
+    rows = [["STATUS", "JOBS"]] + [[s.value, str(n)] for s, n in stats.counts.items()]
+    click.echo(table(rows))
+    oldest = "-" if stats.oldest_waiting_age is None else format_duration(stats.oldest_waiting_age)
+    click.echo(f"oldest waiting job: {oldest}")
+    click.echo(f"finished in the last hour: {stats.finished_last_hour}")
+    if by_queue:
+        click.echo()
+        click.echo(table([["QUEUE", "WAITING"]] + [[q, str(n)] for q, n in by_queue.items()]))
+    for queue in unconsumed:
+        click.echo(
+            f"Warning: jobs wait on queue {queue!r} and no running worker consumes it;"
+            f" start one with `celery -A <app>:celery_app worker -Q {queue}`.",
+            err=True,
+        )

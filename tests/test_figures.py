@@ -1,0 +1,58 @@
+"""The benchmark's figures: ratios against the targets, their spread, and the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import figures
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results.json"
+
+
+def _results() -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(RESULTS.read_text())
+    return found
+
+
+def test_a_spread_is_the_minimum_median_and_maximum() -> None:
+    """Over an even count the median is the middle pair's mean."""
+    assert figures.spread([3.0, 1.0, 4.0, 2.0]) == (1.0, 2.5, 4.0)
+
+
+def test_a_max_target_is_an_upper_bound_and_the_others_lower_bounds() -> None:
+    """``_max`` targets are met at or below, the others at or above."""
+    assert figures.met("web_rss_vs_peer_max", 1.1)
+    assert not figures.met("web_rss_vs_peer_max", 1.2)
+    assert figures.met("poll_pending_vs_peer", 1.0)
+    assert not figures.met("poll_pending_vs_peer", 0.9)
+
+
+def test_the_memory_figures_read_the_largest_web_worker_and_the_whole_pool() -> None:
+    """Web: the largest gunicorn worker; worker: the main process and its children summed."""
+    run = {
+        "rss_mb": {"web": {"far": [40, 55, 50]}, "worker": {"far": {"main": 30, "pool": [20, 21]}}}
+    }
+    assert figures.web_mb(run, "far") == 55.0
+    assert figures.worker_mb(run, "far") == 71.0
+
+
+def test_every_target_has_a_ratio_in_each_run() -> None:
+    """The ratios of a stored run cover TARGETS, against either peer."""
+    results = _results()
+    for peer in ("peer", "peer-db"):
+        spreads = figures.ratio_spreads(results, peer)
+        assert set(spreads) == set(figures.TARGETS)
+        assert all(low <= middle <= high for low, middle, high in spreads.values())
+
+
+def test_the_table_has_a_column_per_system_and_renders_as_an_rst_table() -> None:
+    """One header, rows as wide as it, and the rendered table ruled above and below."""
+    rows = figures.table(_results())
+    assert rows[0][0] == "figure"
+    assert all(len(row) == len(rows[0]) for row in rows)
+    lines = figures.render(rows).splitlines()
+    assert lines[0] == lines[2] == lines[-1]
+    assert set(lines[0]) == {"=", " "}
+    assert len(lines) == len(rows) + 3

@@ -1,0 +1,134 @@
+"""One read of a job's row for all the long polls its end woke."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from flask import Flask, current_app
+
+from flask_async_request import JobStatus
+from flask_async_request import shared_reads as module
+from flask_async_request.shared_reads import SharedReads
+from flask_async_request.values import utcnow
+from tests.conftest import INTERNALS, add_job
+
+
+def _reads(answer: str = "ended") -> tuple[SharedReads[str], list[int]]:
+    """Shared reads over a row that reads as ``answer``, and the ids each read asked for."""
+    asked: list[int] = []
+
+    def read(job_id: int) -> str:
+        asked.append(job_id)
+        return answer
+
+    return SharedReads(read, lambda reply: reply == "ended"), asked
+
+
+def test_an_ended_job_read_once_is_shared() -> None:
+    """A second request woken by the same end takes the first one's read."""
+    reads, asked = _reads()
+    assert reads.read(1) == "ended"
+    assert reads.read(1) == "ended"
+    assert asked == [1]
+
+
+def test_a_pending_read_is_never_shared() -> None:
+    """A job still pending is read again by each request: its answer could be stale."""
+    reads, asked = _reads("pending")
+    assert reads.read(1) == "pending"
+    assert reads.read(1) == "pending"
+    assert asked == [1, 1]
+    assert reads.recent_end(1) is None
+
+
+def test_an_end_is_shared_for_a_while_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An end read longer ago than SHARED_FOR is read afresh."""
+    monkeypatch.setattr(module, "SHARED_FOR", 0.05)
+    reads, asked = _reads()
+    reads.read(1)
+    time.sleep(0.1)
+    reads.read(1)
+    assert asked == [1, 1]
+
+
+def test_shared_ends_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KEEP_AT_MOST ends, those shared long enough ago are forgotten; none stays in flight."""
+    reads, _ = _reads()
+    for job_id in range(module.KEEP_AT_MOST + 10):
+        reads.read(job_id)
+    assert len(reads.ended) > module.KEEP_AT_MOST
+    assert reads.reading == {}
+    monkeypatch.setattr(module, "SHARED_FOR", 0.0)  # every end read so far is old now
+    reads.read(-1)
+    assert list(reads.ended) == [-1]
+
+
+def test_a_read_that_raises_lets_the_waiting_requests_read_themselves() -> None:
+    """The first reader's error is its own: the requests waiting on it read the row."""
+    calls: list[int] = []
+
+    def read(job_id: int) -> str:
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise ConnectionError("lost")
+        return "ended"
+
+    reads = SharedReads(read, lambda reply: reply == "ended")
+    with pytest.raises(ConnectionError):
+        reads.read(1)
+    assert reads.reading == {}
+    assert reads.read(1) == "ended"
+
+
+def test_a_shared_end_is_read_without_waiting_for_a_read_in_flight() -> None:
+    """Requests woken after the first read of an end take it with nothing to wait for."""
+    reads, _ = _reads()
+    first = reads.read(1)
+    answers: list[Any] = []
+    # A later end's read in flight, as its first reader leaves it until done.
+    reads.reading[1] = threading.Event()
+    reader = threading.Thread(target=lambda: answers.append(reads.read(1)))
+    reader.start()
+    reader.join(2)
+    assert answers == [first]
+
+
+def test_requests_woken_together_share_the_first_one_s_read(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first woken request reads the row, the others wait for its answer:
+    one read for all of them, and they all go on when it is done."""
+    store = INTERNALS.job_store(current_app)
+    job_id = add_job(status=JobStatus.PROCESSED, finished_at=utcnow()).id
+    reads: list[int] = []
+    reading = threading.Event()
+    release = threading.Event()
+    real = store.fetch_reply
+
+    def slow_read(job: int) -> Any:
+        reads.append(job)
+        reading.set()
+        release.wait(5)
+        return real(job)
+
+    monkeypatch.setattr(store, "fetch_reply", slow_read)
+    answers: list[Any] = []
+
+    def woken() -> None:
+        answers.append(store.shared_reads.read(job_id))
+
+    threads = [threading.Thread(target=woken) for _ in range(20)]
+    threads[0].start()
+    assert reading.wait(5)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)
+    assert answers == []  # all waiting on the one read in flight
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert reads == [job_id]
+    assert len(answers) == 20 and {a.status for a in answers} == {JobStatus.PROCESSED}

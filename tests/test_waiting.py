@@ -1,0 +1,384 @@
+"""waiting: long polls that hold nothing while they wait, woken by a poller or a listener."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_async_request import Job, JobStatus
+from flask_async_request.store import JobReply, JobStore
+from flask_async_request.waiting import Waiters, read_when_done
+from flask_async_request.web import cancel_job
+from tests.conftest import INTERNALS, add_job, current_db
+
+#: Longest a test waits for what must happen; a test never passes by reaching it.
+PATIENCE = 30.0
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition`` holds; fail the test if it never does."""
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+class Ended:
+    """A stand-in check: the job ids marked ended, and each call it answered."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self.calls: list[list[int]] = []
+        self.called = threading.Event()
+
+    def __call__(self, job_ids: list[int]) -> Iterable[int]:
+        self.calls.append(list(job_ids))
+        self.called.set()
+        return [job_id for job_id in job_ids if job_id in self.ids]
+
+
+class Reads:
+    """The read and reread of one job for read_when_done, counting each."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.rereads = 0
+        self.done = False
+
+    def read(self) -> str:
+        self.reads += 1
+        return "done" if self.done else "pending"
+
+    def reread(self) -> str:
+        self.rereads += 1
+        return "done" if self.done else "pending"
+
+
+def _in_thread(action: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=action, daemon=True)
+    thread.start()
+    return thread
+
+
+# Waiters -------------------------------------------------------------------------------
+
+
+def test_waiters_need_exactly_one_way_to_learn_of_ends() -> None:
+    """Neither listen= nor check=, or both, is a ValueError."""
+    with pytest.raises(ValueError, match="exactly one of listen= and check="):
+        Waiters()
+    with pytest.raises(ValueError, match="exactly one of listen= and check="):
+        Waiters(listen=contextlib.nullcontext, check=Ended())  # type: ignore[arg-type]
+
+
+def test_waiters_are_counted_while_they_wait() -> None:
+    """Each waiter counts, two on one job too, until it leaves."""
+    waiters = Waiters(check=Ended())
+    assert waiters.count == 0
+    with waiters.waiting_for(1), waiters.waiting_for(1), waiters.waiting_for(2):
+        assert waiters.count == 3
+    assert waiters.count == 0
+
+
+def test_wake_sets_the_events_of_the_jobs_named_only() -> None:
+    """wake() wakes the waiters of the jobs named; wake_all() every one."""
+    waiters = Waiters(check=Ended())
+    with (
+        waiters.waiting_for(1) as one,
+        waiters.waiting_for(1) as again,
+        waiters.waiting_for(2) as two,
+    ):
+        waiters.wake([1, 3])
+        assert one.is_set() and again.is_set()
+        assert not two.is_set()
+        waiters.wake_all()
+        assert two.is_set()
+
+
+def test_a_waiter_that_left_is_not_woken() -> None:
+    """wake() after a waiter left touches nothing of it."""
+    waiters = Waiters(check=Ended())
+    with waiters.waiting_for(5) as event:
+        pass
+    waiters.wake([5])
+    assert not event.is_set()
+
+
+# read_when_done ---------------------------------------------------------------------------
+
+
+def test_a_job_done_already_is_read_once_and_not_waited_for() -> None:
+    """A job done before the wait: one read, no reread, no waiter left behind."""
+    waiters, reads = Waiters(check=Ended()), Reads()
+    reads.done = True
+    result = read_when_done(
+        waiters, 1, PATIENCE, reads.read, lambda value: value == "done", reads.reread
+    )
+    assert result == "done"
+    assert (reads.reads, reads.rereads) == (1, 0)
+    assert waiters.count == 0
+
+
+def test_at_the_deadline_the_job_is_read_as_it_is_now() -> None:
+    """Nothing ends: no reread while waiting, and a last read at the deadline is the answer."""
+    ended, reads = Ended(), Reads()
+    result = read_when_done(
+        Waiters(check=ended), 1, 0.3, reads.read, lambda value: value == "done", reads.reread
+    )
+    assert result == "pending"
+    assert (reads.reads, reads.rereads) == (2, 0)
+
+
+def test_a_zero_timeout_answers_from_the_first_read() -> None:
+    """A wait of 0 reads once and answers, whatever the job's state."""
+    reads = Reads()
+    result = read_when_done(
+        Waiters(check=Ended()), 1, 0, reads.read, lambda value: value == "done", reads.reread
+    )
+    assert result == "pending"
+    assert (reads.reads, reads.rereads) == (1, 0)
+
+
+def test_the_poller_wakes_a_waiter_whose_job_ended() -> None:
+    """When the check reports the job, the waiter rereads it once and answers."""
+    ended, reads = Ended(), Reads()
+    waiters = Waiters(check=ended)
+
+    def end() -> None:
+        _until(lambda: waiters.count == 1)
+        reads.done = True
+        ended.ids.add(7)
+
+    ender = _in_thread(end)
+    result = read_when_done(
+        waiters, 7, PATIENCE, reads.read, lambda value: value == "done", reads.reread
+    )
+    ender.join()
+    assert result == "done"
+    assert (reads.reads, reads.rereads) == (1, 1)
+
+
+def test_the_poller_asks_once_for_every_waited_on_job() -> None:
+    """Waiters on several jobs share one check that names all of them."""
+    ended = Ended()
+    waiters = Waiters(check=ended)
+    with waiters.waiting_for(1), waiters.waiting_for(2), waiters.waiting_for(2):
+        ended.calls.clear()
+        _until(lambda: any(sorted(call) == [1, 2] for call in ended.calls))
+
+
+def test_the_poller_does_not_ask_while_no_one_waits() -> None:
+    """With no waiter left, the check is not called (an empty list least of all)."""
+    ended = Ended()
+    waiters = Waiters(check=ended)
+    with waiters.waiting_for(1):
+        _until(lambda: bool(ended.calls))
+    ended.calls.clear()
+    time.sleep(0.5)
+    assert ended.calls == []
+
+
+def test_a_failing_check_wakes_every_waiter(caplog: pytest.LogCaptureFixture) -> None:
+    """A check that raises wakes all waiters to look for themselves; it is logged."""
+    reads = Reads()
+
+    def check(job_ids: list[int]) -> Iterable[int]:
+        reads.done = True
+        raise RuntimeError("database gone")
+
+    with caplog.at_level(logging.WARNING, logger="flask_async_request"):
+        result = read_when_done(
+            Waiters(check=check),
+            3,
+            PATIENCE,
+            reads.read,
+            lambda value: value == "done",
+            reads.reread,
+        )
+    assert result == "done"
+    assert reads.rereads == 1
+    assert "The long-poll check failed; waking every waiter." in caplog.text
+
+
+# The listener -----------------------------------------------------------------------------
+
+
+class Channel:
+    """A stand-in for a LISTEN connection: the ids put in are announced, in order."""
+
+    def __init__(self) -> None:
+        self.announcements: queue.Queue[int | Exception] = queue.Queue()
+        self.connections = 0
+
+    @contextlib.contextmanager
+    def listen(self) -> Iterator[Callable[[float], Iterator[int]]]:
+        self.connections += 1
+
+        def announced(timeout: float) -> Iterator[int]:
+            try:
+                item = self.announcements.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+        yield announced
+
+
+def test_an_announced_end_wakes_its_waiter() -> None:
+    """The listener wakes the waiters of the job announced."""
+    channel, reads = Channel(), Reads()
+    waiters = Waiters(listen=channel.listen)
+
+    def end() -> None:
+        _until(lambda: waiters.count == 1)
+        reads.done = True
+        channel.announcements.put(4)
+
+    _in_thread(end)
+    result = read_when_done(
+        waiters, 4, PATIENCE, reads.read, lambda value: value == "done", reads.reread
+    )
+    assert result == "done"
+    assert reads.rereads == 1
+
+
+def test_another_job_s_end_does_not_wake_a_waiter() -> None:
+    """An end announced for another job costs the waiter no reread."""
+    channel, reads = Channel(), Reads()
+    waiters = Waiters(listen=channel.listen)
+
+    def announce_other() -> None:
+        _until(lambda: waiters.count == 1)
+        channel.announcements.put(99)
+
+    _in_thread(announce_other)
+    result = read_when_done(
+        waiters, 4, 0.5, reads.read, lambda value: value == "done", reads.reread
+    )
+    assert result == "pending"
+    assert reads.rereads == 0
+
+
+def test_a_lost_listener_connection_wakes_every_waiter_and_listens_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An end may go unannounced while no one listens: every waiter looks again; it reconnects."""
+    channel, reads = Channel(), Reads()
+    waiters = Waiters(listen=channel.listen)
+
+    def lose() -> None:
+        _until(lambda: waiters.count == 1)
+        reads.done = True
+        channel.announcements.put(OSError("server closed the connection"))
+
+    _in_thread(lose)
+    with caplog.at_level(logging.WARNING, logger="flask_async_request"):
+        result = read_when_done(
+            waiters, 4, PATIENCE, reads.read, lambda value: value == "done", reads.reread
+        )
+    assert result == "done"
+    assert "The long-poll listener lost its connection" in caplog.text
+    _until(lambda: channel.connections == 2)
+
+
+def test_the_first_waiter_waits_for_the_listener_to_listen() -> None:
+    """No end announced between a waiter's first read and the LISTEN can be missed."""
+    listening = threading.Event()
+    release = threading.Event()
+    channel = Channel()
+
+    @contextlib.contextmanager
+    def slow_listen() -> Iterator[Callable[[float], Iterator[int]]]:
+        listening.set()
+        release.wait(PATIENCE)
+        with channel.listen() as announced:
+            yield announced
+
+    waiters = Waiters(listen=slow_listen)
+    registered = threading.Event()
+
+    def wait() -> None:
+        with waiters.waiting_for(1):
+            registered.set()
+
+    _in_thread(wait)
+    assert listening.wait(PATIENCE)
+    # The listener is connecting: the waiter is not registered yet.
+    time.sleep(0.2)
+    assert not registered.is_set()
+    release.set()
+    assert registered.wait(PATIENCE)
+
+
+# On SQLite: the store's waiters, woken by its one query -----------------------------------
+
+
+@pytest.fixture
+def store(app: Flask) -> JobStore:
+    """The app's job store, whose waiters poll on SQLite."""
+    return INTERNALS.job_store(app)
+
+
+def _ended_or_gone(reply: JobReply | None) -> bool:
+    return reply is None or reply.status.finished
+
+
+def _wait(store: JobStore, job_id: int, timeout: float) -> JobReply | None:
+    reply: JobReply | None = read_when_done(
+        store.waiters(), job_id, timeout, lambda: store.fetch_reply(job_id), _ended_or_gone
+    )
+    return reply
+
+
+def test_on_sqlite_a_job_ended_elsewhere_wakes_the_waiter(app: Flask, store: JobStore) -> None:
+    """A job cancelled by another thread ends the wait with its new state."""
+    job_id = add_job().id
+    assert not store.listen
+
+    def cancel() -> None:
+        _until(lambda: store.waiters().count == 1)
+        with app.app_context():
+            cancel_job(job_id)
+
+    canceller = _in_thread(cancel)
+    reply = _wait(store, job_id, PATIENCE)
+    canceller.join()
+    assert reply is not None
+    assert reply.status is JobStatus.CANCELLED
+
+
+def test_on_sqlite_a_job_deleted_meanwhile_ends_the_wait_with_nothing(
+    app: Flask, store: JobStore
+) -> None:
+    """A job deleted while waited on is reported gone (None)."""
+    job_id = add_job().id
+
+    def delete() -> None:
+        _until(lambda: store.waiters().count == 1)
+        with app.app_context():
+            session = current_db().session
+            session.execute(sa.delete(Job).where(Job.id == job_id))
+            session.commit()
+
+    deleter = _in_thread(delete)
+    assert _wait(store, job_id, PATIENCE) is None
+    deleter.join()
+
+
+def test_on_sqlite_a_pending_job_answers_at_the_timeout(app: Flask, store: JobStore) -> None:
+    """A job still waiting at the deadline is answered as it is: waiting."""
+    job_id = add_job().id
+    reply = _wait(store, job_id, 0.3)
+    assert reply is not None
+    assert reply.status is JobStatus.WAITING
+    assert store.waiters().count == 0
