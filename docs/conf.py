@@ -42,6 +42,8 @@ templates_path: list[str] = []
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+# What a worker's execute returns, named rather than spelled out in other libraries' types.
+autodoc_type_aliases = {"Reply": "flask_async_request.worker.Reply"}
 # Types only where the docstring says what a parameter is; the signature shows the rest.
 autodoc_typehints_description_target = "documented_params"
 

@@ -3,7 +3,9 @@
 The request (method, path, query, body and chosen headers) is stored with the
 job; a worker replays it through the app, under an equivalent request context
 with the app's ``before_request`` hooks and error handlers, and the view's
-response (status, body, content type) becomes the job's reply::
+response (status, body, content type and the headers a reply keeps, see
+:data:`~flask_async_request.payloads.KEPT_HEADERS`) becomes the job's reply,
+``send_file``'s and streamed responses included::
 
     @app.post("/reports/<int:year>")
     @asynchronous
@@ -24,16 +26,18 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 import sqlalchemy.exc
-from flask import Response, request
+from flask import request
 
+from .downloads import reply_response
 from .envelope import error_answer, unavailable_answer
-from .exceptions import DatabaseUnavailable, EnqueueError, InvalidReply, WorkerResolutionError
+from .exceptions import DatabaseUnavailable, EnqueueError, WorkerResolutionError
 from .models import Job, JobStatus
+from .payloads import kept_headers
 from .state import current_flask_app, get_state
 from .store import lost_connection
 from .views import accepted, preferences, requested_wait
 from .web import create_job
-from .worker import Worker
+from .worker import Reply, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,9 +123,9 @@ def _answer(job: Job) -> Any:
             logger.warning("Job %s: waiting for it, the database was lost; answering 202.", job.id)
             reply = None
         if reply is not None and reply.status is JobStatus.PROCESSED:
-            response = Response(reply.response or "", reply.status_code or 200)
-            if reply.content_type:
-                response.content_type = reply.content_type
+            response = reply_response(get_state().store(), job.id, reply)
+            if response.status_code == 200:
+                response.status_code = reply.status_code or 200
             response.headers["Preference-Applied"] = f"wait={seconds}"
             return response
         # Waited for, but not done (or failed): the 202 says the wait was applied,
@@ -147,7 +151,7 @@ def capture_request(headers: Iterable[str]) -> dict[str, Any]:
 class ViewWorker(Worker):
     """Replays a stored request through the app and returns the view's response."""
 
-    def execute(self, snapshot: dict[str, Any]) -> tuple[int, str, str | None]:
+    def execute(self, snapshot: dict[str, Any]) -> Reply:
         app = current_flask_app()
         with app.test_request_context(
             snapshot["path"],
@@ -166,9 +170,14 @@ class ViewWorker(Worker):
                     f"{snapshot['method']} {snapshot['path']} is not an asynchronous view."
                 )
             response = app.full_dispatch_request()
+            if response.is_streamed or response.direct_passthrough:
+                # send_file's file or a generator: read a chunk at a time into the
+                # result store, once the request is over (as a WSGI server would).
+                return response
             data = response.get_data()
+        headers = kept_headers(response.headers.items(), strict=False)
         try:
             body = data.decode(response.mimetype_params.get("charset", "utf-8"))
         except (UnicodeDecodeError, LookupError):
-            raise InvalidReply("returned a binary body; only text replies can be stored") from None
-        return response.status_code, body, response.content_type
+            return response.status_code, data, response.content_type, headers
+        return response.status_code, body, response.content_type, headers

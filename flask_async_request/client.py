@@ -26,15 +26,19 @@ from typing import Any, Protocol
 from .client_polling import (
     DEFAULT_HEADER,
     Answer,
+    Destination,
     Get,
     JobResult,
+    Receiver,
     Unreachable,
     drive,
     poll_steps,
+    result_request,
     target,
 )
+from .exceptions import AsyncRequestError
 
-__all__ = ["JobResult", "Session", "session_transport", "wait_for"]
+__all__ = ["JobResult", "Session", "download", "session_transport", "wait_for"]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -149,3 +153,57 @@ def wait_for(
         max_backoff=max_backoff,
     )
     return drive(steps, _urllib_get if session is None else session_transport(session))
+
+
+# Downloading a result -------------------------------------------------------------------
+
+#: Bytes read from a download at a time.
+DOWNLOAD_BLOCK = 64 * 1024
+
+
+def download(
+    result: JobResult,
+    to: Destination | None = None,
+    *,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 300.0,
+) -> bytes | int:
+    """The bytes of a processed job's reply, or write them to ``to`` (a path or a binary file).
+
+    A reply held in the result store (:attr:`JobResult.stored`) is downloaded
+    from its result url a block at a time, never whole in memory when ``to`` is
+    given, and its size and SHA-256 are checked; a reply kept as text is
+    encoded in its charset. With no ``to``, the bytes are returned; else the
+    number of bytes written. A file begun at a path is removed if the download
+    fails. A redirect is not followed (it would carry the token elsewhere).
+
+    ::
+
+        result = wait_for(response)
+        download(result, "report.pdf")
+
+    :raises AsyncRequestError: the job was not processed, the server answered
+        an error, or the bytes are not those the job recorded.
+    :raises OSError: the connection failed.
+    """
+    if result.status != "processed":
+        raise AsyncRequestError(f"The job is {result.status}; it has no result to download.")
+    receiver = Receiver(result, to)
+    if not result.stored:
+        receiver.write(result.text_bytes())
+        return receiver.finish()
+    url, sent = result_request(result, header, headers)
+    try:
+        request = urllib.request.Request(url, headers=sent)
+        try:
+            with _OPENER.open(request, timeout=timeout) as answer:
+                while block := answer.read(DOWNLOAD_BLOCK):
+                    receiver.write(block)
+        except urllib.error.HTTPError as e:
+            text = e.read().decode("utf-8", "replace")
+            raise AsyncRequestError(f"Downloading {url} answered {e.code}: {text}") from None
+    except BaseException:
+        receiver.abort()
+        raise
+    return receiver.finish()

@@ -27,17 +27,21 @@ import httpx
 from .client_polling import (
     DEFAULT_HEADER,
     Answer,
+    Destination,
     Get,
     JobResult,
+    Receiver,
     Sleep,
     Steps,
     Unreachable,
     drive,
     poll_steps,
+    result_request,
     target,
 )
+from .exceptions import AsyncRequestError
 
-__all__ = ["JobResult", "async_wait_for", "wait_for"]
+__all__ = ["JobResult", "async_download", "async_wait_for", "download", "wait_for"]
 
 #: The errors of a poll that got no answer, worth trying again: not those of a
 #: request that can never be sent (a bad url, an unsupported scheme).
@@ -161,3 +165,77 @@ async def async_wait_for(
     except StopIteration as stop:
         result: JobResult = stop.value
         return result
+
+
+def download(
+    client: httpx.Client,
+    result: JobResult,
+    to: Destination | None = None,
+    *,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+) -> bytes | int:
+    """Stream a processed job's reply with ``client``: its bytes, or written to ``to``.
+
+    As :func:`flask_async_request.client.download`, with httpx: the bytes come
+    a block at a time, their size and SHA-256 are checked, and a file begun at
+    a path is removed if the download fails. A connection that fails raises
+    httpx's own error (``httpx.TransportError``).
+
+    :raises AsyncRequestError: the job was not processed, the server answered an
+        error, or the bytes are not those the job recorded.
+    """
+    receiver = _receiver(result, to)
+    if not result.stored:
+        return receiver.finish()
+    url, sent = result_request(result, header, headers)
+    try:
+        with client.stream("GET", url, headers=sent, follow_redirects=False) as answer:
+            if answer.status_code != 200:
+                answer.read()
+                raise _refused(url, answer)
+            for block in answer.iter_bytes():
+                receiver.write(block)
+    except BaseException:
+        receiver.abort()
+        raise
+    return receiver.finish()
+
+
+async def async_download(
+    client: httpx.AsyncClient,
+    result: JobResult,
+    to: Destination | None = None,
+    *,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+) -> bytes | int:
+    """As :func:`download`, in a coroutine with the asyncio ``client``."""
+    receiver = _receiver(result, to)
+    if not result.stored:
+        return receiver.finish()
+    url, sent = result_request(result, header, headers)
+    try:
+        async with client.stream("GET", url, headers=sent, follow_redirects=False) as answer:
+            if answer.status_code != 200:
+                await answer.aread()
+                raise _refused(url, answer)
+            async for block in answer.aiter_bytes():
+                receiver.write(block)
+    except BaseException:
+        receiver.abort()
+        raise
+    return receiver.finish()
+
+
+def _receiver(result: JobResult, to: Destination | None) -> Receiver:
+    if result.status != "processed":
+        raise AsyncRequestError(f"The job is {result.status}; it has no result to download.")
+    receiver = Receiver(result, to)
+    if not result.stored:
+        receiver.write(result.text_bytes())
+    return receiver
+
+
+def _refused(url: str, answer: httpx.Response) -> AsyncRequestError:
+    return AsyncRequestError(f"Downloading {url} answered {answer.status_code}: {answer.text}")

@@ -10,12 +10,16 @@ too. Like the clients, it needs only the standard library.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
 
 from .exceptions import AsyncRequestError
 
@@ -33,13 +37,43 @@ class JobResult:
     status: str
     #: The status code the worker returned (500 when it failed, 499 when cancelled).
     status_code: int
-    #: The body the worker returned.
-    body: str
+    #: The body the worker returned; empty for a reply held in the result store
+    #: (:attr:`stored`), which :func:`download` fetches.
+    body: str = ""
+    #: The reply's media type, when the job gave one.
+    content_type: str | None = None
+    #: The headers the reply kept (``Content-Disposition`` ...), as pairs.
+    headers: tuple[tuple[str, str], ...] = ()
+    #: The size in bytes of a reply held in the result store.
+    size: int | None = None
+    #: The SHA-256 of its bytes, in hex; :func:`download` checks it.
+    sha256: str | None = None
+    #: The job's result url, where its bytes are downloaded.
+    href: str | None = None
+    #: The job's token, which the result url takes as the status url does.
+    token: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         """Whether the job was processed with a 2xx status code."""
         return self.status == "processed" and 200 <= self.status_code < 300
+
+    @property
+    def stored(self) -> bool:
+        """Whether the reply is held in the result store: download it with :func:`download`."""
+        return self.href is not None
+
+    def text_bytes(self) -> bytes:
+        """A reply kept as text, as bytes in its own charset (UTF-8 when it names none)."""
+        match = _CHARSET.search(self.content_type or "")
+        charset = match.group(1) if match else "utf-8"
+        try:
+            return self.body.encode(charset)
+        except (LookupError, UnicodeEncodeError):
+            return self.body.encode()
+
+
+_CHARSET = re.compile(r";\s*charset=\"?([^\s;\"]+)", re.IGNORECASE)
 
 
 class Headers(Protocol):
@@ -148,8 +182,7 @@ def poll_steps(
             raise AsyncRequestError(f"Polling {url} answered {answer.status}: {answer.text}")
         body = _job_answer(url, answer)
         if answer.status == 200:
-            reply = body["response"]
-            return JobResult(body["status"], int(reply["status_code"]), reply["body"])
+            return _result_of(body, token)
         if on_progress is not None:
             on_progress(body.get("progress"), body.get("message"))
         if not _held(answer.headers.get("Preference-Applied")):
@@ -167,6 +200,28 @@ def _held(applied: str | None) -> bool:
     """Whether ``Preference-Applied`` says the server held the poll (a wait above 0)."""
     match = _APPLIED_WAIT.search(applied or "")
     return match is not None and int(match.group(1)) > 0
+
+
+def _result_of(body: dict[str, Any], token: str) -> JobResult:
+    """The :class:`JobResult` of a finished job's JSON."""
+    reply = body["response"]
+    headers = tuple(
+        (str(pair[0]), str(pair[1]))
+        for pair in reply.get("headers") or ()
+        if isinstance(pair, list) and len(pair) == 2
+    )
+    size = reply.get("size")
+    return JobResult(
+        body["status"],
+        int(reply["status_code"]),
+        str(reply.get("body") or ""),
+        reply.get("content_type"),
+        headers,
+        None if size is None else int(size),
+        reply.get("sha256"),
+        reply.get("href"),
+        token,
+    )
 
 
 def _job_answer(url: str, answer: Answer) -> dict[str, Any]:
@@ -289,3 +344,81 @@ def drive(steps: Steps, get: Callable[[Get], Answer]) -> JobResult:
     except StopIteration as stop:
         result: JobResult = stop.value
         return result
+
+
+# Downloading a result -------------------------------------------------------------------
+
+#: Where :func:`download` puts the bytes: a path, or a binary file open for writing.
+Destination = str | os.PathLike[str] | BinaryIO
+
+
+class Receiver:
+    """Takes a result's bytes as they come, counts and hashes them, and checks them at the end.
+
+    Transport-independent: :func:`download` and the httpx client's feed it.
+    """
+
+    def __init__(self, result: JobResult, to: Destination | None) -> None:
+        self.result = result
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._buffer: io.BytesIO | None = None
+        self._path: str | None = None
+        self._file: BinaryIO
+        if to is None:
+            self._buffer = io.BytesIO()
+            self._file = self._buffer
+        elif isinstance(to, (str, os.PathLike)):
+            self._path = os.fspath(to)
+            self._file = open(self._path, "wb")  # noqa: SIM115 - closed by finish or abort
+        else:
+            self._file = to
+
+    def write(self, data: bytes) -> None:
+        """Take the next bytes."""
+        self._digest.update(data)
+        self.size += len(data)
+        self._file.write(data)
+
+    def finish(self) -> bytes | int:
+        """Check size and checksum; the bytes (to ``None``), or how many were written.
+
+        :raises AsyncRequestError: the bytes are not those the job recorded.
+        """
+        if self._path is not None:
+            self._file.close()
+        expected = self.result.size
+        if expected is not None and self.size != expected:
+            self.abort()
+            raise AsyncRequestError(
+                f"The download of {self.result.href} ended after {self.size} of {expected} bytes."
+            )
+        if self.result.sha256 is not None and self._digest.hexdigest() != self.result.sha256:
+            self.abort()
+            raise AsyncRequestError(
+                f"The download of {self.result.href} does not match its SHA-256."
+            )
+        return self._buffer.getvalue() if self._buffer is not None else self.size
+
+    def abort(self) -> None:
+        """Give up: a file begun at a path is removed."""
+        if self._path is not None:
+            self._file.close()
+            with contextlib.suppress(OSError):
+                os.remove(self._path)
+
+
+def result_request(
+    result: JobResult, header: str = DEFAULT_HEADER, headers: Mapping[str, str] | None = None
+) -> tuple[str, dict[str, str]]:
+    """The url and headers of the GET that downloads ``result``.
+
+    :raises AsyncRequestError: the job has no result to download (failed or cancelled).
+    """
+    if result.href is None:
+        raise AsyncRequestError(f"The job is {result.status}; its reply is its body.")
+    sent = {"Accept": "*/*"}
+    if result.token:
+        sent[header] = f"Bearer {result.token}"
+    sent.update(headers or {})
+    return result.href, sent

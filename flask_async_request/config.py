@@ -24,6 +24,7 @@ from .converters import (
     HMAC_MINIMUM,
     Converter,
     boolean,
+    byte_size,
     duration,
     header_name,
     invalid,
@@ -210,6 +211,22 @@ class Settings:
         "Longest wait, in seconds, a poll may ask for with ``Prefer: wait=N``; 0 turns long"
         " polling off.",
         whole_seconds,
+    )
+    result_store_threshold: int = _setting(
+        "ASYNC_REQUEST_RESULT_STORE_THRESHOLD",
+        256 * 1024,
+        "Text replies larger than this many bytes (UTF-8), and every binary reply, go to the"
+        " result store, in chunks, and are downloaded from the job's result url; smaller text"
+        " replies stay in the jobs table and in the JSON of the status url.",
+        byte_size,
+    )
+    redirect_finished: bool = _setting(
+        "ASYNC_REQUEST_REDIRECT_FINISHED",
+        False,
+        "Answer a poll of a processed job with ``303 See Other`` and its result url in"
+        " ``Location``, for clients that download by following ``Location`` alone; ``False``"
+        " answers 200 with the JSON envelope, as the gem's clients expect.",
+        boolean,
     )
     callback_key: str | bytes | None = _setting(
         "ASYNC_REQUEST_CALLBACK_KEY",

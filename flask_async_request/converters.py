@@ -147,6 +147,13 @@ def whole_seconds(key: str, value: Any) -> int:
     return value
 
 
+def byte_size(key: str, value: Any) -> int:
+    """A number of bytes, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(key, value, "a whole number of bytes (>= 0), such as 256 * 1024")
+    return value
+
+
 def retries(key: str, value: Any) -> int:
     """``False`` (or ``None``) for no retry, or a number of retries."""
     if value is False or value is None:

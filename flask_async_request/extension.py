@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import sqlalchemy as sa
 from flask import Flask
 
-from . import web
+from . import (
+    downloads,  # noqa: F401  # the result url's routes join the blueprint
+    web,
+)
 from .broker import make_celery, start_embedded_worker
 from .cli import cli
 from .config import load_settings
 from .dashboard import DEFAULT_URL_PREFIX, Authorize, init_dashboard
-from .models import TABLE_NAME, Job
+from .models import Job, ResultChunk
 from .state import EXTENSION_KEY, AsyncRequestState, get_state
 from .tasks import keep_embedded_jobs, register_tasks
 from .tokens import TokenSigner, TokenVerifier
@@ -74,10 +77,11 @@ class AsyncRequest:
                 " async_request.init_app(app), or pass init_app(app, db=db)."
             )
         settings = load_settings(app.config)
-        # The jobs table joins the app's metadata, so db.create_all() creates it and
-        # Flask-Migrate's autogenerate sees it.
-        if TABLE_NAME not in db.metadata.tables:
-            cast(sa.Table, Job.__table__).to_metadata(db.metadata)
+        # The jobs and results tables join the app's metadata, so db.create_all()
+        # creates them and Flask-Migrate's autogenerate sees them.
+        for table in (Job.__table__, ResultChunk.__table__):
+            if cast(sa.Table, table).name not in db.metadata.tables:
+                cast(sa.Table, table).to_metadata(db.metadata)
         celery_app, embedded = make_celery(app, settings.queue)
         register_tasks(celery_app, app, settings)
         web.listen(db.session)

@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from . import results
 from . import statements as sql
 from .broker import Message, queue_callback
 from .exceptions import JobFinished, JobNotFailed, JobNotFound
@@ -92,6 +93,9 @@ def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any
         "status_code": outcome.status_code,
         "response": outcome.body,
         "content_type": outcome.content_type,
+        "headers": outcome.headers,
+        "result_size": outcome.result_size,
+        "result_sha256": outcome.result_sha256,
         "now": utcnow(),
         "progress": 1.0 if outcome.status is JobStatus.PROCESSED else None,
     }
@@ -350,6 +354,8 @@ def cancel(store: JobStore, job_id: int) -> Ended:
     if row is None:
         status = _status_of(store, job_id)
         raise JobFinished(f"Job {job_id} is {status.value} already.", job_id, status.value)
+    # What its worker wrote of a result so far; what it writes after, the purge deletes.
+    results.discard(store, job_id)
     ended = Ended.from_row(row)
     announce(ended)
     return ended
@@ -372,6 +378,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
             job_id,
             status.value,
         )
+    results.discard(store, job_id)
     return message_of(WaitingJob(*row))
 
 
@@ -381,7 +388,10 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
 def requeue_lost(store: JobStore, job: LostJob, now: datetime) -> bool:
     """Put a lost job back to ``waiting``, if its attempt is still the lost one."""
     params = {"job_id": job.id, "attempt": job.attempt, "now": now, "due_at": now}
-    return store.count(sql.REQUEUE_LOST, params) == 1
+    if store.count(sql.REQUEUE_LOST, params) != 1:
+        return False
+    results.discard(store, job.id, job.attempt)
+    return True
 
 
 def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> Ended | None:
@@ -397,6 +407,7 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
     row = store.run(sql.FAIL_LOST, params)
     if row is None:
         return None
+    results.discard(store, job.id, job.attempt)
     ended = Ended.from_row(row)
     announce(ended)
     return ended

@@ -6,7 +6,7 @@ import dataclasses
 import textwrap
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from alembic.autogenerate import render_python_code
@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 
 from .config import SETTINGS, default_source
 from .exceptions import AsyncRequestError
-from .models import FILLFACTOR, TABLE_NAME, Job
+from .models import FILLFACTOR, RESULTS_TABLE_NAME, TABLE_NAME, Job, ResultChunk
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 #: Written into the revision, so a second ``init`` finds it.
 MARKER = f"flask-async-request: create {TABLE_NAME}"
 REVISION_MESSAGE = f"create {TABLE_NAME}"
+#: Written into the revision that adds the result store to a jobs table made before it.
+RESULTS_MARKER = f"flask-async-request: create {RESULTS_TABLE_NAME}"
+RESULTS_REVISION_MESSAGE = f"create {RESULTS_TABLE_NAME}"
+#: The jobs table's columns that came with the result store.
+RESULT_COLUMNS = ("headers", "result_size", "result_sha256")
 
 #: Written into the revision that moves a table created with an index on status
 #: to the indexes of HOT updates, so a second ``init`` finds it.
@@ -50,6 +55,8 @@ class InitResult:
     #: The revision written to move a table created with an index on status to the
     #: indexes of HOT updates, if one was.
     hot_revision: Path | None = None
+    #: The revision written to add the result store to a jobs table made before it.
+    results_revision: Path | None = None
 
 
 def config_snippet() -> str:
@@ -86,21 +93,29 @@ def _fillfactor(code: str, statement: str) -> str:
 
 
 def _revision_code() -> tuple[str, str]:
-    table = cast(sa.Table, Job.__table__)
-    indexes = sorted(table.indexes, key=lambda index: str(index.name))
+    """The upgrade and downgrade of the revision that creates the jobs and results tables."""
+    tables = [cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)]
     upgrade = render_python_code(
         ops.UpgradeOps(
             ops=[
-                ops.CreateTableOp.from_table(table),
-                *(ops.CreateIndexOp.from_index(index) for index in indexes),
+                op
+                for table in tables
+                for op in (
+                    ops.CreateTableOp.from_table(table),
+                    *(ops.CreateIndexOp.from_index(index) for index in _indexes(table)),
+                )
             ]
         )
     )
     downgrade = render_python_code(
         ops.DowngradeOps(
             ops=[
-                *(ops.DropIndexOp.from_index(index) for index in indexes),
-                ops.DropTableOp.from_table(table),
+                op
+                for table in reversed(tables)
+                for op in (
+                    *(ops.DropIndexOp.from_index(index) for index in _indexes(table)),
+                    ops.DropTableOp.from_table(table),
+                )
             ]
         )
     )
@@ -139,14 +154,63 @@ def _hot_revision_code() -> tuple[str, str]:
     )
 
 
-def _existing_revision(script: ScriptDirectory) -> Path | None:
-    """The revision that already creates the jobs table, written by ``init`` or autogenerate."""
-    creates = (f"create_table('{TABLE_NAME}'", f'create_table("{TABLE_NAME}"')
+def _indexes(table: sa.Table) -> list[sa.Index]:
+    return sorted(table.indexes, key=lambda index: str(index.name))
+
+
+def _detached(table: sa.Table, name: str) -> sa.Column[Any]:
+    """Column ``name`` of ``table`` as a new column, in no table yet (nullable, no default)."""
+    column = table.c[name]
+    return sa.Column(name, column.type, nullable=column.nullable)
+
+
+def results_revision_code() -> tuple[str, str]:
+    """The upgrade and downgrade that add the result store to a jobs table made before it.
+
+    The jobs table gains the reply's kept headers and a stored result's size and
+    checksum; the results table is created.
+    """
+    jobs = cast(sa.Table, Job.__table__)
+    results = cast(sa.Table, ResultChunk.__table__)
+    upgrade = render_python_code(
+        ops.UpgradeOps(
+            ops=[
+                *(
+                    ops.AddColumnOp.from_column_and_tablename(
+                        None, TABLE_NAME, _detached(jobs, name)
+                    )
+                    for name in RESULT_COLUMNS
+                ),
+                ops.CreateTableOp.from_table(results),
+            ]
+        )
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(
+            ops=[
+                ops.DropTableOp.from_table(results),
+                *(
+                    ops.DropColumnOp.from_column_and_tablename(
+                        None, TABLE_NAME, _detached(jobs, name)
+                    )
+                    for name in reversed(RESULT_COLUMNS)
+                ),
+            ]
+        )
+    )
+    return _marked(upgrade, RESULTS_MARKER), _marked(downgrade, RESULTS_MARKER)
+
+
+def _existing_revision(
+    script: ScriptDirectory, table: str = TABLE_NAME, marker: str = MARKER
+) -> Path | None:
+    """The revision that already creates ``table``, written by ``init`` or autogenerate."""
+    creates = (f"create_table('{table}'", f'create_table("{table}"')
     for revision in script.walk_revisions():
         if revision.path is None:
             continue
         text = Path(revision.path).read_text(encoding="utf-8")
-        if MARKER in text or any(c in text for c in creates):
+        if marker in text or any(c in text for c in creates):
             return Path(revision.path)
     return None
 
@@ -195,38 +259,48 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
 
     revision = _existing_revision(script)
     revision_written = False
-    hot_revision = None
+    hot_revision = results_revision = None
     if revision is None:
-        _single_head(script)
-        upgrades, downgrades = _revision_code()
-        written = script.generate_revision(
-            uuid.uuid4().hex[:12],
-            REVISION_MESSAGE,
-            head="head",
-            upgrades=upgrades,
-            downgrades=downgrades,
-        )
-        assert written is not None and written.path is not None
-        revision, revision_written = Path(written.path), True
-    elif not _has_hot_indexes(script):
-        # A table created with an index on status: its revision and the indexes it made
-        # are the app's own history, so the change comes as a revision after them.
-        _single_head(script)
-        upgrades, downgrades = _hot_revision_code()
-        written = script.generate_revision(
-            uuid.uuid4().hex[:12],
-            HOT_MESSAGE,
-            head="head",
-            upgrades=upgrades,
-            downgrades=downgrades,
-        )
-        assert written is not None and written.path is not None
-        hot_revision = Path(written.path)
+        revision = _generate(script, REVISION_MESSAGE, *_revision_code())
+        revision_written = True
+    else:
+        if not _has_hot_indexes(script):
+            # A table created with an index on status: its revision and the indexes it
+            # made are the app's own history, so the change comes as a revision after them.
+            hot_revision = _generate(script, HOT_MESSAGE, *_hot_revision_code())
+        if _existing_revision(script, RESULTS_TABLE_NAME, RESULTS_MARKER) is None:
+            # A jobs table made before the result store: the revision that adds it.
+            results_revision = _generate(script, RESULTS_REVISION_MESSAGE, *results_revision_code())
 
     config_written = force or not config_path.exists()
     if config_written:
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(config_snippet(), encoding="utf-8")
     return InitResult(
-        migrations_created, revision, revision_written, config_path, config_written, hot_revision
+        migrations_created,
+        revision,
+        revision_written,
+        config_path,
+        config_written,
+        hot_revision,
+        results_revision,
     )
+
+
+def _generate(script: ScriptDirectory, message: str, upgrades: str, downgrades: str) -> Path:
+    """Write a revision after the current head; its path.
+
+    :raises AsyncRequestError: the history has several heads.
+    """
+    _single_head(script)
+    written = script.generate_revision(
+        uuid.uuid4().hex[:12],
+        message,
+        head="head",
+        upgrades=upgrades,
+        downgrades=downgrades,
+        # The results table's LONGBLOB, for MariaDB and MySQL.
+        imports="from sqlalchemy.dialects import mysql",
+    )
+    assert written is not None and written.path is not None
+    return Path(written.path)

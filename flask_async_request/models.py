@@ -8,11 +8,14 @@ from datetime import datetime
 from typing import Any, ClassVar, ParamSpec, Protocol, overload
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .values import new_uid, utcnow
 
 TABLE_NAME = "async_request_jobs"
+#: The result store: replies too large for the jobs table, and binary ones, in chunks.
+RESULTS_TABLE_NAME = "async_request_results"
 
 
 class JobStatus(str, enum.Enum):
@@ -120,6 +123,15 @@ class Job(_Base):
     response: Mapped[str | None] = mapped_column(sa.Text())
     #: The reply's media type, when the worker (or an asynchronous view) gave one.
     content_type: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The reply's headers kept from the worker or the view, as JSON text
+    #: (``[[name, value], ...]``); text, so every driver hands it back alike.
+    headers: Mapped[str | None] = mapped_column(sa.Text())
+    #: The size in bytes of a reply held in the result store (``None``: the reply is
+    #: ``response``). Set with the job's end, once every chunk is written: a result
+    #: is visible only when complete.
+    result_size: Mapped[int | None] = mapped_column(sa.BigInteger())
+    #: The SHA-256 of a reply held in the result store, in hex.
+    result_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     #: The Celery queue the job's messages go to (``None``: the app's default).
     queue: Mapped[str | None] = mapped_column(sa.String(255))
     #: Seconds the job may run before it fails with a time-limit error (``None``: no limit).
@@ -331,6 +343,34 @@ def _set_fillfactor(table: sa.Table, connection: sa.Connection, **kwargs: Any) -
     """Give the new jobs table its :data:`FILLFACTOR`, on PostgreSQL."""
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"ALTER TABLE {table.name} SET (fillfactor = {FILLFACTOR})")
+
+
+class ResultChunk(_Base):
+    """One chunk of a reply held in the result store.
+
+    The chunks of a job's result are those of the attempt that finished it
+    (``attempt`` is the job's ``attempts``), in the order of ``seq``. Chunks of
+    another attempt, or of a job that has no ``result_size``, are leftovers of
+    a run that did not finish: the purge deletes them.
+    """
+
+    __tablename__ = RESULTS_TABLE_NAME
+
+    job_id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(sa.Integer(), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.Integer(), primary_key=True)
+    #: Where the chunk starts in the result, in bytes: a range read finds its first chunk.
+    start: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False)
+    # LONGBLOB on MariaDB and MySQL, whose BLOB holds 64 KiB; bytea on PostgreSQL.
+    data: Mapped[bytes] = mapped_column(
+        sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
+        nullable=False,
+    )
+
+    def __repr__(self) -> str:
+        return f"<ResultChunk {self.job_id}/{self.attempt}/{self.seq}>"
 
 
 def column_length(name: str) -> int | None:

@@ -38,6 +38,11 @@ class Outcome(NamedTuple):
     status_code: int
     body: str
     content_type: str | None = None
+    #: The kept headers, as the jobs table stores them.
+    headers: str | None = None
+    #: The size and SHA-256 of a reply written to the result store (``body`` is empty).
+    result_size: int | None = None
+    result_sha256: str | None = None
 
 
 def failure(message: str) -> Outcome:

@@ -8,11 +8,15 @@ job's id in front.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .models import JobStatus
 from .store import JobReply
 from .values import finite
+
+#: Kept headers: ``(name, value)`` pairs.
+Headers = Sequence[tuple[str, str]]
 
 #: Decimal places of the progress in an answer.
 PROGRESS_DIGITS = 4
@@ -30,15 +34,31 @@ def pending_body(reply: JobReply) -> dict[str, Any]:
 
 
 def finished_body(
-    status: JobStatus, status_code: int | None, body: str | None, content_type: str | None
+    status: JobStatus,
+    status_code: int | None,
+    body: str | None,
+    content_type: str | None,
+    *,
+    headers: Headers = (),
+    result: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The body of a finished job's 200: ``{"status", "response": {"status_code", "body"}}``.
 
-    The response has a ``content_type`` when the worker gave one.
+    The response has a ``content_type`` when the worker gave one, and
+    ``headers`` (``[[name, value], ...]``) when the reply kept some. A reply
+    held in the result store has no ``body``: ``result`` instead (its ``size``,
+    ``sha256`` and, for a client, the ``href`` of the job's result url) joins
+    the response.
     """
-    response: dict[str, Any] = {"status_code": status_code, "body": body or ""}
+    response: dict[str, Any] = {"status_code": status_code}
+    if result is None:
+        response["body"] = body or ""
     if content_type:
         response["content_type"] = content_type
+    if headers:
+        response["headers"] = [list(pair) for pair in headers]
+    if result is not None:
+        response.update(result)
     return {"status": status.value, "response": response}
 
 
@@ -48,7 +68,13 @@ def callback_payload(
     status_code: int | None,
     body: str | None,
     content_type: str | None = None,
+    *,
+    headers: Headers = (),
+    result: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The JSON body announcing job ``job_id``'s end: its id, then :func:`finished_body`."""
-    payload = {"job_id": job_id, **finished_body(status, status_code, body, content_type)}
+    finished = finished_body(
+        status, status_code, body, content_type, headers=headers, result=result
+    )
+    payload = {"job_id": job_id, **finished}
     return json.dumps(payload, separators=(",", ":")).encode()

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from . import results
 from .config import Settings
 from .exceptions import WorkerResolutionError
 from .models import Job, JobStatus
@@ -243,6 +244,11 @@ def delete_matching(
     while ids := [row[0] for row in store.all(batch, {})]:
         # The condition again: a job retried since the SELECT is no longer to go.
         deleted += store.rowcount(sa.delete(Job).where(Job.id.in_(ids), condition), {})
+        # Then the results of the jobs gone (a job kept after all keeps its result).
+        gone = {row[0] for row in store.all(sa.select(Job.id).where(Job.id.in_(ids)), {})}
+        results.delete_jobs(store, [job_id for job_id in ids if job_id not in gone])
         if progress is not None:
             progress(deleted)
+    # And the chunks of runs that never finished (a worker that raised or died).
+    results.delete_stale(store)
     return deleted

@@ -9,12 +9,12 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from flask import Flask
 
-from . import lifecycle
+from . import lifecycle, results
 from .broker import publish
 from .exceptions import (
     EnqueueError,
@@ -29,13 +29,14 @@ from .exceptions import (
 from .leases import keeper
 from .models import JobStatus
 from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
+from .payloads import Payload, encode_headers, payload_of
 from .rows import Claim, Ended
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state
 from .store import JobStore
 from .values import as_utc, utcnow
-from .worker import normalize_reply, resolve_worker
+from .worker import Worker, normalize_reply, resolve_worker
 
 logger = logging.getLogger("flask_async_request")
 
@@ -130,7 +131,13 @@ def _run_claimed(
         return _schedule_retry(store, job_id, claim)
     if run.outcome is None:
         return None
-    return _store_outcome(state, store, job_id, claim.attempt, run)
+    ended = _store_outcome(state, store, job_id, claim.attempt, run)
+    if run.outcome.result_size is not None and (
+        ended is None or ended.status is not JobStatus.PROCESSED
+    ):
+        # Written, but not the job's result: cancelled, taken over, or refused.
+        results.discard(store, job_id, claim.attempt)
+    return ended
 
 
 def _store_outcome(
@@ -257,7 +264,18 @@ def _execute(
         args, kwargs = decode_params(job_id, claim.params)
         with stopper.running():
             reply = instance.execute(*args, **kwargs)
-        outcome = Outcome(JobStatus.PROCESSED, *normalize_reply(reply))
+        payload = payload_of(reply)
+        if payload is None:
+            code, body, content_type = normalize_reply(reply)
+            if len(body) * 4 <= state.settings.result_store_threshold or (
+                len(body.encode()) <= state.settings.result_store_threshold
+            ):
+                outcome = Outcome(JobStatus.PROCESSED, code, body, content_type)
+                return _Run(outcome, in_session=worker_class.transactional)
+            payload = Payload(code, content_type, [], (), text=body)
+        outcome = _store_payload(
+            state, store, session, job_id, claim.attempt, payload, stopper, worker_class
+        )
         return _Run(outcome, in_session=worker_class.transactional)
     except JobCancelled as e:
         session.rollback()
@@ -309,6 +327,58 @@ def _execute(
                 )
             )
         return _Run(failure(_cut(str(e) or type(e).__name__)))
+
+
+def _store_payload(
+    state: AsyncRequestState,
+    store: JobStore,
+    session: Any,
+    job_id: int,
+    attempt: int,
+    payload: Payload,
+    stopper: _Stopper,
+    worker_class: type[Worker],
+) -> Outcome:
+    """The outcome of a reply read a chunk at a time: in the row if short text, else stored.
+
+    A text reply up to ``ASYNC_REQUEST_RESULT_STORE_THRESHOLD`` (with headers)
+    stays in the row; any other goes to the result store, where it becomes
+    the job's result with the job's end. If reading or writing it fails, the
+    chunks written so far are deleted (or left to the purge).
+    """
+    headers = encode_headers(payload.headers)
+    text = payload.text
+    try:
+        if text is not None and len(text.encode()) <= state.settings.result_store_threshold:
+            code, content_type = payload.status_code, payload.content_type
+            return Outcome(JobStatus.PROCESSED, code, text, content_type, headers)
+        chunks = payload.chunks if text is None else (text.encode(),)
+        # A transactional worker's chunks go in its transaction (on SQLite, the
+        # one writer's); any other's each in a transaction of its own.
+        execute = (
+            (lambda statement, params: session.execute(statement, params))
+            if worker_class.transactional
+            else results.autocommitted(store)
+        )
+        try:
+            with stopper.running():
+                # Reading the chunks runs the worker's code: a generator, a stream.
+                written = results.write(execute, job_id, attempt, chunks)
+        except BaseException:
+            if not worker_class.transactional:
+                results.discard(store, job_id, attempt)
+            raise
+    finally:
+        payload.finish()
+    return Outcome(
+        JobStatus.PROCESSED,
+        payload.status_code,
+        "",
+        payload.content_type,
+        headers,
+        written.size,
+        written.sha256,
+    )
 
 
 def _database_error(store: JobStore, error: BaseException) -> bool:

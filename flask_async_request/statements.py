@@ -115,6 +115,10 @@ REPLY_COLUMNS = (
     Job.progress,
     Job.progress_message,
     Job.content_type,
+    Job.headers,
+    Job.result_size,
+    Job.result_sha256,
+    Job.attempts,
 )
 REPLY = sa.select(*REPLY_COLUMNS).where(_ID)
 
@@ -130,6 +134,18 @@ class JobReply(NamedTuple):
     progress: float | None
     message: str | None
     content_type: str | None = None
+    #: The kept headers, as the jobs table stores them (see ``payloads.encode_headers``).
+    headers: str | None = None
+    #: The size of a reply held in the result store; ``None``: the reply is ``response``.
+    result_size: int | None = None
+    result_sha256: str | None = None
+    #: The job's attempts: the result store's chunks are those of the last.
+    attempts: int = 0
+
+    @property
+    def stored(self) -> bool:
+        """Whether the reply is held in the result store, complete."""
+        return self.status is JobStatus.PROCESSED and self.result_size is not None
 
 
 class NewRow(NamedTuple):
@@ -258,6 +274,10 @@ FINISH = _ending(
         {
             **_ENDING,
             "content_type": sa.bindparam("content_type"),
+            # None unless given: a reply with no kept headers, held in the row.
+            "headers": sa.bindparam("headers", None, type_=sa.Text()),
+            "result_size": sa.bindparam("result_size", None, type_=sa.BigInteger()),
+            "result_sha256": sa.bindparam("result_sha256", None, type_=sa.String(64)),
             "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
         }
     )
@@ -299,6 +319,9 @@ RESET_FOR_RETRY = Statement(
             "status_code": None,
             "response": None,
             "content_type": None,
+            "headers": None,
+            "result_size": None,
+            "result_sha256": None,
             "progress": None,
             "progress_message": None,
             "attempts": 0,

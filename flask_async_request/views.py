@@ -26,7 +26,8 @@ from .exceptions import (
     JobFinished,
     JobNotFound,
 )
-from .models import Job
+from .models import Job, JobStatus
+from .payloads import decode_headers
 from .replies import finished_body, pending_body
 from .state import get_state
 from .store import JobReply, lost_connection
@@ -121,8 +122,31 @@ def _reply_answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]
             # Where to poll next: this very url, for clients that only follow Location.
             headers["Location"] = request.base_url
         return pending_body(reply), 202, headers
-    body = finished_body(reply.status, reply.status_code, reply.response, reply.content_type)
+    result = None
+    if reply.stored:
+        token = request.view_args.get("token") if request.view_args else None
+        href = result_url(token)
+        result = {"size": reply.result_size, "sha256": reply.result_sha256, "href": href}
+    body = finished_body(
+        reply.status,
+        reply.status_code,
+        reply.response,
+        reply.content_type,
+        headers=decode_headers(reply.headers),
+        result=result,
+    )
     return body, 200, {}
+
+
+def result_url(token: str | None) -> str:
+    """The job's result url, on this request's origin, with the token where the request had it.
+
+    ``token``: the token of the job's own url (the path); ``None``: the header's,
+    whose result url is shared and takes the token in the header again.
+    """
+    if token:
+        return url_for("async_request.result_url", token=token, _external=True)
+    return url_for("async_request.result", _external=True)
 
 
 # RFC 7240's grammar, in RFC 9110's terms: a preference is a token with an
@@ -227,6 +251,11 @@ def job_status(token: str | None = None) -> Any:
                 reply = waited
     except _Refusal as refusal:
         return refusal.response
+    if reply.status is JobStatus.PROCESSED and get_state().settings.redirect_finished:
+        headers = {"Location": result_url(token)}
+        if applied is not None:
+            headers["Preference-Applied"] = f"wait={applied}"
+        return Response(status=303, headers=headers)
     body, status, headers = _reply_answer(reply)
     if applied is not None:
         headers["Preference-Applied"] = f"wait={applied}"
@@ -280,13 +309,18 @@ def openapi_document(document: Mapping[str, Any] | None = None) -> dict[str, Any
     components["securitySchemes"]["asyncRequestToken"]["name"] = settings.header_key
     shared = paths.pop("/async_request/job")
     own = paths.pop("/async_request/job/{token}")
+    shared_result = paths.pop("/async_request/result")
+    own_result = paths.pop("/async_request/job/{token}/result")
     paths[f"{settings.url_prefix}/job"] = shared
+    paths[f"{settings.url_prefix}/result"] = shared_result
     if settings.token_in_url:
         paths[f"{settings.url_prefix}/job/{{token}}"] = own
+        paths[f"{settings.url_prefix}/job/{{token}}/result"] = own_result
     else:
         # No job urls: nothing to link to, and the token goes in the header only.
         del components["responses"]["AsyncRequestAccepted"]["links"]
         del components["responses"]["AsyncRequestPendingAtUrl"]
+        del components["responses"]["AsyncRequestResult"]
         del components["parameters"]["AsyncRequestToken"]
     if document is None:
         return library

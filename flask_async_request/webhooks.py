@@ -55,6 +55,7 @@ import sqlalchemy as sa
 from . import lifecycle
 from .exceptions import AsyncRequestError
 from .models import Job, JobStatus
+from .payloads import decode_headers
 from .replies import callback_payload
 from .state import get_state
 
@@ -301,6 +302,9 @@ _CALLBACK = sa.select(
     Job.status_code,
     Job.response,
     Job.content_type,
+    Job.headers,
+    Job.result_size,
+    Job.result_sha256,
 ).where(Job.id == sa.bindparam("job_id"))
 
 
@@ -328,7 +332,22 @@ def deliver(job_id: int, attempt: int = 1) -> bool:
         target = resolve_target(
             row.callback_url, allow_private=state.settings.callback_allow_private
         )
-        payload = callback_payload(job_id, status, row.status_code, row.response, row.content_type)
+        # A result in the result store is named by its size and checksum; the
+        # receiver downloads it from the job's result url with its token.
+        stored = (
+            None
+            if row.result_size is None or status is not JobStatus.PROCESSED
+            else {"size": row.result_size, "sha256": row.result_sha256}
+        )
+        payload = callback_payload(
+            job_id,
+            status,
+            row.status_code,
+            row.response,
+            row.content_type,
+            headers=decode_headers(row.headers),
+            result=stored,
+        )
         message = message_id(row.uid, row.attempts, status.value)
         timestamp = str(int(time.time()))
         code = post(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
+
+from werkzeug.wrappers import Response as BaseResponse
 
 from .exceptions import InvalidReply, JobCancelled, WorkerResolutionError
 from .models import column_length
@@ -82,8 +86,18 @@ _PROGRESS_MESSAGE_LENGTH = column_length("progress_message") or 255
 _CONTENT_TYPE_LENGTH = column_length("content_type") or 255
 
 Status = int | HTTPStatus | str
-#: What ``execute`` returns: ``(status, body)`` or ``(status, body, content_type)``.
-Reply = tuple[Status, str | None] | tuple[Status, str | None, str | None]
+#: A reply's body: text, bytes, a file path, a binary file object or chunks of bytes.
+Body = str | bytes | bytearray | memoryview | os.PathLike[str] | IO[bytes] | Iterable[bytes] | None
+#: Headers a reply keeps (see ``payloads.KEPT_HEADERS``): a mapping or pairs.
+HeaderItems = Mapping[str, str] | Iterable[tuple[str, str]]
+#: What ``execute`` returns: ``(status, body)``, ``(status, body, content_type)``,
+#: ``(status, body, content_type, headers)``, or a Flask or Werkzeug response.
+Reply = (
+    tuple[Status, Body]
+    | tuple[Status, Body, str | None]
+    | tuple[Status, Body, str | None, HeaderItems]
+    | BaseResponse
+)
 
 
 class Worker:
@@ -184,6 +198,15 @@ class Worker:
         as ``"ok"`` or ``"bad_request"``; ``body`` is a str, or ``None`` for an
         empty body; a third item, the body's media type, is optional. An
         exception marks the job ``failed`` with status 500.
+
+        The body may also be ``bytes``, a file path (``pathlib.Path``), a binary
+        file object or an iterable of ``bytes`` chunks, and a fourth item the
+        headers the reply keeps (``Content-Disposition``, ``Last-Modified`` ...;
+        see :data:`~flask_async_request.payloads.KEPT_HEADERS`); or ``execute``
+        returns a Flask response, ``send_file``'s for one. Such a reply, and a
+        text one larger than ``ASYNC_REQUEST_RESULT_STORE_THRESHOLD``, goes to
+        the result store and is downloaded from the job's result url (see
+        :doc:`/files`).
         """
         raise NotImplementedError(f"{type(self).__qualname__} must implement execute()")
 
@@ -275,6 +298,23 @@ def status_code_of(status: object) -> int:
     return code
 
 
+def content_type_of(content_type: object) -> str | None:
+    """A worker's content type, checked; ``None`` for none.
+
+    :raises InvalidReply: for anything but a str the jobs table can store.
+    """
+    if content_type is None:
+        return None
+    if not isinstance(content_type, str):
+        raise InvalidReply(
+            f"returned content type {short_repr(content_type, _ECHOED)}; expected a str"
+        )
+    reason = unstorable(content_type, _CONTENT_TYPE_LENGTH)
+    if reason is not None:
+        raise InvalidReply(f"returned a content type that cannot be stored: {reason}")
+    return content_type
+
+
 def normalize_reply(reply: object) -> tuple[int, str, str | None]:
     """Check a worker's return value and turn it into ``(status_code, body, content_type)``.
 
@@ -287,15 +327,7 @@ def normalize_reply(reply: object) -> tuple[int, str, str | None]:
     if not isinstance(reply, (tuple, list)) or len(reply) not in (2, 3):
         raise InvalidReply(f"returned {short_repr(reply, _ECHOED)}; expected a (status, body) pair")
     status, body, *rest = reply
-    content_type = rest[0] if rest else None
-    if content_type is not None:
-        if not isinstance(content_type, str):
-            raise InvalidReply(
-                f"returned content type {short_repr(content_type, _ECHOED)}; expected a str"
-            )
-        reason = unstorable(content_type, _CONTENT_TYPE_LENGTH)
-        if reason is not None:
-            raise InvalidReply(f"returned a content type that cannot be stored: {reason}")
+    content_type = content_type_of(rest[0] if rest else None)
     code = status_code_of(status)
     if body is None:
         body = ""

@@ -114,7 +114,17 @@ def hand_over(app: Flask, field: str, value: Any) -> None:
         answer = poll(app.test_client(), token)
         assert answer.status_code == 200, answer.data[:300]
         assert answer.json["status"] == JobStatus(status).value
-        body = answer.json["response"]["body"]
+        response = answer.json["response"]
+        if "href" in response:
+            # A body of bytes (or chunks of them): in the result store, downloaded whole.
+            assert field == "body" and status == JobStatus.PROCESSED
+            download = app.test_client().get(
+                response["href"], headers={"X-JOB-AUTHORIZATION": f"Bearer {token}"}
+            )
+            assert download.status_code == 200
+            assert len(download.data) == response["size"]
+            return
+        body = response["body"]
         if status == JobStatus.FAILED:
             message = json.loads(body)["error"]
             assert isinstance(message, str) and message

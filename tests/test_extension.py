@@ -125,14 +125,14 @@ def test_create_all_creates_the_jobs_table(app: Flask) -> None:
     assert any(c["column_names"] == ["uid"] for c in uniques + unique_index)
 
 
-def test_autogenerate_sees_the_jobs_table(make_app: AppFactory) -> None:
-    """Alembic's autogenerate (what Flask-Migrate runs) proposes the jobs table on an empty db."""
+def test_autogenerate_sees_the_jobs_and_results_tables(make_app: AppFactory) -> None:
+    """Alembic's autogenerate (what Flask-Migrate runs) proposes the jobs and results tables."""
     app = make_app(create_tables=False)
     db = app.extensions["sqlalchemy"]
     with app.app_context(), db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
     added = [d[1].name for d in diff if d[0] == "add_table"]
-    assert added == ["async_request_jobs"]
+    assert sorted(added) == ["async_request_jobs", "async_request_results"]
 
 
 def test_autogenerate_finds_no_difference_after_create_all(app: Flask) -> None:

@@ -290,3 +290,121 @@ def test_table_with_index_on_status_gets_a_revision_to_the_models_indexes(
     assert created is not None
     flask(project, database_url, "db", "downgrade", created.group(1))
     assert _indexes(database_url) == before
+
+
+def _run_revision(engine: sa.Engine, code: str) -> None:
+    """Run the body of a revision's upgrade() or downgrade(), as Alembic would."""
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.dialects import mysql
+
+    with engine.begin() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        namespace: dict[str, object] = {"op": op, "sa": sa, "mysql": mysql}
+        exec(compile(f"def run():\n    {code}\n", "revision", "exec"), namespace)
+        runner: Any = namespace["run"]
+        runner()
+
+
+def _differences(engine: sa.Engine, metadata: sa.MetaData) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), metadata))
+
+
+def test_results_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
+    """The result store's revision takes a jobs table of before it to the model, and back."""
+    from flask_async_request.migrations import RESULT_COLUMNS, results_revision_code
+    from flask_async_request.models import Job, ResultChunk
+
+    jobs = cast(sa.Table, Job.__table__)
+    before = sa.MetaData()
+    old = sa.Table(
+        jobs.name,
+        before,
+        *(
+            sa.Column(
+                c.name,
+                c.type,
+                primary_key=c.primary_key,
+                nullable=c.nullable,
+                unique=c.unique,
+                index=c.index,
+            )
+            for c in jobs.columns
+            if c.name not in RESULT_COLUMNS
+        ),
+    )
+    made = {index.name for index in old.indexes}
+    for index in jobs.indexes:
+        if index.name not in made:
+            sa.Index(index.name, *(old.c[c.name] for c in index.columns), unique=index.unique)
+    now = sa.MetaData()
+    for table in (jobs, cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(now)
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    try:
+        before.create_all(engine)
+        assert _differences(engine, now)
+        upgrade, downgrade = results_revision_code()
+        _run_revision(engine, upgrade)
+        assert _differences(engine, now) == []
+        _run_revision(engine, downgrade)
+        assert _differences(engine, before) == []
+    finally:
+        engine.dispose()
+
+
+OLD_REVISION = '''"""create async_request_jobs, before the result store
+
+Revision ID: before01
+Revises:
+Create Date: 2024-01-01 00:00:00
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = 'before01'
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table('async_request_jobs', sa.Column('id', sa.Integer(), nullable=False))
+
+
+def downgrade():
+    op.drop_table('async_request_jobs')
+'''
+
+
+def test_init_adds_the_result_store_to_a_history_made_before_it(
+    project: Path, tmp_path: Path
+) -> None:
+    """A history whose jobs revision predates the result store gets the revision that adds it."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    flask(project, url, "db", "init")
+    (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
+    output = flask(project, url, "async-request", "init")
+    assert "The jobs table revision exists already" in output
+    assert "Wrote the result store revision" in output
+    # After the revision of the new indexes, which that history lacks too.
+    added = {
+        re.search(r"^revision = '(\w+)'", text, re.M).group(1): text  # type: ignore[union-attr]
+        for name, text in _versions(project).items()
+        if "before01" not in name
+    }
+    assert len(added) == 2
+    [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
+    [indexes] = [revision for revision, text in added.items() if text is not results]
+    assert f"down_revision = '{indexes}'" in results
+    assert "down_revision = 'before01'" in added[indexes]
+    assert "from sqlalchemy.dialects import mysql" in results
+    again = flask(project, url, "async-request", "init")
+    assert "result store revision" not in again
+    assert len(_versions(project)) == 3

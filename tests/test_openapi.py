@@ -53,7 +53,12 @@ def test_document_follows_the_configuration(make_app: AppFactory) -> None:
     """Prefix and header name in the document are the app's own."""
     app = make_app(ASYNC_REQUEST_URL_PREFIX="/jobs", ASYNC_REQUEST_HEADER_KEY="Authorization")
     document = json_of(app.test_client().get("/jobs/openapi.json"))
-    assert list(document["paths"]) == ["/jobs/job", "/jobs/job/{token}"]
+    assert sorted(document["paths"]) == [
+        "/jobs/job",
+        "/jobs/job/{token}",
+        "/jobs/job/{token}/result",
+        "/jobs/result",
+    ]
     scheme = document["components"]["securitySchemes"]["asyncRequestToken"]
     assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "Authorization")
 
@@ -80,7 +85,7 @@ def test_without_job_urls_the_document_has_none(make_app: AppFactory) -> None:
     """ASYNC_REQUEST_TOKEN_IN_URL = False: no job url path, no links to one."""
     app = make_app(ASYNC_REQUEST_TOKEN_IN_URL=False)
     document = json_of(app.test_client().get("/async_request/openapi.json"))
-    assert list(document["paths"]) == ["/async_request/job"]
+    assert sorted(document["paths"]) == ["/async_request/job", "/async_request/result"]
     assert "links" not in document["components"]["responses"]["AsyncRequestAccepted"]
     schemathesis.openapi.from_dict(document)
 
@@ -108,6 +113,24 @@ def test_every_header_sent_is_documented(app: Flask, client: Any) -> None:
         names = set(response.headers.keys()) - {"Content-Type", "Content-Length"}
         assert names <= _headers_of(document, path, "get", status), names
     assert _headers_of(document, "/async_request/job/{token}", "get", "202") >= {"Location"}
+    done = Job.create_and_enqueue(workers.ReturnValue, [200, "x", "text/plain", {"Link": "<a>"}])
+    by_header = {"X-JOB-AUTHORIZATION": done.token}
+    sent = {
+        ("/async_request/result", "200"): client.get("/async_request/result", headers=by_header),
+        ("/async_request/job/{token}/result", "200"): client.get(
+            f"/async_request/job/{done.token}/result"
+        ),
+        ("/async_request/result", "206"): client.get(
+            "/async_request/result", headers={**by_header, "Range": "bytes=0-0"}
+        ),
+        ("/async_request/result", "416"): client.get(
+            "/async_request/result", headers={**by_header, "Range": "bytes=9-"}
+        ),
+    }
+    for (path, status), response in sent.items():
+        assert response.status_code == int(status)
+        names = set(response.headers.keys()) - {"Content-Type", "Content-Length"}
+        assert names <= _headers_of(document, path, "get", status), names
     assert "Location" not in _headers_of(document, "/async_request/job", "get", "202")
 
 
@@ -121,7 +144,13 @@ def test_an_apps_202_links_to_the_status_operations(app: Flask) -> None:
     }
     merged = openapi_document(mine)
     assert "/async_request/job" not in mine["paths"]
-    assert set(merged["paths"]) == {"/reports", "/async_request/job", "/async_request/job/{token}"}
+    assert set(merged["paths"]) == {
+        "/reports",
+        "/async_request/job",
+        "/async_request/job/{token}",
+        "/async_request/result",
+        "/async_request/job/{token}/result",
+    }
     assert "Report" in merged["components"]["schemas"]
     links = merged["components"]["responses"]["AsyncRequestAccepted"]["links"]
     assert links["GetJob"] == {
@@ -154,7 +183,16 @@ def test_a_document_that_cannot_take_the_endpoint_is_refused(
 # The fuzzer ---------------------------------------------------------------------------
 
 #: Operations that take a job's token; a positive case of one gets a real token.
-TOKEN_OPERATIONS = {"getJob", "cancelJob", "getJobByUrl", "cancelJobByUrl"}
+TOKEN_OPERATIONS = {
+    "getJob",
+    "cancelJob",
+    "getJobByUrl",
+    "cancelJobByUrl",
+    "getJobResult",
+    "getJobResultByUrl",
+}
+#: Operations on a job's result: a positive case gets the token of a job that has one.
+RESULT_OPERATIONS = {"getJobResult", "getJobResultByUrl"}
 
 
 def _fuzzed_app(make_app: AppFactory) -> Flask:
@@ -224,7 +262,11 @@ class _RealTokens:
             return
         self.cases["new"] += 1
         with self.app.app_context():
-            token = _new_job(next(self.created)).token
+            number = next(self.created)
+            if operation_id in RESULT_OPERATIONS:
+                # A processed job (an odd number) has a result to download.
+                number = number * 2 + 1
+            token = _new_job(number).token
         if by_url:
             case.path_parameters = {**(case.path_parameters or {}), "token": token}
         else:
@@ -258,7 +300,17 @@ def test_endpoint_conforms_to_its_document(
     access_log.setLevel(logging.WARNING)
     try:
         with serving(app) as base:
+            config = tmp_path / "schemathesis.toml"
+            # A range past the end of a result is valid by the document, and
+            # answered 416, as RFC 9110 has it (test_files checks each answer).
+            config.write_text(
+                "[[operations]]\n"
+                'include-operation-id = ["getJobResult", "getJobResultByUrl"]\n'
+                "checks.positive_data_acceptance.expected-statuses ="
+                ' ["2xx", "3xx", "404", "409", "416", "5xx"]\n'
+            )
             arguments = [
+                f"--config-file={config}",
                 "run",
                 f"{base}/openapi.json",
                 "--phases=examples,coverage,fuzzing,stateful",
@@ -293,7 +345,7 @@ def test_endpoint_conforms_to_its_document(
     }, result.output
     assert report["failures"] == report["errors"] == [], result.output
     assert not any(report["warnings"].values()), result.output
-    assert report["operations"]["tested"] == 5
+    assert report["operations"]["tested"] == 7
     # Links carried real tokens; of the other cases, about half got one.
     new, generated = tokens.cases["new"], tokens.cases["generated"]
     assert tokens.cases["linked"] > 0, tokens.cases

@@ -71,7 +71,8 @@ def test_raising_worker_fails_with_500_and_logs(
     [
         (42, "returned 42; expected a (status, body) pair"),
         ([200], "returned [200]; expected a (status, body) pair"),
-        ((200, "a", "text/plain", "x"), "expected a (status, body) pair"),
+        ((200, "a", "text/plain", "x"), "returned headers 'x'; expected a mapping"),
+        ((200, "a", "text/plain", {}, 1), "expected a (status, body) pair"),
         ((200, "a", 5), "returned content type 5; expected a str"),
         (None, "returned None; expected a (status, body) pair"),
         ((999, "x"), "status 999 is outside the HTTP range"),
@@ -93,12 +94,12 @@ def test_wrong_reply_fails_naming_the_worker(app: Flask, reply: Any, message: st
     assert message in error
 
 
-def test_bytes_body_fails(app: Flask) -> None:
-    """A bytes body is an error on the job, not a crash."""
-    job = Job.create_and_enqueue(workers.ReturnBytes)
+def test_chunks_of_text_fail(app: Flask) -> None:
+    """A body of chunks that are not bytes is an error on the job, not a crash."""
+    job = Job.create_and_enqueue(workers.ReturnValue, [200, ["text", "chunks"]])
     assert job.status is JobStatus.FAILED
     assert job.response is not None
-    assert "body of type bytes" in json.loads(job.response)["error"]
+    assert "body whose chunks are str; expected bytes" in json.loads(job.response)["error"]
 
 
 def test_duplicate_delivery_runs_once(app: Flask, tmp_path: Path) -> None:

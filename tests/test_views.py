@@ -451,7 +451,12 @@ def test_the_openapi_view_serves_the_document(make_app: AppFactory) -> None:
     served = json_of(response)
     with app.app_context():
         assert served == openapi_document()
-    assert set(served["paths"]) == {"/jobs/job", "/jobs/job/{token}"}
+    assert set(served["paths"]) == {
+        "/jobs/job",
+        "/jobs/job/{token}",
+        "/jobs/result",
+        "/jobs/job/{token}/result",
+    }
     assert served["components"]["securitySchemes"]["asyncRequestToken"]["name"] == "X-Token"
 
 
@@ -463,7 +468,13 @@ def test_merging_leaves_the_app_s_document_as_it_was(app: Flask) -> None:
         "paths": {"/reports": {"post": {"responses": {"200": {"description": "ok"}}}}},
     }
     merged = openapi_document(own)
-    assert set(merged["paths"]) == {"/reports", "/async_request/job", "/async_request/job/{token}"}
+    assert set(merged["paths"]) == {
+        "/reports",
+        "/async_request/job",
+        "/async_request/job/{token}",
+        "/async_request/result",
+        "/async_request/job/{token}/result",
+    }
     assert "AsyncRequestAccepted" in merged["components"]["responses"]
     assert set(own) == {"openapi", "info", "paths"}
     assert set(own["paths"]) == {"/reports"}

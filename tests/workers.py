@@ -55,7 +55,7 @@ class ReturnValue(Worker):
 
 
 class ReturnBytes(Worker):
-    """Returns a bytes body, which is not allowed."""
+    """Returns a bytes body."""
 
     # Any: the body is deliberately outside what Worker.execute's type allows.
     def execute(self) -> Any:
@@ -388,3 +388,72 @@ class ChecksCancelled(Worker):
 
     def execute(self) -> tuple[int, str]:
         return 200, str(self.cancelled)
+
+
+#: Every byte value, so a round trip shows no byte is changed on the way.
+ALL_BYTES = bytes(range(256)) * 5
+
+
+class ReturnFile(Worker):
+    """Returns the file at ``path`` as a ``pathlib.Path``, with the headers given."""
+
+    def execute(self, path: str, headers: dict[str, str] | None = None) -> Any:
+        return 200, Path(path), None, headers or {}
+
+
+class ReturnFileObject(Worker):
+    """Returns an open binary file object of ``data``'s latin-1 bytes."""
+
+    def execute(self, data: str) -> Any:
+        import io
+
+        return 201, io.BytesIO(data.encode("latin-1")), "application/x-test"
+
+
+class ReturnChunks(Worker):
+    """Returns ``count`` chunks of ``size`` bytes, each of its index's byte, as a generator.
+
+    With ``fail_after``, raises after that many chunks: a run that dies mid-write.
+    """
+
+    def execute(self, count: int, size: int, fail_after: int | None = None) -> Any:
+        def chunks() -> Any:
+            for index in range(count):
+                if fail_after is not None and index == fail_after:
+                    raise OSError("the disk went away")
+                yield bytes([index % 256]) * size
+
+        return 200, chunks(), "application/octet-stream", [("Link", '<https://a.test/>; rel="x"')]
+
+
+class ReturnResponse(Worker):
+    """Returns a Werkzeug response with a streamed body and headers kept and not kept."""
+
+    def execute(self) -> Any:
+        from werkzeug.wrappers import Response
+
+        response = Response(
+            (part.encode() for part in ("made ", "of ", "parts")), 201, mimetype="text/csv"
+        )
+        response.headers["Content-Disposition"] = 'attachment; filename="parts.csv"'
+        response.headers["Set-Cookie"] = "session=secret"
+        response.headers["X-Internal"] = "not for the client"
+        return response
+
+
+class ReturnText(Worker):
+    """Returns ``count`` times ``text`` as a text body, with an optional header."""
+
+    def execute(self, text: str, count: int, disposition: str | None = None) -> Any:
+        if disposition is None:
+            return 200, text * count, "text/plain; charset=utf-8"
+        return 200, text * count, "text/plain; charset=utf-8", {"Content-Disposition": disposition}
+
+
+class TransactionalBytes(Worker):
+    """A transactional worker returning bytes: its chunks go in its own transaction."""
+
+    transactional = True
+
+    def execute(self) -> Any:
+        return 200, (bytes([i]) * 1000 for i in range(3)), "application/octet-stream"

@@ -51,6 +51,9 @@ def init_command(config_file: Path, force: bool) -> None:
     if result.hot_revision is not None:
         click.echo(f"Wrote the revision of the jobs table's new indexes: {result.hot_revision}")
         click.echo("Next: run `flask db upgrade` to change them.")
+    if result.results_revision is not None:
+        click.echo(f"Wrote the result store revision: {result.results_revision}")
+        click.echo("Next: run `flask db upgrade` to add the result store.")
     if result.config_written:
         click.echo(f"Wrote the settings snippet: {result.config}")
     else:
