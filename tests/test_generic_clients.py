@@ -11,11 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from azure.core import PipelineClient
+from azure.core.configuration import Configuration
 from azure.core.pipeline import PipelineResponse
-from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.pipeline.policies import RedirectPolicy, SansIOHTTPPolicy
 from azure.core.polling import LROPoller
 from azure.core.polling.base_polling import LROBasePolling
 from azure.core.rest import HttpRequest
+
+from flask_async_request import Job, accepted
+from tests import workers
+from tests.conftest import AppFactory, serving
 
 
 def _deserialize(pipeline_response: PipelineResponse[Any, Any]) -> Any:
@@ -66,3 +71,40 @@ def test_azure_cores_poller_polls_a_long_job_until_it_ends(served_example: str) 
     assert seen.codes[-1] == 200
     assert set(seen.codes[:-1]) == {202}
     assert len(seen.codes) >= 3
+
+
+def test_azure_cores_poller_downloads_a_stored_result_by_following_the_303(
+    make_app: AppFactory,
+) -> None:
+    """With ASYNC_REQUEST_REDIRECT_FINISHED the poller ends on the result's own bytes.
+
+    A CSV export of 600 KB, above the result store's threshold: the last poll is a
+    303 to the job's result url, which the pipeline's redirect policy follows. (The
+    poller hands its final answer to azure-core's content decoding, which takes JSON,
+    XML and text; a binary result is for a client that streams it.)
+    """
+    app = make_app(ASYNC_REQUEST_REDIRECT_FINISHED=True)
+    line = "id,name\n"
+
+    @app.post("/export")
+    def export() -> Any:
+        return accepted(Job.create_and_enqueue(workers.ReturnText, line, 75_000))
+
+    with serving(app) as base:
+        seen = _Seen()
+        # As the Azure SDK's clients are built: redirects followed by the pipeline.
+        config: Configuration[Any, Any] = Configuration()
+        config.redirect_policy = RedirectPolicy()
+        client: PipelineClient[Any, Any]
+        client = PipelineClient(base_url=base, config=config, per_call_policies=[seen])
+        initial = client.send_request(
+            HttpRequest("POST", f"{base}/export"), _return_pipeline_response=True
+        )
+        assert initial.http_response.status_code == 202
+        poller = LROPoller(
+            client, initial, lambda response: response.http_response.read(), LROBasePolling(0.05)
+        )
+        assert poller.result(timeout=60) == (line * 75_000).encode()
+    assert poller.status() == "Succeeded"
+    assert 303 not in seen.codes  # followed inside the pipeline, never seen by the poller
+    assert seen.codes[-1] == 200
