@@ -12,15 +12,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, Response, request, send_file, stream_with_context
+from flask import Flask, Response, current_app, request, send_file, stream_with_context
 
 from flask_async_request import Job, JobStatus, asynchronous, lifecycle, results
 from flask_async_request.models import ResultChunk
 from flask_async_request.retention import purge_expired, purge_jobs
-from flask_async_request.state import get_state
 from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import AppFactory, json_of, poll
+from tests.conftest import INTERNALS, AppFactory, current_db, json_of, poll
 
 TOKEN_HEADER = "X-JOB-AUTHORIZATION"
 
@@ -29,7 +28,7 @@ def _chunk_count(job_id: int | None = None) -> int:
     query = sa.select(sa.func.count()).select_from(ResultChunk)
     if job_id is not None:
         query = query.where(ResultChunk.job_id == job_id)
-    session = get_state().db.session
+    session = current_db().session
     count = int(session.execute(query).scalar_one())
     session.commit()
     return count
@@ -250,7 +249,7 @@ def test_result_url_refuses_as_the_status_url(app: Flask, client: Any) -> None:
     assert _download(client, failed.token).status_code == 404
     job = Job.create_and_enqueue(workers.ReturnBytes)
     assert _download(client, job.token).status_code == 200
-    get_state().db.session.commit()
+    current_db().session.commit()
     assert purge_jobs(timedelta(seconds=0), [JobStatus.PROCESSED]) >= 1
     assert _download(client, job.token).status_code == 404
     assert _chunk_count() == 0
@@ -293,7 +292,7 @@ def test_purge_deletes_a_jobs_chunks(app: Flask, client: Any, small_chunks: int)
     job_id = Job.create_and_enqueue(workers.ReturnChunks, 3, 1000).id
     other_id = Job.create_and_enqueue(workers.ReturnChunks, 2, 1000).id
     assert _chunk_count() == 5
-    session = get_state().db.session
+    session = current_db().session
     aged = Job.finished_at - timedelta(days=2)
     session.execute(sa.update(Job).where(Job.id == job_id).values(finished_at=aged))
     session.commit()
@@ -304,7 +303,7 @@ def test_purge_deletes_a_jobs_chunks(app: Flask, client: Any, small_chunks: int)
 
 def test_cancel_deletes_the_chunks_written(app: Flask) -> None:
     """Cancelling a running job deletes what its worker wrote of a result."""
-    store = get_state().store()
+    store = INTERNALS.job_store(current_app)
     job = lifecycle.new_job("tests.workers:ReturnBytes", {"args": [], "kwargs": {}})
     lifecycle.insert(store, job)
     claim = lifecycle.claim(store, job.id, timedelta(minutes=1))
@@ -343,7 +342,7 @@ def test_crash_mid_write_deletes_its_chunks_at_once(
 
 def test_purge_deletes_chunks_of_jobs_gone(app: Flask) -> None:
     """Chunks whose job no longer exists (deleted by hand) are deleted by the purge."""
-    store = get_state().store()
+    store = INTERNALS.job_store(current_app)
     results.write(results.autocommitted(store), 12345, 1, [b"orphan"])
     assert _chunk_count(12345) == 1
     purge_jobs(timedelta(days=1))
@@ -455,7 +454,7 @@ class _Fifty:
 
 def test_a_large_result_is_written_and_read_in_bounded_memory(app: Flask, client: Any) -> None:
     """50 MiB go in and out with a peak of a few chunks, never the whole result."""
-    store = get_state().store()
+    store = INTERNALS.job_store(current_app)
     job = lifecycle.new_job("tests.workers:ReturnBytes", {"args": [], "kwargs": {}})
     lifecycle.insert(store, job)
     claim = lifecycle.claim(store, job.id, timedelta(minutes=1))

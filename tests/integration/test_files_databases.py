@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, send_file
+from flask import Flask, current_app, send_file
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import AsyncRequest, Job, asynchronous, results
 from flask_async_request.models import ResultChunk
 from flask_async_request.retention import purge_jobs
-from flask_async_request.state import get_state
 from tests import workers
-from tests.conftest import SECRET, json_of, poll
+from tests.conftest import INTERNALS, SECRET, current_db, json_of, poll
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +56,13 @@ def db_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
         db.create_all()
         yield app
         db.session.remove()
-        get_state().store().dispose()
+        INTERNALS.job_store(current_app).dispose()
         db.engine.dispose()
 
 
 def _chunks(job_id: int) -> int:
     query = sa.select(sa.func.count()).select_from(ResultChunk).where(ResultChunk.job_id == job_id)
-    session = get_state().db.session
+    session = current_db().session
     count = int(session.execute(query).scalar_one())
     # Ended, so the next count sees the rows as they are then (MariaDB's REPEATABLE READ).
     session.commit()
@@ -133,7 +132,7 @@ def test_purge_deletes_a_finished_jobs_chunks(db_app: Flask) -> None:
     client = db_app.test_client()
     job = Job.create_and_enqueue(workers.ReturnChunks, 2, 100)
     job_id, token = job.id, job.token
-    get_state().db.session.commit()
+    current_db().session.commit()
     assert _chunks(job_id) == 1
     purge_jobs(timedelta(seconds=0))
     assert _chunks(job_id) == 0
