@@ -117,6 +117,19 @@ def task_id(job_id: int, uid: str) -> str:
     return f"async-request-{job_id}-{uid}"
 
 
+def uid_of(job_id: int, celery_task_id: str | None) -> str | None:
+    """The job's uid carried by a message's :func:`task_id`; ``None`` for an id of another form.
+
+    A message sent by other means (a task id of Celery's own, a test's
+    ``apply``) carries no uid: it claims job ``job_id`` whatever its uid.
+    """
+    prefix = f"async-request-{job_id}-"
+    if celery_task_id is None or not celery_task_id.startswith(prefix):
+        return None
+    uid = celery_task_id[len(prefix) :]
+    return uid or None
+
+
 class Message(NamedTuple):
     """What the message that runs a job needs, as stored with the job."""
 

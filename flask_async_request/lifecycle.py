@@ -197,11 +197,14 @@ def message_of_row(job_id: int, row: NewRow) -> Message:
 # A running attempt ---------------------------------------------------------------------
 
 
-def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
+def claim(store: JobStore, job_id: int, lease: timedelta, uid: str | None = None) -> Claim | None:
     """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.
 
     One conditional UPDATE, so of several workers given the same job, one wins;
     a duplicate message, or one for a finished or deleted job, claims nothing.
+    With ``uid``, the uid its message carries, only the job of that uid is
+    taken: a message sent before the jobs table was recreated, or its ids
+    restarted, does not claim the new job that has its id now.
 
     A claim whose connection is lost is tried again on a fresh one for up to
     :data:`CLAIM_RETRY_FOR` seconds; a lost try that had claimed the job is
@@ -213,7 +216,7 @@ def claim(store: JobStore, job_id: int, lease: timedelta) -> Claim | None:
     :raises DatabaseUnavailable: the database was out of reach all that time.
     """
     now = utcnow()
-    params = {"job_id": job_id, "now": now, "lease_until": now + lease}
+    params = {"job_id": job_id, "message_uid": uid, "now": now, "lease_until": now + lease}
 
     def claim_once(lost_before: bool) -> Any:
         row = store.run(sql.CLAIM, params)

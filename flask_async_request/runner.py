@@ -63,13 +63,16 @@ class _Run(NamedTuple):
     in_session: bool = False
 
 
-def run_job(job_id: int) -> JobStatus | None:
+def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
     """Claim job ``job_id``, run its worker and store the reply.
 
     The claim is one conditional UPDATE (``waiting`` -> ``processing``), so a
     duplicate or redelivered message for a job that is already claimed, finished
-    or deleted does nothing. While the worker runs, its lease is renewed; the
-    reply is stored only if the job was neither cancelled nor taken over meanwhile.
+    or deleted does nothing. With ``uid``, the uid its message carries, a job
+    that has the id now but another uid (the table was recreated, or its ids
+    restarted, since the message was sent) is not claimed either. While the
+    worker runs, its lease is renewed; the reply is stored only if the job was
+    neither cancelled nor taken over meanwhile.
 
     Whatever raises once the job is claimed, in the worker or in the library
     (a reply the database refuses, a signal receiver), the job ends ``failed``
@@ -82,9 +85,17 @@ def run_job(job_id: int) -> JobStatus | None:
     """
     state = get_state()
     store = state.store()
-    claim = lifecycle.claim(store, job_id, state.settings.lease)
+    claim = lifecycle.claim(store, job_id, state.settings.lease, uid)
     if claim is None:
-        logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
+        if uid is None:
+            logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
+        else:
+            logger.info(
+                "Job %s of uid %s is not waiting (taken, finished or deleted, or its id is"
+                " another job's now); skipping it.",
+                job_id,
+                uid,
+            )
         return None
     try:
         ended = _run_claimed(state, store, job_id, claim)

@@ -203,9 +203,15 @@ CLAIM_COLUMNS = (
     Job.time_limit,
     Job.due_at,
 )
+#: The job's uid, from its message; ``None`` (the default): any uid, for a message
+#: that does not carry one. A message sent before its table was recreated or its
+#: ids restarted names its job's id and the uid of another: it claims nothing.
+_OWN_UID = Job.uid == sa.func.coalesce(
+    sa.bindparam("message_uid", None, type_=sa.String(32)), Job.uid
+)
 CLAIM = Statement(
     sa.update(Job)
-    .where(_ID, Job.status == JobStatus.WAITING)
+    .where(_ID, Job.status == JobStatus.WAITING, _OWN_UID)
     .values(
         status=JobStatus.PROCESSING,
         started_at=sa.bindparam("now"),
@@ -220,7 +226,7 @@ CLAIM = Statement(
 #: The claim made by a try whose connection was lost: its own start time tells it.
 CLAIMED_AT: Any = hot(
     sa.select(*CLAIM_COLUMNS).where(
-        _ID, Job.status == JobStatus.PROCESSING, Job.started_at == sa.bindparam("now")
+        _ID, Job.status == JobStatus.PROCESSING, Job.started_at == sa.bindparam("now"), _OWN_UID
     )
 )
 

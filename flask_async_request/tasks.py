@@ -23,6 +23,7 @@ from .broker import (
     PURGE_TASK,
     SWEEP_SCHEDULE,
     SWEEP_TASK,
+    uid_of,
 )
 from .compat import on_every_app_finalized
 from .exceptions import DatabaseUnavailable
@@ -77,9 +78,12 @@ def register_tasks(celery_app: Celery, app: Flask, settings: Settings) -> None:
         name=PROCESS_TASK, base=Task, shared=False, acks_late=True, ignore_result=True, bind=True
     )
     def process_job(task: Task, job_id: int) -> None:
+        # The uid in its task id: a message outliving its job's table (a reset,
+        # ids restarted) must not run the new job that has the same id.
+        uid = uid_of(job_id, task.request.id)
         with app.app_context():
             try:
-                run_job(job_id)
+                run_job(job_id, uid)
             except DatabaseUnavailable as e:
                 # A job not claimed is still waiting: it runs once the database
                 # answers again, not after ASYNC_REQUEST_WAITING_TIMEOUT. (A

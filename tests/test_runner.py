@@ -16,7 +16,7 @@ from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.exceptions import DatabaseUnavailable, JobCancelled
 from flask_async_request.outcomes import Outcome
 from flask_async_request.runner import MAX_ERROR_LENGTH, MAX_RETRY_DELAY, retry_delay, run_job
-from flask_async_request.values import utcnow
+from flask_async_request.values import new_uid, utcnow
 from tests import workers
 from tests.conftest import AppFactory, add_job, json_of, reload_job
 
@@ -382,3 +382,17 @@ def test_job_cancelled_raised_while_the_job_still_runs_fails_it(app: Flask) -> N
     assert (stored.status, stored.status_code) == (JobStatus.FAILED, 500)
     assert stored.response is not None
     assert json.loads(stored.response) == {"error": "stopped by the worker"}
+
+
+def test_run_job_with_the_job_s_uid_runs_it(app: Flask) -> None:
+    """run_job(job id, uid) claims and runs the job of that uid."""
+    job = add_job()
+    assert run_job(job.id, job.uid) is JobStatus.PROCESSED
+
+
+def test_run_job_with_another_uid_leaves_the_job_waiting(app: Flask) -> None:
+    """run_job(job id, another uid), a message from before a table reset, claims nothing."""
+    job = add_job()
+    assert run_job(job.id, new_uid()) is None
+    stored = reload_job(job.id)
+    assert (stored.status, stored.attempts) == (JobStatus.WAITING, 0)

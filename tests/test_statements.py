@@ -299,12 +299,14 @@ def _row(conn: Connection, job_id: int) -> Any:
     return conn.execute(sa.select(Job.__table__).where(Job.id == job_id)).one()
 
 
-def _claim(conn: Connection, job_id: int, now: datetime | None = None) -> Any:
+def _claim(
+    conn: Connection, job_id: int, now: datetime | None = None, uid: str | None = None
+) -> Any:
     now = now or utcnow()
-    return conn.execute(
-        _form(CLAIM.returning),
-        {"job_id": job_id, "now": now, "lease_until": now + timedelta(minutes=1)},
-    ).one_or_none()
+    values = {"job_id": job_id, "now": now, "lease_until": now + timedelta(minutes=1)}
+    if uid is not None:
+        values["message_uid"] = uid
+    return conn.execute(_form(CLAIM.returning), values).one_or_none()
 
 
 def test_insert_stores_a_waiting_row_and_returns_its_id(conn: Connection) -> None:
@@ -329,6 +331,26 @@ def test_a_waiting_job_is_claimed_once(conn: Connection) -> None:
     assert json.loads(claimed.params) == {"args": [1], "kwargs": {"a": 2}}
     assert _row(conn, job_id).status == "processing"
     assert _claim(conn, job_id) is None
+
+
+def test_a_claim_with_a_uid_takes_only_the_job_of_that_uid(conn: Connection) -> None:
+    """A claim naming another uid than the row's changes nothing; one naming its own claims it."""
+    job_id = _insert(conn)
+    own = _row(conn, job_id).uid
+    assert _claim(conn, job_id, uid="f" * 32) is None
+    assert (_row(conn, job_id).status, _row(conn, job_id).attempts) == ("waiting", 0)
+    claimed = _claim(conn, job_id, uid=own)
+    assert claimed is not None and (claimed.id, claimed.uid) == (job_id, own)
+
+
+def test_claimed_at_finds_only_the_claim_of_its_uid(conn: Connection) -> None:
+    """A lost try's read of its claim names the uid it claimed, if any."""
+    job_id = _insert(conn)
+    now = utcnow()
+    own = _claim(conn, job_id, now).uid
+    values = {"job_id": job_id, "now": now}
+    assert conn.execute(CLAIMED_AT, {**values, "message_uid": own}).one().id == job_id
+    assert conn.execute(CLAIMED_AT, {**values, "message_uid": "f" * 32}).one_or_none() is None
 
 
 def test_the_read_after_the_update_gives_what_returning_gives(conn: Connection) -> None:

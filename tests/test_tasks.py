@@ -17,6 +17,8 @@ from flask_async_request.broker import (
     PURGE_TASK,
     SWEEP_SCHEDULE,
     SWEEP_TASK,
+    task_id,
+    uid_of,
 )
 from flask_async_request.config import load_settings
 from flask_async_request.exceptions import DatabaseUnavailable
@@ -27,7 +29,7 @@ from flask_async_request.tasks import (
     claim_countdown,
     register_tasks,
 )
-from flask_async_request.values import utcnow
+from flask_async_request.values import new_uid, utcnow
 from flask_async_request.webhooks import DeliveryError
 from tests.conftest import AppFactory, add_job, reload_job
 
@@ -64,20 +66,71 @@ def test_process_job_runs_the_job(app: Flask) -> None:
     assert (stored.status, stored.status_code) == (JobStatus.PROCESSED, 200)
 
 
+def test_a_message_with_its_job_s_uid_runs_the_job(app: Flask) -> None:
+    """A message whose task id carries the job's uid claims and runs the job."""
+    job = add_job()
+    app.extensions["celery"].tasks[PROCESS_TASK].apply((job.id,), task_id=task_id(job.id, job.uid))
+    assert reload_job(job.id).status is JobStatus.PROCESSED
+
+
+def test_a_message_with_another_uid_claims_nothing(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message for the job's id and another uid (a table reset since) leaves the job waiting
+    for its own message, and is logged once."""
+    job = add_job()
+    process = app.extensions["celery"].tasks[PROCESS_TASK]
+    with caplog.at_level(logging.INFO, logger="flask_async_request"):
+        process.apply((job.id,), task_id=task_id(job.id, new_uid()))
+    stored = reload_job(job.id)
+    assert (stored.status, stored.attempts, stored.started_at) == (JobStatus.WAITING, 0, None)
+    assert caplog.text.count("is not waiting") == 1
+    assert "another job's now" in caplog.text
+    process.apply((job.id,), task_id=task_id(job.id, job.uid))
+    assert reload_job(job.id).status is JobStatus.PROCESSED
+
+
+def test_a_task_id_of_another_form_claims_the_job_by_its_id(app: Flask) -> None:
+    """A message whose task id is not the library's carries no uid: it claims by id, as before."""
+    job = add_job()
+    app.extensions["celery"].tasks[PROCESS_TASK].apply((job.id,), task_id="celery-made-this-id")
+    assert reload_job(job.id).status is JobStatus.PROCESSED
+
+
+@pytest.mark.parametrize(
+    ("celery_task_id", "uid"),
+    [
+        (f"async-request-7-{'a' * 32}", "a" * 32),
+        (f"async-request-70-{'a' * 32}", None),
+        ("async-request-7-", None),
+        ("async-request-callback-7", None),
+        ("3f2c9d6e-1b7a-4c55-9a0e-7d2b8c1e4f60", None),
+        (None, None),
+    ],
+)
+def test_uid_of_reads_the_library_s_task_ids_only(
+    celery_task_id: str | None, uid: str | None
+) -> None:
+    """uid_of gives the uid of job 7's task id, and None for any other form."""
+    assert uid_of(7, celery_task_id) == uid
+
+
 def test_a_claim_that_cannot_reach_the_database_is_delivered_again(
     app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The message comes again, CLAIM_REDELIVERIES times, then the sweeper's turn is logged."""
-    claims: list[int] = []
+    """The message comes again, CLAIM_REDELIVERIES times with its job's uid, then the sweeper's
+    turn is logged."""
+    claims: list[tuple[int, str | None]] = []
 
-    def unreachable(job_id: int) -> None:
-        claims.append(job_id)
+    def unreachable(job_id: int, uid: str | None = None) -> None:
+        claims.append((job_id, uid))
         raise DatabaseUnavailable("The jobs database could not be reached.")
 
     monkeypatch.setattr(tasks, "run_job", unreachable)
+    uid = new_uid()
     with caplog.at_level(logging.WARNING, logger="flask_async_request"):
-        app.extensions["celery"].tasks[PROCESS_TASK].apply((7,))
-    assert claims == [7] * (CLAIM_REDELIVERIES + 1)
+        app.extensions["celery"].tasks[PROCESS_TASK].apply((7,), task_id=task_id(7, uid))
+    assert claims == [(7, uid)] * (CLAIM_REDELIVERIES + 1)
     assert "Its message comes again in 1 s." in caplog.text
     assert "Its message comes again in 10 s." in caplog.text
     assert caplog.text.count("The sweeper sends the job again.") == 1
@@ -89,7 +142,7 @@ def test_another_error_of_a_claim_is_not_delivered_again(
     """Only an unreachable database makes the message come again."""
     claims: list[int] = []
 
-    def broken(job_id: int) -> None:
+    def broken(job_id: int, uid: str | None = None) -> None:
         claims.append(job_id)
         raise KeyError("not the database")
 

@@ -281,6 +281,34 @@ def _updated_at(job_id: int) -> Any:
     return row[0]
 
 
+def test_a_claim_on_a_raw_cursor_takes_only_the_job_of_its_uid(
+    pg_app: Flask, internals: Internals
+) -> None:
+    """The precompiled claim naming another uid claims nothing; its own uid, or none, claims."""
+    from flask_async_request import lifecycle
+
+    store = internals.job_store(pg_app)
+    executed: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: executed.append(a[2]))
+    job = add_job(status=JobStatus.WAITING)
+    assert lifecycle.claim(store, job.id, timedelta(minutes=1), "f" * 32) is None
+    assert _status_and_attempts(job.id) == ("waiting", 0)
+    claim = lifecycle.claim(store, job.id, timedelta(minutes=1), job.uid)
+    assert claim is not None and (claim.uid, claim.attempt) == (job.uid, 1)
+    other = add_job(status=JobStatus.WAITING).id
+    assert lifecycle.claim(store, other, timedelta(minutes=1)) is not None
+    assert executed == []
+
+
+def _status_and_attempts(job_id: int) -> tuple[str, int]:
+    with psycopg.connect(f"{_CONNINFO} dbname={_URL.database}") as conn:
+        row = conn.execute(
+            "SELECT status, attempts FROM async_request_jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
 def test_a_job_s_hot_statements_run_on_raw_cursors(pg_app: Flask, internals: Internals) -> None:
     """Claim, renew, progress, check, reschedule, finish and cancel skip SQLAlchemy's
     execution layer, and come back typed as through it."""

@@ -12,7 +12,8 @@ import pytest
 from flask import url_for
 
 from flask_async_request import Job, JobStatus
-from flask_async_request.broker import PROCESS_TASK
+from flask_async_request.broker import PROCESS_TASK, task_id
+from flask_async_request.values import new_uid
 from tests import workers
 from tests.conftest import Internals, current_db, json_of, poll
 from tests.integration.conftest import Stack, effects
@@ -92,6 +93,32 @@ def test_duplicate_messages_run_once(stack: Stack, tmp_path: Path) -> None:
         task.apply_async((job_id,), queue=job.queue)
     _wait_all_finished(app, [job_id])
     time.sleep(1)  # let the duplicates be consumed too
+    assert [name.split("-")[0] for name in effects(tmp_path)] == [str(job_id)]
+
+
+def test_a_message_for_another_uid_leaves_the_job_to_its_own(stack: Stack, tmp_path: Path) -> None:
+    """A message naming the job's id and another uid, one sent before the table was reset,
+    claims nothing on a worker; the job's own message then runs it once."""
+    app, worker = stack()
+    with app.app_context():
+        job = Job(worker="tests.workers:Sleep", params={"args": [0.1], "kwargs": {"tag": "own"}})
+        session = current_db().session
+        session.add(job)
+        session.commit()
+        job_id, uid = job.id, job.uid
+        queue = app.config["ASYNC_REQUEST_QUEUE"]
+        task = app.extensions["celery"].tasks[PROCESS_TASK]
+        task.apply_async((job_id,), queue=queue, task_id=task_id(job_id, new_uid()))
+    deadline = time.monotonic() + 30
+    while "another job's now" not in worker.output():
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.2)
+    with app.app_context():
+        stored = current_db().session.get(Job, job_id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (JobStatus.WAITING, 0)
+        task.apply_async((job_id,), queue=queue, task_id=task_id(job_id, uid))
+    assert _wait_all_finished(app, [job_id])[job_id].status is JobStatus.PROCESSED
     assert [name.split("-")[0] for name in effects(tmp_path)] == [str(job_id)]
 
 

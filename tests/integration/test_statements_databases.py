@@ -150,6 +150,34 @@ def test_the_unflushed_claim_leaves_the_sessions_setting_alone(pg: Engine) -> No
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
 
 
+def test_a_claim_naming_another_uid_claims_nothing_on_postgresql(pg: Engine) -> None:
+    """The claim's form on PostgreSQL takes the job of the uid named, and no other."""
+    assert CLAIM.no_wait is not None
+    with pg.connect() as conn:
+        job_id = _insert(conn)
+        conn.commit()
+        own = conn.execute(sa.select(Job.uid).where(Job.id == job_id)).scalar_one()
+        other = {**_claim_values(job_id), "message_uid": "f" * 32}
+        assert conn.execute(CLAIM.no_wait, other).one_or_none() is None
+        conn.commit()
+        claimed = conn.execute(CLAIM.no_wait, {**_claim_values(job_id), "message_uid": own}).one()
+        assert (claimed.id, claimed.uid, claimed.attempts) == (job_id, own, 1)
+        conn.commit()
+
+
+def test_a_claim_naming_another_uid_claims_nothing_on_mariadb(maria: Engine) -> None:
+    """The claim's form on MariaDB takes the job of the uid named, and no other."""
+    with maria.begin() as conn:
+        job_id = _insert(conn)
+        own = conn.execute(sa.select(Job.uid).where(Job.id == job_id)).scalar_one()
+        other = {**_claim_values(job_id), "message_uid": "f" * 32}
+        assert conn.execute(CLAIM.update, other).rowcount == 0
+        mine = {**_claim_values(job_id), "message_uid": own}
+        assert conn.execute(CLAIM.update, mine).rowcount == 1
+        claimed = conn.execute(CLAIM.read, {"job_id": job_id}).one()
+        assert (claimed.uid, claimed.attempts) == (own, 1)
+
+
 def test_mariadb_reads_the_changed_row_after_the_update(maria: Engine) -> None:
     """Without UPDATE ... RETURNING, the claim's and the finish's reads give the changed row."""
     assert not maria.dialect.update_returning
