@@ -10,8 +10,9 @@ in it, and a result that is purged or replaced no longer matches it.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import jwt
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from .exceptions import InvalidToken
@@ -38,28 +39,22 @@ class LinkClaims(NamedTuple):
     owner: str | None
 
 
-def _secret(key: Any) -> str | bytes:
-    """The signing secret of the app's tokens, as bytes an HMAC can take.
+def _secret(settings: Settings) -> str | bytes:
+    """The secret that signs the app's tokens, as an HMAC can take it.
 
-    An HMAC algorithm's key is that secret already; an asymmetric algorithm's
-    is a private key object, whose serialised form is as secret as it is.
+    An HMAC algorithm's key is that secret already. An RS, PS or ES algorithm's
+    is a private key, whose JWK holds its private numbers: as secret as the key
+    itself, and the same in every process.
     """
+    key = settings.encode_key
     if isinstance(key, (str, bytes)):
         return key
-    # cryptography is PyJWT's optional dependency: installed wherever such a
-    # key could be loaded, and not needed by an app that signs with HMAC.
-    from cryptography.hazmat.primitives import serialization
-
-    der: bytes = key.private_bytes(
-        encoding=serialization.Encoding.DER,
-        format=serialization.PrivateFormat.PKCS8,
-        encryption_algorithm=serialization.NoEncryption(),
-    )
-    return der
+    jwk: str = jwt.get_algorithm_by_name(settings.algorithm).to_jwk(key)
+    return jwk
 
 
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(_secret(settings.encode_key), salt=SALT)
+    return URLSafeTimedSerializer(_secret(settings), salt=SALT)
 
 
 def _now() -> float:

@@ -14,6 +14,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 from flask_async_request import (
     AsyncRequest,
+    InvalidToken,
     Job,
     JobStateError,
     JobStatus,
@@ -27,6 +28,7 @@ from flask_async_request.retention import purge_jobs
 from flask_async_request.state import get_state
 from tests import workers
 from tests.conftest import AppFactory, add_job, json_of, poll
+from tests.test_config import rsa_pem_pair
 
 #: The bytes of ReturnChunks(5, 500): five chunks of 500 bytes, each of its index.
 DATA = b"".join(bytes([i]) * 500 for i in range(5))
@@ -174,6 +176,22 @@ def test_a_link_signed_for_another_purpose_is_404(app: Flask, client: Any, store
     ):
         assert client.get(f"/async_request/download/{signed}").status_code == 404
     assert client.get(f"/async_request/download/{serializer.dumps(good)}").status_code == 200
+
+
+def test_an_rs256_app_signs_links_with_its_private_key(make_app: AppFactory) -> None:
+    """With RS256 a link is keyed from the private key: good here, 404 under another key."""
+    private, _ = rsa_pem_pair()
+    app = make_app(ASYNC_REQUEST_SIGN_ALGORITHM="RS256", ASYNC_REQUEST_ENCODE_KEY=private)
+    with app.app_context():
+        job = Job.create_and_enqueue(workers.ReturnBytes)
+        href = _link(job)
+    assert app.test_client().get(href).data == b"raw"
+    signed = href.rpartition("/")[2]
+    other = make_app(
+        ASYNC_REQUEST_SIGN_ALGORITHM="RS256", ASYNC_REQUEST_ENCODE_KEY=rsa_pem_pair()[0]
+    )
+    with other.app_context(), pytest.raises(InvalidToken):
+        links.verify_link(get_state().settings, signed)
 
 
 @pytest.fixture
