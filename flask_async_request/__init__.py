@@ -36,6 +36,7 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     from .asyncview import asynchronous
+    from .downloads import download_url
     from .extension import AsyncRequest
     from .models import Job, JobStatus
     from .views import accepted, openapi_document
@@ -50,6 +51,7 @@ _SERVER_SIDE = {
     "accepted": ".views",
     "openapi_document": ".views",
     "asynchronous": ".asyncview",
+    "download_url": ".downloads",
 }
 
 
@@ -90,5 +92,6 @@ __all__ = [
     "WorkerResolutionError",
     "accepted",
     "asynchronous",
+    "download_url",
     "openapi_document",
 ]

@@ -228,6 +228,13 @@ class Settings:
         " answers 200 with the JSON envelope, as the gem's clients expect.",
         boolean,
     )
+    link_expiration: timedelta = _setting(
+        "ASYNC_REQUEST_LINK_EXPIRATION",
+        timedelta(minutes=5),
+        "How long a signed download link of a job's result (``download_href``,"
+        " ``download_url()``) is valid: seconds or a ``timedelta``.",
+        duration,
+    )
     callback_key: str | bytes | None = _setting(
         "ASYNC_REQUEST_CALLBACK_KEY",
         None,

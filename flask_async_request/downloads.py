@@ -4,6 +4,10 @@ It serves a processed job's reply as bytes, with the headers the reply kept,
 under the same token, owner binding and expiry as the status url: a reply held
 in the result store is streamed a chunk at a time, and any reply answers
 conditional (``If-None-Match``, ``If-Range``), range and ``HEAD`` requests.
+
+The download link, ``GET {ASYNC_REQUEST_URL_PREFIX}/download/<signed>``, serves
+the same reply the same way with no token: its short-lived signature names the
+job, the owner and the SHA-256 of the bytes it may serve.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from flask import Response, request
@@ -19,11 +24,14 @@ from . import results
 
 # The status url's own checks, shared so the two urls can never answer differently.
 from .envelope import error_answer
-from .models import JobStatus
+from .exceptions import InvalidToken, JobNotFound, JobStateError
+from .links import LinkClaims, LinkExpired, verify_link
+from .models import Job, JobStatus
 from .payloads import decode_headers
 from .state import get_state
 from .store import JobReply, JobStore
-from .views import _job_for_request, _job_url_enabled, _Refusal, blueprint
+from .tokens import MAX_TOKEN_LENGTH
+from .views import _database, _job_for_request, _job_url_enabled, _Refusal, blueprint, link_url
 
 logger = logging.getLogger("flask_async_request")
 
@@ -51,6 +59,95 @@ def result(token: str | None = None) -> Any:
     return response
 
 
+@blueprint.get("/download/<signed>", endpoint="download")
+def download(signed: str) -> Any:
+    """Serve the result a download link names: as the result url does, with no token.
+
+    404 for a link that is malformed or tampered with, whose job is gone, not
+    processed, bound to another identity, or whose result is no longer the bytes
+    the link was signed for; 410 for a link past its lifetime.
+    """
+    state = get_state()
+    not_found = error_answer("Not found", 404)
+    if len(signed) > MAX_TOKEN_LENGTH:
+        return not_found
+    try:
+        claims = verify_link(state.settings, signed)
+    except LinkExpired:
+        return error_answer("The download link has expired; ask for a new one.", 410)
+    except InvalidToken:
+        return not_found
+    try:
+        with _database():
+            reply = state.store().fetch_reply(claims.job_id)
+    except _Refusal as refusal:
+        return refusal.response
+    if (
+        reply is None
+        or reply.uid != claims.uid
+        or reply.status is not JobStatus.PROCESSED
+        or reply.owner != claims.owner
+        # A job bound to an identity is that identity's, through a link too.
+        or (reply.owner is not None and state.identity() != reply.owner)
+        # Purged and processed again, or replaced by a retry: other bytes.
+        or reply_digest(reply)[1] != claims.sha256
+    ):
+        return not_found
+    return reply_response(state.store(), claims.job_id, reply)
+
+
+def download_url(job: Job, *, expires_in: timedelta | int | None = None) -> str:
+    """A short-lived signed link that downloads ``job``'s result, with no token.
+
+    For ``<a href download>``, or a download manager: the link serves the
+    result's bytes as the result url does (ranges, ``ETag``, ``HEAD``) until it
+    expires (then ``410``), and only while the result is the one it was made
+    for: a result purged or replaced by a retry answers ``404``, as does a job
+    bound to an identity when the identity loader gives another. Call it in a
+    request (the link is on its origin) or an app context with ``SERVER_NAME``::
+
+        @app.get("/reports/<int:job_id>/link")
+        def report_link(job_id):
+            return {"href": download_url(db.get_or_404(Job, job_id), expires_in=60)}
+
+    :param expires_in: the link's lifetime, seconds or a ``timedelta``;
+        ``None``: ``ASYNC_REQUEST_LINK_EXPIRATION``.
+    :raises JobNotFound: the job's row is gone.
+    :raises JobStateError: the job is not processed, so it has no result.
+    :raises ValueError: ``expires_in`` is less than a second.
+    """
+    reply = get_state().store().fetch_reply(job.id)
+    if reply is None or reply.uid != job.uid:
+        raise JobNotFound(job.id)
+    if reply.status is not JobStatus.PROCESSED:
+        raise JobStateError(
+            f"Job {job.id} is {reply.status.value}; only a processed job has a result.",
+            job.id,
+            reply.status.value,
+        )
+    claims = LinkClaims(job.id, reply.uid, reply_digest(reply)[1], reply.owner)
+    return link_url(claims, expires_in)
+
+
+def reply_digest(reply: JobReply) -> tuple[int, str, bytes | None]:
+    """A processed reply's size, SHA-256 (hex) and, for one kept in the row, its bytes.
+
+    The SHA-256 is of the bytes the reply is served as: its ``ETag``, and what a
+    download link is signed over, so another reply with other bytes does not
+    match it.
+    """
+    if reply.stored:
+        assert reply.result_size is not None and reply.result_sha256 is not None
+        return reply.result_size, reply.result_sha256, None
+    probe = Response(content_type=reply.content_type or _TEXT)
+    charset = probe.mimetype_params.get("charset", "utf-8")
+    try:
+        data = (reply.response or "").encode(charset)
+    except (LookupError, UnicodeEncodeError):
+        data = (reply.response or "").encode()
+    return len(data), hashlib.sha256(data).hexdigest(), data
+
+
 def reply_response(store: JobStore, job_id: int, reply: JobReply) -> Response:
     """A processed job's reply as an HTTP response to the current request.
 
@@ -60,18 +157,7 @@ def reply_response(store: JobStore, job_id: int, reply: JobReply) -> Response:
     ``206``, or ``416`` when it is past the end; several ranges get the whole.
     """
     content_type = reply.content_type
-    data: bytes | None = None
-    if reply.stored:
-        assert reply.result_size is not None and reply.result_sha256 is not None
-        size, sha256 = reply.result_size, reply.result_sha256
-    else:
-        probe = Response(content_type=content_type or _TEXT)
-        charset = probe.mimetype_params.get("charset", "utf-8")
-        try:
-            data = (reply.response or "").encode(charset)
-        except (LookupError, UnicodeEncodeError):
-            data = (reply.response or "").encode()
-        size, sha256 = len(data), hashlib.sha256(data).hexdigest()
+    size, sha256, data = reply_digest(reply)
 
     response = Response(status=200, content_type=content_type or _TEXT)
     for name, value in decode_headers(reply.headers):

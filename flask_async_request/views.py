@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -26,6 +27,7 @@ from .exceptions import (
     JobFinished,
     JobNotFound,
 )
+from .links import LinkClaims, sign_link
 from .models import Job, JobStatus
 from .payloads import decode_headers
 from .replies import finished_body, pending_body
@@ -114,7 +116,7 @@ def _database() -> Iterator[None]:
         raise _Refusal(error_answer("The job's stored row is not valid.", 409)) from None
 
 
-def _reply_answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _reply_answer(job_id: int, reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
     """202 with status and progress while pending; 200 with the stored reply when finished."""
     if not reply.status.finished:
         headers = {"Retry-After": str(get_state().settings.retry_after)}
@@ -126,7 +128,14 @@ def _reply_answer(reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]
     if reply.stored:
         token = request.view_args.get("token") if request.view_args else None
         href = result_url(token)
-        result = {"size": reply.result_size, "sha256": reply.result_sha256, "href": href}
+        assert reply.result_sha256 is not None
+        link = LinkClaims(job_id, reply.uid, reply.result_sha256, reply.owner)
+        result = {
+            "size": reply.result_size,
+            "sha256": reply.result_sha256,
+            "href": href,
+            "download_href": link_url(link),
+        }
     body = finished_body(
         reply.status,
         reply.status_code,
@@ -147,6 +156,25 @@ def result_url(token: str | None) -> str:
     if token:
         return url_for("async_request.result_url", token=token, _external=True)
     return url_for("async_request.result", _external=True)
+
+
+def link_url(claims: LinkClaims, expires_in: timedelta | int | None = None) -> str:
+    """The signed download link of the result ``claims`` name, on this request's origin.
+
+    :param expires_in: its lifetime; ``None``: ``ASYNC_REQUEST_LINK_EXPIRATION``.
+    :raises ValueError: ``expires_in`` is not a positive number of seconds.
+    """
+    settings = get_state().settings
+    if expires_in is None:
+        expires_in = settings.link_expiration
+    seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 1:
+        raise ValueError(
+            f"expires_in is {expires_in!r}; a download link's lifetime is a number of seconds"
+            " or a timedelta, of one second or more."
+        )
+    signed = sign_link(settings, claims, int(seconds))
+    return url_for("async_request.download", signed=signed, _external=True)
 
 
 # RFC 7240's grammar, in RFC 9110's terms: a preference is a token with an
@@ -256,7 +284,7 @@ def job_status(token: str | None = None) -> Any:
         if applied is not None:
             headers["Preference-Applied"] = f"wait={applied}"
         return Response(status=303, headers=headers)
-    body, status, headers = _reply_answer(reply)
+    body, status, headers = _reply_answer(claims.job_id, reply)
     if applied is not None:
         headers["Preference-Applied"] = f"wait={applied}"
     return body, status, headers
@@ -278,7 +306,7 @@ def cancel(token: str | None = None) -> Any:
         return error_answer("The job has finished already and cannot be cancelled.", 409)
     except JobNotFound:
         return error_answer("Job not found", 404)
-    return _reply_answer(reply)
+    return _reply_answer(claims.job_id, reply)
 
 
 @functools.cache
@@ -311,8 +339,10 @@ def openapi_document(document: Mapping[str, Any] | None = None) -> dict[str, Any
     own = paths.pop("/async_request/job/{token}")
     shared_result = paths.pop("/async_request/result")
     own_result = paths.pop("/async_request/job/{token}/result")
+    download = paths.pop("/async_request/download/{signed}")
     paths[f"{settings.url_prefix}/job"] = shared
     paths[f"{settings.url_prefix}/result"] = shared_result
+    paths[f"{settings.url_prefix}/download/{{signed}}"] = download
     if settings.token_in_url:
         paths[f"{settings.url_prefix}/job/{{token}}"] = own
         paths[f"{settings.url_prefix}/job/{{token}}/result"] = own_result

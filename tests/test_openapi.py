@@ -17,7 +17,7 @@ from flask import Flask
 from schemathesis.cli import schemathesis as schemathesis_cli
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
-from flask_async_request import InvalidToken, Job, accepted, openapi_document
+from flask_async_request import InvalidToken, Job, accepted, download_url, openapi_document
 from flask_async_request.tokens import MAX_TOKEN_LENGTH, TokenVerifier
 from tests import workers
 from tests.conftest import AppFactory, Internals, add_job, json_of, serving
@@ -54,6 +54,7 @@ def test_document_follows_the_configuration(make_app: AppFactory) -> None:
     app = make_app(ASYNC_REQUEST_URL_PREFIX="/jobs", ASYNC_REQUEST_HEADER_KEY="Authorization")
     document = json_of(app.test_client().get("/jobs/openapi.json"))
     assert sorted(document["paths"]) == [
+        "/jobs/download/{signed}",
         "/jobs/job",
         "/jobs/job/{token}",
         "/jobs/job/{token}/result",
@@ -85,7 +86,11 @@ def test_without_job_urls_the_document_has_none(make_app: AppFactory) -> None:
     """ASYNC_REQUEST_TOKEN_IN_URL = False: no job url path, no links to one."""
     app = make_app(ASYNC_REQUEST_TOKEN_IN_URL=False)
     document = json_of(app.test_client().get("/async_request/openapi.json"))
-    assert sorted(document["paths"]) == ["/async_request/job", "/async_request/result"]
+    assert sorted(document["paths"]) == [
+        "/async_request/download/{signed}",
+        "/async_request/job",
+        "/async_request/result",
+    ]
     assert "links" not in document["components"]["responses"]["AsyncRequestAccepted"]
     schemathesis.openapi.from_dict(document)
 
@@ -115,6 +120,8 @@ def test_every_header_sent_is_documented(app: Flask, client: Any) -> None:
     assert _headers_of(document, "/async_request/job/{token}", "get", "202") >= {"Location"}
     done = Job.create_and_enqueue(workers.ReturnValue, [200, "x", "text/plain", {"Link": "<a>"}])
     by_header = {"X-JOB-AUTHORIZATION": done.token}
+    with app.test_request_context():
+        link = download_url(done)
     sent = {
         ("/async_request/result", "200"): client.get("/async_request/result", headers=by_header),
         ("/async_request/job/{token}/result", "200"): client.get(
@@ -126,6 +133,7 @@ def test_every_header_sent_is_documented(app: Flask, client: Any) -> None:
         ("/async_request/result", "416"): client.get(
             "/async_request/result", headers={**by_header, "Range": "bytes=9-"}
         ),
+        ("/async_request/download/{signed}", "200"): client.get(link),
     }
     for (path, status), response in sent.items():
         assert response.status_code == int(status)
@@ -150,6 +158,7 @@ def test_an_apps_202_links_to_the_status_operations(app: Flask) -> None:
         "/async_request/job/{token}",
         "/async_request/result",
         "/async_request/job/{token}/result",
+        "/async_request/download/{signed}",
     }
     assert "Report" in merged["components"]["schemas"]
     links = merged["components"]["responses"]["AsyncRequestAccepted"]["links"]
@@ -193,6 +202,8 @@ TOKEN_OPERATIONS = {
 }
 #: Operations on a job's result: a positive case gets the token of a job that has one.
 RESULT_OPERATIONS = {"getJobResult", "getJobResultByUrl"}
+#: The download link's operation: a positive case gets a real link of a processed job.
+LINK_OPERATION = "getDownload"
 
 
 def _fuzzed_app(make_app: AppFactory) -> Flask:
@@ -251,6 +262,9 @@ class _RealTokens:
 
     def __call__(self, context: Any, case: Any, kwargs: Any) -> None:
         operation_id = case.operation.definition.raw.get("operationId")
+        if operation_id == LINK_OPERATION:
+            self._link(case)
+            return
         if operation_id not in TOKEN_OPERATIONS:
             return
         by_url = operation_id.endswith("ByUrl")
@@ -271,6 +285,17 @@ class _RealTokens:
             case.path_parameters = {**(case.path_parameters or {}), "token": token}
         else:
             case.headers = {**(case.headers or {}), "X-JOB-AUTHORIZATION": f"Bearer {token}"}
+
+    def _link(self, case: Any) -> None:
+        """A positive case of the download link gets the signed part of a real one."""
+        if case.meta is None or case.meta.generation.mode.is_negative:
+            self.cases["generated"] += 1
+            return
+        self.cases["new"] += 1
+        with self.app.test_request_context():
+            job = _new_job(next(self.created) * 2 + 1)
+            signed = download_url(job).rpartition("/")[2]
+        case.path_parameters = {**(case.path_parameters or {}), "signed": signed}
 
     def _signed(self, token: object) -> bool:
         if not isinstance(token, str):
@@ -305,7 +330,7 @@ def test_endpoint_conforms_to_its_document(
             # answered 416, as RFC 9110 has it (test_files checks each answer).
             config.write_text(
                 "[[operations]]\n"
-                'include-operation-id = ["getJobResult", "getJobResultByUrl"]\n'
+                'include-operation-id = ["getJobResult", "getJobResultByUrl", "getDownload"]\n'
                 "checks.positive_data_acceptance.expected-statuses ="
                 ' ["2xx", "3xx", "404", "409", "416", "5xx"]\n'
             )
@@ -345,7 +370,7 @@ def test_endpoint_conforms_to_its_document(
     }, result.output
     assert report["failures"] == report["errors"] == [], result.output
     assert not any(report["warnings"].values()), result.output
-    assert report["operations"]["tested"] == 7
+    assert report["operations"]["tested"] == 8
     # Links carried real tokens; of the other cases, about half got one.
     new, generated = tokens.cases["new"], tokens.cases["generated"]
     assert tokens.cases["linked"] > 0, tokens.cases
