@@ -174,7 +174,7 @@ def test_asynchronous_view_runs_in_the_worker_process(stack: Stack) -> None:
     import json
     import os
 
-    app, _ = stack()
+    app, worker = stack()
     client = app.test_client()
     response = client.post("/squares/4", json={"scale": 10})
     assert response.status_code == 202
@@ -182,7 +182,8 @@ def test_asynchronous_view_runs_in_the_worker_process(stack: Stack) -> None:
         "/async_request/job",
         headers={"X-JOB-AUTHORIZATION": json_of(response)["token"], "Prefer": "wait=20"},
     )
-    assert waited.status_code == 200
+    # What the answer and the worker said, should a run ever see this fail.
+    assert waited.status_code == 200, (waited.get_data(as_text=True), worker.output()[-4000:])
     reply = json_of(waited)["response"]
     assert reply["status_code"] == 201
     assert reply["content_type"] == "application/json"
