@@ -456,6 +456,7 @@ def test_the_openapi_view_serves_the_document(make_app: AppFactory) -> None:
         "/jobs/job/{token}",
         "/jobs/result",
         "/jobs/job/{token}/result",
+        "/jobs/download/{signed}",
     }
     assert served["components"]["securitySchemes"]["asyncRequestToken"]["name"] == "X-Token"
 
@@ -473,6 +474,7 @@ def test_merging_leaves_the_app_s_document_as_it_was(app: Flask) -> None:
         "/async_request/job",
         "/async_request/job/{token}",
         "/async_request/result",
+        "/async_request/download/{signed}",
         "/async_request/job/{token}/result",
     }
     assert "AsyncRequestAccepted" in merged["components"]["responses"]
