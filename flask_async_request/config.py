@@ -31,6 +31,7 @@ from .converters import (
     jwt_algorithm,
     key_material,
     optional,
+    owner_limit,
     path_prefix,
     queue_name,
     retries,
@@ -40,6 +41,7 @@ from .converters import (
 )
 
 # The command line and the dashboard read and write durations as the settings do.
+from .converters import OwnerLimit as OwnerLimit
 from .converters import format_duration as format_duration
 from .converters import parse_duration as parse_duration
 from .exceptions import ConfigurationError
@@ -233,6 +235,45 @@ class Settings:
         timedelta(minutes=5),
         "How long a signed download link of a job's result (``download_href``,"
         " ``download_url()``) is valid: seconds or a ``timedelta``.",
+        duration,
+    )
+    owner_max_in_flight: OwnerLimit = _setting(
+        "ASYNC_REQUEST_OWNER_MAX_IN_FLIGHT",
+        None,
+        "Most jobs one owner may have waiting or processing: a new job past it is refused with"
+        " ``429`` and ``Retry-After`` (:exc:`~flask_async_request.OwnerLimitExceeded`). A whole"
+        " number, or a callable of the owner returning one or ``None`` (tiers); ``None``: no"
+        " cap. Jobs with no owner are not limited.",
+        owner_limit,
+    )
+    owner_rate: OwnerLimit = _setting(
+        "ASYNC_REQUEST_OWNER_RATE",
+        None,
+        "Most jobs one owner may create in any ``ASYNC_REQUEST_OWNER_RATE_PERIOD``: past it,"
+        " ``429`` with ``Retry-After`` until the oldest of them leaves the window. A whole"
+        " number, or a callable of the owner returning one or ``None``; ``None``: no rate.",
+        owner_limit,
+    )
+    owner_rate_period: timedelta = _setting(
+        "ASYNC_REQUEST_OWNER_RATE_PERIOD",
+        timedelta(minutes=1),
+        "The sliding window of ``ASYNC_REQUEST_OWNER_RATE``: seconds or a ``timedelta``.",
+        duration,
+    )
+    owner_max_running: OwnerLimit = _setting(
+        "ASYNC_REQUEST_OWNER_MAX_RUNNING",
+        None,
+        "Most jobs of one owner that run at once: a claim past it puts the job back to wait"
+        " and sends it again after ``ASYNC_REQUEST_OWNER_DEFER``, so that one owner's backlog"
+        " leaves workers to the others. A whole number, or a callable of the owner returning"
+        " one or ``None``; ``None``: no cap.",
+        owner_limit,
+    )
+    owner_defer: timedelta = _setting(
+        "ASYNC_REQUEST_OWNER_DEFER",
+        timedelta(seconds=1),
+        "How long a job put back to wait by ``ASYNC_REQUEST_OWNER_MAX_RUNNING`` waits before"
+        " its message is sent again (each time, between one and two times this).",
         duration,
     )
     callback_key: str | bytes | None = _setting(

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
-from . import lifecycle, results
+from . import lifecycle, limits, results
 from .broker import publish
 from .exceptions import (
     EnqueueError,
@@ -85,7 +85,15 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
     """
     state = get_state()
     store = state.store()
-    claim = lifecycle.claim(store, job_id, state.settings.lease, uid)
+    capped = limits.capped_run(state.settings, store, job_id)
+    if capped is None:
+        claim = lifecycle.claim(store, job_id, state.settings.lease, uid)
+    else:
+        owner, cap = capped
+        claim = limits.claim_capped(store, lifecycle.claim_params(job_id, state.settings.lease, uid), owner, cap)
+        if claim is None and limits.defer(store, state.settings, job_id, uid):
+            logger.info("Job %s: its owner has %s jobs running already; deferred.", job_id, cap)
+            return None
     if claim is None:
         if uid is None:
             logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import (
     scoped_session,
 )
 
-from . import lifecycle
+from . import lifecycle, limits
 from .broker import Message, publish, revoke
 from .compat import transaction_used_connection
 from .exceptions import (
@@ -29,6 +29,7 @@ from .exceptions import (
     IdempotencyConflict,
     InvalidCallbackUrl,
     InvalidIdempotencyKey,
+    OwnerLimitExceeded,
     UnstorableValue,
 )
 from .models import Job, column_length
@@ -191,6 +192,8 @@ def create_job(
                 f"The current identity cannot be stored as the job's owner: {reason}."
             )
     session: Session = state.db.session()
+    # Whether the session holds work of the caller's, before this reads anything.
+    callers = _caller_transaction(session)
     scope = None
     unreachable = Unreachable(f"Job {path} could not be stored")
     if idempotency_key is not None:
@@ -214,23 +217,39 @@ def create_job(
     store = state.store()
     # Published on the caller's commit rather than ours.
     deferred = not commit or _explicit_transaction(session)
+    # The owner's admission limits, if any apply: the row is stored only under them.
+    caps = limits.admission_params(state.settings, owner, row.created_at)
     if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
         try:
             with unreachable:
-                job_id = lifecycle.insert_row(store, row)
+                if caps is None:
+                    job_id = lifecycle.insert_row(store, row)
+                else:
+                    job_id = limits.insert_admitted(store, row, caps)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
         job = _stored_job(session, job_id)
         job.keep_token(state.sign_token(job_id, row.uid, row.owner))
         _publish_new(lifecycle.message_of_row(job_id, row), job)
         return job
-    job = Job(**row._asdict())
-    session.add(job)
     try:
         with unreachable:
-            session.flush()
+            if caps is None:
+                job = Job(**row._asdict())
+                session.add(job)
+                session.flush()
+            else:
+                own = not deferred and not callers
+                try:
+                    job_id = limits.insert_admitted_in(session, row, caps)
+                except OwnerLimitExceeded:
+                    if own:
+                        # Nothing of the caller's in it: the lock the check took goes now.
+                        session.rollback()
+                    raise
+                job = _stored_job(session, job_id)
     except sa.exc.IntegrityError:
         if scope is None:
             raise
