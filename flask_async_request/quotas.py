@@ -25,7 +25,7 @@ from .models import Job, JobStatus
 from .statements import CLAIM, CLAIM_COLUMNS, ID, MESSAGE_COLUMNS, OWN_UID, NewRow, Statement
 
 #: "No cap" in a statement's comparison: larger than any count.
-NO_CAP = 2**62
+NO_CAP = 2**31 - 1
 
 _OWNER = Job.owner == sa.bindparam("limit_owner", type_=Job.__table__.c.owner.type)
 
