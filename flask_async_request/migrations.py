@@ -40,6 +40,11 @@ _INDEXES_BEFORE = (
     ops.CreateIndexOp(f"ix_{TABLE_NAME}_finished_at", TABLE_NAME, ["finished_at"]),
     ops.CreateIndexOp(f"ix_{TABLE_NAME}_status_id", TABLE_NAME, ["status", "id"]),
 )
+#: Written into the revision that adds the indexes of the per-owner limits.
+OWNER_MARKER = f"flask-async-request: {TABLE_NAME} indexes of the owner limits"
+OWNER_MESSAGE = f"{TABLE_NAME} indexes of the owner limits"
+#: The indexes the per-owner limits read, by name.
+OWNER_INDEXES = (f"ix_{TABLE_NAME}_owner_created_at", f"ix_{TABLE_NAME}_owner_unfinished")
 _END = "    # ### end Alembic commands ###"
 
 
@@ -57,6 +62,8 @@ class InitResult:
     hot_revision: Path | None = None
     #: The revision written to add the result store to a jobs table made before it.
     results_revision: Path | None = None
+    #: The revision written to add the indexes of the owner limits, if one was.
+    owner_revision: Path | None = None
 
 
 def config_snippet() -> str:
@@ -152,6 +159,27 @@ def _hot_revision_code() -> tuple[str, str]:
         _fillfactor(_marked(upgrade, HOT_MARKER), set_fillfactor),
         _fillfactor(_marked(downgrade, HOT_MARKER), reset_fillfactor),
     )
+
+
+def owner_revision_code() -> tuple[str, str]:
+    """The upgrade and downgrade that add the indexes of the per-owner limits."""
+    table = cast(sa.Table, Job.__table__)
+    added = [index for index in _indexes(table) if index.name in OWNER_INDEXES]
+    upgrade = render_python_code(
+        ops.UpgradeOps(ops=[ops.CreateIndexOp.from_index(index) for index in added])
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(ops=[ops.DropIndexOp.from_index(index) for index in reversed(added)])
+    )
+    return _marked(upgrade, OWNER_MARKER), _marked(downgrade, OWNER_MARKER)
+
+
+def _has_owner_indexes(script: ScriptDirectory) -> bool:
+    """Whether a revision gives the jobs table the indexes of the owner limits."""
+    for revision in script.walk_revisions():
+        if revision.path is not None and OWNER_INDEXES[0] in Path(revision.path).read_text("utf-8"):
+            return True
+    return False
 
 
 def _indexes(table: sa.Table) -> list[sa.Index]:
@@ -259,7 +287,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
 
     revision = _existing_revision(script)
     revision_written = False
-    hot_revision = results_revision = None
+    hot_revision = results_revision = owner_revision = None
     if revision is None:
         revision = _generate(script, REVISION_MESSAGE, *_revision_code())
         revision_written = True
@@ -271,6 +299,9 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         if _existing_revision(script, RESULTS_TABLE_NAME, RESULTS_MARKER) is None:
             # A jobs table made before the result store: the revision that adds it.
             results_revision = _generate(script, RESULTS_REVISION_MESSAGE, *results_revision_code())
+        if not _has_owner_indexes(script):
+            # A jobs table made before the owner limits: the revision of their indexes.
+            owner_revision = _generate(script, OWNER_MESSAGE, *owner_revision_code())
 
     config_written = force or not config_path.exists()
     if config_written:
@@ -284,6 +315,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         config_written,
         hot_revision,
         results_revision,
+        owner_revision,
     )
 
 

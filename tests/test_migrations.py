@@ -399,12 +399,53 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
         for name, text in _versions(project).items()
         if "before01" not in name
     }
-    assert len(added) == 2
+    # And before the revision of the owner limits' indexes, which it lacks as well.
+    assert len(added) == 3
     [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
-    [indexes] = [revision for revision, text in added.items() if text is not results]
+    [owners] = [revision for revision, text in added.items() if "owner_created_at" in text]
+    [indexes] = [
+        revision
+        for revision, text in added.items()
+        if text is not results and revision != owners
+    ]
     assert f"down_revision = '{indexes}'" in results
     assert "down_revision = 'before01'" in added[indexes]
+    results_revision = re.search(r"^revision = '(\w+)'", results, re.M)
+    assert results_revision is not None
+    assert f"down_revision = '{results_revision.group(1)}'" in added[owners]
+    assert "Wrote the revision of the owner limits' indexes" in output
     assert "from sqlalchemy.dialects import mysql" in results
     again = flask(project, url, "async-request", "init")
     assert "result store revision" not in again
-    assert len(_versions(project)) == 3
+    assert "owner limits" not in again
+    assert len(_versions(project)) == 4
+
+
+def test_owner_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
+    """The owner limits' revision adds their two indexes to a table made before them, and back."""
+    from flask_async_request.migrations import OWNER_INDEXES, owner_revision_code
+    from flask_async_request.models import Job, ResultChunk
+
+    now = sa.MetaData()
+    for table in (cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(now)
+    before = sa.MetaData()
+    for table in now.tables.values():
+        table.to_metadata(before)
+    jobs_before = before.tables["async_request_jobs"]
+    for index in list(jobs_before.indexes):
+        if index.name in OWNER_INDEXES:
+            jobs_before.indexes.remove(index)
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    try:
+        before.create_all(engine)
+        assert _differences(engine, now)
+        upgrade, downgrade = owner_revision_code()
+        _run_revision(engine, upgrade)
+        assert _differences(engine, now) == []
+        assert set(OWNER_INDEXES) <= set(_indexes(str(engine.url)))
+        _run_revision(engine, downgrade)
+        assert _differences(engine, before) == []
+    finally:
+        engine.dispose()

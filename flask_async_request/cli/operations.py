@@ -54,6 +54,9 @@ def init_command(config_file: Path, force: bool) -> None:
     if result.results_revision is not None:
         click.echo(f"Wrote the result store revision: {result.results_revision}")
         click.echo("Next: run `flask db upgrade` to add the result store.")
+    if result.owner_revision is not None:
+        click.echo(f"Wrote the revision of the owner limits' indexes: {result.owner_revision}")
+        click.echo("Next: run `flask db upgrade` to add them.")
     if result.config_written:
         click.echo(f"Wrote the settings snippet: {result.config}")
     else:
