@@ -715,3 +715,29 @@ def test_declarations_type_check() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_start_waits_and_asks_again_after_a_429(page: Any, served: Served) -> None:
+    """A 429 with Retry-After (nothing stored) is asked again after it, with no Idempotency-Key."""
+    open_page(page, served)
+    posts: list[float] = []
+
+    def limited(route: Any) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        posts.append(time.monotonic())
+        if len(posts) == 1:
+            route.fulfill(
+                status=429,
+                headers={"Retry-After": "1", "Content-Type": "application/json"},
+                body='{"errors": [{"message": "Too many jobs in flight"}]}',
+            )
+        else:
+            route.continue_()
+
+    page.route("**/echo", limited)
+    answer = run(page, "async (client) => (await client.start('/echo', {body: {}})).wait()")
+    assert answer["status"] == "processed"
+    assert len(posts) == 2
+    assert posts[1] - posts[0] >= 1
