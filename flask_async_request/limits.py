@@ -14,21 +14,26 @@ ever changes, so the index costs a claim or a finish nothing.
 
 Fairness: with ``ASYNC_REQUEST_OWNER_MAX_RUNNING`` the claim is
 ``quotas.CLAIM_CAPPED``, under the owner's lock where the database needs one.
-A job whose owner is at the cap is left waiting, due again after the defer
-delay, and its message is sent again with that countdown: never run past the
-cap, never lost (if that send fails, the sweeper sends the waiting job again).
+A job whose owner is at the cap is parked: left waiting, due after
+``ASYNC_REQUEST_OWNER_DEFER``. Each end of one of the owner's jobs wakes the
+parked job that waited longest and sends its message again, to the back of the
+queue, behind the other owners' jobs. A job is never run past the cap, and
+never lost: parking also sends its message again with the defer delay as
+countdown, so a job whose wake never came (its process died between the end
+and the wake) is tried again then. A backlog of one owner costs one claim
+attempt per job and per defer delay, however many jobs wait in the queue.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from flask import Flask
 from sqlalchemy.orm import Session
 
 from . import quotas
@@ -37,6 +42,8 @@ from .config import OwnerLimit, Settings
 from .exceptions import EnqueueError, OwnerLimitExceeded
 from .quotas import NO_CAP, owner_lock
 from .rows import Claim
+from .signals import job_cancelled, job_failed, job_finished
+from .state import get_state
 from .statements import NewRow, Statement
 from .store import JobStore
 from .values import as_utc, utcnow
@@ -180,18 +187,69 @@ def capped_run(settings: Settings, store: JobStore, job_id: int) -> tuple[str, i
     return None if cap is None else (row[0], cap)
 
 
-def claim_capped(
-    store: JobStore, params: dict[str, Any], owner: str, cap: int
-) -> Claim | None:
-    """Claim the job of ``params`` if its owner has fewer than ``cap`` jobs processing."""
-    statement = quotas.CLAIM_CAPPED
+def claim_or_park(
+    store: JobStore, settings: Settings, params: dict[str, Any], owner: str, cap: int
+) -> Claim | Message | None:
+    """Claim the job of ``params`` if its owner has fewer than ``cap`` jobs processing.
+
+    Else, if it is still waiting, park it: due after ``ASYNC_REQUEST_OWNER_DEFER``,
+    to be woken (:func:`wake_next`) as soon as one of the owner's jobs ends. Both
+    under the owner's lock, which the wake takes too: a job parked while the
+    owner's last running job ends is either claimed or found by its wake.
+
+    :returns: the claim; else the message to send again later for the parked
+        job (see :func:`send_parked`); ``None`` if the job was not waiting, as
+        for a duplicate message.
+    """
+    now = params["now"]
     capped = {**params, "limit_owner": owner, "max_running": cap}
+    parked = {**params, "due_at": now + settings.owner_defer}
 
-    def claim(conn: sa.Connection) -> Any:
-        return _run_statement(conn, store, statement, capped)
+    def claim(conn: sa.Connection) -> Claim | Message | None:
+        row = _run_statement(conn, store, quotas.CLAIM_CAPPED, capped)
+        if row is not None:
+            return Claim(*row)
+        row = _run_statement(conn, store, quotas.PARK, parked)
+        return None if row is None else Message(*row)
 
-    row = _run_locked(store, "run", owner, claim)
-    return None if row is None else Claim(*row)
+    return _run_locked(store, "run", owner, claim)  # type: ignore[no-any-return]
+
+
+def send_parked(message: Message, settings: Settings, eager: bool) -> None:
+    """Send a parked job's message again after ``ASYNC_REQUEST_OWNER_DEFER``.
+
+    The safety net of the wake: a job parked for that long, not woken, has its
+    claim tried again (and is parked again if its owner is still at the cap).
+    Not with Celery's eager mode, which would run it at once, in the claim's
+    own call; there the wake alone sends it.
+    """
+    if eager:
+        return
+    try:
+        publish(message, countdown=settings.owner_defer.total_seconds())
+    except EnqueueError:
+        logger.exception("Job %s: parked, its later message not sent; the wake or the sweeper will.", message.job_id)
+
+
+def wake_next(store: JobStore, job_id: int) -> Message | None:
+    """After an end of job ``job_id``: wake its owner's parked job that waited longest.
+
+    :returns: the message to send for the woken job, if one was.
+    """
+    row = store.first(quotas.OWNER_OF, {"job_id": job_id})
+    if row is None or row[0] is None:
+        return None
+    owner = row[0]
+    params: dict[str, Any] = {"limit_owner": owner, "now": utcnow()}
+
+    def wake(conn: sa.Connection) -> Any:
+        parked = conn.execute(quotas.NEXT_PARKED, params).scalar()
+        if parked is None:
+            return None
+        return _run_statement(conn, store, quotas.WAKE, {**params, "job_id": parked})
+
+    woken = _run_locked(store, "run", owner, wake)
+    return None if woken is None else Message(*woken)
 
 
 def _run_statement(
@@ -205,24 +263,28 @@ def _run_statement(
     return conn.execute(statement.read, params).first()
 
 
-def defer(store: JobStore, settings: Settings, job_id: int, uid: str | None) -> bool:
-    """Put job ``job_id`` back to wait: due after the defer delay, its message sent again.
-
-    :returns: whether the job was still waiting (and so is deferred).
-    """
-    delay = settings.owner_defer.total_seconds() * (1 + random.random())
-    now = utcnow()
-    params = {
-        "job_id": job_id,
-        "message_uid": uid,
-        "now": now,
-        "due_at": now + timedelta(seconds=delay),
-    }
-    row = store.run(quotas.DEFER, params)
-    if row is None:
-        return False
+def send_woken(message: Message) -> None:
+    """Send the message of a woken job; if the broker refuses it, the sweeper sends it."""
     try:
-        publish(Message(*row), countdown=delay)
+        publish(message)
     except EnqueueError:
-        logger.exception("Job %s: deferred, but not sent again; the sweeper will.", job_id)
-    return True
+        logger.exception("Job %s: woken, but not sent; the sweeper will.", message.job_id)
+
+
+def listen(app: Flask) -> None:
+    """Wake a parked job of the owner each time one of ``app``'s jobs ends, in any process.
+
+    Every end, whichever path reaches it (a worker, a time limit, the sweeper, a
+    cancel), sends its signal: the wake listens to the three.
+    """
+    for signal in (job_finished, job_failed, job_cancelled):
+        signal.connect(_wake_after_end, sender=app, weak=False)
+
+
+def _wake_after_end(sender: Flask, job_id: int, **extra: Any) -> None:
+    state = get_state(sender)
+    if state.settings.owner_max_running is None:
+        return
+    message = wake_next(state.store(), job_id)
+    if message is not None:
+        send_woken(message)

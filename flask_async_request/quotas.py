@@ -76,11 +76,26 @@ CLAIM_CAPPED = Statement(
     returns=CLAIM_COLUMNS,
 )
 
-#: A job put back to wait by the cap: due again at ``due_at``, its message to be sent again.
-DEFER = Statement(
+#: A job put back to wait by the cap: parked, its ``due_at`` moved to ``due_at`` (a
+#: waiting job due later than now, with no attempt yet, is a parked one).
+PARK = Statement(
     sa.update(Job)
     .where(ID, Job.status == JobStatus.WAITING, OWN_UID)
     .values(due_at=sa.bindparam("due_at"), updated_at=sa.bindparam("now")),
+    returns=MESSAGE_COLUMNS,
+)
+_PARKED = (
+    _OWNER,
+    Job.finished_at.is_(None),
+    Job.status == JobStatus.WAITING,
+    Job.attempts == 0,
+    Job.due_at > sa.bindparam("now", type_=Job.due_at.type),
+)
+#: The owner's parked job that waited longest, the one to wake.
+NEXT_PARKED = sa.select(Job.id).where(*_PARKED).order_by(Job.id).limit(1)
+#: A parked job woken: due now, its message to be sent.
+WAKE = Statement(
+    sa.update(Job).where(ID, *_PARKED).values(due_at=sa.bindparam("now"), updated_at=sa.bindparam("now")),
     returns=MESSAGE_COLUMNS,
 )
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from . import lifecycle, limits, results
-from .broker import publish
+from .broker import Message, publish
 from .exceptions import (
     EnqueueError,
     InvalidJobRow,
@@ -90,10 +90,13 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
         claim = lifecycle.claim(store, job_id, state.settings.lease, uid)
     else:
         owner, cap = capped
-        claim = limits.claim_capped(store, lifecycle.claim_params(job_id, state.settings.lease, uid), owner, cap)
-        if claim is None and limits.defer(store, state.settings, job_id, uid):
-            logger.info("Job %s: its owner has %s jobs running already; deferred.", job_id, cap)
+        params = lifecycle.claim_params(job_id, state.settings.lease, uid)
+        taken = limits.claim_or_park(store, state.settings, params, owner, cap)
+        if isinstance(taken, Message):
+            logger.info("Job %s: its owner has %s jobs running; parked until one ends.", job_id, cap)
+            limits.send_parked(taken, state.settings, state.celery.conf.task_always_eager)
             return None
+        claim = taken
     if claim is None:
         if uid is None:
             logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)

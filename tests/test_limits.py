@@ -13,9 +13,10 @@ from flask import Flask, request, url_for
 from flask_async_request import AsyncRequest, ConfigurationError, Job, JobStatus, OwnerLimitExceeded
 from flask_async_request.limits import limit_of
 from flask_async_request.runner import run_job
-from flask_async_request.values import utcnow
+from flask_async_request.values import as_utc, utcnow
+from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import AppFactory, current_db, json_of
+from tests.conftest import AppFactory, current_db, json_of, reload_job
 
 #: Who the tests' apps take the current identity to be (the X-User header in a request).
 _identity: dict[str, str | None] = {"owner": "alice"}
@@ -210,63 +211,94 @@ def test_a_callable_returning_nonsense_is_a_type_error() -> None:
 # The running cap ----------------------------------------------------------------------------
 
 
-def test_a_claim_past_the_running_cap_defers_the_job(
+def _set_status(job_id: int, status: JobStatus) -> None:
+    session = current_db().session
+    session.get(Job, job_id).status = status  # type: ignore[union-attr]
+    session.commit()
+
+
+def test_a_claim_past_the_running_cap_parks_the_job(
     limited: Callable[..., Flask], sent: list[dict[str, Any]]
 ) -> None:
-    """With alice's one job processing, her next is left waiting, due later and sent again."""
-    app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=1, ASYNC_REQUEST_OWNER_DEFER=2)
+    """With alice's one job processing, her next is parked: waiting, due later, nothing sent."""
+    app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=1, ASYNC_REQUEST_OWNER_DEFER=30)
     with app.app_context():
         running = Job.create_and_enqueue(workers.Echo, 1)
         waiting = Job.create_and_enqueue(workers.Echo, 2)
-        session = current_db().session
-        session.get(Job, running.id).status = JobStatus.PROCESSING  # type: ignore[union-attr]
-        session.commit()
+        _set_status(running.id, JobStatus.PROCESSING)
         sent.clear()
         before = utcnow()
         assert run_job(waiting.id) is None
-        session.expire_all()
-        job = session.get(Job, waiting.id)
-        assert job is not None and job.status is JobStatus.WAITING
+        job = reload_job(waiting.id)
+        assert job.status is JobStatus.WAITING
         assert job.attempts == 0
-        due = job.due_at if job.due_at.tzinfo else job.due_at.replace(tzinfo=before.tzinfo)
-        assert timedelta(seconds=2) <= due - before <= timedelta(seconds=5)
-        assert len(sent) == 1
-        assert sent[0]["args"][0] == waiting.id
-        assert 2 <= sent[0]["countdown"] <= 4
+        assert timedelta(seconds=29) <= as_utc(job.due_at) - before <= timedelta(seconds=31)
+        assert sent == []
+
+
+def test_an_end_of_the_owners_job_wakes_the_parked_job_that_waited_longest(
+    limited: Callable[..., Flask], sent: list[dict[str, Any]]
+) -> None:
+    """As alice's running job ends, her first parked job is due now and sent; one job only."""
+    app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=1)
+    with app.app_context():
+        running = Job.create_and_enqueue(workers.Echo, 1)
+        parked = [Job.create_and_enqueue(workers.Echo, n) for n in (2, 3)]
+        _set_status(running.id, JobStatus.PROCESSING)
+        for job in parked:
+            assert run_job(job.id) is None
+        sent.clear()
+        _set_status(running.id, JobStatus.WAITING)
+        assert run_job(running.id) is JobStatus.PROCESSED
+        assert [message["args"][0] for message in sent] == [parked[0].id]
+        assert as_utc(reload_job(parked[0].id).due_at) <= utcnow()
+        assert as_utc(reload_job(parked[1].id).due_at) > utcnow()
+        assert run_job(parked[0].id) is JobStatus.PROCESSED
+        assert [message["args"][0] for message in sent] == [parked[0].id, parked[1].id]
+
+
+def test_a_cancel_wakes_a_parked_job_too(
+    limited: Callable[..., Flask], sent: list[dict[str, Any]]
+) -> None:
+    """Any end, a cancel in the web process too, wakes the owner's parked job."""
+    app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=1)
+    with app.app_context():
+        running = Job.create_and_enqueue(workers.Echo, 1)
+        parked = Job.create_and_enqueue(workers.Echo, 2)
+        _set_status(running.id, JobStatus.PROCESSING)
+        run_job(parked.id)
+        sent.clear()
+        cancel_job(running.id)
+        assert [message["args"][0] for message in sent] == [parked.id]
 
 
 def test_the_running_cap_is_per_owner(
     limited: Callable[..., Flask], sent: list[dict[str, Any]]
 ) -> None:
-    """Bob's job runs while alice is at her cap; so does alice's once hers has ended."""
+    """Bob's job runs while alice is at her cap."""
     app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=1)
     with app.app_context():
         running = Job.create_and_enqueue(workers.Echo, 1)
         waiting = Job.create_and_enqueue(workers.Echo, 2)
         _identity["owner"] = "bob"
         bobs = Job.create_and_enqueue(workers.Echo, 3)
-        session = current_db().session
-        session.get(Job, running.id).status = JobStatus.PROCESSING  # type: ignore[union-attr]
-        session.commit()
+        _set_status(running.id, JobStatus.PROCESSING)
         assert run_job(bobs.id) is JobStatus.PROCESSED
         assert run_job(waiting.id) is None
-        session.get(Job, running.id).status = JobStatus.WAITING  # type: ignore[union-attr]
-        session.commit()
-        assert run_job(running.id) is JobStatus.PROCESSED
-        assert run_job(waiting.id) is JobStatus.PROCESSED
+        assert [message["args"][0] for message in sent] == [running.id, waiting.id, bobs.id]
 
 
-def test_a_deferred_message_for_a_finished_job_does_nothing(
+def test_a_message_for_a_finished_job_neither_runs_nor_parks(
     limited: Callable[..., Flask], sent: list[dict[str, Any]]
 ) -> None:
-    """A duplicate message of a job that already ran is neither run nor deferred."""
+    """A duplicate message of a job that already ran changes nothing."""
     app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=1)
     with app.app_context():
         job = Job.create_and_enqueue(workers.Echo, 1)
         assert run_job(job.id) is JobStatus.PROCESSED
-        sent.clear()
+        finished_at = reload_job(job.id).due_at
         assert run_job(job.id) is None
-        assert sent == []
+        assert reload_job(job.id).due_at == finished_at
 
 
 def test_eager_jobs_run_under_the_running_cap(limited: Callable[..., Flask]) -> None:

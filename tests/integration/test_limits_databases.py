@@ -15,7 +15,9 @@ from flask import Flask
 
 from flask_async_request import AsyncRequest, Job, JobStatus, OwnerLimitExceeded
 from flask_async_request.lifecycle import claim_params
-from flask_async_request.limits import claim_capped
+from flask_async_request.rows import Claim
+from flask_async_request.limits import claim_or_park
+from flask_async_request.state import get_state
 from tests import workers
 from tests.conftest import PG_DATABASE_URL, AppFactory, Internals, current_db
 
@@ -118,7 +120,7 @@ def test_concurrent_transactions_never_pass_the_cap_on_postgresql(
 def test_concurrent_claims_never_pass_the_running_cap(
     limited: Callable[..., Flask], internals: Internals
 ) -> None:
-    """16 claims at once of alice's 16 waiting jobs with a cap of 3: exactly 3 claimed."""
+    """16 claims at once of alice's 16 waiting jobs with a cap of 3: 3 claimed, 13 parked."""
     app = limited()
     with app.app_context():
         session = current_db().session
@@ -128,22 +130,24 @@ def test_concurrent_claims_never_pass_the_running_cap(
         ids = [job.id for job in jobs]
     with app.app_context():
         store = internals.job_store(app)
+        settings = get_state().settings
     barrier = threading.Barrier(THREADS)
     claimed: list[int] = []
+    parked: list[int] = []
 
     def claim(job_id: int) -> None:
         with app.app_context():
             barrier.wait()
             params = claim_params(job_id, timedelta(minutes=1))
-            if claim_capped(store, params, "alice", 3) is not None:
-                claimed.append(job_id)
+            taken = claim_or_park(store, settings, params, "alice", 3)
+            (claimed if isinstance(taken, Claim) else parked).append(job_id)
 
     threads = [threading.Thread(target=claim, args=(job_id,)) for job_id in ids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert len(claimed) == 3
+    assert (len(claimed), len(parked)) == (3, THREADS - 3)
     with app.app_context():
         processing = current_db().session.query(Job).filter_by(status=JobStatus.PROCESSING)
         assert sorted(job.id for job in processing) == sorted(claimed)
