@@ -263,17 +263,19 @@ class Settings:
     owner_max_running: OwnerLimit = _setting(
         "ASYNC_REQUEST_OWNER_MAX_RUNNING",
         None,
-        "Most jobs of one owner that run at once: a claim past it puts the job back to wait"
-        " and sends it again after ``ASYNC_REQUEST_OWNER_DEFER``, so that one owner's backlog"
-        " leaves workers to the others. A whole number, or a callable of the owner returning"
-        " one or ``None``; ``None``: no cap.",
+        "Most jobs of one owner that run at once: a claim past it parks the job, left waiting"
+        " until one of the owner's jobs ends, so that one owner's backlog leaves workers to"
+        " the others. A whole number, or a callable of the owner returning one or ``None``;"
+        " ``None``: no cap.",
         owner_limit,
     )
     owner_defer: timedelta = _setting(
         "ASYNC_REQUEST_OWNER_DEFER",
-        timedelta(seconds=1),
-        "How long a job put back to wait by ``ASYNC_REQUEST_OWNER_MAX_RUNNING`` waits before"
-        " its message is sent again (each time, between one and two times this).",
+        timedelta(seconds=30),
+        "A job parked by ``ASYNC_REQUEST_OWNER_MAX_RUNNING`` is sent again as soon as one of"
+        " its owner's jobs ends; failing that, it is due again this long after it was parked,"
+        " and the sweeper sends it ``ASYNC_REQUEST_WAITING_TIMEOUT`` later, as any waiting job"
+        " that no worker claimed.",
         duration,
     )
     callback_key: str | bytes | None = _setting(

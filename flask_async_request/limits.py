@@ -14,14 +14,15 @@ ever changes, so the index costs a claim or a finish nothing.
 
 Fairness: with ``ASYNC_REQUEST_OWNER_MAX_RUNNING`` the claim is
 ``quotas.CLAIM_CAPPED``, under the owner's lock where the database needs one.
-A job whose owner is at the cap is parked: left waiting, due after
-``ASYNC_REQUEST_OWNER_DEFER``. Each end of one of the owner's jobs wakes the
-parked job that waited longest and sends its message again, to the back of the
-queue, behind the other owners' jobs. A job is never run past the cap, and
-never lost: parking also sends its message again with the defer delay as
-countdown, so a job whose wake never came (its process died between the end
-and the wake) is tried again then. A backlog of one owner costs one claim
-attempt per job and per defer delay, however many jobs wait in the queue.
+A job whose owner is at the cap is parked: left waiting, its message consumed,
+due after ``ASYNC_REQUEST_OWNER_DEFER``. Each end of one of the owner's jobs
+wakes the parked job that waited longest and sends its message again, to the
+back of the queue, behind the other owners' jobs. A job is never run past the
+cap, and never lost: one whose wake never came (its process died between the
+end and the wake) is a waiting job no worker claimed, which the sweeper sends
+again ``ASYNC_REQUEST_WAITING_TIMEOUT`` after it was due. Parking sends
+nothing, so a backlog of one owner costs one claim attempt per job, not one
+per job and per delay.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def capped_run(settings: Settings, store: JobStore, job_id: int) -> tuple[str, i
 
 def claim_or_park(
     store: JobStore, settings: Settings, params: dict[str, Any], owner: str, cap: int
-) -> Claim | Message | None:
+) -> Claim | bool:
     """Claim the job of ``params`` if its owner has fewer than ``cap`` jobs processing.
 
     Else, if it is still waiting, park it: due after ``ASYNC_REQUEST_OWNER_DEFER``,
@@ -197,38 +198,20 @@ def claim_or_park(
     under the owner's lock, which the wake takes too: a job parked while the
     owner's last running job ends is either claimed or found by its wake.
 
-    :returns: the claim; else the message to send again later for the parked
-        job (see :func:`send_parked`); ``None`` if the job was not waiting, as
-        for a duplicate message.
+    :returns: the claim; else ``True`` if the job was parked, ``False`` if it was
+        not waiting (as for a duplicate message).
     """
     now = params["now"]
     capped = {**params, "limit_owner": owner, "max_running": cap}
     parked = {**params, "due_at": now + settings.owner_defer}
 
-    def claim(conn: sa.Connection) -> Claim | Message | None:
+    def claim(conn: sa.Connection) -> Claim | bool:
         row = _run_statement(conn, store, quotas.CLAIM_CAPPED, capped)
         if row is not None:
             return Claim(*row)
-        row = _run_statement(conn, store, quotas.PARK, parked)
-        return None if row is None else Message(*row)
+        return bool(conn.execute(quotas.PARK.update, parked).rowcount == 1)
 
     return _run_locked(store, "run", owner, claim)  # type: ignore[no-any-return]
-
-
-def send_parked(message: Message, settings: Settings, eager: bool) -> None:
-    """Send a parked job's message again after ``ASYNC_REQUEST_OWNER_DEFER``.
-
-    The safety net of the wake: a job parked for that long, not woken, has its
-    claim tried again (and is parked again if its owner is still at the cap).
-    Not with Celery's eager mode, which would run it at once, in the claim's
-    own call; there the wake alone sends it.
-    """
-    if eager:
-        return
-    try:
-        publish(message, countdown=settings.owner_defer.total_seconds())
-    except EnqueueError:
-        logger.exception("Job %s: parked, its later message not sent; the wake or the sweeper will.", message.job_id)
 
 
 def wake_next(store: JobStore, job_id: int) -> Message | None:

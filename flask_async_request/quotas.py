@@ -76,26 +76,28 @@ CLAIM_CAPPED = Statement(
     returns=CLAIM_COLUMNS,
 )
 
-#: A job put back to wait by the cap: parked, its ``due_at`` moved to ``due_at`` (a
-#: waiting job due later than now, with no attempt yet, is a parked one).
+#: A job put back to wait by the cap: parked, its ``due_at`` moved to ``due_at``, later
+#: than its creation (a waiting job with no attempt yet, due after it was created, is
+#: a parked one; any other waiting job is due since its creation or a retry's backoff).
 PARK = Statement(
     sa.update(Job)
     .where(ID, Job.status == JobStatus.WAITING, OWN_UID)
     .values(due_at=sa.bindparam("due_at"), updated_at=sa.bindparam("now")),
-    returns=MESSAGE_COLUMNS,
 )
 _PARKED = (
     _OWNER,
     Job.finished_at.is_(None),
     Job.status == JobStatus.WAITING,
     Job.attempts == 0,
-    Job.due_at > sa.bindparam("now", type_=Job.due_at.type),
+    Job.due_at > Job.created_at,
 )
 #: The owner's parked job that waited longest, the one to wake.
 NEXT_PARKED = sa.select(Job.id).where(*_PARKED).order_by(Job.id).limit(1)
-#: A parked job woken: due now, its message to be sent.
+#: A parked job woken: due since its creation again, its message to be sent.
 WAKE = Statement(
-    sa.update(Job).where(ID, *_PARKED).values(due_at=sa.bindparam("now"), updated_at=sa.bindparam("now")),
+    sa.update(Job)
+    .where(ID, *_PARKED)
+    .values(due_at=Job.created_at, updated_at=sa.bindparam("now")),
     returns=MESSAGE_COLUMNS,
 )
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from . import lifecycle, limits, results
-from .broker import Message, publish
+from .broker import publish
 from .exceptions import (
     EnqueueError,
     InvalidJobRow,
@@ -92,11 +92,10 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
         owner, cap = capped
         params = lifecycle.claim_params(job_id, state.settings.lease, uid)
         taken = limits.claim_or_park(store, state.settings, params, owner, cap)
-        if isinstance(taken, Message):
+        if taken is True:
             logger.info("Job %s: its owner has %s jobs running; parked until one ends.", job_id, cap)
-            limits.send_parked(taken, state.settings, state.celery.conf.task_always_eager)
             return None
-        claim = taken
+        claim = taken or None
     if claim is None:
         if uid is None:
             logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)
