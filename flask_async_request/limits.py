@@ -214,18 +214,60 @@ def claim_or_park(
     return _run_locked(store, "run", owner, claim)  # type: ignore[no-any-return]
 
 
-def wake_next(store: JobStore, job_id: int) -> Message | None:
+def _has_room(conn: sa.Connection | JobStore, owner: str, cap: int) -> bool:
+    """Whether the owner's running jobs and those sent to run leave a place under ``cap``."""
+    params = {"limit_owner": owner}
+    if isinstance(conn, JobStore):
+        running, sent = conn.first(quotas.RUN_COUNTS, params)
+    else:
+        running, sent = conn.execute(quotas.RUN_COUNTS, params).one()
+    return bool(running + sent < cap)
+
+
+def held_back(store: JobStore, settings: Settings, owner: str | None) -> bool:
+    """Whether a new job of ``owner`` is to be stored parked, its message not sent.
+
+    So when the owner's running jobs and those already sent fill its running
+    cap: a backlog of one owner then waits in the jobs table, not in the queue
+    in front of the other owners' jobs, and is sent a job at a time as the
+    owner's jobs end (see :func:`wake_next`). Two submissions at once may both
+    be sent: the claim still holds the cap, and parks the one past it.
+    """
+    if owner is None:
+        return False
+    cap = limit_of(settings.owner_max_running, owner)
+    return cap is not None and not _has_room(store, owner, cap)
+
+
+def wake_next(store: JobStore, settings: Settings, job_id: int) -> Message | None:
     """After an end of job ``job_id``: wake its owner's parked job that waited longest.
+
+    Only while the owner's running jobs and those sent to run leave a place
+    under its cap: a job already on its way takes the place first.
 
     :returns: the message to send for the woken job, if one was.
     """
     row = store.first(quotas.OWNER_OF, {"job_id": job_id})
     if row is None or row[0] is None:
         return None
-    owner = row[0]
+    return wake_for(store, settings, row[0])
+
+
+def wake_for(store: JobStore, settings: Settings, owner: str) -> Message | None:
+    """Wake ``owner``'s parked job that waited longest, if its cap leaves a place for it.
+
+    Run after an end of one of the owner's jobs, and after a job of the owner's
+    is stored parked: both under the owner's lock, so that of an end and a
+    parked job stored at once, one of the two finds the other.
+    """
+    cap = limit_of(settings.owner_max_running, owner)
+    if cap is None:
+        return None
     params: dict[str, Any] = {"limit_owner": owner, "now": utcnow()}
 
     def wake(conn: sa.Connection) -> Any:
+        if not _has_room(conn, owner, cap):
+            return None
         parked = conn.execute(quotas.NEXT_PARKED, params).scalar()
         if parked is None:
             return None
@@ -268,6 +310,6 @@ def _wake_after_end(sender: Flask, job_id: int, **extra: Any) -> None:
     state = get_state(sender)
     if state.settings.owner_max_running is None:
         return
-    message = wake_next(state.store(), job_id)
+    message = wake_next(state.store(), state.settings, job_id)
     if message is not None:
         send_woken(message)

@@ -91,6 +91,19 @@ _PARKED = (
     Job.attempts == 0,
     Job.due_at > Job.created_at,
 )
+_IS_PARKED = sa.and_(Job.attempts == 0, Job.due_at > Job.created_at)
+#: How many of the owner's jobs are processing, and how many wait with a message on
+#: its way (waiting, not parked): those take the owner's free places first.
+def _how_many(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+    # SUM of a CASE, which every database takes (MariaDB has no aggregate FILTER).
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+
+RUN_COUNTS = sa.select(
+    _how_many(Job.status == JobStatus.PROCESSING),
+    _how_many(sa.and_(Job.status == JobStatus.WAITING, sa.not_(_IS_PARKED))),
+).where(_OWNER, Job.finished_at.is_(None))
+
 #: The owner's parked job that waited longest, the one to wake.
 NEXT_PARKED = sa.select(Job.id).where(*_PARKED).order_by(Job.id).limit(1)
 #: A parked job woken: due since its creation again, its message to be sent.

@@ -219,6 +219,13 @@ def create_job(
     deferred = not commit or _explicit_transaction(session)
     # The owner's admission limits, if any apply: the row is stored only under them.
     caps = limits.admission_params(state.settings, owner, row.created_at)
+    held = False
+    if not deferred and owner is not None and state.settings.owner_max_running is not None:
+        with unreachable:
+            held = limits.held_back(store, state.settings, owner)
+        if held:
+            # Parked: it waits in the table, sent as the owner's running jobs end.
+            row = row._replace(due_at=row.created_at + state.settings.owner_defer)
     if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
@@ -232,7 +239,7 @@ def create_job(
             raise _refused(e) from None
         job = _stored_job(session, job_id)
         job.keep_token(state.sign_token(job_id, row.uid, row.owner))
-        _publish_new(lifecycle.message_of_row(job_id, row), job)
+        _publish_new(lifecycle.message_of_row(job_id, row), job, held_for=owner if held else None)
         return job
     try:
         with unreachable:
@@ -275,7 +282,7 @@ def create_job(
         session.commit()
     # The job is loaded afresh on next access: it may already have run (eager
     # mode, fast workers).
-    _publish_new(message, job)
+    _publish_new(message, job, held_for=owner if held else None)
     return job
 
 
@@ -306,13 +313,25 @@ def _refused(error: Exception) -> UnstorableValue:
     )
 
 
-def _publish_new(message: Message, job: Job | None = None) -> None:
+def _publish_new(
+    message: Message, job: Job | None = None, *, held_for: str | None = None
+) -> None:
     """Publish a newly stored job and announce it (``job_enqueued``).
+
+    A job held back by the running cap of its owner, ``held_for``, is stored
+    parked: a job of the owner's is sent only if an end of the owner's jobs made
+    room meanwhile (see ``limits.wake_for``).
 
     :raises EnqueueError: holding ``job``, stored all the same.
     """
     try:
-        publish(message)
+        if held_for is None:
+            publish(message)
+        else:
+            state = get_state()
+            woken = limits.wake_for(state.store(), state.settings, held_for)
+            if woken is not None:
+                publish(woken)
     except EnqueueError as e:
         e.job = job
         raise

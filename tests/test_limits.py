@@ -285,7 +285,48 @@ def test_the_running_cap_is_per_owner(
         _set_status(running.id, JobStatus.PROCESSING)
         assert run_job(bobs.id) is JobStatus.PROCESSED
         assert run_job(waiting.id) is None
-        assert [message["args"][0] for message in sent] == [running.id, waiting.id, bobs.id]
+        # Alice's second job was held back as it was stored: her first was on its way.
+        assert [message["args"][0] for message in sent] == [running.id, bobs.id]
+
+
+def test_a_job_past_the_cap_is_stored_parked_and_not_sent(
+    limited: Callable[..., Flask], sent: list[dict[str, Any]]
+) -> None:
+    """With alice's cap taken by jobs running or sent, her next job waits in the table."""
+    app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=2)
+    with app.app_context():
+        jobs = [Job.create_and_enqueue(workers.Echo, n) for n in range(4)]
+        assert [message["args"][0] for message in sent] == [jobs[0].id, jobs[1].id]
+        held = reload_job(jobs[2].id)
+        assert held.status is JobStatus.WAITING
+        assert as_utc(held.due_at) > as_utc(held.created_at)
+        assert run_job(jobs[0].id) is JobStatus.PROCESSED
+        assert [message["args"][0] for message in sent][2:] == [jobs[2].id]
+
+
+def test_a_held_job_is_sent_if_room_was_made_as_it_was_stored(
+    limited: Callable[..., Flask], sent: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job held back while the owner's last job ended is sent: its own wake finds the room."""
+    app = limited(ASYNC_REQUEST_OWNER_MAX_RUNNING=1)
+    with app.app_context():
+        first = Job.create_and_enqueue(workers.Echo, 1)
+        from flask_async_request import limits
+
+        real = limits.held_back
+
+        def held_then_ended(*args: Any) -> bool:
+            # The owner's job ends (with no parked job to wake) right after the check.
+            held = real(*args)
+            current_db().session.get(Job, first.id).status = JobStatus.CANCELLED  # type: ignore[union-attr]
+            current_db().session.get(Job, first.id).finished_at = utcnow()  # type: ignore[union-attr]
+            current_db().session.commit()
+            return held
+
+        monkeypatch.setattr(limits, "held_back", held_then_ended)
+        second = Job.create_and_enqueue(workers.Echo, 2)
+        assert [message["args"][0] for message in sent] == [first.id, second.id]
+        assert as_utc(reload_job(second.id).due_at) <= utcnow()
 
 
 def test_a_message_for_a_finished_job_neither_runs_nor_parks(
