@@ -54,9 +54,11 @@ class Work(Worker):
         return 200, "{}"
 
 
-def create_app() -> Flask:
+def create_app(cap: int | None = None) -> Flask:
+    """The app; its running cap is ``cap``, else ``BENCH_FAIRNESS_CAP``'s (the workers')."""
     app = Flask(__name__)
-    cap = os.environ.get("BENCH_FAIRNESS_CAP")
+    if cap is None and os.environ.get("BENCH_FAIRNESS_CAP"):
+        cap = int(os.environ["BENCH_FAIRNESS_CAP"])
     app.config.update(
         ASYNC_REQUEST_ENCODE_KEY=SECRET_KEY,
         ASYNC_REQUEST_DECODE_KEY=SECRET_KEY,
@@ -64,7 +66,7 @@ def create_app() -> Flask:
         CELERY={"broker_url": REDIS_URL, "worker_prefetch_multiplier": 1},
         ASYNC_REQUEST_QUEUE=QUEUE,
         ASYNC_REQUEST_CLEAN_JOBS=False,
-        ASYNC_REQUEST_OWNER_MAX_RUNNING=int(cap) if cap else None,
+        ASYNC_REQUEST_OWNER_MAX_RUNNING=cap,
     )
     db.init_app(app)
     async_request.init_app(app)
@@ -122,7 +124,8 @@ def _seconds(job: Job) -> float:
 
 def run_mode(cap: int | None, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One run: A's jobs, B's a second later; B's waits and how long it all took."""
-    # The workers need the cap; this process only submits, with or without it.
+    # The web side holds a backlog back and the workers hold the cap: both have it.
+    app = create_app(cap)
     with app.app_context():
         db.drop_all()
         db.create_all()

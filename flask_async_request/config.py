@@ -241,7 +241,7 @@ class Settings:
         "ASYNC_REQUEST_OWNER_MAX_IN_FLIGHT",
         None,
         "Most jobs one owner may have waiting or processing: a new job past it is refused with"
-        " ``429`` and ``Retry-After`` (:exc:`~flask_async_request.OwnerLimitExceeded`). A whole"
+        " ``429`` and ``Retry-After`` (``OwnerLimitExceeded``). A whole"
         " number, or a callable of the owner returning one or ``None`` (tiers); ``None``: no"
         " cap. Jobs with no owner are not limited.",
         owner_limit,
@@ -263,10 +263,11 @@ class Settings:
     owner_max_running: OwnerLimit = _setting(
         "ASYNC_REQUEST_OWNER_MAX_RUNNING",
         None,
-        "Most jobs of one owner that run at once: a claim past it parks the job, left waiting"
-        " until one of the owner's jobs ends, so that one owner's backlog leaves workers to"
-        " the others. A whole number, or a callable of the owner returning one or ``None``;"
-        " ``None``: no cap.",
+        "Most jobs of one owner that run at once: a job past it, as it is stored or claimed,"
+        " is parked (left waiting, not sent) until one of the owner's jobs ends, so that one"
+        " owner's backlog waits in the jobs table, not in the queue in front of the others."
+        " A whole number, or a callable of the owner returning one or ``None``; ``None``: no"
+        " cap.",
         owner_limit,
     )
     owner_defer: timedelta = _setting(

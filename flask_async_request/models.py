@@ -90,14 +90,15 @@ class Job(_Base):
         # An owner's jobs by creation time: the admission rate's count of those
         # created within its window. Neither column ever changes.
         sa.Index(f"ix_{TABLE_NAME}_owner_created_at", "owner", "created_at"),
-        # An owner's waiting and processing jobs: the in-flight cap's count, and the
-        # running cap's (which reads their status from the rows: no index holds it).
-        # A job leaves it once, as it ends; on MariaDB, which has no partial index,
-        # the jobs of an owner not finished are the range of NULL finished_at.
+        # An owner's waiting and processing jobs, by id: the in-flight cap's count,
+        # the running cap's (which reads their status from the rows: no index holds
+        # it) and its oldest parked job. A job leaves it once, as it ends; on MariaDB,
+        # which has no partial index, they are the range of NULL finished_at.
         sa.Index(
             f"ix_{TABLE_NAME}_owner_unfinished",
             "owner",
             "finished_at",
+            "id",
             postgresql_where=sa.text("finished_at IS NULL"),
             sqlite_where=sa.text("finished_at IS NULL"),
         ),
