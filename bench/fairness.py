@@ -78,7 +78,10 @@ celery_app = app.extensions["celery"]
 
 
 def _workers(processes: int, concurrency: int, cap: int | None, logs: Path) -> list[Any]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
+    )
     env.pop("BENCH_FAIRNESS_CAP", None)
     if cap is not None:
         env["BENCH_FAIRNESS_CAP"] = str(cap)

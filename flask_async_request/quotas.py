@@ -17,7 +17,7 @@ a MariaDB/MySQL named lock.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 
@@ -27,7 +27,10 @@ from .statements import CLAIM, CLAIM_COLUMNS, ID, MESSAGE_COLUMNS, OWN_UID, NewR
 #: "No cap" in a statement's comparison: larger than any count.
 NO_CAP = 2**31 - 1
 
-_OWNER = Job.owner == sa.bindparam("limit_owner", type_=Job.__table__.c.owner.type)
+#: The jobs table itself, for the INSERT ... SELECT (an ORM insert would take its
+#: parameters for a bulk insert of rows).
+_TABLE = cast(sa.Table, Job.__table__)
+_OWNER = Job.owner == sa.bindparam("limit_owner", type_=_TABLE.c.owner.type)
 
 
 def _count(name: str, *where: sa.ColumnElement[bool]) -> sa.Subquery:
@@ -41,18 +44,14 @@ _RUNNING = _count("running", Job.status == JobStatus.PROCESSING, Job.finished_at
 
 #: A new job's row, stored only while its owner has fewer than ``max_in_flight`` jobs
 #: waiting or processing and created fewer than ``max_rate`` since ``since``.
-ADMIT = sa.insert(Job.__table__).from_select(
+ADMIT = sa.insert(_TABLE).from_select(
     list(NewRow._fields),
-    sa.select(
-        *(sa.bindparam(name, type_=Job.__table__.c[name].type) for name in NewRow._fields)
-    )
+    sa.select(*(sa.bindparam(name, type_=_TABLE.c[name].type) for name in NewRow._fields))
     .select_from(_IN_FLIGHT)
     .join(_RECENT, sa.true())
-    .where(
-        _IN_FLIGHT.c.n < sa.bindparam("max_in_flight"), _RECENT.c.n < sa.bindparam("max_rate")
-    ),
+    .where(_IN_FLIGHT.c.n < sa.bindparam("max_in_flight"), _RECENT.c.n < sa.bindparam("max_rate")),
 )
-ADMIT_RETURNING = ADMIT.returning(Job.__table__.c.id)
+ADMIT_RETURNING = ADMIT.returning(_TABLE.c.id)
 
 #: The owner's counts, read after a refusal to tell which limit it was.
 COUNTS = sa.select(_IN_FLIGHT.c.n, _RECENT.c.n).select_from(_IN_FLIGHT).join(_RECENT, sa.true())
@@ -72,7 +71,9 @@ OWNER_OF = sa.select(Job.owner).where(ID)
 
 #: The claim, made only while the job's owner has fewer than ``max_running`` jobs processing.
 CLAIM_CAPPED = Statement(
-    CLAIM.update.where(_OWNER, sa.select(_RUNNING.c.n).scalar_subquery() < sa.bindparam("max_running")),
+    CLAIM.update.where(
+        _OWNER, sa.select(_RUNNING.c.n).scalar_subquery() < sa.bindparam("max_running")
+    ),
     returns=CLAIM_COLUMNS,
 )
 
@@ -92,6 +93,8 @@ _PARKED = (
     Job.due_at > Job.created_at,
 )
 _IS_PARKED = sa.and_(Job.attempts == 0, Job.due_at > Job.created_at)
+
+
 #: How many of the owner's jobs are processing, and how many wait with a message on
 #: its way (waiting, not parked): those take the owner's free places first.
 def _how_many(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:

@@ -93,7 +93,9 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
         params = lifecycle.claim_params(job_id, state.settings.lease, uid)
         taken = limits.claim_or_park(store, state.settings, params, owner, cap)
         if taken is True:
-            logger.info("Job %s: its owner has %s jobs running; parked until one ends.", job_id, cap)
+            logger.info(
+                "Job %s: its owner has %s jobs running; parked until one ends.", job_id, cap
+            )
             return None
         claim = taken or None
     if claim is None:

@@ -313,9 +313,7 @@ def _refused(error: Exception) -> UnstorableValue:
     )
 
 
-def _publish_new(
-    message: Message, job: Job | None = None, *, held_for: str | None = None
-) -> None:
+def _publish_new(message: Message, job: Job | None = None, *, held_for: str | None = None) -> None:
     """Publish a newly stored job and announce it (``job_enqueued``).
 
     A job held back by the running cap of its owner, ``held_for``, is stored

@@ -191,7 +191,12 @@ def test_an_idempotent_retry_is_limited_as_a_new_job(
 
 
 @pytest.mark.parametrize(
-    "key", ["ASYNC_REQUEST_OWNER_MAX_IN_FLIGHT", "ASYNC_REQUEST_OWNER_RATE", "ASYNC_REQUEST_OWNER_MAX_RUNNING"]
+    "key",
+    [
+        "ASYNC_REQUEST_OWNER_MAX_IN_FLIGHT",
+        "ASYNC_REQUEST_OWNER_RATE",
+        "ASYNC_REQUEST_OWNER_MAX_RUNNING",
+    ],
 )
 @pytest.mark.parametrize("value", [0, -1, "3", 2.5, True])
 def test_bad_limits_are_refused_at_init(make_app: AppFactory, key: str, value: Any) -> None:

@@ -404,9 +404,7 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
     [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
     [owners] = [revision for revision, text in added.items() if "owner_created_at" in text]
     [indexes] = [
-        revision
-        for revision, text in added.items()
-        if text is not results and revision != owners
+        revision for revision, text in added.items() if text is not results and revision != owners
     ]
     assert f"down_revision = '{indexes}'" in results
     assert "down_revision = 'before01'" in added[indexes]

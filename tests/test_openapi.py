@@ -187,7 +187,9 @@ def test_an_apps_429_refers_to_the_owner_limits_response(make_app: AppFactory) -
         "openapi": "3.1.0",
         "info": {"title": "Reports", "version": "1"},
         "paths": {
-            "/reports": {"post": {"responses": {"202": {"$ref": ACCEPTED}, "429": {"$ref": limited}}}}
+            "/reports": {
+                "post": {"responses": {"202": {"$ref": ACCEPTED}, "429": {"$ref": limited}}}
+            }
         },
     }
 

@@ -61,7 +61,9 @@ def create_app() -> Flask:
     if "FAR_TEST_RETRY" in os.environ:
         app.config["ASYNC_REQUEST_RETRY"] = int(os.environ["FAR_TEST_RETRY"])
     if "FAR_TEST_OWNER_MAX_RUNNING" in os.environ:
-        app.config["ASYNC_REQUEST_OWNER_MAX_RUNNING"] = int(os.environ["FAR_TEST_OWNER_MAX_RUNNING"])
+        app.config["ASYNC_REQUEST_OWNER_MAX_RUNNING"] = int(
+            os.environ["FAR_TEST_OWNER_MAX_RUNNING"]
+        )
     if "FAR_TEST_CLEAN_EVERY" in os.environ:
         app.config["ASYNC_REQUEST_CLEAN_JOBS_CRON"] = float(os.environ["FAR_TEST_CLEAN_EVERY"])
         app.config["ASYNC_REQUEST_JOBS_EXPIRATION"] = 3600

@@ -46,7 +46,10 @@ def test_a_worker_never_runs_more_than_the_cap_of_one_owner(
         while True:
             session.expire_all()
             jobs = session.query(Job).all()
-            if all(job.status is JobStatus.PROCESSED for job in jobs) or time.monotonic() > deadline:
+            if (
+                all(job.status is JobStatus.PROCESSED for job in jobs)
+                or time.monotonic() > deadline
+            ):
                 break
             time.sleep(0.2)
         assert [job.status for job in jobs] == [JobStatus.PROCESSED] * 16, worker.output()

@@ -15,8 +15,8 @@ from flask import Flask
 
 from flask_async_request import AsyncRequest, Job, JobStatus, OwnerLimitExceeded
 from flask_async_request.lifecycle import claim_params
-from flask_async_request.rows import Claim
 from flask_async_request.limits import claim_or_park
+from flask_async_request.rows import Claim
 from flask_async_request.state import get_state
 from tests import workers
 from tests.conftest import PG_DATABASE_URL, AppFactory, Internals, current_db
@@ -73,7 +73,7 @@ def _submit_at_once(app: Flask, **options: Any) -> tuple[int, int]:
                 except OwnerLimitExceeded:
                     current_db().session.rollback()
                     refused.append(n)
-                except BaseException as e:  # noqa: BLE001  # reported below
+                except BaseException as e:  # reported below
                     errors.append(e)
 
     threads = [threading.Thread(target=submit) for _ in range(THREADS)]
@@ -124,7 +124,10 @@ def test_concurrent_claims_never_pass_the_running_cap(
     app = limited()
     with app.app_context():
         session = current_db().session
-        jobs = [Job(worker="tests.workers:Echo", params={"args": [], "kwargs": {}}, owner="alice") for _ in range(THREADS)]
+        jobs = [
+            Job(worker="tests.workers:Echo", params={"args": [], "kwargs": {}}, owner="alice")
+            for _ in range(THREADS)
+        ]
         session.add_all(jobs)
         session.commit()
         ids = [job.id for job in jobs]
@@ -151,4 +154,3 @@ def test_concurrent_claims_never_pass_the_running_cap(
     with app.app_context():
         processing = current_db().session.query(Job).filter_by(status=JobStatus.PROCESSING)
         assert sorted(job.id for job in processing) == sorted(claimed)
-
