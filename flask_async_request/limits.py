@@ -129,13 +129,17 @@ def insert_admitted(store: JobStore, row: NewRow, caps: dict[str, Any]) -> int:
     return int(_run_locked(store, "admit", caps["limit_owner"], admit))
 
 
-def insert_admitted_in(session: Session, row: NewRow, caps: dict[str, Any]) -> int:
+def insert_admitted_in(
+    session: Session, row: NewRow, caps: dict[str, Any], own: bool = False
+) -> int:
     """Store ``row`` in ``session``'s transaction if its owner is under its caps; its id.
 
     On PostgreSQL the owner's lock is held to the end of that transaction; on
     MariaDB the INSERT's own locking read of the owner's rows serializes two
     such transactions (one of them may be chosen as a deadlock's victim).
 
+    :param own: the transaction holds nothing of the caller's: a refusal rolls
+        it back, and the lock it took goes with it.
     :raises OwnerLimitExceeded: the owner is at a cap; nothing was stored.
     """
     lock = owner_lock(session.get_bind().dialect.name).in_transaction
@@ -143,7 +147,10 @@ def insert_admitted_in(session: Session, row: NewRow, caps: dict[str, Any]) -> i
         session.execute(lock, quotas.lock_params("admit", caps["limit_owner"]))
     job_id = _insert(session, {**row._asdict(), **caps})
     if job_id is None:
-        raise _refusal(session, caps)
+        refused = _refusal(session, caps)
+        if own:
+            session.rollback()
+        raise refused
     return job_id
 
 
@@ -224,6 +231,11 @@ def _has_room(conn: sa.Connection | JobStore, owner: str, cap: int) -> bool:
     return bool(running + sent < cap)
 
 
+def parked(row: NewRow, settings: Settings) -> NewRow:
+    """``row`` stored parked: due ``ASYNC_REQUEST_OWNER_DEFER`` after its creation."""
+    return row._replace(due_at=row.created_at + settings.owner_defer)
+
+
 def held_back(store: JobStore, settings: Settings, owner: str | None) -> bool:
     """Whether a new job of ``owner`` is to be stored parked, its message not sent.
 
@@ -233,7 +245,7 @@ def held_back(store: JobStore, settings: Settings, owner: str | None) -> bool:
     owner's jobs end (see :func:`wake_next`). Two submissions at once may both
     be sent: the claim still holds the cap, and parks the one past it.
     """
-    if owner is None:
+    if owner is None or settings.owner_max_running is None:
         return False
     cap = limit_of(settings.owner_max_running, owner)
     return cap is not None and not _has_room(store, owner, cap)

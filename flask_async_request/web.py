@@ -29,7 +29,6 @@ from .exceptions import (
     IdempotencyConflict,
     InvalidCallbackUrl,
     InvalidIdempotencyKey,
-    OwnerLimitExceeded,
     UnstorableValue,
 )
 from .models import Job, column_length
@@ -219,13 +218,11 @@ def create_job(
     deferred = not commit or _explicit_transaction(session)
     # The owner's admission limits, if any apply: the row is stored only under them.
     caps = limits.admission_params(state.settings, owner, row.created_at)
-    held = False
-    if not deferred and owner is not None and state.settings.owner_max_running is not None:
-        with unreachable:
-            held = limits.held_back(store, state.settings, owner)
-        if held:
-            # Parked: it waits in the table, sent as the owner's running jobs end.
-            row = row._replace(due_at=row.created_at + state.settings.owner_defer)
+    with unreachable:
+        # Past the owner's running cap, stored parked: sent as its running jobs end.
+        held = not deferred and limits.held_back(store, state.settings, owner)
+    if held:
+        row = limits.parked(row, state.settings)
     if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
@@ -248,15 +245,9 @@ def create_job(
                 session.add(job)
                 session.flush()
             else:
+                # A refusal rolls back a transaction that holds nothing of the caller's.
                 own = not deferred and not callers
-                try:
-                    job_id = limits.insert_admitted_in(session, row, caps)
-                except OwnerLimitExceeded:
-                    if own:
-                        # Nothing of the caller's in it: the lock the check took goes now.
-                        session.rollback()
-                    raise
-                job = _stored_job(session, job_id)
+                job = _stored_job(session, limits.insert_admitted_in(session, row, caps, own))
     except sa.exc.IntegrityError:
         if scope is None:
             raise

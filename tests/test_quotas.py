@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from flask_async_request import quotas
 
-DIALECTS = {
-    "postgresql": postgresql.dialect(),
+DIALECTS: dict[str, Any] = {
+    "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
     "mariadb": mysql.dialect(is_mariadb=True),
     "sqlite": sqlite.dialect(),
 }
 
 
-def _sql(statement: sa.Executable, dialect: str) -> str:
+def _sql(statement: Any, dialect: str) -> str:
     return str(statement.compile(dialect=DIALECTS[dialect]))
 
 
@@ -42,13 +43,13 @@ def test_the_parked_jobs_are_those_due_after_their_creation(dialect: str) -> Non
 def test_each_database_has_its_lock() -> None:
     """PostgreSQL's advisory locks, MariaDB's and MySQL's named locks, none on SQLite."""
     pg = quotas.owner_lock("postgresql")
-    assert "pg_advisory_xact_lock" in _sql(pg.in_transaction, "postgresql")  # type: ignore[arg-type]
-    assert "pg_advisory_lock" in _sql(pg.acquire, "postgresql")  # type: ignore[arg-type]
-    assert "pg_advisory_unlock" in _sql(pg.release, "postgresql")  # type: ignore[arg-type]
+    assert "pg_advisory_xact_lock" in _sql(pg.in_transaction, "postgresql")
+    assert "pg_advisory_lock" in _sql(pg.acquire, "postgresql")
+    assert "pg_advisory_unlock" in _sql(pg.release, "postgresql")
     maria = quotas.owner_lock("mariadb")
     assert maria.in_transaction is None
-    assert "get_lock" in _sql(maria.acquire, "mariadb").lower()  # type: ignore[arg-type]
-    assert "release_lock" in _sql(maria.release, "mariadb").lower()  # type: ignore[arg-type]
+    assert "get_lock" in _sql(maria.acquire, "mariadb").lower()
+    assert "release_lock" in _sql(maria.release, "mariadb").lower()
     assert quotas.owner_lock("mysql") == maria
     assert quotas.owner_lock("sqlite") == (None, None, None)
 
