@@ -196,7 +196,7 @@ def test_save_under_a_name_given(page: Any, served: Served, tmp_path: Path) -> N
 
 
 def test_download_url_in_a_plain_link(page: Any, served: Served, tmp_path: Path) -> None:
-    """downloadUrl(): a signed link with no token; an <a href download> clicked downloads the bytes."""
+    """downloadUrl(): a signed link, no token; a plain <a href download> downloads the bytes."""
     open_page(page, served)
     href = _run(
         page,
@@ -302,6 +302,7 @@ def test_aborting_stops_the_download(page: Any, served: Served) -> None:
         """const job = await client.start("/sleep?seconds=5");
            const controller = new AbortController();
            setTimeout(() => controller.abort(), 200);
-           try { await job.blob({signal: controller.signal}); } catch (error) { return error.name; }""",
+           try { await job.blob({signal: controller.signal}); }
+           catch (error) { return error.name; }""",
     )
     assert got == "AbortError"
