@@ -278,6 +278,22 @@ function finishedAnswer(body) {
   return body;
 }
 
+/**
+ * The answer of a processed job whose status url redirected to its result:
+ * what the result's own headers say (its url, type, size, and SHA-256 from its
+ * strong ETag). The worker's status code is not among them: 200.
+ */
+function redirectedAnswer(response) {
+  const reply = {status_code: 200, body: "", href: response.url};
+  const type = response.headers.get("Content-Type");
+  if (type) reply.content_type = type;
+  const length = response.headers.get("Content-Length");
+  if (length !== null && /^\d+$/.test(length)) reply.size = parseInt(length, 10);
+  const etag = /^"([0-9a-f]{64})"$/.exec(response.headers.get("ETag") || "");
+  if (etag) reply.sha256 = etag[1];
+  return {status: "processed", response: reply};
+}
+
 /** Whether ``url`` names the job by itself (its token in the path), so no header is needed. */
 function carriesToken(url, token) {
   return url.includes(token) || url.includes(encodeURIComponent(token));
@@ -300,6 +316,7 @@ class Job {
     this.answer = null;
     this._settled = null;
     this._wakers = new Set();
+    this._redirected = null;
   }
 
   _headers(extra, url = this.url, accept = "application/json") {
@@ -325,6 +342,15 @@ class Job {
       signal: options.signal,
       retry,
     });
+    if (response.redirected && response.status === 200) {
+      // ASYNC_REQUEST_REDIRECT_FINISHED: the status url sent the processed job
+      // to its result (303), and fetch followed: this is the result itself,
+      // kept unread for result().
+      const answer = redirectedAnswer(response);
+      this.answer = answer;
+      this._redirected = response;
+      return {done: true, status: "processed", body: answer, retryAfter: 0, waited: 0, response};
+    }
     const body = await readJson(response);
     const waited = appliedWait(response);
     if (response.status === 202) {
@@ -454,6 +480,12 @@ class Job {
    */
   async result(options = {}) {
     const reply = (await this._processed(options)).response;
+    if (this._redirected) {
+      // The poll that saw the job finish has the result already, unread.
+      const response = this._redirected;
+      this._redirected = null;
+      return response;
+    }
     if (!reply.href) {
       const headers = new Headers(reply.headers || []);
       if (reply.content_type) headers.set("Content-Type", reply.content_type);
@@ -538,6 +570,13 @@ class Job {
       throw new AsyncRequestError(`The job is ${answer.status}; it has no result.`, {
         body: answer,
       });
+    }
+    if (!answer.response.download_href && this._redirected) {
+      throw new AsyncRequestError(
+        "The status url redirects to the result (ASYNC_REQUEST_REDIRECT_FINISHED), with no" +
+          " envelope and so no download link; use blob() or save().",
+        {body: answer}
+      );
     }
     if (!answer.response.download_href) {
       throw new AsyncRequestError(

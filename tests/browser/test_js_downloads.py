@@ -7,7 +7,7 @@ import base64
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +86,28 @@ def _build_files(app: Flask, served: Served) -> None:
 
 
 @pytest.fixture
-def served(make_app: AppFactory) -> Iterator[Served]:
-    """The test app of the client's tests, and views that start file jobs."""
-    app = make_app(CELERY={})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    served = Served(f"http://127.0.0.1:{server.server_port}")
-    _build(app, served)
-    _build_files(app, served)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield served
-    server.shutdown()
+def serve(make_app: AppFactory) -> Iterator[Callable[..., Served]]:
+    """Serve the test app of the client's tests, with views that start file jobs."""
+    servers: list[Any] = []
+
+    def factory(**config: Any) -> Served:
+        app = make_app(CELERY={}, **config)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        served = Served(f"http://127.0.0.1:{server.server_port}")
+        _build(app, served)
+        _build_files(app, served)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return served
+
+    yield factory
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def served(serve: Callable[..., Served]) -> Served:
+    return serve()
 
 
 #: Reads a Blob as base64 in the page, so its exact bytes come back to the test.
@@ -306,3 +318,49 @@ def test_aborting_stops_the_download(page: Any, served: Served) -> None:
            catch (error) { return error.name; }""",
     )
     assert got == "AbortError"
+
+
+@pytest.mark.parametrize("path", ["/file", "/shared-file"])
+def test_redirect_mode_gives_the_result_of_the_redirect(
+    page: Any, serve: Callable[..., Served], path: str
+) -> None:
+    """With ASYNC_REQUEST_REDIRECT_FINISHED the poll that follows the 303 is the result:
+    wait() resolves processed, and blob() reads that response, with no second download."""
+    served = serve(ASYNC_REQUEST_REDIRECT_FINISHED=True)
+    open_page(page, served)
+    got = _run(
+        page,
+        """const job = await client.start(arg);
+           const answer = await job.wait({timeout: 30});
+           const blob = await job.blob();
+           let refused = null;
+           try { await job.downloadUrl(); } catch (error) { refused = error.message; }
+           return {answer, data: await base64(blob), refused};""",
+        path,
+    )
+    reply = got["answer"]["response"]
+    assert got["answer"]["status"] == "processed"
+    assert reply["size"] == len(DATA)
+    assert reply["sha256"] == hashlib.sha256(DATA).hexdigest()
+    assert reply["href"].endswith("/result")
+    assert reply["body"] == ""
+    assert base64.b64decode(got["data"]) == DATA
+    assert "ASYNC_REQUEST_REDIRECT_FINISHED" in got["refused"]
+    results = [p for p in served.gets() if p.path.endswith("/result")]
+    # One for wait()'s poll, read by blob(); one for downloadUrl()'s poll, never read.
+    assert len(results) == 2
+    if path == "/shared-file":
+        assert all(p.headers["X-Job-Authorization"].startswith("Bearer ") for p in results)
+
+
+def test_redirect_mode_saves_under_the_servers_filename(
+    page: Any, serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    """save() in redirect mode: the name of the result's Content-Disposition, the exact bytes."""
+    served = serve(ASYNC_REQUEST_REDIRECT_FINISHED=True)
+    open_page(page, served)
+    with page.expect_download(timeout=30_000) as info:
+        _run(page, """return (await (await client.start("/file")).save()).filename;""")
+    assert info.value.suggested_filename == FILENAME
+    info.value.save_as(tmp_path / "redirected.bin")
+    assert (tmp_path / "redirected.bin").read_bytes() == DATA
