@@ -239,16 +239,6 @@
     return name || null;
   }
 
-  /** The last segment of ``url``'s path, or null. */
-  function urlFilename(url) {
-    try {
-      const segments = new URL(url, "http://x/").pathname.split("/");
-      return decodeURIComponent(segments[segments.length - 1]) || null;
-    } catch (error) {
-      return null;
-    }
-  }
-
   /** Hex SHA-256 of ``blob``, or null where the page has no Web Crypto (an insecure origin). */
   async function sha256Hex(blob) {
     const subtle = globalThis.crypto && globalThis.crypto.subtle;
@@ -354,6 +344,8 @@
         // kept unread for result().
         const answer = redirectedAnswer(response);
         this.answer = answer;
+        // An earlier poll's result, never read: this one replaces it.
+        if (this._redirected && this._redirected.body) this._redirected.body.cancel();
         this._redirected = response;
         return {done: true, status: "processed", body: answer, retryAfter: 0, waited: 0, response};
       }
@@ -543,7 +535,7 @@
     /**
      * Download the processed job's result and save it as a file: under
      * ``filename`` if given, else the name its Content-Disposition gives, else
-     * the last segment of its url. Resolves with {blob, filename}.
+     * "download". Resolves with {blob, filename}.
      */
     async save(filename, options = {}) {
       if (filename !== null && typeof filename === "object") {
@@ -552,10 +544,7 @@
       }
       const {blob, response} = await this._download(options);
       const name =
-        filename ||
-        dispositionFilename(response.headers.get("Content-Disposition")) ||
-        (this.answer.response.href ? urlFilename(this.answer.response.href) : null) ||
-        "download";
+        filename || dispositionFilename(response.headers.get("Content-Disposition")) || "download";
       saveBlob(blob, name);
       return {blob, filename: name};
     }

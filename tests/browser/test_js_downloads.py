@@ -33,7 +33,9 @@ DISPOSITION = (
 class Export(Worker):
     """Returns DATA as a file to download, or ``text`` as a text reply with a filename."""
 
-    def execute(self, text: str | None = None) -> Any:
+    def execute(self, text: str | None = None, named: bool = True) -> Any:
+        if not named:
+            return 200, DATA, "application/octet-stream"
         if text is not None:
             return (
                 200,
@@ -65,6 +67,10 @@ def _build_files(app: Flask, served: Served) -> None:
     @app.post("/file")
     def file() -> Any:
         return accepted(Job.create_and_enqueue(Export))
+
+    @app.post("/unnamed")
+    def unnamed() -> Any:
+        return accepted(Job.create_and_enqueue(Export, named=False))
 
     @app.post("/text")
     def text() -> Any:
@@ -364,3 +370,13 @@ def test_redirect_mode_saves_under_the_servers_filename(
     assert info.value.suggested_filename == FILENAME
     info.value.save_as(tmp_path / "redirected.bin")
     assert (tmp_path / "redirected.bin").read_bytes() == DATA
+
+
+def test_save_without_a_name_anywhere(page: Any, served: Served, tmp_path: Path) -> None:
+    """No name given and no Content-Disposition: saved as "download"."""
+    open_page(page, served)
+    with page.expect_download(timeout=30_000) as info:
+        name = _run(page, """return (await (await client.start("/unnamed")).save()).filename;""")
+    assert name == info.value.suggested_filename == "download"
+    info.value.save_as(tmp_path / "unnamed.bin")
+    assert (tmp_path / "unnamed.bin").read_bytes() == DATA
