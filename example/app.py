@@ -173,7 +173,11 @@ class PrimeExport(Worker):
     def execute(self, limit: int) -> tuple[int, IO[bytes], str, dict[str, str]]:
         # Not closed here: the library reads the file after execute returns, then closes it.
         spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115
-        write_export(limit, spool, lambda done, total: self.progress(done, total, "sieving"))
+        write_export(
+            limit,
+            spool,
+            lambda done, total: self.progress(done, total, f"sieved {done:,} of {total:,}"),
+        )
         spool.seek(0)
         return (
             200,
