@@ -35,13 +35,16 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from . import config
+from .access import link_url
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
+from .links import LinkClaims
 from .maintenance import retry_job
 from .models import Job, JobStatus
+from .payloads import decode_headers
 from .reading import PAGE_SIZE, JobFilter, JobPage, job_page, load_job
-from .state import EXTENSION_KEY
-from .values import as_utc, finite, iso_utc, utcnow
+from .state import EXTENSION_KEY, get_state
+from .values import as_utc, finite, format_size, iso_utc, utcnow
 from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")
@@ -169,6 +172,7 @@ def _helpers() -> dict[str, Any]:
         "iso": format_iso,
         "duration": format_elapsed,
         "percent": format_percent,
+        "size": format_size,
         "statuses": list(JobStatus),
     }
 
@@ -242,6 +246,36 @@ def timings(job: Job, now: datetime | None = None) -> Timings:
         waiting_so_far=False,
         running_so_far=False,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredResult:
+    """What the job's page shows of a reply held in the result store."""
+
+    size: int
+    sha256: str
+    content_type: str | None
+    #: A signed download link, short-lived; ``None`` when the job is not processed.
+    href: str | None
+    #: When the link stops working.
+    expires_at: datetime | None
+
+
+def stored_result(job: Job) -> StoredResult | None:
+    """The job's reply in the result store, with a signed link to it; ``None`` for none.
+
+    The link is a download link (``links.py``), never the job's token: it names
+    these bytes alone, for ``ASYNC_REQUEST_LINK_EXPIRATION``, and a job bound
+    to an owner serves it to that owner only, as every download link does.
+    """
+    if job.result_size is None or job.result_sha256 is None:
+        return None
+    href = expires_at = None
+    if job.status is JobStatus.PROCESSED:
+        lifetime = get_state().settings.link_expiration
+        href = link_url(LinkClaims(job.id, job.uid, job.result_sha256, job.owner), lifetime)
+        expires_at = utcnow() + lifetime
+    return StoredResult(job.result_size, job.result_sha256, job.content_type, href, expires_at)
 
 
 def _shown(text: str) -> tuple[str, int]:
@@ -320,6 +354,8 @@ def show_view(job_id: int) -> Any:
         response=response,
         response_cut=response_cut,
         error=error_message(job.response) if job.status is JobStatus.FAILED else None,
+        result=stored_result(job),
+        kept_headers=decode_headers(job.headers),
         timings=timings(job),
         can_retry=job.status is JobStatus.FAILED,
         can_cancel=not job.status.finished,

@@ -22,7 +22,8 @@ from flask import Response, request
 
 from . import results
 
-# The status url's own checks, shared so the two urls can never answer differently.
+# The status url's own checks, shared so the urls can never answer differently.
+from .access import Refusal, database_errors, job_for_request, job_url_enabled, link_url
 from .envelope import error_answer
 from .exceptions import InvalidToken, JobNotFound, JobStateError
 from .links import LinkClaims, LinkExpired, verify_link
@@ -31,7 +32,7 @@ from .payloads import decode_headers
 from .state import get_state
 from .store import JobReply, JobStore
 from .tokens import MAX_TOKEN_LENGTH
-from .views import _database, _job_for_request, _job_url_enabled, _Refusal, blueprint, link_url
+from .views import blueprint
 
 logger = logging.getLogger("flask_async_request")
 
@@ -45,9 +46,9 @@ def result(token: str | None = None) -> Any:
     """Serve the processed job's reply: 200, 206 for a range, 304 when the client has it."""
     try:
         if token is not None:
-            _job_url_enabled()
-        claims, reply = _job_for_request(token)
-    except _Refusal as refusal:
+            job_url_enabled()
+        claims, reply = job_for_request(token)
+    except Refusal as refusal:
         return refusal.response
     if reply.status is not JobStatus.PROCESSED:
         return error_answer(f"The job is {reply.status.value}; it has no result.", 404)
@@ -78,9 +79,9 @@ def download(signed: str) -> Any:
     except InvalidToken:
         return not_found
     try:
-        with _database():
+        with database_errors():
             reply = state.store().fetch_reply(claims.job_id)
-    except _Refusal as refusal:
+    except Refusal as refusal:
         return refusal.response
     if (
         reply is None
