@@ -107,8 +107,11 @@ class S3Store(ResultStore):
         """The boto3 client, made on first use."""
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("s3")
+            # Signature version 4: what every region takes, and what a presigned url
+            # of boto3's default (version 2 on some setups) may not be.
+            self._client = boto3.client("s3", config=Config(signature_version="s3v4"))
         return self._client
 
     def describe(self) -> str:
