@@ -216,7 +216,7 @@ SCHEME = "db"
 
 
 class DatabaseStore(ResultStore):
-    """The result store in the app's own database: the chunks of :data:`RESULTS_TABLE_NAME`.
+    """The result store in the app's own database: the chunks of ``async_request_results``.
 
     The default: the embedded mode and a deployment with one database need no
     other service. Its leftovers are found by one query of the jobs table

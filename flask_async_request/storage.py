@@ -1,9 +1,9 @@
 """The result store interface: where a large or binary reply is kept, out of the jobs row.
 
 Three stores implement it: the database's (chunks in a table of the app's own
-database, :class:`~flask_async_request.results.DatabaseStore`), a directory
-(:class:`~flask_async_request.directory.DirectoryStore`) and S3-compatible
-object storage (:class:`~flask_async_request.s3.S3Store`). A store writes a
+database, ``results.DatabaseStore``), a directory
+(:class:`~flask_async_request.DirectoryStore`) and S3-compatible
+object storage (:class:`~flask_async_request.S3Store`). A store writes a
 job's result under a name of the job and its attempt, made visible only once
 complete, and hands back its **location**: a url naming the store and the
 key, recorded on the job with its size and SHA-256 in the statement that ends
@@ -12,7 +12,7 @@ by then, so changing ``ASYNC_REQUEST_RESULT_STORE`` loses no result.
 
 A store knows nothing of the jobs table: what it has left over (a write a crash
 cut short, or a result no job came to record) it lists
-(:meth:`ResultStore.leftovers`), and the purge decides from the jobs table
+(:meth:`~flask_async_request.ResultStore.leftovers`), and the purge decides from the jobs table
 which of those to delete.
 """
 
@@ -50,7 +50,7 @@ class Written(NamedTuple):
 class Leftover(NamedTuple):
     """Something a store holds that may be no job's result: the purge decides."""
 
-    #: What :meth:`ResultStore.delete` takes to delete it.
+    #: What :meth:`~flask_async_request.ResultStore.delete` takes to delete it.
     location: str
     #: The job and attempt it was written for.
     job_id: int
