@@ -153,10 +153,17 @@ class S3Store(ResultStore):
         digest = hashlib.sha256()
         size = 0
         parts: list[dict[str, Any]] = []
-        pending = bytearray()
+        # The chunks of the next part: joined once, into the part sent (S3 takes any
+        # part of 5 MiB or more but the last), so a part is copied once, not twice.
+        pending: list[bytes] = []
+        held = 0
 
-        def send(data: bytes) -> None:
+        def send() -> None:
+            nonlocal held
             number = len(parts) + 1
+            data = b"".join(pending)
+            pending.clear()
+            held = 0
             sent = self.client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
             )
@@ -168,13 +175,12 @@ class S3Store(ResultStore):
                     continue
                 digest.update(chunk)
                 size += len(chunk)
-                pending += chunk
-                while len(pending) >= PART_SIZE:
-                    send(bytes(pending[:PART_SIZE]))
-                    del pending[:PART_SIZE]
+                pending.append(chunk)
+                held += len(chunk)
+                if held >= PART_SIZE:
+                    send()
             if pending or not parts:
-                send(bytes(pending))
-            pending = bytearray()
+                send()
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
