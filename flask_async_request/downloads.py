@@ -162,15 +162,19 @@ def reply_response(store: JobStore, job_id: int, reply: JobReply) -> Response:
     size, sha256, data = reply_digest(reply)
     served: Redirect | LocalFile | None = None
     if data is None:
+        lifetime = int(get_state().settings.link_expiration.total_seconds())
         try:
             result_store, location = result_stores.locate(
                 job_id, reply.attempts, reply.result_location
             )
+            served = result_store.serve(location, expires_in=lifetime)
         except ResultMissing as e:
             logger.error("Job %s: %s", job_id, e)
-            return error_answer("The job's result is gone.", 404)[0]
-        lifetime = int(get_state().settings.link_expiration.total_seconds())
-        served = result_store.serve(location, expires_in=lifetime)
+            return _refusal("The job's result is gone.", 404)
+        except Exception:
+            # An object store out of reach, or its credentials missing: the log says which.
+            logger.exception("Job %s: its result store cannot serve it now.", job_id)
+            return _refusal("The result store is unavailable; try again later.", 503)
         if isinstance(served, Redirect):
             return _redirect(served.url)
 
@@ -229,8 +233,15 @@ def _whole_file(response: Response, path: str) -> Response:
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed by the WSGI server, with the body
     except FileNotFoundError:
-        return error_answer("The job's result is gone.", 404)[0]
+        return _refusal("The job's result is gone.", 404)
     response.response = wrap_file(request.environ, file, buffer_size=1024 * 1024)
+    return response
+
+
+def _refusal(message: str, status: int) -> Response:
+    """The JSON error answer of ``message``, as a response of ``status``."""
+    response: Response = error_answer(message, status)[0]
+    response.status_code = status
     return response
 
 

@@ -69,7 +69,12 @@ _STALE = (
             Job.id.is_(None),
             sa.and_(
                 Job.status.not_in([JobStatus.WAITING.value, JobStatus.PROCESSING.value]),
-                sa.or_(Job.result_size.is_(None), Job.attempts != ResultChunk.attempt),
+                sa.or_(
+                    Job.result_size.is_(None),
+                    Job.attempts != ResultChunk.attempt,
+                    # Its result is in another store.
+                    Job.result_location.is_not(None),
+                ),
             ),
             # Waiting again (a retry, a lost worker's job run again): no attempt
             # before the next one will finish; running again: none before this one.

@@ -357,3 +357,47 @@ def test_setting_forms(make_app: AppFactory, root: Path) -> None:
         app = make_app(create_tables=False, ASYNC_REQUEST_RESULT_STORE=value)
         with app.app_context():
             assert result_stores.configured() == DirectoryStore(root)
+
+
+def test_a_location_edited_by_hand_is_a_404_not_a_500(
+    dir_app: Flask, root: Path, make_app: AppFactory
+) -> None:
+    """A result_location that names no result (a row edited by hand) answers 404."""
+    # Another process's view of the rows: this one keeps the replies it ended.
+    other = make_app(
+        create_tables=False,
+        **{
+            key: dir_app.config[key]
+            for key in ("SQLALCHEMY_DATABASE_URI", "ASYNC_REQUEST_RESULT_STORE")
+        },
+    )
+    client = other.test_client()
+    session = current_db().session
+    for location, code in (("file:///etc/passwd", 404), ("gopher://x/1-1", 404)):
+        job = Job.create_and_enqueue(workers.ReturnBytes)
+        session.execute(sa.update(Job).where(Job.id == job.id).values(result_location=location))
+        session.commit()
+        assert _download(client, job.token).status_code == code
+
+
+def test_a_transactional_worker_writes_its_file_too(dir_app: Flask, root: Path) -> None:
+    """A transactional worker's result goes to the directory, recorded with its commit."""
+    job = Job.create_and_enqueue(workers.TransactionalBytes)
+    assert _files(root) == [f"{job.id}-1"]
+    data = b"".join(bytes([i]) * 1000 for i in range(3))
+    assert _download(dir_app.test_client(), job.token).data == data
+
+
+def test_database_chunks_of_a_job_whose_result_is_elsewhere_are_stale(
+    dir_app: Flask, root: Path
+) -> None:
+    """Chunks left in the database for a job whose result is a file are deleted by the purge."""
+    from flask_async_request import results
+
+    job = Job.create_and_enqueue(workers.ReturnBytes)
+    store = INTERNALS.job_store(current_app)
+    results.write(results.autocommitted(store), job.id, 1, [b"left behind"])
+    assert _chunk_count() == 1
+    purge_jobs(timedelta(days=1))
+    assert _chunk_count() == 0
+    assert _files(root) == [f"{job.id}-1"]

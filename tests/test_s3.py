@@ -271,3 +271,18 @@ def test_a_directory_app_still_redirects_an_object_written_before(
     answer = _download(after.test_client(), token)
     assert answer.status_code == 303
     assert requests.get(answer.headers["Location"], timeout=10).content == b"raw"
+
+
+def test_a_store_that_cannot_sign_answers_503(
+    s3_app: Flask, store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A presigned url that cannot be made (no credentials) is a 503, never a 500."""
+    job = Job.create_and_enqueue(workers.ReturnBytes)
+
+    def no_credentials(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("Unable to locate credentials")
+
+    monkeypatch.setattr(store.client, "generate_presigned_url", no_credentials)
+    answer = _download(s3_app.test_client(), job.token)
+    assert answer.status_code == 503
+    assert "credentials" not in answer.get_data(as_text=True)
