@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -44,6 +44,21 @@ def configured(jobs: JobStore | None = None) -> ResultStore:
     if store is None:
         return DatabaseStore(jobs or state.store())
     return store
+
+
+def writer(jobs: JobStore, session: Any, transactional: bool) -> tuple[ResultStore, bool]:
+    """The store a worker writes its result to, and whether that is in its session.
+
+    A transactional worker's chunks go in its transaction (on SQLite, the one
+    writer's), with its writes and its end; any other's, and any other store's
+    writes, each on their own.
+    """
+    store = configured(jobs)
+    if transactional and isinstance(store, DatabaseStore):
+        return DatabaseStore(
+            jobs, lambda statement, params: session.execute(statement, params)
+        ), True
+    return store, False
 
 
 class Located(NamedTuple):

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
-from . import lifecycle, result_stores, results
+from . import lifecycle, result_stores
 from .broker import publish
 from .exceptions import (
     EnqueueError,
@@ -365,14 +365,7 @@ def _store_payload(
             code, content_type = payload.status_code, payload.content_type
             return Outcome(JobStatus.PROCESSED, code, text, content_type, headers)
         chunks = payload.chunks if text is None else (text.encode(),)
-        result_store = result_stores.configured(store)
-        in_session = worker_class.transactional and isinstance(result_store, results.DatabaseStore)
-        if in_session:
-            # A transactional worker's chunks go in its transaction (on SQLite, the
-            # one writer's); any other's each in a transaction of its own.
-            result_store = results.DatabaseStore(
-                store, lambda statement, params: session.execute(statement, params)
-            )
+        result_store, in_session = result_stores.writer(store, session, worker_class.transactional)
         name = result_name(job_id, attempt)
         try:
             with stopper.running():
