@@ -8,8 +8,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-import requests
 from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus, lifecycle, result_stores
@@ -137,11 +137,11 @@ def test_result_url_redirects_to_a_presigned_url(s3_app: Flask, s3_server: S3Ser
     assert job.token not in location
     assert answer.headers["Cache-Control"] == "no-store"
     assert parse_qs(urlsplit(location).query)["X-Amz-Expires"] == ["300"]
-    fetched = requests.get(location, timeout=10)
+    fetched = httpx.get(location, timeout=10)
     assert fetched.status_code == 200
     assert fetched.content == data
     assert fetched.headers["Content-Type"] == "application/octet-stream"
-    ranged = requests.get(location, headers={"Range": "bytes=10-19"}, timeout=10)
+    ranged = httpx.get(location, headers={"Range": "bytes=10-19"}, timeout=10)
     assert (ranged.status_code, ranged.content) == (206, data[10:20])
     head = client.head("/async_request/result", headers={TOKEN_HEADER: job.token})
     assert head.status_code == 303
@@ -155,7 +155,7 @@ def test_kept_headers_ride_on_the_object(s3_app: Flask, s3_server: S3Server) -> 
         [200, "x" * 300_000, "text/plain", {"Content-Disposition": disposition}],
     )
     location = _download(s3_app.test_client(), job.token).headers["Location"]
-    fetched = requests.get(location, timeout=10)
+    fetched = httpx.get(location, timeout=10)
     assert fetched.content == b"x" * 300_000
     assert fetched.headers["Content-Type"] == "text/plain"
     assert fetched.headers["Content-Disposition"] == disposition
@@ -177,7 +177,7 @@ def test_download_link_redirects_too(s3_app: Flask) -> None:
     link = json_of(poll(client, job.token))["response"]["download_href"]
     answer = client.get(link)
     assert answer.status_code == 303
-    assert requests.get(answer.headers["Location"], timeout=10).content == b"raw"
+    assert httpx.get(answer.headers["Location"], timeout=10).content == b"raw"
 
 
 def test_purge_deletes_the_object(s3_app: Flask, s3_server: S3Server) -> None:
@@ -270,7 +270,7 @@ def test_a_directory_app_still_redirects_an_object_written_before(
     )
     answer = _download(after.test_client(), token)
     assert answer.status_code == 303
-    assert requests.get(answer.headers["Location"], timeout=10).content == b"raw"
+    assert httpx.get(answer.headers["Location"], timeout=10).content == b"raw"
 
 
 def test_a_store_that_cannot_sign_answers_503(

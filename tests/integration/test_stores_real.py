@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-import requests
 from azure.core import PipelineClient
 from azure.core.pipeline.policies import RedirectPolicy, RequestIdPolicy
 from azure.core.polling import LROPoller
@@ -27,12 +27,10 @@ DATA = b"".join(bytes([i]) * MIB for i in range(COUNT))
 TOKEN_HEADER = "X-JOB-AUTHORIZATION"
 
 
-def _finished(base: str, token: str) -> requests.Response:
+def _finished(base: str, token: str) -> httpx.Response:
     deadline = time.monotonic() + 60
     while True:
-        answer = requests.get(
-            f"{base}/async_request/job/{token}", allow_redirects=False, timeout=10
-        )
+        answer = httpx.get(f"{base}/async_request/job/{token}", follow_redirects=False, timeout=10)
         if answer.status_code != 202:
             return answer
         assert time.monotonic() < deadline, answer.text
@@ -40,7 +38,7 @@ def _finished(base: str, token: str) -> requests.Response:
 
 
 def _export(base: str) -> str:
-    accepted = requests.post(f"{base}/chunks/{COUNT}", timeout=10)
+    accepted = httpx.post(f"{base}/chunks/{COUNT}", timeout=10)
     assert accepted.status_code == 202, accepted.text
     token: str = accepted.json()["token"]
     return token
@@ -82,16 +80,14 @@ def test_directory_store_with_a_real_worker(
         )
         [name] = [path.name for path in root.iterdir()]
         assert (root / name).read_bytes() == DATA
-        download = requests.get(envelope["href"], timeout=30)
+        download = httpx.get(envelope["href"], timeout=30)
         assert download.status_code == 200, worker.output()
         assert download.content == DATA
         assert download.headers["Link"] == '<https://a.test/>; rel="x"'
         assert download.headers["ETag"] == f'"{envelope["sha256"]}"'
-        ranged = requests.get(
-            envelope["href"], headers={"Range": "bytes=1048570-1048585"}, timeout=10
-        )
+        ranged = httpx.get(envelope["href"], headers={"Range": "bytes=1048570-1048585"}, timeout=10)
         assert (ranged.status_code, ranged.content) == (206, DATA[1048570:1048586])
-        head = requests.head(envelope["href"], timeout=10)
+        head = httpx.head(envelope["href"], timeout=10)
         assert head.headers["Content-Length"] == str(len(DATA))
 
 
@@ -120,12 +116,12 @@ def test_object_store_with_a_real_worker(
         finished = _finished(base, token)
         assert finished.status_code == 303, finished.text
         result_url = finished.headers["Location"]
-        redirect = requests.get(result_url, allow_redirects=False, timeout=10)
+        redirect = httpx.get(result_url, follow_redirects=False, timeout=10)
         assert redirect.status_code == 303, worker.output()
         presigned = redirect.headers["Location"]
         assert presigned.startswith(s3_server.endpoint)
         assert token not in presigned
-        assert requests.get(presigned, timeout=30).content == DATA
+        assert httpx.get(presigned, timeout=30).content == DATA
         assert len(s3_server.keys()) == 1
         assert s3_server.uploads() == []
         assert _poller_result(base) == DATA
