@@ -86,7 +86,10 @@ def locate(job_id: int, attempts: int, location: str | None) -> Located:
     if location.startswith("s3://"):
         # The app's S3 client, if it has one (its endpoint, its credentials).
         client = current.client if isinstance(current, S3Store) else None
-        return Located(S3Store.from_url(location, client=client), location)
+        try:
+            return Located(S3Store.from_url(location, client=client), location)
+        except ValueError:
+            pass
     raise ResultMissing(f"The result location {location!r} is of no known store.")
 
 

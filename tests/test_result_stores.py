@@ -50,8 +50,9 @@ def test_locations_are_found_whatever_the_setting(app: Flask, tmp_path: Path) ->
     assert isinstance(store, DatabaseStore) and location == "db:4-2"
     store, location = locate(4, 2, (tmp_path / "4-2").as_uri())
     assert store == DirectoryStore(tmp_path)
-    with pytest.raises(ResultMissing):
-        locate(4, 2, "gopher://x/4-2")
+    for location in ("gopher://x/4-2", "s3://", "s3:///4-2"):
+        with pytest.raises(ResultMissing):
+            locate(4, 2, location)
 
 
 def test_the_apps_own_store_serves_its_locations(make_app: AppFactory, tmp_path: Path) -> None:
