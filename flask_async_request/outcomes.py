@@ -43,6 +43,8 @@ class Outcome(NamedTuple):
     #: The size and SHA-256 of a reply written to the result store (``body`` is empty).
     result_size: int | None = None
     result_sha256: str | None = None
+    #: Where that result is: ``None`` for the database's chunks.
+    result_location: str | None = None
 
 
 def failure(message: str) -> Outcome:

@@ -399,12 +399,77 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
         for name, text in _versions(project).items()
         if "before01" not in name
     }
-    assert len(added) == 2
+    assert len(added) == 3
     [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
-    [indexes] = [revision for revision, text in added.items() if text is not results]
+    [location] = [
+        text
+        for text in added.values()
+        if "add_column('async_request_jobs', sa.Column('result_location'" in text
+    ]
+    [indexes] = [
+        revision for revision, text in added.items() if text is not results and text is not location
+    ]
     assert f"down_revision = '{indexes}'" in results
     assert "down_revision = 'before01'" in added[indexes]
     assert "from sqlalchemy.dialects import mysql" in results
+    [results_revision] = [revision for revision, text in added.items() if text is results]
+    assert f"down_revision = '{results_revision}'" in location
+    assert "Wrote the result location revision" in output
     again = flask(project, url, "async-request", "init")
     assert "result store revision" not in again
-    assert len(_versions(project)) == 3
+    assert "result location revision" not in again
+    assert len(_versions(project)) == 4
+
+
+def test_location_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
+    """The result_location revision adds the column to a jobs table without it, and removes it."""
+    from flask_async_request.migrations import LOCATION_COLUMN, location_revision_code
+    from flask_async_request.models import Job, ResultChunk
+
+    jobs = cast(sa.Table, Job.__table__)
+    now = sa.MetaData()
+    for table in (jobs, cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(now)
+    before = sa.MetaData()
+    for table in now.tables.values():
+        table.to_metadata(before)
+    before.tables[jobs.name]._columns.remove(before.tables[jobs.name].c[LOCATION_COLUMN])
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    try:
+        before.create_all(engine)
+        assert _differences(engine, now)
+        upgrade, downgrade = location_revision_code()
+        assert "result_location" in upgrade
+        _run_revision(engine, upgrade)
+        assert _differences(engine, now) == []
+        _run_revision(engine, downgrade)
+        assert _differences(engine, before) == []
+    finally:
+        engine.dispose()
+
+
+def test_init_adds_the_location_to_a_history_with_the_result_store(
+    project: Path, tmp_path: Path
+) -> None:
+    """A history whose revisions have the result store but no result_location gets one more."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    flask(project, url, "async-request", "init")
+    [first] = _versions(project).values()
+    path = next((project / "migrations" / "versions").glob("*.py"))
+    path.write_text(
+        first.replace("sa.Column('result_location', sa.String(length=1024), nullable=True),\n", "")
+    )
+    assert "result_location" not in path.read_text()
+    output = flask(project, url, "async-request", "init")
+    assert "Wrote the result location revision" in output
+    assert len(_versions(project)) == 2
+    flask(project, url, "db", "upgrade")
+    engine = sa.create_engine(url)
+    try:
+        columns = {
+            column["name"] for column in sa.inspect(engine).get_columns("async_request_jobs")
+        }
+    finally:
+        engine.dispose()
+    assert "result_location" in columns
