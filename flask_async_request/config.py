@@ -220,7 +220,8 @@ class Settings:
         256 * 1024,
         "Text replies larger than this many bytes (UTF-8), and every binary reply, go to the"
         " result store, in chunks, and are downloaded from the job's result url; smaller text"
-        " replies stay in the jobs table and in the JSON of the status url.",
+        " replies stay in the jobs table and in the JSON of the status url. On MariaDB and"
+        " MySQL, whose ``TEXT`` holds 64 KiB, at most 65,535 whatever this says.",
         byte_size,
     )
     redirect_finished: bool = _setting(

@@ -279,9 +279,8 @@ def _execute(
         payload = payload_of(reply)
         if payload is None:
             code, body, content_type = normalize_reply(reply)
-            if len(body) * 4 <= state.settings.result_store_threshold or (
-                len(body.encode()) <= state.settings.result_store_threshold
-            ):
+            limit = in_row_limit(state.settings.result_store_threshold, store)
+            if len(body) * 4 <= limit or len(body.encode()) <= limit:
                 outcome = Outcome(JobStatus.PROCESSED, code, body, content_type)
                 return _Run(outcome, in_session=worker_class.transactional)
             payload = Payload(code, content_type, [], (), text=body)
@@ -341,6 +340,17 @@ def _execute(
         return _Run(failure(_cut(str(e) or type(e).__name__)))
 
 
+def in_row_limit(threshold: int, store: JobStore) -> int:
+    """The most bytes of a text reply kept in the jobs table; a longer one goes to the result store.
+
+    ``ASYNC_REQUEST_RESULT_STORE_THRESHOLD``, or less where the database's text
+    column holds less (64 KiB on MariaDB and MySQL): such a reply is stored, not
+    refused by the database and its job failed.
+    """
+    capacity = store.text_capacity
+    return threshold if capacity is None else min(threshold, capacity)
+
+
 def _store_payload(
     state: AsyncRequestState,
     store: JobStore,
@@ -361,7 +371,9 @@ def _store_payload(
     headers = encode_headers(payload.headers)
     text = payload.text
     try:
-        if text is not None and len(text.encode()) <= state.settings.result_store_threshold:
+        if text is not None and len(text.encode()) <= in_row_limit(
+            state.settings.result_store_threshold, store
+        ):
             code, content_type = payload.status_code, payload.content_type
             return Outcome(JobStatus.PROCESSED, code, text, content_type, headers)
         chunks = payload.chunks if text is None else (text.encode(),)

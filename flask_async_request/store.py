@@ -72,6 +72,10 @@ def _reason(error: sa.exc.DBAPIError) -> str:
     return f"{type(error.orig).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
+#: What a ``TEXT`` column of MariaDB and MySQL holds: 65,535 bytes.
+MYSQL_TEXT_BYTES = 65_535
+
+
 class Unreachable:
     """Raise :class:`DatabaseUnavailable` for a lost connection inside ``with``; others as they are.
 
@@ -106,6 +110,11 @@ class JobStore:
         self.postgresql = autocommit and engine.dialect.name == "postgresql"
         #: Whether an UPDATE can hand back the changed row (not on MariaDB or MySQL).
         self.returning = bool(engine.dialect.update_returning)
+        #: The bytes of UTF-8 a text column holds, where it holds fewer than any
+        #: reply kept in a row might need: MariaDB's and MySQL's ``TEXT``.
+        self.text_capacity: int | None = (
+            MYSQL_TEXT_BYTES if engine.dialect.name in ("mysql", "mariadb") else None
+        )
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.
         self._reply_sql = REPLY.compile(dialect=engine.dialect).string
