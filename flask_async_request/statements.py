@@ -42,6 +42,9 @@ def is_hot(statement: sa.Executable) -> bool:
 
 #: The PostgreSQL channel on which finished and cancelled jobs are announced.
 CHANNEL = "async_request_jobs"
+#: Before the id in the payload of a change that is not an end (progress, a retry):
+#: the long polls' listener of an older release ignores such payloads.
+CHANGED_PREFIX = "c"
 
 _ID = Job.id == sa.bindparam("job_id")
 
@@ -175,6 +178,11 @@ INSERT = hot(
 #: Waiting or processing: said by ``finished_at`` too, so that a read of such jobs is
 #: a scan of the partial index over them (no index holds the status; see ``Job``).
 UNFINISHED = Job.finished_at.is_(None)
+
+#: What the event streams show of the watched jobs: one query for all the streams.
+STATES_OF = sa.select(
+    Job.id, Job.status, Job.progress, Job.progress_message, Job.attempts, Job.finished_at
+).where(Job.id.in_(sa.bindparam("job_ids", expanding=True)))
 
 #: Which of the waited-on jobs are still pending: one query for all the long polls.
 PENDING_OF = sa.select(Job.id).where(
