@@ -302,12 +302,14 @@ class JobStore:
     def _form(self, statement: Statement, *, own_transaction: bool = True) -> sa.Executable:
         """The form of ``statement`` this database runs: the one place that decides it.
 
-        PostgreSQL with psycopg announces an end in the statement itself; PostgreSQL
+        PostgreSQL with psycopg announces an end (or a change) in the statement itself; PostgreSQL
         skips the WAL flush wait for a statement in a transaction of its own; a
         database with RETURNING hands back the changed row; the others run the
         plain UPDATE (and then read the row, see :meth:`run`).
         """
         if self.listen and statement.notifying is not None:
+            if own_transaction and statement.notifying_no_wait is not None:
+                return statement.notifying_no_wait
             return statement.notifying
         if own_transaction and self.postgresql and statement.no_wait is not None:
             return statement.no_wait
