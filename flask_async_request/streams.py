@@ -177,6 +177,11 @@ def stream(
                 yield _event("gone", {"errors": [{"message": "Job not found"}]}, END_ID)
                 return
             if reply.status.finished:
+                progress = _progress(reply)
+                if shown_status is not None and progress != shown_progress:
+                    # The last report, stored just before the end: it is still told.
+                    value = {"progress": progress[0], "message": progress[1]}
+                    yield _event("progress", value, str(event_id))
                 yield _event("end", final(reply), END_ID)
                 return
             status = (reply.status, reply.attempts)

@@ -28,6 +28,18 @@ def app(make_app: AppFactory) -> Flask:
     return make_app(ASYNC_REQUEST_STREAMS=True, ASYNC_REQUEST_STREAM_HEARTBEAT=0.3)
 
 
+#: The streamed responses a test opened, closed after it (a stream left open holds
+#: its request's context until it is closed).
+_OPENED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_streams() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def _parse(chunk: str) -> dict[str, Any]:
     """One event block as a dict: id, event, data (decoded), retry, comment."""
     event: dict[str, Any] = {}
@@ -53,6 +65,7 @@ def _stream(app: Flask, job: Job, **headers: str) -> tuple[Any, Iterator[dict[st
     response = app.test_client().get(
         f"/async_request/job/{job.token}", headers={**STREAM, **headers}, buffered=False
     )
+    _OPENED.append(response)
     return response, _events(response)
 
 
@@ -90,6 +103,7 @@ def test_a_stream_follows_the_job_to_its_end(app: Flask) -> None:
         _update(progress=0.5, progress_message=None)
         assert next(events)["data"] == {"progress": 0.5, "message": None}
         _update(status=JobStatus.PROCESSED, status_code=201, response='{"ok": 1}', progress=1.0)
+        assert next(events)["data"] == {"progress": 1.0, "message": None}
         end = next(events)
         assert end["id"] == "end" and end["event"] == "end"
         assert end["data"] == _poll_json(app, job)
@@ -187,6 +201,7 @@ def test_a_stream_holds_no_connection_while_it_waits(app: Flask) -> None:
         response = app.test_client().get(
             f"/async_request/job/{job.token}", headers=STREAM, buffered=False
         )
+        _OPENED.append(response)
         current_db().session.close()
         events = _events(response)
         next(events), next(events)
@@ -318,3 +333,20 @@ def test_the_streams_setting_is_validated(make_app: AppFactory) -> None:
     """ASYNC_REQUEST_STREAMS takes True, False or "auto" only."""
     with pytest.raises(Exception, match="ASYNC_REQUEST_STREAMS is 'yes'"):
         make_app(ASYNC_REQUEST_STREAMS="yes")
+
+
+def test_the_last_report_before_the_end_is_still_told(app: Flask) -> None:
+    """A progress stored just before the end, unseen by the stream, comes before the end event."""
+    with app.app_context():
+        job = add_job(status=JobStatus.PROCESSING)
+        _, events = _stream(app, job)
+        next(events), next(events)
+        _update(
+            status=JobStatus.PROCESSED,
+            status_code=200,
+            response="",
+            progress=1.0,
+            progress_message="last",
+        )
+        assert next(events)["data"] == {"progress": 1.0, "message": "last"}
+        assert next(events)["event"] == "end"
