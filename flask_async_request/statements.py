@@ -66,7 +66,7 @@ class Statement:
         polls that wait for it. ``returns`` must hold ``Job.id``.
     :param announce_change: as ``announce``, for a change that is not an end
         (a progress write, a retry): the payload is the id after
-        :data:`CHANGED_PREFIX`, which wakes event streams and not long polls.
+        ``CHANGED_PREFIX``, which wakes event streams and not long polls.
         ``returns`` need not hold ``Job.id``.
     :param no_wait: on PostgreSQL, in a transaction of its own, do not wait
         for the WAL flush.
