@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from .compat import Precompiled, precompile
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
-from .shared_reads import SharedReads
+from .shared_reads import FreshReads, SharedReads
 from .statements import (
     CHANGED_PREFIX,
     CHANNEL,
@@ -135,6 +135,8 @@ class JobStore:
         self._seen: dict[int, tuple[Any, ...]] = {}
         #: The reads of ended jobs' rows, shared by the requests their end woke.
         self.shared_reads = SharedReads(lambda job_id: self.fetch_reply(job_id), _ended_or_gone)
+        #: The reads of followed jobs' rows, one for the event streams a change woke.
+        self.fresh_reads = FreshReads(lambda job_id: self.fetch_reply(job_id))
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:

@@ -81,7 +81,7 @@ def event_stream(job_id: int, uid: str, final: Callable[[JobReply], dict[str, An
         waiters=store.waiters(),
         job_id=job_id,
         uid=uid,
-        read=lambda: store.fetch_reply(job_id),
+        read=lambda: store.fresh_reads.read(job_id, time.monotonic()),
         final=final,
         first_id=next_event_id(request.headers.get("Last-Event-ID")),
         heartbeat=settings.stream_heartbeat.total_seconds(),
