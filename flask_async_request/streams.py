@@ -81,7 +81,7 @@ def event_stream(job_id: int, uid: str, final: Callable[[JobReply], dict[str, An
         waiters=store.waiters(),
         job_id=job_id,
         uid=uid,
-        read=lambda: store.fresh_reads.read(job_id, time.monotonic()),
+        read=lambda since: store.fresh_reads.read(job_id, since),
         final=final,
         first_id=next_event_id(request.headers.get("Last-Event-ID")),
         heartbeat=settings.stream_heartbeat.total_seconds(),
@@ -139,7 +139,7 @@ def stream(
     waiters: Waiters,
     job_id: int,
     uid: str,
-    read: Callable[[], JobReply | None],
+    read: Callable[[float], JobReply | None],
     final: Callable[[JobReply], dict[str, Any]],
     first_id: int,
     heartbeat: float,
@@ -150,9 +150,10 @@ def stream(
 ) -> Iterator[str]:
     """The text of job ``job_id``'s event stream, event by event, until its end or the time is up.
 
-    :param read: the job's reply columns now (``None``: gone). Called once the
-        stream watches the job, then once per wake; a database out of reach
-        ends the stream with a ``retry:`` hint.
+    :param read: the job's reply columns (``None``: gone), as read no earlier
+        than the ``time.monotonic`` it is given. Called once the stream watches
+        the job, then once per wake; a database out of reach ends the stream
+        with a ``retry:`` hint.
     :param final: the body of a poll of the finished job.
     :param first_id: the id of the first event (see :func:`next_event_id`).
     :param reread_waiting: read a waiting job again this often, where the claim
@@ -167,8 +168,12 @@ def stream(
     with waiters.watching(job_id) as woken:
         while True:
             woken.clear()
+            # A read begun since the last wake sees what it announced; the first
+            # read, and one made without a wake, must begin now.
+            since = woken.at if woken.at else clock()
+            woken.at = 0.0
             try:
-                reply = read()
+                reply = read(since)
             except (sqlalchemy.exc.DBAPIError, DatabaseUnavailable, InvalidJobRow):
                 logger.warning("An event stream could not read job %s; ending it.", job_id)
                 yield f"retry: {UNAVAILABLE_RETRY_AFTER * 1000}\n\n"

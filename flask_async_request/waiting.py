@@ -47,6 +47,24 @@ Listen = Callable[[], AbstractContextManager[Callable[[float], Iterable[int]]]]
 Check = Callable[[list[int]], Iterable[int]]
 
 
+class Wake(threading.Event):
+    """A waiter's event, which also tells when it was last set (``time.monotonic``).
+
+    A read of the job begun since then sees what the wake announced: the
+    streams a change woke together may share one (see ``shared_reads.FreshReads``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: When the event was last set; 0 before that.
+        self.at = 0.0
+
+    def set_at(self, at: float) -> None:
+        """Set the event, woken at ``at``."""
+        self.at = at
+        self.set()
+
+
 class Changed(int):
     """An announced job id that changed without ending: it wakes watchers, not long polls."""
 
@@ -80,16 +98,16 @@ class Waiters:
         self._check = check
         self._changes = changes
         self._lock = threading.Lock()
-        self._waiting: dict[int, set[threading.Event]] = {}
+        self._waiting: dict[int, set[Wake]] = {}
         #: The event streams' events, woken by any change of their job.
-        self._watching: dict[int, set[threading.Event]] = {}
+        self._watching: dict[int, set[Wake]] = {}
         self._someone_waits = threading.Event()
         #: Set once the thread listens (or polls): waiters registered after it miss nothing.
         self._ready = threading.Event()
         self._pid: int | None = None
 
     @contextmanager
-    def waiting_for(self, job_id: int) -> Iterator[threading.Event]:
+    def waiting_for(self, job_id: int) -> Iterator[Wake]:
         """Register a waiter for job ``job_id``: an event set when the job may have ended.
 
         The event can also be set for no reason (after a lost connection, every
@@ -100,7 +118,7 @@ class Waiters:
             yield event
 
     @contextmanager
-    def watching(self, job_id: int) -> Iterator[threading.Event]:
+    def watching(self, job_id: int) -> Iterator[Wake]:
         """Register a watcher of job ``job_id``: an event set when the job may have changed.
 
         As for :meth:`waiting_for`, the event may be set for no reason: the
@@ -110,10 +128,8 @@ class Waiters:
             yield event
 
     @contextmanager
-    def _registered(
-        self, table: dict[int, set[threading.Event]], job_id: int
-    ) -> Iterator[threading.Event]:
-        event = threading.Event()
+    def _registered(self, table: dict[int, set[Wake]], job_id: int) -> Iterator[Wake]:
+        event = Wake()
         with self._lock:
             started = self._start_if_needed()
         if started:
@@ -146,26 +162,29 @@ class Waiters:
     def wake(self, job_ids: Iterable[int]) -> None:
         """Wake the requests waiting on ``job_ids``, which ended, and their watchers."""
         with self._lock:
+            at = time.monotonic()
             for job_id in job_ids:
                 for event in self._waiting.get(job_id, ()):
-                    event.set()
+                    event.set_at(at)
                 for event in self._watching.get(job_id, ()):
-                    event.set()
+                    event.set_at(at)
 
     def wake_watchers(self, job_ids: Iterable[int]) -> None:
         """Wake the watchers of ``job_ids``, which changed (long polls wait on)."""
         with self._lock:
+            at = time.monotonic()
             for job_id in job_ids:
                 for event in self._watching.get(job_id, ()):
-                    event.set()
+                    event.set_at(at)
 
     def wake_all(self) -> None:
         """Wake every waiting request, to look again."""
         with self._lock:
+            at = time.monotonic()
             for table in (self._waiting, self._watching):
                 for events in table.values():
                     for event in events:
-                        event.set()
+                        event.set_at(at)
 
     def _start_if_needed(self) -> bool:
         """Start the waking thread unless it runs in this process; whether it was started."""

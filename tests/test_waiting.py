@@ -427,3 +427,14 @@ def test_store_reports_each_change_of_a_watched_job(app: Flask) -> None:
             conn.execute(sa.delete(Job).where(Job.id == second.id))
         assert store._changed(ids) == [second.id]
         assert store._changed(ids) == []
+
+
+def test_watchers_woken_together_are_told_one_time() -> None:
+    """One wake sets each watcher's event with the same time, so they can share a read."""
+    channel = Channel()
+    waiters = Waiters(listen=channel.listen)
+    with waiters.watching(8) as first, waiters.watching(8) as second:
+        before = time.monotonic()
+        channel.announcements.put(Changed(8))
+        assert first.wait(PATIENCE) and second.wait(PATIENCE)
+        assert first.at == second.at >= before
