@@ -171,6 +171,7 @@ def page(results: dict[str, Any], rows: list[list[str]]) -> str:
         reading=reading(count),
         analysis=analysis(results),
         long_polls=long_polls(HERE / "longpoll.json"),
+        streams=streams(HERE / "sse.json"),
         in_process=in_process(HERE / "inprocess.json"),
     )
 
@@ -225,6 +226,68 @@ def long_polls(path: Path) -> str:
     runs = len(next(iter(by_server.values())))
     return template("long_polls").substitute(
         when=found["when"], python=found["python"], runs=runs, table=render(rows)
+    )
+
+
+def streams(path: Path) -> str:
+    """The section of ``bench.sse``'s last runs, as ``--json`` wrote them."""
+    if not path.exists():
+        return ""
+    found = json.loads(path.read_text())
+    runs = found["runs"]
+
+    def spread(pick: Callable[[dict[str, Any]], float], digits: int = 0) -> list[str]:
+        values = [pick(run) for run in runs]
+        middle = statistics.median(values)
+        return [f"{middle:,.{digits}f} ({min(values):,.{digits}f} - {max(values):,.{digits}f})"]
+
+    def ratio(
+        mine: Callable[[dict[str, Any]], float], floor: Callable[[dict[str, Any]], float]
+    ) -> list[str]:
+        return spread(lambda run: mine(run) / floor(run), 2)
+
+    rows = [
+        ["figure", "median (min - max)"],
+        ["streams open", *spread(lambda r: r["streams"])],
+        ["progress events delivered", *spread(lambda r: r["progress_ms"]["count"])],
+        ["progress delivered, p50 (ms)", *spread(lambda r: r["progress_ms"]["p50"])],
+        ["progress delivered, p99 (ms)", *spread(lambda r: r["progress_ms"]["p99"])],
+        ["floor: progress, p50 (ms)", *spread(lambda r: r["floor"]["progress_ms"]["p50"])],
+        ["floor: progress, p99 (ms)", *spread(lambda r: r["floor"]["progress_ms"]["p99"])],
+        [
+            "progress p99 over the floor's",
+            *ratio(lambda r: r["progress_ms"]["p99"], lambda r: r["floor"]["progress_ms"]["p99"]),
+        ],
+        ["end delivered, p50 (ms)", *spread(lambda r: r["end_ms"]["p50"])],
+        ["end delivered, p99 (ms)", *spread(lambda r: r["end_ms"]["p99"])],
+        ["floor: end, p99 (ms)", *spread(lambda r: r["floor"]["end_ms"]["p99"])],
+        [
+            "end p99 over the floor's",
+            *ratio(lambda r: r["end_ms"]["p99"], lambda r: r["floor"]["end_ms"]["p99"]),
+        ],
+        ["5xx answers", *spread(lambda r: r["server_errors"])],
+        ["database connections of the web process", *spread(lambda r: r["database_connections"])],
+        ["web process RSS with the streams open (MB)", *spread(lambda r: r["rss_kb"] / 1024)],
+        ["plain polls before the streams, p99 (ms)", *spread(lambda r: r["plain_alone_p99_ms"], 1)],
+        [
+            "plain polls beside the streams, p99 (ms)",
+            *spread(lambda r: r["plain_beside_p99_ms"], 1),
+        ],
+    ]
+    first = runs[0]
+    seconds = first["progress_expected"] // first["streams"]
+    return template("streams").substitute(
+        when=found["when"],
+        python=found["python"],
+        runs=len(runs),
+        streams=f"{first['streams']:,}",
+        count=first["streams"],
+        jobs=first["jobs"],
+        per_job=first["streams"] // first["jobs"],
+        seconds=seconds,
+        rate=f"{first['streams']:,}",
+        ratio=f"{first['streams'] // first['jobs']:,}",
+        table=render(rows),
     )
 
 
