@@ -119,7 +119,12 @@ def _green() -> bool:
 
 def next_event_id(last_event_id: str | None) -> int:
     """The id of the first event after ``Last-Event-ID``: 1, or one more than a number sent."""
-    if last_event_id is not None and last_event_id.isdigit() and len(last_event_id) < 19:
+    if (
+        last_event_id is not None
+        and last_event_id.isascii()
+        and last_event_id.isdigit()
+        and len(last_event_id) < 19
+    ):
         return int(last_event_id) + 1
     return 1
 

@@ -322,7 +322,8 @@ def test_can_hold_sees_gevent_and_eventlet(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.mark.parametrize(
-    ("last", "first"), [(None, 1), ("", 1), ("41", 42), ("end", 1), ("-3", 1), ("9" * 30, 1)]
+    ("last", "first"),
+    [(None, 1), ("", 1), ("41", 42), ("end", 1), ("-3", 1), ("9" * 30, 1), ("²", 1), ("٣", 1)],
 )
 def test_next_event_id(last: str | None, first: int) -> None:
     """The first id after Last-Event-ID: one more than a number, else 1."""
