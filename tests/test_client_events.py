@@ -70,6 +70,8 @@ EXPECTED: list[JobEvent] = [
     StatusEvent("waiting", 0),
     StatusEvent("processing", 1),
     ProgressEvent(0.5, "half"),
+    # The end stored a last progress, which the stream tells before the end.
+    ProgressEvent(1.0, "half"),
 ]
 
 Follow = Callable[[str, str], Iterator[JobEvent]]
