@@ -24,6 +24,7 @@ from .converters import (
     HMAC_MINIMUM,
     Converter,
     boolean,
+    boolean_or_auto,
     byte_size,
     duration,
     header_name,
@@ -214,6 +215,30 @@ class Settings:
         "Longest wait, in seconds, a poll may ask for with ``Prefer: wait=N``; 0 turns long"
         " polling off.",
         whole_seconds,
+    )
+    streams: bool | str = _setting(
+        "ASYNC_REQUEST_STREAMS",
+        "auto",
+        "Whether a ``GET`` of a job's url with ``Accept: text/event-stream`` is answered with"
+        " an event stream, held open until the job ends: ``True``, ``False`` (such a request"
+        ' is answered as a long poll), or ``"auto"``: streams where the server can hold a'
+        " request without holding a worker (a threaded server, ``wsgi.multithread``, or"
+        " gevent or eventlet having patched the threads), long polls under sync workers.",
+        boolean_or_auto,
+    )
+    stream_heartbeat: timedelta = _setting(
+        "ASYNC_REQUEST_STREAM_HEARTBEAT",
+        timedelta(seconds=15),
+        "How long an event stream may stay silent before it sends a comment, which keeps"
+        " proxies from closing it: seconds or a ``timedelta``.",
+        duration,
+    )
+    stream_max_duration: timedelta = _setting(
+        "ASYNC_REQUEST_STREAM_MAX_DURATION",
+        timedelta(minutes=5),
+        "The longest an event stream stays open; it then ends with a ``retry:`` hint, and the"
+        " client reconnects with ``Last-Event-ID``: seconds or a ``timedelta``.",
+        duration,
     )
     result_store_threshold: int = _setting(
         "ASYNC_REQUEST_RESULT_STORE_THRESHOLD",

@@ -145,6 +145,13 @@ def boolean(key: str, value: Any) -> bool:
     return value
 
 
+def boolean_or_auto(key: str, value: Any) -> bool | str:
+    """``True``, ``False`` or ``"auto"``."""
+    if isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    raise invalid(key, value, 'True, False or "auto"')
+
+
 def whole_seconds(key: str, value: Any) -> int:
     """A whole number of seconds, 0 or more."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -42,6 +42,9 @@ def is_hot(statement: sa.Executable) -> bool:
 
 #: The PostgreSQL channel on which finished and cancelled jobs are announced.
 CHANNEL = "async_request_jobs"
+#: Before the id in the payload of a change that is not an end (progress, a retry):
+#: the long polls' listener of an older release ignores such payloads.
+CHANGED_PREFIX = "c"
 
 _ID = Job.id == sa.bindparam("job_id")
 
@@ -61,6 +64,10 @@ class Statement:
         :data:`CHANNEL` in the same statement (a ``pg_notify`` over the
         UPDATE's RETURNING), so no end can be stored without waking the long
         polls that wait for it. ``returns`` must hold ``Job.id``.
+    :param announce_change: as ``announce``, for a change that is not an end
+        (a progress write, a retry): the payload is the id after
+        ``CHANGED_PREFIX``, which wakes event streams and not long polls.
+        ``returns`` need not hold ``Job.id``.
     :param no_wait: on PostgreSQL, in a transaction of its own, do not wait
         for the WAL flush.
     :param hot: mark every form as a hot path's (see ``hot``).
@@ -72,6 +79,7 @@ class Statement:
         *,
         returns: Sequence[sa.orm.QueryableAttribute[Any] | sa.ColumnElement[Any]] = (),
         announce: bool = False,
+        announce_change: bool = False,
         no_wait: bool = False,
         hot: bool = False,
     ) -> None:
@@ -84,11 +92,16 @@ class Statement:
         self.read: Any = sa.select(*returns).where(_ID) if returns else None
         #: The PostgreSQL form that announces the changed row on :data:`CHANNEL`.
         self.notifying: sa.Executable | None = None
+        #: Its form in a transaction of its own, which does not wait for the WAL flush.
+        self.notifying_no_wait: sa.Executable | None = None
         if announce:
-            done = returning.cte("done")
-            self.notifying = sa.select(
-                *done.c, sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))
-            ).select_from(done)
+            self.notifying = _notifying(returning)
+        elif announce_change:
+            with_id = (*returns, Job.id) if Job.id not in returns else returns
+            self.notifying = _notifying(update.returning(*with_id), CHANGED_PREFIX)
+            if no_wait:
+                quick_returning = update.where(_NO_FLUSH_WAIT).returning(*with_id)
+                self.notifying_no_wait = _notifying(quick_returning, CHANGED_PREFIX)
         #: The PostgreSQL form that does not wait for the WAL flush.
         self.no_wait: sa.Executable | None = None
         if no_wait:
@@ -97,9 +110,19 @@ class Statement:
         if hot:
             # Only the form the store picks on PostgreSQL with psycopg is ever run
             # precompiled; marking the others costs nothing.
-            for form in (self.update, self.returning, self.notifying, self.no_wait):
+            forms = (self.update, self.returning, self.notifying, self.notifying_no_wait)
+            for form in (*forms, self.no_wait):
                 if form is not None:
                     _HOT[id(form)] = form
+
+
+def _notifying(returning: sa.UpdateBase, prefix: str = "") -> sa.Executable:
+    """``returning``'s row, with a ``pg_notify`` on :data:`CHANNEL` of ``prefix`` and its id."""
+    done = returning.cte("done")
+    payload: sa.ColumnElement[Any] = sa.cast(done.c.id, sa.Text)
+    if prefix:
+        payload = sa.literal(prefix, sa.Text) + payload
+    return sa.select(*done.c, sa.func.pg_notify(CHANNEL, payload)).select_from(done)
 
 
 # The status endpoint's read, and a new job's row ---------------------------------------
@@ -179,6 +202,11 @@ INSERT = hot(
 #: a scan of the partial index over them (no index holds the status; see ``Job``).
 UNFINISHED = Job.finished_at.is_(None)
 
+#: What the event streams show of the watched jobs: one query for all the streams.
+STATES_OF = sa.select(
+    Job.id, Job.status, Job.progress, Job.progress_message, Job.attempts, Job.finished_at
+).where(Job.id.in_(sa.bindparam("job_ids", expanding=True)))
+
 #: Which of the waited-on jobs are still pending: one query for all the long polls.
 PENDING_OF = sa.select(Job.id).where(
     Job.id.in_(sa.bindparam("job_ids", expanding=True)),
@@ -239,10 +267,14 @@ RENEW = Statement(
     hot=True,
 )
 GIVE_UP = Statement(sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("now")))
+#: A progress write, announced to the event streams on PostgreSQL. Its rate is the
+#: worker's (``running.CHECK_INTERVAL``: at most five writes a second per job, the
+#: reports between them left out), so announcing every write is the bound.
 PROGRESS = Statement(
     sa.update(Job)
     .where(*_HELD)
     .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message")),
+    announce_change=True,
     no_wait=True,
     hot=True,
 )
@@ -254,7 +286,9 @@ _BACK_TO_WAITING: dict[str, Any] = {
     "updated_at": sa.bindparam("now"),
     "lease_expires_at": None,
 }
-RESCHEDULE = Statement(sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING), hot=True)
+RESCHEDULE = Statement(
+    sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING), announce_change=True, hot=True
+)
 
 
 # The ends of a job ---------------------------------------------------------------------------
@@ -319,7 +353,9 @@ MESSAGE_COLUMNS = (Job.id, Job.uid, Job.queue, Job.time_limit, Job.worker)
 #: A waiting job's: see ``rows.WaitingJob``.
 _WAITING_COLUMNS = (*MESSAGE_COLUMNS, Job.due_at)
 
-REQUEUE_LOST = Statement(sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING))
+REQUEUE_LOST = Statement(
+    sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING), announce_change=True
+)
 RESET_FOR_RETRY = Statement(
     sa.update(Job)
     .where(_ID, Job.status == JobStatus.FAILED)

@@ -24,10 +24,20 @@ import sqlalchemy as sa
 from .compat import Precompiled, precompile
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
-from .shared_reads import SharedReads
-from .statements import CHANNEL, INSERT, PENDING_OF, REPLY, NewRow, Statement, is_hot
+from .shared_reads import FreshReads, SharedReads
+from .statements import (
+    CHANGED_PREFIX,
+    CHANNEL,
+    INSERT,
+    PENDING_OF,
+    REPLY,
+    STATES_OF,
+    NewRow,
+    Statement,
+    is_hot,
+)
 from .statements import JobReply as JobReply
-from .waiting import Waiters, wait_for
+from .waiting import Changed, Waiters, wait_for
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -130,8 +140,12 @@ class JobStore:
         )
         self._waiters: Waiters | None = None
         self._waiters_lock = threading.Lock()
+        #: What the watched jobs' rows held at the last check, where no LISTEN tells.
+        self._seen: dict[int, tuple[Any, ...]] = {}
         #: The reads of ended jobs' rows, shared by the requests their end woke.
         self.shared_reads = SharedReads(lambda job_id: self.fetch_reply(job_id), _ended_or_gone)
+        #: The reads of followed jobs' rows, one for the event streams a change woke.
+        self.fresh_reads = FreshReads(lambda job_id: self.fetch_reply(job_id))
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -309,12 +323,14 @@ class JobStore:
     def _form(self, statement: Statement, *, own_transaction: bool = True) -> sa.Executable:
         """The form of ``statement`` this database runs: the one place that decides it.
 
-        PostgreSQL with psycopg announces an end in the statement itself; PostgreSQL
+        PostgreSQL with psycopg announces an end (or a change) in the statement itself; PostgreSQL
         skips the WAL flush wait for a statement in a transaction of its own; a
         database with RETURNING hands back the changed row; the others run the
         plain UPDATE (and then read the row, see :meth:`run`).
         """
         if self.listen and statement.notifying is not None:
+            if own_transaction and statement.notifying_no_wait is not None:
+                return statement.notifying_no_wait
             return statement.notifying
         if own_transaction and self.postgresql and statement.no_wait is not None:
             return statement.no_wait
@@ -380,7 +396,7 @@ class JobStore:
                 if self.listen:
                     self._waiters = Waiters(listen=self._listening)
                 else:
-                    self._waiters = Waiters(check=self._ended_or_gone)
+                    self._waiters = Waiters(check=self._ended_or_gone, changes=self._changed)
             return self._waiters
 
     @contextlib.contextmanager
@@ -394,8 +410,11 @@ class JobStore:
 
             def announced(timeout: float) -> Iterator[int]:
                 for notification in pg.notifies(timeout=timeout):
-                    if notification.payload.isdigit():
-                        yield int(notification.payload)
+                    payload = notification.payload
+                    if payload.isdigit():
+                        yield int(payload)
+                    elif payload.startswith(CHANGED_PREFIX) and payload[1:].isdigit():
+                        yield Changed(payload[1:])
 
             yield announced
         finally:
@@ -408,6 +427,22 @@ class JobStore:
             batch = job_ids[start : start + _CHECK_BATCH]
             pending.update(row[0] for row in self.all(PENDING_OF, {"job_ids": batch}))
         return [job_id for job_id in job_ids if job_id not in pending]
+
+    def _changed(self, job_ids: list[int]) -> list[int]:
+        """Of ``job_ids``, those whose state changed since the last check (or never checked).
+
+        A job's state is what an event stream shows of it: status, progress and
+        message, attempts. One query per :data:`_CHECK_BATCH` ids for all the streams.
+        """
+        now: dict[int, tuple[Any, ...]] = {}
+        for start in range(0, len(job_ids), _CHECK_BATCH):
+            batch = job_ids[start : start + _CHECK_BATCH]
+            for row in self.all(STATES_OF, {"job_ids": batch}):
+                now[row[0]] = tuple(row[1:])
+        changed = [job_id for job_id in job_ids if self._seen.get(job_id) != now.get(job_id, ())]
+        # Only the jobs still watched are remembered.
+        self._seen = {job_id: now.get(job_id, ()) for job_id in job_ids}
+        return changed
 
     def dispose(self) -> None:
         """Close the store's own pooled connections."""

@@ -33,6 +33,7 @@ from .payloads import decode_headers
 from .replies import finished_body, pending_body
 from .state import get_state
 from .store import JobReply
+from .streams import END_ID, can_hold, event_stream, wants_stream
 from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")
@@ -169,6 +170,16 @@ def job_status(token: str | None = None) -> Any:
             job_url_enabled()
         claims, reply = job_for_request(token)
         wait = requested_wait()
+        if wants_stream():
+            if request.headers.get("Last-Event-ID") == END_ID and reply.status.finished:
+                # Its end was read: 204 stops an EventSource from reconnecting.
+                return Response(status=204)
+            if can_hold(request.environ, get_state().settings.streams):
+                return event_stream(
+                    claims.job_id, claims.uid, lambda done: _reply_answer(claims.job_id, done)[0]
+                )
+            # A sync worker would be held for the stream's whole life: a long poll instead.
+            wait = get_state().settings.max_wait
         applied = None
         if wait is not None and not reply.status.finished:
             applied = min(wait, get_state().settings.max_wait)

@@ -468,3 +468,13 @@ class CancelsThenReturnsBytes(Worker):
         assert self.job_id is not None
         cancel_job(self.job_id)
         return 200, b"written after the cancel"
+
+
+class Steps(Worker):
+    """Reports each of ``steps`` steps, ``pause`` seconds apart, with a message."""
+
+    def execute(self, steps: int, pause: float) -> tuple[int, str]:
+        for step in range(1, steps + 1):
+            time.sleep(pause)
+            self.progress(step, steps, f"step {step}")
+        return 200, json.dumps({"steps": steps})

@@ -106,6 +106,12 @@ export interface JobOptions {
   minInterval?: number;
   /** Longest pause between polls, in seconds, whatever Retry-After says (30). */
   maxInterval?: number;
+  /**
+   * wait() follows the job's event stream (Accept: text/event-stream), so
+   * onProgress gets every value the worker reports, and polls only where the
+   * server answers with JSON; false: poll only. true by default.
+   */
+  stream?: boolean;
 }
 
 /** Options of start(): the job's defaults, and a signal that aborts the request. */
@@ -113,7 +119,7 @@ export interface StartOptions extends JobOptions {
   signal?: AbortSignal;
 }
 
-/** Called on every pending answer. */
+/** Called on every pending answer, and on every event of a stream with the job as it is now. */
 export type ProgressCallback = (
   progress: number | null,
   message: string | null,

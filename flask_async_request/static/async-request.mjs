@@ -1,6 +1,7 @@
 /*
  * flask-async-request browser client: start a job, wait for its stored reply
- * (long polling, Retry-After, retries of 503 and network errors), report its
+ * (its event stream where the server holds one, else long polling, Retry-After,
+ * retries of 503 and network errors), report its
  * progress, cancel it, stop waiting with an AbortSignal. No build step, no
  * dependency. async-request.mjs is the ES module; async-request.js is the same
  * code as a classic script that defines the global AsyncRequest.
@@ -284,6 +285,11 @@ function redirectedAnswer(response) {
   return {status: "processed", response: reply};
 }
 
+/** Whether this browser can read a fetch's body as it arrives. */
+function canStream() {
+  return typeof ReadableStream !== "undefined" && typeof TextDecoder !== "undefined";
+}
+
 /** Whether ``url`` names the job by itself (its token in the path), so no header is needed. */
 function carriesToken(url, token) {
   return url.includes(token) || url.includes(encodeURIComponent(token));
@@ -333,14 +339,7 @@ class Job {
       retry,
     });
     if (response.redirected && response.status === 200) {
-      // ASYNC_REQUEST_REDIRECT_FINISHED: the status url sent the processed job
-      // to its result (303), and fetch followed: this is the result itself,
-      // kept unread for result().
-      const answer = redirectedAnswer(response);
-      this.answer = answer;
-      // An earlier poll's result, never read: this one replaces it.
-      if (this._redirected && this._redirected.body) this._redirected.body.cancel();
-      this._redirected = response;
+      const answer = this._takeRedirected(response);
       return {done: true, status: "processed", body: answer, retryAfter: 0, waited: 0, response};
     }
     const body = await readJson(response);
@@ -363,6 +362,20 @@ class Job {
       return {done: true, status: body.status, body, retryAfter: 0, waited, response};
     }
     throw new AsyncRequestError(errorMessage(response, body), {response, body});
+  }
+
+  /**
+   * ASYNC_REQUEST_REDIRECT_FINISHED: the status url sent the processed job to
+   * its result (303), and fetch followed: ``response`` is the result itself,
+   * kept unread for result(). Its answer, which becomes the job's.
+   */
+  _takeRedirected(response) {
+    const answer = redirectedAnswer(response);
+    this.answer = answer;
+    // An earlier poll's result, never read: this one replaces it.
+    if (this._redirected && this._redirected.body) this._redirected.body.cancel();
+    this._redirected = response;
+    return answer;
   }
 
   /**
@@ -391,6 +404,13 @@ class Job {
         this._wakers.add(waker);
         const round = anySignal([control.signal, waker.signal]);
         try {
+          if (settings.stream !== false && !this._noStream && canStream()) {
+            const streamed = await this._follow(settings, round.signal);
+            if (streamed) return streamed;
+            // The server answers streams as polls (or stopped streaming): poll from now on.
+            this._noStream = true;
+            continue;
+          }
           const longPoll = chooseLongPoll(settings, retryAfter, minInterval, maxInterval);
           const sent = Date.now();
           const answer = await this.poll({signal: round.signal, longPoll, retry: settings.retry});
@@ -426,6 +446,114 @@ class Job {
       if (timer !== null) clearTimeout(timer);
       control.release();
     }
+  }
+
+  /**
+   * Follow the job's event stream (fetch, so the token may go in a header too);
+   * resolves with its answer, or null where the server answers with JSON (it
+   * cannot hold streams): wait() polls then. A stream that ends before the
+   * job does is opened again after its retry, with Last-Event-ID.
+   */
+  async _follow(settings, signal) {
+    let lastId = null;
+    let retry = 1;
+    const state = {status: null, progress: null, message: null};
+    // Each event is reported as a 202's body would say the job is now.
+    const report = () => {
+      if (settings.onProgress) {
+        const body = {status: state.status, progress: state.progress, message: state.message};
+        settings.onProgress(state.progress, state.message, state.status, body);
+      }
+    };
+    for (;;) {
+      const extra = {Accept: "text/event-stream"};
+      if (lastId !== null) extra["Last-Event-ID"] = lastId;
+      const response = await send(this.url, {headers: this._headers(extra), cache: "no-store"}, {
+        signal,
+        retry: settings.retry,
+      });
+      const type = (response.headers.get("Content-Type") || "").split(";")[0].trim();
+      if (response.status !== 200 || type !== "text/event-stream" || !response.body) {
+        if (response.status === 204) return null;
+        // A long poll's answer (the server cannot hold streams), or a refusal.
+        if (response.redirected && response.status === 200) return this._takeRedirected(response);
+        const body = await readJson(response);
+        if (response.status === 200 && isFinalAnswer(body)) {
+          this.answer = finishedAnswer(body);
+          return this.answer;
+        }
+        if (response.status !== 202) {
+          throw new AsyncRequestError(errorMessage(response, body), {response, body});
+        }
+        if (body) {
+          Object.assign(state, {status: body.status, progress: body.progress, message: body.message});
+          report();
+        }
+        return null;
+      }
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      let event = {name: "", data: []};
+      try {
+        for (;;) {
+          const {value, done} = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, {stream: true});
+          let newline;
+          while ((newline = buffer.indexOf("\n")) >= 0) {
+            const line = buffer.slice(0, newline).replace(/\r$/, "");
+            buffer = buffer.slice(newline + 1);
+            if (line === "") {
+              const answer = this._dispatch(event, state, report, response);
+              if (answer) return answer;
+              event = {name: "", data: []};
+              continue;
+            }
+            if (line.startsWith(":")) continue;
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+            if (field === "event") event.name = text;
+            else if (field === "data") event.data.push(text);
+            else if (field === "id") lastId = text;
+            else if (field === "retry" && /^\d+$/.test(text)) retry = parseInt(text, 10) / 1000;
+          }
+        }
+      } catch (error) {
+        if (signal && signal.aborted) throw abortReason(signal);
+        // A dropped stream (a network error) is opened again; anything else is thrown.
+        if (!(error instanceof TypeError)) throw error;
+      } finally {
+        reader.cancel().catch(() => {});
+      }
+      await sleep(Math.max(SHORTEST_PAUSE, retry), signal);
+    }
+  }
+
+  /** One event of the stream: the answer for its end, else null after reporting it. */
+  _dispatch(event, state, report, response) {
+    if (!event.data.length) return null;
+    let body = null;
+    try {
+      body = JSON.parse(event.data.join("\n"));
+    } catch (error) {
+      return null;
+    }
+    if (event.name === "end" && isFinalAnswer(body)) {
+      this.answer = finishedAnswer(body);
+      return this.answer;
+    }
+    if (event.name === "gone") {
+      throw new AsyncRequestError(errorMessage(response, body), {response, body});
+    }
+    if (event.name === "status") state.status = body.status;
+    else if (event.name === "progress") {
+      state.progress = body.progress;
+      state.message = body.message;
+    } else return null;
+    report();
+    return null;
   }
 
   /**

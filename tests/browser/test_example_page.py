@@ -95,3 +95,26 @@ def test_export_downloads_the_workers_zip(page: Any, served_example: str, tmp_pa
         "gaps.csv",
         "summary.csv",
     ]
+
+
+def test_the_bar_moves_by_pushed_events_with_no_polls(page: Any, served_example: str) -> None:
+    """The page follows the job's event stream: every report moves the bar, and nothing polls."""
+    requests: list[dict[str, str]] = []
+    page.on(
+        "request",
+        lambda request: (
+            requests.append(request.headers) if "/async_request/job" in request.url else None
+        ),
+    )
+    page.goto(served_example)
+    page.fill("#limit", "300000000")
+    page.click("#start")
+    page.wait_for_function(
+        "document.getElementById('status').textContent === 'Done.'", timeout=60_000
+    )
+    updates = int(page.eval_on_selector("#bar", "bar => bar.dataset.updates"))
+    assert updates >= 3, f"only {updates} progress events arrived"
+    accepts = [headers.get("accept", "") for headers in requests]
+    assert accepts and all(accept == "text/event-stream" for accept in accepts), accepts
+    # One stream for the whole job: no poll, no reconnection.
+    assert len(accepts) == 1, accepts

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from flask_async_request.models import Job, JobStatus
 from flask_async_request.statements import CHANNEL, CLAIM, FINISH, INSERT, NewRow
+from flask_async_request.store import JobStore
 from flask_async_request.values import utcnow
 from tests.conftest import PG_DATABASE_URL
 
@@ -195,3 +196,19 @@ def test_mariadb_reads_the_changed_row_after_the_update(maria: Engine) -> None:
             200,
             "done",
         )
+
+
+@pytest.mark.parametrize("database", ["pg", "maria"])
+def test_the_streams_changes_check_runs_on_each_database(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    """Where no LISTEN tells (MariaDB), the changes check reads the followed jobs in one query."""
+    engine: Engine = request.getfixturevalue(database)
+    store = JobStore(engine, autocommit=False)
+    with engine.begin() as conn:
+        first, second = _insert(conn), _insert(conn)
+    assert store._changed([first, second]) == [first, second]
+    assert store._changed([first, second]) == []
+    with engine.begin() as conn:
+        conn.execute(sa.update(Job).where(Job.id == second).values(progress=0.5))
+    assert store._changed([first, second]) == [second]
