@@ -124,6 +124,7 @@ def new_job(
     callback_url: str | None = None,
     queue: str | None = None,
     time_limit: float | None = None,
+    trace_context: str | None = None,
 ) -> Job:
     """A ``waiting`` job with every column of its row set, not stored yet.
 
@@ -138,6 +139,7 @@ def new_job(
             callback_url=callback_url,
             queue=queue,
             time_limit=time_limit,
+            trace_context=trace_context,
         )._asdict()
     )
 
@@ -151,6 +153,7 @@ def new_row(
     callback_url: str | None = None,
     queue: str | None = None,
     time_limit: float | None = None,
+    trace_context: str | None = None,
 ) -> NewRow:
     """Every column of a ``waiting`` job's row, for :func:`insert_row` (no ORM object)."""
     now = utcnow()
@@ -168,6 +171,7 @@ def new_row(
         created_at=now,
         updated_at=now,
         due_at=now,
+        trace_context=trace_context,
     )
 
 

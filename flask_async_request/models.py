@@ -147,6 +147,9 @@ class Job(_Base):
     #: How the last delivery of the callback went, for operators ("delivered: 204",
     #: "refused: ...", "failed: ...").
     callback_status: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The trace context of the request that created the job, as the JSON text of an
+    #: OpenTelemetry propagator's carrier (``None``: no trace, or no OpenTelemetry).
+    trace_context: Mapped[str | None] = mapped_column(sa.Text())
     #: When the job should run: its creation, or the end of a retry's backoff.
     due_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, default=utcnow

@@ -33,6 +33,8 @@ class Claim(NamedTuple):
     time_limit: float | None = None
     #: When the job was due to run: its creation, or the end of a retry's backoff.
     due_at: datetime | None = None
+    #: The submitting request's trace context (see ``tracing.capture``).
+    trace_context: str | None = None
 
 
 class Ended(NamedTuple):

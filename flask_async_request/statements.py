@@ -164,6 +164,8 @@ class NewRow(NamedTuple):
     created_at: datetime
     updated_at: datetime
     due_at: datetime
+    #: The submitting request's trace context (see ``tracing.capture``).
+    trace_context: str | None = None
 
 
 INSERT = hot(
@@ -202,6 +204,7 @@ CLAIM_COLUMNS = (
     Job.queue,
     Job.time_limit,
     Job.due_at,
+    Job.trace_context,
 )
 #: The job's uid, from its message; ``None`` (the default): any uid, for a message
 #: that does not carry one. A message sent before its table was recreated or its

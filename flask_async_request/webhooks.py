@@ -52,12 +52,13 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from . import lifecycle
+from . import lifecycle, tracing
 from .exceptions import AsyncRequestError
 from .models import Job, JobStatus
 from .payloads import decode_headers
 from .replies import callback_payload
-from .state import get_state
+from .state import AsyncRequestState, get_state
+from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
 
@@ -305,6 +306,7 @@ _CALLBACK = sa.select(
     Job.headers,
     Job.result_size,
     Job.result_sha256,
+    Job.trace_context,
 ).where(Job.id == sa.bindparam("job_id"))
 
 
@@ -324,6 +326,21 @@ def deliver(job_id: int, attempt: int = 1) -> bool:
     row = store.first(_CALLBACK, {"job_id": job_id})
     if row is None or not row.callback_url:
         return False
+    # A trace of its own, linked to the submitting request's.
+    with tracing.job_span(
+        "async_request.callback",
+        row.trace_context,
+        job_id,
+        child=False,
+        **{"async_request.delivery": attempt},
+    ):
+        return _deliver(state, store, job_id, attempt, row)
+
+
+def _deliver(
+    state: AsyncRequestState, store: JobStore, job_id: int, attempt: int, row: Any
+) -> bool:
+    """:func:`deliver` the job's end, read as ``row``."""
     key = state.settings.callback_key
     status = JobStatus(row.status)
     try:
@@ -350,17 +367,16 @@ def deliver(job_id: int, attempt: int = 1) -> bool:
         )
         message = message_id(row.uid, row.attempts, status.value)
         timestamp = str(int(time.time()))
-        code = post(
-            target,
-            payload,
-            {
-                "Content-Type": "application/json",
-                "User-Agent": "flask-async-request",
-                ID_HEADER: message,
-                TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(message, timestamp, payload, key),
-            },
-        )
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "flask-async-request",
+            ID_HEADER: message,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(message, timestamp, payload, key),
+        }
+        # The receiver continues the delivery's trace from the request's traceparent.
+        tracing.inject(headers)
+        code = post(target, payload, headers)
         if not 200 <= code < 300:
             raise DeliveryError(f"got {code} from its url")
     except CallbackRefused as e:

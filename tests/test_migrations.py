@@ -399,12 +399,84 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
         for name, text in _versions(project).items()
         if "before01" not in name
     }
-    assert len(added) == 2
+    columns = [t for t in added.values() if "add_column" in t and "create_table" not in t]
+    assert len(added) == 2 + len(columns)
     [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
-    [indexes] = [revision for revision, text in added.items() if text is not results]
+    [indexes] = [
+        revision
+        for revision, text in added.items()
+        if text is not results and "create_index" in text and text not in columns
+    ]
     assert f"down_revision = '{indexes}'" in results
     assert "down_revision = 'before01'" in added[indexes]
     assert "from sqlalchemy.dialects import mysql" in results
     again = flask(project, url, "async-request", "init")
     assert "result store revision" not in again
-    assert len(_versions(project)) == 3
+    assert len(_versions(project)) == 3 + len(columns)
+
+
+def test_columns_revisions_upgrade_and_downgrade_a_table_made_before_them(tmp_path: Path) -> None:
+    """Each revision of added columns takes a jobs table without them to the model, and back."""
+    from flask_async_request.migrations import COLUMN_REVISIONS, columns_revision_code
+    from flask_async_request.models import Job
+
+    jobs = cast(sa.Table, Job.__table__)
+    for revision in COLUMN_REVISIONS:
+        before = sa.MetaData()
+        sa.Table(
+            jobs.name,
+            before,
+            *(
+                sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                for c in jobs.columns
+                if c.name not in revision.columns
+            ),
+        )
+        now = sa.MetaData()
+        sa.Table(
+            jobs.name,
+            now,
+            *(
+                sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                for c in jobs.columns
+            ),
+        )
+        engine = sa.create_engine(f"sqlite:///{tmp_path}/{revision.columns[0]}.db")
+        try:
+            before.create_all(engine)
+            upgrade, downgrade = columns_revision_code(revision)
+            assert revision.marker in upgrade
+            _run_revision(engine, upgrade)
+            assert _differences(engine, now) == []
+            _run_revision(engine, downgrade)
+            assert _differences(engine, before) == []
+        finally:
+            engine.dispose()
+
+
+def test_init_adds_the_new_columns_after_the_current_head_once(
+    project: Path, tmp_path: Path
+) -> None:
+    """A history whose jobs table predates the trace context gets one revision that adds it."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    flask(project, url, "db", "init")
+    (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
+    output = flask(project, url, "async-request", "init")
+    assert "Wrote the revision of the jobs' trace context" in output
+    [added] = [
+        text
+        for text in _versions(project).values()
+        if "add_column('async_request_jobs', sa.Column('trace_context'" in text
+    ]
+    assert "drop_column('async_request_jobs', 'trace_context')" in added
+    again = flask(project, url, "async-request", "init")
+    assert "trace context" not in again
+
+
+def test_a_new_table_needs_no_columns_revision(project: Path, tmp_path: Path) -> None:
+    """init on a new app writes the table with every column, and no revision adding them."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    output = flask(project, url, "async-request", "init")
+    assert "Wrote the revision of" not in output
+    [created] = _versions(project).values()
+    assert "sa.Column('trace_context'" in created
