@@ -65,6 +65,12 @@ COLUMN_REVISIONS = (
         ("trace_context",),
         "the jobs' trace context",
     ),
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} callback delivery log",
+        f"{TABLE_NAME} callback delivery log",
+        ("callback_deliveries",),
+        "the callbacks' delivery log",
+    ),
 )
 
 

@@ -147,6 +147,8 @@ class Job(_Base):
     #: How the last delivery of the callback went, for operators ("delivered: 204",
     #: "refused: ...", "failed: ...").
     callback_status: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The newest deliveries of the callback, as JSON text (see ``deliveries.py``).
+    callback_deliveries: Mapped[str | None] = mapped_column(sa.Text())
     #: The trace context of the request that created the job, as the JSON text of an
     #: OpenTelemetry propagator's carrier (``None``: no trace, or no OpenTelemetry).
     trace_context: Mapped[str | None] = mapped_column(sa.Text())

@@ -368,3 +368,14 @@ WAITING_JOBS = (
 RECORD_CALLBACK = Statement(
     sa.update(Job).where(_ID).values(callback_status=sa.bindparam("callback_status"))
 )
+CALLBACK_DELIVERIES = sa.select(Job.callback_deliveries).where(_ID)
+#: The callback's status and its delivery log, if the log is still the one read:
+#: a delivery recorded meanwhile makes it read the log again.
+RECORD_DELIVERY = Statement(
+    sa.update(Job)
+    .where(_ID, Job.callback_deliveries.is_not_distinct_from(sa.bindparam("before", type_=sa.Text)))
+    .values(
+        callback_status=sa.bindparam("callback_status"),
+        callback_deliveries=sa.bindparam("deliveries", type_=sa.Text),
+    )
+)

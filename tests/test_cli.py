@@ -241,6 +241,7 @@ LIST_KEYS = {
     "finished_at",
 }
 SHOW_KEYS = LIST_KEYS | {
+    "callback_deliveries",
     "params",
     "response",
     "content_type",

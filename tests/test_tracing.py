@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from flask_async_request import Job, JobStatus, Worker, tracing
-from flask_async_request.webhooks import deliver
+from flask_async_request.callbacks import deliver
 from tests import workers
 from tests.conftest import AppFactory, current_db, reload_job
 from tests.test_idempotency_webhooks import Receiver

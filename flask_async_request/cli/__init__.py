@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask.cli import AppGroup
 
-from .jobs import list_command, retry_command, show_command, stats_command
+from .jobs import list_command, redeliver_command, retry_command, show_command, stats_command
 from .operations import (
     beat_command,
     init_command,
@@ -27,6 +27,7 @@ for _command in (
     list_command,
     show_command,
     retry_command,
+    redeliver_command,
     stats_command,
     worker_command,
     beat_command,

@@ -1,4 +1,4 @@
-"""The commands on jobs: ``list``, ``show``, ``retry`` and ``stats``."""
+"""The commands on jobs: ``list``, ``show``, ``retry``, ``redeliver`` and ``stats``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import click
 from flask.cli import with_appcontext
 
-from .. import maintenance, reading
+from .. import callbacks, deliveries, maintenance, reading
 from ..config import format_duration
 from ..models import Job, JobStatus
 from ..state import get_state
@@ -50,6 +50,7 @@ def _job_record(job: Job) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "callback_url": job.callback_url,
         "callback_status": job.callback_status,
+        "callback_deliveries": [d.as_json() for d in deliveries.decode(job.callback_deliveries)],
         "due_at": iso_utc(job.due_at),
         "updated_at": iso_utc(job.updated_at),
         "lease_expires_at": iso_utc(job.lease_expires_at),
@@ -129,6 +130,37 @@ def show_command(job_id: int, as_json: bool) -> None:
         click.echo(f"{name.ljust(width)}  {lines[0]}")
         for line in lines[1:]:
             click.echo(f"{' ' * width}  {line}")
+    log = deliveries.decode(job.callback_deliveries)
+    if log:
+        click.echo()
+        click.echo(delivery_table(log))
+
+
+def delivery_table(log: list[deliveries.Delivery]) -> str:
+    """The callback's deliveries, oldest first, as ``show`` prints them."""
+    rows = [["DELIVERED AT", "OUTCOME", "HOST", "ANSWER", "TOOK", "DELIVERY"]]
+    for entry in log:
+        answer = str(entry.status_code) if entry.status_code is not None else entry.error or "-"
+        which = f"{entry.delivery} (redelivery)" if entry.redelivery else str(entry.delivery)
+        took = f"{entry.duration * 1000:.0f} ms"
+        rows.append([iso_utc(entry.at) or "-", entry.outcome, entry.host, answer, took, which])
+    return table(rows)
+
+
+@click.command("redeliver")
+@with_appcontext
+@click.argument("job_id", type=int)
+@JSON_OPTION
+@errors_as_messages
+def redeliver_command(job_id: int, as_json: bool) -> None:
+    """Deliver a finished job's callback again, now, signed afresh with the same webhook-id."""
+    entry = callbacks.redeliver(job_id)
+    if as_json:
+        echo_json(entry.as_json())
+    else:
+        click.echo(delivery_table([entry]))
+    if entry.outcome != deliveries.DELIVERED:
+        raise SystemExit(1)
 
 
 @click.command("retry")

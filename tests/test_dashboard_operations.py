@@ -1,0 +1,86 @@
+"""The dashboard's operator tools: the callback delivery log and redelivery."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Flask
+
+from flask_async_request import JobStatus
+from flask_async_request.callbacks import deliver
+from flask_async_request.deliveries import decode
+from tests.conftest import current_db
+from tests.test_dashboard import PREFIX, add, dash, stored
+from tests.test_idempotency_webhooks import Receiver
+
+__all__ = ["dash"]
+
+
+def csrf_token(client: Any, job_id: int) -> str:
+    """The session's CSRF token, from the form of the job's redelivery confirmation."""
+    html = client.get(f"{PREFIX}/jobs/{job_id}/redeliver").get_data(as_text=True)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def _delivered(app: Flask, url: str) -> int:
+    job_id = add(app, status=JobStatus.PROCESSED, status_code=200, callback_url=url)
+    with app.app_context():
+        deliver(job_id)
+        current_db().session.remove()
+    return job_id
+
+
+def test_the_job_page_shows_the_delivery_log(dash: Flask) -> None:
+    """Each delivery is a row: outcome, host only, answer, time taken."""
+    receiver = Receiver()
+    try:
+        job_id = _delivered(dash, receiver.url + "?token=s3cr3t")
+    finally:
+        receiver.server.shutdown()
+    html = dash.test_client().get(f"{PREFIX}/jobs/{job_id}").get_data(as_text=True)
+    [table] = re.findall(r'<table id="deliveries">.*?</table>', html, re.S)
+    assert "delivered" in table and "127.0.0.1" in table and "200" in table
+    assert "s3cr3t" not in table
+    assert f'href="{PREFIX}/jobs/{job_id}/redeliver"' in html
+
+
+def test_redeliver_asks_first_then_posts_with_csrf(dash: Flask) -> None:
+    """GET shows a confirmation; its POST, with the session's token, delivers once more."""
+    receiver = Receiver()
+    try:
+        job_id = _delivered(dash, receiver.url)
+        client = dash.test_client()
+        confirm = client.get(f"{PREFIX}/jobs/{job_id}/redeliver").get_data(as_text=True)
+        assert "same webhook-id" in confirm and len(receiver.calls) == 1
+        token = csrf_token(client, job_id)
+        refused = client.post(f"{PREFIX}/jobs/{job_id}/redeliver", data={"csrf_token": "x"})
+        assert refused.status_code == 400 and len(receiver.calls) == 1
+        done = client.post(
+            f"{PREFIX}/jobs/{job_id}/redeliver", data={"csrf_token": token}, follow_redirects=True
+        )
+    finally:
+        receiver.server.shutdown()
+    assert done.status_code == 200
+    assert "redelivered: delivered (200)" in done.get_data(as_text=True)
+    assert len(receiver.calls) == 2
+    log = decode(stored(dash, job_id).callback_deliveries)
+    assert [entry.redelivery for entry in log] == [False, True]
+
+
+def test_redeliver_without_a_callback_says_so(dash: Flask) -> None:
+    """A job with no callback url: no button, and a POST explains instead of failing."""
+    job_id = add(dash, status=JobStatus.PROCESSED)
+    client = dash.test_client()
+    token = csrf_token(client, job_id)
+    html = client.get(f"{PREFIX}/jobs/{job_id}").get_data(as_text=True)
+    assert "/redeliver" not in html
+    done = client.post(
+        f"{PREFIX}/jobs/{job_id}/redeliver", data={"csrf_token": token}, follow_redirects=True
+    )
+    assert done.status_code == 200 and "no callback url" in done.get_data(as_text=True)
+    missing = client.post(f"{PREFIX}/jobs/424242/redeliver", data={"csrf_token": token})
+    assert missing.status_code == 404
+    assert client.get(f"{PREFIX}/jobs/424242/redeliver").status_code == 404
