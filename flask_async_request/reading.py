@@ -30,6 +30,7 @@ __all__ = [
     "JobPage",
     "JobStats",
     "ListedJob",
+    "job_ids",
     "job_page",
     "job_stats",
     "list_jobs",
@@ -50,6 +51,8 @@ class JobFilter:
     older_than: timedelta | None = None
     #: Only jobs created within this.
     newer_than: timedelta | None = None
+    #: The owner the jobs were created for, exactly.
+    owner: str | None = None
 
     @property
     def status(self) -> JobStatus | None:
@@ -71,15 +74,23 @@ class JobFilter:
             )
         older, newer = args.get("older_than") or None, args.get("newer_than") or None
         worker = (args.get("worker") or "").strip() or None
-        reason = None if worker is None else unstorable(worker)
-        if reason is not None:
-            raise ValueError(f"worker cannot be searched for: {reason}.")
+        owner = (args.get("owner") or "").strip() or None
+        for name, value in (("worker", worker), ("owner", owner)):
+            reason = None if value is None else unstorable(value)
+            if reason is not None:
+                raise ValueError(f"{name} cannot be searched for: {reason}.")
         return cls(
             statuses=() if status is None else (JobStatus(status),),
             worker=worker,
             older_than=None if older is None else parse_duration(older),
             newer_than=None if newer is None else parse_duration(newer),
+            owner=owner,
         )
+
+    @property
+    def empty(self) -> bool:
+        """Whether the filter selects every job."""
+        return self == JobFilter()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +164,18 @@ def list_jobs(
     older_than: timedelta | None = None,
     newer_than: timedelta | None = None,
     limit: int = PAGE_SIZE,
+    *,
+    worker: str | None = None,
+    owner: str | None = None,
 ) -> list[Job]:
-    """The newest jobs first, filtered by status and by age (from ``created_at``).
+    """The newest jobs first, filtered by status, age (from ``created_at``), worker and owner.
 
     The jobs of the first page ``job_page`` gives for the same filter, whole.
     """
     session = get_state().db.session
-    filters = JobFilter(tuple(statuses), older_than=older_than, newer_than=newer_than)
+    filters = JobFilter(
+        tuple(statuses), worker=worker, older_than=older_than, newer_than=newer_than, owner=owner
+    )
     conditions = _conditions(session, filters)
     if conditions is None:
         return []
@@ -176,6 +192,10 @@ def _conditions(session: Any, filters: JobFilter) -> list[sa.ColumnElement[bool]
             conditions.append(UNFINISHED)
     if filters.worker is not None:
         conditions.append(Job.worker == filters.worker)
+    if filters.owner is not None:
+        # No index holds the owner: with no other filter, a scan of the jobs by id
+        # that stops at the page's end.
+        conditions.append(Job.owner == filters.owner)
     now = utcnow()
     # An age becomes a bound on id, found in the created_at index, so the page stays
     # one range scan by id; the age itself is checked on each row of that range too,
@@ -201,6 +221,19 @@ def _conditions(session: Any, filters: JobFilter) -> list[sa.ColumnElement[bool]
             return None
         conditions += [Job.id <= last, created < until]
     return conditions
+
+
+def job_ids(filters: JobFilter, limit: int) -> list[int]:
+    """The ids of the newest ``limit`` jobs that match ``filters``, newest first."""
+    session = get_state().db.session
+    conditions = _conditions(session, filters)
+    if conditions is None:
+        return []
+    query = sa.select(Job.id).where(*conditions).order_by(Job.id.desc()).limit(limit)
+    ids = [int(row[0]) for row in session.execute(query)]
+    # What follows changes rows through the store: no transaction of the session's held.
+    session.commit()
+    return ids
 
 
 def load_job(job_id: int) -> Job:

@@ -10,7 +10,7 @@ import click
 from flask import Flask, current_app
 
 from flask_async_request import JobStatus
-from flask_async_request.cli import jobs
+from flask_async_request.cli import jobs, selection
 from flask_async_request.config import format_duration
 from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, add_job
@@ -107,7 +107,7 @@ def test_retry_of_a_job_that_did_not_fail_is_refused(make_app: AppFactory) -> No
     """Only failed jobs are retried; the job is left as it was."""
     app = make_app()
     job_id = _job(app, status=JobStatus.PROCESSED)
-    result = _invoke(app, jobs.retry_command, str(job_id))
+    result = _invoke(app, selection.retry_command, str(job_id))
     assert result.exit_code == 1
     assert "only failed jobs can be retried" in result.output
 

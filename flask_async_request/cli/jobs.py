@@ -1,4 +1,4 @@
-"""The commands on jobs: ``list``, ``show``, ``retry``, ``redeliver`` and ``stats``."""
+"""The commands that read jobs: ``list``, ``show`` and ``stats``; and ``redeliver``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def _job_record(job: Job) -> dict[str, Any]:
 @click.option("--status", "statuses", type=STATUS, multiple=True, help="Only these statuses.")
 @click.option("--older-than", type=DURATION, help="Only jobs created before this age ago.")
 @click.option("--newer-than", type=DURATION, help="Only jobs created within this age.")
+@click.option("--worker", help="Only this worker's jobs (its dotted path).")
+@click.option("--owner", help="Only the jobs of this owner.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @JSON_OPTION
 @errors_as_messages
@@ -69,12 +71,19 @@ def list_command(
     statuses: tuple[str, ...],
     older_than: timedelta | None,
     newer_than: timedelta | None,
+    worker: str | None,
+    owner: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
     found = reading.list_jobs(
-        [JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit
+        [JobStatus(s.lower()) for s in statuses],
+        older_than,
+        newer_than,
+        limit,
+        worker=worker,
+        owner=owner,
     )
     if as_json:
         echo_json([_job_summary(job) for job in found])
@@ -161,23 +170,6 @@ def redeliver_command(job_id: int, as_json: bool) -> None:
         click.echo(delivery_table([entry]))
     if entry.outcome != deliveries.DELIVERED:
         raise SystemExit(1)
-
-
-@click.command("retry")
-@with_appcontext
-@click.argument("job_id", type=int)
-@errors_as_messages
-def retry_command(job_id: int) -> None:
-    """Run a failed job again."""
-    if maintenance.retry_job(job_id):
-        click.echo(f"Job {job_id} is waiting to run again.")
-        return
-    timeout = format_duration(get_state().settings.waiting_timeout)
-    click.echo(
-        f"Job {job_id} is waiting to run again. No broker is configured, so no message was"
-        " sent: the web process's embedded worker runs it when it next starts, or at its"
-        f" sweeps once it has waited {timeout} (ASYNC_REQUEST_WAITING_TIMEOUT)."
-    )
 
 
 @click.command("stats")
