@@ -34,7 +34,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
-from . import deliveries
+from . import dashboard_bulk, deliveries
 from .callbacks import redeliver
 from .dashboard_format import (
     format_elapsed,
@@ -48,7 +48,16 @@ from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
 from .maintenance import retry_job
 from .models import JobStatus
-from .reading import PAGE_SIZE, JobFilter, JobPage, job_page, load_job
+from .reading import (
+    COUNT_WINDOW,
+    PAGE_SIZE,
+    JobFilter,
+    JobPage,
+    find_job,
+    job_page,
+    load_job,
+    status_counts,
+)
 from .state import EXTENSION_KEY
 from .values import as_utc, utcnow
 from .web import cancel_job
@@ -65,6 +74,7 @@ DEFAULT_URL_PREFIX = "/async-request/dashboard"
 Authorize = Callable[[], bool]
 
 blueprint = Blueprint("async_request_dashboard", __name__, template_folder="templates")
+dashboard_bulk.add_views(blueprint)
 
 _CSRF_SESSION_KEY = "_async_request_dashboard_csrf"
 _CSRF_FIELD = "csrf_token"
@@ -185,12 +195,22 @@ def _helpers() -> dict[str, Any]:
 
 
 #: The query arguments of a list's filters, kept as typed in links to other pages.
-_FILTER_ARGS = ("status", "worker", "older_than", "newer_than")
+_FILTER_ARGS = ("status", "worker", "owner", "older_than", "newer_than", "refresh")
+#: Seconds between two loads of a list, unless its reader pauses them (``refresh=0``).
+REFRESH_SECONDS = 10
 
 
 @blueprint.get("/", endpoint="jobs")
 def list_view() -> Any:
-    """Jobs newest first, filtered and paged."""
+    """Jobs newest first, filtered and paged; a search by id or uid opens that job."""
+    search = request.args.get("q", "").strip()
+    if search:
+        found = find_job(search)
+        if found is not None:
+            return redirect(url_for(".job", job_id=found), 303)
+        # Anything else is an owner's name.
+        args: dict[str, Any] = {k: v for k, v in request.args.items() if k != "q"}
+        return redirect(url_for(".jobs", **{**args, "owner": search}), 303)
     query = {key: value for key in _FILTER_ARGS if (value := request.args.get(key, "").strip())}
     now = utcnow()
 
@@ -210,7 +230,17 @@ def list_view() -> Any:
             return None
         return (now if finished is None else as_utc(finished)) - as_utc(started)
 
-    context: dict[str, Any] = {"query": query, "list_url": list_url, "since": since, "ran": ran}
+    refresh = request.args.get("refresh", type=int)
+    counts, more = status_counts()
+    context: dict[str, Any] = {
+        "query": query,
+        "list_url": list_url,
+        "since": since,
+        "ran": ran,
+        "refresh": REFRESH_SECONDS if refresh is None else max(refresh, 0),
+        "counts": counts,
+        "counted_window": COUNT_WINDOW if more else None,
+    }
     try:
         filters = JobFilter.from_args(request.args)
     except ValueError as e:

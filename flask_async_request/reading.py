@@ -30,11 +30,13 @@ __all__ = [
     "JobPage",
     "JobStats",
     "ListedJob",
+    "find_job",
     "job_ids",
     "job_page",
     "job_stats",
     "list_jobs",
     "load_job",
+    "status_counts",
     "waiting_now",
 ]
 
@@ -236,6 +238,19 @@ def job_ids(filters: JobFilter, limit: int) -> list[int]:
     return ids
 
 
+def find_job(term: str) -> int | None:
+    """The id of the job ``term`` names by its id or its uid; ``None`` if none does."""
+    term = term.strip()
+    if term.isdigit() and len(term) <= 18:
+        condition = Job.id == int(term)
+    elif len(term) == 32 and all(c in "0123456789abcdef" for c in term.lower()):
+        condition = Job.uid == term.lower()
+    else:
+        return None
+    found = get_state().db.session.execute(sa.select(Job.id).where(condition)).scalar()
+    return None if found is None else int(found)
+
+
 def load_job(job_id: int) -> Job:
     """Job ``job_id`` as stored now, read by its primary key.
 
@@ -297,6 +312,27 @@ def job_stats() -> JobStats:
     return JobStats(
         counts, None if oldest is None else now - as_utc(oldest), int(finished), by_queue
     )
+
+
+#: Jobs the status counts of the dashboard's chips are taken over: the newest ones.
+COUNT_WINDOW = 10_000
+
+
+def status_counts(window: int = COUNT_WINDOW) -> tuple[dict[JobStatus, int], bool]:
+    """How many of the newest ``window`` jobs have each status, and whether there are more.
+
+    One read of the primary key's newest ``window`` entries, whatever the size
+    of the table (no index holds the status, so an exact count of the finished
+    jobs would read them all).
+    """
+    newest = sa.select(Job.status).order_by(Job.id.desc()).limit(window).subquery()
+    query = sa.select(
+        sa.func.count(),
+        *(sa.func.sum(sa.case((newest.c.status == s.value, 1), else_=0)) for s in JobStatus),
+    )
+    session = get_state().db.session
+    total, *counts = session.execute(query).one()
+    return dict(zip(JobStatus, (int(c or 0) for c in counts), strict=True)), total >= window
 
 
 _WAITING = sa.select(sa.func.count(), sa.func.min(Job.due_at)).where(

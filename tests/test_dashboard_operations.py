@@ -1,4 +1,4 @@
-"""The dashboard's operator tools: the callback delivery log and redelivery."""
+"""The dashboard's operator tools: the delivery log, redelivery, counts, refresh, search."""
 
 from __future__ import annotations
 
@@ -84,3 +84,47 @@ def test_redeliver_without_a_callback_says_so(dash: Flask) -> None:
     missing = client.post(f"{PREFIX}/jobs/424242/redeliver", data={"csrf_token": token})
     assert missing.status_code == 404
     assert client.get(f"{PREFIX}/jobs/424242/redeliver").status_code == 404
+
+
+# The list: counts, refresh, search, bulk actions -----------------------------------
+
+
+def _form_token(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def test_the_chips_count_each_status(dash: Flask) -> None:
+    """Each status chip carries how many of the newest jobs have it."""
+    for status in (JobStatus.FAILED, JobStatus.FAILED, JobStatus.WAITING):
+        add(dash, status=status)
+    html = dash.test_client().get(f"{PREFIX}/").get_data(as_text=True)
+    assert re.search(r'id="count-failed">2<', html) and re.search(r'id="count-waiting">1<', html)
+    assert re.search(r'id="count-cancelled">0<', html) and "counts-window" not in html
+
+
+def test_the_list_refreshes_itself_until_paused(dash: Flask) -> None:
+    """The list reloads every few seconds; refresh=0 pauses it, and the filters keep it."""
+    client = dash.test_client()
+    html = client.get(f"{PREFIX}/?status=failed").get_data(as_text=True)
+    assert '<meta http-equiv="refresh" content="10"' in html
+    [pause] = re.findall(r'href="([^"]+)" id="refresh-pause"', html)
+    paused = client.get(pause.replace("&amp;", "&")).get_data(as_text=True)
+    assert 'http-equiv="refresh"' not in paused and "refresh-resume" in paused
+    [chip] = re.findall(r'<a href="([^"]+)"[^>]*data-status="waiting"', paused)
+    assert "refresh=0" in chip and "status=waiting" in chip
+
+
+def test_search_opens_a_job_by_id_or_uid_and_else_filters_by_owner(dash: Flask) -> None:
+    """A job's id or uid opens its page; any other text lists that owner's jobs."""
+    job_id = add(dash, owner="ada")
+    uid = stored(dash, job_id).uid
+    client = dash.test_client()
+    by_id = client.get(f"{PREFIX}/?q={job_id}")
+    assert by_id.status_code == 303 and by_id.location.endswith(f"/jobs/{job_id}")
+    assert client.get(f"{PREFIX}/?q={uid.upper()}").location.endswith(f"/jobs/{job_id}")
+    by_owner = client.get(f"{PREFIX}/?q=ada", follow_redirects=True).get_data(as_text=True)
+    assert f'data-job-id="{job_id}"' in by_owner
+    nobody = client.get(f"{PREFIX}/?q=999999", follow_redirects=True).get_data(as_text=True)
+    assert "No jobs match these filters" in nobody
