@@ -97,6 +97,7 @@ def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any
         "headers": outcome.headers,
         "result_size": outcome.result_size,
         "result_sha256": outcome.result_sha256,
+        "traceback": outcome.traceback,
         "now": utcnow(),
         "progress": 1.0 if outcome.status is JobStatus.PROCESSED else None,
     }

@@ -71,6 +71,12 @@ COLUMN_REVISIONS = (
         ("callback_deliveries",),
         "the callbacks' delivery log",
     ),
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} traceback",
+        f"{TABLE_NAME} traceback",
+        ("traceback",),
+        "the failed jobs' tracebacks",
+    ),
 )
 
 

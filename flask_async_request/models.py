@@ -147,6 +147,10 @@ class Job(_Base):
     #: How the last delivery of the callback went, for operators ("delivered: 204",
     #: "refused: ...", "failed: ...").
     callback_status: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The traceback of the exception a failed job's worker raised, its end kept
+    #: (see ``outcomes.MAX_TRACEBACK``): for operators (the dashboard, ``show``),
+    #: never in an answer to a client.
+    traceback: Mapped[str | None] = mapped_column(sa.Text())
     #: The newest deliveries of the callback, as JSON text (see ``deliveries.py``).
     callback_deliveries: Mapped[str | None] = mapped_column(sa.Text())
     #: The trace context of the request that created the job, as the JSON text of an

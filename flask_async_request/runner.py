@@ -28,7 +28,14 @@ from .exceptions import (
 )
 from .leases import keeper
 from .models import JobStatus
-from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
+from .outcomes import (
+    Outcome,
+    decode_params,
+    failure,
+    out_of_reach,
+    storage_message,
+    traceback_of,
+)
 from .payloads import Payload, encode_headers, payload_of
 from .rows import Claim, Ended
 from .running import RunContext
@@ -353,7 +360,7 @@ def _execute(
                     " the worker's log)."
                 )
             )
-        return _Run(failure(_cut(str(e) or type(e).__name__)))
+        return _Run(failure(_cut(str(e) or type(e).__name__), traceback_of(e)))
 
 
 def _store_payload(

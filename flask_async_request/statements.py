@@ -287,6 +287,7 @@ FINISH = _ending(
             "headers": sa.bindparam("headers", None, type_=sa.Text()),
             "result_size": sa.bindparam("result_size", None, type_=sa.BigInteger()),
             "result_sha256": sa.bindparam("result_sha256", None, type_=sa.String(64)),
+            "traceback": sa.bindparam("traceback", None, type_=sa.Text()),
             "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
         }
     )
@@ -331,6 +332,7 @@ RESET_FOR_RETRY = Statement(
             "headers": None,
             "result_size": None,
             "result_sha256": None,
+            "traceback": None,
             "progress": None,
             "progress_message": None,
             "attempts": 0,

@@ -255,6 +255,7 @@ LIST_KEYS = {
 }
 SHOW_KEYS = LIST_KEYS | {
     "callback_deliveries",
+    "traceback",
     "params",
     "response",
     "content_type",

@@ -128,3 +128,17 @@ def test_search_opens_a_job_by_id_or_uid_and_else_filters_by_owner(dash: Flask) 
     assert f'data-job-id="{job_id}"' in by_owner
     nobody = client.get(f"{PREFIX}/?q=999999", follow_redirects=True).get_data(as_text=True)
     assert "No jobs match these filters" in nobody
+
+
+def test_a_failed_job_s_page_shows_its_traceback_escaped(dash: Flask) -> None:
+    """The stored traceback is on the job's page, as text."""
+    job_id = add(
+        dash,
+        status=JobStatus.FAILED,
+        status_code=500,
+        response='{"error": "x"}',
+        traceback="Traceback (most recent call last):\n  <script>\nValueError: x\n",
+    )
+    html = dash.test_client().get(f"{PREFIX}/jobs/{job_id}").get_data(as_text=True)
+    [shown] = re.findall(r'<pre id="job-traceback">(.*?)</pre>', html, re.S)
+    assert "ValueError: x" in shown and "&lt;script&gt;" in shown

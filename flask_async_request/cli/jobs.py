@@ -50,6 +50,7 @@ def _job_record(job: Job) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "callback_url": job.callback_url,
         "callback_status": job.callback_status,
+        "traceback": job.traceback,
         "callback_deliveries": [d.as_json() for d in deliveries.decode(job.callback_deliveries)],
         "due_at": iso_utc(job.due_at),
         "updated_at": iso_utc(job.updated_at),
@@ -139,6 +140,9 @@ def show_command(job_id: int, as_json: bool) -> None:
         click.echo(f"{name.ljust(width)}  {lines[0]}")
         for line in lines[1:]:
             click.echo(f"{' ' * width}  {line}")
+    if job.traceback:
+        click.echo()
+        click.echo(job.traceback.rstrip("\n"))
     log = deliveries.decode(job.callback_deliveries)
     if log:
         click.echo()
