@@ -34,7 +34,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
-from . import dashboard_bulk, deliveries
+from . import dashboard_bulk, dashboard_queues, deliveries
 from .callbacks import redeliver
 from .dashboard_format import (
     format_elapsed,
@@ -75,6 +75,7 @@ Authorize = Callable[[], bool]
 
 blueprint = Blueprint("async_request_dashboard", __name__, template_folder="templates")
 dashboard_bulk.add_views(blueprint)
+dashboard_queues.add_views(blueprint)
 
 _CSRF_SESSION_KEY = "_async_request_dashboard_csrf"
 _CSRF_FIELD = "csrf_token"

@@ -30,12 +30,14 @@ __all__ = [
     "JobPage",
     "JobStats",
     "ListedJob",
+    "QueueDepth",
     "find_job",
     "job_ids",
     "job_page",
     "job_stats",
     "list_jobs",
     "load_job",
+    "queue_depths",
     "status_counts",
     "waiting_now",
 ]
@@ -333,6 +335,34 @@ def status_counts(window: int = COUNT_WINDOW) -> tuple[dict[JobStatus, int], boo
     session = get_state().db.session
     total, *counts = session.execute(query).one()
     return dict(zip(JobStatus, (int(c or 0) for c in counts), strict=True)), total >= window
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueDepth:
+    """The jobs waiting on one queue."""
+
+    #: The queue's name (``None``: the Celery app's default queue).
+    queue: str | None
+    waiting: int
+    #: How long the job due first has been due.
+    oldest_due_for: timedelta | None
+
+
+def queue_depths() -> list[QueueDepth]:
+    """The waiting jobs per queue, and how long the first due has waited: one query."""
+    now = utcnow()
+    query = (
+        sa.select(Job.queue, sa.func.count(), sa.func.min(Job.due_at))
+        .where(Job.status == JobStatus.WAITING, UNFINISHED)
+        .group_by(Job.queue)
+    )
+    session = get_state().db.session
+    depths = [
+        QueueDepth(queue, int(count), None if due is None else now - as_utc(due))
+        for queue, count, due in session.execute(query)
+    ]
+    session.commit()
+    return sorted(depths, key=lambda depth: depth.queue or "")
 
 
 _WAITING = sa.select(sa.func.count(), sa.func.min(Job.due_at)).where(

@@ -69,6 +69,10 @@ def test_operator_tools(page: Any, served: str, dashboard_app: Flask) -> None:
         assert "redelivered: delivered (200)" in page.text_content("main")
         assert len(page.query_selector_all("#deliveries tbody tr")) == 2
         assert len(receiver.calls) == 2
+
+        page.click("#nav-queues")
+        assert page.text_content("h1") == "Queues"
+        assert page.query_selector("#no-waiting") is not None
     finally:
         receiver.server.shutdown()
     assert problems == []
