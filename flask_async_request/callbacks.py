@@ -68,7 +68,7 @@ def deliver(job_id: int, attempt: int = 1, *, redelivery: bool = False) -> bool:
     :returns: ``False`` when there is nothing to deliver (no such job, no url)
         or the url was refused (logged, and never retried).
     :raises DeliveryError: the receiver could not be reached or did not answer 2xx.
-    :raises sqlalchemy.exc.OperationalError: the database could not be read.
+        (SQLAlchemy's ``OperationalError`` is raised when the database cannot be read.)
     """
     state = get_state()
     store = state.store()
