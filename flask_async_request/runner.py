@@ -105,12 +105,13 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
             )
         return None
     # The first attempt is part of the submitting request's trace; a later one
-    # (a retry, a run again after a lost worker) starts a trace linked to it.
+    # (a retry, a run again after a lost worker) and a message the sweeper sent
+    # again start a trace linked to it.
     with tracing.job_span(
         "async_request.run",
         claim.trace_context,
         job_id,
-        child=claim.attempt == 1,
+        child=claim.first_send,
         **{"async_request.worker": claim.worker, "async_request.attempt": claim.attempt},
     ):
         ended = _run_guarded(state, store, job_id, claim)

@@ -205,6 +205,7 @@ CLAIM_COLUMNS = (
     Job.time_limit,
     Job.due_at,
     Job.trace_context,
+    Job.created_at,
 )
 #: The job's uid, from its message; ``None`` (the default): any uid, for a message
 #: that does not carry one. A message sent before its table was recreated or its

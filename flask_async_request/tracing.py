@@ -6,8 +6,9 @@ whatever the app's configured propagator writes) is stored with the job, as the
 JSON text of the propagator's carrier. The worker restores it:
 
 - the job's first attempt runs in a span whose parent is the submitting span;
-- a later attempt (a retry, or a run again after its worker was lost) and a
-  callback delivery start a new trace, with a link back to the submitting span,
+- a later attempt (a retry, or a run again after its worker was lost), a run
+  from a message the sweeper sent again, and a callback delivery start a new
+  trace, with a link back to the submitting span,
   as OpenTelemetry's messaging conventions advise for work that is not part of
   the request's own latency;
 - the callback's POST carries the delivery span's context (``traceparent``).

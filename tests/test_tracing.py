@@ -217,3 +217,30 @@ print("ok")
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_message_the_sweeper_sent_again_runs_in_a_linked_trace(
+    make_app: AppFactory, spans: InMemorySpanExporter
+) -> None:
+    """A waiting job whose message was sent again by the sweeper is linked, not a child."""
+    from flask_async_request import lifecycle
+    from flask_async_request.runner import run_job
+    from flask_async_request.state import get_state
+
+    app = make_app(CELERY={"task_always_eager": False, "broker_url": "memory://"})
+    with app.app_context():
+        with trace.get_tracer("test").start_as_current_span("submit") as submit:
+            first = Job.create_and_enqueue(workers.Echo, 1).id
+            resent = Job.create_and_enqueue(workers.Echo, 2).id
+        # What the sweeper does as it sends a stale job's message again.
+        assert lifecycle.touch_waiting(get_state().store(), resent)
+        assert run_job(first) is JobStatus.PROCESSED
+        assert run_job(resent) is JobStatus.PROCESSED
+    runs = {
+        (span.attributes or {})["async_request.job_id"]: span
+        for span in _named(spans, "async_request.run")
+    }
+    submitted = submit.get_span_context()
+    assert runs[first].parent is not None and runs[first].parent.span_id == submitted.span_id
+    assert runs[resent].parent is None
+    assert [link.context.span_id for link in runs[resent].links] == [submitted.span_id]
