@@ -241,6 +241,7 @@ def test_a_message_the_sweeper_sent_again_runs_in_a_linked_trace(
         for span in _named(spans, "async_request.run")
     }
     submitted = submit.get_span_context()
-    assert runs[first].parent is not None and runs[first].parent.span_id == submitted.span_id
+    parent = runs[first].parent
+    assert parent is not None and parent.span_id == submitted.span_id
     assert runs[resent].parent is None
     assert [link.context.span_id for link in runs[resent].links] == [submitted.span_id]
