@@ -35,6 +35,8 @@ nitpick_ignore = [
     ("py:class", "flask_async_request.extension.C"),
     # The standard library has no pages here: the polling's steps are a Generator.
     ("py:class", "collections.abc.Generator"),
+    ("py:class", "collections.abc.Iterator"),
+    ("py:class", "os.PathLike"),
 ]
 
 exclude_patterns = ["_build", "examples"]

@@ -27,12 +27,14 @@ from .converters import (
     byte_size,
     duration,
     header_name,
+    internal_prefix,
     invalid,
     jwt_algorithm,
     key_material,
     optional,
     path_prefix,
     queue_name,
+    result_store,
     retries,
     schedule,
     secret,
@@ -43,6 +45,7 @@ from .converters import (
 from .converters import format_duration as format_duration
 from .converters import parse_duration as parse_duration
 from .exceptions import ConfigurationError
+from .storage import ResultStore
 
 T = TypeVar("T")
 
@@ -234,6 +237,25 @@ class Settings:
         "How long a signed download link of a job's result (``download_href``,"
         " ``download_url()``) is valid: seconds or a ``timedelta``.",
         duration,
+    )
+    result_store: ResultStore | None = _setting(
+        "ASYNC_REQUEST_RESULT_STORE",
+        "database",
+        "Where replies above ``ASYNC_REQUEST_RESULT_STORE_THRESHOLD``, and binary ones, are"
+        ' kept: ``"database"`` (a table of the app\'s database), a directory every process'
+        " shares (an absolute path, or a ``file://`` url), an S3 bucket"
+        ' (``"s3://bucket/prefix"``, through boto3), or a store object such as'
+        " ``S3Store(bucket, client=...)``. Each result records where it is, so a change keeps"
+        " the results stored before it.",
+        result_store,
+    )
+    x_accel_redirect: str | None = _setting(
+        "ASYNC_REQUEST_X_ACCEL_REDIRECT",
+        None,
+        'nginx\'s internal location of the directory store (``"/results/"``): the result url'
+        " of a result in the directory answers with ``X-Accel-Redirect`` and no body, for nginx"
+        " to send the file; ``None``: Flask's ``USE_X_SENDFILE`` decides (``X-Sendfile``).",
+        internal_prefix,
     )
     callback_key: str | bytes | None = _setting(
         "ASYNC_REQUEST_CALLBACK_KEY",

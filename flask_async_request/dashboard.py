@@ -35,6 +35,7 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from . import dashboard_bulk, dashboard_queues, deliveries
+from .access import link_url
 from .callbacks import redeliver
 from .dashboard_format import (
     format_elapsed,
@@ -46,8 +47,10 @@ from .dashboard_format import (
 )
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
+from .links import LinkClaims
 from .maintenance import retry_job
-from .models import JobStatus
+from .models import Job, JobStatus
+from .payloads import decode_headers
 from .reading import (
     COUNT_WINDOW,
     PAGE_SIZE,
@@ -58,8 +61,8 @@ from .reading import (
     load_job,
     status_counts,
 )
-from .state import EXTENSION_KEY
-from .values import as_utc, utcnow
+from .state import EXTENSION_KEY, get_state
+from .values import as_utc, format_size, utcnow
 from .web import cancel_job
 from .webhooks import NoCallback
 
@@ -188,8 +191,39 @@ def _helpers() -> dict[str, Any]:
         "iso": format_iso,
         "duration": format_elapsed,
         "percent": format_percent,
+        "size": format_size,
         "statuses": list(JobStatus),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredResult:
+    """What the job's page shows of a reply held in the result store."""
+
+    size: int
+    sha256: str
+    content_type: str | None
+    #: A signed download link, short-lived; ``None`` when the job is not processed.
+    href: str | None
+    #: When the link stops working.
+    expires_at: datetime | None
+
+
+def stored_result(job: Job) -> StoredResult | None:
+    """The job's reply in the result store, with a signed link to it; ``None`` for none.
+
+    The link is a download link (``links.py``), never the job's token: it names
+    these bytes alone, for ``ASYNC_REQUEST_LINK_EXPIRATION``, and a job bound
+    to an owner serves it to that owner only, as every download link does.
+    """
+    if job.result_size is None or job.result_sha256 is None:
+        return None
+    href = expires_at = None
+    if job.status is JobStatus.PROCESSED:
+        lifetime = get_state().settings.link_expiration
+        href = link_url(LinkClaims(job.id, job.uid, job.result_sha256, job.owner), lifetime)
+        expires_at = utcnow() + lifetime
+    return StoredResult(job.result_size, job.result_sha256, job.content_type, href, expires_at)
 
 
 # The views ------------------------------------------------------------------------------
@@ -281,6 +315,8 @@ def show_view(job_id: int) -> Any:
         response=response,
         response_cut=response_cut,
         error=error_message(job.response) if job.status is JobStatus.FAILED else None,
+        result=stored_result(job),
+        kept_headers=decode_headers(job.headers),
         timings=timings(job),
         can_retry=job.status is JobStatus.FAILED,
         can_cancel=not job.status.finished,

@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import deliveries, results
+from . import deliveries, result_stores
 from . import statements as sql
 from .broker import Message, queue_callback
 from .deliveries import Delivery
@@ -97,6 +97,7 @@ def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any
         "headers": outcome.headers,
         "result_size": outcome.result_size,
         "result_sha256": outcome.result_sha256,
+        "result_location": outcome.result_location,
         "traceback": outcome.traceback,
         "now": utcnow(),
         "progress": 1.0 if outcome.status is JobStatus.PROCESSED else None,
@@ -363,9 +364,9 @@ def cancel(store: JobStore, job_id: int) -> Ended:
     if row is None:
         status = _status_of(store, job_id)
         raise JobFinished(f"Job {job_id} is {status.value} already.", job_id, status.value)
-    # What its worker wrote of a result so far; what it writes after, the purge deletes.
-    results.discard(store, job_id)
     ended = Ended.from_row(row)
+    # What its worker wrote of a result so far; what it writes after, the purge deletes.
+    result_stores.discard(store, job_id, ended.reply.attempts)
     announce(ended)
     return ended
 
@@ -387,7 +388,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
             job_id,
             status.value,
         )
-    results.discard(store, job_id)
+    result_stores.discard(store, job_id, None)
     return message_of(WaitingJob(*row))
 
 
@@ -399,7 +400,7 @@ def requeue_lost(store: JobStore, job: LostJob, now: datetime) -> bool:
     params = {"job_id": job.id, "attempt": job.attempt, "now": now, "due_at": now}
     if store.count(sql.REQUEUE_LOST, params) != 1:
         return False
-    results.discard(store, job.id, job.attempt)
+    result_stores.discard(store, job.id, job.attempt)
     return True
 
 
@@ -416,7 +417,7 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
     row = store.run(sql.FAIL_LOST, params)
     if row is None:
         return None
-    results.discard(store, job.id, job.attempt)
+    result_stores.discard(store, job.id, job.attempt)
     ended = Ended.from_row(row)
     announce(ended)
     return ended

@@ -29,6 +29,12 @@ RESULTS_REVISION_MESSAGE = f"create {RESULTS_TABLE_NAME}"
 #: The jobs table's columns that came with the result store.
 RESULT_COLUMNS = ("headers", "result_size", "result_sha256")
 
+#: Written into the revision that records where each stored result is.
+LOCATION_MARKER = f"flask-async-request: {TABLE_NAME} result_location"
+LOCATION_MESSAGE = f"{TABLE_NAME} result_location"
+#: The jobs table's column that came with the directory and object stores.
+LOCATION_COLUMN = "result_location"
+
 #: Written into the revision that moves a table created with an index on status
 #: to the indexes of HOT updates, so a second ``init`` finds it.
 HOT_MARKER = f"flask-async-request: {TABLE_NAME} indexes for HOT updates"
@@ -94,6 +100,8 @@ class InitResult:
     hot_revision: Path | None = None
     #: The revision written to add the result store to a jobs table made before it.
     results_revision: Path | None = None
+    #: The revision written to add ``result_location`` to a jobs table made before it.
+    location_revision: Path | None = None
     #: The revisions written to add columns to a jobs table made before them
     #: (see :data:`COLUMN_REVISIONS`), with what each adds.
     column_revisions: tuple[tuple[str, Path], ...] = ()
@@ -276,6 +284,29 @@ def _has_columns(script: ScriptDirectory, revision: ColumnsRevision) -> bool:
     return False
 
 
+def location_revision_code() -> tuple[str, str]:
+    """The upgrade and downgrade that add ``result_location`` to a jobs table made before it.
+
+    Its rows keep ``NULL``: their stored results are in the database's table.
+    """
+    column = _detached(cast(sa.Table, Job.__table__), LOCATION_COLUMN)
+    upgrade = render_python_code(
+        ops.UpgradeOps(ops=[ops.AddColumnOp.from_column_and_tablename(None, TABLE_NAME, column)])
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(ops=[ops.DropColumnOp.from_column_and_tablename(None, TABLE_NAME, column)])
+    )
+    return _marked(upgrade, LOCATION_MARKER), _marked(downgrade, LOCATION_MARKER)
+
+
+def _has_location(script: ScriptDirectory) -> bool:
+    """Whether a revision gives the jobs table its ``result_location`` (creating it or later)."""
+    for revision in script.walk_revisions():
+        if revision.path is not None and LOCATION_COLUMN in Path(revision.path).read_text("utf-8"):
+            return True
+    return False
+
+
 def _existing_revision(
     script: ScriptDirectory, table: str = TABLE_NAME, marker: str = MARKER
 ) -> Path | None:
@@ -334,7 +365,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
 
     revision = _existing_revision(script)
     revision_written = False
-    hot_revision = results_revision = None
+    hot_revision = results_revision = location_revision = None
     if revision is None:
         revision = _generate(script, REVISION_MESSAGE, *_revision_code())
         revision_written = True
@@ -346,6 +377,9 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         if _existing_revision(script, RESULTS_TABLE_NAME, RESULTS_MARKER) is None:
             # A jobs table made before the result store: the revision that adds it.
             results_revision = _generate(script, RESULTS_REVISION_MESSAGE, *results_revision_code())
+        if not _has_location(script):
+            # A jobs table made before the directory and object stores.
+            location_revision = _generate(script, LOCATION_MESSAGE, *location_revision_code())
     column_revisions = tuple(
         (revision.what, _generate(script, revision.message, *columns_revision_code(revision)))
         for revision in COLUMN_REVISIONS
@@ -364,6 +398,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         config_written,
         hot_revision,
         results_revision,
+        location_revision,
         column_revisions,
     )
 

@@ -132,6 +132,12 @@ class Job(_Base):
     result_size: Mapped[int | None] = mapped_column(sa.BigInteger())
     #: The SHA-256 of a reply held in the result store, in hex.
     result_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Where a reply held in a result store is: the url of a file or an object
+    #: (``file:///...``, ``s3://bucket/key``); ``None``: the database's result
+    #: table, as every stored reply was before there were other stores. Recorded
+    #: with the result, so a later change of ``ASYNC_REQUEST_RESULT_STORE``
+    #: still finds it.
+    result_location: Mapped[str | None] = mapped_column(sa.String(1024))
     #: The Celery queue the job's messages go to (``None``: the app's default).
     queue: Mapped[str | None] = mapped_column(sa.String(255))
     #: Seconds the job may run before it fails with a time-limit error (``None``: no limit).

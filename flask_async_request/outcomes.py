@@ -44,6 +44,8 @@ class Outcome(NamedTuple):
     #: The size and SHA-256 of a reply written to the result store (``body`` is empty).
     result_size: int | None = None
     result_sha256: str | None = None
+    #: Where that result is: ``None`` for the database's chunks.
+    result_location: str | None = None
     #: The traceback of a worker's exception, for operators (see :func:`traceback_of`).
     traceback: str | None = None
 

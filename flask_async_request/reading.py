@@ -111,6 +111,8 @@ class ListedJob:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: The size of a reply held in the result store; ``None`` for one in the row.
+    result_size: int | None = None
 
 
 _LISTED = sa.select(*(getattr(Job, field.name) for field in dataclasses.fields(ListedJob)))

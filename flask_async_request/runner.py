@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
-from . import lifecycle, results, tracing
+from . import lifecycle, result_stores, tracing
 from .broker import publish
 from .exceptions import (
     EnqueueError,
@@ -41,6 +41,7 @@ from .rows import Claim, Ended
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state
+from .storage import result_name
 from .store import JobStore
 from .values import as_utc, utcnow
 from .worker import Worker, normalize_reply, resolve_worker
@@ -171,7 +172,7 @@ def _run_claimed(
         ended is None or ended.status is not JobStatus.PROCESSED
     ):
         # Written, but not the job's result: cancelled, taken over, or refused.
-        results.discard(store, job_id, claim.attempt)
+        result_stores.discard_written(store, job_id, claim.attempt, run.outcome.result_location)
     return ended
 
 
@@ -388,20 +389,17 @@ def _store_payload(
             code, content_type = payload.status_code, payload.content_type
             return Outcome(JobStatus.PROCESSED, code, text, content_type, headers)
         chunks = payload.chunks if text is None else (text.encode(),)
-        # A transactional worker's chunks go in its transaction (on SQLite, the
-        # one writer's); any other's each in a transaction of its own.
-        execute = (
-            (lambda statement, params: session.execute(statement, params))
-            if worker_class.transactional
-            else results.autocommitted(store)
-        )
+        result_store, in_session = result_stores.writer(store, session, worker_class.transactional)
+        name = result_name(job_id, attempt)
         try:
             with stopper.running():
                 # Reading the chunks runs the worker's code: a generator, a stream.
-                written = results.write(execute, job_id, attempt, chunks)
+                written = result_store.write(
+                    name, chunks, content_type=payload.content_type, headers=payload.headers
+                )
         except BaseException:
-            if not worker_class.transactional:
-                results.discard(store, job_id, attempt)
+            if not in_session:
+                result_stores.discard(store, job_id, attempt)
             raise
     finally:
         payload.finish()
@@ -413,6 +411,7 @@ def _store_payload(
         headers,
         written.size,
         written.sha256,
+        written.location,
     )
 
 

@@ -119,6 +119,7 @@ REPLY_COLUMNS = (
     Job.result_size,
     Job.result_sha256,
     Job.attempts,
+    Job.result_location,
 )
 REPLY = sa.select(*REPLY_COLUMNS).where(_ID)
 
@@ -141,6 +142,8 @@ class JobReply(NamedTuple):
     result_sha256: str | None = None
     #: The job's attempts: the result store's chunks are those of the last.
     attempts: int = 0
+    #: Where a stored reply is (see ``Job.result_location``); ``None``: the database.
+    result_location: str | None = None
 
     @property
     def stored(self) -> bool:
@@ -288,6 +291,7 @@ FINISH = _ending(
             "headers": sa.bindparam("headers", None, type_=sa.Text()),
             "result_size": sa.bindparam("result_size", None, type_=sa.BigInteger()),
             "result_sha256": sa.bindparam("result_sha256", None, type_=sa.String(64)),
+            "result_location": sa.bindparam("result_location", None, type_=sa.String(1024)),
             "traceback": sa.bindparam("traceback", None, type_=sa.Text()),
             "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
         }
@@ -333,6 +337,7 @@ RESET_FOR_RETRY = Statement(
             "headers": None,
             "result_size": None,
             "result_sha256": None,
+            "result_location": None,
             "traceback": None,
             "progress": None,
             "progress_message": None,

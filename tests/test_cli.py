@@ -265,6 +265,10 @@ SHOW_KEYS = LIST_KEYS | {
     "due_at",
     "updated_at",
     "lease_expires_at",
+    "headers",
+    "result_size",
+    "result_sha256",
+    "download_url",
 }
 
 

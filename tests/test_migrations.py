@@ -387,6 +387,8 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
     project: Path, tmp_path: Path
 ) -> None:
     """A history whose jobs revision predates the result store gets the revision that adds it."""
+    from flask_async_request.migrations import COLUMN_REVISIONS
+
     url = f"sqlite:///{tmp_path}/app.db"
     flask(project, url, "db", "init")
     (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
@@ -399,20 +401,32 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
         for name, text in _versions(project).items()
         if "before01" not in name
     }
-    columns = [t for t in added.values() if "add_column" in t and "create_table" not in t]
-    assert len(added) == 2 + len(columns)
-    [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
-    [indexes] = [
-        revision
+    # One line of history, from the app's own revision: the indexes, the result
+    # store, the result's location, then each column revision in its order.
+    after = {
+        re.search(r"^down_revision = '(\w+)'", text, re.M).group(1): revision  # type: ignore[union-attr]
         for revision, text in added.items()
-        if text is not results and "create_index" in text and text not in columns
-    ]
-    assert f"down_revision = '{indexes}'" in results
-    assert "down_revision = 'before01'" in added[indexes]
+    }
+    assert len(after) == len(added)
+    chain, parent = [], "before01"
+    while parent in after:
+        parent = after[parent]
+        chain.append(added[parent])
+    assert len(chain) == len(added) == 3 + len(COLUMN_REVISIONS)
+    indexes, results, location, *columns = chain
+    assert "create_index" in indexes and "create_table" not in indexes
+    assert "create_table('async_request_results'" in results
     assert "from sqlalchemy.dialects import mysql" in results
+    assert "add_column('async_request_jobs', sa.Column('result_location'" in location
+    for text, revision in zip(columns, COLUMN_REVISIONS, strict=True):
+        assert revision.marker in text
+        assert f"add_column('async_request_jobs', sa.Column('{revision.columns[0]}'" in text
+    assert "Wrote the result location revision" in output
     again = flask(project, url, "async-request", "init")
     assert "result store revision" not in again
-    assert len(_versions(project)) == 3 + len(columns)
+    assert "result location revision" not in again
+    assert "Wrote the revision of" not in again
+    assert len(_versions(project)) == 4 + len(COLUMN_REVISIONS)
 
 
 def test_columns_revisions_upgrade_and_downgrade_a_table_made_before_them(tmp_path: Path) -> None:
@@ -480,3 +494,58 @@ def test_a_new_table_needs_no_columns_revision(project: Path, tmp_path: Path) ->
     assert "Wrote the revision of" not in output
     [created] = _versions(project).values()
     assert "sa.Column('trace_context'" in created
+
+
+def test_location_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
+    """The result_location revision adds the column to a jobs table without it, and removes it."""
+    from flask_async_request.migrations import LOCATION_COLUMN, location_revision_code
+    from flask_async_request.models import Job, ResultChunk
+
+    jobs = cast(sa.Table, Job.__table__)
+    now = sa.MetaData()
+    for table in (jobs, cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(now)
+    before = sa.MetaData()
+    for table in now.tables.values():
+        table.to_metadata(before)
+    before.tables[jobs.name]._columns.remove(before.tables[jobs.name].c[LOCATION_COLUMN])
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    try:
+        before.create_all(engine)
+        assert _differences(engine, now)
+        upgrade, downgrade = location_revision_code()
+        assert "result_location" in upgrade
+        _run_revision(engine, upgrade)
+        assert _differences(engine, now) == []
+        _run_revision(engine, downgrade)
+        assert _differences(engine, before) == []
+    finally:
+        engine.dispose()
+
+
+def test_init_adds_the_location_to_a_history_with_the_result_store(
+    project: Path, tmp_path: Path
+) -> None:
+    """A history whose revisions have the result store but no result_location gets one more."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    flask(project, url, "async-request", "init")
+    [first] = _versions(project).values()
+    path = next((project / "migrations" / "versions").glob("*.py"))
+    path.write_text(
+        first.replace("sa.Column('result_location', sa.String(length=1024), nullable=True),\n", "")
+    )
+    assert "result_location" not in path.read_text()
+    output = flask(project, url, "async-request", "init")
+    assert "Wrote the result location revision" in output
+    assert len(_versions(project)) == 2
+    flask(project, url, "db", "upgrade")
+    engine = sa.create_engine(url)
+    try:
+        columns = {
+            column["name"] for column in sa.inspect(engine).get_columns("async_request_jobs")
+        }
+    finally:
+        engine.dispose()
+    assert "result_location" in columns
+

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from datetime import datetime, timedelta
 from typing import Any
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
 
 from .. import callbacks, deliveries, maintenance, reading
+from ..access import link_url
 from ..config import format_duration
+from ..links import LinkClaims
 from ..models import Job, JobStatus
+from ..payloads import decode_headers
 from ..state import get_state
-from ..values import as_utc, finite, iso_utc, utcnow
+from ..values import as_utc, finite, format_size, iso_utc, utcnow
 from .options import DURATION, JSON_OPTION, STATUS, echo_json, errors_as_messages, table
 
 
@@ -21,6 +26,10 @@ def _age(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "-"
     return format_duration(now - as_utc(moment))
+
+
+def _or_dash(value: str | None) -> str:
+    return "-" if value is None else value
 
 
 def _job_summary(job: Job) -> dict[str, Any]:
@@ -40,13 +49,20 @@ def _job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def _job_record(job: Job) -> dict[str, Any]:
-    """What ``show --json`` prints of a job: all it stores but the idempotency hash."""
+def _job_record(job: Job, base_url: str | None = None) -> dict[str, Any]:
+    """What ``show --json`` prints of a job: all it stores but the idempotency hash.
+
+    A processed reply in the result store adds ``download_url``, a signed link.
+    """
     return {
         **_job_summary(job),
         "params": job.params,
         "response": job.response,
         "content_type": job.content_type,
+        "headers": [list(pair) for pair in decode_headers(job.headers)],
+        "result_size": job.result_size,
+        "result_sha256": job.result_sha256,
+        "download_url": download_link(job, base_url),
         "progress_message": job.progress_message,
         "callback_url": job.callback_url,
         "callback_status": job.callback_status,
@@ -108,17 +124,70 @@ def list_command(
     click.echo(table(rows))
 
 
+def download_link(job: Job, base_url: str | None = None) -> str | None:
+    """A signed download link to ``job``'s reply in the result store; ``None`` if it has none.
+
+    The link is on ``base_url`` (the app's origin, with the path it is mounted
+    at, if any), else ``SERVER_NAME``'s; with neither, it is the link's path,
+    which the app's own origin completes. It lasts
+    ``ASYNC_REQUEST_LINK_EXPIRATION`` and carries no token.
+    """
+    if job.status is not JobStatus.PROCESSED or job.result_sha256 is None:
+        return None
+    claims = LinkClaims(job.id, job.uid, job.result_sha256, job.owner)
+    if base_url is None and current_app.config.get("SERVER_NAME"):
+        return link_url(claims)
+    # A command has no request to take an origin from: the link's path, made in
+    # a request of its own, goes on the origin given, or stands alone.
+    with current_app.test_request_context():
+        path = urllib.parse.urlsplit(link_url(claims)).path
+    return path if base_url is None else base_url.rstrip("/") + path
+
+
+def _base_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(
+            f"{value!r} is not a base url; expected one such as https://app.example.", ctx, param
+        )
+    return value
+
+
+def _result_fields(job: Job, base_url: str | None) -> list[tuple[str, str]]:
+    """``show``'s lines on a reply: its kept headers and, in the result store, size and link."""
+    fields = [("content type", job.content_type or "-")]
+    fields += [(f"header {name}", value) for name, value in decode_headers(job.headers)]
+    if job.result_size is None or job.result_sha256 is None:
+        return fields
+    fields.append(("result size", f"{format_size(job.result_size)} ({job.result_size:,} bytes)"))
+    fields.append(("result sha256", job.result_sha256))
+    link = download_link(job, base_url)
+    if link is not None:
+        lifetime = format_duration(get_state().settings.link_expiration)
+        bound = f", only for {job.owner}" if job.owner else ""
+        fields.append(("download", f"{link}\n(a signed link, valid for {lifetime}{bound})"))
+    return fields
+
+
 @click.command("show")
 @with_appcontext
 @click.argument("job_id", type=int)
+@click.option(
+    "--base-url",
+    callback=_base_url,
+    help="The app's origin, for the download link (default: SERVER_NAME, else the path alone).",
+)
 @JSON_OPTION
 @errors_as_messages
-def show_command(job_id: int, as_json: bool) -> None:
-    """Show one job: worker, params, reply and times."""
+def show_command(job_id: int, base_url: str | None, as_json: bool) -> None:
+    """Show one job: worker, params, reply and times; a stored result's size and link."""
     job = reading.load_job(job_id)
     if as_json:
-        echo_json(_job_record(job))
+        echo_json(_job_record(job, base_url))
         return
+    stored = job.result_size is not None
     fields = [
         ("id", str(job.id)),
         ("uid", job.uid),
@@ -127,7 +196,8 @@ def show_command(job_id: int, as_json: bool) -> None:
         ("params", json.dumps(job.params, indent=2)),
         ("attempts", str(job.attempts)),
         ("status code", "-" if job.status_code is None else str(job.status_code)),
-        ("response", "-" if job.response is None else job.response),
+        ("response", "(in the result store)" if stored else _or_dash(job.response)),
+        *_result_fields(job, base_url),
         ("callback", job.callback_url or "-"),
         ("callback status", job.callback_status or "-"),
     ]

@@ -11,7 +11,8 @@ from typing import Any
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_async_request import AsyncRequest, asynchronous, signals
+from flask_async_request import AsyncRequest, Job, accepted, asynchronous, signals
+from tests.workers import ReturnChunks
 
 DATABASE_URL = os.environ.get(
     "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -48,6 +49,11 @@ def create_app() -> Flask:
     ):
         if env in os.environ:
             app.config[key] = float(os.environ[env])
+    # Where large results go, and whether a finished job's poll redirects to its result.
+    if "FAR_TEST_RESULT_STORE" in os.environ:
+        app.config["ASYNC_REQUEST_RESULT_STORE"] = os.environ["FAR_TEST_RESULT_STORE"]
+    if os.environ.get("FAR_TEST_REDIRECT_FINISHED") == "1":
+        app.config["ASYNC_REQUEST_REDIRECT_FINISHED"] = True
     if "FAR_TEST_RETRY" in os.environ:
         app.config["ASYNC_REQUEST_RETRY"] = int(os.environ["FAR_TEST_RETRY"])
     if "FAR_TEST_CLEAN_EVERY" in os.environ:
@@ -62,6 +68,11 @@ def create_app() -> Flask:
         """An ordinary view made asynchronous: the worker process runs it."""
         scale = request.get_json()["scale"]
         return {"squares": [i * i * scale for i in range(n)], "pid": os.getpid()}, 201
+
+    @app.post("/chunks/<int:count>")
+    def chunks(count: int) -> Any:
+        """A result of ``count`` MiB, made by the worker process as a generator."""
+        return accepted(Job.create_and_enqueue(ReturnChunks, count, 1024 * 1024))
 
     return app
 
