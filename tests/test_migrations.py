@@ -549,3 +549,62 @@ def test_init_adds_the_location_to_a_history_with_the_result_store(
         engine.dispose()
     assert "result_location" in columns
 
+
+#: What the jobs table an earlier ``init`` created lacks, in the order the revisions add it:
+#: from before the result's location, and from after it.
+EARLIER_TABLES = {
+    "before-location": ("result_location", "trace_context", "callback_deliveries", "traceback"),
+    "before-traces": ("trace_context", "callback_deliveries", "traceback"),
+}
+
+
+@pytest.mark.parametrize("missing", EARLIER_TABLES.values(), ids=EARLIER_TABLES)
+def test_init_after_an_earlier_init_adds_one_line_of_revisions(
+    project: Path, database_url: str, missing: tuple[str, ...]
+) -> None:
+    """An app upgraded with an earlier init's table gets what it lacks in order, after its head.
+
+    Upgraded, the database is the model's (``db migrate`` finds no change);
+    downgraded to the app's revision, it is the earlier table again.
+    """
+    flask(project, database_url, "async-request", "init")
+    [path] = (project / "migrations" / "versions").glob("*.py")
+    text = path.read_text()
+    for column in missing:
+        text, count = re.subn(rf"^ *sa\.Column\('{column}'.*\n", "", text, flags=re.M)
+        assert count == 1, column
+    path.write_text(text)
+    first = re.search(r"^revision = '(\w+)'", text, re.M).group(1)  # type: ignore[union-attr]
+    flask(project, database_url, "db", "upgrade")
+
+    output = flask(project, database_url, "async-request", "init")
+    assert "exists already" in output and "result store revision" not in output
+    added = {
+        re.search(r"^down_revision = '(\w+)'", t, re.M).group(1): t  # type: ignore[union-attr]
+        for name, t in _versions(project).items()
+        if name != path.name
+    }
+    assert len(added) == len(missing)
+    parent, chain = first, []
+    while parent in added:
+        chain.append(added[parent])
+        parent = re.search(r"^revision = '(\w+)'", added[parent], re.M).group(1)  # type: ignore[union-attr]
+    assert len(chain) == len(missing)
+    for revision, column in zip(chain, missing, strict=True):
+        assert f"add_column('async_request_jobs', sa.Column('{column}'" in revision
+
+    def columns() -> set[str]:
+        engine = sa.create_engine(database_url)
+        try:
+            return {c["name"] for c in sa.inspect(engine).get_columns("async_request_jobs")}
+        finally:
+            engine.dispose()
+
+    before = columns()
+    assert not before & set(missing)
+    flask(project, database_url, "db", "upgrade")
+    assert columns() == before | set(missing)
+    migrate = flask(project, database_url, "db", "migrate", "-m", "check")
+    assert "No changes in schema detected" in migrate
+    flask(project, database_url, "db", "downgrade", first)
+    assert columns() == before
