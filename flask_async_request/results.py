@@ -202,7 +202,7 @@ def read(store: JobStore, job_id: int, attempt: int, start: int, stop: int) -> I
     seq = int(row[0])
     position = start
     while position < stop:
-        row = store.first(READ_CHUNK, {**key, "seq": seq})
+        row = store.first(READ_CHUNK, {**key, "seq": seq}, binary=True)
         if row is None:
             raise ChunkMissing(f"Job {job_id}'s result is gone.")
         chunk_start, data = int(row[0]), bytes(row[1])
