@@ -50,6 +50,43 @@ _END = "    # ### end Alembic commands ###"
 
 
 @dataclasses.dataclass(frozen=True)
+class ColumnsRevision:
+    """Columns added to the jobs table after it was first made, by a revision of their own."""
+
+    #: Written into the revision, so a second ``init`` finds it.
+    marker: str
+    #: The revision's message.
+    message: str
+    #: The columns it adds, in their order.
+    columns: tuple[str, ...]
+    #: What ``init`` says it wrote ("Wrote the revision of ...").
+    what: str
+
+
+#: The revisions that add columns to a jobs table made before them, oldest first.
+COLUMN_REVISIONS = (
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} trace context",
+        f"{TABLE_NAME} trace context",
+        ("trace_context",),
+        "the jobs' trace context",
+    ),
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} callback delivery log",
+        f"{TABLE_NAME} callback delivery log",
+        ("callback_deliveries",),
+        "the callbacks' delivery log",
+    ),
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} traceback",
+        f"{TABLE_NAME} traceback",
+        ("traceback",),
+        "the failed jobs' tracebacks",
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class InitResult:
     """What :func:`init_app_files` did."""
 
@@ -65,6 +102,9 @@ class InitResult:
     results_revision: Path | None = None
     #: The revision written to add ``result_location`` to a jobs table made before it.
     location_revision: Path | None = None
+    #: The revisions written to add columns to a jobs table made before them
+    #: (see :data:`COLUMN_REVISIONS`), with what each adds.
+    column_revisions: tuple[tuple[str, Path], ...] = ()
 
 
 def config_snippet() -> str:
@@ -209,6 +249,41 @@ def results_revision_code() -> tuple[str, str]:
     return _marked(upgrade, RESULTS_MARKER), _marked(downgrade, RESULTS_MARKER)
 
 
+def columns_revision_code(revision: ColumnsRevision) -> tuple[str, str]:
+    """The upgrade and downgrade that add ``revision``'s columns to a jobs table made before."""
+    jobs = cast(sa.Table, Job.__table__)
+    upgrade = render_python_code(
+        ops.UpgradeOps(
+            ops=[
+                ops.AddColumnOp.from_column_and_tablename(None, TABLE_NAME, _detached(jobs, name))
+                for name in revision.columns
+            ]
+        )
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(
+            ops=[
+                ops.DropColumnOp.from_column_and_tablename(None, TABLE_NAME, _detached(jobs, name))
+                for name in reversed(revision.columns)
+            ]
+        )
+    )
+    return _marked(upgrade, revision.marker), _marked(downgrade, revision.marker)
+
+
+def _has_columns(script: ScriptDirectory, revision: ColumnsRevision) -> bool:
+    """Whether a revision adds ``revision``'s columns, or creates the table with them."""
+    column = revision.columns[0]
+    named = (f"sa.Column('{column}'", f'sa.Column("{column}"')
+    for written in script.walk_revisions():
+        if written.path is None:
+            continue
+        text = Path(written.path).read_text(encoding="utf-8")
+        if revision.marker in text or any(n in text for n in named):
+            return True
+    return False
+
+
 def location_revision_code() -> tuple[str, str]:
     """The upgrade and downgrade that add ``result_location`` to a jobs table made before it.
 
@@ -305,6 +380,11 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         if not _has_location(script):
             # A jobs table made before the directory and object stores.
             location_revision = _generate(script, LOCATION_MESSAGE, *location_revision_code())
+    column_revisions = tuple(
+        (revision.what, _generate(script, revision.message, *columns_revision_code(revision)))
+        for revision in COLUMN_REVISIONS
+        if not revision_written and not _has_columns(script, revision)
+    )
 
     config_written = force or not config_path.exists()
     if config_written:
@@ -319,6 +399,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         hot_revision,
         results_revision,
         location_revision,
+        column_revisions,
     )
 
 

@@ -153,6 +153,15 @@ class Job(_Base):
     #: How the last delivery of the callback went, for operators ("delivered: 204",
     #: "refused: ...", "failed: ...").
     callback_status: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The traceback of the exception a failed job's worker raised, its end kept
+    #: (see ``outcomes.MAX_TRACEBACK``): for operators (the dashboard, ``show``),
+    #: never in an answer to a client.
+    traceback: Mapped[str | None] = mapped_column(sa.Text())
+    #: The newest deliveries of the callback, as JSON text (see ``deliveries.py``).
+    callback_deliveries: Mapped[str | None] = mapped_column(sa.Text())
+    #: The trace context of the request that created the job, as the JSON text of an
+    #: OpenTelemetry propagator's carrier (``None``: no trace, or no OpenTelemetry).
+    trace_context: Mapped[str | None] = mapped_column(sa.Text())
     #: When the job should run: its creation, or the end of a retry's backoff.
     due_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, default=utcnow

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
-from . import lifecycle, result_stores
+from . import lifecycle, result_stores, tracing
 from .broker import publish
 from .exceptions import (
     EnqueueError,
@@ -28,7 +28,14 @@ from .exceptions import (
 )
 from .leases import keeper
 from .models import JobStatus
-from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
+from .outcomes import (
+    Outcome,
+    decode_params,
+    failure,
+    out_of_reach,
+    storage_message,
+    traceback_of,
+)
 from .payloads import Payload, encode_headers, payload_of
 from .rows import Claim, Ended
 from .running import RunContext
@@ -98,25 +105,42 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
                 uid,
             )
         return None
-    try:
-        ended = _run_claimed(state, store, job_id, claim)
-    except Exception as e:
-        if out_of_reach(e):
-            raise
-        logger.exception("Job %s: attempt %s failed inside the library.", job_id, claim.attempt)
-        ended = _fail(
-            store,
-            job_id,
-            claim.attempt,
-            f"The job could not be run: the library raised {type(e).__name__}"
-            " (details are in the worker's log).",
-        )
+    # The first attempt is part of the submitting request's trace; a later one
+    # (a retry, a run again after a lost worker) and a message the sweeper sent
+    # again start a trace linked to it.
+    with tracing.job_span(
+        "async_request.run",
+        claim.trace_context,
+        job_id,
+        child=claim.first_send,
+        **{"async_request.worker": claim.worker, "async_request.attempt": claim.attempt},
+    ):
+        ended = _run_guarded(state, store, job_id, claim)
     if ended is None:
         logger.info(
             "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt
         )
         return None
     return ended if isinstance(ended, JobStatus) else ended.status
+
+
+def _run_guarded(
+    state: AsyncRequestState, store: JobStore, job_id: int, claim: Claim
+) -> Ended | JobStatus | None:
+    """:func:`_run_claimed`, the job failed by the library if it raises (see :func:`run_job`)."""
+    try:
+        return _run_claimed(state, store, job_id, claim)
+    except Exception as e:
+        if out_of_reach(e):
+            raise
+        logger.exception("Job %s: attempt %s failed inside the library.", job_id, claim.attempt)
+        return _fail(
+            store,
+            job_id,
+            claim.attempt,
+            f"The job could not be run: the library raised {type(e).__name__}"
+            " (details are in the worker's log).",
+        )
 
 
 def _run_claimed(
@@ -337,7 +361,7 @@ def _execute(
                     " the worker's log)."
                 )
             )
-        return _Run(failure(_cut(str(e) or type(e).__name__)))
+        return _Run(failure(_cut(str(e) or type(e).__name__), traceback_of(e)))
 
 
 def in_row_limit(threshold: int, store: JobStore) -> int:

@@ -190,6 +190,8 @@ class NewRow(NamedTuple):
     created_at: datetime
     updated_at: datetime
     due_at: datetime
+    #: The submitting request's trace context (see ``tracing.capture``).
+    trace_context: str | None = None
 
 
 INSERT = hot(
@@ -233,6 +235,8 @@ CLAIM_COLUMNS = (
     Job.queue,
     Job.time_limit,
     Job.due_at,
+    Job.trace_context,
+    Job.created_at,
 )
 #: The job's uid, from its message; ``None`` (the default): any uid, for a message
 #: that does not carry one. A message sent before its table was recreated or its
@@ -322,6 +326,7 @@ FINISH = _ending(
             "result_size": sa.bindparam("result_size", None, type_=sa.BigInteger()),
             "result_sha256": sa.bindparam("result_sha256", None, type_=sa.String(64)),
             "result_location": sa.bindparam("result_location", None, type_=sa.String(1024)),
+            "traceback": sa.bindparam("traceback", None, type_=sa.Text()),
             "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
         }
     )
@@ -369,6 +374,7 @@ RESET_FOR_RETRY = Statement(
             "result_size": None,
             "result_sha256": None,
             "result_location": None,
+            "traceback": None,
             "progress": None,
             "progress_message": None,
             "attempts": 0,
@@ -405,4 +411,15 @@ WAITING_JOBS = (
 
 RECORD_CALLBACK = Statement(
     sa.update(Job).where(_ID).values(callback_status=sa.bindparam("callback_status"))
+)
+CALLBACK_DELIVERIES = sa.select(Job.callback_deliveries).where(_ID)
+#: The callback's status and its delivery log, if the log is still the one read:
+#: a delivery recorded meanwhile makes it read the log again.
+RECORD_DELIVERY = Statement(
+    sa.update(Job)
+    .where(_ID, Job.callback_deliveries.is_not_distinct_from(sa.bindparam("before", type_=sa.Text)))
+    .values(
+        callback_status=sa.bindparam("callback_status"),
+        callback_deliveries=sa.bindparam("deliveries", type_=sa.Text),
+    )
 )

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 
 from flask_async_request import Job, JobStatus, results
-from flask_async_request.cli import jobs
+from flask_async_request.cli import jobs, selection
 from flask_async_request.config import format_duration
 from flask_async_request.values import utcnow
 from tests import workers
@@ -111,7 +111,7 @@ def test_retry_of_a_job_that_did_not_fail_is_refused(make_app: AppFactory) -> No
     """Only failed jobs are retried; the job is left as it was."""
     app = make_app()
     job_id = _job(app, status=JobStatus.PROCESSED)
-    result = _invoke(app, jobs.retry_command, str(job_id))
+    result = _invoke(app, selection.retry_command, str(job_id))
     assert result.exit_code == 1
     assert "only failed jobs can be retried" in result.output
 
@@ -133,6 +133,69 @@ def test_stats_json_counts_every_status_and_the_waiting_per_queue(make_app: AppF
         default = current_app.extensions["celery"].conf.task_default_queue
     assert stats["waiting_by_queue"] == {default: 1}
     assert stats["oldest_waiting_age_seconds"] >= 0
+
+
+def _delivered(app: Flask, url: str) -> int:
+    """A processed job calling back ``url``, delivered once."""
+    from flask_async_request.callbacks import deliver
+
+    with app.app_context():
+        job = add_job(status=JobStatus.PROCESSED, status_code=200, response="ok")
+        job.callback_url = url
+        current_app.extensions["sqlalchemy"].session.commit()
+        deliver(job.id)
+        return job.id
+
+
+def test_show_prints_the_callback_deliveries(make_app: AppFactory) -> None:
+    """show lists each delivery with its host and answer; --json has them as objects."""
+    from tests.test_idempotency_webhooks import Receiver
+
+    app = make_app()
+    receiver = Receiver()
+    try:
+        job_id = _delivered(app, receiver.url + "?secret=1")
+    finally:
+        receiver.server.shutdown()
+    output = _invoke(app, jobs.show_command, str(job_id)).output
+    assert "DELIVERED AT" in output and "127.0.0.1" in output and "secret=1" in output
+    [row] = [line for line in output.splitlines() if line.startswith("20")]
+    assert "delivered" in row and "200" in row and "secret" not in row
+    record = json.loads(_invoke(app, jobs.show_command, str(job_id), "--json").output)
+    [entry] = record["callback_deliveries"]
+    assert (entry["outcome"], entry["host"], entry["status_code"]) == (
+        "delivered",
+        "127.0.0.1",
+        200,
+    )
+
+
+def test_redeliver_posts_again_and_prints_the_entry(make_app: AppFactory) -> None:
+    """redeliver delivers once more and prints the delivery; a failed one exits 1."""
+    from tests.test_idempotency_webhooks import Receiver
+
+    app = make_app()
+    receiver = Receiver()
+    try:
+        job_id = _delivered(app, receiver.url)
+        result = _invoke(app, jobs.redeliver_command, str(job_id), "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["redelivery"] is True
+        assert len(receiver.calls) == 2
+        receiver.status = 500
+        failed = _invoke(app, jobs.redeliver_command, str(job_id))
+    finally:
+        receiver.server.shutdown()
+    assert failed.exit_code == 1 and "failed" in failed.output and "500" in failed.output
+
+
+def test_redeliver_of_what_has_no_callback_is_an_error_line(make_app: AppFactory) -> None:
+    """No such job, or a job without a callback url: Error: ..., exit code 1."""
+    app = make_app()
+    missing = _invoke(app, jobs.redeliver_command, "424242")
+    assert missing.exit_code == 1 and "Error: There is no job 424242" in missing.output
+    plain = _invoke(app, jobs.redeliver_command, str(_job(app, status=JobStatus.PROCESSED)))
+    assert plain.exit_code == 1 and "no callback url" in plain.output
 
 
 #: The bytes of ReturnChunks(3, 1000): three chunks of 1000 bytes, each of its index.

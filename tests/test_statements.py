@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Dialect
 from flask_async_request import statements
 from flask_async_request.models import Job, JobStatus
 from flask_async_request.statements import (
+    CALLBACK_DELIVERIES,
     CANCEL,
     CHANGED_PREFIX,
     CHANNEL,
@@ -32,6 +33,7 @@ from flask_async_request.statements import (
     PENDING_OF,
     PROGRESS,
     RECORD_CALLBACK,
+    RECORD_DELIVERY,
     RENEW,
     REPLY,
     REPLY_COLUMNS,
@@ -114,6 +116,7 @@ def test_every_statement_is_found() -> None:
         "RESET_FOR_RETRY",
         "TOUCH_WAITING",
         "RECORD_CALLBACK",
+        "RECORD_DELIVERY",
     }
 
 
@@ -613,6 +616,18 @@ def test_reply_and_status_read_one_job(conn: Connection) -> None:
     assert conn.execute(STATUS, {"job_id": job_id}).scalar_one() is JobStatus.PROCESSED
     ids = conn.execute(PENDING_OF, {"job_ids": [job_id, pending, 999]}).scalars().all()
     assert ids == [pending]
+
+
+def test_record_delivery_writes_only_over_the_log_it_read(conn: Connection) -> None:
+    """A delivery's entry is written if the log is still the one read (NULL too), else not."""
+    job_id = _insert(conn, JobStatus.PROCESSED)
+    first = {"job_id": job_id, "callback_status": "a", "before": None, "deliveries": "[1]"}
+    assert conn.execute(RECORD_DELIVERY.update, first).rowcount == 1
+    stale = {**first, "deliveries": "[2]"}
+    assert conn.execute(RECORD_DELIVERY.update, stale).rowcount == 0
+    again = {**first, "before": "[1]", "deliveries": "[1,2]"}
+    assert conn.execute(RECORD_DELIVERY.update, again).rowcount == 1
+    assert conn.execute(CALLBACK_DELIVERIES, {"job_id": job_id}).scalar_one() == "[1,2]"
 
 
 def test_record_callback_stores_the_delivery_status(conn: Connection) -> None:

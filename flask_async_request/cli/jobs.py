@@ -1,4 +1,4 @@
-"""The commands on jobs: ``list``, ``show``, ``retry`` and ``stats``."""
+"""The commands that read jobs: ``list``, ``show`` and ``stats``; and ``redeliver``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .. import maintenance, reading
+from .. import callbacks, deliveries, maintenance, reading
 from ..access import link_url
 from ..config import format_duration
 from ..links import LinkClaims
@@ -66,6 +66,8 @@ def _job_record(job: Job, base_url: str | None = None) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "callback_url": job.callback_url,
         "callback_status": job.callback_status,
+        "traceback": job.traceback,
+        "callback_deliveries": [d.as_json() for d in deliveries.decode(job.callback_deliveries)],
         "due_at": iso_utc(job.due_at),
         "updated_at": iso_utc(job.updated_at),
         "lease_expires_at": iso_utc(job.lease_expires_at),
@@ -77,6 +79,8 @@ def _job_record(job: Job, base_url: str | None = None) -> dict[str, Any]:
 @click.option("--status", "statuses", type=STATUS, multiple=True, help="Only these statuses.")
 @click.option("--older-than", type=DURATION, help="Only jobs created before this age ago.")
 @click.option("--newer-than", type=DURATION, help="Only jobs created within this age.")
+@click.option("--worker", help="Only this worker's jobs (its dotted path).")
+@click.option("--owner", help="Only the jobs of this owner.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @JSON_OPTION
 @errors_as_messages
@@ -84,12 +88,19 @@ def list_command(
     statuses: tuple[str, ...],
     older_than: timedelta | None,
     newer_than: timedelta | None,
+    worker: str | None,
+    owner: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
     found = reading.list_jobs(
-        [JobStatus(s.lower()) for s in statuses], older_than, newer_than, limit
+        [JobStatus(s.lower()) for s in statuses],
+        older_than,
+        newer_than,
+        limit,
+        worker=worker,
+        owner=owner,
     )
     if as_json:
         echo_json([_job_summary(job) for job in found])
@@ -199,23 +210,40 @@ def show_command(job_id: int, base_url: str | None, as_json: bool) -> None:
         click.echo(f"{name.ljust(width)}  {lines[0]}")
         for line in lines[1:]:
             click.echo(f"{' ' * width}  {line}")
+    if job.traceback:
+        click.echo()
+        click.echo(job.traceback.rstrip("\n"))
+    log = deliveries.decode(job.callback_deliveries)
+    if log:
+        click.echo()
+        click.echo(delivery_table(log))
 
 
-@click.command("retry")
+def delivery_table(log: list[deliveries.Delivery]) -> str:
+    """The callback's deliveries, oldest first, as ``show`` prints them."""
+    rows = [["DELIVERED AT", "OUTCOME", "HOST", "ANSWER", "TOOK", "DELIVERY"]]
+    for entry in log:
+        answer = str(entry.status_code) if entry.status_code is not None else entry.error or "-"
+        which = f"{entry.delivery} (redelivery)" if entry.redelivery else str(entry.delivery)
+        took = f"{entry.duration * 1000:.0f} ms"
+        rows.append([iso_utc(entry.at) or "-", entry.outcome, entry.host, answer, took, which])
+    return table(rows)
+
+
+@click.command("redeliver")
 @with_appcontext
 @click.argument("job_id", type=int)
+@JSON_OPTION
 @errors_as_messages
-def retry_command(job_id: int) -> None:
-    """Run a failed job again."""
-    if maintenance.retry_job(job_id):
-        click.echo(f"Job {job_id} is waiting to run again.")
-        return
-    timeout = format_duration(get_state().settings.waiting_timeout)
-    click.echo(
-        f"Job {job_id} is waiting to run again. No broker is configured, so no message was"
-        " sent: the web process's embedded worker runs it when it next starts, or at its"
-        f" sweeps once it has waited {timeout} (ASYNC_REQUEST_WAITING_TIMEOUT)."
-    )
+def redeliver_command(job_id: int, as_json: bool) -> None:
+    """Deliver a finished job's callback again, now, signed afresh with the same webhook-id."""
+    entry = callbacks.redeliver(job_id)
+    if as_json:
+        echo_json(entry.as_json())
+    else:
+        click.echo(delivery_table([entry]))
+    if entry.outcome != deliveries.DELIVERED:
+        raise SystemExit(1)
 
 
 @click.command("stats")

@@ -86,6 +86,40 @@ def _record_finished(sender: Flask, job_id: int, **extra: Any) -> None:
             pass
 
 
+def _export_spans_to(path: str) -> None:
+    """Write every ended span as a JSON line to ``path``: the trace tests read them there."""
+    import json
+    from collections.abc import Sequence
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class FileExporter(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            with open(path, "a", encoding="utf-8") as out:
+                for span in spans:
+                    assert span.context is not None
+                    record = {
+                        "name": span.name,
+                        "pid": os.getpid(),
+                        "trace_id": f"{span.context.trace_id:032x}",
+                        "span_id": f"{span.context.span_id:016x}",
+                        "parent": None if span.parent is None else f"{span.parent.span_id:016x}",
+                        "links": [f"{link.context.span_id:016x}" for link in span.links],
+                        "attributes": dict(span.attributes or {}),
+                    }
+                    out.write(json.dumps(record) + "\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+    trace.set_tracer_provider(provider)
+
+
+if os.environ.get("FAR_TEST_SPANS_FILE"):
+    _export_spans_to(os.environ["FAR_TEST_SPANS_FILE"])
+
 app = create_app()
 celery_app = app.extensions["celery"]
 
