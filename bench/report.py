@@ -171,6 +171,7 @@ def page(results: dict[str, Any], rows: list[list[str]]) -> str:
         reading=reading(count),
         analysis=analysis(results),
         long_polls=long_polls(HERE / "longpoll.json"),
+        streams=streams(HERE / "sse.json", HERE / "sse10k.json"),
         in_process=in_process(HERE / "inprocess.json"),
     )
 
@@ -225,6 +226,94 @@ def long_polls(path: Path) -> str:
     runs = len(next(iter(by_server.values())))
     return template("long_polls").substitute(
         when=found["when"], python=found["python"], runs=runs, table=render(rows)
+    )
+
+
+def streams(path: Path, larger: Path | None = None) -> str:
+    """The section of ``bench.sse``'s last runs, as ``--json`` wrote them.
+
+    ``larger``: the runs of more streams, shown in a column of their own.
+    """
+    if not path.exists():
+        return ""
+    found = json.loads(path.read_text())
+    columns = [found["runs"]]
+    if larger is not None and larger.exists():
+        columns.append(json.loads(larger.read_text())["runs"])
+
+    def spread(pick: Callable[[dict[str, Any]], float], digits: int = 0) -> list[str]:
+        cells = []
+        for runs in columns:
+            values = [pick(run) for run in runs]
+            middle = statistics.median(values)
+            cells.append(
+                f"{middle:,.{digits}f} ({min(values):,.{digits}f} - {max(values):,.{digits}f})"
+            )
+        return cells
+
+    def ratio(
+        mine: Callable[[dict[str, Any]], float], floor: Callable[[dict[str, Any]], float]
+    ) -> list[str]:
+        return spread(lambda run: mine(run) / floor(run), 2)
+
+    heads = [
+        f"{runs[0]['streams']:,} streams, {len(runs)} run{'s' if len(runs) > 1 else ''}:"
+        " median (min - max)"
+        for runs in columns
+    ]
+    rows = [
+        ["figure", *heads],
+        ["jobs, each followed by as many streams", *spread(lambda r: r["jobs"])],
+        ["progress events written to the streams", *spread(lambda r: r["progress_expected"])],
+        ["progress events delivered", *spread(lambda r: r["progress_ms"]["count"])],
+        ["progress delivered, p50 (ms)", *spread(lambda r: r["progress_ms"]["p50"])],
+        ["progress delivered, p99 (ms)", *spread(lambda r: r["progress_ms"]["p99"])],
+        ["floor: progress, p50 (ms)", *spread(lambda r: r["floor"]["progress_ms"]["p50"])],
+        ["floor: progress, p99 (ms)", *spread(lambda r: r["floor"]["progress_ms"]["p99"])],
+        [
+            "progress p99 over the floor's",
+            *ratio(lambda r: r["progress_ms"]["p99"], lambda r: r["floor"]["progress_ms"]["p99"]),
+        ],
+        ["end delivered, p50 (ms)", *spread(lambda r: r["end_ms"]["p50"])],
+        ["end delivered, p99 (ms)", *spread(lambda r: r["end_ms"]["p99"])],
+        ["floor: end, p99 (ms)", *spread(lambda r: r["floor"]["end_ms"]["p99"])],
+        [
+            "end p99 over the floor's",
+            *ratio(lambda r: r["end_ms"]["p99"], lambda r: r["floor"]["end_ms"]["p99"]),
+        ],
+        ["5xx answers", *spread(lambda r: r["server_errors"])],
+        ["database connections of the web process", *spread(lambda r: r["database_connections"])],
+        ["web process RSS with the streams open (MB)", *spread(lambda r: r["rss_kb"] / 1024)],
+        ["plain polls before the streams, p99 (ms)", *spread(lambda r: r["plain_alone_p99_ms"], 1)],
+        [
+            "plain polls beside the streams, p99 (ms)",
+            *spread(lambda r: r["plain_beside_p99_ms"], 1),
+        ],
+    ]
+    first = found["runs"][0]
+    seconds = first["progress_expected"] // first["streams"]
+    growth = ""
+    if len(columns) > 1:
+        # What more streams cost the process, beyond what it holds anyway.
+        small, large = (statistics.median(r["rss_kb"] for r in runs) for runs in columns)
+        streams_added = columns[1][0]["streams"] - first["streams"]
+        growth = (
+            f"\nFrom {first['streams']:,} to {columns[1][0]['streams']:,} streams the web process"
+            f" grows by {(large - small) / 1024 / streams_added * 1000:.0f} MB per 1,000 streams."
+        )
+    return template("streams").substitute(
+        when=found["when"],
+        python=found["python"],
+        runs=len(found["runs"]),
+        streams=f"{first['streams']:,}",
+        count=first["streams"],
+        jobs=first["jobs"],
+        per_job=first["streams"] // first["jobs"],
+        seconds=seconds,
+        rate=f"{first['streams']:,}",
+        ratio=f"{first['streams'] // first['jobs']:,}",
+        table=render(rows),
+        growth=growth,
     )
 
 

@@ -33,8 +33,11 @@ nitpick_ignore = [
     # Type variables of decorators' signatures; they have no page of their own.
     ("py:class", "flask_async_request.asyncview.F"),
     ("py:class", "flask_async_request.extension.C"),
-    # The standard library has no pages here: the polling's steps are a Generator.
+    # The standard library has no pages here: the polling's steps are a Generator,
+    # the events an Iterator.
     ("py:class", "collections.abc.Generator"),
+    ("py:class", "collections.abc.Iterator"),
+    ("py:class", "os.PathLike"),
 ]
 
 exclude_patterns = ["_build", "examples"]

@@ -37,9 +37,12 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     from .asyncview import asynchronous
+    from .directory import DirectoryStore
     from .downloads import download_url
     from .extension import AsyncRequest
     from .models import Job, JobStatus
+    from .s3 import S3Store
+    from .storage import ResultStore
     from .views import accepted, openapi_document
     from .worker import Worker
 
@@ -53,6 +56,9 @@ _SERVER_SIDE = {
     "openapi_document": ".views",
     "asynchronous": ".asyncview",
     "download_url": ".downloads",
+    "ResultStore": ".storage",
+    "DirectoryStore": ".directory",
+    "S3Store": ".s3",
 }
 
 
@@ -70,6 +76,7 @@ __all__ = [
     "AsyncRequestError",
     "ConfigurationError",
     "DatabaseUnavailable",
+    "DirectoryStore",
     "EnqueueError",
     "IdempotencyConflict",
     "InvalidCallbackUrl",
@@ -87,6 +94,8 @@ __all__ = [
     "JobStatus",
     "OwnerLimitExceeded",
     "ReceiverError",
+    "ResultStore",
+    "S3Store",
     "StorageError",
     "TimeLimitExceeded",
     "UnstorableValue",

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
+from .client_events import Connection, JobEvent, follow
 from .client_polling import (
     DEFAULT_HEADER,
     Answer,
@@ -38,7 +39,7 @@ from .client_polling import (
 )
 from .exceptions import AsyncRequestError
 
-__all__ = ["JobResult", "Session", "download", "session_transport", "wait_for"]
+__all__ = ["JobResult", "Session", "download", "events", "session_transport", "wait_for"]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -153,6 +154,76 @@ def wait_for(
         max_backoff=max_backoff,
     )
     return drive(steps, _urllib_get if session is None else session_transport(session))
+
+
+# Following a job's events --------------------------------------------------------------
+
+
+class _UrllibConnection:
+    """An answer of :mod:`urllib`, open, as :func:`.client_events.follow` reads it."""
+
+    def __init__(self, response: Any, status: int) -> None:
+        self._response = response
+        self.status = status
+        self.headers = response.headers
+
+    def lines(self) -> Iterator[str]:
+        try:
+            for line in self._response:
+                yield line.decode("utf-8", "replace")
+        except OSError as e:  # A timeout between two lines, a reset connection.
+            raise Unreachable(str(e)) from e
+
+    def text(self) -> str:
+        return str(self._response.read().decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def _urllib_open(url: str, headers: dict[str, str], timeout: float) -> Connection:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = _OPENER.open(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        return _UrllibConnection(e, e.code)
+    except (urllib.error.URLError, OSError) as e:
+        raise Unreachable(str(e)) from e
+    return _UrllibConnection(response, response.status)
+
+
+def events(
+    response: Any = None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+) -> Iterator[JobEvent]:
+    """The job's events as they happen, until its end: a stream of server-sent events.
+
+    Yields :class:`~flask_async_request.client_events.StatusEvent`,
+    :class:`~flask_async_request.client_events.ProgressEvent` and, last,
+    :class:`~flask_async_request.client_events.EndEvent`, whose ``result`` is
+    what :func:`wait_for` would return::
+
+        for event in events(requests.post(".../reports", json={"month": 3})):
+            if isinstance(event, ProgressEvent):
+                print(event.progress, event.message)
+            elif isinstance(event, EndEvent):
+                report = json.loads(event.result.body)
+
+    A stream that ends early is opened again with ``Last-Event-ID``; a server
+    that answers streams with JSON (sync workers) is followed as a long poll.
+    The arguments are those of :func:`wait_for`.
+
+    :raises TimeoutError: the job did not finish within ``timeout`` seconds.
+    :raises AsyncRequestError: the server refused the token (400), knows no
+        such job (404), or answered another error.
+    """
+    url, token = target(response, url, token)
+    return follow(_urllib_open, url, token, timeout=timeout, header=header, headers=headers)
 
 
 # Downloading a result -------------------------------------------------------------------

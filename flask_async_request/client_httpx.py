@@ -19,11 +19,12 @@ transports apply::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
+from .client_events import Connection, JobEvent, follow
 from .client_polling import (
     DEFAULT_HEADER,
     Answer,
@@ -41,7 +42,7 @@ from .client_polling import (
 )
 from .exceptions import AsyncRequestError
 
-__all__ = ["JobResult", "async_download", "async_wait_for", "download", "wait_for"]
+__all__ = ["JobResult", "async_download", "async_wait_for", "download", "events", "wait_for"]
 
 #: The errors of a poll that got no answer, worth trying again: not those of a
 #: request that can never be sent (a bad url, an unsupported scheme).
@@ -115,6 +116,53 @@ def wait_for(
         "max_backoff": max_backoff,
     }
     return drive(_steps(response, url, token, options), get)
+
+
+class _HttpxConnection:
+    """An httpx response, streamed, as :func:`.client_events.follow` reads it."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers = response.headers
+
+    def lines(self) -> Iterator[str]:
+        try:
+            yield from self._response.iter_lines()
+        except RETRIED as e:
+            raise Unreachable(str(e) or type(e).__name__) from e
+
+    def text(self) -> str:
+        self._response.read()
+        return self._response.text
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def events(
+    client: httpx.Client,
+    response: Any = None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+) -> Iterator[JobEvent]:
+    """The job's events with ``client``, until its end; see :func:`.client.events`."""
+
+    def open_get(target_url: str, sent: dict[str, str], idle: float) -> Connection:
+        own = client.timeout
+        wait = httpx.Timeout(connect=own.connect, read=idle, write=own.write, pool=own.pool)
+        request = client.build_request("GET", target_url, headers=sent, timeout=wait)
+        try:
+            return _HttpxConnection(client.send(request, stream=True, follow_redirects=False))
+        except RETRIED as e:
+            raise Unreachable(str(e) or type(e).__name__) from e
+
+    url, token = target(response, url, token)
+    return follow(open_get, url, token, timeout=timeout, header=header, headers=headers)
 
 
 async def async_wait_for(

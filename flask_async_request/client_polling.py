@@ -175,20 +175,20 @@ def poll_steps(
             # The server (503: its database is out of reach) or a proxy in front of it
             # (502, 504: it restarts; 429: it limits requests): try again after its
             # Retry-After, else a backoff.
-            yield pause(_seconds(answer.headers.get("Retry-After"), backoff))
+            yield pause(retry_after_seconds(answer.headers.get("Retry-After"), backoff))
             backoff = min(backoff * 2, max_backoff)
             continue
         backoff = 1.0
         if answer.status >= 300:
             raise AsyncRequestError(f"Polling {url} answered {answer.status}: {answer.text}")
-        body = _job_answer(url, answer)
+        body = job_answer(url, answer)
         if answer.status == 200:
-            return _result_of(body, token)
+            return result_of(body, token)
         if on_progress is not None:
             on_progress(body.get("progress"), body.get("message"))
         if not _held(answer.headers.get("Preference-Applied")):
             # Not held (long polls off, or a server that ignores them): wait as told.
-            yield pause(_seconds(answer.headers.get("Retry-After"), 1.0))
+            yield pause(retry_after_seconds(answer.headers.get("Retry-After"), 1.0))
 
 
 #: Answers of the status endpoint that say "ask again later", never a job's reply
@@ -203,7 +203,7 @@ def _held(applied: str | None) -> bool:
     return match is not None and int(match.group(1)) > 0
 
 
-def _result_of(body: dict[str, Any], token: str) -> JobResult:
+def result_of(body: dict[str, Any], token: str) -> JobResult:
     """The :class:`JobResult` of a finished job's JSON."""
     reply = body["response"]
     headers = tuple(
@@ -225,7 +225,7 @@ def _result_of(body: dict[str, Any], token: str) -> JobResult:
     )
 
 
-def _job_answer(url: str, answer: Answer) -> dict[str, Any]:
+def job_answer(url: str, answer: Answer) -> dict[str, Any]:
     """The JSON object of a 2xx answer of the status endpoint."""
     try:
         body = json.loads(answer.text)
@@ -241,7 +241,7 @@ def _job_answer(url: str, answer: Answer) -> dict[str, Any]:
     return body
 
 
-def _seconds(retry_after: str | None, default: float) -> float:
+def retry_after_seconds(retry_after: str | None, default: float) -> float:
     """A ``Retry-After`` in seconds (the HTTP-date form counts as ``default``)."""
     try:
         return max(0.0, float(retry_after)) if retry_after else default

@@ -24,9 +24,11 @@ from .converters import (
     HMAC_MINIMUM,
     Converter,
     boolean,
+    boolean_or_auto,
     byte_size,
     duration,
     header_name,
+    internal_prefix,
     invalid,
     jwt_algorithm,
     key_material,
@@ -34,6 +36,7 @@ from .converters import (
     owner_limit,
     path_prefix,
     queue_name,
+    result_store,
     retries,
     schedule,
     secret,
@@ -45,6 +48,7 @@ from .converters import OwnerLimit as OwnerLimit
 from .converters import format_duration as format_duration
 from .converters import parse_duration as parse_duration
 from .exceptions import ConfigurationError
+from .storage import ResultStore
 
 T = TypeVar("T")
 
@@ -214,12 +218,37 @@ class Settings:
         " polling off.",
         whole_seconds,
     )
+    streams: bool | str = _setting(
+        "ASYNC_REQUEST_STREAMS",
+        "auto",
+        "Whether a ``GET`` of a job's url with ``Accept: text/event-stream`` is answered with"
+        " an event stream, held open until the job ends: ``True``, ``False`` (such a request"
+        ' is answered as a long poll), or ``"auto"``: streams where the server can hold a'
+        " request without holding a worker (a threaded server, ``wsgi.multithread``, or"
+        " gevent or eventlet having patched the threads), long polls under sync workers.",
+        boolean_or_auto,
+    )
+    stream_heartbeat: timedelta = _setting(
+        "ASYNC_REQUEST_STREAM_HEARTBEAT",
+        timedelta(seconds=15),
+        "How long an event stream may stay silent before it sends a comment, which keeps"
+        " proxies from closing it: seconds or a ``timedelta``.",
+        duration,
+    )
+    stream_max_duration: timedelta = _setting(
+        "ASYNC_REQUEST_STREAM_MAX_DURATION",
+        timedelta(minutes=5),
+        "The longest an event stream stays open; it then ends with a ``retry:`` hint, and the"
+        " client reconnects with ``Last-Event-ID``: seconds or a ``timedelta``.",
+        duration,
+    )
     result_store_threshold: int = _setting(
         "ASYNC_REQUEST_RESULT_STORE_THRESHOLD",
         256 * 1024,
         "Text replies larger than this many bytes (UTF-8), and every binary reply, go to the"
         " result store, in chunks, and are downloaded from the job's result url; smaller text"
-        " replies stay in the jobs table and in the JSON of the status url.",
+        " replies stay in the jobs table and in the JSON of the status url. On MariaDB and"
+        " MySQL, whose ``TEXT`` holds 64 KiB, at most 65,535 whatever this says.",
         byte_size,
     )
     redirect_finished: bool = _setting(
@@ -236,6 +265,25 @@ class Settings:
         "How long a signed download link of a job's result (``download_href``,"
         " ``download_url()``) is valid: seconds or a ``timedelta``.",
         duration,
+    )
+    result_store: ResultStore | None = _setting(
+        "ASYNC_REQUEST_RESULT_STORE",
+        "database",
+        "Where replies above ``ASYNC_REQUEST_RESULT_STORE_THRESHOLD``, and binary ones, are"
+        ' kept: ``"database"`` (a table of the app\'s database), a directory every process'
+        " shares (an absolute path, or a ``file://`` url), an S3 bucket"
+        ' (``"s3://bucket/prefix"``, through boto3), or a store object such as'
+        " ``S3Store(bucket, client=...)``. Each result records where it is, so a change keeps"
+        " the results stored before it.",
+        result_store,
+    )
+    x_accel_redirect: str | None = _setting(
+        "ASYNC_REQUEST_X_ACCEL_REDIRECT",
+        None,
+        'nginx\'s internal location of the directory store (``"/results/"``): the result url'
+        " of a result in the directory answers with ``X-Accel-Redirect`` and no body, for nginx"
+        " to send the file; ``None``: Flask's ``USE_X_SENDFILE`` decides (``X-Sendfile``).",
+        internal_prefix,
     )
     owner_max_in_flight: OwnerLimit = _setting(
         "ASYNC_REQUEST_OWNER_MAX_IN_FLIGHT",

@@ -8,15 +8,20 @@ key, what it got and what would be right.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Collection
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import jwt.algorithms
 from celery.schedules import crontab
 
+from .directory import DirectoryStore, path_of
 from .exceptions import ConfigurationError
+from .s3 import S3Store
+from .storage import ResultStore
 
 T = TypeVar("T")
 
@@ -140,6 +145,13 @@ def boolean(key: str, value: Any) -> bool:
     return value
 
 
+def boolean_or_auto(key: str, value: Any) -> bool | str:
+    """``True``, ``False`` or ``"auto"``."""
+    if isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    raise invalid(key, value, 'True, False or "auto"')
+
+
 def whole_seconds(key: str, value: Any) -> int:
     """A whole number of seconds, 0 or more."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -193,11 +205,45 @@ def choice(choices: Collection[str]) -> Converter[str]:
     return one_of
 
 
+def result_store(key: str, value: Any) -> ResultStore | None:
+    """``"database"`` (``None``), a directory, an ``s3://bucket/prefix`` url, or a store object."""
+    if isinstance(value, ResultStore):
+        return value
+    if value == "database":
+        return None
+    expected = (
+        '"database", an absolute directory path (or file:// url), an s3://bucket/prefix url,'
+        " or a ResultStore object"
+    )
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise invalid(key, value, expected)
+    if value.startswith("s3://"):
+        try:
+            return S3Store.from_url(value)
+        except ValueError:
+            raise invalid(key, value, expected) from None
+    path = path_of(value) if value.startswith("file:") else Path(value)
+    if path is None or not path.is_absolute():
+        raise invalid(key, value, expected)
+    return DirectoryStore(path)
+
+
 def header_name(key: str, value: Any) -> str:
     """An HTTP header name."""
     if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
         raise invalid(key, value, "an HTTP header name")
     return value
+
+
+def internal_prefix(key: str, value: Any) -> str | None:
+    """``None``, or a path starting and ending with ``/`` (one is added)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise invalid(key, value, 'None, or an internal location\'s path such as "/results/"')
+    return value if value.endswith("/") else value + "/"
 
 
 def path_prefix(key: str, value: Any) -> str:

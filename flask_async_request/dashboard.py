@@ -34,29 +34,51 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
-from . import config
+from . import dashboard_bulk, dashboard_queues, deliveries
+from .access import link_url
+from .callbacks import redeliver
+from .dashboard_format import (
+    format_elapsed,
+    format_iso,
+    format_moment,
+    format_percent,
+    shown,
+    timings,
+)
 from .exceptions import EnqueueError, JobFinished, JobNotFailed, JobNotFound
 from .lifecycle import error_message
+from .links import LinkClaims
 from .maintenance import retry_job
 from .models import Job, JobStatus
-from .reading import PAGE_SIZE, JobFilter, JobPage, job_page, load_job
-from .state import EXTENSION_KEY
-from .values import as_utc, finite, iso_utc, utcnow
+from .payloads import decode_headers
+from .reading import (
+    COUNT_WINDOW,
+    PAGE_SIZE,
+    JobFilter,
+    JobPage,
+    find_job,
+    job_page,
+    load_job,
+    status_counts,
+)
+from .state import EXTENSION_KEY, get_state
+from .values import as_utc, format_size, utcnow
 from .web import cancel_job
+from .webhooks import NoCallback
 
 logger = logging.getLogger("flask_async_request")
 
 #: Where the dashboard's state is kept in ``app.extensions``.
 DASHBOARD_KEY = "async_request_dashboard"
 DEFAULT_URL_PREFIX = "/async-request/dashboard"
-#: Characters of a reply or of arguments shown on a job's page; the rest is cut.
-SHOWN_CHARS = 100_000
 
 #: Answers whether the current request may use the dashboard (it reads ``flask.request``,
 #: ``flask_login.current_user`` and so on). Only ``True`` opens it.
 Authorize = Callable[[], bool]
 
 blueprint = Blueprint("async_request_dashboard", __name__, template_folder="templates")
+dashboard_bulk.add_views(blueprint)
+dashboard_queues.add_views(blueprint)
 
 _CSRF_SESSION_KEY = "_async_request_dashboard_csrf"
 _CSRF_FIELD = "csrf_token"
@@ -169,98 +191,61 @@ def _helpers() -> dict[str, Any]:
         "iso": format_iso,
         "duration": format_elapsed,
         "percent": format_percent,
+        "size": format_size,
         "statuses": list(JobStatus),
     }
 
 
-def format_moment(moment: datetime | None) -> str:
-    """A time as ``2024-05-01 12:00:00 UTC``, or ``-``."""
-    return "-" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def format_iso(moment: datetime | None) -> str:
-    """A time in ISO 8601, in UTC, or an empty string."""
-    return iso_utc(moment) or ""
-
-
-def format_percent(progress: float | None) -> str:
-    """Progress from 0 to 1 as ``42%``; ``-`` for none (or a value edited into NaN)."""
-    progress = finite(progress)
-    if progress is None:
-        return "-"
-    return f"{progress * 100:.0f}%"
-
-
-def format_elapsed(delta: timedelta | None) -> str:
-    """How long something took, for a reader: 350 ms, 12.3 s, 5m07s, 3h02m, 2d04h; ``-`` for none.
-
-    Under a minute it reads to the millisecond or the tenth of a second; from a
-    minute on it is ``config.format_duration``'s.
-    """
-    if delta is None:
-        return "-"
-    seconds = max(delta.total_seconds(), 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    return config.format_duration(delta)
-
-
-# One job's times and text ----------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
-class Timings:
-    """How long a job waited for a worker and how long it ran; ``so_far`` while it goes on."""
+class StoredResult:
+    """What the job's page shows of a reply held in the result store."""
 
-    waited: timedelta | None
-    ran: timedelta | None
-    waiting_so_far: bool
-    running_so_far: bool
+    size: int
+    sha256: str
+    content_type: str | None
+    #: A signed download link, short-lived; ``None`` when the job is not processed.
+    href: str | None
+    #: When the link stops working.
+    expires_at: datetime | None
 
 
-def timings(job: Job, now: datetime | None = None) -> Timings:
-    """Waited: from creation to the (last) start, or to the end if it never started.
+def stored_result(job: Job) -> StoredResult | None:
+    """The job's reply in the result store, with a signed link to it; ``None`` for none.
 
-    Ran: from the (last) start to the end. A waiting or running job is measured up
-    to ``now``; a waiting job that ran before (a retry's backoff) counts as
-    waiting since its creation.
+    The link is a download link (``links.py``), never the job's token: it names
+    these bytes alone, for ``ASYNC_REQUEST_LINK_EXPIRATION``, and a job bound
+    to an owner serves it to that owner only, as every download link does.
     """
-    now = now or utcnow()
-    created = as_utc(job.created_at)
-    started = None if job.started_at is None else as_utc(job.started_at)
-    finished = None if job.finished_at is None else as_utc(job.finished_at)
-    if job.status is JobStatus.WAITING:
-        return Timings(now - created, None, waiting_so_far=True, running_so_far=False)
-    if job.status is JobStatus.PROCESSING and started is not None:
-        return Timings(started - created, now - started, waiting_so_far=False, running_so_far=True)
-    waited_until = started or finished
-    return Timings(
-        waited=None if waited_until is None else waited_until - created,
-        ran=None if started is None or finished is None else finished - started,
-        waiting_so_far=False,
-        running_so_far=False,
-    )
-
-
-def _shown(text: str) -> tuple[str, int]:
-    """``text`` cut to :data:`SHOWN_CHARS`, and how many characters were cut."""
-    if len(text) <= SHOWN_CHARS:
-        return text, 0
-    return text[:SHOWN_CHARS], len(text) - SHOWN_CHARS
+    if job.result_size is None or job.result_sha256 is None:
+        return None
+    href = expires_at = None
+    if job.status is JobStatus.PROCESSED:
+        lifetime = get_state().settings.link_expiration
+        href = link_url(LinkClaims(job.id, job.uid, job.result_sha256, job.owner), lifetime)
+        expires_at = utcnow() + lifetime
+    return StoredResult(job.result_size, job.result_sha256, job.content_type, href, expires_at)
 
 
 # The views ------------------------------------------------------------------------------
 
 
 #: The query arguments of a list's filters, kept as typed in links to other pages.
-_FILTER_ARGS = ("status", "worker", "older_than", "newer_than")
+_FILTER_ARGS = ("status", "worker", "owner", "older_than", "newer_than", "refresh")
+#: Seconds between two loads of a list, unless its reader pauses them (``refresh=0``).
+REFRESH_SECONDS = 10
 
 
 @blueprint.get("/", endpoint="jobs")
 def list_view() -> Any:
-    """Jobs newest first, filtered and paged."""
+    """Jobs newest first, filtered and paged; a search by id or uid opens that job."""
+    search = request.args.get("q", "").strip()
+    if search:
+        found = find_job(search)
+        if found is not None:
+            return redirect(url_for(".job", job_id=found), 303)
+        # Anything else is an owner's name.
+        args: dict[str, Any] = {k: v for k, v in request.args.items() if k != "q"}
+        return redirect(url_for(".jobs", **{**args, "owner": search}), 303)
     query = {key: value for key in _FILTER_ARGS if (value := request.args.get(key, "").strip())}
     now = utcnow()
 
@@ -280,7 +265,17 @@ def list_view() -> Any:
             return None
         return (now if finished is None else as_utc(finished)) - as_utc(started)
 
-    context: dict[str, Any] = {"query": query, "list_url": list_url, "since": since, "ran": ran}
+    refresh = request.args.get("refresh", type=int)
+    counts, more = status_counts()
+    context: dict[str, Any] = {
+        "query": query,
+        "list_url": list_url,
+        "since": since,
+        "ran": ran,
+        "refresh": REFRESH_SECONDS if refresh is None else max(refresh, 0),
+        "counts": counts,
+        "counted_window": COUNT_WINDOW if more else None,
+    }
     try:
         filters = JobFilter.from_args(request.args)
     except ValueError as e:
@@ -310,8 +305,8 @@ def show_view(job_id: int) -> Any:
         job = load_job(job_id)
     except JobNotFound:
         abort(404)
-    params, params_cut = _shown(json.dumps(job.params, indent=2, ensure_ascii=False))
-    response, response_cut = _shown(job.response or "")
+    params, params_cut = shown(json.dumps(job.params, indent=2, ensure_ascii=False))
+    response, response_cut = shown(job.response or "")
     return render_template(
         "async_request_dashboard/job.html",
         job=job,
@@ -320,10 +315,52 @@ def show_view(job_id: int) -> Any:
         response=response,
         response_cut=response_cut,
         error=error_message(job.response) if job.status is JobStatus.FAILED else None,
+        result=stored_result(job),
+        kept_headers=decode_headers(job.headers),
         timings=timings(job),
         can_retry=job.status is JobStatus.FAILED,
         can_cancel=not job.status.finished,
+        deliveries=deliveries.decode(job.callback_deliveries),
+        can_redeliver=bool(job.callback_url) and job.status.finished,
     )
+
+
+@blueprint.get("/jobs/<int:job_id>/redeliver", endpoint="confirm_redeliver")
+def confirm_redeliver_view(job_id: int) -> Any:
+    """Ask before the callback is delivered again: the receiver gets one more POST."""
+    try:
+        job = load_job(job_id)
+    except JobNotFound:
+        abort(404)
+    return render_template(
+        "async_request_dashboard/confirm.html",
+        title=f"Redeliver the callback of job {job_id}?",
+        question=(
+            f"The end of job {job_id} is POSTed once more to"
+            f" {deliveries.host_of(job.callback_url)}, signed afresh, with the same webhook-id"
+            " as before."
+        ),
+        action=url_for(".redeliver", job_id=job_id),
+        fields={},
+        button="Redeliver",
+        back=url_for(".job", job_id=job_id),
+    )
+
+
+@blueprint.post("/jobs/<int:job_id>/redeliver", endpoint="redeliver")
+def redeliver_view(job_id: int) -> Any:
+    """Deliver the job's callback again, now (as ``flask async-request redeliver`` does)."""
+    try:
+        entry = redeliver(job_id)
+    except JobNotFound:
+        abort(404)
+    except NoCallback as e:
+        flash(str(e), "error")
+    else:
+        answer = entry.status_code if entry.status_code is not None else entry.error
+        category = "message" if entry.outcome == deliveries.DELIVERED else "error"
+        flash(f"Callback of job {job_id} redelivered: {entry.outcome} ({answer}).", category)
+    return redirect(url_for(".job", job_id=job_id), 303)
 
 
 @blueprint.post("/jobs/<int:job_id>/retry", endpoint="retry")

@@ -18,20 +18,23 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from flask import Response, request
+from flask import Response, current_app, request
+from werkzeug.wsgi import wrap_file
 
-from . import results
+from . import result_stores
 
-# The status url's own checks, shared so the two urls can never answer differently.
+# The status url's own checks, shared so the urls can never answer differently.
+from .access import Refusal, database_errors, job_for_request, job_url_enabled, link_url
 from .envelope import error_answer
 from .exceptions import InvalidToken, JobNotFound, JobStateError
 from .links import LinkClaims, LinkExpired, verify_link
 from .models import Job, JobStatus
 from .payloads import decode_headers
 from .state import get_state
+from .storage import LocalFile, Redirect, ResultMissing, ResultStore
 from .store import JobReply, JobStore
 from .tokens import MAX_TOKEN_LENGTH
-from .views import _database, _job_for_request, _job_url_enabled, _Refusal, blueprint, link_url
+from .views import blueprint
 
 logger = logging.getLogger("flask_async_request")
 
@@ -45,9 +48,9 @@ def result(token: str | None = None) -> Any:
     """Serve the processed job's reply: 200, 206 for a range, 304 when the client has it."""
     try:
         if token is not None:
-            _job_url_enabled()
-        claims, reply = _job_for_request(token)
-    except _Refusal as refusal:
+            job_url_enabled()
+        claims, reply = job_for_request(token)
+    except Refusal as refusal:
         return refusal.response
     if reply.status is not JobStatus.PROCESSED:
         return error_answer(f"The job is {reply.status.value}; it has no result.", 404)
@@ -78,9 +81,9 @@ def download(signed: str) -> Any:
     except InvalidToken:
         return not_found
     try:
-        with _database():
+        with database_errors():
             reply = state.store().fetch_reply(claims.job_id)
-    except _Refusal as refusal:
+    except Refusal as refusal:
         return refusal.response
     if (
         reply is None
@@ -158,6 +161,23 @@ def reply_response(store: JobStore, job_id: int, reply: JobReply) -> Response:
     """
     content_type = reply.content_type
     size, sha256, data = reply_digest(reply)
+    served: Redirect | LocalFile | None = None
+    if data is None:
+        lifetime = int(get_state().settings.link_expiration.total_seconds())
+        try:
+            result_store, location = result_stores.locate(
+                job_id, reply.attempts, reply.result_location
+            )
+            served = result_store.serve(location, expires_in=lifetime)
+        except ResultMissing as e:
+            logger.error("Job %s: %s", job_id, e)
+            return _refusal("The job's result is gone.", 404)
+        except Exception:
+            # An object store out of reach, or its credentials missing: the log says which.
+            logger.exception("Job %s: its result store cannot serve it now.", job_id)
+            return _refusal("The result store is unavailable; try again later.", 503)
+        if isinstance(served, Redirect):
+            return _redirect(served.url)
 
     response = Response(status=200, content_type=content_type or _TEXT)
     for name, value in decode_headers(reply.headers):
@@ -188,8 +208,50 @@ def reply_response(store: JobStore, job_id: int, reply: JobReply) -> Response:
     if data is not None:
         response.set_data(data[start:stop])
         return response
-    response.response = _streamed(store, job_id, reply.attempts, start, stop)
     response.direct_passthrough = True
+    if isinstance(served, LocalFile):
+        prefix = get_state().settings.x_accel_redirect
+        if prefix is not None:
+            # nginx sends the file from its internal location, ranges included.
+            response.headers["X-Accel-Redirect"] = prefix + served.name
+            return response
+        if current_app.config.get("USE_X_SENDFILE"):
+            # As Flask's send_file: the front server sends the file in place of the body.
+            response.headers["X-Sendfile"] = served.path
+            return response
+        if start == 0 and stop == size:
+            return _whole_file(response, served.path)
+    response.response = _streamed(result_store, location, start, stop)
+    return response
+
+
+def _whole_file(response: Response, path: str) -> Response:
+    """The whole of a result file as the body, through the server's ``wsgi.file_wrapper``.
+
+    A server that has one (gunicorn) sends it with ``sendfile``; any other reads it
+    a block at a time, as Flask's ``send_file`` does.
+    """
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the WSGI server, with the body
+    except FileNotFoundError:
+        return _refusal("The job's result is gone.", 404)
+    response.response = wrap_file(request.environ, file, buffer_size=1024 * 1024)
+    return response
+
+
+def _refusal(message: str, status: int) -> Response:
+    """The JSON error answer of ``message``, as a response of ``status``."""
+    response: Response = error_answer(message, status)[0]
+    response.status_code = status
+    return response
+
+
+def _redirect(url: str) -> Response:
+    """``303 See Other`` to a short-lived url of the result, which carries no token of ours."""
+    response = Response(status=303)
+    response.headers["Location"] = url
+    # The url expires soon: no cache keeps the redirect longer than this answer.
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -203,11 +265,11 @@ def _if_range_matches(sha256: str) -> bool:
     return if_range.etag == sha256 and not weak
 
 
-def _streamed(store: JobStore, job_id: int, attempt: int, start: int, stop: int) -> Iterator[bytes]:
+def _streamed(store: ResultStore, location: str, start: int, stop: int) -> Iterator[bytes]:
     """The stored result's bytes, chunk by chunk; cut short if it is purged meanwhile."""
     try:
-        yield from results.read(store, job_id, attempt, start, stop)
-    except results.ChunkMissing as e:
+        yield from store.read(location, start, stop)
+    except ResultMissing as e:
         # The status line is sent: all there is to do is end the body short of
         # its Content-Length, which the client sees.
         logger.warning("%s Its download ends short.", e)

@@ -33,15 +33,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import results
+from . import deliveries, result_stores
 from . import statements as sql
 from .broker import Message, queue_callback
+from .deliveries import Delivery
 from .exceptions import JobFinished, JobNotFailed, JobNotFound
 from .models import Job, JobStatus
 from .outcomes import Outcome, error_body
 from .outcomes import error_message as error_message
 from .rows import Claim, Ended, LostJob, Sendable, WaitingJob
-from .signals import job_cancelled, job_failed, job_finished
+from .signals import callback_delivered, job_cancelled, job_failed, job_finished
 from .state import current_flask_app
 from .statements import NewRow
 from .store import JobStore
@@ -96,6 +97,8 @@ def _finish_params(job_id: int, attempt: int, outcome: Outcome) -> dict[str, Any
         "headers": outcome.headers,
         "result_size": outcome.result_size,
         "result_sha256": outcome.result_sha256,
+        "result_location": outcome.result_location,
+        "traceback": outcome.traceback,
         "now": utcnow(),
         "progress": 1.0 if outcome.status is JobStatus.PROCESSED else None,
     }
@@ -124,6 +127,7 @@ def new_job(
     callback_url: str | None = None,
     queue: str | None = None,
     time_limit: float | None = None,
+    trace_context: str | None = None,
 ) -> Job:
     """A ``waiting`` job with every column of its row set, not stored yet.
 
@@ -138,6 +142,7 @@ def new_job(
             callback_url=callback_url,
             queue=queue,
             time_limit=time_limit,
+            trace_context=trace_context,
         )._asdict()
     )
 
@@ -151,6 +156,7 @@ def new_row(
     callback_url: str | None = None,
     queue: str | None = None,
     time_limit: float | None = None,
+    trace_context: str | None = None,
 ) -> NewRow:
     """Every column of a ``waiting`` job's row, for :func:`insert_row` (no ORM object)."""
     now = utcnow()
@@ -168,6 +174,7 @@ def new_row(
         created_at=now,
         updated_at=now,
         due_at=now,
+        trace_context=trace_context,
     )
 
 
@@ -362,9 +369,9 @@ def cancel(store: JobStore, job_id: int) -> Ended:
     if row is None:
         status = _status_of(store, job_id)
         raise JobFinished(f"Job {job_id} is {status.value} already.", job_id, status.value)
-    # What its worker wrote of a result so far; what it writes after, the purge deletes.
-    results.discard(store, job_id)
     ended = Ended.from_row(row)
+    # What its worker wrote of a result so far; what it writes after, the purge deletes.
+    result_stores.discard(store, job_id, ended.reply.attempts)
     announce(ended)
     return ended
 
@@ -386,7 +393,7 @@ def reset_for_retry(store: JobStore, job_id: int) -> Message:
             job_id,
             status.value,
         )
-    results.discard(store, job_id)
+    result_stores.discard(store, job_id, None)
     return message_of(WaitingJob(*row))
 
 
@@ -398,7 +405,7 @@ def requeue_lost(store: JobStore, job: LostJob, now: datetime) -> bool:
     params = {"job_id": job.id, "attempt": job.attempt, "now": now, "due_at": now}
     if store.count(sql.REQUEUE_LOST, params) != 1:
         return False
-    results.discard(store, job.id, job.attempt)
+    result_stores.discard(store, job.id, job.attempt)
     return True
 
 
@@ -415,7 +422,7 @@ def fail_lost(store: JobStore, job: LostJob, now: datetime, message: str) -> End
     row = store.run(sql.FAIL_LOST, params)
     if row is None:
         return None
-    results.discard(store, job.id, job.attempt)
+    result_stores.discard(store, job.id, job.attempt)
     ended = Ended.from_row(row)
     announce(ended)
     return ended
@@ -432,15 +439,48 @@ def touch_waiting(store: JobStore, job_id: int) -> bool:
 _CALLBACK_STATUS_LENGTH = 255
 
 
-def record_callback(store: JobStore, job_id: int, status: str) -> None:
+#: Times a delivery's entry is written again when another delivery was recorded meanwhile.
+_RECORD_TRIES = 5
+
+
+def record_callback(
+    store: JobStore, job_id: int, status: str, delivery: Delivery | None = None
+) -> None:
     """Note how the job's callback delivery went, where ``flask async-request show`` shows it.
 
     ``status`` may quote an error about the url: what no database stores in it
     (a NUL character, a lone surrogate) is replaced, and a long one is cut.
+    ``delivery``, if given, is added to the job's delivery log, whose oldest
+    entries go past :data:`~.deliveries.MAX_DELIVERIES`; the log is written only
+    if no other delivery changed it since it was read, else read again.
     """
     status = status.replace("\x00", "\N{REPLACEMENT CHARACTER}")
     if lone_surrogate(status):
         status = status.encode("utf-8", "replace").decode("utf-8")
     if len(status) > _CALLBACK_STATUS_LENGTH:
         status = status[: _CALLBACK_STATUS_LENGTH - 3] + "..."
-    store.count(sql.RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})
+    if delivery is None:
+        store.count(sql.RECORD_CALLBACK, {"job_id": job_id, "callback_status": status})
+        return
+    for _ in range(_RECORD_TRIES):
+        row = store.first(sql.CALLBACK_DELIVERIES, {"job_id": job_id})
+        if row is None:
+            return
+        params = {
+            "job_id": job_id,
+            "callback_status": status,
+            "before": row[0],
+            "deliveries": deliveries.appended(row[0], delivery),
+        }
+        if store.count(sql.RECORD_DELIVERY, params):
+            break
+    else:
+        logger.warning("Job %s: its callback delivery could not be added to its log.", job_id)
+    callback_delivered.send(
+        current_flask_app(),
+        job_id=job_id,
+        outcome=delivery.outcome,
+        status_code=delivery.status_code,
+        duration=delivery.duration,
+        redelivery=delivery.redelivery,
+    )

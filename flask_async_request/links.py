@@ -9,8 +9,9 @@ in it, and a result that is purged or replaced no longer matches it.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jwt
 from itsdangerous import BadData, URLSafeTimedSerializer
@@ -22,6 +23,16 @@ if TYPE_CHECKING:
 
 #: Keeps a link's signature apart from any other the app makes with the same secret.
 SALT = "flask-async-request.download-link"
+
+#: A link signed less than this share of its lifetime ago (and at most
+#: :data:`REUSE_AT_MOST` seconds ago) is handed out again for the same claims:
+#: each poll of a processed job names a link, and signing one cost more than the
+#: rest of the poll. A link is so valid for at least 95% of its lifetime.
+REUSE_SHARE = 0.05
+REUSE_AT_MOST = 30.0
+#: The links kept for reuse, at most this many; the oldest half goes when full.
+RECENT_LINKS = 4096
+_recent: dict[tuple[str | bytes, LinkClaims, int], tuple[float, str]] = {}
 
 
 class LinkExpired(InvalidToken):
@@ -49,12 +60,22 @@ def _secret(settings: Settings) -> str | bytes:
     key = settings.encode_key
     if isinstance(key, (str, bytes)):
         return key
-    jwk: str = jwt.get_algorithm_by_name(settings.algorithm).to_jwk(key)
+    return _jwk(settings.algorithm, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _jwk(algorithm: str, key: Any) -> str:
+    jwk: str = jwt.get_algorithm_by_name(algorithm).to_jwk(key)
     return jwk
 
 
+@functools.lru_cache(maxsize=64)
+def _serializer_of(secret: str | bytes) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt=SALT)
+
+
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(_secret(settings), salt=SALT)
+    return _serializer_of(_secret(settings))
 
 
 def _now() -> float:
@@ -63,9 +84,24 @@ def _now() -> float:
 
 
 def sign_link(settings: Settings, claims: LinkClaims, lifetime: int) -> str:
-    """A link's signed part: ``claims``, valid for ``lifetime`` seconds from now."""
+    """A link's signed part: ``claims``, valid for ``lifetime`` seconds from now.
+
+    Or from a moment ago: the same claims signed less than :data:`REUSE_SHARE`
+    of ``lifetime`` ago give the same link.
+    """
+    secret = _secret(settings)
+    key = (secret, claims, lifetime)
+    now = _now()
+    recent = _recent.get(key)
+    if recent is not None and 0 <= now - recent[0] < min(lifetime * REUSE_SHARE, REUSE_AT_MOST):
+        return recent[1]
     payload = [claims.job_id, claims.uid, claims.sha256, claims.owner, lifetime]
-    return _serializer(settings).dumps(payload)
+    signed: str = _serializer_of(secret).dumps(payload)
+    if len(_recent) >= RECENT_LINKS:
+        for old in list(_recent)[: RECENT_LINKS // 2]:
+            _recent.pop(old, None)
+    _recent[key] = (now, signed)
+    return signed
 
 
 def verify_link(settings: Settings, signed: str) -> LinkClaims:

@@ -44,6 +44,7 @@ __all__ = [
     "SWEEP_BATCH_SIZE",
     "JobStats",
     "SweepResult",
+    "consumers",
     "count_expired",
     "count_purgeable",
     "job_stats",
@@ -74,6 +75,21 @@ def unconsumed_queues(waiting_by_queue: dict[str | None, int], timeout: float = 
     answers = state.celery.control.inspect(timeout=timeout).active_queues() or {}
     consumed = {queue["name"] for queues in answers.values() for queue in queues or ()}
     return sorted(wanted - consumed)
+
+
+def consumers(timeout: float = 1.0) -> dict[str, list[str]] | None:
+    """The worker processes that answer Celery's inspect, each with the queues it consumes.
+
+    ``None`` without a broker (embedded or eager mode), where jobs run in process.
+    """
+    state = get_state()
+    if state.embedded is not None or state.celery.conf.task_always_eager:
+        return None
+    answers = state.celery.control.inspect(timeout=timeout).active_queues() or {}
+    return {
+        str(name): sorted(str(queue["name"]) for queue in queues or ())
+        for name, queues in sorted(answers.items())
+    }
 
 
 def sends_messages() -> bool:

@@ -67,6 +67,19 @@ SWEPT = Counter(
     "async_request_sweeper_actions", "Jobs the sweeper acted on, by action.", ["action"]
 )
 
+DELIVERIES = Counter(
+    "async_request_callback_deliveries",
+    "Deliveries of job callbacks, by outcome (delivered, failed, refused) and by whether"
+    " an operator asked for them.",
+    ["outcome", "redelivery"],
+)
+DELIVERY_SECONDS = Histogram(
+    "async_request_callback_delivery_seconds",
+    "How long deliveries of job callbacks took, by outcome.",
+    ["outcome"],
+    buckets=BUCKETS,
+)
+
 _STATUS_ENDPOINTS = frozenset({"async_request.job", "async_request.job_url"})
 
 # Runs started in this process, so their end can be timed: job id -> monotonic start.
@@ -107,6 +120,13 @@ def _on_swept(sender: Flask, **counts: int) -> None:
             SWEPT.labels(action).inc(count)
 
 
+def _on_delivered(sender: Flask, job_id: int, **extra: Any) -> None:
+    outcome = str(extra.get("outcome") or "unknown")
+    DELIVERIES.labels(outcome, "true" if extra.get("redelivery") else "false").inc()
+    if extra.get("duration") is not None:
+        DELIVERY_SECONDS.labels(outcome).observe(max(float(extra["duration"]), 0.0))
+
+
 _RECEIVERS: list[tuple[Any, Callable[..., None]]] = [
     (signals.job_enqueued, _on_enqueued),
     (signals.job_started, _on_started),
@@ -114,6 +134,7 @@ _RECEIVERS: list[tuple[Any, Callable[..., None]]] = [
     (signals.job_failed, _ended(JobStatus.FAILED)),
     (signals.job_cancelled, _ended(JobStatus.CANCELLED)),
     (signals.jobs_swept, _on_swept),
+    (signals.callback_delivered, _on_delivered),
 ]
 
 

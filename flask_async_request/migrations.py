@@ -29,6 +29,12 @@ RESULTS_REVISION_MESSAGE = f"create {RESULTS_TABLE_NAME}"
 #: The jobs table's columns that came with the result store.
 RESULT_COLUMNS = ("headers", "result_size", "result_sha256")
 
+#: Written into the revision that records where each stored result is.
+LOCATION_MARKER = f"flask-async-request: {TABLE_NAME} result_location"
+LOCATION_MESSAGE = f"{TABLE_NAME} result_location"
+#: The jobs table's column that came with the directory and object stores.
+LOCATION_COLUMN = "result_location"
+
 #: Written into the revision that moves a table created with an index on status
 #: to the indexes of HOT updates, so a second ``init`` finds it.
 HOT_MARKER = f"flask-async-request: {TABLE_NAME} indexes for HOT updates"
@@ -49,6 +55,43 @@ _END = "    # ### end Alembic commands ###"
 
 
 @dataclasses.dataclass(frozen=True)
+class ColumnsRevision:
+    """Columns added to the jobs table after it was first made, by a revision of their own."""
+
+    #: Written into the revision, so a second ``init`` finds it.
+    marker: str
+    #: The revision's message.
+    message: str
+    #: The columns it adds, in their order.
+    columns: tuple[str, ...]
+    #: What ``init`` says it wrote ("Wrote the revision of ...").
+    what: str
+
+
+#: The revisions that add columns to a jobs table made before them, oldest first.
+COLUMN_REVISIONS = (
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} trace context",
+        f"{TABLE_NAME} trace context",
+        ("trace_context",),
+        "the jobs' trace context",
+    ),
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} callback delivery log",
+        f"{TABLE_NAME} callback delivery log",
+        ("callback_deliveries",),
+        "the callbacks' delivery log",
+    ),
+    ColumnsRevision(
+        f"flask-async-request: {TABLE_NAME} traceback",
+        f"{TABLE_NAME} traceback",
+        ("traceback",),
+        "the failed jobs' tracebacks",
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class InitResult:
     """What :func:`init_app_files` did."""
 
@@ -62,6 +105,11 @@ class InitResult:
     hot_revision: Path | None = None
     #: The revision written to add the result store to a jobs table made before it.
     results_revision: Path | None = None
+    #: The revision written to add ``result_location`` to a jobs table made before it.
+    location_revision: Path | None = None
+    #: The revisions written to add columns to a jobs table made before them
+    #: (see :data:`COLUMN_REVISIONS`), with what each adds.
+    column_revisions: tuple[tuple[str, Path], ...] = ()
     #: The revision written to add the indexes of the owner limits, if one was.
     owner_revision: Path | None = None
 
@@ -229,6 +277,64 @@ def results_revision_code() -> tuple[str, str]:
     return _marked(upgrade, RESULTS_MARKER), _marked(downgrade, RESULTS_MARKER)
 
 
+def columns_revision_code(revision: ColumnsRevision) -> tuple[str, str]:
+    """The upgrade and downgrade that add ``revision``'s columns to a jobs table made before."""
+    jobs = cast(sa.Table, Job.__table__)
+    upgrade = render_python_code(
+        ops.UpgradeOps(
+            ops=[
+                ops.AddColumnOp.from_column_and_tablename(None, TABLE_NAME, _detached(jobs, name))
+                for name in revision.columns
+            ]
+        )
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(
+            ops=[
+                ops.DropColumnOp.from_column_and_tablename(None, TABLE_NAME, _detached(jobs, name))
+                for name in reversed(revision.columns)
+            ]
+        )
+    )
+    return _marked(upgrade, revision.marker), _marked(downgrade, revision.marker)
+
+
+def _has_columns(script: ScriptDirectory, revision: ColumnsRevision) -> bool:
+    """Whether a revision adds ``revision``'s columns, or creates the table with them."""
+    column = revision.columns[0]
+    named = (f"sa.Column('{column}'", f'sa.Column("{column}"')
+    for written in script.walk_revisions():
+        if written.path is None:
+            continue
+        text = Path(written.path).read_text(encoding="utf-8")
+        if revision.marker in text or any(n in text for n in named):
+            return True
+    return False
+
+
+def location_revision_code() -> tuple[str, str]:
+    """The upgrade and downgrade that add ``result_location`` to a jobs table made before it.
+
+    Its rows keep ``NULL``: their stored results are in the database's table.
+    """
+    column = _detached(cast(sa.Table, Job.__table__), LOCATION_COLUMN)
+    upgrade = render_python_code(
+        ops.UpgradeOps(ops=[ops.AddColumnOp.from_column_and_tablename(None, TABLE_NAME, column)])
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(ops=[ops.DropColumnOp.from_column_and_tablename(None, TABLE_NAME, column)])
+    )
+    return _marked(upgrade, LOCATION_MARKER), _marked(downgrade, LOCATION_MARKER)
+
+
+def _has_location(script: ScriptDirectory) -> bool:
+    """Whether a revision gives the jobs table its ``result_location`` (creating it or later)."""
+    for revision in script.walk_revisions():
+        if revision.path is not None and LOCATION_COLUMN in Path(revision.path).read_text("utf-8"):
+            return True
+    return False
+
+
 def _existing_revision(
     script: ScriptDirectory, table: str = TABLE_NAME, marker: str = MARKER
 ) -> Path | None:
@@ -287,7 +393,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
 
     revision = _existing_revision(script)
     revision_written = False
-    hot_revision = results_revision = owner_revision = None
+    hot_revision = results_revision = location_revision = owner_revision = None
     if revision is None:
         revision = _generate(script, REVISION_MESSAGE, *_revision_code())
         revision_written = True
@@ -299,9 +405,18 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         if _existing_revision(script, RESULTS_TABLE_NAME, RESULTS_MARKER) is None:
             # A jobs table made before the result store: the revision that adds it.
             results_revision = _generate(script, RESULTS_REVISION_MESSAGE, *results_revision_code())
-        if not _has_owner_indexes(script):
-            # A jobs table made before the owner limits: the revision of their indexes.
-            owner_revision = _generate(script, OWNER_MESSAGE, *owner_revision_code())
+        if not _has_location(script):
+            # A jobs table made before the directory and object stores.
+            location_revision = _generate(script, LOCATION_MESSAGE, *location_revision_code())
+    column_revisions = tuple(
+        (revision.what, _generate(script, revision.message, *columns_revision_code(revision)))
+        for revision in COLUMN_REVISIONS
+        if not revision_written and not _has_columns(script, revision)
+    )
+    if not revision_written and not _has_owner_indexes(script):
+        # A jobs table made before the owner limits: the revision of their indexes, after
+        # the columns' revisions.
+        owner_revision = _generate(script, OWNER_MESSAGE, *owner_revision_code())
 
     config_written = force or not config_path.exists()
     if config_written:
@@ -315,6 +430,8 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         config_written,
         hot_revision,
         results_revision,
+        location_revision,
+        column_revisions,
         owner_revision,
     )
 

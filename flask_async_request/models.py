@@ -147,6 +147,12 @@ class Job(_Base):
     result_size: Mapped[int | None] = mapped_column(sa.BigInteger())
     #: The SHA-256 of a reply held in the result store, in hex.
     result_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Where a reply held in a result store is: the url of a file or an object
+    #: (``file:///...``, ``s3://bucket/key``); ``None``: the database's result
+    #: table, as every stored reply was before there were other stores. Recorded
+    #: with the result, so a later change of ``ASYNC_REQUEST_RESULT_STORE``
+    #: still finds it.
+    result_location: Mapped[str | None] = mapped_column(sa.String(1024))
     #: The Celery queue the job's messages go to (``None``: the app's default).
     queue: Mapped[str | None] = mapped_column(sa.String(255))
     #: Seconds the job may run before it fails with a time-limit error (``None``: no limit).
@@ -162,6 +168,15 @@ class Job(_Base):
     #: How the last delivery of the callback went, for operators ("delivered: 204",
     #: "refused: ...", "failed: ...").
     callback_status: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The traceback of the exception a failed job's worker raised, its end kept
+    #: (see ``outcomes.MAX_TRACEBACK``): for operators (the dashboard, ``show``),
+    #: never in an answer to a client.
+    traceback: Mapped[str | None] = mapped_column(sa.Text())
+    #: The newest deliveries of the callback, as JSON text (see ``deliveries.py``).
+    callback_deliveries: Mapped[str | None] = mapped_column(sa.Text())
+    #: The trace context of the request that created the job, as the JSON text of an
+    #: OpenTelemetry propagator's carrier (``None``: no trace, or no OpenTelemetry).
+    trace_context: Mapped[str | None] = mapped_column(sa.Text())
     #: When the job should run: its creation, or the end of a retry's backoff.
     due_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, default=utcnow

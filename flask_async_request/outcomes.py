@@ -10,6 +10,7 @@ library's sentence (:func:`storage_message`), never the driver's text.
 from __future__ import annotations
 
 import json
+import traceback as _traceback
 from typing import Any, NamedTuple
 
 from .exceptions import DatabaseUnavailable, InvalidJobRow
@@ -43,11 +44,30 @@ class Outcome(NamedTuple):
     #: The size and SHA-256 of a reply written to the result store (``body`` is empty).
     result_size: int | None = None
     result_sha256: str | None = None
+    #: Where that result is: ``None`` for the database's chunks.
+    result_location: str | None = None
+    #: The traceback of a worker's exception, for operators (see :func:`traceback_of`).
+    traceback: str | None = None
 
 
-def failure(message: str) -> Outcome:
-    """The outcome of a run that failed with ``message``."""
-    return Outcome(JobStatus.FAILED, 500, error_body(message))
+#: The most characters of a failed job's traceback kept: its end, where the error is.
+MAX_TRACEBACK = 16_000
+
+
+def failure(message: str, traceback: str | None = None) -> Outcome:
+    """The outcome of a run that failed with ``message``; ``traceback`` is kept for operators."""
+    return Outcome(JobStatus.FAILED, 500, error_body(message), traceback=traceback)
+
+
+def traceback_of(error: BaseException) -> str:
+    """``error``'s traceback as text every database stores, its last :data:`MAX_TRACEBACK` chars."""
+    text = "".join(_traceback.format_exception(type(error), error, error.__traceback__))
+    # No NUL (PostgreSQL's text refuses it) and no lone surrogate (no encoding takes it).
+    text = text.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > MAX_TRACEBACK:
+        text = "...\n" + text[-(MAX_TRACEBACK - 4) :]
+    return text
 
 
 def decode_params(job_id: int, params: str | None) -> tuple[list[Any], dict[str, Any]]:

@@ -30,10 +30,15 @@ __all__ = [
     "JobPage",
     "JobStats",
     "ListedJob",
+    "QueueDepth",
+    "find_job",
+    "job_ids",
     "job_page",
     "job_stats",
     "list_jobs",
     "load_job",
+    "queue_depths",
+    "status_counts",
     "waiting_now",
 ]
 
@@ -50,6 +55,8 @@ class JobFilter:
     older_than: timedelta | None = None
     #: Only jobs created within this.
     newer_than: timedelta | None = None
+    #: The owner the jobs were created for, exactly.
+    owner: str | None = None
 
     @property
     def status(self) -> JobStatus | None:
@@ -71,15 +78,23 @@ class JobFilter:
             )
         older, newer = args.get("older_than") or None, args.get("newer_than") or None
         worker = (args.get("worker") or "").strip() or None
-        reason = None if worker is None else unstorable(worker)
-        if reason is not None:
-            raise ValueError(f"worker cannot be searched for: {reason}.")
+        owner = (args.get("owner") or "").strip() or None
+        for name, value in (("worker", worker), ("owner", owner)):
+            reason = None if value is None else unstorable(value)
+            if reason is not None:
+                raise ValueError(f"{name} cannot be searched for: {reason}.")
         return cls(
             statuses=() if status is None else (JobStatus(status),),
             worker=worker,
             older_than=None if older is None else parse_duration(older),
             newer_than=None if newer is None else parse_duration(newer),
+            owner=owner,
         )
+
+    @property
+    def empty(self) -> bool:
+        """Whether the filter selects every job."""
+        return self == JobFilter()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +111,8 @@ class ListedJob:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: The size of a reply held in the result store; ``None`` for one in the row.
+    result_size: int | None = None
 
 
 _LISTED = sa.select(*(getattr(Job, field.name) for field in dataclasses.fields(ListedJob)))
@@ -153,13 +170,18 @@ def list_jobs(
     older_than: timedelta | None = None,
     newer_than: timedelta | None = None,
     limit: int = PAGE_SIZE,
+    *,
+    worker: str | None = None,
+    owner: str | None = None,
 ) -> list[Job]:
-    """The newest jobs first, filtered by status and by age (from ``created_at``).
+    """The newest jobs first, filtered by status, age (from ``created_at``), worker and owner.
 
     The jobs of the first page ``job_page`` gives for the same filter, whole.
     """
     session = get_state().db.session
-    filters = JobFilter(tuple(statuses), older_than=older_than, newer_than=newer_than)
+    filters = JobFilter(
+        tuple(statuses), worker=worker, older_than=older_than, newer_than=newer_than, owner=owner
+    )
     conditions = _conditions(session, filters)
     if conditions is None:
         return []
@@ -176,6 +198,10 @@ def _conditions(session: Any, filters: JobFilter) -> list[sa.ColumnElement[bool]
             conditions.append(UNFINISHED)
     if filters.worker is not None:
         conditions.append(Job.worker == filters.worker)
+    if filters.owner is not None:
+        # No index holds the owner: with no other filter, a scan of the jobs by id
+        # that stops at the page's end.
+        conditions.append(Job.owner == filters.owner)
     now = utcnow()
     # An age becomes a bound on id, found in the created_at index, so the page stays
     # one range scan by id; the age itself is checked on each row of that range too,
@@ -201,6 +227,32 @@ def _conditions(session: Any, filters: JobFilter) -> list[sa.ColumnElement[bool]
             return None
         conditions += [Job.id <= last, created < until]
     return conditions
+
+
+def job_ids(filters: JobFilter, limit: int) -> list[int]:
+    """The ids of the newest ``limit`` jobs that match ``filters``, newest first."""
+    session = get_state().db.session
+    conditions = _conditions(session, filters)
+    if conditions is None:
+        return []
+    query = sa.select(Job.id).where(*conditions).order_by(Job.id.desc()).limit(limit)
+    ids = [int(row[0]) for row in session.execute(query)]
+    # What follows changes rows through the store: no transaction of the session's held.
+    session.commit()
+    return ids
+
+
+def find_job(term: str) -> int | None:
+    """The id of the job ``term`` names by its id or its uid; ``None`` if none does."""
+    term = term.strip()
+    if term.isdigit() and len(term) <= 18:
+        condition = Job.id == int(term)
+    elif len(term) == 32 and all(c in "0123456789abcdef" for c in term.lower()):
+        condition = Job.uid == term.lower()
+    else:
+        return None
+    found = get_state().db.session.execute(sa.select(Job.id).where(condition)).scalar()
+    return None if found is None else int(found)
 
 
 def load_job(job_id: int) -> Job:
@@ -264,6 +316,55 @@ def job_stats() -> JobStats:
     return JobStats(
         counts, None if oldest is None else now - as_utc(oldest), int(finished), by_queue
     )
+
+
+#: Jobs the status counts of the dashboard's chips are taken over: the newest ones.
+COUNT_WINDOW = 10_000
+
+
+def status_counts(window: int = COUNT_WINDOW) -> tuple[dict[JobStatus, int], bool]:
+    """How many of the newest ``window`` jobs have each status, and whether there are more.
+
+    One read of the primary key's newest ``window`` entries, whatever the size
+    of the table (no index holds the status, so an exact count of the finished
+    jobs would read them all).
+    """
+    newest = sa.select(Job.status).order_by(Job.id.desc()).limit(window).subquery()
+    query = sa.select(
+        sa.func.count(),
+        *(sa.func.sum(sa.case((newest.c.status == s.value, 1), else_=0)) for s in JobStatus),
+    )
+    session = get_state().db.session
+    total, *counts = session.execute(query).one()
+    return dict(zip(JobStatus, (int(c or 0) for c in counts), strict=True)), total >= window
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueDepth:
+    """The jobs waiting on one queue."""
+
+    #: The queue's name (``None``: the Celery app's default queue).
+    queue: str | None
+    waiting: int
+    #: How long the job due first has been due.
+    oldest_due_for: timedelta | None
+
+
+def queue_depths() -> list[QueueDepth]:
+    """The waiting jobs per queue, and how long the first due has waited: one query."""
+    now = utcnow()
+    query = (
+        sa.select(Job.queue, sa.func.count(), sa.func.min(Job.due_at))
+        .where(Job.status == JobStatus.WAITING, UNFINISHED)
+        .group_by(Job.queue)
+    )
+    session = get_state().db.session
+    depths = [
+        QueueDepth(queue, int(count), None if due is None else now - as_utc(due))
+        for queue, count, due in session.execute(query)
+    ]
+    session.commit()
+    return sorted(depths, key=lambda depth: depth.queue or "")
 
 
 _WAITING = sa.select(sa.func.count(), sa.func.min(Job.due_at)).where(

@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 
 from .models import Job, JobStatus, ResultChunk
 from .statements import hot
+from .storage import Leftover, ResultMissing, ResultStore, Written, parse_name, result_name
 from .store import JobStore
 
 logger = logging.getLogger("flask_async_request")
@@ -68,7 +69,12 @@ _STALE = (
             Job.id.is_(None),
             sa.and_(
                 Job.status.not_in([JobStatus.WAITING.value, JobStatus.PROCESSING.value]),
-                sa.or_(Job.result_size.is_(None), Job.attempts != ResultChunk.attempt),
+                sa.or_(
+                    Job.result_size.is_(None),
+                    Job.attempts != ResultChunk.attempt,
+                    # Its result is in another store.
+                    Job.result_location.is_not(None),
+                ),
             ),
             # Waiting again (a retry, a lost worker's job run again): no attempt
             # before the next one will finish; running again: none before this one.
@@ -79,13 +85,6 @@ _STALE = (
     .distinct()
     .limit(sa.bindparam("limit"))
 )
-
-
-class Written(NamedTuple):
-    """A result written whole: what the job's end records of it."""
-
-    size: int
-    sha256: str
 
 
 #: Runs one statement that changes rows: in a transaction of its own, or in a session's.
@@ -182,7 +181,7 @@ def delete_stale(store: JobStore, *, batch_size: int = 100) -> int:
     return deleted
 
 
-class ChunkMissing(LookupError):
+class ChunkMissing(ResultMissing):
     """A chunk of a result being read is gone: the job was purged meanwhile."""
 
 
@@ -203,7 +202,7 @@ def read(store: JobStore, job_id: int, attempt: int, start: int, stop: int) -> I
     seq = int(row[0])
     position = start
     while position < stop:
-        row = store.first(READ_CHUNK, {**key, "seq": seq})
+        row = store.first(READ_CHUNK, {**key, "seq": seq}, binary=True)
         if row is None:
             raise ChunkMissing(f"Job {job_id}'s result is gone.")
         chunk_start, data = int(row[0]), bytes(row[1])
@@ -213,3 +212,74 @@ def read(store: JobStore, job_id: int, attempt: int, start: int, stop: int) -> I
         yield piece
         position += len(piece)
         seq += 1
+
+
+#: The scheme of the database store's locations. Its results record no location
+#: on the job (``NULL``, as before there were other stores): the chunks of a
+#: job's last attempt are its result.
+SCHEME = "db"
+
+
+class DatabaseStore(ResultStore):
+    """The result store in the app's own database: the chunks of ``async_request_results``.
+
+    The default: the embedded mode and a deployment with one database need no
+    other service. Its leftovers are found by one query of the jobs table
+    (:func:`delete_stale`), not listed.
+
+    :param jobs: the app's job store in this process.
+    :param execute: runs each INSERT of a chunk; by default in a transaction of
+        its own, or a transactional worker's session's.
+    """
+
+    scheme = SCHEME
+
+    def __init__(self, jobs: JobStore, execute: Execute | None = None) -> None:
+        self.jobs = jobs
+        self.execute = execute or autocommitted(jobs)
+
+    def describe(self) -> str:
+        return "database"
+
+    def location_of(self, name: str) -> str:
+        return f"{SCHEME}:{name}"
+
+    def owns(self, location: str) -> bool:
+        return location.startswith(f"{SCHEME}:")
+
+    def _key(self, location: str) -> tuple[int, int]:
+        key = parse_name(location.partition(":")[2]) if self.owns(location) else None
+        if key is None:
+            raise ResultMissing(f"{location!r} is not a result of the database.")
+        return key
+
+    def write(
+        self,
+        name: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Written:
+        key = parse_name(name)
+        if key is None:
+            raise ValueError(f"{name!r} is not a result's name (see storage.result_name).")
+        size, sha256, _ = write(self.execute, *key, chunks)
+        # Recorded as no location: the job's own chunks.
+        return Written(size, sha256)
+
+    def read(self, location: str, start: int, stop: int) -> Iterator[bytes]:
+        return read(self.jobs, *self._key(location), start, stop)
+
+    def delete(self, location: str) -> None:
+        job_id, attempt = self._key(location)
+        self.jobs.rowcount(DELETE_ATTEMPT, {"job_id": job_id, "attempt": attempt})
+
+    def leftovers(self) -> Iterator[Leftover]:
+        # Found and deleted by delete_stale's query, whatever store the app uses now.
+        return iter(())
+
+
+def database_location(job_id: int, attempt: int) -> str:
+    """The location of the database's result of ``job_id``'s ``attempt``."""
+    return f"{SCHEME}:{result_name(job_id, attempt)}"

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from . import results
+from . import result_stores, results
 from .config import Settings
 from .exceptions import WorkerResolutionError
 from .models import Job, JobStatus
@@ -242,13 +242,21 @@ def delete_matching(
     batch = sa.select(Job.id).where(condition).order_by(Job.id).limit(batch_size)
     deleted = 0
     while ids := [row[0] for row in store.all(batch, {})]:
+        stored = store.all(result_stores.RESULTS_OF, {"job_ids": ids})
         # The condition again: a job retried since the SELECT is no longer to go.
         deleted += store.rowcount(sa.delete(Job).where(Job.id.in_(ids), condition), {})
         # Then the results of the jobs gone (a job kept after all keeps its result).
-        gone = {row[0] for row in store.all(sa.select(Job.id).where(Job.id.in_(ids)), {})}
-        results.delete_jobs(store, [job_id for job_id in ids if job_id not in gone])
+        kept = {row[0] for row in store.all(sa.select(Job.id).where(Job.id.in_(ids)), {})}
+        results.delete_jobs(store, [job_id for job_id in ids if job_id not in kept])
+        result_stores.delete_results(
+            store, [tuple(row) for row in stored if row[0] not in kept and row[2] is not None]
+        )
         if progress is not None:
             progress(deleted)
-    # And the chunks of runs that never finished (a worker that raised or died).
+    # And the chunks of runs that never finished (a worker that raised or died), and
+    # what the app's store holds that is no job's result (a write cut short).
     results.delete_stale(store)
+    result_store = result_stores.configured(store)
+    if not isinstance(result_store, results.DatabaseStore):
+        result_stores.sweep(store, result_store)
     return deleted

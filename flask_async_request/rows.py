@@ -33,6 +33,16 @@ class Claim(NamedTuple):
     time_limit: float | None = None
     #: When the job was due to run: its creation, or the end of a retry's backoff.
     due_at: datetime | None = None
+    #: The submitting request's trace context (see ``tracing.capture``).
+    trace_context: str | None = None
+    #: When the job was created: a ``due_at`` that differs is a retry's backoff
+    #: or a message the sweeper sent again.
+    created_at: datetime | None = None
+
+    @property
+    def first_send(self) -> bool:
+        """Whether this is the first attempt, run from the message sent as the job was created."""
+        return self.attempt == 1 and (self.due_at is None or self.due_at == self.created_at)
 
 
 class Ended(NamedTuple):

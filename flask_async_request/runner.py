@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
-from . import lifecycle, limits, results
+from . import lifecycle, limits, result_stores, tracing
 from .broker import publish
 from .exceptions import (
     EnqueueError,
@@ -28,12 +28,20 @@ from .exceptions import (
 )
 from .leases import keeper
 from .models import JobStatus
-from .outcomes import Outcome, decode_params, failure, out_of_reach, storage_message
+from .outcomes import (
+    Outcome,
+    decode_params,
+    failure,
+    out_of_reach,
+    storage_message,
+    traceback_of,
+)
 from .payloads import Payload, encode_headers, payload_of
 from .rows import Claim, Ended
 from .running import RunContext
 from .signals import job_started
 from .state import AsyncRequestState, current_flask_app, get_state
+from .storage import result_name
 from .store import JobStore
 from .values import as_utc, utcnow
 from .worker import Worker, normalize_reply, resolve_worker
@@ -109,25 +117,42 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
                 uid,
             )
         return None
-    try:
-        ended = _run_claimed(state, store, job_id, claim)
-    except Exception as e:
-        if out_of_reach(e):
-            raise
-        logger.exception("Job %s: attempt %s failed inside the library.", job_id, claim.attempt)
-        ended = _fail(
-            store,
-            job_id,
-            claim.attempt,
-            f"The job could not be run: the library raised {type(e).__name__}"
-            " (details are in the worker's log).",
-        )
+    # The first attempt is part of the submitting request's trace; a later one
+    # (a retry, a run again after a lost worker) and a message the sweeper sent
+    # again start a trace linked to it.
+    with tracing.job_span(
+        "async_request.run",
+        claim.trace_context,
+        job_id,
+        child=claim.first_send,
+        **{"async_request.worker": claim.worker, "async_request.attempt": claim.attempt},
+    ):
+        ended = _run_guarded(state, store, job_id, claim)
     if ended is None:
         logger.info(
             "Job %s: attempt %s was cancelled or taken over; reply dropped.", job_id, claim.attempt
         )
         return None
     return ended if isinstance(ended, JobStatus) else ended.status
+
+
+def _run_guarded(
+    state: AsyncRequestState, store: JobStore, job_id: int, claim: Claim
+) -> Ended | JobStatus | None:
+    """:func:`_run_claimed`, the job failed by the library if it raises (see :func:`run_job`)."""
+    try:
+        return _run_claimed(state, store, job_id, claim)
+    except Exception as e:
+        if out_of_reach(e):
+            raise
+        logger.exception("Job %s: attempt %s failed inside the library.", job_id, claim.attempt)
+        return _fail(
+            store,
+            job_id,
+            claim.attempt,
+            f"The job could not be run: the library raised {type(e).__name__}"
+            " (details are in the worker's log).",
+        )
 
 
 def _run_claimed(
@@ -159,7 +184,7 @@ def _run_claimed(
         ended is None or ended.status is not JobStatus.PROCESSED
     ):
         # Written, but not the job's result: cancelled, taken over, or refused.
-        results.discard(store, job_id, claim.attempt)
+        result_stores.discard_written(store, job_id, claim.attempt, run.outcome.result_location)
     return ended
 
 
@@ -290,9 +315,8 @@ def _execute(
         payload = payload_of(reply)
         if payload is None:
             code, body, content_type = normalize_reply(reply)
-            if len(body) * 4 <= state.settings.result_store_threshold or (
-                len(body.encode()) <= state.settings.result_store_threshold
-            ):
+            limit = in_row_limit(state.settings.result_store_threshold, store)
+            if len(body) * 4 <= limit or len(body.encode()) <= limit:
                 outcome = Outcome(JobStatus.PROCESSED, code, body, content_type)
                 return _Run(outcome, in_session=worker_class.transactional)
             payload = Payload(code, content_type, [], (), text=body)
@@ -349,7 +373,18 @@ def _execute(
                     " the worker's log)."
                 )
             )
-        return _Run(failure(_cut(str(e) or type(e).__name__)))
+        return _Run(failure(_cut(str(e) or type(e).__name__), traceback_of(e)))
+
+
+def in_row_limit(threshold: int, store: JobStore) -> int:
+    """The most bytes of a text reply kept in the jobs table; a longer one goes to the result store.
+
+    ``ASYNC_REQUEST_RESULT_STORE_THRESHOLD``, or less where the database's text
+    column holds less (64 KiB on MariaDB and MySQL): such a reply is stored, not
+    refused by the database and its job failed.
+    """
+    capacity = store.text_capacity
+    return threshold if capacity is None else min(threshold, capacity)
 
 
 def _store_payload(
@@ -372,24 +407,23 @@ def _store_payload(
     headers = encode_headers(payload.headers)
     text = payload.text
     try:
-        if text is not None and len(text.encode()) <= state.settings.result_store_threshold:
+        if text is not None and len(text.encode()) <= in_row_limit(
+            state.settings.result_store_threshold, store
+        ):
             code, content_type = payload.status_code, payload.content_type
             return Outcome(JobStatus.PROCESSED, code, text, content_type, headers)
         chunks = payload.chunks if text is None else (text.encode(),)
-        # A transactional worker's chunks go in its transaction (on SQLite, the
-        # one writer's); any other's each in a transaction of its own.
-        execute = (
-            (lambda statement, params: session.execute(statement, params))
-            if worker_class.transactional
-            else results.autocommitted(store)
-        )
+        result_store, in_session = result_stores.writer(store, session, worker_class.transactional)
+        name = result_name(job_id, attempt)
         try:
             with stopper.running():
                 # Reading the chunks runs the worker's code: a generator, a stream.
-                written = results.write(execute, job_id, attempt, chunks)
+                written = result_store.write(
+                    name, chunks, content_type=payload.content_type, headers=payload.headers
+                )
         except BaseException:
-            if not worker_class.transactional:
-                results.discard(store, job_id, attempt)
+            if not in_session:
+                result_stores.discard(store, job_id, attempt)
             raise
     finally:
         payload.finish()
@@ -401,6 +435,7 @@ def _store_payload(
         headers,
         written.size,
         written.sha256,
+        written.location,
     )
 
 

@@ -77,3 +77,59 @@ class SharedReads(Generic[_Reply]):
         if shared is not None and time.monotonic() - shared[0] < SHARED_FOR:
             return shared
         return None
+
+
+class FreshReads(Generic[_Reply]):
+    """Reads of a job by many event streams at once, one read for those it is fresh enough for.
+
+    A change of a job wakes every stream following it. A stream asks for the job
+    as read no earlier than ``since`` (when it was woken): a read of that job
+    begun since then is as good as its own, so it waits for that read and takes
+    its answer; otherwise it reads, and the streams woken before its read began
+    may take its answer in turn. No stream ever takes a read begun before it was
+    woken, so none misses the change that woke it.
+
+    :param read: reads job ``job_id`` as it is now.
+    """
+
+    def __init__(self, read: Callable[[int], _Reply]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        #: The newest read in flight of each job: when it began, and its outcome once known.
+        self.reading: dict[int, _Flight[_Reply]] = {}
+
+    def read(self, job_id: int, since: float) -> _Reply:
+        """Job ``job_id`` as read at ``since`` (``time.monotonic``) or later."""
+        with self._lock:
+            flight = self.reading.get(job_id)
+            if flight is None or flight.began < since:
+                flight, leader = _Flight(time.monotonic()), True
+                self.reading[job_id] = flight
+            else:
+                leader = False
+        if not leader:
+            flight.done.wait()
+            if flight.failed:
+                return self._read(job_id)
+            return flight.reply  # type: ignore[return-value]  # set before done
+        try:
+            flight.reply = self._read(job_id)
+        except BaseException:
+            flight.failed = True
+            raise
+        finally:
+            with self._lock:
+                if self.reading.get(job_id) is flight:
+                    del self.reading[job_id]
+            flight.done.set()
+        return flight.reply
+
+
+class _Flight(Generic[_Reply]):
+    """One read in flight: when it began, and what it read."""
+
+    def __init__(self, began: float) -> None:
+        self.began = began
+        self.done = threading.Event()
+        self.reply: _Reply | None = None
+        self.failed = False

@@ -32,3 +32,7 @@ job_failed = _signals.signal("job-failed")
 job_cancelled = _signals.signal("job-cancelled")
 #: The sweeper ran (``republished``, ``requeued``, ``failed``: how many jobs of each).
 jobs_swept = _signals.signal("jobs-swept")
+#: A delivery of a job's callback was made and logged (``job_id``, ``outcome``:
+#: ``delivered``, ``failed`` or ``refused``, ``status_code``, ``duration`` in
+#: seconds, ``redelivery``: an operator's).
+callback_delivered = _signals.signal("callback-delivered")

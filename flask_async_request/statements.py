@@ -42,6 +42,9 @@ def is_hot(statement: sa.Executable) -> bool:
 
 #: The PostgreSQL channel on which finished and cancelled jobs are announced.
 CHANNEL = "async_request_jobs"
+#: Before the id in the payload of a change that is not an end (progress, a retry):
+#: the long polls' listener of an older release ignores such payloads.
+CHANGED_PREFIX = "c"
 
 _ID = Job.id == sa.bindparam("job_id")
 
@@ -61,6 +64,10 @@ class Statement:
         :data:`CHANNEL` in the same statement (a ``pg_notify`` over the
         UPDATE's RETURNING), so no end can be stored without waking the long
         polls that wait for it. ``returns`` must hold ``Job.id``.
+    :param announce_change: as ``announce``, for a change that is not an end
+        (a progress write, a retry): the payload is the id after
+        ``CHANGED_PREFIX``, which wakes event streams and not long polls.
+        ``returns`` need not hold ``Job.id``.
     :param no_wait: on PostgreSQL, in a transaction of its own, do not wait
         for the WAL flush.
     :param hot: mark every form as a hot path's (see ``hot``).
@@ -72,6 +79,7 @@ class Statement:
         *,
         returns: Sequence[sa.orm.QueryableAttribute[Any] | sa.ColumnElement[Any]] = (),
         announce: bool = False,
+        announce_change: bool = False,
         no_wait: bool = False,
         hot: bool = False,
     ) -> None:
@@ -84,11 +92,16 @@ class Statement:
         self.read: Any = sa.select(*returns).where(_ID) if returns else None
         #: The PostgreSQL form that announces the changed row on :data:`CHANNEL`.
         self.notifying: sa.Executable | None = None
+        #: Its form in a transaction of its own, which does not wait for the WAL flush.
+        self.notifying_no_wait: sa.Executable | None = None
         if announce:
-            done = returning.cte("done")
-            self.notifying = sa.select(
-                *done.c, sa.func.pg_notify(CHANNEL, sa.cast(done.c.id, sa.Text))
-            ).select_from(done)
+            self.notifying = _notifying(returning)
+        elif announce_change:
+            with_id = (*returns, Job.id) if Job.id not in returns else returns
+            self.notifying = _notifying(update.returning(*with_id), CHANGED_PREFIX)
+            if no_wait:
+                quick_returning = update.where(_NO_FLUSH_WAIT).returning(*with_id)
+                self.notifying_no_wait = _notifying(quick_returning, CHANGED_PREFIX)
         #: The PostgreSQL form that does not wait for the WAL flush.
         self.no_wait: sa.Executable | None = None
         if no_wait:
@@ -97,9 +110,19 @@ class Statement:
         if hot:
             # Only the form the store picks on PostgreSQL with psycopg is ever run
             # precompiled; marking the others costs nothing.
-            for form in (self.update, self.returning, self.notifying, self.no_wait):
+            forms = (self.update, self.returning, self.notifying, self.notifying_no_wait)
+            for form in (*forms, self.no_wait):
                 if form is not None:
                     _HOT[id(form)] = form
+
+
+def _notifying(returning: sa.UpdateBase, prefix: str = "") -> sa.Executable:
+    """``returning``'s row, with a ``pg_notify`` on :data:`CHANNEL` of ``prefix`` and its id."""
+    done = returning.cte("done")
+    payload: sa.ColumnElement[Any] = sa.cast(done.c.id, sa.Text)
+    if prefix:
+        payload = sa.literal(prefix, sa.Text) + payload
+    return sa.select(*done.c, sa.func.pg_notify(CHANNEL, payload)).select_from(done)
 
 
 # The status endpoint's read, and a new job's row ---------------------------------------
@@ -119,6 +142,7 @@ REPLY_COLUMNS = (
     Job.result_size,
     Job.result_sha256,
     Job.attempts,
+    Job.result_location,
 )
 REPLY = sa.select(*REPLY_COLUMNS).where(_ID)
 
@@ -141,6 +165,8 @@ class JobReply(NamedTuple):
     result_sha256: str | None = None
     #: The job's attempts: the result store's chunks are those of the last.
     attempts: int = 0
+    #: Where a stored reply is (see ``Job.result_location``); ``None``: the database.
+    result_location: str | None = None
 
     @property
     def stored(self) -> bool:
@@ -164,6 +190,8 @@ class NewRow(NamedTuple):
     created_at: datetime
     updated_at: datetime
     due_at: datetime
+    #: The submitting request's trace context (see ``tracing.capture``).
+    trace_context: str | None = None
 
 
 INSERT = hot(
@@ -175,6 +203,11 @@ INSERT = hot(
 #: Waiting or processing: said by ``finished_at`` too, so that a read of such jobs is
 #: a scan of the partial index over them (no index holds the status; see ``Job``).
 UNFINISHED = Job.finished_at.is_(None)
+
+#: What the event streams show of the watched jobs: one query for all the streams.
+STATES_OF = sa.select(
+    Job.id, Job.status, Job.progress, Job.progress_message, Job.attempts, Job.finished_at
+).where(Job.id.in_(sa.bindparam("job_ids", expanding=True)))
 
 #: Which of the waited-on jobs are still pending: one query for all the long polls.
 PENDING_OF = sa.select(Job.id).where(
@@ -202,6 +235,8 @@ CLAIM_COLUMNS = (
     Job.queue,
     Job.time_limit,
     Job.due_at,
+    Job.trace_context,
+    Job.created_at,
 )
 #: The job's uid, from its message; ``None`` (the default): any uid, for a message
 #: that does not carry one. A message sent before its table was recreated or its
@@ -239,10 +274,14 @@ RENEW = Statement(
     hot=True,
 )
 GIVE_UP = Statement(sa.update(Job).where(*_HELD).values(lease_expires_at=sa.bindparam("now")))
+#: A progress write, announced to the event streams on PostgreSQL. Its rate is the
+#: worker's (``running.CHECK_INTERVAL``: at most five writes a second per job, the
+#: reports between them left out), so announcing every write is the bound.
 PROGRESS = Statement(
     sa.update(Job)
     .where(*_HELD)
     .values(progress=sa.bindparam("progress"), progress_message=sa.bindparam("message")),
+    announce_change=True,
     no_wait=True,
     hot=True,
 )
@@ -254,7 +293,9 @@ _BACK_TO_WAITING: dict[str, Any] = {
     "updated_at": sa.bindparam("now"),
     "lease_expires_at": None,
 }
-RESCHEDULE = Statement(sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING), hot=True)
+RESCHEDULE = Statement(
+    sa.update(Job).where(*_HELD).values(_BACK_TO_WAITING), announce_change=True, hot=True
+)
 
 
 # The ends of a job ---------------------------------------------------------------------------
@@ -287,6 +328,8 @@ FINISH = _ending(
             "headers": sa.bindparam("headers", None, type_=sa.Text()),
             "result_size": sa.bindparam("result_size", None, type_=sa.BigInteger()),
             "result_sha256": sa.bindparam("result_sha256", None, type_=sa.String(64)),
+            "result_location": sa.bindparam("result_location", None, type_=sa.String(1024)),
+            "traceback": sa.bindparam("traceback", None, type_=sa.Text()),
             "progress": sa.func.coalesce(sa.bindparam("progress", type_=sa.Float()), Job.progress),
         }
     )
@@ -318,7 +361,9 @@ MESSAGE_COLUMNS = (Job.id, Job.uid, Job.queue, Job.time_limit, Job.worker)
 #: A waiting job's: see ``rows.WaitingJob``.
 _WAITING_COLUMNS = (*MESSAGE_COLUMNS, Job.due_at)
 
-REQUEUE_LOST = Statement(sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING))
+REQUEUE_LOST = Statement(
+    sa.update(Job).where(*_LOST).values(_BACK_TO_WAITING), announce_change=True
+)
 RESET_FOR_RETRY = Statement(
     sa.update(Job)
     .where(_ID, Job.status == JobStatus.FAILED)
@@ -331,6 +376,8 @@ RESET_FOR_RETRY = Statement(
             "headers": None,
             "result_size": None,
             "result_sha256": None,
+            "result_location": None,
+            "traceback": None,
             "progress": None,
             "progress_message": None,
             "attempts": 0,
@@ -367,4 +414,15 @@ WAITING_JOBS = (
 
 RECORD_CALLBACK = Statement(
     sa.update(Job).where(_ID).values(callback_status=sa.bindparam("callback_status"))
+)
+CALLBACK_DELIVERIES = sa.select(Job.callback_deliveries).where(_ID)
+#: The callback's status and its delivery log, if the log is still the one read:
+#: a delivery recorded meanwhile makes it read the log again.
+RECORD_DELIVERY = Statement(
+    sa.update(Job)
+    .where(_ID, Job.callback_deliveries.is_not_distinct_from(sa.bindparam("before", type_=sa.Text)))
+    .values(
+        callback_status=sa.bindparam("callback_status"),
+        callback_deliveries=sa.bindparam("deliveries", type_=sa.Text),
+    )
 )

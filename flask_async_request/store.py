@@ -24,10 +24,20 @@ import sqlalchemy as sa
 from .compat import Precompiled, precompile
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
-from .shared_reads import SharedReads
-from .statements import CHANNEL, INSERT, PENDING_OF, REPLY, NewRow, Statement, is_hot
+from .shared_reads import FreshReads, SharedReads
+from .statements import (
+    CHANGED_PREFIX,
+    CHANNEL,
+    INSERT,
+    PENDING_OF,
+    REPLY,
+    STATES_OF,
+    NewRow,
+    Statement,
+    is_hot,
+)
 from .statements import JobReply as JobReply
-from .waiting import Waiters, wait_for
+from .waiting import Changed, Waiters, wait_for
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -72,6 +82,10 @@ def _reason(error: sa.exc.DBAPIError) -> str:
     return f"{type(error.orig).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
+#: What a ``TEXT`` column of MariaDB and MySQL holds: 65,535 bytes.
+MYSQL_TEXT_BYTES = 65_535
+
+
 class Unreachable:
     """Raise :class:`DatabaseUnavailable` for a lost connection inside ``with``; others as they are.
 
@@ -106,6 +120,11 @@ class JobStore:
         self.postgresql = autocommit and engine.dialect.name == "postgresql"
         #: Whether an UPDATE can hand back the changed row (not on MariaDB or MySQL).
         self.returning = bool(engine.dialect.update_returning)
+        #: The bytes of UTF-8 a text column holds, where it holds fewer than any
+        #: reply kept in a row might need: MariaDB's and MySQL's ``TEXT``.
+        self.text_capacity: int | None = (
+            MYSQL_TEXT_BYTES if engine.dialect.name in ("mysql", "mariadb") else None
+        )
         # The poll runs its compiled SQL on a raw DBAPI cursor: SQLAlchemy's
         # execution layer costs more than the query itself there.
         self._reply_sql = REPLY.compile(dialect=engine.dialect).string
@@ -121,8 +140,12 @@ class JobStore:
         )
         self._waiters: Waiters | None = None
         self._waiters_lock = threading.Lock()
+        #: What the watched jobs' rows held at the last check, where no LISTEN tells.
+        self._seen: dict[int, tuple[Any, ...]] = {}
         #: The reads of ended jobs' rows, shared by the requests their end woke.
         self.shared_reads = SharedReads(lambda job_id: self.fetch_reply(job_id), _ended_or_gone)
+        #: The reads of followed jobs' rows, one for the event streams a change woke.
+        self.fresh_reads = FreshReads(lambda job_id: self.fetch_reply(job_id))
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -200,7 +223,7 @@ class JobStore:
             ) from None
         return JobReply(uid, owner, known, *rest)
 
-    def _raw(self, sql: str, params: Any, *, rowcount: bool = False) -> Any:
+    def _raw(self, sql: str, params: Any, *, rowcount: bool = False, binary: bool = False) -> Any:
         """Run compiled ``sql`` on a raw pooled DBAPI cursor; its first row (or its rowcount).
 
         SQLAlchemy's execution layer costs more than these one-row statements
@@ -213,7 +236,8 @@ class JobStore:
             raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
         cursor = None
         try:
-            cursor = connection.cursor()
+            # Raw statements run on psycopg only, whose cursors take binary=.
+            cursor = connection.cursor(binary=True) if binary else connection.cursor()
             try:
                 cursor.execute(sql, params)
                 return cursor.rowcount if rowcount else cursor.fetchone()
@@ -266,11 +290,20 @@ class JobStore:
         found = self._precompiled[key] = precompile(statement, self.engine.dialect)
         return found
 
-    def first(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
-        """Run ``statement`` in a transaction of its own; its first row, if any."""
+    def first(
+        self, statement: sa.Executable, params: dict[str, Any], *, binary: bool = False
+    ) -> Any:
+        """Run ``statement`` in a transaction of its own; its first row, if any.
+
+        ``binary``: where the statement runs raw (psycopg), its row comes in
+        PostgreSQL's binary format. A ``bytea`` comes as it is stored, where the
+        text format hex-encodes it on the server and decodes it here: six times
+        slower for a chunk of a stored result.
+        """
         precompiled = self._hot(statement)
         if precompiled is not None:
-            return precompiled.row(self._raw(precompiled.sql, precompiled.params(params)))
+            row = self._raw(precompiled.sql, precompiled.params(params), binary=binary)
+            return precompiled.row(row)
         with self.engine.begin() as conn:
             return conn.execute(statement, params).first()
 
@@ -290,12 +323,14 @@ class JobStore:
     def _form(self, statement: Statement, *, own_transaction: bool = True) -> sa.Executable:
         """The form of ``statement`` this database runs: the one place that decides it.
 
-        PostgreSQL with psycopg announces an end in the statement itself; PostgreSQL
+        PostgreSQL with psycopg announces an end (or a change) in the statement itself; PostgreSQL
         skips the WAL flush wait for a statement in a transaction of its own; a
         database with RETURNING hands back the changed row; the others run the
         plain UPDATE (and then read the row, see :meth:`run`).
         """
         if self.listen and statement.notifying is not None:
+            if own_transaction and statement.notifying_no_wait is not None:
+                return statement.notifying_no_wait
             return statement.notifying
         if own_transaction and self.postgresql and statement.no_wait is not None:
             return statement.no_wait
@@ -361,7 +396,7 @@ class JobStore:
                 if self.listen:
                     self._waiters = Waiters(listen=self._listening)
                 else:
-                    self._waiters = Waiters(check=self._ended_or_gone)
+                    self._waiters = Waiters(check=self._ended_or_gone, changes=self._changed)
             return self._waiters
 
     @contextlib.contextmanager
@@ -375,8 +410,11 @@ class JobStore:
 
             def announced(timeout: float) -> Iterator[int]:
                 for notification in pg.notifies(timeout=timeout):
-                    if notification.payload.isdigit():
-                        yield int(notification.payload)
+                    payload = notification.payload
+                    if payload.isdigit():
+                        yield int(payload)
+                    elif payload.startswith(CHANGED_PREFIX) and payload[1:].isdigit():
+                        yield Changed(payload[1:])
 
             yield announced
         finally:
@@ -389,6 +427,22 @@ class JobStore:
             batch = job_ids[start : start + _CHECK_BATCH]
             pending.update(row[0] for row in self.all(PENDING_OF, {"job_ids": batch}))
         return [job_id for job_id in job_ids if job_id not in pending]
+
+    def _changed(self, job_ids: list[int]) -> list[int]:
+        """Of ``job_ids``, those whose state changed since the last check (or never checked).
+
+        A job's state is what an event stream shows of it: status, progress and
+        message, attempts. One query per :data:`_CHECK_BATCH` ids for all the streams.
+        """
+        now: dict[int, tuple[Any, ...]] = {}
+        for start in range(0, len(job_ids), _CHECK_BATCH):
+            batch = job_ids[start : start + _CHECK_BATCH]
+            for row in self.all(STATES_OF, {"job_ids": batch}):
+                now[row[0]] = tuple(row[1:])
+        changed = [job_id for job_id in job_ids if self._seen.get(job_id) != now.get(job_id, ())]
+        # Only the jobs still watched are remembered.
+        self._seen = {job_id: now.get(job_id, ()) for job_id in job_ids}
+        return changed
 
     def dispose(self) -> None:
         """Close the store's own pooled connections."""

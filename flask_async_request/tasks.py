@@ -25,6 +25,7 @@ from .broker import (
     SWEEP_TASK,
     uid_of,
 )
+from .callbacks import deliver, give_up
 from .compat import on_every_app_finalized
 from .exceptions import DatabaseUnavailable
 from .leases import keeper
@@ -32,7 +33,7 @@ from .maintenance import sweep_jobs
 from .retention import purge_expired
 from .runner import run_job
 from .state import get_state
-from .webhooks import DeliveryError, deliver, give_up
+from .webhooks import DeliveryError
 
 if TYPE_CHECKING:
     from .config import Settings

@@ -30,13 +30,13 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
+from .callbacks import deliver
 from .client import wait_for
 from .client_polling import JobResult, start_of
 from .exceptions import AsyncRequestError
 from .models import Job, JobStatus
 from .runner import run_job
 from .state import get_state
-from .webhooks import deliver
 
 __all__ = ["JobRun", "JobRunner"]
 

@@ -39,6 +39,18 @@ def finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+def format_size(size: int) -> str:
+    """A number of bytes for a reader: ``512 B``, ``1.5 KiB``, ``1.8 MiB``, ``2.0 GiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
 def short_repr(value: object, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters: an error message may echo any input."""
     text = repr(value)

@@ -5,35 +5,35 @@ Its errors are answered in the JSON envelope of :mod:`.envelope`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
 from importlib import resources
 from typing import Any
 
-import sqlalchemy.exc
 from flask import Blueprint, Response, request, url_for
 
-from .envelope import answer_errors, error_answer, unavailable_answer
-from .exceptions import (
-    DatabaseUnavailable,
-    InvalidJobRow,
-    InvalidToken,
-    JobFinished,
-    JobNotFound,
+from .access import (
+    Refusal,
+    check_same_job,
+    database_errors,
+    job_for_request,
+    job_url_enabled,
+    link_url,
+    result_url,
 )
-from .links import LinkClaims, sign_link
+from .envelope import answer_errors, error_answer
+from .exceptions import JobFinished, JobNotFound
+from .links import LinkClaims
 from .models import Job, JobStatus
 from .payloads import decode_headers
 from .replies import finished_body, pending_body
 from .state import get_state
-from .store import JobReply, lost_connection
-from .tokens import MAX_TOKEN_LENGTH, TokenClaims, token_from_header
+from .store import JobReply
+from .streams import END_ID, can_hold, event_stream, wants_stream
 from .web import cancel_job
 
 logger = logging.getLogger("flask_async_request")
@@ -53,67 +53,6 @@ class _Blueprint(Blueprint):
 #: Also serves the browser client: ``url_for("async_request.static", filename="async-request.js")``.
 blueprint = _Blueprint("async_request", __name__, static_folder="static")
 answer_errors(blueprint)
-
-
-class _Refusal(Exception):
-    """Ends a request early with an error answer."""
-
-    def __init__(self, response: Any) -> None:
-        self.response = response
-
-
-def _job_for_request(token: str | None = None) -> tuple[TokenClaims, JobReply]:
-    """The job the request's token names, if this request may see it.
-
-    :param token: the token from the job's own url; ``None``: from the header.
-    :raises _Refusal: 400 for a bad token, 404 for a job that does not exist (or
-        belongs to another identity), 503 when the database cannot be reached.
-    """
-    state = get_state()
-    try:
-        if token is None:
-            token = token_from_header(request.headers.get(state.settings.header_key))
-        elif len(token) > MAX_TOKEN_LENGTH:
-            raise InvalidToken("token too long")
-        claims = state.verify_token(token)
-    except InvalidToken:
-        raise _Refusal(error_answer("Invalid token", 400)) from None
-    with _database():
-        reply = state.store().fetch_reply(claims.job_id)
-    _check_same_job(claims, reply)
-    assert reply is not None  # _check_same_job refused a missing row.
-    # A job bound to an identity answers only that identity; to anyone else it
-    # does not exist.
-    if reply.owner is not None and (claims.owner != reply.owner or state.identity() != reply.owner):
-        raise _Refusal(error_answer("Job not found", 404))
-    return claims, reply
-
-
-def _check_same_job(claims: TokenClaims, reply: JobReply | None) -> None:
-    """Refuse with 404 unless ``reply`` is the row the token was signed for.
-
-    A row with the same id but another uid is a different job (ids can be
-    reused after a purge or a table reset): the token does not reach it.
-    """
-    if reply is None or reply.uid != claims.uid:
-        raise _Refusal(error_answer("Job not found", 404))
-
-
-@contextlib.contextmanager
-def _database() -> Iterator[None]:
-    """Turn a database that cannot be reached into 503, and a corrupt row into 409."""
-    try:
-        yield
-    except (sqlalchemy.exc.DBAPIError, DatabaseUnavailable) as e:
-        if isinstance(e, sqlalchemy.exc.DBAPIError) and not lost_connection(e):
-            raise
-        logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
-        raise _Refusal(unavailable_answer()) from None
-    except InvalidJobRow as e:
-        # Not the client's doing, and nothing it can fix by asking again soon; a
-        # 409 says the job cannot be served as it is stored, and the log says why.
-        logger.error("%s Answering 409.", e)
-        raise _Refusal(error_answer("The job's stored row is not valid.", 409)) from None
 
 
 def _reply_answer(job_id: int, reply: JobReply) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -145,36 +84,6 @@ def _reply_answer(job_id: int, reply: JobReply) -> tuple[dict[str, Any], int, di
         result=result,
     )
     return body, 200, {}
-
-
-def result_url(token: str | None) -> str:
-    """The job's result url, on this request's origin, with the token where the request had it.
-
-    ``token``: the token of the job's own url (the path); ``None``: the header's,
-    whose result url is shared and takes the token in the header again.
-    """
-    if token:
-        return url_for("async_request.result_url", token=token, _external=True)
-    return url_for("async_request.result", _external=True)
-
-
-def link_url(claims: LinkClaims, expires_in: timedelta | int | None = None) -> str:
-    """The signed download link of the result ``claims`` name, on this request's origin.
-
-    :param expires_in: its lifetime; ``None``: ``ASYNC_REQUEST_LINK_EXPIRATION``.
-    :raises ValueError: ``expires_in`` is not a positive number of seconds.
-    """
-    settings = get_state().settings
-    if expires_in is None:
-        expires_in = settings.link_expiration
-    seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 1:
-        raise ValueError(
-            f"expires_in is {expires_in!r}; a download link's lifetime is a number of seconds"
-            " or a timedelta, of one second or more."
-        )
-    signed = sign_link(settings, claims, int(seconds))
-    return url_for("async_request.download", signed=signed, _external=True)
 
 
 # RFC 7240's grammar, in RFC 9110's terms: a preference is a token with an
@@ -245,12 +154,6 @@ def requested_wait() -> int | None:
     return _MAX_DELTA_SECONDS if len(digits) > 10 else min(int(digits), _MAX_DELTA_SECONDS)
 
 
-def _job_url_enabled() -> None:
-    """Answer 404 for a job's own url where ``ASYNC_REQUEST_TOKEN_IN_URL`` is off."""
-    if not get_state().settings.token_in_url:
-        raise _Refusal(error_answer("Not found", 404))
-
-
 @blueprint.get("/job", endpoint="job")
 @blueprint.get("/job/<token>", endpoint="job_url")
 def job_status(token: str | None = None) -> Any:
@@ -264,20 +167,30 @@ def job_status(token: str | None = None) -> Any:
     """
     try:
         if token is not None:
-            _job_url_enabled()
-        claims, reply = _job_for_request(token)
+            job_url_enabled()
+        claims, reply = job_for_request(token)
         wait = requested_wait()
+        if wants_stream():
+            if request.headers.get("Last-Event-ID") == END_ID and reply.status.finished:
+                # Its end was read: 204 stops an EventSource from reconnecting.
+                return Response(status=204)
+            if can_hold(request.environ, get_state().settings.streams):
+                return event_stream(
+                    claims.job_id, claims.uid, lambda done: _reply_answer(claims.job_id, done)[0]
+                )
+            # A sync worker would be held for the stream's whole life: a long poll instead.
+            wait = get_state().settings.max_wait
         applied = None
         if wait is not None and not reply.status.finished:
             applied = min(wait, get_state().settings.max_wait)
             if applied > 0:
-                with _database():
+                with database_errors():
                     waited = get_state().store().wait_until_finished(claims.job_id, applied)
                 # The job may have been purged meanwhile: then it is gone, as for a plain GET.
-                _check_same_job(claims, waited)
+                check_same_job(claims, waited)
                 assert waited is not None  # _check_same_job refused a missing row.
                 reply = waited
-    except _Refusal as refusal:
+    except Refusal as refusal:
         return refusal.response
     if reply.status is JobStatus.PROCESSED and get_state().settings.redirect_finished:
         headers = {"Location": result_url(token)}
@@ -296,11 +209,11 @@ def cancel(token: str | None = None) -> Any:
     """Cancel the job named by the request's token; 409 if it has finished already."""
     try:
         if token is not None:
-            _job_url_enabled()
-        claims, _ = _job_for_request(token)
-        with _database():
+            job_url_enabled()
+        claims, _ = job_for_request(token)
+        with database_errors():
             reply = cancel_job(claims.job_id)
-    except _Refusal as refusal:
+    except Refusal as refusal:
         return refusal.response
     except JobFinished:
         return error_answer("The job has finished already and cannot be cancelled.", 409)

@@ -12,6 +12,11 @@ wakes them:
 
 So a thousand waiting requests cost one connection (or one query per
 interval), not a thousand.
+
+Event streams *watch* a job instead: they are woken by any change, not only
+its end. On PostgreSQL the same listener wakes them for the changes announced
+as :class:`Changed` ids (a progress write, a retry); elsewhere the poller asks,
+in one more query per interval, which of the watched jobs changed.
 """
 
 from __future__ import annotations
@@ -42,6 +47,30 @@ Listen = Callable[[], AbstractContextManager[Callable[[float], Iterable[int]]]]
 Check = Callable[[list[int]], Iterable[int]]
 
 
+class Wake(threading.Event):
+    """A waiter's event, which also tells when it was last set (``time.monotonic``).
+
+    A read of the job begun since then sees what the wake announced: the
+    streams a change woke together may share one (see ``shared_reads.FreshReads``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: When the event was last set; 0 before that.
+        self.at = 0.0
+
+    def set_at(self, at: float) -> None:
+        """Set the event, woken at ``at``."""
+        self.at = at
+        self.set()
+
+
+class Changed(int):
+    """An announced job id that changed without ending: it wakes watchers, not long polls."""
+
+    __slots__ = ()
+
+
 class Waiters:
     """The requests of one process waiting for jobs to end, and the thread that wakes them.
 
@@ -50,29 +79,57 @@ class Waiters:
         returning the ids announced within a timeout.
     :param check: elsewhere: a query telling which of the given job ids have
         ended or gone.
+    :param changes: with ``check``: a query telling which of the given job ids
+        have changed (or ended, or gone) since it was last asked about them; a
+        job it is asked about for the first time counts as changed. Without it,
+        watchers are woken at ends only.
     """
 
-    def __init__(self, *, listen: Listen | None = None, check: Check | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        listen: Listen | None = None,
+        check: Check | None = None,
+        changes: Check | None = None,
+    ) -> None:
         if (listen is None) == (check is None):
             raise ValueError("Waiters needs exactly one of listen= and check=.")
         self._listen = listen
         self._check = check
+        self._changes = changes
         self._lock = threading.Lock()
-        self._waiting: dict[int, set[threading.Event]] = {}
+        self._waiting: dict[int, set[Wake]] = {}
+        #: The event streams' events, woken by any change of their job.
+        self._watching: dict[int, set[Wake]] = {}
         self._someone_waits = threading.Event()
         #: Set once the thread listens (or polls): waiters registered after it miss nothing.
         self._ready = threading.Event()
         self._pid: int | None = None
 
     @contextmanager
-    def waiting_for(self, job_id: int) -> Iterator[threading.Event]:
+    def waiting_for(self, job_id: int) -> Iterator[Wake]:
         """Register a waiter for job ``job_id``: an event set when the job may have ended.
 
         The event can also be set for no reason (after a lost connection, every
         waiter is woken to look again): the caller reads the job, and waits on
         again if it is still pending.
         """
-        event = threading.Event()
+        with self._registered(self._waiting, job_id) as event:
+            yield event
+
+    @contextmanager
+    def watching(self, job_id: int) -> Iterator[Wake]:
+        """Register a watcher of job ``job_id``: an event set when the job may have changed.
+
+        As for :meth:`waiting_for`, the event may be set for no reason: the
+        caller reads the job and compares.
+        """
+        with self._registered(self._watching, job_id) as event:
+            yield event
+
+    @contextmanager
+    def _registered(self, table: dict[int, set[Wake]], job_id: int) -> Iterator[Wake]:
+        event = Wake()
         with self._lock:
             started = self._start_if_needed()
         if started:
@@ -80,39 +137,54 @@ class Waiters:
             # no end announced before it could be missed.
             self._ready.wait(READY_TIMEOUT)
         with self._lock:
-            self._waiting.setdefault(job_id, set()).add(event)
+            table.setdefault(job_id, set()).add(event)
             self._someone_waits.set()
         try:
             yield event
         finally:
             with self._lock:
-                events = self._waiting.get(job_id)
+                events = table.get(job_id)
                 if events is not None:
                     events.discard(event)
                     if not events:
-                        del self._waiting[job_id]
-                if not self._waiting:
+                        del table[job_id]
+                if not self._waiting and not self._watching:
                     self._someone_waits.clear()
 
     @property
     def count(self) -> int:
-        """How many requests wait now."""
+        """How many requests wait now (long polls and streams)."""
         with self._lock:
-            return sum(len(events) for events in self._waiting.values())
+            return sum(len(events) for events in self._waiting.values()) + sum(
+                len(events) for events in self._watching.values()
+            )
 
     def wake(self, job_ids: Iterable[int]) -> None:
-        """Wake the requests waiting on ``job_ids``."""
+        """Wake the requests waiting on ``job_ids``, which ended, and their watchers."""
         with self._lock:
+            at = time.monotonic()
             for job_id in job_ids:
                 for event in self._waiting.get(job_id, ()):
-                    event.set()
+                    event.set_at(at)
+                for event in self._watching.get(job_id, ()):
+                    event.set_at(at)
+
+    def wake_watchers(self, job_ids: Iterable[int]) -> None:
+        """Wake the watchers of ``job_ids``, which changed (long polls wait on)."""
+        with self._lock:
+            at = time.monotonic()
+            for job_id in job_ids:
+                for event in self._watching.get(job_id, ()):
+                    event.set_at(at)
 
     def wake_all(self) -> None:
         """Wake every waiting request, to look again."""
         with self._lock:
-            for events in self._waiting.values():
-                for event in events:
-                    event.set()
+            at = time.monotonic()
+            for table in (self._waiting, self._watching):
+                for events in table.values():
+                    for event in events:
+                        event.set_at(at)
 
     def _start_if_needed(self) -> bool:
         """Start the waking thread unless it runs in this process; whether it was started."""
@@ -121,6 +193,7 @@ class Waiters:
             return False
         self._pid = os.getpid()
         self._waiting.clear()
+        self._watching.clear()
         self._ready.clear()
         target = self._run_listener if self._listen is not None else self._run_poller
         threading.Thread(target=target, name="flask-async-request-waiters", daemon=True).start()
@@ -140,7 +213,10 @@ class Waiters:
                     while self._pid == pid:
                         # Each end wakes its waiters as it arrives, not at the slice's end.
                         for job_id in announced(LISTEN_SLICE):
-                            self.wake((job_id,))
+                            if isinstance(job_id, Changed):
+                                self.wake_watchers((job_id,))
+                            else:
+                                self.wake((job_id,))
             except Exception:
                 logger.warning(
                     "The long-poll listener lost its connection; reconnecting in %.1f s.",
@@ -160,10 +236,15 @@ class Waiters:
             time.sleep(POLL_INTERVAL)
             with self._lock:
                 ids = list(self._waiting)
-            if not ids:
-                continue
+                watched = list(self._watching)
             try:
-                self.wake(self._check(ids))
+                if ids:
+                    self.wake(self._check(ids))
+                if watched:
+                    if self._changes is not None:
+                        self.wake_watchers(self._changes(watched))
+                    else:
+                        self.wake_watchers(self._check(watched))
             except Exception:
                 logger.warning("The long-poll check failed; waking every waiter.", exc_info=True)
                 self.wake_all()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import (
     scoped_session,
 )
 
-from . import lifecycle, limits
+from . import lifecycle, limits, tracing
 from .broker import Message, publish, revoke
 from .compat import transaction_used_connection
 from .exceptions import (
@@ -212,6 +212,7 @@ def create_job(
             checked_class.time_limit or state.settings.time_limit,
             f"{path}.time_limit",
         ),
+        trace_context=tracing.capture(),
     )
     store = state.store()
     # Published on the caller's commit rather than ours.

@@ -50,14 +50,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import sqlalchemy as sa
-
-from . import lifecycle
 from .exceptions import AsyncRequestError
-from .models import Job, JobStatus
-from .payloads import decode_headers
-from .replies import callback_payload
-from .state import get_state
 
 logger = logging.getLogger("flask_async_request")
 
@@ -82,6 +75,10 @@ _connect = socket.create_connection
 
 class DeliveryError(AsyncRequestError):
     """The receiver could not be reached, or did not answer 2xx; worth another try."""
+
+
+class NoCallback(AsyncRequestError, ValueError):
+    """A job has no callback to redeliver: no url, or it has not ended."""
 
 
 class CallbackRefused(DeliveryError):
@@ -290,93 +287,3 @@ def post(target: Target, payload: bytes, headers: Mapping[str, str]) -> int:
         raise DeliveryError(f"could not be sent: {e}") from e
     finally:
         connection.close()
-
-
-# Delivery ---------------------------------------------------------------------------------
-
-_CALLBACK = sa.select(
-    Job.callback_url,
-    Job.uid,
-    Job.attempts,
-    Job.status,
-    Job.status_code,
-    Job.response,
-    Job.content_type,
-    Job.headers,
-    Job.result_size,
-    Job.result_sha256,
-).where(Job.id == sa.bindparam("job_id"))
-
-
-def deliver(job_id: int, attempt: int = 1) -> bool:
-    """POST job ``job_id``'s end to its callback url (inside an app context).
-
-    The outcome is noted on the job (``flask async-request show`` shows it).
-
-    :param attempt: which delivery this is, for the note.
-    :returns: ``False`` when there is nothing to deliver (no such job, no url)
-        or the url was refused (logged, and never retried).
-    :raises DeliveryError: the receiver could not be reached or did not answer 2xx.
-    :raises sqlalchemy.exc.OperationalError: the database could not be read.
-    """
-    state = get_state()
-    store = state.store()
-    row = store.first(_CALLBACK, {"job_id": job_id})
-    if row is None or not row.callback_url:
-        return False
-    key = state.settings.callback_key
-    status = JobStatus(row.status)
-    try:
-        if key is None:
-            raise CallbackRefused("callbacks need ASYNC_REQUEST_CALLBACK_KEY (or SECRET_KEY) set")
-        target = resolve_target(
-            row.callback_url, allow_private=state.settings.callback_allow_private
-        )
-        # A result in the result store is named by its size and checksum; the
-        # receiver downloads it from the job's result url with its token.
-        stored = (
-            None
-            if row.result_size is None or status is not JobStatus.PROCESSED
-            else {"size": row.result_size, "sha256": row.result_sha256}
-        )
-        payload = callback_payload(
-            job_id,
-            status,
-            row.status_code,
-            row.response,
-            row.content_type,
-            headers=decode_headers(row.headers),
-            result=stored,
-        )
-        message = message_id(row.uid, row.attempts, status.value)
-        timestamp = str(int(time.time()))
-        code = post(
-            target,
-            payload,
-            {
-                "Content-Type": "application/json",
-                "User-Agent": "flask-async-request",
-                ID_HEADER: message,
-                TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(message, timestamp, payload, key),
-            },
-        )
-        if not 200 <= code < 300:
-            raise DeliveryError(f"got {code} from its url")
-    except CallbackRefused as e:
-        logger.warning("Job %s: callback refused: %s.", job_id, e)
-        lifecycle.record_callback(store, job_id, f"refused: {e}")
-        return False
-    except DeliveryError as e:
-        lifecycle.record_callback(store, job_id, f"failed (delivery {attempt}): {e}")
-        raise DeliveryError(f"The callback of job {job_id} {e}.") from e
-    lifecycle.record_callback(store, job_id, f"delivered: {code} (delivery {attempt})")
-    return True
-
-
-def give_up(job_id: int, deliveries: int, error: Exception) -> None:
-    """Note that the job's callback was given up after ``deliveries`` failed deliveries."""
-    logger.error("Job %s: giving up its callback: %s", job_id, error)
-    lifecycle.record_callback(
-        get_state().store(), job_id, f"gave up after {deliveries} deliveries: {error}"
-    )

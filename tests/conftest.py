@@ -25,6 +25,7 @@ from werkzeug.test import TestResponse
 from flask_async_request import AsyncRequest, Job, JobStatus
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.state import get_state
+from tests.s3server import S3Server, serve
 
 if TYPE_CHECKING:
     from flask_async_request.config import Settings
@@ -330,3 +331,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         (title, content.encode("utf-8", "backslashreplace").decode("utf-8"))
         for title, content in report.sections
     ]
+
+
+@pytest.fixture(scope="session")
+def s3_server_session() -> Iterator[S3Server]:
+    """moto's S3 server on loopback, one for the session (skipped without moto)."""
+    yield from serve()
+
+
+@pytest.fixture
+def s3_server(s3_server_session: S3Server) -> Iterator[S3Server]:
+    """The S3 server, its bucket emptied after the test."""
+    yield s3_server_session
+    s3_server_session.empty()

@@ -215,7 +215,20 @@ def test_worker_and_beat_need_a_broker(make_app: AppFactory, command: str) -> No
 
 
 @pytest.mark.parametrize(
-    "command", ["init", "purge", "sweep", "list", "show", "retry", "stats", "worker", "beat"]
+    "command",
+    [
+        "init",
+        "purge",
+        "sweep",
+        "list",
+        "show",
+        "retry",
+        "cancel",
+        "redeliver",
+        "stats",
+        "worker",
+        "beat",
+    ],
 )
 def test_every_command_has_help(app: Flask, command: str) -> None:
     """--help explains each command."""
@@ -241,6 +254,8 @@ LIST_KEYS = {
     "finished_at",
 }
 SHOW_KEYS = LIST_KEYS | {
+    "callback_deliveries",
+    "traceback",
     "params",
     "response",
     "content_type",
@@ -250,6 +265,10 @@ SHOW_KEYS = LIST_KEYS | {
     "due_at",
     "updated_at",
     "lease_expires_at",
+    "headers",
+    "result_size",
+    "result_sha256",
+    "download_url",
 }
 
 

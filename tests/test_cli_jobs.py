@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import timedelta
 from typing import Any
 
 import click
+import pytest
+import sqlalchemy as sa
 from flask import Flask, current_app
 
-from flask_async_request import JobStatus
-from flask_async_request.cli import jobs
+from flask_async_request import Job, JobStatus, results
+from flask_async_request.cli import jobs, selection
 from flask_async_request.config import format_duration
 from flask_async_request.values import utcnow
-from tests.conftest import AppFactory, add_job
+from tests import workers
+from tests.conftest import AppFactory, add_job, current_db
 
 
 def _invoke(app: Flask, command: click.Command, *args: str) -> Any:
@@ -107,7 +111,7 @@ def test_retry_of_a_job_that_did_not_fail_is_refused(make_app: AppFactory) -> No
     """Only failed jobs are retried; the job is left as it was."""
     app = make_app()
     job_id = _job(app, status=JobStatus.PROCESSED)
-    result = _invoke(app, jobs.retry_command, str(job_id))
+    result = _invoke(app, selection.retry_command, str(job_id))
     assert result.exit_code == 1
     assert "only failed jobs can be retried" in result.output
 
@@ -129,3 +133,172 @@ def test_stats_json_counts_every_status_and_the_waiting_per_queue(make_app: AppF
         default = current_app.extensions["celery"].conf.task_default_queue
     assert stats["waiting_by_queue"] == {default: 1}
     assert stats["oldest_waiting_age_seconds"] >= 0
+
+
+def _delivered(app: Flask, url: str) -> int:
+    """A processed job calling back ``url``, delivered once."""
+    from flask_async_request.callbacks import deliver
+
+    with app.app_context():
+        job = add_job(status=JobStatus.PROCESSED, status_code=200, response="ok")
+        job.callback_url = url
+        current_app.extensions["sqlalchemy"].session.commit()
+        deliver(job.id)
+        return job.id
+
+
+def test_show_prints_the_callback_deliveries(make_app: AppFactory) -> None:
+    """show lists each delivery with its host and answer; --json has them as objects."""
+    from tests.test_idempotency_webhooks import Receiver
+
+    app = make_app()
+    receiver = Receiver()
+    try:
+        job_id = _delivered(app, receiver.url + "?secret=1")
+    finally:
+        receiver.server.shutdown()
+    output = _invoke(app, jobs.show_command, str(job_id)).output
+    assert "DELIVERED AT" in output and "127.0.0.1" in output and "secret=1" in output
+    [row] = [line for line in output.splitlines() if line.startswith("20")]
+    assert "delivered" in row and "200" in row and "secret" not in row
+    record = json.loads(_invoke(app, jobs.show_command, str(job_id), "--json").output)
+    [entry] = record["callback_deliveries"]
+    assert (entry["outcome"], entry["host"], entry["status_code"]) == (
+        "delivered",
+        "127.0.0.1",
+        200,
+    )
+
+
+def test_redeliver_posts_again_and_prints_the_entry(make_app: AppFactory) -> None:
+    """redeliver delivers once more and prints the delivery; a failed one exits 1."""
+    from tests.test_idempotency_webhooks import Receiver
+
+    app = make_app()
+    receiver = Receiver()
+    try:
+        job_id = _delivered(app, receiver.url)
+        result = _invoke(app, jobs.redeliver_command, str(job_id), "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["redelivery"] is True
+        assert len(receiver.calls) == 2
+        receiver.status = 500
+        failed = _invoke(app, jobs.redeliver_command, str(job_id))
+    finally:
+        receiver.server.shutdown()
+    assert failed.exit_code == 1 and "failed" in failed.output and "500" in failed.output
+
+
+def test_redeliver_of_what_has_no_callback_is_an_error_line(make_app: AppFactory) -> None:
+    """No such job, or a job without a callback url: Error: ..., exit code 1."""
+    app = make_app()
+    missing = _invoke(app, jobs.redeliver_command, "424242")
+    assert missing.exit_code == 1 and "Error: There is no job 424242" in missing.output
+    plain = _invoke(app, jobs.redeliver_command, str(_job(app, status=JobStatus.PROCESSED)))
+    assert plain.exit_code == 1 and "no callback url" in plain.output
+
+
+#: The bytes of ReturnChunks(3, 1000): three chunks of 1000 bytes, each of its index.
+STORED = b"".join(bytes([i]) * 1000 for i in range(3))
+
+
+def _stored_job(app: Flask, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> Job:
+    monkeypatch.setattr(results, "CHUNK_SIZE", 1000)
+    with app.app_context():
+        job = Job.create_and_enqueue(workers.ReturnChunks, 3, 1000, **kwargs)
+        assert job.result_size == len(STORED)
+        return job
+
+
+def _fields(output: str) -> dict[str, str]:
+    """show's lines as {name: first line of its value}."""
+    found = {}
+    for line in output.splitlines():
+        if line and not line.startswith(" "):
+            name, _, value = line.partition("  ")
+            found[name.strip()] = value.strip()
+    return found
+
+
+def test_show_prints_a_stored_results_size_checksum_and_link(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply in the result store: its size, SHA-256, content type and a signed link's path."""
+    app = make_app()
+    job = _stored_job(app, monkeypatch)
+    output = _invoke(app, jobs.show_command, str(job.id)).output
+    fields = _fields(output)
+    assert fields["response"] == "(in the result store)"
+    assert fields["content type"] == "application/octet-stream"
+    assert fields["result size"] == "2.9 KiB (3,000 bytes)"
+    assert fields["result sha256"] == hashlib.sha256(STORED).hexdigest()
+    # No SERVER_NAME and no --base-url: the link's path, on the app's own origin.
+    assert fields["download"].startswith("/async_request/download/")
+    assert "(a signed link, valid for 5m00s)" in output
+    assert job.token not in output
+    assert app.test_client().get(fields["download"]).data == STORED
+
+
+def test_show_links_on_the_base_url_or_server_name(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--base-url puts the link on that origin; SERVER_NAME does when it is not given."""
+    app = make_app(SERVER_NAME="files.example")
+    job = _stored_job(app, monkeypatch)
+    given = _invoke(app, jobs.show_command, str(job.id), "--base-url", "https://app.example/")
+    assert _fields(given.output)["download"].startswith(
+        "https://app.example/async_request/download/"
+    )
+    configured = _fields(_invoke(app, jobs.show_command, str(job.id)).output)["download"]
+    assert configured.startswith("http://files.example/async_request/download/")
+
+
+def test_show_refuses_a_base_url_that_is_not_one(make_app: AppFactory) -> None:
+    """--base-url must be an http(s) origin: a usage error, no traceback."""
+    app = make_app()
+    job_id = _job(app)
+    result = _invoke(app, jobs.show_command, str(job_id), "--base-url", "app.example")
+    assert result.exit_code == 2
+    assert "is not a base url" in result.output
+
+
+def test_show_json_has_the_stored_result_and_its_link(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """show --json: result_size, result_sha256, headers and download_url."""
+    app = make_app()
+    job = _stored_job(app, monkeypatch)
+    record = json.loads(_invoke(app, jobs.show_command, str(job.id), "--json").output)
+    assert record["result_size"] == len(STORED)
+    assert record["result_sha256"] == hashlib.sha256(STORED).hexdigest()
+    assert record["headers"] == [["Link", '<https://a.test/>; rel="x"']]
+    assert record["download_url"].startswith("/async_request/download/")
+    text = json.loads(_invoke(app, jobs.show_command, str(_job(app)), "--json").output)
+    assert (text["result_size"], text["download_url"]) == (None, None)
+
+
+def test_show_prints_kept_headers_and_no_link_for_a_text_reply(make_app: AppFactory) -> None:
+    """A reply kept in the row: its headers, and no size or link."""
+    app = make_app()
+    with app.app_context():
+        job = add_job(status=JobStatus.PROCESSED, status_code=200, response="a,b")
+        job.headers = '[["Content-Disposition", "attachment; filename=rows.csv"]]'
+        current_db().session.commit()
+        job_id = job.id
+    fields = _fields(_invoke(app, jobs.show_command, str(job_id)).output)
+    assert fields["response"] == "a,b"
+    assert fields["header Content-Disposition"] == "attachment; filename=rows.csv"
+    assert "download" not in fields and "result size" not in fields
+
+
+def test_an_owned_jobs_link_says_whom_it_serves(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job bound to an owner: the link is said to work for that owner only."""
+    app = make_app()
+    job = _stored_job(app, monkeypatch)
+    with app.app_context():
+        current_db().session.execute(sa.update(Job).where(Job.id == job.id).values(owner="alice"))
+        current_db().session.commit()
+    output = _invoke(app, jobs.show_command, str(job.id)).output
+    assert "(a signed link, valid for 5m00s, only for alice)" in output

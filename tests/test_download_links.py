@@ -248,3 +248,36 @@ def test_a_link_is_404_once_its_result_is_replaced(
     new = client.get(_link(job))
     assert new.status_code == 200
     assert new.data != first
+
+
+def test_polls_in_a_row_hand_out_one_link_signed_once(
+    client: Any, stored: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processed job polled again names the link signed a moment ago; later, a new one."""
+    signed: list[Any] = []
+    dumps = URLSafeTimedSerializer.dumps
+
+    def counting(serializer: URLSafeTimedSerializer, obj: Any, salt: Any = None) -> Any:
+        signed.append(obj)
+        return dumps(serializer, obj, salt)
+
+    monkeypatch.setattr(URLSafeTimedSerializer, "dumps", counting)
+    hrefs = {json_of(poll(client, stored.token))["response"]["download_href"] for _ in range(3)}
+    assert (len(hrefs), len(signed)) == (1, 1)
+    # Past a twentieth of its lifetime (5 minutes by default), a link is signed afresh.
+    now = links._now()
+    monkeypatch.setattr(links, "_now", lambda: now + 300 * links.REUSE_SHARE + 1)
+    json_of(poll(client, stored.token))
+    assert len(signed) == 2
+
+
+def test_a_reused_link_still_names_its_claims_only(app: Flask, client: Any) -> None:
+    """Reuse is by the claims: another job's link, or another lifetime's, is its own.
+
+    (A new result of the same job is another SHA-256: see the test of a replaced result.)
+    """
+    first = Job.create_and_enqueue(Changing, True)
+    second = Job.create_and_enqueue(Changing, True)
+    assert _link(first) != _link(second)
+    assert _link(first) != _link(first, expires_in=60)
+    assert client.get(_link(second)).data != client.get(_link(first)).data

@@ -56,3 +56,16 @@ def test_the_table_has_a_column_per_system_and_renders_as_an_rst_table() -> None
     assert lines[0] == lines[2] == lines[-1]
     assert set(lines[0]) == {"=", " "}
     assert len(lines) == len(rows) + 3
+
+
+def test_the_streams_section_shows_each_figure_against_its_floor() -> None:
+    """bench/sse.json's runs become the README's event-stream section, ratios to the floor in it."""
+    from bench.harness import HERE
+    from bench.report import streams
+
+    section = streams(HERE / "sse.json")
+    assert section.startswith("Event streams at scale\n")
+    assert "progress p99 over the floor's" in section
+    found = json.loads((HERE / "sse.json").read_text())
+    assert f"``python -m bench.sse --streams {found['runs'][0]['streams']} " in section
+    assert "$" not in section

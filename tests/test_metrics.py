@@ -114,3 +114,27 @@ def test_init_metrics_needs_init_app() -> None:
 
     with pytest.raises(RuntimeError, match="init_app"):
         AsyncRequest().init_metrics(Flask(__name__))
+
+
+def test_callback_deliveries_are_counted_by_outcome(measured: Flask) -> None:
+    """Each delivery counts by outcome and by whether an operator asked for it, timed."""
+    from flask_async_request.callbacks import redeliver
+    from tests.test_idempotency_webhooks import Receiver
+
+    receiver = Receiver()
+    try:
+        before = _scrape(measured)
+        job = Job.create_and_enqueue(workers.Echo, 1, callback_url=receiver.url)
+        receiver.wait()
+        redeliver(job.id)
+        after = _scrape(measured)
+    finally:
+        receiver.server.shutdown()
+
+    def grew(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    name = "async_request_callback_deliveries_total"
+    assert grew(name, outcome="delivered", redelivery="false") == 1
+    assert grew(name, outcome="delivered", redelivery="true") == 1
+    assert grew("async_request_callback_delivery_seconds_count", outcome="delivered") == 2

@@ -387,6 +387,8 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
     project: Path, tmp_path: Path
 ) -> None:
     """A history whose jobs revision predates the result store gets the revision that adds it."""
+    from flask_async_request.migrations import COLUMN_REVISIONS
+
     url = f"sqlite:///{tmp_path}/app.db"
     flask(project, url, "db", "init")
     (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
@@ -399,24 +401,218 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
         for name, text in _versions(project).items()
         if "before01" not in name
     }
-    # And before the revision of the owner limits' indexes, which it lacks as well.
-    assert len(added) == 3
-    [results] = [text for text in added.values() if "create_table('async_request_results'" in text]
-    [owners] = [revision for revision, text in added.items() if "owner_created_at" in text]
-    [indexes] = [
-        revision for revision, text in added.items() if text is not results and revision != owners
-    ]
-    assert f"down_revision = '{indexes}'" in results
-    assert "down_revision = 'before01'" in added[indexes]
-    results_revision = re.search(r"^revision = '(\w+)'", results, re.M)
-    assert results_revision is not None
-    assert f"down_revision = '{results_revision.group(1)}'" in added[owners]
-    assert "Wrote the revision of the owner limits' indexes" in output
+    # One line of history, from the app's own revision: the indexes, the result
+    # store, the result's location, each column revision in its order, then the
+    # indexes of the owner limits.
+    after = {
+        re.search(r"^down_revision = '(\w+)'", text, re.M).group(1): revision  # type: ignore[union-attr]
+        for revision, text in added.items()
+    }
+    assert len(after) == len(added)
+    chain, parent = [], "before01"
+    while parent in after:
+        parent = after[parent]
+        chain.append(added[parent])
+    assert len(chain) == len(added) == 4 + len(COLUMN_REVISIONS)
+    indexes, results, location, *columns, owners = chain
+    assert "create_index" in indexes and "create_table" not in indexes
+    assert "create_table('async_request_results'" in results
+    assert "owner_created_at" in owners and "owner_unfinished" in owners
+    assert "add_column" not in owners
     assert "from sqlalchemy.dialects import mysql" in results
+    assert "add_column('async_request_jobs', sa.Column('result_location'" in location
+    for text, revision in zip(columns, COLUMN_REVISIONS, strict=True):
+        assert revision.marker in text
+        assert f"add_column('async_request_jobs', sa.Column('{revision.columns[0]}'" in text
+    assert "Wrote the result location revision" in output
+    assert "Wrote the revision of the owner limits' indexes" in output
     again = flask(project, url, "async-request", "init")
     assert "result store revision" not in again
+    assert "result location revision" not in again
+    assert "Wrote the revision of" not in again
     assert "owner limits" not in again
-    assert len(_versions(project)) == 4
+    assert len(_versions(project)) == 5 + len(COLUMN_REVISIONS)
+
+
+def test_columns_revisions_upgrade_and_downgrade_a_table_made_before_them(tmp_path: Path) -> None:
+    """Each revision of added columns takes a jobs table without them to the model, and back."""
+    from flask_async_request.migrations import COLUMN_REVISIONS, columns_revision_code
+    from flask_async_request.models import Job
+
+    jobs = cast(sa.Table, Job.__table__)
+    for revision in COLUMN_REVISIONS:
+        before = sa.MetaData()
+        sa.Table(
+            jobs.name,
+            before,
+            *(
+                sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                for c in jobs.columns
+                if c.name not in revision.columns
+            ),
+        )
+        now = sa.MetaData()
+        sa.Table(
+            jobs.name,
+            now,
+            *(
+                sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                for c in jobs.columns
+            ),
+        )
+        engine = sa.create_engine(f"sqlite:///{tmp_path}/{revision.columns[0]}.db")
+        try:
+            before.create_all(engine)
+            upgrade, downgrade = columns_revision_code(revision)
+            assert revision.marker in upgrade
+            _run_revision(engine, upgrade)
+            assert _differences(engine, now) == []
+            _run_revision(engine, downgrade)
+            assert _differences(engine, before) == []
+        finally:
+            engine.dispose()
+
+
+def test_init_adds_the_new_columns_after_the_current_head_once(
+    project: Path, tmp_path: Path
+) -> None:
+    """A history whose jobs table predates the trace context gets one revision that adds it."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    flask(project, url, "db", "init")
+    (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
+    output = flask(project, url, "async-request", "init")
+    assert "Wrote the revision of the jobs' trace context" in output
+    [added] = [
+        text
+        for text in _versions(project).values()
+        if "add_column('async_request_jobs', sa.Column('trace_context'" in text
+    ]
+    assert "drop_column('async_request_jobs', 'trace_context')" in added
+    again = flask(project, url, "async-request", "init")
+    assert "trace context" not in again
+
+
+def test_a_new_table_needs_no_columns_revision(project: Path, tmp_path: Path) -> None:
+    """init on a new app writes the table with every column, and no revision adding them."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    output = flask(project, url, "async-request", "init")
+    assert "Wrote the revision of" not in output
+    [created] = _versions(project).values()
+    assert "sa.Column('trace_context'" in created
+
+
+def test_location_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
+    """The result_location revision adds the column to a jobs table without it, and removes it."""
+    from flask_async_request.migrations import LOCATION_COLUMN, location_revision_code
+    from flask_async_request.models import Job, ResultChunk
+
+    jobs = cast(sa.Table, Job.__table__)
+    now = sa.MetaData()
+    for table in (jobs, cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(now)
+    before = sa.MetaData()
+    for table in now.tables.values():
+        table.to_metadata(before)
+    before.tables[jobs.name]._columns.remove(before.tables[jobs.name].c[LOCATION_COLUMN])
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    try:
+        before.create_all(engine)
+        assert _differences(engine, now)
+        upgrade, downgrade = location_revision_code()
+        assert "result_location" in upgrade
+        _run_revision(engine, upgrade)
+        assert _differences(engine, now) == []
+        _run_revision(engine, downgrade)
+        assert _differences(engine, before) == []
+    finally:
+        engine.dispose()
+
+
+def test_init_adds_the_location_to_a_history_with_the_result_store(
+    project: Path, tmp_path: Path
+) -> None:
+    """A history whose revisions have the result store but no result_location gets one more."""
+    url = f"sqlite:///{tmp_path}/app.db"
+    flask(project, url, "async-request", "init")
+    [first] = _versions(project).values()
+    path = next((project / "migrations" / "versions").glob("*.py"))
+    path.write_text(
+        first.replace("sa.Column('result_location', sa.String(length=1024), nullable=True),\n", "")
+    )
+    assert "result_location" not in path.read_text()
+    output = flask(project, url, "async-request", "init")
+    assert "Wrote the result location revision" in output
+    assert len(_versions(project)) == 2
+    flask(project, url, "db", "upgrade")
+    engine = sa.create_engine(url)
+    try:
+        columns = {
+            column["name"] for column in sa.inspect(engine).get_columns("async_request_jobs")
+        }
+    finally:
+        engine.dispose()
+    assert "result_location" in columns
+
+
+#: What the jobs table an earlier ``init`` created lacks, in the order the revisions add it:
+#: from before the result's location, and from after it.
+EARLIER_TABLES = {
+    "before-location": ("result_location", "trace_context", "callback_deliveries", "traceback"),
+    "before-traces": ("trace_context", "callback_deliveries", "traceback"),
+}
+
+
+@pytest.mark.parametrize("missing", EARLIER_TABLES.values(), ids=EARLIER_TABLES)
+def test_init_after_an_earlier_init_adds_one_line_of_revisions(
+    project: Path, database_url: str, missing: tuple[str, ...]
+) -> None:
+    """An app upgraded with an earlier init's table gets what it lacks in order, after its head.
+
+    Upgraded, the database is the model's (``db migrate`` finds no change);
+    downgraded to the app's revision, it is the earlier table again.
+    """
+    flask(project, database_url, "async-request", "init")
+    [path] = (project / "migrations" / "versions").glob("*.py")
+    text = path.read_text()
+    for column in missing:
+        text, count = re.subn(rf"^ *sa\.Column\('{column}'.*\n", "", text, flags=re.M)
+        assert count == 1, column
+    path.write_text(text)
+    first = re.search(r"^revision = '(\w+)'", text, re.M).group(1)  # type: ignore[union-attr]
+    flask(project, database_url, "db", "upgrade")
+
+    output = flask(project, database_url, "async-request", "init")
+    assert "exists already" in output and "result store revision" not in output
+    added = {
+        re.search(r"^down_revision = '(\w+)'", t, re.M).group(1): t  # type: ignore[union-attr]
+        for name, t in _versions(project).items()
+        if name != path.name
+    }
+    assert len(added) == len(missing)
+    parent, chain = first, []
+    while parent in added:
+        chain.append(added[parent])
+        parent = re.search(r"^revision = '(\w+)'", added[parent], re.M).group(1)  # type: ignore[union-attr]
+    assert len(chain) == len(missing)
+    for revision, column in zip(chain, missing, strict=True):
+        assert f"add_column('async_request_jobs', sa.Column('{column}'" in revision
+
+    def columns() -> set[str]:
+        engine = sa.create_engine(database_url)
+        try:
+            return {c["name"] for c in sa.inspect(engine).get_columns("async_request_jobs")}
+        finally:
+            engine.dispose()
+
+    before = columns()
+    assert not before & set(missing)
+    flask(project, database_url, "db", "upgrade")
+    assert columns() == before | set(missing)
+    migrate = flask(project, database_url, "db", "migrate", "-m", "check")
+    assert "No changes in schema detected" in migrate
+    flask(project, database_url, "db", "downgrade", first)
+    assert columns() == before
 
 
 def test_owner_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:

@@ -416,3 +416,19 @@ def test_endpoint_conforms_to_its_document(
     assert tokens.cases["linked"] > 0, tokens.cases
     assert 0.3 < new / (new + generated) < 0.7, tokens.cases
     print(f"schemathesis: {report['test_cases']['generated']} cases, tokens {tokens.cases}")
+
+
+def test_the_document_describes_the_event_stream(app: Flask) -> None:
+    """Both GETs of a job name text/event-stream, Last-Event-ID and the 204 after the end."""
+    document = json_of(app.test_client().get("/async_request/openapi.json"))
+    stream = document["components"]["responses"]["AsyncRequestFinishedOrStream"]["content"]
+    assert stream["text/event-stream"]["schema"] == {
+        "$ref": "#/components/schemas/AsyncRequestEvent"
+    }
+    event = document["components"]["schemas"]["AsyncRequestEvent"]
+    assert event["properties"]["event"]["enum"] == ["status", "progress", "end", "gone"]
+    for path in ("/async_request/job", "/async_request/job/{token}"):
+        get = document["paths"][path]["get"]
+        names = {parameter["$ref"].rsplit("/", 1)[1] for parameter in get["parameters"]}
+        assert {"AsyncRequestAccept", "AsyncRequestLastEventId"} <= names
+        assert set(get["responses"]) >= {"200", "204"}

@@ -191,3 +191,21 @@ def test_storage_message_names_the_value_and_the_errors_class_only(
         " (DataError; details are in the worker's log)."
     )
     assert "UPDATE" not in message and "secret" not in message
+
+
+def test_a_failure_keeps_the_traceback_bounded_and_storable() -> None:
+    """traceback_of keeps the end of a long traceback, with no NUL or lone surrogate."""
+    from flask_async_request.outcomes import MAX_TRACEBACK, failure, traceback_of
+
+    try:
+        raise ValueError("bad \x00 value \ud800" + "x" * (2 * MAX_TRACEBACK))
+    except ValueError as e:
+        text = traceback_of(e)
+    assert len(text) == MAX_TRACEBACK and text.startswith("...\n")
+    assert "\x00" not in text and "\ud800" not in text
+    try:
+        raise KeyError("short")
+    except KeyError as e:
+        short = traceback_of(e)
+    assert short.startswith("Traceback (most recent call last):") and "KeyError: 'short'" in short
+    assert failure("boom", short).traceback == short

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 
 from flask_async_request import AsyncRequest, JobStatus
-from flask_async_request.reading import JobFilter, list_jobs
+from flask_async_request.reading import JobFilter, job_ids, list_jobs
 from flask_async_request.values import utcnow
 from tests.conftest import AppFactory, add_job, current_db
 
@@ -78,3 +78,18 @@ def test_a_filter_from_a_url_names_one_status() -> None:
     assert filters.statuses == (JobStatus.FAILED,)
     assert filters.status is JobStatus.FAILED
     assert JobFilter().status is None
+
+
+def test_the_owner_filter_and_the_ids_of_a_selection(app: Flask) -> None:
+    """JobFilter.owner narrows a list; job_ids gives the newest ids first, at most limit."""
+    ids = []
+    for owner in ("alice", "bob", "alice"):
+        job = add_job()
+        job.owner = owner
+        current_db().session.commit()
+        ids.append(job.id)
+    assert job_ids(JobFilter(owner="alice"), 10) == [ids[2], ids[0]]
+    assert job_ids(JobFilter(owner="alice"), 1) == [ids[2]]
+    assert [job.id for job in list_jobs(owner="bob")] == [ids[1]]
+    assert JobFilter.from_args({"owner": " bob "}).owner == "bob"
+    assert JobFilter().empty and not JobFilter(owner="bob").empty

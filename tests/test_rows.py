@@ -33,10 +33,10 @@ def _processing(lease_from_now: timedelta) -> Job:
 def test_ended_reads_a_row_of_the_ending_columns() -> None:
     """An ending statement's row becomes the job's id, reply, callback and worker."""
     # Owner, status, code, body, progress, message, content type, headers, a
-    # stored result's size and checksum, attempts.
+    # stored result's size and checksum, attempts, the result's location.
     reply = (
         None, JobStatus.PROCESSED, 201, '{"ok": true}', 1.0, None, "application/json",
-        None, None, None, 1,
+        None, None, None, 1, None,
     )  # fmt: skip
     row = (7, "uid-7", *reply, "https://example.test/done", "tests.workers:Echo")
     assert len(row) == len(ENDED_COLUMNS)
@@ -51,7 +51,9 @@ def test_ended_reads_a_row_of_the_ending_columns() -> None:
 
 def test_ended_ignores_columns_an_announcing_statement_adds() -> None:
     """A row with a column beyond the ending ones (the NOTIFY's) reads the same."""
-    reply = (None, JobStatus.FAILED, 500, '{"error": "x"}', None, None, None, None, None, None, 1)
+    reply = (
+        None, JobStatus.FAILED, 500, '{"error": "x"}', None, None, None, None, None, None, 1, None,
+    )  # fmt: skip
     row = (3, "uid-3", *reply, None, "w:W")
     assert Ended.from_row((*row, "announced")) == Ended.from_row(row)
 

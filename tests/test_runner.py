@@ -396,3 +396,27 @@ def test_run_job_with_another_uid_leaves_the_job_waiting(app: Flask) -> None:
     assert run_job(job.id, new_uid()) is None
     stored = reload_job(job.id)
     assert (stored.status, stored.attempts) == (JobStatus.WAITING, 0)
+
+
+def test_a_failed_job_keeps_its_traceback_for_operators(app: Flask, client: Any) -> None:
+    """The worker's traceback is stored on the job, never in the status endpoint's answer."""
+    job = Job.create_and_enqueue(workers.Boom, "kaput")
+    stored = reload_job(job.id)
+    assert stored.status is JobStatus.FAILED
+    assert stored.traceback is not None
+    assert "in execute" in stored.traceback and "kaput" in stored.traceback
+    answer = client.get("/async_request/job", headers={"X-JOB-AUTHORIZATION": job.token}).get_data(
+        as_text=True
+    )
+    assert "Traceback" not in answer and "in execute" not in answer
+
+
+def test_a_retry_clears_the_traceback(app: Flask, tmp_path: Path) -> None:
+    """A failed job sent again loses the traceback of the run before."""
+    from flask_async_request.maintenance import retry_job
+
+    job = Job.create_and_enqueue(workers.FlakyThenOk, str(tmp_path / "runs"), 1)
+    assert reload_job(job.id).traceback is not None
+    retry_job(job.id)
+    assert reload_job(job.id).status is JobStatus.PROCESSED
+    assert reload_job(job.id).traceback is None

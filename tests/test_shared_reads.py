@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 from flask_async_request import JobStatus
 from flask_async_request import shared_reads as module
-from flask_async_request.shared_reads import SharedReads
+from flask_async_request.shared_reads import FreshReads, SharedReads
 from flask_async_request.values import utcnow
 from tests.conftest import INTERNALS, add_job
 
@@ -132,3 +132,87 @@ def test_requests_woken_together_share_the_first_one_s_read(
         thread.join(5)
     assert reads == [job_id]
     assert len(answers) == 20 and {a.status for a in answers} == {JobStatus.PROCESSED}
+
+
+# Fresh reads: the event streams' ----------------------------------------------------------
+
+
+def test_streams_woken_before_a_read_began_share_it() -> None:
+    """Many streams woken together make one read; each gets its answer."""
+    gate, calls = threading.Event(), []
+
+    def read(job_id: int) -> str:
+        calls.append(job_id)
+        gate.wait(5)
+        return f"row {job_id}"
+
+    reads: FreshReads[str] = FreshReads(read)
+    since = time.monotonic()
+    answers: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(reads.read(7, since))) for _ in range(20)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert answers == ["row 7"] * 20
+    assert calls == [7]
+    assert reads.reading == {}
+
+
+def test_a_stream_woken_after_a_read_began_reads_again() -> None:
+    """A read begun before a stream was woken may miss its change: that stream reads afresh."""
+    gate, calls = threading.Event(), []
+
+    def read(job_id: int) -> int:
+        calls.append(job_id)
+        gate.wait(5)
+        return len(calls)
+
+    reads: FreshReads[int] = FreshReads(read)
+    first: list[int] = []
+    leader = threading.Thread(target=lambda: first.append(reads.read(1, time.monotonic())))
+    leader.start()
+    time.sleep(0.1)
+    late: list[int] = []
+    woken_later = threading.Thread(target=lambda: late.append(reads.read(1, time.monotonic())))
+    woken_later.start()
+    time.sleep(0.1)
+    gate.set()
+    leader.join(5)
+    woken_later.join(5)
+    assert calls == [1, 1]
+    assert late == [2]
+
+
+def test_a_failed_read_is_not_shared() -> None:
+    """When the read fails, the streams that waited on it read for themselves."""
+    outcomes: list[str | Exception] = [RuntimeError("lost"), "fine"]
+
+    def read(job_id: int) -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            time.sleep(0.2)
+            raise outcome
+        return outcome
+
+    reads: FreshReads[str] = FreshReads(read)
+    since = time.monotonic()
+    errors: list[BaseException] = []
+    answers: list[str] = []
+
+    def lead() -> None:
+        try:
+            reads.read(3, since)
+        except RuntimeError as e:
+            errors.append(e)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    time.sleep(0.05)
+    answers.append(reads.read(3, since))
+    leader.join(5)
+    assert len(errors) == 1 and answers == ["fine"]

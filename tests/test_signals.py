@@ -46,7 +46,7 @@ def _of(received: list[Sent], name: str) -> list[dict[str, Any]]:
 
 
 def test_the_module_defines_the_documented_signals() -> None:
-    """The seven signals, each under its own name in the module's namespace."""
+    """The eight signals, each under its own name in the module's namespace."""
     assert {name: signal.name for name, signal in SIGNALS.items()} == {
         "job_enqueued": "job-enqueued",
         "job_started": "job-started",
@@ -55,6 +55,7 @@ def test_the_module_defines_the_documented_signals() -> None:
         "job_failed": "job-failed",
         "job_cancelled": "job-cancelled",
         "jobs_swept": "jobs-swept",
+        "callback_delivered": "callback-delivered",
     }
 
 

@@ -15,7 +15,9 @@ from sqlalchemy.engine import Connection, Dialect
 from flask_async_request import statements
 from flask_async_request.models import Job, JobStatus
 from flask_async_request.statements import (
+    CALLBACK_DELIVERIES,
     CANCEL,
+    CHANGED_PREFIX,
     CHANNEL,
     CLAIM,
     CLAIM_COLUMNS,
@@ -31,6 +33,7 @@ from flask_async_request.statements import (
     PENDING_OF,
     PROGRESS,
     RECORD_CALLBACK,
+    RECORD_DELIVERY,
     RENEW,
     REPLY,
     REPLY_COLUMNS,
@@ -113,6 +116,7 @@ def test_every_statement_is_found() -> None:
         "RESET_FOR_RETRY",
         "TOUCH_WAITING",
         "RECORD_CALLBACK",
+        "RECORD_DELIVERY",
     }
 
 
@@ -161,9 +165,29 @@ def test_a_statement_that_returns_rows_can_be_read_after_on_mysql(
 
 
 @pytest.mark.parametrize(("name", "statement"), STATEMENTS.items())
-def test_the_ends_and_only_they_are_announced(name: str, statement: Statement) -> None:
-    """Finishing, failing a lost job and cancelling have a NOTIFY form; nothing else does."""
-    assert (statement.notifying is not None) == (name in {"FINISH", "FAIL_LOST", "CANCEL"})
+def test_the_ends_and_the_changes_and_only_they_are_announced(
+    name: str, statement: Statement
+) -> None:
+    """The ends, a progress write and the two ways back to waiting have a NOTIFY form; no other."""
+    announced = {"FINISH", "FAIL_LOST", "CANCEL", "PROGRESS", "RESCHEDULE", "REQUEUE_LOST"}
+    assert (statement.notifying is not None) == (name in announced)
+
+
+@pytest.mark.parametrize("statement", [PROGRESS, RESCHEDULE, REQUEUE_LOST])
+def test_a_change_is_announced_with_its_prefix(statement: Statement) -> None:
+    """A change that is no end sends c<id>, which wakes streams and no long poll."""
+    assert statement.notifying is not None
+    sql = _sql(statement.notifying, "postgresql")
+    assert "RETURNING async_request_jobs.id)" in sql
+    assert "::VARCHAR || CAST(done.id AS TEXT))" in sql
+    assert CHANGED_PREFIX in _params(statement.notifying, "postgresql").values()
+
+
+def test_a_progress_write_announces_without_waiting_for_the_flush() -> None:
+    """In its own transaction the progress write keeps synchronous_commit off, and announces."""
+    assert PROGRESS.notifying_no_wait is not None
+    sql = _sql(PROGRESS.notifying_no_wait, "postgresql")
+    assert "set_config(" in sql and "pg_notify(" in sql
 
 
 def test_an_end_is_announced_in_the_same_statement_on_postgresql() -> None:
@@ -592,6 +616,18 @@ def test_reply_and_status_read_one_job(conn: Connection) -> None:
     assert conn.execute(STATUS, {"job_id": job_id}).scalar_one() is JobStatus.PROCESSED
     ids = conn.execute(PENDING_OF, {"job_ids": [job_id, pending, 999]}).scalars().all()
     assert ids == [pending]
+
+
+def test_record_delivery_writes_only_over_the_log_it_read(conn: Connection) -> None:
+    """A delivery's entry is written if the log is still the one read (NULL too), else not."""
+    job_id = _insert(conn, JobStatus.PROCESSED)
+    first = {"job_id": job_id, "callback_status": "a", "before": None, "deliveries": "[1]"}
+    assert conn.execute(RECORD_DELIVERY.update, first).rowcount == 1
+    stale = {**first, "deliveries": "[2]"}
+    assert conn.execute(RECORD_DELIVERY.update, stale).rowcount == 0
+    again = {**first, "before": "[1]", "deliveries": "[1,2]"}
+    assert conn.execute(RECORD_DELIVERY.update, again).rowcount == 1
+    assert conn.execute(CALLBACK_DELIVERIES, {"job_id": job_id}).scalar_one() == "[1,2]"
 
 
 def test_record_callback_stores_the_delivery_status(conn: Connection) -> None:

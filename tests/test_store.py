@@ -498,3 +498,12 @@ def test_wait_until_finished_answers_the_pending_reply_at_its_deadline(
     job = add_job(status=JobStatus.PROCESSING)
     reply = job_store.wait_until_finished(job.id, timeout=0.05)
     assert reply is not None and reply.status is JobStatus.PROCESSING
+
+
+def test_a_progress_write_on_postgresql_takes_the_announcing_form_that_skips_the_flush() -> None:
+    """Alone, the announcing form that skips the WAL flush wait; in a transaction, the other."""
+    from flask_async_request.statements import PROGRESS
+
+    store = JobStore(sa.create_engine("postgresql+psycopg://x@127.0.0.1:1/x"), autocommit=True)
+    assert store._form(PROGRESS) is PROGRESS.notifying_no_wait
+    assert store._form(PROGRESS, own_transaction=False) is PROGRESS.notifying

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from flask_async_request.values import (
     as_utc,
     finite,
+    format_size,
     iso_utc,
     lone_surrogate,
     new_uid,
@@ -173,3 +174,18 @@ def test_new_uids_are_32_hex_digits_and_differ() -> None:
     uids = {new_uid() for _ in range(100)}
     assert len(uids) == 100
     assert all(re.fullmatch("[0-9a-f]{32}", uid) for uid in uids)
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1_843_211, "1.8 MiB"),
+        (3 * 2**30, "3.0 GiB"),
+    ],
+)
+def test_format_size(size: int, shown: str) -> None:
+    """Sizes read in bytes, then binary units with one decimal."""
+    assert format_size(size) == shown

@@ -15,7 +15,7 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from flask_async_request.store import JobReply, JobStore
-from flask_async_request.waiting import Waiters, read_when_done
+from flask_async_request.waiting import Changed, Waiters, read_when_done
 from flask_async_request.web import cancel_job
 from tests.conftest import INTERNALS, add_job, current_db
 
@@ -382,3 +382,59 @@ def test_on_sqlite_a_pending_job_answers_at_the_timeout(app: Flask, store: JobSt
     assert reply is not None
     assert reply.status is JobStatus.WAITING
     assert store.waiters().count == 0
+
+
+# Watchers: the event streams ---------------------------------------------------------------
+
+
+def test_an_announced_change_wakes_watchers_not_long_polls() -> None:
+    """A Changed id wakes the job's watchers; its long polls sleep on; an end wakes both."""
+    channel = Channel()
+    waiters = Waiters(listen=channel.listen)
+    with waiters.waiting_for(3) as waiting, waiters.watching(3) as watching:
+        channel.announcements.put(Changed(3))
+        assert watching.wait(PATIENCE)
+        assert not waiting.is_set()
+        watching.clear()
+        channel.announcements.put(3)
+        assert waiting.wait(PATIENCE) and watching.wait(PATIENCE)
+    assert waiters.count == 0
+
+
+def test_the_poller_asks_which_watched_jobs_changed() -> None:
+    """Without LISTEN, watchers are woken by the changes check, long polls by the end check."""
+    ended, changed = Ended(), Ended()
+    waiters = Waiters(check=ended, changes=changed)
+    with waiters.watching(5) as watching:
+        changed.ids.add(5)
+        assert watching.wait(PATIENCE)
+    assert [5] in changed.calls
+    assert all(5 not in ids for ids in ended.calls)
+
+
+def test_store_reports_each_change_of_a_watched_job(app: Flask) -> None:
+    """The store's changes check: new ids count as changed, then only rows that changed, or gone."""
+    with app.app_context():
+        first, second = add_job(), add_job()
+        ids = [first.id, second.id]
+        store = INTERNALS.job_store(app)
+        assert store._changed(ids) == ids
+        assert store._changed(ids) == []
+        with current_db().engine.begin() as conn:
+            conn.execute(sa.update(Job).where(Job.id == first.id).values(progress=0.5))
+        assert store._changed(ids) == [first.id]
+        with current_db().engine.begin() as conn:
+            conn.execute(sa.delete(Job).where(Job.id == second.id))
+        assert store._changed(ids) == [second.id]
+        assert store._changed(ids) == []
+
+
+def test_watchers_woken_together_are_told_one_time() -> None:
+    """One wake sets each watcher's event with the same time, so they can share a read."""
+    channel = Channel()
+    waiters = Waiters(listen=channel.listen)
+    with waiters.watching(8) as first, waiters.watching(8) as second:
+        before = time.monotonic()
+        channel.announcements.put(Changed(8))
+        assert first.wait(PATIENCE) and second.wait(PATIENCE)
+        assert first.at == second.at >= before

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from flask_async_request import Job, JobStatus, webhooks
+from flask_async_request.callbacks import deliver, give_up
 from flask_async_request.webhooks import (
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -35,8 +36,6 @@ from flask_async_request.webhooks import (
     TOLERANCE,
     CallbackRefused,
     DeliveryError,
-    deliver,
-    give_up,
     message_id,
     receiver_secret,
     refusal,

@@ -457,3 +457,24 @@ class TransactionalBytes(Worker):
 
     def execute(self) -> Any:
         return 200, (bytes([i]) * 1000 for i in range(3)), "application/octet-stream"
+
+
+class CancelsThenReturnsBytes(Worker):
+    """Cancels its own job, then returns bytes: written whole, then not its job's result."""
+
+    def execute(self) -> Any:
+        from flask_async_request.web import cancel_job
+
+        assert self.job_id is not None
+        cancel_job(self.job_id)
+        return 200, b"written after the cancel"
+
+
+class Steps(Worker):
+    """Reports each of ``steps`` steps, ``pause`` seconds apart, with a message."""
+
+    def execute(self, steps: int, pause: float) -> tuple[int, str]:
+        for step in range(1, steps + 1):
+            time.sleep(pause)
+            self.progress(step, steps, f"step {step}")
+        return 200, json.dumps({"steps": steps})

@@ -54,6 +54,12 @@ def init_command(config_file: Path, force: bool) -> None:
     if result.results_revision is not None:
         click.echo(f"Wrote the result store revision: {result.results_revision}")
         click.echo("Next: run `flask db upgrade` to add the result store.")
+    if result.location_revision is not None:
+        click.echo(f"Wrote the result location revision: {result.location_revision}")
+        click.echo("Next: run `flask db upgrade` to add the jobs table's result_location.")
+    for what, path in result.column_revisions:
+        click.echo(f"Wrote the revision of {what}: {path}")
+        click.echo("Next: run `flask db upgrade` to add its columns.")
     if result.owner_revision is not None:
         click.echo(f"Wrote the revision of the owner limits' indexes: {result.owner_revision}")
         click.echo("Next: run `flask db upgrade` to add them.")

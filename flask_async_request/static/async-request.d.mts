@@ -17,10 +17,20 @@ export type FinishedStatus = "processed" | "failed" | "cancelled";
 export interface StoredReply {
   /** The worker's status code: 500 when it raised, 499 when the job was cancelled. */
   status_code: number;
-  /** The worker's body, as text. */
+  /** The worker's body, as text; "" for a reply held in the result store (see href). */
   body: string;
   /** Present when the worker gave one. */
   content_type?: string;
+  /** The headers the reply kept (Content-Disposition, ...), as [name, value] pairs. */
+  headers?: [string, string][];
+  /** A reply in the result store: its size in bytes. */
+  size?: number;
+  /** A reply in the result store: the SHA-256 of its bytes, in hex. */
+  sha256?: string;
+  /** A reply in the result store: its result url, read with the job's token. */
+  href?: string;
+  /** A reply in the result store: a short-lived signed link to it, with no token. */
+  download_href?: string;
 }
 
 /** The answer of a finished job: what wait(), poll() and cancel() resolve with. */
@@ -96,6 +106,12 @@ export interface JobOptions {
   minInterval?: number;
   /** Longest pause between polls, in seconds, whatever Retry-After says (30). */
   maxInterval?: number;
+  /**
+   * wait() follows the job's event stream (Accept: text/event-stream), so
+   * onProgress gets every value the worker reports, and polls only where the
+   * server answers with JSON; false: poll only. true by default.
+   */
+  stream?: boolean;
 }
 
 /** Options of start(): the job's defaults, and a signal that aborts the request. */
@@ -103,7 +119,7 @@ export interface StartOptions extends JobOptions {
   signal?: AbortSignal;
 }
 
-/** Called on every pending answer. */
+/** Called on every pending answer, and on every event of a stream with the job as it is now. */
 export type ProgressCallback = (
   progress: number | null,
   message: string | null,
@@ -129,6 +145,20 @@ export interface PollOptions {
 export interface CancelOptions {
   signal?: AbortSignal;
   retry?: RetryOptions | false;
+}
+
+/** Options of result(), blob(), save() and downloadUrl(); those of wait() apply if the job is waited for. */
+export interface ResultOptions extends WaitOptions {
+  /** More headers for the request to the result url. */
+  headers?: HeadersInit;
+  /** false: do not check the downloaded bytes' SHA-256 (their size is checked always). */
+  verify?: boolean;
+}
+
+/** What save() resolves with: the bytes saved and the name they were saved under. */
+export interface SavedResult {
+  blob: Blob;
+  filename: string;
 }
 
 /** A body for start(): anything fetch takes, or a plain object or array, sent as JSON. */
@@ -168,13 +198,27 @@ export declare class Job {
   readonly header: string;
   /** The defaults given to the constructor (or to start()). */
   readonly options: JobOptions;
+  /** The finished job's answer, once a poll, wait or cancel has seen it; else null. */
+  readonly answer: JobAnswer | null;
   /** One poll. */
   poll(options?: PollOptions): Promise<PollResult>;
   /** Poll until the job finishes. */
   wait(options?: WaitOptions): Promise<JobAnswer>;
   /** Cancel the job; a pending wait() resolves with the cancelled answer too. */
   cancel(options?: CancelOptions): Promise<JobAnswer>;
+  /** The processed job's result as a Response (waited for first if need be). */
+  result(options?: ResultOptions): Promise<Response>;
+  /** The processed job's result as a Blob, its size and SHA-256 checked. */
+  blob(options?: ResultOptions): Promise<Blob>;
+  /** Download the result and save it as a file: under filename, else the server's name. */
+  save(filename?: string, options?: ResultOptions): Promise<SavedResult>;
+  save(options: ResultOptions): Promise<SavedResult>;
+  /** A short-lived signed link to the result, for <a href download>; asked for now. */
+  downloadUrl(options?: ResultOptions): Promise<string>;
 }
+
+/** Hand a Blob to the browser's downloads under filename (an object url in an <a download>). */
+export declare function saveBlob(blob: Blob, filename?: string): void;
 
 /** Send the request that starts a job; resolves with the Job of its 202. */
 export declare function start(

@@ -9,6 +9,6 @@ import type * as AsyncRequestModule from "./async-request.mjs";
 export type * from "./async-request.mjs";
 
 declare global {
-  /** The browser client: start(), poll(), Job, AsyncRequestError, DEFAULT_HEADER. */
+  /** The browser client: start(), poll(), Job, saveBlob(), AsyncRequestError, DEFAULT_HEADER. */
   var AsyncRequest: typeof AsyncRequestModule;
 }

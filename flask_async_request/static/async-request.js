@@ -6,7 +6,8 @@
 
   /*
    * flask-async-request browser client: start a job, wait for its stored reply
-   * (long polling, Retry-After, retries of 429, 503 and network errors), report its
+   * (its event stream where the server holds one, else long polling, Retry-After,
+   * retries of 429, 503 and network errors), report its
    * progress, cancel it, stop waiting with an AbortSignal. No build step, no
    * dependency. async-request.mjs is the ES module; async-request.js is the same
    * code as a classic script that defines the global AsyncRequest.
@@ -17,6 +18,11 @@
    *   const answer = await job.wait({signal, onProgress: (fraction, message) => bar.value = fraction});
    *   // answer: {status: "processed" | "failed" | "cancelled", response: {status_code, body}}
    *   job.cancel();  // from a button: the pending wait() resolves with status "cancelled"
+   *
+   *   // A reply that is a file (an export, a PDF): as a Blob, or saved under the server's name.
+   *   const blob = await job.blob();
+   *   await job.save();              // the Content-Disposition's filename, or save("name.csv")
+   *   link.href = await job.downloadUrl();  // a short-lived signed link for <a href download>
    */
 
   /** The header that carries the token to the shared status endpoint. */
@@ -214,6 +220,82 @@
     );
   }
 
+  /**
+   * The filename a Content-Disposition value names, or null: its filename*
+   * (RFC 8187, percent-encoded UTF-8) before its filename, as RFC 6266 asks.
+   */
+  function dispositionFilename(value) {
+    if (!value) return null;
+    const extended = /(?:^|;)\s*filename\*\s*=\s*([^';]*)'[^';]*'([^;\s]+)/i.exec(value);
+    if (extended && /^utf-8$/i.test(extended[1].trim())) {
+      try {
+        return decodeURIComponent(extended[2]);
+      } catch (error) {
+        // Badly encoded: the plain filename, if any, names it.
+      }
+    }
+    const plain = /(?:^|;)\s*filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))/i.exec(value);
+    if (!plain) return null;
+    const name = plain[1] !== undefined ? plain[1].replace(/\\(.)/g, "$1") : plain[2].trim();
+    return name || null;
+  }
+
+  /** Hex SHA-256 of ``blob``, or null where the page has no Web Crypto (an insecure origin). */
+  async function sha256Hex(blob) {
+    const subtle = globalThis.crypto && globalThis.crypto.subtle;
+    if (!subtle) return null;
+    const digest = new Uint8Array(await subtle.digest("SHA-256", await blob.arrayBuffer()));
+    return Array.from(digest, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  }
+
+  /**
+   * Hand ``blob`` to the browser's downloads under ``filename``: an object url
+   * clicked in an <a download>, revoked once the download has it.
+   */
+  function saveBlob(blob, filename) {
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = filename || "download";
+    link.rel = "noopener";
+    link.style.display = "none";
+    document.body.appendChild(link);
+    try {
+      link.click();
+    } finally {
+      link.remove();
+      // The download reads the url after the click's task; a minute is ample.
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    }
+  }
+
+  /** A finished answer as the client gives it: a reply held in the result store has body "". */
+  function finishedAnswer(body) {
+    if (typeof body.response.body !== "string") body.response.body = "";
+    return body;
+  }
+
+  /**
+   * The answer of a processed job whose status url redirected to its result:
+   * what the result's own headers say (its url, type, size, and SHA-256 from its
+   * strong ETag). The worker's status code is not among them: 200.
+   */
+  function redirectedAnswer(response) {
+    const reply = {status_code: 200, body: "", href: response.url};
+    const type = response.headers.get("Content-Type");
+    if (type) reply.content_type = type;
+    const length = response.headers.get("Content-Length");
+    if (length !== null && /^\d+$/.test(length)) reply.size = parseInt(length, 10);
+    const etag = /^"([0-9a-f]{64})"$/.exec(response.headers.get("ETag") || "");
+    if (etag) reply.sha256 = etag[1];
+    return {status: "processed", response: reply};
+  }
+
+  /** Whether this browser can read a fetch's body as it arrives. */
+  function canStream() {
+    return typeof ReadableStream !== "undefined" && typeof TextDecoder !== "undefined";
+  }
+
   /** Whether ``url`` names the job by itself (its token in the path), so no header is needed. */
   function carriesToken(url, token) {
     return url.includes(token) || url.includes(encodeURIComponent(token));
@@ -232,14 +314,17 @@
       this.header = options.header || DEFAULT_HEADER;
       this.options = Object.assign({}, options);
       delete this.options.signal;
+      /** The answer of the finished job, once a poll, wait or cancel has seen it; else null. */
+      this.answer = null;
       this._settled = null;
       this._wakers = new Set();
+      this._redirected = null;
     }
 
-    _headers(extra) {
-      const headers = mergeHeaders({Accept: "application/json"}, this.options.headers, extra);
+    _headers(extra, url = this.url, accept = "application/json") {
+      const headers = mergeHeaders({Accept: accept}, this.options.headers, extra);
       // The job's own url carries the token; the shared endpoint needs it in the header.
-      if (this.token && !carriesToken(this.url, this.token)) {
+      if (this.token && !carriesToken(url, this.token)) {
         headers.set(this.header, "Bearer " + this.token);
       }
       return headers;
@@ -259,6 +344,10 @@
         signal: options.signal,
         retry,
       });
+      if (response.redirected && response.status === 200) {
+        const answer = this._takeRedirected(response);
+        return {done: true, status: "processed", body: answer, retryAfter: 0, waited: 0, response};
+      }
       const body = await readJson(response);
       const waited = appliedWait(response);
       if (response.status === 202) {
@@ -275,9 +364,24 @@
         };
       }
       if (isFinalAnswer(body)) {
+        this.answer = finishedAnswer(body);
         return {done: true, status: body.status, body, retryAfter: 0, waited, response};
       }
       throw new AsyncRequestError(errorMessage(response, body), {response, body});
+    }
+
+    /**
+     * ASYNC_REQUEST_REDIRECT_FINISHED: the status url sent the processed job to
+     * its result (303), and fetch followed: ``response`` is the result itself,
+     * kept unread for result(). Its answer, which becomes the job's.
+     */
+    _takeRedirected(response) {
+      const answer = redirectedAnswer(response);
+      this.answer = answer;
+      // An earlier poll's result, never read: this one replaces it.
+      if (this._redirected && this._redirected.body) this._redirected.body.cancel();
+      this._redirected = response;
+      return answer;
     }
 
     /**
@@ -306,6 +410,13 @@
           this._wakers.add(waker);
           const round = anySignal([control.signal, waker.signal]);
           try {
+            if (settings.stream !== false && !this._noStream && canStream()) {
+              const streamed = await this._follow(settings, round.signal);
+              if (streamed) return streamed;
+              // The server answers streams as polls (or stopped streaming): poll from now on.
+              this._noStream = true;
+              continue;
+            }
             const longPoll = chooseLongPoll(settings, retryAfter, minInterval, maxInterval);
             const sent = Date.now();
             const answer = await this.poll({signal: round.signal, longPoll, retry: settings.retry});
@@ -344,6 +455,114 @@
     }
 
     /**
+     * Follow the job's event stream (fetch, so the token may go in a header too);
+     * resolves with its answer, or null where the server answers with JSON (it
+     * cannot hold streams): wait() polls then. A stream that ends before the
+     * job does is opened again after its retry, with Last-Event-ID.
+     */
+    async _follow(settings, signal) {
+      let lastId = null;
+      let retry = 1;
+      const state = {status: null, progress: null, message: null};
+      // Each event is reported as a 202's body would say the job is now.
+      const report = () => {
+        if (settings.onProgress) {
+          const body = {status: state.status, progress: state.progress, message: state.message};
+          settings.onProgress(state.progress, state.message, state.status, body);
+        }
+      };
+      for (;;) {
+        const extra = {Accept: "text/event-stream"};
+        if (lastId !== null) extra["Last-Event-ID"] = lastId;
+        const response = await send(this.url, {headers: this._headers(extra), cache: "no-store"}, {
+          signal,
+          retry: settings.retry,
+        });
+        const type = (response.headers.get("Content-Type") || "").split(";")[0].trim();
+        if (response.status !== 200 || type !== "text/event-stream" || !response.body) {
+          if (response.status === 204) return null;
+          // A long poll's answer (the server cannot hold streams), or a refusal.
+          if (response.redirected && response.status === 200) return this._takeRedirected(response);
+          const body = await readJson(response);
+          if (response.status === 200 && isFinalAnswer(body)) {
+            this.answer = finishedAnswer(body);
+            return this.answer;
+          }
+          if (response.status !== 202) {
+            throw new AsyncRequestError(errorMessage(response, body), {response, body});
+          }
+          if (body) {
+            Object.assign(state, {status: body.status, progress: body.progress, message: body.message});
+            report();
+          }
+          return null;
+        }
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        let event = {name: "", data: []};
+        try {
+          for (;;) {
+            const {value, done} = await reader.read();
+            if (done) break;
+            buffer += decoder.decode(value, {stream: true});
+            let newline;
+            while ((newline = buffer.indexOf("\n")) >= 0) {
+              const line = buffer.slice(0, newline).replace(/\r$/, "");
+              buffer = buffer.slice(newline + 1);
+              if (line === "") {
+                const answer = this._dispatch(event, state, report, response);
+                if (answer) return answer;
+                event = {name: "", data: []};
+                continue;
+              }
+              if (line.startsWith(":")) continue;
+              const colon = line.indexOf(":");
+              const field = colon < 0 ? line : line.slice(0, colon);
+              const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+              if (field === "event") event.name = text;
+              else if (field === "data") event.data.push(text);
+              else if (field === "id") lastId = text;
+              else if (field === "retry" && /^\d+$/.test(text)) retry = parseInt(text, 10) / 1000;
+            }
+          }
+        } catch (error) {
+          if (signal && signal.aborted) throw abortReason(signal);
+          // A dropped stream (a network error) is opened again; anything else is thrown.
+          if (!(error instanceof TypeError)) throw error;
+        } finally {
+          reader.cancel().catch(() => {});
+        }
+        await sleep(Math.max(SHORTEST_PAUSE, retry), signal);
+      }
+    }
+
+    /** One event of the stream: the answer for its end, else null after reporting it. */
+    _dispatch(event, state, report, response) {
+      if (!event.data.length) return null;
+      let body = null;
+      try {
+        body = JSON.parse(event.data.join("\n"));
+      } catch (error) {
+        return null;
+      }
+      if (event.name === "end" && isFinalAnswer(body)) {
+        this.answer = finishedAnswer(body);
+        return this.answer;
+      }
+      if (event.name === "gone") {
+        throw new AsyncRequestError(errorMessage(response, body), {response, body});
+      }
+      if (event.name === "status") state.status = body.status;
+      else if (event.name === "progress") {
+        state.progress = body.progress;
+        state.message = body.message;
+      } else return null;
+      report();
+      return null;
+    }
+
+    /**
      * Cancel the job (DELETE); resolves with its answer, status "cancelled", and
      * a pending wait() resolves with it too. A 503 is asked again; a network
      * error is not, since the first DELETE may have cancelled the job already.
@@ -357,11 +576,138 @@
       });
       const body = await readJson(response);
       if (response.status === 200 && isFinalAnswer(body)) {
-        this._settled = body;
+        this._settled = finishedAnswer(body);
+        this.answer = body;
         this._wakers.forEach((waker) => waker.abort());
         return body;
       }
       throw new AsyncRequestError(errorMessage(response, body), {response, body});
+    }
+
+    /** The processed job's answer: the one seen, else waited for; rejects for any other end. */
+    async _processed(options) {
+      const answer = this.answer || (await this.wait(options));
+      if (answer.status !== "processed") {
+        throw new AsyncRequestError(`The job is ${answer.status}; it has no result.`, {
+          body: answer,
+        });
+      }
+      return answer;
+    }
+
+    /**
+     * The processed job's result as a Response, waiting for the job first if no
+     * answer has been seen. A reply in the result store is fetched from its
+     * result url (the envelope's href), with the token as the polls send it; a
+     * reply kept as text is made into a Response from the envelope (its body as
+     * UTF-8, its content type and kept headers). Rejects with an
+     * AsyncRequestError for a job that was not processed, or a result url that
+     * does not answer 200.
+     */
+    async result(options = {}) {
+      const reply = (await this._processed(options)).response;
+      if (this._redirected) {
+        // The poll that saw the job finish has the result already, unread.
+        const response = this._redirected;
+        this._redirected = null;
+        return response;
+      }
+      if (!reply.href) {
+        const headers = new Headers(reply.headers || []);
+        if (reply.content_type) headers.set("Content-Type", reply.content_type);
+        return new Response(reply.body || "", {status: 200, headers});
+      }
+      const headers = this._headers(options.headers, reply.href, "*/*");
+      const retry = "retry" in options ? options.retry : this.options.retry;
+      const response = await send(reply.href, {headers, cache: "no-store"}, {
+        signal: options.signal,
+        retry,
+      });
+      if (response.status !== 200) {
+        const body = await readJson(response);
+        throw new AsyncRequestError(errorMessage(response, body), {response, body});
+      }
+      return response;
+    }
+
+    /**
+     * The processed job's result as a Blob (typed with its content type), its
+     * size and, where the page has Web Crypto, its SHA-256 checked against the
+     * envelope's (verify: false skips the SHA-256).
+     */
+    async blob(options = {}) {
+      return (await this._download(options)).blob;
+    }
+
+    async _download(options) {
+      const response = await this.result(options);
+      const blob = await response.blob();
+      const reply = this.answer.response;
+      if (typeof reply.size === "number" && blob.size !== reply.size) {
+        throw new AsyncRequestError(
+          `The download of ${reply.href} ended after ${blob.size} of ${reply.size} bytes.`,
+          {response}
+        );
+      }
+      if (reply.sha256 && options.verify !== false) {
+        const digest = await sha256Hex(blob);
+        if (digest !== null && digest !== reply.sha256) {
+          throw new AsyncRequestError(`The download of ${reply.href} does not match its SHA-256.`, {
+            response,
+          });
+        }
+      }
+      return {blob, response};
+    }
+
+    /**
+     * Download the processed job's result and save it as a file: under
+     * ``filename`` if given, else the name its Content-Disposition gives, else
+     * "download". Resolves with {blob, filename}.
+     */
+    async save(filename, options = {}) {
+      if (filename !== null && typeof filename === "object") {
+        options = filename;
+        filename = undefined;
+      }
+      const {blob, response} = await this._download(options);
+      const name =
+        filename || dispositionFilename(response.headers.get("Content-Disposition")) || "download";
+      saveBlob(blob, name);
+      return {blob, filename: name};
+    }
+
+    /**
+     * A short-lived signed link to the processed job's result, for a plain
+     * <a href download> or a download manager: no token in it, valid for
+     * ASYNC_REQUEST_LINK_EXPIRATION (5 minutes by default) from now. One poll
+     * asks the server for a link signed now (the job is waited for if it is
+     * still running). Rejects for a job that was not processed, and for a reply
+     * kept as text, which has no link: blob() and save() take both.
+     */
+    async downloadUrl(options = {}) {
+      const retry = "retry" in options ? options.retry : this.options.retry;
+      const once = await this.poll({signal: options.signal, retry});
+      const answer = once.done ? once.body : await this._processed(options);
+      if (answer.status !== "processed") {
+        throw new AsyncRequestError(`The job is ${answer.status}; it has no result.`, {
+          body: answer,
+        });
+      }
+      if (!answer.response.download_href && this._redirected) {
+        throw new AsyncRequestError(
+          "The status url redirects to the result (ASYNC_REQUEST_REDIRECT_FINISHED), with no" +
+            " envelope and so no download link; use blob() or save().",
+          {body: answer}
+        );
+      }
+      if (!answer.response.download_href) {
+        throw new AsyncRequestError(
+          "The job's reply is kept as text in its answer, with no download link; use blob() or save().",
+          {body: answer}
+        );
+      }
+      return answer.response.download_href;
     }
   }
 
@@ -440,5 +786,5 @@
   }
 
   root.AsyncRequest = {start: start, Job: Job};
-  Object.assign(root.AsyncRequest, {AsyncRequestError: AsyncRequestError, DEFAULT_HEADER: DEFAULT_HEADER, poll: poll});
+  Object.assign(root.AsyncRequest, {AsyncRequestError: AsyncRequestError, DEFAULT_HEADER: DEFAULT_HEADER, poll: poll, saveBlob: saveBlob});
 })(typeof globalThis !== "undefined" ? globalThis : window);

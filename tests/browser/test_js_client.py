@@ -378,7 +378,7 @@ def test_long_polling_is_used(page: Any, served: Served) -> None:
         """async (client) => {
             const job = await client.start("/sleep?seconds=1.5");
             const started = performance.now();
-            const answer = await job.wait();
+            const answer = await job.wait({stream: false});
             return {status: answer.status, seconds: (performance.now() - started) / 1000};
         }""",
     )
@@ -395,7 +395,9 @@ def test_long_polling_falls_back_to_retry_after(page: Any, serve: Callable[..., 
     served = serve(ASYNC_REQUEST_MAX_WAIT=0)
     open_page(page, served)
     answer = run(
-        page, "async (client) => (await client.start('/sleep?seconds=2.2')).wait({timeout: 20})"
+        page,
+        """async (client) =>
+            (await client.start('/sleep?seconds=2.2')).wait({timeout: 20, stream: false})""",
     )
     assert answer["status"] == "processed"
     gets = served.gets()
@@ -413,6 +415,7 @@ def test_progress_is_reported_with_short_long_polls(page: Any, served: Served) -
             const seen = [];
             const job = await client.start("/steps", {body: {steps: 4, delay: 0.6}});
             const answer = await job.wait({
+                stream: false,
                 onProgress: (fraction, message, status) => seen.push([fraction, message, status]),
             });
             return {seen, status: answer.status};
@@ -741,3 +744,65 @@ def test_start_waits_and_asks_again_after_a_429(page: Any, served: Served) -> No
     assert answer["status"] == "processed"
     assert len(posts) == 2
     assert posts[1] - posts[0] >= 1
+
+
+# Event streams ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["module", "classic"])
+def test_wait_follows_the_event_stream(page: Any, served: Served, name: str) -> None:
+    """wait() reads the job's event stream: onProgress gets every step, and nothing polls."""
+    open_page(page, served, name)
+    result = run(
+        page,
+        """async (client) => {
+            const seen = [];
+            const job = await client.start("/steps", {body: {steps: 5, delay: 0.3}});
+            const answer = await job.wait({
+                onProgress: (fraction, message, status, body) =>
+                    seen.push([fraction, message, status, body]),
+            });
+            return {seen, answer};
+        }""",
+    )
+    assert result["answer"]["status"] == "processed"
+    messages = [message for _, message, _, _ in result["seen"] if message]
+    assert messages == [f"step {step} of 5" for step in range(1, 6)]
+    fraction, message, status, body = result["seen"][-1]
+    assert body == {"status": status, "progress": fraction, "message": message}
+    gets = served.gets()
+    assert [p.headers.get("Accept") for p in gets] == ["text/event-stream"]
+    assert all("Prefer" not in p.headers for p in gets)
+
+
+def test_the_header_form_streams_too(page: Any, served: Served) -> None:
+    """The shared url with the token in a header is streamed with fetch as well."""
+    open_page(page, served)
+    answer = run(page, "async (client) => (await client.start('/shared')).wait()")
+    assert answer["status"] == "processed"
+    gets = served.gets()
+    assert [p.headers.get("Accept") for p in gets] == ["text/event-stream"]
+    assert gets[0].headers["X-Job-Authorization"].startswith("Bearer ")
+
+
+def test_a_server_that_cannot_stream_is_long_polled(
+    page: Any, serve: Callable[..., Served]
+) -> None:
+    """Where the server answers a stream's request with JSON, wait() long polls from then on."""
+    served = serve(ASYNC_REQUEST_STREAMS=False, ASYNC_REQUEST_MAX_WAIT=1)
+    open_page(page, served)
+    result = run(
+        page,
+        """async (client) => {
+            const seen = [];
+            const job = await client.start("/steps", {body: {steps: 3, delay: 0.8}});
+            const answer = await job.wait({onProgress: (fraction) => seen.push(fraction)});
+            return {seen, status: answer.status};
+        }""",
+    )
+    assert result["status"] == "processed"
+    gets = served.gets()
+    assert gets[0].headers.get("Accept") == "text/event-stream"
+    assert len(gets) > 1
+    assert all(p.headers.get("Accept") == "application/json" for p in gets[1:])
+    assert all(p.headers.get("Prefer") == "wait=1" for p in gets[1:])

@@ -11,7 +11,8 @@ from typing import Any
 from flask import Flask, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_async_request import AsyncRequest, asynchronous, signals
+from flask_async_request import AsyncRequest, Job, accepted, asynchronous, signals
+from tests.workers import ReturnChunks
 
 DATABASE_URL = os.environ.get(
     "FAR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -58,6 +59,11 @@ def create_app() -> Flask:
     ):
         if env in os.environ:
             app.config[key] = float(os.environ[env])
+    # Where large results go, and whether a finished job's poll redirects to its result.
+    if "FAR_TEST_RESULT_STORE" in os.environ:
+        app.config["ASYNC_REQUEST_RESULT_STORE"] = os.environ["FAR_TEST_RESULT_STORE"]
+    if os.environ.get("FAR_TEST_REDIRECT_FINISHED") == "1":
+        app.config["ASYNC_REQUEST_REDIRECT_FINISHED"] = True
     if "FAR_TEST_RETRY" in os.environ:
         app.config["ASYNC_REQUEST_RETRY"] = int(os.environ["FAR_TEST_RETRY"])
     if "FAR_TEST_OWNER_MAX_RUNNING" in os.environ:
@@ -77,6 +83,11 @@ def create_app() -> Flask:
         scale = request.get_json()["scale"]
         return {"squares": [i * i * scale for i in range(n)], "pid": os.getpid()}, 201
 
+    @app.post("/chunks/<int:count>")
+    def chunks(count: int) -> Any:
+        """A result of ``count`` MiB, made by the worker process as a generator."""
+        return accepted(Job.create_and_enqueue(ReturnChunks, count, 1024 * 1024))
+
     return app
 
 
@@ -88,6 +99,40 @@ def _record_finished(sender: Flask, job_id: int, **extra: Any) -> None:
         with open(os.path.join(folder, f"finished-{job_id}-{extra['status_code']}"), "w"):
             pass
 
+
+def _export_spans_to(path: str) -> None:
+    """Write every ended span as a JSON line to ``path``: the trace tests read them there."""
+    import json
+    from collections.abc import Sequence
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class FileExporter(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            with open(path, "a", encoding="utf-8") as out:
+                for span in spans:
+                    assert span.context is not None
+                    record = {
+                        "name": span.name,
+                        "pid": os.getpid(),
+                        "trace_id": f"{span.context.trace_id:032x}",
+                        "span_id": f"{span.context.span_id:016x}",
+                        "parent": None if span.parent is None else f"{span.parent.span_id:016x}",
+                        "links": [f"{link.context.span_id:016x}" for link in span.links],
+                        "attributes": dict(span.attributes or {}),
+                    }
+                    out.write(json.dumps(record) + "\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+    trace.set_tracer_provider(provider)
+
+
+if os.environ.get("FAR_TEST_SPANS_FILE"):
+    _export_spans_to(os.environ["FAR_TEST_SPANS_FILE"])
 
 app = create_app()
 celery_app = app.extensions["celery"]

@@ -91,6 +91,29 @@ def test_send_file_round_trips_in_real_chunks(db_app: Flask) -> None:
     assert _download(client, token, **{"If-None-Match": etag}).status_code == 304
 
 
+def test_postgresql_reads_chunks_in_binary(db_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL each chunk of a download comes in binary format, not hex-encoded as text."""
+    if db_app.config["SQLALCHEMY_DATABASE_URI"] != DATABASE_URL:
+        pytest.skip("psycopg's result formats are PostgreSQL's")
+    import psycopg
+
+    client = db_app.test_client()
+    token = json_of(client.get("/report"))["token"]
+    poll(client, token)
+    formats: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def recording(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if "async_request_results" in str(query) and "data" in str(query):
+            formats.append(cursor.format.name)
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
+    assert _download(client, token).data == db_app.config["REPORT"].read_bytes()
+    # 3 MiB and 17 bytes: four chunks, each one read.
+    assert formats == ["BINARY"] * 4
+
+
 def test_every_kind_round_trips(db_app: Flask, tmp_path: Path) -> None:
     """Bytes, a path, a file object, chunks and a response: each byte-identical."""
     client = db_app.test_client()

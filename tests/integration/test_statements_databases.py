@@ -15,7 +15,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from flask_async_request.models import Job, JobStatus
-from flask_async_request.statements import CHANNEL, CLAIM, FINISH, INSERT, NewRow
+from flask_async_request.statements import (
+    CALLBACK_DELIVERIES,
+    CHANNEL,
+    CLAIM,
+    FINISH,
+    INSERT,
+    RECORD_DELIVERY,
+    NewRow,
+)
+from flask_async_request.store import JobStore
 from flask_async_request.values import utcnow
 from tests.conftest import PG_DATABASE_URL
 
@@ -195,3 +204,35 @@ def test_mariadb_reads_the_changed_row_after_the_update(maria: Engine) -> None:
             200,
             "done",
         )
+
+
+@pytest.mark.parametrize("database", ["pg", "maria"])
+def test_the_streams_changes_check_runs_on_each_database(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    """Where no LISTEN tells (MariaDB), the changes check reads the followed jobs in one query."""
+    engine: Engine = request.getfixturevalue(database)
+    store = JobStore(engine, autocommit=False)
+    with engine.begin() as conn:
+        first, second = _insert(conn), _insert(conn)
+    assert store._changed([first, second]) == [first, second]
+    assert store._changed([first, second]) == []
+    with engine.begin() as conn:
+        conn.execute(sa.update(Job).where(Job.id == second).values(progress=0.5))
+    assert store._changed([first, second]) == [second]
+
+
+@pytest.mark.parametrize("database", ["pg", "maria"])
+def test_a_delivery_is_recorded_only_over_the_log_it_read(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    """NULL and text compare as equal or not on each database: a stale log writes nothing."""
+    engine: Engine = request.getfixturevalue(database)
+    with engine.begin() as conn:
+        job_id = _insert(conn)
+        first = {"job_id": job_id, "callback_status": "a", "before": None, "deliveries": "[1]"}
+        assert conn.execute(RECORD_DELIVERY.update, first).rowcount == 1
+        assert conn.execute(RECORD_DELIVERY.update, {**first, "deliveries": "[2]"}).rowcount == 0
+        again = {**first, "before": "[1]", "deliveries": "[1,2]"}
+        assert conn.execute(RECORD_DELIVERY.update, again).rowcount == 1
+        assert conn.execute(CALLBACK_DELIVERIES, {"job_id": job_id}).scalar_one() == "[1,2]"

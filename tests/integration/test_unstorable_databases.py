@@ -135,14 +135,22 @@ def test_a_nul_progress_message_postgresql_refuses_fails_its_job(
     )
 
 
-def test_a_reply_longer_than_mariadbs_text_fails_its_job(maria_app: Flask) -> None:
-    """A reply over the 64 KiB a MariaDB TEXT holds fails the job with the library's sentence."""
+def test_a_reply_longer_than_mariadbs_text_goes_to_the_result_store(maria_app: Flask) -> None:
+    """A text reply over the 64 KiB a MariaDB TEXT holds is stored in chunks, not refused."""
+    text = "x" * 70_000 + "\N{SNOWMAN}"
     with maria_app.app_context():
-        job_id = Job.create_and_enqueue(workers.Reply, 200, "x" * 70_000).id
-    assert _failure(maria_app, job_id) == (
-        "The worker's reply could not be stored: the database refused it"
-        " (DataError; details are in the worker's log)."
+        job = Job.create_and_enqueue(workers.Reply, 200, text)
+        row = reload_job(job.id)
+        token = job.token
+    assert (row.status, row.response, row.result_size) == (
+        JobStatus.PROCESSED,
+        "",
+        len(text.encode()),
     )
+    client = maria_app.test_client()
+    assert json_of(poll(client, token))["response"]["size"] == len(text.encode())
+    download = client.get("/async_request/result", headers={"X-JOB-AUTHORIZATION": token})
+    assert download.data.decode() == text
 
 
 @pytest.mark.parametrize("field", hostile_values.FIELDS)

@@ -9,7 +9,11 @@ export async function classic(): Promise<void> {
   const status: "processed" | "failed" | "cancelled" = answer.status;
   const header: "X-JOB-AUTHORIZATION" = AsyncRequest.DEFAULT_HEADER;
   const error = new AsyncRequest.AsyncRequestError("x", { response: null });
-  void status, header, error.status;
+  const blob: Blob = await job.blob();
+  const saved: { blob: Blob; filename: string } = await job.save();
+  const link: string = await job.downloadUrl();
+  AsyncRequest.saveBlob(blob, saved.filename);
+  void status, header, error.status, link;
   // @ts-expect-error: start needs a url
   await AsyncRequest.start();
 }

@@ -5,8 +5,10 @@ import {
   DEFAULT_HEADER,
   Job,
   poll,
+  saveBlob,
   start,
   type JobAnswer,
+  type SavedResult,
   type PollResult,
   type StoredReply,
 } from "../../../flask_async_request/static/async-request.mjs";
@@ -63,6 +65,34 @@ export async function documented(bar: HTMLProgressElement): Promise<string | nul
     }
   }
 
+  // A reply that is a file: a Response, a Blob, saved, or a signed link.
+  const seen: JobAnswer | null = job.answer;
+  const size: number | undefined = seen?.response.size;
+  const href: string | undefined = answer.response.download_href;
+  const kept: [string, string][] | undefined = answer.response.headers;
+  const text: string = answer.response.body;
+  const response: Response = await job.result({ signal: controller.signal, headers: { "X-Test": "1" } });
+  const blob: Blob = await job.blob({ verify: false, timeout: 30 });
+  const saved: SavedResult = await job.save("export.csv");
+  const named: SavedResult = await job.save({ signal: controller.signal });
+  await job.save();
+  const name: string = named.filename;
+  const link = document.createElement("a");
+  link.href = await job.downloadUrl();
+  link.download = "";
+  saveBlob(new Blob(["a,b\n"], { type: "text/csv" }), "rows.csv");
+  saveBlob(saved.blob);
+  void size, href, kept, text, response, blob, name;
+
+  // @ts-expect-error: the answer is read-only
+  job.answer = null;
+  // @ts-expect-error: save's filename is a string
+  await job.save(42);
+  // @ts-expect-error: verify is a boolean
+  await job.blob({ verify: "sha256" });
+  // @ts-expect-error: downloadUrl resolves with a string
+  const notUrl: URL = await job.downloadUrl();
+  void notUrl;
   // @ts-expect-error: the status is one of the finished ones
   const wrong: "waiting" = answer.status;
   // @ts-expect-error: longPoll is seconds or a boolean
