@@ -171,7 +171,7 @@ def poll_steps(
             continue
         if answer is None:
             raise TypeError("poll_steps() needs the Answer of each Get sent back.")
-        if answer.status in _RETRIED:
+        if answer.status in RETRIED:
             # The server (503: its database is out of reach) or a proxy in front of it
             # (502, 504: it restarts; 429: it limits requests): try again after its
             # Retry-After, else a backoff.
@@ -193,7 +193,7 @@ def poll_steps(
 
 #: Answers of the status endpoint that say "ask again later", never a job's reply
 #: (a finished job's reply comes in a 200): 429 from a limit on requests in front of it.
-_RETRIED = frozenset({429, 502, 503, 504})
+RETRIED = frozenset({429, 502, 503, 504})
 _APPLIED_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
 
 
