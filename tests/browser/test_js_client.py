@@ -746,6 +746,23 @@ def test_start_waits_and_asks_again_after_a_429(page: Any, served: Served) -> No
     assert posts[1] - posts[0] >= 1
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "polls"])
+def test_wait_asks_again_after_a_429(page: Any, served: Served, stream: bool) -> None:
+    """wait() waits out a 429's Retry-After, then asks again: the stream's request or a poll."""
+    open_page(page, served)
+    served.faults.append((429, {"Retry-After": "1"}, {"errors": [{"message": "Slow down"}]}))
+    answer = run(
+        page,
+        "async (client, stream) => (await client.start('/sleep?seconds=0.2')).wait({stream})",
+        stream,
+    )
+    assert answer["status"] == "processed"
+    first, second, *_ = served.gets()
+    assert second.at - first.at >= 1
+    accept = "text/event-stream" if stream else "application/json"
+    assert first.headers.get("Accept") == second.headers.get("Accept") == accept
+
+
 # Event streams ------------------------------------------------------------------------------
 
 
