@@ -556,10 +556,12 @@ def test_init_adds_the_location_to_a_history_with_the_result_store(
 
 
 #: What the jobs table an earlier ``init`` created lacks, in the order the revisions add it:
-#: from before the result's location, and from after it.
+#: from before the result's location, from after it, and from after the traces. Each
+#: lacks the indexes of the owner limits too, whose revision comes last.
 EARLIER_TABLES = {
     "before-location": ("result_location", "trace_context", "callback_deliveries", "traceback"),
     "before-traces": ("trace_context", "callback_deliveries", "traceback"),
+    "before-limits": (),
 }
 
 
@@ -572,31 +574,39 @@ def test_init_after_an_earlier_init_adds_one_line_of_revisions(
     Upgraded, the database is the model's (``db migrate`` finds no change);
     downgraded to the app's revision, it is the earlier table again.
     """
+    from flask_async_request.migrations import OWNER_INDEXES
+
     flask(project, database_url, "async-request", "init")
     [path] = (project / "migrations" / "versions").glob("*.py")
     text = path.read_text()
     for column in missing:
         text, count = re.subn(rf"^ *sa\.Column\('{column}'.*\n", "", text, flags=re.M)
         assert count == 1, column
+    for index in OWNER_INDEXES:
+        text, count = re.subn(rf"^ *op\.(create|drop)_index\('{index}'.*\n", "", text, flags=re.M)
+        assert count == 2, index
     path.write_text(text)
     first = re.search(r"^revision = '(\w+)'", text, re.M).group(1)  # type: ignore[union-attr]
     flask(project, database_url, "db", "upgrade")
 
     output = flask(project, database_url, "async-request", "init")
     assert "exists already" in output and "result store revision" not in output
+    assert "Wrote the revision of the owner limits' indexes" in output
     added = {
         re.search(r"^down_revision = '(\w+)'", t, re.M).group(1): t  # type: ignore[union-attr]
         for name, t in _versions(project).items()
         if name != path.name
     }
-    assert len(added) == len(missing)
+    assert len(added) == len(missing) + 1
     parent, chain = first, []
     while parent in added:
         chain.append(added[parent])
         parent = re.search(r"^revision = '(\w+)'", added[parent], re.M).group(1)  # type: ignore[union-attr]
-    assert len(chain) == len(missing)
-    for revision, column in zip(chain, missing, strict=True):
+    *columns_added, owners = chain
+    assert len(columns_added) == len(missing)
+    for revision, column in zip(columns_added, missing, strict=True):
         assert f"add_column('async_request_jobs', sa.Column('{column}'" in revision
+    assert all(f"op.create_index('{index}'" in owners for index in OWNER_INDEXES)
 
     def columns() -> set[str]:
         engine = sa.create_engine(database_url)
@@ -607,12 +617,15 @@ def test_init_after_an_earlier_init_adds_one_line_of_revisions(
 
     before = columns()
     assert not before & set(missing)
+    assert not set(OWNER_INDEXES) & set(_indexes(database_url))
     flask(project, database_url, "db", "upgrade")
     assert columns() == before | set(missing)
+    assert set(OWNER_INDEXES) <= set(_indexes(database_url))
     migrate = flask(project, database_url, "db", "migrate", "-m", "check")
     assert "No changes in schema detected" in migrate
     flask(project, database_url, "db", "downgrade", first)
     assert columns() == before
+    assert not set(OWNER_INDEXES) & set(_indexes(database_url))
 
 
 def test_owner_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
