@@ -22,6 +22,7 @@ from typing import Protocol
 from .client_polling import (
     DEFAULT_HEADER,
     POLL_GRACE,
+    RETRIED,
     Answer,
     Headers,
     JobResult,
@@ -181,8 +182,8 @@ def follow(
     longest duration, a dropped connection) is opened again after its
     ``retry:``, with ``Last-Event-ID``, which gives the current state. A JSON
     answer (the server cannot hold streams) is a long poll's: its status and
-    progress are yielded, and it is asked again; a 503, 502 or 504 after its
-    ``Retry-After``.
+    progress are yielded, and it is asked again; a 503, 502 or 504, or a 429 (a
+    limit on requests), after its ``Retry-After``.
 
     :param idle: seconds a stream may stay silent (heartbeats included) before
         it counts as dropped.
@@ -231,7 +232,7 @@ def follow(
             answer = Answer(connection.status, connection.headers, connection.text())
         finally:
             connection.close()
-        if answer.status in (502, 503, 504):
+        if answer.status in RETRIED:
             sleep(
                 min(
                     retry_after_seconds(answer.headers.get("Retry-After"), retry),

@@ -1,6 +1,6 @@
 """The Python clients' polling, written once without any I/O: :func:`poll_steps`.
 
-Long polls, ``Retry-After``, retries of 502, 503 and 504 and of failed
+Long polls, ``Retry-After``, retries of 429, 502, 503 and 504 and of failed
 connections, and the deadline are decided here, step by step; a transport
 performs each step: :func:`flask_async_request.client.wait_for` with
 :mod:`urllib` or a session, :mod:`flask_async_request.client_httpx` with httpx,
@@ -171,9 +171,10 @@ def poll_steps(
             continue
         if answer is None:
             raise TypeError("poll_steps() needs the Answer of each Get sent back.")
-        if answer.status in _RETRIED:
+        if answer.status in RETRIED:
             # The server (503: its database is out of reach) or a proxy in front of it
-            # (502, 504: it restarts): try again after its Retry-After, else a backoff.
+            # (502, 504: it restarts; 429: it limits requests): try again after its
+            # Retry-After, else a backoff.
             yield pause(retry_after_seconds(answer.headers.get("Retry-After"), backoff))
             backoff = min(backoff * 2, max_backoff)
             continue
@@ -191,8 +192,8 @@ def poll_steps(
 
 
 #: Answers of the status endpoint that say "ask again later", never a job's reply
-#: (a finished job's reply comes in a 200).
-_RETRIED = frozenset({502, 503, 504})
+#: (a finished job's reply comes in a 200): 429 from a limit on requests in front of it.
+RETRIED = frozenset({429, 502, 503, 504})
 _APPLIED_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)", re.IGNORECASE)
 
 

@@ -33,6 +33,7 @@ from .converters import (
     jwt_algorithm,
     key_material,
     optional,
+    owner_limit,
     path_prefix,
     queue_name,
     result_store,
@@ -43,6 +44,7 @@ from .converters import (
 )
 
 # The command line and the dashboard read and write durations as the settings do.
+from .converters import OwnerLimit as OwnerLimit
 from .converters import format_duration as format_duration
 from .converters import parse_duration as parse_duration
 from .exceptions import ConfigurationError
@@ -282,6 +284,48 @@ class Settings:
         " of a result in the directory answers with ``X-Accel-Redirect`` and no body, for nginx"
         " to send the file; ``None``: Flask's ``USE_X_SENDFILE`` decides (``X-Sendfile``).",
         internal_prefix,
+    )
+    owner_max_in_flight: OwnerLimit = _setting(
+        "ASYNC_REQUEST_OWNER_MAX_IN_FLIGHT",
+        None,
+        "Most jobs one owner may have waiting or processing: a new job past it is refused with"
+        " ``429`` and ``Retry-After`` (``OwnerLimitExceeded``). A whole"
+        " number, or a callable of the owner returning one or ``None`` (tiers); ``None``: no"
+        " cap. Jobs with no owner are not limited.",
+        owner_limit,
+    )
+    owner_rate: OwnerLimit = _setting(
+        "ASYNC_REQUEST_OWNER_RATE",
+        None,
+        "Most jobs one owner may create in any ``ASYNC_REQUEST_OWNER_RATE_PERIOD``: past it,"
+        " ``429`` with ``Retry-After`` until the oldest of them leaves the window. A whole"
+        " number, or a callable of the owner returning one or ``None``; ``None``: no rate.",
+        owner_limit,
+    )
+    owner_rate_period: timedelta = _setting(
+        "ASYNC_REQUEST_OWNER_RATE_PERIOD",
+        timedelta(minutes=1),
+        "The sliding window of ``ASYNC_REQUEST_OWNER_RATE``: seconds or a ``timedelta``.",
+        duration,
+    )
+    owner_max_running: OwnerLimit = _setting(
+        "ASYNC_REQUEST_OWNER_MAX_RUNNING",
+        None,
+        "Most jobs of one owner that run at once: a job past it, as it is stored or claimed,"
+        " is parked (left waiting, not sent) until one of the owner's jobs ends, so that one"
+        " owner's backlog waits in the jobs table, not in the queue in front of the others."
+        " A whole number, or a callable of the owner returning one or ``None``; ``None``: no"
+        " cap.",
+        owner_limit,
+    )
+    owner_defer: timedelta = _setting(
+        "ASYNC_REQUEST_OWNER_DEFER",
+        timedelta(seconds=30),
+        "A job parked by ``ASYNC_REQUEST_OWNER_MAX_RUNNING`` is sent again as soon as one of"
+        " its owner's jobs ends; failing that, it is due again this long after it was parked,"
+        " and the sweeper sends it ``ASYNC_REQUEST_WAITING_TIMEOUT`` later, as any waiting job"
+        " that no worker claimed.",
+        duration,
     )
     callback_key: str | bytes | None = _setting(
         "ASYNC_REQUEST_CALLBACK_KEY",

@@ -159,6 +159,25 @@ def whole_seconds(key: str, value: Any) -> int:
     return value
 
 
+#: A per-owner limit: a number, or a callable of the owner that returns one (``None``: none).
+OwnerLimit = int | Callable[[str], int | None] | None
+
+
+def owner_limit(key: str, value: Any) -> OwnerLimit:
+    """``None`` (no limit), a whole number >= 1, or a callable of the owner returning one.
+
+    A callable is the app's tiers: it is called with the owner's identity each
+    time the limit applies, and may return ``None`` for an owner with no limit.
+    """
+    if value is None or callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise invalid(
+            key, value, "None, a whole number >= 1, or a callable of the owner returning one"
+        )
+    return value
+
+
 def byte_size(key: str, value: Any) -> int:
     """A number of bytes, 0 or more."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

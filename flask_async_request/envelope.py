@@ -16,7 +16,12 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from .exceptions import DatabaseUnavailable, IdempotencyConflict, InvalidRequest
+from .exceptions import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidRequest,
+    OwnerLimitExceeded,
+)
 from .state import get_state
 
 logger = logging.getLogger("flask_async_request")
@@ -98,6 +103,14 @@ def invalid_request(error: InvalidRequest) -> Any:
     return error_answer(str(error), 400)
 
 
+def owner_limit_exceeded(error: OwnerLimitExceeded) -> Any:
+    """A new job past its owner's admission limits: 429 with ``Retry-After``, in any view.
+
+    Nothing was stored: the client asks again after ``Retry-After``.
+    """
+    return error_answer(str(error), 429, **{"Retry-After": str(error.retry_after)})
+
+
 def answer_errors(blueprint: Blueprint) -> None:
     """Answer in the envelope: the endpoint's errors on ``blueprint``, the library's app-wide."""
     blueprint.register_error_handler(HTTPException, http_error)
@@ -105,3 +118,4 @@ def answer_errors(blueprint: Blueprint) -> None:
     blueprint.app_errorhandler(IdempotencyConflict)(idempotency_conflict)
     blueprint.app_errorhandler(DatabaseUnavailable)(database_unavailable)
     blueprint.app_errorhandler(InvalidRequest)(invalid_request)
+    blueprint.app_errorhandler(OwnerLimitExceeded)(owner_limit_exceeded)

@@ -172,3 +172,19 @@ class IdempotencyConflict(AsyncRequestError, ValueError):
     def __init__(self, message: str, job_id: int) -> None:
         super().__init__(message)
         self.job_id = job_id
+
+
+class OwnerLimitExceeded(AsyncRequestError):
+    """A new job was refused: its owner is at one of its admission limits.
+
+    Raised by ``Job.create_and_enqueue`` (and so by ``@asynchronous``) before
+    anything is stored or sent; any view of the app answers it with ``429 Too
+    Many Requests``, ``Retry-After`` and the JSON envelope.
+    """
+
+    def __init__(self, message: str, *, limit: str, retry_after: int) -> None:
+        super().__init__(message)
+        #: Which limit: ``"in_flight"`` (jobs waiting or processing) or ``"rate"``.
+        self.limit = limit
+        #: Whole seconds after which asking again may be admitted (at least 1).
+        self.retry_after = retry_after

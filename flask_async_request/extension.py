@@ -10,6 +10,7 @@ from flask import Flask
 
 from . import (
     downloads,  # noqa: F401  # the result url's routes join the blueprint
+    limits,
     web,
 )
 from .broker import make_celery, start_embedded_worker
@@ -97,6 +98,8 @@ class AsyncRequest:
             verify_token=TokenVerifier(settings),
             sign_token=TokenSigner(settings),
         )
+        if settings.owner_max_running is not None:
+            limits.listen(app)
         if embedded is not None:
             keep_embedded_jobs(embedded, app, settings)
             app.before_request(start_embedded_worker)

@@ -204,6 +204,12 @@ def message_of_row(job_id: int, row: NewRow) -> Message:
 # A running attempt ---------------------------------------------------------------------
 
 
+def claim_params(job_id: int, lease: timedelta, uid: str | None = None) -> dict[str, Any]:
+    """The parameters of a claim of job ``job_id`` made now (see :func:`claim`)."""
+    now = utcnow()
+    return {"job_id": job_id, "message_uid": uid, "now": now, "lease_until": now + lease}
+
+
 def claim(store: JobStore, job_id: int, lease: timedelta, uid: str | None = None) -> Claim | None:
     """Take job ``job_id`` if it is waiting: ``processing``, leased, attempt counted.
 
@@ -222,8 +228,7 @@ def claim(store: JobStore, job_id: int, lease: timedelta, uid: str | None = None
 
     :raises DatabaseUnavailable: the database was out of reach all that time.
     """
-    now = utcnow()
-    params = {"job_id": job_id, "message_uid": uid, "now": now, "lease_until": now + lease}
+    params = claim_params(job_id, lease, uid)
 
     def claim_once(lost_before: bool) -> Any:
         row = store.run(sql.CLAIM, params)

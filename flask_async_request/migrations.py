@@ -46,6 +46,11 @@ _INDEXES_BEFORE = (
     ops.CreateIndexOp(f"ix_{TABLE_NAME}_finished_at", TABLE_NAME, ["finished_at"]),
     ops.CreateIndexOp(f"ix_{TABLE_NAME}_status_id", TABLE_NAME, ["status", "id"]),
 )
+#: Written into the revision that adds the indexes of the per-owner limits.
+OWNER_MARKER = f"flask-async-request: {TABLE_NAME} indexes of the owner limits"
+OWNER_MESSAGE = f"{TABLE_NAME} indexes of the owner limits"
+#: The indexes the per-owner limits read, by name.
+OWNER_INDEXES = (f"ix_{TABLE_NAME}_owner_created_at", f"ix_{TABLE_NAME}_owner_unfinished")
 _END = "    # ### end Alembic commands ###"
 
 
@@ -105,6 +110,8 @@ class InitResult:
     #: The revisions written to add columns to a jobs table made before them
     #: (see :data:`COLUMN_REVISIONS`), with what each adds.
     column_revisions: tuple[tuple[str, Path], ...] = ()
+    #: The revision written to add the indexes of the owner limits, if one was.
+    owner_revision: Path | None = None
 
 
 def config_snippet() -> str:
@@ -200,6 +207,27 @@ def _hot_revision_code() -> tuple[str, str]:
         _fillfactor(_marked(upgrade, HOT_MARKER), set_fillfactor),
         _fillfactor(_marked(downgrade, HOT_MARKER), reset_fillfactor),
     )
+
+
+def owner_revision_code() -> tuple[str, str]:
+    """The upgrade and downgrade that add the indexes of the per-owner limits."""
+    table = cast(sa.Table, Job.__table__)
+    added = [index for index in _indexes(table) if index.name in OWNER_INDEXES]
+    upgrade = render_python_code(
+        ops.UpgradeOps(ops=[ops.CreateIndexOp.from_index(index) for index in added])
+    )
+    downgrade = render_python_code(
+        ops.DowngradeOps(ops=[ops.DropIndexOp.from_index(index) for index in reversed(added)])
+    )
+    return _marked(upgrade, OWNER_MARKER), _marked(downgrade, OWNER_MARKER)
+
+
+def _has_owner_indexes(script: ScriptDirectory) -> bool:
+    """Whether a revision gives the jobs table the indexes of the owner limits."""
+    for revision in script.walk_revisions():
+        if revision.path is not None and OWNER_INDEXES[0] in Path(revision.path).read_text("utf-8"):
+            return True
+    return False
 
 
 def _indexes(table: sa.Table) -> list[sa.Index]:
@@ -365,7 +393,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
 
     revision = _existing_revision(script)
     revision_written = False
-    hot_revision = results_revision = location_revision = None
+    hot_revision = results_revision = location_revision = owner_revision = None
     if revision is None:
         revision = _generate(script, REVISION_MESSAGE, *_revision_code())
         revision_written = True
@@ -385,6 +413,10 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         for revision in COLUMN_REVISIONS
         if not revision_written and not _has_columns(script, revision)
     )
+    if not revision_written and not _has_owner_indexes(script):
+        # A jobs table made before the owner limits: the revision of their indexes, after
+        # the columns' revisions.
+        owner_revision = _generate(script, OWNER_MESSAGE, *owner_revision_code())
 
     config_written = force or not config_path.exists()
     if config_written:
@@ -400,6 +432,7 @@ def init_app_files(app: Flask, config_path: Path, *, force: bool = False) -> Ini
         results_revision,
         location_revision,
         column_revisions,
+        owner_revision,
     )
 
 

@@ -87,6 +87,21 @@ class Job(_Base):
             postgresql_where=sa.text("finished_at IS NULL"),
             sqlite_where=sa.text("finished_at IS NULL"),
         ),
+        # An owner's jobs by creation time: the admission rate's count of those
+        # created within its window. Neither column ever changes.
+        sa.Index(f"ix_{TABLE_NAME}_owner_created_at", "owner", "created_at"),
+        # An owner's waiting and processing jobs, by id: the in-flight cap's count,
+        # the running cap's (which reads their status from the rows: no index holds
+        # it) and its oldest parked job. A job leaves it once, as it ends; on MariaDB,
+        # which has no partial index, they are the range of NULL finished_at.
+        sa.Index(
+            f"ix_{TABLE_NAME}_owner_unfinished",
+            "owner",
+            "finished_at",
+            "id",
+            postgresql_where=sa.text("finished_at IS NULL"),
+            sqlite_where=sa.text("finished_at IS NULL"),
+        ),
         # The finished jobs by the time they ended: the purge's ranges. A job
         # enters it once, as it ends.
         sa.Index(

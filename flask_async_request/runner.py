@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import Flask
 
-from . import lifecycle, result_stores, tracing
+from . import lifecycle, limits, result_stores, tracing
 from .broker import publish
 from .exceptions import (
     EnqueueError,
@@ -93,7 +93,19 @@ def run_job(job_id: int, uid: str | None = None) -> JobStatus | None:
     """
     state = get_state()
     store = state.store()
-    claim = lifecycle.claim(store, job_id, state.settings.lease, uid)
+    capped = limits.capped_run(state.settings, store, job_id)
+    if capped is None:
+        claim = lifecycle.claim(store, job_id, state.settings.lease, uid)
+    else:
+        owner, cap = capped
+        params = lifecycle.claim_params(job_id, state.settings.lease, uid)
+        taken = limits.claim_or_park(store, state.settings, params, owner, cap)
+        if taken is True:
+            logger.info(
+                "Job %s: its owner has %s jobs running; parked until one ends.", job_id, cap
+            )
+            return None
+        claim = taken or None
     if claim is None:
         if uid is None:
             logger.info("Job %s is not waiting (taken, finished or deleted); skipping it.", job_id)

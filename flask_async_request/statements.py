@@ -244,6 +244,9 @@ CLAIM_COLUMNS = (
 _OWN_UID = Job.uid == sa.func.coalesce(
     sa.bindparam("message_uid", None, type_=sa.String(32)), Job.uid
 )
+#: Public names of the job's own conditions, for the statements of ``quotas.py``.
+ID = _ID
+OWN_UID = _OWN_UID
 CLAIM = Statement(
     sa.update(Job)
     .where(_ID, Job.status == JobStatus.WAITING, _OWN_UID)

@@ -237,7 +237,8 @@ def openapi_document(document: Mapping[str, Any] | None = None) -> dict[str, Any
 
         "responses": {"202": {"$ref": "#/components/responses/AsyncRequestAccepted"}}
 
-    whose links lead a client from the 202's ``token`` to the status operations.
+    whose links lead a client from the 202's ``token`` to the status operations;
+    with per-owner admission limits, its 429 is ``AsyncRequestOwnerLimited``.
     The library's components are all named ``AsyncRequest...``.
 
     :raises ValueError: ``document`` is not OpenAPI 3.1, or already has one of

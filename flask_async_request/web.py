@@ -21,7 +21,7 @@ from sqlalchemy.orm import (
     scoped_session,
 )
 
-from . import lifecycle, tracing
+from . import lifecycle, limits, tracing
 from .broker import Message, publish, revoke
 from .compat import transaction_used_connection
 from .exceptions import (
@@ -191,6 +191,8 @@ def create_job(
                 f"The current identity cannot be stored as the job's owner: {reason}."
             )
     session: Session = state.db.session()
+    # Whether the session holds work of the caller's, before this reads anything.
+    callers = _caller_transaction(session)
     scope = None
     unreachable = Unreachable(f"Job {path} could not be stored")
     if idempotency_key is not None:
@@ -215,23 +217,38 @@ def create_job(
     store = state.store()
     # Published on the caller's commit rather than ours.
     deferred = not commit or _explicit_transaction(session)
+    # The owner's admission limits, if any apply: the row is stored only under them.
+    caps = limits.admission_params(state.settings, owner, row.created_at)
+    with unreachable:
+        # Past the owner's running cap, stored parked: sent as its running jobs end.
+        held = not deferred and limits.held_back(store, state.settings, owner)
+    if held:
+        row = limits.parked(row, state.settings)
     if not deferred and store.autocommit and scope is None and not _caller_transaction(session):
         # Nothing of the caller's to commit along: one autocommit INSERT makes
         # the row durable in a single round trip, instead of BEGIN, INSERT, COMMIT.
         try:
             with unreachable:
-                job_id = lifecycle.insert_row(store, row)
+                if caps is None:
+                    job_id = lifecycle.insert_row(store, row)
+                else:
+                    job_id = limits.insert_admitted(store, row, caps)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
         job = _stored_job(session, job_id)
         job.keep_token(state.sign_token(job_id, row.uid, row.owner))
-        _publish_new(lifecycle.message_of_row(job_id, row), job)
+        _publish_new(lifecycle.message_of_row(job_id, row), job, held_for=owner if held else None)
         return job
-    job = Job(**row._asdict())
-    session.add(job)
     try:
         with unreachable:
-            session.flush()
+            if caps is None:
+                job = Job(**row._asdict())
+                session.add(job)
+                session.flush()
+            else:
+                # A refusal rolls back a transaction that holds nothing of the caller's.
+                own = not deferred and not callers
+                job = _stored_job(session, limits.insert_admitted_in(session, row, caps, own))
     except sa.exc.IntegrityError:
         if scope is None:
             raise
@@ -257,7 +274,7 @@ def create_job(
         session.commit()
     # The job is loaded afresh on next access: it may already have run (eager
     # mode, fast workers).
-    _publish_new(message, job)
+    _publish_new(message, job, held_for=owner if held else None)
     return job
 
 
@@ -288,13 +305,23 @@ def _refused(error: Exception) -> UnstorableValue:
     )
 
 
-def _publish_new(message: Message, job: Job | None = None) -> None:
+def _publish_new(message: Message, job: Job | None = None, *, held_for: str | None = None) -> None:
     """Publish a newly stored job and announce it (``job_enqueued``).
+
+    A job held back by the running cap of its owner, ``held_for``, is stored
+    parked: a job of the owner's is sent only if an end of the owner's jobs made
+    room meanwhile (see ``limits.wake_for``).
 
     :raises EnqueueError: holding ``job``, stored all the same.
     """
     try:
-        publish(message)
+        if held_for is None:
+            publish(message)
+        else:
+            state = get_state()
+            woken = limits.wake_for(state.store(), state.settings, held_for)
+            if woken is not None:
+                publish(woken)
     except EnqueueError as e:
         e.job = job
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_async_request import AsyncRequestError, Job, JobStatus, client_httpx
+from flask_async_request import AsyncRequestError, Job, JobStatus, client_events, client_httpx
 from flask_async_request import client as stdlib_client
 from flask_async_request.client_events import (
     EndEvent,
@@ -203,3 +204,45 @@ def test_events_take_a_starting_view_s_response(make_app: AppFactory) -> None:
         events = list(client_httpx.events(client, started))
     end = events[-1]
     assert isinstance(end, EndEvent) and end.result.body == "started"
+
+
+class _Canned:
+    """A canned answer to a GET, as :func:`client_events.follow` reads one."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: str) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def lines(self) -> Iterator[str]:
+        return iter(self.body.splitlines(keepends=True))
+
+    def text(self) -> str:
+        return self.body
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_a_limited_or_unavailable_answer_is_asked_again_after_its_retry_after(
+    status: int,
+) -> None:
+    """A 429 (a limit on requests in front of the server) is waited out like a 503."""
+    end = json.dumps({"status": "processed", "response": {"status_code": 200, "body": "done"}})
+    answers = [
+        _Canned(status, {"Retry-After": "3"}, "Too Many Requests"),
+        _Canned(200, {"Content-Type": "text/event-stream"}, f"event: end\ndata: {end}\n\n"),
+    ]
+    asked: list[dict[str, str]] = []
+    slept: list[float] = []
+
+    def open_get(url: str, headers: dict[str, str], timeout: float) -> _Canned:
+        asked.append(headers)
+        return answers.pop(0)
+
+    events = list(
+        client_events.follow(open_get, "http://api.test/job", "t0ken", sleep=slept.append)
+    )
+    assert len(asked) == 2
+    assert slept == [3.0]
+    [ended] = events
+    assert isinstance(ended, EndEvent) and ended.result.body == "done"

@@ -68,6 +68,14 @@ def test_gateway_errors_are_asked_again_with_a_backoff(status: int) -> None:
     assert steps.send(Answer(status, {}, "Bad Gateway")) == Sleep(2.0)
 
 
+def test_a_429_is_asked_again_after_its_retry_after() -> None:
+    """A limit on requests in front of the endpoint (429) is waited out as its Retry-After says."""
+    steps = poll_steps("http://x/job", "t", timeout=60, clock=_Clock())
+    next(steps)
+    assert steps.send(Answer(429, {"Retry-After": "7"}, "Too Many Requests")) == Sleep(7.0)
+    assert isinstance(next(steps), Get)
+
+
 def test_a_finished_answer_ends_the_steps_with_its_result() -> None:
     """A 200 returns the job's status, status code and body; progress is reported before."""
     seen: list[tuple[float | None, str | None]] = []

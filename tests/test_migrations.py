@@ -402,7 +402,8 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
         if "before01" not in name
     }
     # One line of history, from the app's own revision: the indexes, the result
-    # store, the result's location, then each column revision in its order.
+    # store, the result's location, each column revision in its order, then the
+    # indexes of the owner limits.
     after = {
         re.search(r"^down_revision = '(\w+)'", text, re.M).group(1): revision  # type: ignore[union-attr]
         for revision, text in added.items()
@@ -412,21 +413,25 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
     while parent in after:
         parent = after[parent]
         chain.append(added[parent])
-    assert len(chain) == len(added) == 3 + len(COLUMN_REVISIONS)
-    indexes, results, location, *columns = chain
+    assert len(chain) == len(added) == 4 + len(COLUMN_REVISIONS)
+    indexes, results, location, *columns, owners = chain
     assert "create_index" in indexes and "create_table" not in indexes
     assert "create_table('async_request_results'" in results
+    assert "owner_created_at" in owners and "owner_unfinished" in owners
+    assert "add_column" not in owners
     assert "from sqlalchemy.dialects import mysql" in results
     assert "add_column('async_request_jobs', sa.Column('result_location'" in location
     for text, revision in zip(columns, COLUMN_REVISIONS, strict=True):
         assert revision.marker in text
         assert f"add_column('async_request_jobs', sa.Column('{revision.columns[0]}'" in text
     assert "Wrote the result location revision" in output
+    assert "Wrote the revision of the owner limits' indexes" in output
     again = flask(project, url, "async-request", "init")
     assert "result store revision" not in again
     assert "result location revision" not in again
     assert "Wrote the revision of" not in again
-    assert len(_versions(project)) == 4 + len(COLUMN_REVISIONS)
+    assert "owner limits" not in again
+    assert len(_versions(project)) == 5 + len(COLUMN_REVISIONS)
 
 
 def test_columns_revisions_upgrade_and_downgrade_a_table_made_before_them(tmp_path: Path) -> None:
@@ -551,10 +556,12 @@ def test_init_adds_the_location_to_a_history_with_the_result_store(
 
 
 #: What the jobs table an earlier ``init`` created lacks, in the order the revisions add it:
-#: from before the result's location, and from after it.
+#: from before the result's location, from after it, and from after the traces. Each
+#: lacks the indexes of the owner limits too, whose revision comes last.
 EARLIER_TABLES = {
     "before-location": ("result_location", "trace_context", "callback_deliveries", "traceback"),
     "before-traces": ("trace_context", "callback_deliveries", "traceback"),
+    "before-limits": (),
 }
 
 
@@ -567,31 +574,39 @@ def test_init_after_an_earlier_init_adds_one_line_of_revisions(
     Upgraded, the database is the model's (``db migrate`` finds no change);
     downgraded to the app's revision, it is the earlier table again.
     """
+    from flask_async_request.migrations import OWNER_INDEXES
+
     flask(project, database_url, "async-request", "init")
     [path] = (project / "migrations" / "versions").glob("*.py")
     text = path.read_text()
     for column in missing:
         text, count = re.subn(rf"^ *sa\.Column\('{column}'.*\n", "", text, flags=re.M)
         assert count == 1, column
+    for index in OWNER_INDEXES:
+        text, count = re.subn(rf"^ *op\.(create|drop)_index\('{index}'.*\n", "", text, flags=re.M)
+        assert count == 2, index
     path.write_text(text)
     first = re.search(r"^revision = '(\w+)'", text, re.M).group(1)  # type: ignore[union-attr]
     flask(project, database_url, "db", "upgrade")
 
     output = flask(project, database_url, "async-request", "init")
     assert "exists already" in output and "result store revision" not in output
+    assert "Wrote the revision of the owner limits' indexes" in output
     added = {
         re.search(r"^down_revision = '(\w+)'", t, re.M).group(1): t  # type: ignore[union-attr]
         for name, t in _versions(project).items()
         if name != path.name
     }
-    assert len(added) == len(missing)
+    assert len(added) == len(missing) + 1
     parent, chain = first, []
     while parent in added:
         chain.append(added[parent])
         parent = re.search(r"^revision = '(\w+)'", added[parent], re.M).group(1)  # type: ignore[union-attr]
-    assert len(chain) == len(missing)
-    for revision, column in zip(chain, missing, strict=True):
+    *columns_added, owners = chain
+    assert len(columns_added) == len(missing)
+    for revision, column in zip(columns_added, missing, strict=True):
         assert f"add_column('async_request_jobs', sa.Column('{column}'" in revision
+    assert all(f"op.create_index('{index}'" in owners for index in OWNER_INDEXES)
 
     def columns() -> set[str]:
         engine = sa.create_engine(database_url)
@@ -602,9 +617,42 @@ def test_init_after_an_earlier_init_adds_one_line_of_revisions(
 
     before = columns()
     assert not before & set(missing)
+    assert not set(OWNER_INDEXES) & set(_indexes(database_url))
     flask(project, database_url, "db", "upgrade")
     assert columns() == before | set(missing)
+    assert set(OWNER_INDEXES) <= set(_indexes(database_url))
     migrate = flask(project, database_url, "db", "migrate", "-m", "check")
     assert "No changes in schema detected" in migrate
     flask(project, database_url, "db", "downgrade", first)
     assert columns() == before
+    assert not set(OWNER_INDEXES) & set(_indexes(database_url))
+
+
+def test_owner_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
+    """The owner limits' revision adds their two indexes to a table made before them, and back."""
+    from flask_async_request.migrations import OWNER_INDEXES, owner_revision_code
+    from flask_async_request.models import Job, ResultChunk
+
+    now = sa.MetaData()
+    for table in (cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(now)
+    before = sa.MetaData()
+    for table in now.tables.values():
+        table.to_metadata(before)
+    jobs_before = before.tables["async_request_jobs"]
+    for index in list(jobs_before.indexes):
+        if index.name in OWNER_INDEXES:
+            jobs_before.indexes.remove(index)
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    try:
+        before.create_all(engine)
+        assert _differences(engine, now)
+        upgrade, downgrade = owner_revision_code()
+        _run_revision(engine, upgrade)
+        assert _differences(engine, now) == []
+        assert set(OWNER_INDEXES) <= set(_indexes(str(engine.url)))
+        _run_revision(engine, downgrade)
+        assert _differences(engine, before) == []
+    finally:
+        engine.dispose()

@@ -17,7 +17,14 @@ from flask import Flask
 from schemathesis.cli import schemathesis as schemathesis_cli
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
-from flask_async_request import InvalidToken, Job, accepted, download_url, openapi_document
+from flask_async_request import (
+    AsyncRequest,
+    InvalidToken,
+    Job,
+    accepted,
+    download_url,
+    openapi_document,
+)
 from flask_async_request.tokens import MAX_TOKEN_LENGTH, TokenVerifier
 from tests import workers
 from tests.conftest import AppFactory, Internals, add_job, json_of, serving
@@ -168,6 +175,39 @@ def test_an_apps_202_links_to_the_status_operations(app: Flask) -> None:
         "description": links["GetJob"]["description"],
     }
     schemathesis.openapi.from_dict(merged)
+
+
+def test_an_apps_429_refers_to_the_owner_limits_response(make_app: AppFactory) -> None:
+    """An app's operation documents its 429 with the library's response, as it answers it."""
+    extension = AsyncRequest()
+    extension.identity_loader(lambda: "alice")
+    app = make_app(extension=extension, ASYNC_REQUEST_OWNER_RATE=1)
+    limited = "#/components/responses/AsyncRequestOwnerLimited"
+    mine = {
+        "openapi": "3.1.0",
+        "info": {"title": "Reports", "version": "1"},
+        "paths": {
+            "/reports": {
+                "post": {"responses": {"202": {"$ref": ACCEPTED}, "429": {"$ref": limited}}}
+            }
+        },
+    }
+
+    @app.post("/reports")
+    def report() -> Any:
+        return accepted(Job.create_and_enqueue(workers.Echo, 1))
+
+    with app.app_context():
+        merged = openapi_document(mine)
+    response = merged["components"]["responses"]["AsyncRequestOwnerLimited"]
+    assert set(response["headers"]) == {"Retry-After"}
+    schemathesis.openapi.from_dict(merged)
+    client = app.test_client()
+    assert client.post("/reports").status_code == 202
+    refused = client.post("/reports")
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"].isdigit()
+    assert set(json_of(refused)) == {"errors"}
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,9 @@ def init_command(config_file: Path, force: bool) -> None:
     for what, path in result.column_revisions:
         click.echo(f"Wrote the revision of {what}: {path}")
         click.echo("Next: run `flask db upgrade` to add its columns.")
+    if result.owner_revision is not None:
+        click.echo(f"Wrote the revision of the owner limits' indexes: {result.owner_revision}")
+        click.echo("Next: run `flask db upgrade` to add them.")
     if result.config_written:
         click.echo(f"Wrote the settings snippet: {result.config}")
     else:

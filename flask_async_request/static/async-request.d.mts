@@ -84,7 +84,7 @@ export interface RetryOptions {
   baseDelay?: number;
   /** Longest pause in seconds (30), Retry-After included. */
   maxDelay?: number;
-  /** Statuses asked again ([503]). */
+  /** Statuses asked again ([429, 503]). */
   statuses?: readonly number[];
 }
 
@@ -100,7 +100,7 @@ export interface JobOptions {
    * many seconds; false or 0: plain polling.
    */
   longPoll?: boolean | number;
-  /** Retries of 503 and network errors; false for none. */
+  /** Retries of 429, 503 and network errors; false for none. */
   retry?: RetryOptions | false;
   /** Shortest pause between polls, in seconds (0). */
   minInterval?: number;

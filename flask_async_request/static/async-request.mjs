@@ -1,7 +1,7 @@
 /*
  * flask-async-request browser client: start a job, wait for its stored reply
  * (its event stream where the server holds one, else long polling, Retry-After,
- * retries of 503 and network errors), report its
+ * retries of 429, 503 and network errors), report its
  * progress, cancel it, stop waiting with an AbortSignal. No build step, no
  * dependency. async-request.mjs is the ES module; async-request.js is the same
  * code as a classic script that defines the global AsyncRequest.
@@ -25,7 +25,7 @@ const DEFAULT_HEADER = "X-JOB-AUTHORIZATION";
 const FINISHED = ["processed", "failed", "cancelled"];
 /** Seconds a poll asks the server to hold it (Prefer: wait) when nothing asks for progress. */
 const LONG_POLL = 20;
-const RETRY = {attempts: 8, baseDelay: 0.5, maxDelay: 30, statuses: [503]};
+const RETRY = {attempts: 8, baseDelay: 0.5, maxDelay: 30, statuses: [429, 503]};
 // A server that answers Retry-After: 0 and does not hold polls would be polled in a tight loop.
 const SHORTEST_PAUSE = 0.05;
 
@@ -723,18 +723,24 @@ function chooseLongPoll(settings, retryAfter, minInterval, maxInterval) {
  * Send the request that starts a job (POST unless init.method says otherwise)
  * and resolve with its Job once the view answers 202 with a token and a status
  * url (its Location, else its body's url). init is fetch's; its body may also
- * be a plain object, sent as JSON. A 503 or a network error is retried only
- * when the request has an Idempotency-Key, so that a retry cannot start a
- * second job.
+ * be a plain object, sent as JSON. A 429 (the owner is at a limit; nothing
+ * was stored) is asked again after its Retry-After. A 503 or a network error
+ * is retried only when the request has an Idempotency-Key, so that a retry
+ * cannot start a second job.
  */
 async function start(url, init = {}, options = {}) {
   const headers = mergeHeaders({Accept: "application/json"}, init.headers);
   const body = encodeBody(init.body, headers);
   const request = Object.assign({}, init, {method: init.method || "POST", headers, body});
   const idempotent = headers.has("Idempotency-Key");
+  // A 429 stored nothing: asking again cannot start a second job.
+  const retry =
+    idempotent || options.retry === false
+      ? options.retry
+      : Object.assign({}, options.retry || {}, {statuses: [429]});
   const response = await send(url, request, {
     signal: options.signal || init.signal,
-    retry: idempotent ? options.retry : false,
+    retry,
     retryNetwork: idempotent,
   });
   const answer = await readJson(response);

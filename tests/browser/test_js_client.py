@@ -720,6 +720,49 @@ def test_declarations_type_check() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_start_waits_and_asks_again_after_a_429(page: Any, served: Served) -> None:
+    """A 429 with Retry-After (nothing stored) is asked again after it, with no Idempotency-Key."""
+    open_page(page, served)
+    posts: list[float] = []
+
+    def limited(route: Any) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        posts.append(time.monotonic())
+        if len(posts) == 1:
+            route.fulfill(
+                status=429,
+                headers={"Retry-After": "1", "Content-Type": "application/json"},
+                body='{"errors": [{"message": "Too many jobs in flight"}]}',
+            )
+        else:
+            route.continue_()
+
+    page.route("**/echo", limited)
+    answer = run(page, "async (client) => (await client.start('/echo', {body: {}})).wait()")
+    assert answer["status"] == "processed"
+    assert len(posts) == 2
+    assert posts[1] - posts[0] >= 1
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "polls"])
+def test_wait_asks_again_after_a_429(page: Any, served: Served, stream: bool) -> None:
+    """wait() waits out a 429's Retry-After, then asks again: the stream's request or a poll."""
+    open_page(page, served)
+    served.faults.append((429, {"Retry-After": "1"}, {"errors": [{"message": "Slow down"}]}))
+    answer = run(
+        page,
+        "async (client, stream) => (await client.start('/sleep?seconds=0.2')).wait({stream})",
+        stream,
+    )
+    assert answer["status"] == "processed"
+    first, second, *_ = served.gets()
+    assert second.at - first.at >= 1
+    accept = "text/event-stream" if stream else "application/json"
+    assert first.headers.get("Accept") == second.headers.get("Accept") == accept
+
+
 # Event streams ------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_async_request import AsyncRequest, Job, accepted, asynchronous, signals
@@ -22,6 +22,15 @@ AMQP_URL = os.environ.get("FAR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:567
 
 db = SQLAlchemy()
 async_request = AsyncRequest()
+#: The owner of the jobs a test creates outside a request; a request's is its X-User header.
+OWNER: dict[str, str | None] = {"name": None}
+
+
+@async_request.identity_loader
+def _identity() -> str | None:
+    if has_request_context():
+        return request.headers.get("X-User")
+    return OWNER["name"]
 
 
 def create_app() -> Flask:
@@ -46,6 +55,7 @@ def create_app() -> Flask:
         ("ASYNC_REQUEST_LEASE", "FAR_TEST_LEASE"),
         ("ASYNC_REQUEST_WAITING_TIMEOUT", "FAR_TEST_WAITING_TIMEOUT"),
         ("ASYNC_REQUEST_SWEEP_INTERVAL", "FAR_TEST_SWEEP_EVERY"),
+        ("ASYNC_REQUEST_OWNER_DEFER", "FAR_TEST_OWNER_DEFER"),
     ):
         if env in os.environ:
             app.config[key] = float(os.environ[env])
@@ -56,6 +66,10 @@ def create_app() -> Flask:
         app.config["ASYNC_REQUEST_REDIRECT_FINISHED"] = True
     if "FAR_TEST_RETRY" in os.environ:
         app.config["ASYNC_REQUEST_RETRY"] = int(os.environ["FAR_TEST_RETRY"])
+    if "FAR_TEST_OWNER_MAX_RUNNING" in os.environ:
+        app.config["ASYNC_REQUEST_OWNER_MAX_RUNNING"] = int(
+            os.environ["FAR_TEST_OWNER_MAX_RUNNING"]
+        )
     if "FAR_TEST_CLEAN_EVERY" in os.environ:
         app.config["ASYNC_REQUEST_CLEAN_JOBS_CRON"] = float(os.environ["FAR_TEST_CLEAN_EVERY"])
         app.config["ASYNC_REQUEST_JOBS_EXPIRATION"] = 3600
