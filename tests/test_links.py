@@ -1,4 +1,4 @@
-"""Download links: a signed, short-lived url of a processed job's result, with no token."""
+"""links: download links, a signed, short-lived url of a processed job's result, with no token."""
 
 from __future__ import annotations
 
