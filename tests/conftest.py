@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import sqlalchemy as sa
 from celery import Celery
 from celery.app.task import Task
 from flask import Flask, current_app
@@ -22,8 +23,9 @@ from sqlalchemy.orm import scoped_session
 from werkzeug.serving import ThreadedWSGIServer, make_server
 from werkzeug.test import TestResponse
 
-from flask_async_request import AsyncRequest, Job, JobStatus
+from flask_async_request import AsyncRequest, Job, JobStatus, results
 from flask_async_request.broker import PROCESS_TASK
+from flask_async_request.models import ResultChunk
 from flask_async_request.state import get_state
 from tests.s3server import S3Server, serve
 
@@ -315,6 +317,41 @@ def json_of(response: TestResponse) -> Any:
     body = response.json
     assert body is not None, response.data[:200]
     return body
+
+
+#: The header the result url reads a job's token from.
+TOKEN_HEADER = "X-JOB-AUTHORIZATION"
+
+
+def chunk_count(job_id: int | None = None) -> int:
+    """The result store's chunks in the database, of job ``job_id`` or of all jobs."""
+    query = sa.select(sa.func.count()).select_from(ResultChunk)
+    if job_id is not None:
+        query = query.where(ResultChunk.job_id == job_id)
+    session = current_db().session
+    count = int(session.execute(query).scalar_one())
+    session.commit()
+    return count
+
+
+def poll_finished(client: Any, token: str) -> dict[str, Any]:
+    """The JSON body of a finished job's poll; fails the test unless it answers 200."""
+    answer = poll(client, token)
+    assert answer.status_code == 200, answer.data[:300]
+    body: dict[str, Any] = json_of(answer)
+    return body
+
+
+def download_result(client: Any, token: str, **headers: str) -> Any:
+    """GET the result url with ``token`` in its header and any other ``headers``."""
+    return client.get("/async_request/result", headers={TOKEN_HEADER: token, **headers})
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Chunks of 1000 bytes, so a short result spans several."""
+    monkeypatch.setattr(results, "CHUNK_SIZE", 1000)
+    return 1000
 
 
 @pytest.hookimpl(hookwrapper=True)
