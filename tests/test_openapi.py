@@ -367,7 +367,7 @@ def test_endpoint_conforms_to_its_document(
         with serving(app) as base:
             config = tmp_path / "schemathesis.toml"
             # A range past the end of a result is valid by the document, and
-            # answered 416, as RFC 9110 has it (test_files checks each answer).
+            # answered 416, as RFC 9110 has it (test_downloads checks each answer).
             config.write_text(
                 "[[operations]]\n"
                 'include-operation-id = ["getJobResult", "getJobResultByUrl", "getDownload"]\n'
