@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 import schemathesis
+import urllib3.response
 from click.testing import CliRunner
 from flask import Flask
 from schemathesis.cli import schemathesis as schemathesis_cli
@@ -352,6 +353,10 @@ def test_endpoint_conforms_to_its_document(
     make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internals: Internals
 ) -> None:
     """Every phase and check of schemathesis pass with no warning, an app's 202 linked in."""
+    if not hasattr(urllib3.response.HTTPResponse, "read1"):
+        # The document's event streams are read with urllib3's read1, which came with
+        # 2.3; the lowest releases' step has the urllib3 its lowest boto3 allows.
+        pytest.skip("schemathesis reads event streams with urllib3 2.3 or later")
     # The fuzzer keeps a cache of what it found in the working directory; each
     # run starts afresh, and leaves nothing in the checkout.
     monkeypatch.chdir(tmp_path)
