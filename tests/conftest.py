@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from celery import Celery
 from celery.app.task import Task
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import settings
 from sqlalchemy.engine import Engine
@@ -381,3 +382,42 @@ def s3_server(s3_server_session: S3Server) -> Iterator[S3Server]:
     """The S3 server, its bucket emptied after the test."""
     yield s3_server_session
     s3_server_session.empty()
+
+
+class Receiver:
+    """An HTTP server on loopback that records the callbacks it gets."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.calls: list[tuple[bytes, dict[str, str]]] = []
+        receiver = Flask("receiver")
+
+        @receiver.post("/hook")
+        def hook() -> Any:
+            self.calls.append((request.get_data(), dict(request.headers)))
+            return "", self.status
+
+        self.server = make_server("127.0.0.1", 0, receiver, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int = 1, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.calls) < count:
+            assert time.monotonic() < deadline, "no callback arrived"
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.server.shutdown()
+
+
+def job_calling(url: str, status: JobStatus = JobStatus.PROCESSED) -> int:
+    """A job ended ``status`` whose callback url is ``url``."""
+    job = add_job(status=status, status_code=200, response="ok")
+    job.callback_url = url
+    current_db().session.commit()
+    return job.id

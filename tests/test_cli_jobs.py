@@ -149,7 +149,7 @@ def _delivered(app: Flask, url: str) -> int:
 
 def test_show_prints_the_callback_deliveries(make_app: AppFactory) -> None:
     """show lists each delivery with its host and answer; --json has them as objects."""
-    from tests.test_idempotency_webhooks import Receiver
+    from tests.conftest import Receiver
 
     app = make_app()
     receiver = Receiver()
@@ -172,7 +172,7 @@ def test_show_prints_the_callback_deliveries(make_app: AppFactory) -> None:
 
 def test_redeliver_posts_again_and_prints_the_entry(make_app: AppFactory) -> None:
     """redeliver delivers once more and prints the delivery; a failed one exits 1."""
-    from tests.test_idempotency_webhooks import Receiver
+    from tests.conftest import Receiver
 
     app = make_app()
     receiver = Receiver()

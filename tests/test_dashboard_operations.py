@@ -10,9 +10,8 @@ from flask import Flask
 from flask_async_request import JobStatus
 from flask_async_request.callbacks import deliver
 from flask_async_request.deliveries import decode
-from tests.conftest import current_db
+from tests.conftest import Receiver, current_db
 from tests.test_dashboard import PREFIX, add, dash, stored
-from tests.test_idempotency_webhooks import Receiver
 
 __all__ = ["dash"]
 

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask, request
 from sqlalchemy.orm import scoped_session
-from werkzeug.serving import make_server
 
 from flask_async_request import Job, accepted
 from flask_async_request.webhooks import verify_callback
 from tests import workers
-from tests.conftest import SECRET, add_job, json_of, poll
+from tests.conftest import SECRET, Receiver, add_job, json_of, poll
 
 # Idempotency ---------------------------------------------------------------------------
 
@@ -48,37 +44,6 @@ def _payload(token: str) -> str:
 
 
 # Callbacks -----------------------------------------------------------------------------
-
-
-class Receiver:
-    """An HTTP server on loopback that records the callbacks it gets."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.calls: list[tuple[bytes, dict[str, str]]] = []
-        receiver = Flask("receiver")
-
-        @receiver.post("/hook")
-        def hook() -> Any:
-            self.calls.append((request.get_data(), dict(request.headers)))
-            return "", self.status
-
-        self.server = make_server("127.0.0.1", 0, receiver, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, count: int = 1, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.calls) < count:
-            assert time.monotonic() < deadline, "no callback arrived"
-            time.sleep(0.02)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.server.shutdown()
 
 
 def test_processed_job_calls_back_signed(app: Flask, receiver: Receiver) -> None:

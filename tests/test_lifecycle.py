@@ -20,8 +20,7 @@ from flask_async_request.store import JobStore
 from flask_async_request.values import utcnow
 from flask_async_request.web import cancel_job
 from tests import workers
-from tests.conftest import add_job, current_db, poll, reload_job
-from tests.test_idempotency_webhooks import Receiver
+from tests.conftest import Receiver, add_job, current_db, poll, reload_job
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ def test_init_metrics_needs_init_app() -> None:
 def test_callback_deliveries_are_counted_by_outcome(measured: Flask) -> None:
     """Each delivery counts by outcome and by whether an operator asked for it, timed."""
     from flask_async_request.callbacks import redeliver
-    from tests.test_idempotency_webhooks import Receiver
+    from tests.conftest import Receiver
 
     receiver = Receiver()
     try:

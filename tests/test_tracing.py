@@ -15,8 +15,7 @@ from flask import Flask
 from flask_async_request import Job, JobStatus, Worker, tracing
 from flask_async_request.callbacks import deliver
 from tests import workers
-from tests.conftest import AppFactory, current_db, reload_job
-from tests.test_idempotency_webhooks import Receiver
+from tests.conftest import AppFactory, Receiver, current_db, reload_job
 
 # The otel extra's API and the SDK of the dev group; where they are not installed
 # (the CI steps of the lowest and newest releases run without the SDK), the rest of

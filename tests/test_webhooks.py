@@ -45,8 +45,7 @@ from flask_async_request.webhooks import (
     verify_callback,
 )
 from tests import workers
-from tests.conftest import SECRET, AppFactory, add_job, current_db, reload_job
-from tests.test_idempotency_webhooks import Receiver
+from tests.conftest import SECRET, AppFactory, Receiver, add_job, job_calling, reload_job
 
 INWARD = [
     "127.0.0.1",
@@ -427,23 +426,9 @@ def test_a_name_that_does_not_resolve_is_worth_another_try(
 # Delivery ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.server.shutdown()
-
-
-def _job_calling(url: str, status: JobStatus = JobStatus.PROCESSED) -> int:
-    job = add_job(status=status, status_code=200, response="ok")
-    job.callback_url = url
-    current_db().session.commit()
-    return job.id
-
-
 def test_a_delivery_posts_the_end_signed(app: Flask, receiver: Receiver) -> None:
     """The POST carries JSON, the job's webhook-id and a signature the reference library accepts."""
-    job_id = _job_calling(receiver.url)
+    job_id = job_calling(receiver.url)
     assert deliver(job_id) is True
     ((body, headers),) = receiver.calls
     job = reload_job(job_id)
@@ -461,7 +446,7 @@ def test_the_callback_key_signs_instead_of_the_secret_key(
     """ASYNC_REQUEST_CALLBACK_KEY, when set, is the key callbacks are signed with."""
     app = make_app(ASYNC_REQUEST_CALLBACK_KEY="a-callback-key-of-its-own")
     with app.app_context():
-        assert deliver(_job_calling(receiver.url))
+        assert deliver(job_calling(receiver.url))
     ((body, headers),) = receiver.calls
     assert verify_callback(body, headers, key="a-callback-key-of-its-own")
     assert not verify_callback(body, headers, key=SECRET)
@@ -479,7 +464,7 @@ def test_a_receiver_answering_an_error_fails_the_delivery(app: Flask) -> None:
     """A non-2xx answer is a DeliveryError, to be tried again, noted with the delivery's number."""
     server = Receiver(status=503)
     try:
-        job_id = _job_calling(server.url)
+        job_id = job_calling(server.url)
         with pytest.raises(DeliveryError, match=f"The callback of job {job_id} got 503"):
             deliver(job_id, attempt=4)
     finally:
@@ -495,7 +480,7 @@ def test_a_delivery_with_no_key_is_refused(
         SECRET_KEY=None, ASYNC_REQUEST_ENCODE_KEY=SECRET, ASYNC_REQUEST_DECODE_KEY=SECRET
     )
     with app.app_context():
-        job_id = _job_calling("https://hooks.example.com/x")
+        job_id = job_calling("https://hooks.example.com/x")
         assert deliver(job_id) is False
         status = reload_job(job_id).callback_status or ""
     assert status.startswith("refused: callbacks need ASYNC_REQUEST_CALLBACK_KEY")
@@ -504,7 +489,7 @@ def test_a_delivery_with_no_key_is_refused(
 
 def test_give_up_notes_the_deliveries_and_the_error(app: Flask) -> None:
     """give_up records how many deliveries failed and the last error."""
-    job_id = _job_calling("https://hooks.example.com/x")
+    job_id = job_calling("https://hooks.example.com/x")
     give_up(job_id, 6, DeliveryError("got 500 from its url"))
     assert reload_job(job_id).callback_status == "gave up after 6 deliveries: got 500 from its url"
 
@@ -545,7 +530,7 @@ def test_delivery_connects_to_the_address_it_checked(
 
     monkeypatch.setattr(webhooks, "_resolve", resolve)
     monkeypatch.setattr(webhooks, "_connect", connect)
-    job_id = _job_calling(f"http://hooks.example.com:{port}/hook")
+    job_id = job_calling(f"http://hooks.example.com:{port}/hook")
     assert deliver(job_id)
     assert connected == [(("93.184.216.34", port), webhooks.TIMEOUT)]
     assert receiver.calls[0][1]["Host"] == f"hooks.example.com:{port}"
@@ -625,7 +610,7 @@ def test_redirects_are_not_followed(
     """A 3xx is a failed delivery; its Location is never requested."""
     base, handler = misbehaving
     with pytest.raises(DeliveryError, match="got 307"):
-        deliver(_job_calling(f"{base}/redirect"))
+        deliver(job_calling(f"{base}/redirect"))
     assert handler.requests == ["/redirect"]
 
 
@@ -634,7 +619,7 @@ def test_an_endless_answer_is_read_no_further_than_the_limit(
 ) -> None:
     """A receiver streaming a huge body is cut off: it could not write the whole of it."""
     base, handler = misbehaving
-    assert deliver(_job_calling(f"{base}/endless"))
+    assert deliver(job_calling(f"{base}/endless"))
     assert handler.stopped.wait(60)
     assert handler.written[0] < ENDLESS_CHUNKS * 65536
 
@@ -644,7 +629,7 @@ def test_a_silent_receiver_times_out(
 ) -> None:
     """A receiver that never answers fails the delivery with a timeout, noted on the job."""
     monkeypatch.setattr(webhooks, "TIMEOUT", 0.5)
-    job_id = _job_calling(f"{misbehaving[0]}/silent")
+    job_id = job_calling(f"{misbehaving[0]}/silent")
     with pytest.raises(DeliveryError, match="could not be sent: timed out"):
         deliver(job_id, attempt=3)
     status = reload_job(job_id).callback_status or ""
@@ -653,7 +638,7 @@ def test_a_silent_receiver_times_out(
 
 def test_private_targets_are_delivered_when_allowed(app: Flask, receiver: Receiver) -> None:
     """ASYNC_REQUEST_CALLBACK_ALLOW_PRIVATE lets callbacks reach 127.0.0.1."""
-    job_id = _job_calling(receiver.url)
+    job_id = job_calling(receiver.url)
     assert deliver(job_id)
     assert reload_job(job_id).callback_status == "delivered: 200 (delivery 1)"
 
@@ -664,6 +649,6 @@ def test_a_receiver_not_listening_fails_the_delivery(app: Flask) -> None:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    job_id = _job_calling(f"http://127.0.0.1:{port}/hook")
+    job_id = job_calling(f"http://127.0.0.1:{port}/hook")
     with pytest.raises(DeliveryError, match="could not be sent"):
         deliver(job_id)

@@ -11,9 +11,8 @@ from flask import Flask
 from flask_async_request import JobStatus
 from flask_async_request.callbacks import deliver
 from tests.browser.test_dashboard import listed
-from tests.conftest import AppFactory, serving
+from tests.conftest import AppFactory, Receiver, serving
 from tests.test_dashboard import PREFIX, add, open_dashboard, stored
-from tests.test_idempotency_webhooks import Receiver
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,24 +27,17 @@ from tests.conftest import (
     INTERNALS,
     PG_DATABASE_URL,
     Internals,
+    Receiver,
     add_job,
     current_db,
     json_of,
     poll,
 )
 from tests.integration.conftest import Stack, _environment, _start_worker
-from tests.test_idempotency_webhooks import Receiver
 
 pytestmark = pytest.mark.integration
 
 DATABASE_URL = PG_DATABASE_URL
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.server.shutdown()
 
 
 #: The test database's own name and a libpq conninfo for it, from DATABASE_URL.

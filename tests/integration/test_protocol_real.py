@@ -145,7 +145,7 @@ def test_long_poll_listens_instead_of_polling(stack: Stack, internals: Internals
 def test_callback_from_a_real_worker(stack: Stack) -> None:
     """A real worker's job end reaches a loopback receiver, signed."""
     from flask_async_request.webhooks import verify_callback
-    from tests.test_idempotency_webhooks import Receiver
+    from tests.conftest import Receiver
 
     app, _ = stack()
     receiver = Receiver()

@@ -12,9 +12,8 @@ import pytest
 
 from flask_async_request import Job, JobStatus
 from tests import workers
-from tests.conftest import current_db
+from tests.conftest import Receiver, current_db
 from tests.integration.conftest import Stack
-from tests.test_idempotency_webhooks import Receiver
 
 pytestmark = pytest.mark.integration
 
