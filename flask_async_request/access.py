@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy.exc
-from flask import request, url_for
+from flask import request
 
 from .envelope import error_answer, unavailable_answer
 from .exceptions import DatabaseUnavailable, InvalidJobRow, InvalidToken
@@ -25,6 +25,7 @@ from .links import LinkClaims, sign_link
 from .state import get_state
 from .store import JobReply, lost_connection
 from .tokens import MAX_TOKEN_LENGTH, TokenClaims, token_from_header
+from .urls import UrlTemplates
 
 logger = logging.getLogger("flask_async_request")
 
@@ -113,9 +114,27 @@ def result_url(token: str | None) -> str:
     ``token``: the token of the job's own url (the path); ``None``: the header's,
     whose result url is shared and takes the token in the header again.
     """
+    return _result_url(get_state().urls, token)
+
+
+def result_hrefs(token: str | None, claims: LinkClaims) -> tuple[str, str]:
+    """A stored result's ``href`` and ``download_href``, as a finished poll answers them.
+
+    The result url (see :func:`result_url`) and the signed download link of
+    ``claims``, for ``ASYNC_REQUEST_LINK_EXPIRATION``: what every poll of the
+    finished job builds, so the app's state is looked up once for both.
+    """
+    state = get_state()
+    lifetime = int(state.settings.link_expiration.total_seconds())
+    signed = sign_link(state.settings, claims, lifetime)
+    download = state.urls.external("async_request.download", "signed", signed)
+    return _result_url(state.urls, token), download
+
+
+def _result_url(urls: UrlTemplates, token: str | None) -> str:
     if token:
-        return url_for("async_request.result_url", token=token, _external=True)
-    return url_for("async_request.result", _external=True)
+        return urls.external("async_request.result_url", "token", token)
+    return urls.external("async_request.result")
 
 
 def link_url(claims: LinkClaims, expires_in: timedelta | int | None = None) -> str:
@@ -124,7 +143,8 @@ def link_url(claims: LinkClaims, expires_in: timedelta | int | None = None) -> s
     :param expires_in: its lifetime; ``None``: ``ASYNC_REQUEST_LINK_EXPIRATION``.
     :raises ValueError: ``expires_in`` is not a positive number of seconds.
     """
-    settings = get_state().settings
+    state = get_state()
+    settings = state.settings
     if expires_in is None:
         expires_in = settings.link_expiration
     seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
@@ -134,4 +154,4 @@ def link_url(claims: LinkClaims, expires_in: timedelta | int | None = None) -> s
             " or a timedelta, of one second or more."
         )
     signed = sign_link(settings, claims, int(seconds))
-    return url_for("async_request.download", signed=signed, _external=True)
+    return state.urls.external("async_request.download", "signed", signed)

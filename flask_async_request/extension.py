@@ -21,6 +21,7 @@ from .models import Job, ResultChunk
 from .state import EXTENSION_KEY, AsyncRequestState, get_state
 from .tasks import keep_embedded_jobs, register_tasks
 from .tokens import TokenSigner, TokenVerifier
+from .urls import UrlTemplates
 from .views import blueprint
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class AsyncRequest:
             extension=self,
             verify_token=TokenVerifier(settings),
             sign_token=TokenSigner(settings),
+            urls=UrlTemplates(app.url_default_functions),
         )
         if settings.owner_max_running is not None:
             limits.listen(app)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from flask import Flask, current_app
 
 from .store import JobStore
+from .urls import UrlTemplates
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -53,6 +54,8 @@ class AsyncRequestState:
     verify_token: TokenVerifier
     #: Signs new jobs' tokens, its key prepared once.
     sign_token: TokenSigner
+    #: The external urls of the library's endpoints, built once per origin.
+    urls: UrlTemplates
     #: Where messages go instead of the broker while a test runs the jobs itself.
     outbox: Outbox | None = None
     #: The hot paths' statements, made on first use in each process.

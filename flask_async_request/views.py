@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import Any
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, request
 
 from .access import (
     Refusal,
@@ -22,7 +22,7 @@ from .access import (
     database_errors,
     job_for_request,
     job_url_enabled,
-    link_url,
+    result_hrefs,
     result_url,
 )
 from .envelope import answer_errors, error_answer
@@ -66,14 +66,14 @@ def _reply_answer(job_id: int, reply: JobReply) -> tuple[dict[str, Any], int, di
     result = None
     if reply.stored:
         token = request.view_args.get("token") if request.view_args else None
-        href = result_url(token)
         assert reply.result_sha256 is not None
         link = LinkClaims(job_id, reply.uid, reply.result_sha256, reply.owner)
+        href, download_href = result_hrefs(token, link)
         result = {
             "size": reply.result_size,
             "sha256": reply.result_sha256,
             "href": href,
-            "download_href": link_url(link),
+            "download_href": download_href,
         }
     body = finished_body(
         reply.status,
@@ -314,9 +314,10 @@ def job_url(job: Job) -> str:
     itself, so any client can poll it; with the setting off it is the shared
     endpoint, and the token goes in the header.
     """
-    if get_state().settings.token_in_url:
-        return url_for("async_request.job_url", token=job.token, _external=True)
-    return url_for("async_request.job", _external=True)
+    state = get_state()
+    if state.settings.token_in_url:
+        return state.urls.external("async_request.job_url", "token", job.token)
+    return state.urls.external("async_request.job")
 
 
 def accepted(job: Job, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
