@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,34 +9,15 @@ from flask import Flask
 
 from flask_async_request import JobStatus
 from flask_async_request.values import utcnow
-from tests.conftest import AppFactory, serving
-from tests.test_dashboard import PREFIX, add, open_dashboard, stored
+from tests.browser.conftest import listed
+from tests.test_dashboard import add, stored
 
 pytestmark = pytest.mark.browser
 
 SCRIPT = "<script>window.injected = true</script>"
 
 
-@pytest.fixture
-def dashboard_app(make_app: AppFactory) -> Flask:
-    """An app (eager Celery) with the dashboard open, and jobs in each interesting state."""
-    return open_dashboard(make_app)
-
-
-@pytest.fixture
-def served(dashboard_app: Flask) -> Iterator[str]:
-    """The dashboard app served on 127.0.0.1; yields the dashboard's url."""
-    with serving(dashboard_app) as base:
-        yield f"{base}{PREFIX}/"
-
-
-def listed(page: Any) -> list[int]:
-    return [
-        int(row.get_attribute("data-job-id")) for row in page.query_selector_all("#jobs tbody tr")
-    ]
-
-
-def test_operator_session(page: Any, served: str, dashboard_app: Flask) -> None:
+def test_operator_session(page: Any, dashboard_url: str, dashboard_app: Flask) -> None:
     """List, filter by status and worker, open jobs, retry a failed one, cancel a running one."""
     app = dashboard_app
     processed = add(app, status=JobStatus.PROCESSED, status_code=200, response="fine")
@@ -62,7 +42,7 @@ def test_operator_session(page: Any, served: str, dashboard_app: Flask) -> None:
     page.on("console", lambda message: problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
 
-    page.goto(served)
+    page.goto(dashboard_url)
     assert listed(page) == [hostile, running, failed, processed]
     # The styles, allowed by the page's nonce, apply.
     weight = page.eval_on_selector("#jobs th", "th => getComputedStyle(th).fontWeight")
@@ -81,7 +61,7 @@ def test_operator_session(page: Any, served: str, dashboard_app: Flask) -> None:
     assert '"args": ["again"]' in page.text_content("#job-response")
     assert stored(app, failed).status is JobStatus.PROCESSED
 
-    page.goto(served)
+    page.goto(dashboard_url)
     page.fill("#filter-worker", "tests.workers:Sleep")
     page.click("#filter-submit")
     assert listed(page) == [running]
@@ -93,7 +73,7 @@ def test_operator_session(page: Any, served: str, dashboard_app: Flask) -> None:
     assert page.query_selector("#cancel") is None
     assert stored(app, running).status is JobStatus.CANCELLED
 
-    page.goto(served)
+    page.goto(dashboard_url)
     page.click(f"#jobs a[href$='/jobs/{hostile}']")
     assert page.text_content("#job-response") == SCRIPT
     assert page.evaluate("window.injected") is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,25 +9,14 @@ from flask import Flask
 
 from flask_async_request import JobStatus
 from flask_async_request.callbacks import deliver
-from tests.browser.test_dashboard import listed
-from tests.conftest import AppFactory, Receiver, serving
-from tests.test_dashboard import PREFIX, add, open_dashboard, stored
+from tests.browser.conftest import listed
+from tests.conftest import Receiver
+from tests.test_dashboard import add, stored
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def dashboard_app(make_app: AppFactory) -> Flask:
-    return open_dashboard(make_app)
-
-
-@pytest.fixture
-def served(dashboard_app: Flask) -> Iterator[str]:
-    with serving(dashboard_app) as base:
-        yield f"{base}{PREFIX}/"
-
-
-def test_operator_tools(page: Any, served: str, dashboard_app: Flask) -> None:
+def test_operator_tools(page: Any, dashboard_url: str, dashboard_app: Flask) -> None:
     """Chips count, refresh pauses, search finds, a bulk cancel asks then acts, a redelivery."""
     app = dashboard_app
     waiting = [add(app, status=JobStatus.WAITING, owner="ada") for _ in range(3)]
@@ -41,7 +29,7 @@ def test_operator_tools(page: Any, served: str, dashboard_app: Flask) -> None:
         with app.app_context():
             deliver(called)
 
-        page.goto(served)
+        page.goto(dashboard_url)
         assert page.text_content("#count-waiting") == "3"
         assert page.text_content("#count-failed") == "1"
         assert page.query_selector("#auto-refresh") is not None

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask, Response, request, url_for
-from werkzeug.serving import make_server
 
 from flask_async_request import Job, Worker, accepted
-from tests.browser.test_js_client import Poll, Served, _build, open_page, run
-from tests.conftest import AppFactory
+from tests.browser.client_app import Poll, Served, open_page, run
 
 pytestmark = pytest.mark.browser
 
@@ -92,28 +89,9 @@ def _build_files(app: Flask, served: Served) -> None:
 
 
 @pytest.fixture
-def serve(make_app: AppFactory) -> Iterator[Callable[..., Served]]:
-    """Serve the test app of the client's tests, with views that start file jobs."""
-    servers: list[Any] = []
-
-    def factory(**config: Any) -> Served:
-        app = make_app(CELERY={}, **config)
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        served = Served(f"http://127.0.0.1:{server.server_port}")
-        _build(app, served)
-        _build_files(app, served)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return served
-
-    yield factory
-    for server in servers:
-        server.shutdown()
-
-
-@pytest.fixture
-def served(serve: Callable[..., Served]) -> Served:
-    return serve()
+def extra_views() -> Callable[[Flask, Served], None]:
+    """The views that start file jobs, beside the client's tests' own."""
+    return _build_files
 
 
 #: Reads a Blob as base64 in the page, so its exact bytes come back to the test.
