@@ -421,3 +421,11 @@ def job_calling(url: str, status: JobStatus = JobStatus.PROCESSED) -> int:
     job.callback_url = url
     current_db().session.commit()
     return job.id
+
+
+@pytest.fixture
+def dash(make_app: AppFactory) -> Flask:
+    """An app with the dashboard open to every request (and no app context pushed)."""
+    from tests.dashboards import open_dashboard
+
+    return open_dashboard(make_app)

@@ -8,10 +8,8 @@ from flask import Flask
 
 from flask_async_request import Job, JobStatus
 from tests.conftest import current_db
-from tests.test_dashboard import PREFIX, add, dash, stored
+from tests.dashboards import PREFIX, add, stored
 from tests.test_dashboard_operations import _form_token
-
-__all__ = ["dash"]
 
 
 def test_a_bulk_retry_names_the_jobs_then_acts_on_post(dash: Flask) -> None:

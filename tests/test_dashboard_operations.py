@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from flask import Flask
 
@@ -11,17 +10,7 @@ from flask_async_request import JobStatus
 from flask_async_request.callbacks import deliver
 from flask_async_request.deliveries import decode
 from tests.conftest import Receiver, current_db
-from tests.test_dashboard import PREFIX, add, dash, stored
-
-__all__ = ["dash"]
-
-
-def csrf_token(client: Any, job_id: int) -> str:
-    """The session's CSRF token, from the form of the job's redelivery confirmation."""
-    html = client.get(f"{PREFIX}/jobs/{job_id}/redeliver").get_data(as_text=True)
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
+from tests.dashboards import PREFIX, add, csrf_token, stored
 
 
 def _delivered(app: Flask, url: str) -> int:
@@ -54,7 +43,7 @@ def test_redeliver_asks_first_then_posts_with_csrf(dash: Flask) -> None:
         client = dash.test_client()
         confirm = client.get(f"{PREFIX}/jobs/{job_id}/redeliver").get_data(as_text=True)
         assert "same webhook-id" in confirm and len(receiver.calls) == 1
-        token = csrf_token(client, job_id)
+        token = csrf_token(client, job_id, "/redeliver")
         refused = client.post(f"{PREFIX}/jobs/{job_id}/redeliver", data={"csrf_token": "x"})
         assert refused.status_code == 400 and len(receiver.calls) == 1
         done = client.post(
@@ -73,7 +62,7 @@ def test_redeliver_without_a_callback_says_so(dash: Flask) -> None:
     """A job with no callback url: no button, and a POST explains instead of failing."""
     job_id = add(dash, status=JobStatus.PROCESSED)
     client = dash.test_client()
-    token = csrf_token(client, job_id)
+    token = csrf_token(client, job_id, "/redeliver")
     html = client.get(f"{PREFIX}/jobs/{job_id}").get_data(as_text=True)
     assert "/redeliver" not in html
     done = client.post(

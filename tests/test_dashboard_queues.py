@@ -11,9 +11,7 @@ from flask import Flask
 
 from flask_async_request import JobStatus
 from flask_async_request.values import utcnow
-from tests.test_dashboard import PREFIX, add, dash
-
-__all__ = ["dash"]
+from tests.dashboards import PREFIX, add
 
 
 def test_each_queue_shows_its_waiting_jobs_and_oldest_wait(dash: Flask) -> None:

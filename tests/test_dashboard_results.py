@@ -12,7 +12,7 @@ from flask import Flask
 from flask_async_request import Job, JobStatus, results
 from tests import workers
 from tests.conftest import AppFactory
-from tests.test_dashboard import PREFIX, add, job_ids, open_dashboard
+from tests.dashboards import PREFIX, add, job_ids, open_dashboard
 
 #: The bytes of ReturnChunks(3, 1000): three chunks of 1000 bytes, each of its index.
 DATA = b"".join(bytes([i]) * 1000 for i in range(3))

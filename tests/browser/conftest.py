@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 
 from tests.browser.client_app import Served, build
 from tests.conftest import AppFactory, serving
-from tests.test_dashboard import PREFIX, open_dashboard
+from tests.dashboards import PREFIX, open_dashboard
 
 CHROMIUM = os.environ.get("FAR_TEST_CHROMIUM", "/usr/bin/chromium")
 # Flags that keep Chromium off the network and quiet in a sandboxed CI.

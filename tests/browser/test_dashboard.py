@@ -10,7 +10,7 @@ from flask import Flask
 from flask_async_request import JobStatus
 from flask_async_request.values import utcnow
 from tests.browser.conftest import listed
-from tests.test_dashboard import add, stored
+from tests.dashboards import add, stored
 
 pytestmark = pytest.mark.browser
 

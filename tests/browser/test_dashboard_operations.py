@@ -11,7 +11,7 @@ from flask_async_request import JobStatus
 from flask_async_request.callbacks import deliver
 from tests.browser.conftest import listed
 from tests.conftest import Receiver
-from tests.test_dashboard import add, stored
+from tests.dashboards import add, stored
 
 pytestmark = pytest.mark.browser
 

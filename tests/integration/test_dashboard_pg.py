@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from tests.conftest import AppFactory, Internals, current_db
-from tests.test_dashboard import PREFIX, open_dashboard, statements
+from tests.dashboards import PREFIX, open_dashboard, statements
 
 pytestmark = pytest.mark.integration
 
