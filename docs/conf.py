@@ -34,9 +34,10 @@ nitpick_ignore = [
     ("py:class", "flask_async_request.asyncview.F"),
     ("py:class", "flask_async_request.extension.C"),
     # The standard library has no pages here: the polling's steps are a Generator,
-    # the events an Iterator.
+    # the events an Iterator, or an AsyncIterator in asyncio.
     ("py:class", "collections.abc.Generator"),
     ("py:class", "collections.abc.Iterator"),
+    ("py:class", "collections.abc.AsyncIterator"),
     ("py:class", "os.PathLike"),
 ]
 

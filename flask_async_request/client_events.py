@@ -6,16 +6,28 @@ the job's :class:`~flask_async_request.client.JobResult`. :func:`follow`
 reads them from a transport that opens a GET and hands back its lines, and
 reconnects with ``Last-Event-ID`` after a stream's end, its ``retry:``
 apart; a server that answers with JSON instead (a long poll, where it cannot
-hold streams) is followed as a long poll. :func:`flask_async_request.client.events`
+hold streams) is followed as a long poll. What to do when is decided once, with
+no I/O, by :func:`event_steps`; :func:`follow` performs its steps in a thread
+and :func:`async_follow` in a coroutine. :func:`flask_async_request.client.events`
 drives it with :mod:`urllib`, :func:`flask_async_request.client_httpx.events`
-with httpx. Like the clients, it needs only the standard library.
+and :func:`~flask_async_request.client_httpx.async_events` with httpx. Like
+the clients, it needs only the standard library.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +38,7 @@ from .client_polling import (
     Answer,
     Headers,
     JobResult,
+    Sleep,
     Unreachable,
     job_answer,
     result_of,
@@ -34,11 +47,21 @@ from .client_polling import (
 from .exceptions import AsyncRequestError
 
 __all__ = [
+    "AsyncConnection",
     "Connection",
+    "Emit",
     "EndEvent",
+    "EventParser",
+    "EventStep",
     "JobEvent",
+    "NextLine",
+    "OpenGet",
+    "Opened",
     "ProgressEvent",
+    "ReadBody",
     "StatusEvent",
+    "async_follow",
+    "event_steps",
     "follow",
     "parse_events",
 ]
@@ -88,34 +111,51 @@ class RawEvent:
     retry: int | None
 
 
-def parse_events(lines: Iterable[str]) -> Iterator[RawEvent]:
-    """The events of an event stream's lines (WHATWG HTML, "Parsing an event stream").
+class EventParser:
+    """Reads an event stream a line at a time (WHATWG HTML, "Parsing an event stream").
 
     Comments (heartbeats) are skipped; a ``retry:`` alone comes as an event
     named ``""`` with no data, so a caller learns it.
     """
-    name, event_id, retry = "", None, None
-    data: list[str] = []
-    for raw in lines:
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._data: list[str] = []
+
+    def feed(self, raw: str) -> RawEvent | None:
+        """Take one line; the event it completes, if it is the blank line that ends one."""
         line = raw.rstrip("\r\n")
         if not line:
+            data, retry = self._data, self._retry
+            name = self._name or "message" if data else ""
+            self._name, self._data, self._retry = "", [], None
             if data or retry is not None:
-                # A retry: alone comes as an event named "", with no data.
-                yield RawEvent(name or "message" if data else "", "\n".join(data), event_id, retry)
-            name, data, retry = "", [], None
-            continue
+                return RawEvent(name, "\n".join(data), self._id, retry)
+            return None
         if line.startswith(":"):
-            continue
+            return None
         field, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if field == "event":
-            name = value
+            self._name = value
         elif field == "data":
-            data.append(value)
+            self._data.append(value)
         elif field == "id" and "\0" not in value:
-            event_id = value
+            self._id = value
         elif field == "retry" and value.isdigit():
-            retry = int(value)
+            self._retry = int(value)
+        return None
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[RawEvent]:
+    """The events of an event stream's lines: :class:`EventParser` over all of them."""
+    parser = EventParser()
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
 
 
 class Connection(Protocol):
@@ -164,6 +204,139 @@ def _typed(raw: RawEvent, token: str, url: str) -> JobEvent | None:
     return None
 
 
+@dataclass(frozen=True)
+class OpenGet:
+    """Open a GET of ``url`` with ``headers``, whose reads may wait ``idle`` seconds.
+
+    Send back the answer's :class:`Opened` head, or
+    :class:`~flask_async_request.client_polling.Unreachable`.
+    """
+
+    url: str
+    headers: dict[str, str]
+    idle: float
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The head of an answer just opened: its status and headers."""
+
+    status: int
+    headers: Headers
+
+
+class NextLine:
+    """Read the open answer's next line; send back ``None`` at its end, or ``Unreachable``."""
+
+
+class ReadBody:
+    """Read the open answer's whole body; send back its text."""
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Hand ``event`` to the caller."""
+
+    event: JobEvent
+
+
+#: What :func:`event_steps` asks of its driver. An open answer stays open until
+#: the next step that opens another or pauses, or the steps' end.
+EventStep = OpenGet | NextLine | ReadBody | Sleep | Emit
+EventSteps = Generator[EventStep, "Opened | str | Unreachable | None", None]
+_NEXT_LINE, _READ_BODY = NextLine(), ReadBody()
+
+
+def event_steps(
+    url: str,
+    token: str,
+    *,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+    idle: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> EventSteps:
+    """The steps that follow a job's events until its end, with no I/O of their own.
+
+    Each stream is read as it arrives; one that ends before the job does (its
+    longest duration, a dropped connection) is opened again after its
+    ``retry:``, with ``Last-Event-ID``, which gives the current state. A JSON
+    answer (the server cannot hold streams) is a long poll's: its status and
+    progress are emitted, and it is asked again; a 503, 502 or 504, or a 429 (a
+    limit on requests), after its ``Retry-After``. :func:`follow` and
+    :func:`async_follow` perform them.
+
+    :param idle: seconds a stream may stay silent (heartbeats included) before
+        it counts as dropped.
+    :raises TimeoutError: the job did not finish within ``timeout`` seconds.
+    :raises AsyncRequestError: the server refused the token (400), knows no
+        such job (404), or answered another error.
+    """
+    deadline = clock() + timeout
+    last_id: str | None = None
+    retry = 1.0
+    seen = _Seen()
+
+    def pause(seconds: float) -> Sleep:
+        return Sleep(min(seconds, max(deadline - clock(), 0.0)))
+
+    while True:
+        if clock() >= deadline:
+            raise TimeoutError(f"The job at {url} did not finish within {timeout} s.")
+        sent = {header: f"Bearer {token}", "Accept": EVENT_STREAM}
+        if last_id is not None:
+            sent["Last-Event-ID"] = last_id
+        sent.update(headers or {})
+        opened = yield OpenGet(url, sent, idle + POLL_GRACE)
+        if not isinstance(opened, Opened):
+            yield pause(retry)
+            continue
+        media = (opened.headers.get("Content-Type") or "").split(";")[0].strip()
+        if opened.status == 200 and media == EVENT_STREAM:
+            parser = EventParser()
+            while isinstance(line := (yield _NEXT_LINE), str):
+                raw = parser.feed(line)
+                if raw is None:
+                    continue
+                if raw.retry is not None:
+                    retry = raw.retry / 1000
+                if raw.id is not None:
+                    last_id = raw.id
+                event = _typed(raw, token, url)
+                if isinstance(event, EndEvent):
+                    yield Emit(event)
+                    return
+                if event is not None and seen.fresh(event):
+                    yield Emit(event)
+            yield pause(retry)
+            continue
+        if opened.status == 204:
+            # The end was read before: nothing more comes.
+            return
+        text = yield _READ_BODY
+        answer = Answer(opened.status, opened.headers, text if isinstance(text, str) else "")
+        if answer.status in RETRIED:
+            yield pause(retry_after_seconds(answer.headers.get("Retry-After"), retry))
+            continue
+        if answer.status >= 300:
+            raise AsyncRequestError(f"Following {url} answered {answer.status}: {answer.text}")
+        body = job_answer(url, answer)
+        if answer.status == 200:
+            yield Emit(EndEvent(result_of(body, token)))
+            return
+        # A long poll's answer: what changed of it, then ask again.
+        for event in (
+            StatusEvent(str(body.get("status"))),
+            ProgressEvent(body.get("progress"), body.get("message")),
+        ):
+            if seen.fresh(event):
+                yield Emit(event)
+        if not answer.headers.get("Preference-Applied"):
+            # Not held: wait as told before asking again.
+            yield pause(retry_after_seconds(answer.headers.get("Retry-After"), 1.0))
+
+
 def follow(
     open_get: Open,
     url: str,
@@ -176,88 +349,135 @@ def follow(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[JobEvent]:
-    """The job's events until its end, over the transport ``open_get``.
+    """The job's events until its end, over the transport ``open_get``, in this thread.
 
-    Each stream is read as it arrives; one that ends before the job does (its
-    longest duration, a dropped connection) is opened again after its
-    ``retry:``, with ``Last-Event-ID``, which gives the current state. A JSON
-    answer (the server cannot hold streams) is a long poll's: its status and
-    progress are yielded, and it is asked again; a 503, 502 or 504, or a 429 (a
-    limit on requests), after its ``Retry-After``.
-
-    :param idle: seconds a stream may stay silent (heartbeats included) before
-        it counts as dropped.
-    :raises TimeoutError: the job did not finish within ``timeout`` seconds.
-    :raises AsyncRequestError: the server refused the token (400), knows no
-        such job (404), or answered another error.
+    Performs :func:`event_steps` (whose arguments it takes) with ``open_get``
+    and ``sleep``; the transport's
+    :class:`~flask_async_request.client_polling.Unreachable` and ``OSError`` while a
+    stream is read count as a dropped stream.
     """
-    deadline = clock() + timeout
-    last_id: str | None = None
-    retry = 1.0
-    seen = _Seen()
-    while True:
-        if clock() >= deadline:
-            raise TimeoutError(f"The job at {url} did not finish within {timeout} s.")
-        sent = {header: f"Bearer {token}", "Accept": EVENT_STREAM}
-        if last_id is not None:
-            sent["Last-Event-ID"] = last_id
-        sent.update(headers or {})
-        try:
-            connection = open_get(url, sent, idle + POLL_GRACE)
-        except Unreachable:
-            sleep(min(retry, max(deadline - clock(), 0.0)))
-            continue
-        try:
-            media = (connection.headers.get("Content-Type") or "").split(";")[0].strip()
-            if connection.status == 200 and media == EVENT_STREAM:
-                try:
-                    for raw in parse_events(connection.lines()):
-                        if raw.retry is not None:
-                            retry = raw.retry / 1000
-                        if raw.id is not None:
-                            last_id = raw.id
-                        event = _typed(raw, token, url)
-                        if isinstance(event, EndEvent):
-                            yield event
-                            return
-                        if event is not None and seen.fresh(event):
-                            yield event
-                except (Unreachable, OSError):
-                    pass
-                sleep(min(retry, max(deadline - clock(), 0.0)))
-                continue
-            if connection.status == 204:
-                # The end was read before: nothing more comes.
+    steps = event_steps(
+        url, token, timeout=timeout, header=header, headers=headers, idle=idle, clock=clock
+    )
+    connection: Connection | None = None
+    lines: Iterator[str] = iter(())
+    sent: Opened | str | Unreachable | None = None
+    try:
+        while True:
+            try:
+                step = steps.send(sent)
+            except StopIteration:
                 return
-            answer = Answer(connection.status, connection.headers, connection.text())
-        finally:
+            sent = None
+            if connection is not None and isinstance(step, (OpenGet, Sleep)):
+                connection.close()
+                connection = None
+            if isinstance(step, Emit):
+                yield step.event
+            elif isinstance(step, Sleep):
+                sleep(step.seconds)
+            elif isinstance(step, OpenGet):
+                try:
+                    connection = open_get(step.url, step.headers, step.idle)
+                except Unreachable as e:
+                    sent = e
+                    continue
+                lines = iter(connection.lines())
+                sent = Opened(connection.status, connection.headers)
+            elif isinstance(step, NextLine):
+                try:
+                    sent = next(lines, None)
+                except (Unreachable, OSError) as e:
+                    sent = e if isinstance(e, Unreachable) else Unreachable(str(e))
+            elif connection is not None:
+                sent = connection.text()
+    finally:
+        steps.close()
+        if connection is not None:
             connection.close()
-        if answer.status in RETRIED:
-            sleep(
-                min(
-                    retry_after_seconds(answer.headers.get("Retry-After"), retry),
-                    deadline - clock(),
-                )
-            )
-            continue
-        if answer.status >= 300:
-            raise AsyncRequestError(f"Following {url} answered {answer.status}: {answer.text}")
-        body = job_answer(url, answer)
-        if answer.status == 200:
-            yield EndEvent(result_of(body, token))
-            return
-        # A long poll's answer: what changed of it, then ask again.
-        for event in (
-            StatusEvent(str(body.get("status"))),
-            ProgressEvent(body.get("progress"), body.get("message")),
-        ):
-            if seen.fresh(event):
-                yield event
-        if not answer.headers.get("Preference-Applied"):
-            # Not held: wait as told before asking again.
-            sleep(
-                min(retry_after_seconds(answer.headers.get("Retry-After"), 1.0), deadline - clock())
-            )
+
+
+class AsyncConnection(Protocol):
+    """An answer to a GET, open, read in a coroutine: what :func:`async_follow` reads of it."""
+
+    @property
+    def status(self) -> int:
+        """The answer's status code."""
+        ...
+
+    @property
+    def headers(self) -> Headers:
+        """The answer's headers."""
+        ...
+
+    def lines(self) -> AsyncIterator[str]:
+        """The body's lines, as they arrive."""
+        ...
+
+    async def text(self) -> str:
+        """The whole body."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+#: Opens a GET of ``url`` with ``headers`` in a coroutine, reads waiting ``timeout`` seconds.
+AsyncOpen = Callable[[str, dict[str, str], float], Awaitable[AsyncConnection]]
+
+
+async def async_follow(
+    open_get: AsyncOpen,
+    url: str,
+    token: str,
+    *,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+    idle: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[JobEvent]:
+    """As :func:`follow`, in a coroutine: reads and pauses leave the event loop free."""
+    steps = event_steps(
+        url, token, timeout=timeout, header=header, headers=headers, idle=idle, clock=clock
+    )
+    connection: AsyncConnection | None = None
+    lines: AsyncIterator[str] | None = None
+    sent: Opened | str | Unreachable | None = None
+    try:
+        while True:
+            try:
+                step = steps.send(sent)
+            except StopIteration:
+                return
+            sent = None
+            if connection is not None and isinstance(step, (OpenGet, Sleep)):
+                await connection.close()
+                connection = None
+            if isinstance(step, Emit):
+                yield step.event
+            elif isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+            elif isinstance(step, OpenGet):
+                try:
+                    connection = await open_get(step.url, step.headers, step.idle)
+                except Unreachable as e:
+                    sent = e
+                    continue
+                lines = connection.lines()
+                sent = Opened(connection.status, connection.headers)
+            elif isinstance(step, NextLine):
+                try:
+                    sent = await anext(lines) if lines is not None else None
+                except StopAsyncIteration:
+                    sent = None
+                except (Unreachable, OSError) as e:
+                    sent = e if isinstance(e, Unreachable) else Unreachable(str(e))
+            elif connection is not None:
+                sent = await connection.text()
+    finally:
+        steps.close()
+        if connection is not None:
+            await connection.close()
 
 
 class _Seen:

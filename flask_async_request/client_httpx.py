@@ -19,12 +19,12 @@ transports apply::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
-from .client_events import Connection, JobEvent, follow
+from .client_events import AsyncConnection, Connection, JobEvent, async_follow, follow
 from .client_polling import (
     DEFAULT_HEADER,
     Answer,
@@ -42,7 +42,15 @@ from .client_polling import (
 )
 from .exceptions import AsyncRequestError
 
-__all__ = ["JobResult", "async_download", "async_wait_for", "download", "events", "wait_for"]
+__all__ = [
+    "JobResult",
+    "async_download",
+    "async_events",
+    "async_wait_for",
+    "download",
+    "events",
+    "wait_for",
+]
 
 #: The errors of a poll that got no answer, worth trying again: not those of a
 #: request that can never be sent (a bad url, an unsupported scheme).
@@ -153,8 +161,7 @@ def events(
     """The job's events with ``client``, until its end; see :func:`.client.events`."""
 
     def open_get(target_url: str, sent: dict[str, str], idle: float) -> Connection:
-        own = client.timeout
-        wait = httpx.Timeout(connect=own.connect, read=idle, write=own.write, pool=own.pool)
+        wait = _stream_timeout(client, idle)
         request = client.build_request("GET", target_url, headers=sent, timeout=wait)
         try:
             return _HttpxConnection(client.send(request, stream=True, follow_redirects=False))
@@ -163,6 +170,68 @@ def events(
 
     url, token = target(response, url, token)
     return follow(open_get, url, token, timeout=timeout, header=header, headers=headers)
+
+
+class _AsyncHttpxConnection:
+    """An asyncio httpx response, streamed, as :func:`.client_events.async_follow` reads it."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers = response.headers
+
+    async def lines(self) -> AsyncIterator[str]:
+        try:
+            async for line in self._response.aiter_lines():
+                yield line
+        except RETRIED as e:
+            raise Unreachable(str(e) or type(e).__name__) from e
+
+    async def text(self) -> str:
+        await self._response.aread()
+        return self._response.text
+
+    async def close(self) -> None:
+        await self._response.aclose()
+
+
+def _stream_timeout(client: httpx.Client | httpx.AsyncClient, idle: float) -> httpx.Timeout:
+    """The client's own timeouts, with reads that may wait ``idle`` seconds (heartbeats apart)."""
+    own = client.timeout
+    return httpx.Timeout(connect=own.connect, read=idle, write=own.write, pool=own.pool)
+
+
+def async_events(
+    client: httpx.AsyncClient,
+    response: Any = None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float = 300.0,
+    header: str = DEFAULT_HEADER,
+    headers: Mapping[str, str] | None = None,
+) -> AsyncIterator[JobEvent]:
+    """The job's events with the asyncio ``client``, until its end; see :func:`.client.events`.
+
+    As :func:`events`, in a coroutine::
+
+        async with httpx.AsyncClient(base_url="https://reports.internal") as client:
+            async for event in async_events(client, await client.post("/reports")):
+                if isinstance(event, ProgressEvent):
+                    print(event.progress, event.message)
+    """
+
+    async def open_get(target_url: str, sent: dict[str, str], idle: float) -> AsyncConnection:
+        wait = _stream_timeout(client, idle)
+        request = client.build_request("GET", target_url, headers=sent, timeout=wait)
+        try:
+            answer = await client.send(request, stream=True, follow_redirects=False)
+        except RETRIED as e:
+            raise Unreachable(str(e) or type(e).__name__) from e
+        return _AsyncHttpxConnection(answer)
+
+    url, token = target(response, url, token)
+    return async_follow(open_get, url, token, timeout=timeout, header=header, headers=headers)
 
 
 async def async_wait_for(
