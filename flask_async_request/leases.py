@@ -52,6 +52,9 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._next_wake = float("inf")
         self._pid: int | None = None
+        #: The shortest time between two renewals of a job held in this process:
+        #: how long the thread sleeps when it holds none (see :meth:`hold`).
+        self._period = _IDLE_WAIT
 
     def hold(
         self,
@@ -69,12 +72,17 @@ class LeaseKeeper:
             once, from the keeper's thread, unless the job was released before.
         """
         now = time.monotonic()
-        renew_at = now + lease.total_seconds() / 3
+        period = lease.total_seconds() / 3
+        renew_at = now + period
         deadline = None if time_limit is None else now + time_limit
         held = _Held(store, attempt, lease, renew_at, deadline, on_deadline)
         wake_at = renew_at if deadline is None else min(renew_at, deadline)
         with self._lock:
             self._held[(id(store), job_id)] = held
+            # An idle thread wakes after one period, before any job held since
+            # then is due: holding a job does not wake it (the thread's switch
+            # would cost a short job more than its two statements).
+            self._period = min(self._period, period)
             if self._pid != os.getpid():
                 # First use in this process (or in a forked child): the thread runs here.
                 self._pid = os.getpid()
@@ -130,7 +138,7 @@ class LeaseKeeper:
                             expired.append((job_id, held.on_deadline))
                 upcoming = [held.renew_at for held in self._held.values()]
                 upcoming += [h.deadline for h in self._held.values() if h.deadline is not None]
-                self._next_wake = min(upcoming, default=now + _IDLE_WAIT)
+                self._next_wake = min(upcoming, default=now + self._period)
                 self._wake.clear()
             for job_id, on_deadline in expired:
                 try:

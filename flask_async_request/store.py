@@ -5,8 +5,9 @@ times per job (the statements are named in :mod:`.statements`). Through the ORM
 session each would open a transaction and end it (two more round trips) and
 pay for building the statement again; here each is compiled once and, on a
 network database, runs on a connection in autocommit mode from a small pool of
-its own, so no BEGIN, COMMIT or ROLLBACK is ever sent for them. SQLite, where
-there is no network to save, uses the app's engine.
+its own, so no BEGIN, COMMIT or ROLLBACK is ever sent for them; a thread keeps
+its connection from one statement to the next (see :mod:`.connections`).
+SQLite, where there is no network to save, uses the app's engine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 
 from .compat import Precompiled, precompile
+from .connections import KeptConnections
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import Job, JobStatus
 from .shared_reads import FreshReads, SharedReads
@@ -111,7 +113,8 @@ def _ended_or_gone(reply: JobReply | None) -> bool:
 class JobStore:
     """Runs the hot paths' statements for one app in one process."""
 
-    def __init__(self, engine: Engine, *, autocommit: bool = False) -> None:
+    def __init__(self, engine: Engine, *, autocommit: bool = False, keep: int = 0) -> None:
+        """:param keep: how many threads may keep a connection between statements."""
         self.engine = engine
         #: Whether statements commit on their own (a network database's own pool).
         self.autocommit = autocommit
@@ -130,6 +133,7 @@ class JobStore:
         self._reply_sql = REPLY.compile(dialect=engine.dialect).string
         self._positional = bool(engine.dialect.positional)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._kept = KeptConnections(engine.raw_connection, keep) if keep > 0 else None
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
         #: long polls LISTEN instead of polling.
         self.listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
@@ -159,7 +163,13 @@ class JobStore:
         autocommit = sa.create_engine(
             engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
         )
-        return cls(autocommit, autocommit=True)
+        pool = autocommit.pool
+        # Threads keep fewer connections than the pool holds, and none where each
+        # checkout is to ping the database first.
+        keep = 0
+        if isinstance(pool, sa.pool.QueuePool) and not options.get("pool_pre_ping"):
+            keep = pool.size() - 1
+        return cls(autocommit, autocommit=True, keep=keep)
 
     def again_if_lost(self, run: Callable[[bool], _Result], *, within: float, what: str) -> _Result:
         """``run(False)``; after a lost connection, ``run(True)`` on a fresh one, for ``within`` s.
@@ -227,10 +237,15 @@ class JobStore:
         """Run compiled ``sql`` on a raw pooled DBAPI cursor; its first row (or its rowcount).
 
         SQLAlchemy's execution layer costs more than these one-row statements
-        themselves; driver errors are still raised as SQLAlchemy's.
+        themselves; driver errors are still raised as SQLAlchemy's. The thread
+        keeps the connection for its next statement, where it may.
         """
+        kept = False
         try:
-            connection = self.engine.raw_connection()
+            if self._kept is None:
+                connection = self.engine.raw_connection()
+            else:
+                connection, kept = self._kept.take()
         except self._dbapi_error as e:
             # The pool hands out unwrapped driver errors.
             raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
@@ -245,22 +260,30 @@ class JobStore:
                 cursor.close()
         except self._dbapi_error as e:
             # As SQLAlchemy does: a lost connection is dropped, and so is every idle
-            # one of the pool (after a database restart they are all stale); a
-            # statement that failed otherwise (a constraint, a timeout) leaves its
-            # autocommitted connection as good as it was.
+            # one of the pool and every one a thread keeps (after a database
+            # restart they are all stale); a statement that failed otherwise (a
+            # constraint, a timeout) leaves its autocommitted connection as good
+            # as it was.
             lost = self.engine.dialect.is_disconnect(
                 e,  # type: ignore[arg-type]  # the driver's own Error class
                 connection.dbapi_connection,
                 cursor,
             )
             if lost:
-                connection.invalidate(e)
+                if kept:
+                    assert self._kept is not None
+                    self._kept.drop_all(e)
+                else:
+                    connection.invalidate(e)
+                    if self._kept is not None:
+                        self._kept.drop_all()
                 self.engine.pool.dispose()
             raise sa.exc.DBAPIError.instance(
                 sql, params, e, self._dbapi_error, connection_invalidated=lost
             ) from e
         finally:
-            connection.close()
+            if not kept:
+                connection.close()
 
     def insert(self, row: NewRow) -> int:
         """Store a new job's row in one statement; its id.
@@ -445,5 +468,7 @@ class JobStore:
         return changed
 
     def dispose(self) -> None:
-        """Close the store's own pooled connections."""
+        """Close the store's own pooled connections (those threads keep at their next use)."""
+        if self._kept is not None:
+            self._kept.drop_all()
         self.engine.dispose()

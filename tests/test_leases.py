@@ -111,6 +111,19 @@ def test_a_released_lease_is_not_renewed(
     assert (released.id, 1) not in renewals
 
 
+def test_holding_a_job_does_not_wake_an_idle_keeper(store: JobStore, keeper: LeaseKeeper) -> None:
+    """Once idle, the keeper wakes before a job held since is due: a hold needs no wake."""
+    first, second = running(), running()
+    keeper.hold(store, first.id, 1, timedelta(seconds=60))
+    keeper.release(store, first.id)
+    keeper._wake.set()
+    # Cleared by the thread once it has found nothing held and chosen when to wake.
+    eventually(lambda: not keeper._wake.is_set())
+    keeper.hold(store, second.id, 1, timedelta(seconds=60))
+    assert not keeper._wake.is_set()
+    keeper.release(store, second.id)
+
+
 def test_releasing_a_job_not_held_does_nothing(store: JobStore, keeper: LeaseKeeper) -> None:
     """release() of a job never held is no error."""
     keeper.release(store, 12345)

@@ -188,3 +188,61 @@ def test_a_wait_is_woken_by_the_end_s_announcement(store: JobStore) -> None:
     thread.join(60)
     assert not thread.is_alive()
     assert [r.status if r else None for r in replies] == [JobStatus.PROCESSED]
+
+
+def test_a_thread_s_statements_share_one_connection(store: JobStore) -> None:
+    """A thread keeps its connection between raw statements: no checkout after its first."""
+    checkouts: list[object] = []
+    sa.event.listen(store.engine.pool, "checkout", lambda *_: checkouts.append(1))
+    (first,) = store._raw("SELECT pg_backend_pid()", ())
+    (second,) = store._raw("SELECT pg_backend_pid()", ())
+    assert store.fetch_reply(add_job().id) is not None
+    assert first == second
+    assert len(checkouts) <= 1
+
+
+def test_a_lost_connection_drops_those_other_threads_keep(pg_app: Flask, store: JobStore) -> None:
+    """After a restart's lost connection, another thread's next statement opens a fresh one."""
+    pids: list[int] = []
+    took, go_on = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        pids.append(store._raw("SELECT pg_backend_pid()", ())[0])
+        took.set()
+        go_on.wait()
+        try:
+            pids.append(store._raw("SELECT pg_backend_pid()", ())[0])
+        except BaseException as e:  # the thread's error, for the test
+            errors.append(e)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    took.wait()
+    (mine,) = store._raw("SELECT pg_backend_pid()", ())
+    with pg_app.extensions["sqlalchemy"].engine.connect() as killer:
+        for pid in (mine, pids[0]):
+            killer.execute(sa.select(sa.func.pg_terminate_backend(pid)))
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        store._raw("SELECT 1", ())
+    assert lost_connection(raised.value)
+    go_on.set()
+    thread.join()
+    assert errors == []
+    assert pids[1] != pids[0]
+
+
+def test_no_connection_is_kept_where_each_checkout_pings(pg_app: Flask) -> None:
+    """With ``pool_pre_ping`` every statement checks out, so that the ping spares a lost one."""
+    app = Flask(__name__)
+    engine = pg_app.extensions["sqlalchemy"].engine
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    pinging = JobStore.for_app(app, engine)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {}
+    keeping = JobStore.for_app(app, engine)
+    try:
+        assert pinging._kept is None
+        assert keeping._kept is not None and keeping._kept.limit == 4
+    finally:
+        pinging.dispose()
+        keeping.dispose()

@@ -1,0 +1,116 @@
+"""Pooled connections that threads keep between the store's one-row statements.
+
+A claim, a reply or a poll is one short statement; taking a connection from
+SQLAlchemy's pool and giving it back costs a good part of what the statement
+itself costs the client. A thread keeps the connection it took instead, for
+its next statements (a worker's next claim and reply, a web thread's next
+poll), up to a limit of threads; the others take and give back as before.
+
+What a pool would have done still happens: a thread that ends (a thread made
+per request, a greenlet made per job) gives its connection back; a lost
+connection is dropped, and with it every connection kept by the other threads
+(after a database restart they are all stale); a forked child never uses one
+its parent kept.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import PoolProxiedConnection
+
+
+class _Kept:
+    """One thread's connection; given back to its pool when the thread ends."""
+
+    def __init__(
+        self,
+        connection: PoolProxiedConnection,
+        generation: int,
+        given_back: Callable[[], None],
+    ) -> None:
+        self.connection = connection
+        self.generation = generation
+        # Not a method of self: the finalizer must not keep self alive.
+        self._finalizer = weakref.finalize(self, _give_back, connection, given_back)
+
+    def give_back(self, *, drop: bool = False, error: BaseException | None = None) -> None:
+        """Return the connection to its pool now, closed first with ``drop`` (for ``error``)."""
+        if drop:
+            self.connection.invalidate(error)
+        self._finalizer()
+
+
+def _give_back(connection: PoolProxiedConnection, given_back: Callable[[], None]) -> None:
+    try:
+        connection.close()
+    finally:
+        given_back()
+
+
+class KeptConnections:
+    """The connections threads keep from one pool, at most ``limit`` at a time.
+
+    :param checkout: takes a connection from the pool (``Engine.raw_connection``).
+    :param limit: how many threads may keep one; fewer than the pool holds, so
+        that statements of other threads, and a keeping thread's own other
+        statements, still find a connection in it.
+    """
+
+    def __init__(self, checkout: Callable[[], PoolProxiedConnection], limit: int) -> None:
+        self._checkout = checkout
+        self.limit = limit
+        self._kept = 0
+        # Reentrant: a finalizer run by the garbage collector may give back in its midst.
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._pid = os.getpid()
+        #: Bumped when every kept connection is to be dropped; see :meth:`drop_all`.
+        self._generation = 0
+
+    @property
+    def kept(self) -> int:
+        """How many threads keep a connection now."""
+        return self._kept
+
+    def take(self) -> tuple[PoolProxiedConnection, bool]:
+        """A connection for one statement, and whether the thread keeps it.
+
+        One kept is not to be closed after the statement; one not kept is.
+        """
+        if os.getpid() != self._pid:
+            # A forked child: what its parent kept is the parent's.
+            return self._checkout(), False
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        if kept is not None:
+            if kept.generation == self._generation:
+                return kept.connection, True
+            self.drop()
+        connection = self._checkout()
+        with self._lock:
+            if self._kept >= self.limit:
+                return connection, False
+            self._kept += 1
+        self._local.kept = _Kept(connection, self._generation, self._given_back)
+        return connection, True
+
+    def _given_back(self) -> None:
+        with self._lock:
+            self._kept -= 1
+
+    def drop(self, error: BaseException | None = None) -> None:
+        """Close and give back the connection this thread keeps (lost by ``error``, or stale)."""
+        kept: _Kept | None = self._local.__dict__.pop("kept", None)
+        if kept is not None:
+            kept.give_back(drop=True, error=error)
+
+    def drop_all(self, error: BaseException | None = None) -> None:
+        """Have every thread drop its connection before its next statement; this one's now."""
+        with self._lock:
+            self._generation += 1
+        self.drop(error)
