@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -36,6 +37,8 @@ class _Kept:
     ) -> None:
         self.connection = connection
         self.generation = generation
+        #: When the pool handed it out (``time.monotonic``).
+        self.since = time.monotonic()
         # Not a method of self: the finalizer must not keep self alive.
         self._finalizer = weakref.finalize(self, _give_back, connection, given_back)
 
@@ -60,11 +63,20 @@ class KeptConnections:
     :param limit: how many threads may keep one; fewer than the pool holds, so
         that statements of other threads, and a keeping thread's own other
         statements, still find a connection in it.
+    :param max_age: seconds a thread keeps one before it goes back to the pool,
+        whose checkout then recycles it past the same age (``pool_recycle``);
+        ``None``: no limit.
     """
 
-    def __init__(self, checkout: Callable[[], PoolProxiedConnection], limit: int) -> None:
+    def __init__(
+        self,
+        checkout: Callable[[], PoolProxiedConnection],
+        limit: int,
+        max_age: float | None = None,
+    ) -> None:
         self._checkout = checkout
         self.limit = limit
+        self.max_age = max_age
         self._kept = 0
         # Reentrant: a finalizer run by the garbage collector may give back in its midst.
         self._lock = threading.RLock()
@@ -88,9 +100,14 @@ class KeptConnections:
             return self._checkout(), False
         kept: _Kept | None = getattr(self._local, "kept", None)
         if kept is not None:
-            if kept.generation == self._generation:
+            fresh = self.max_age is None or time.monotonic() - kept.since < self.max_age
+            if kept.generation == self._generation and fresh:
                 return kept.connection, True
-            self.drop()
+            if fresh:
+                self.drop()
+            else:
+                # Old, not lost: back to the pool, which recycles it at its checkout.
+                self._local.__dict__.pop("kept").give_back()
         connection = self._checkout()
         with self._lock:
             if self._kept >= self.limit:

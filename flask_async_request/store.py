@@ -84,6 +84,9 @@ def _reason(error: sa.exc.DBAPIError) -> str:
     return f"{type(error.orig).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
+#: Seconds a connection to MariaDB or MySQL is pooled before a new one replaces it,
+#: unless ``SQLALCHEMY_ENGINE_OPTIONS`` says: Flask-SQLAlchemy's own default there.
+MYSQL_POOL_RECYCLE = 7200
 #: What a ``TEXT`` column of MariaDB and MySQL holds: 65,535 bytes.
 MYSQL_TEXT_BYTES = 65_535
 
@@ -113,8 +116,18 @@ def _ended_or_gone(reply: JobReply | None) -> bool:
 class JobStore:
     """Runs the hot paths' statements for one app in one process."""
 
-    def __init__(self, engine: Engine, *, autocommit: bool = False, keep: int = 0) -> None:
-        """:param keep: how many threads may keep a connection between statements."""
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        autocommit: bool = False,
+        keep: int = 0,
+        keep_for: float | None = None,
+    ) -> None:
+        """:param keep: how many threads may keep a connection between statements.
+
+        :param keep_for: seconds each may be kept (the pool's ``pool_recycle``).
+        """
         self.engine = engine
         #: Whether statements commit on their own (a network database's own pool).
         self.autocommit = autocommit
@@ -133,7 +146,7 @@ class JobStore:
         self._reply_sql = REPLY.compile(dialect=engine.dialect).string
         self._positional = bool(engine.dialect.positional)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-        self._kept = KeptConnections(engine.raw_connection, keep) if keep > 0 else None
+        self._kept = KeptConnections(engine.raw_connection, keep, keep_for) if keep > 0 else None
         #: On PostgreSQL with psycopg 3, a job's end is announced with NOTIFY, and
         #: long polls LISTEN instead of polling.
         self.listen = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
@@ -160,16 +173,23 @@ class JobStore:
             return cls(engine)
         options: dict[str, Any] = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
         options.pop("isolation_level", None)
+        if engine.dialect.name in ("mysql", "mariadb"):
+            # Flask-SQLAlchemy's default for MySQL and MariaDB, whose servers close
+            # connections idle for wait_timeout (8 hours by default).
+            options.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
         autocommit = sa.create_engine(
             engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
         )
         pool = autocommit.pool
         # Threads keep fewer connections than the pool holds, and none where each
-        # checkout is to ping the database first.
+        # checkout is to ping the database first; a kept one goes back to the pool
+        # when its recycling age has come.
         keep = 0
         if isinstance(pool, sa.pool.QueuePool) and not options.get("pool_pre_ping"):
             keep = pool.size() - 1
-        return cls(autocommit, autocommit=True, keep=keep)
+        recycle = options.get("pool_recycle", -1)
+        max_age = float(recycle) if recycle is not None and recycle >= 0 else None
+        return cls(autocommit, autocommit=True, keep=keep, keep_for=max_age)
 
     def again_if_lost(self, run: Callable[[bool], _Result], *, within: float, what: str) -> _Result:
         """``run(False)``; after a lost connection, ``run(True)`` on a fresh one, for ``within`` s.

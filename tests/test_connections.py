@@ -107,3 +107,21 @@ def test_a_forked_child_keeps_nothing_of_its_parent(engine: sa.Engine) -> None:
         os._exit(0 if connection is not parents and not keeps else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_connection_kept_past_its_age_goes_back_to_the_pool(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``max_age`` (the pool's recycling age) the thread takes a connection anew."""
+    now = [1000.0]
+    monkeypatch.setattr("flask_async_request.connections.time.monotonic", lambda: now[0])
+    kept = KeptConnections(engine.raw_connection, 4, max_age=60)
+    first, _ = kept.take()
+    now[0] += 59
+    assert kept.take()[0] is first
+    now[0] += 2
+    second, keeps = kept.take()
+    assert keeps and second is not first
+    assert first.dbapi_connection is None  # given back, not left open
+    assert kept.kept == 1
+    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]

@@ -507,3 +507,26 @@ def test_a_progress_write_on_postgresql_takes_the_announcing_form_that_skips_the
     store = JobStore(sa.create_engine("postgresql+psycopg://x@127.0.0.1:1/x"), autocommit=True)
     assert store._form(PROGRESS) is PROGRESS.notifying_no_wait
     assert store._form(PROGRESS, own_transaction=False) is PROGRESS.notifying
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "age"),
+    [
+        ("postgresql+psycopg://u@127.0.0.1/db", {}, None),
+        ("postgresql+psycopg://u@127.0.0.1/db", {"pool_recycle": 30}, 30.0),
+        ("mysql+pymysql://u@127.0.0.1/db", {}, float(store_module.MYSQL_POOL_RECYCLE)),
+        ("mysql+pymysql://u@127.0.0.1/db", {"pool_recycle": 600}, 600.0),
+    ],
+)
+def test_kept_connections_are_recycled_as_the_pool_s(
+    url: str, options: dict[str, Any], age: float | None
+) -> None:
+    """A kept connection lives no longer than the pool's ``pool_recycle`` (MySQL's default too)."""
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    store = JobStore.for_app(app, sa.create_engine(url))
+    try:
+        assert store._kept is not None and store._kept.max_age == age
+        assert store.engine.pool._recycle == (-1 if age is None else age)
+    finally:
+        store.engine.dispose()
