@@ -25,6 +25,7 @@ import selectors
 import socket
 import statistics
 import subprocess
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -241,27 +242,39 @@ def section(path: Path) -> str:
     clients, jobs = runs[0]["clients"], runs[0]["jobs"]
     polled = median(lambda r: r["polling"]["requests_per_s"])
     polling_queries = median(lambda r: r["polling"]["queries_per_s"])
+    per_poll = median(lambda r: r["polling"]["queries_per_s"] / r["polling"]["requests_per_s"])
     streaming_queries = median(lambda r: r["streaming"]["queries_per_s"])
     reconnects = median(lambda r: r["streaming"]["requests_per_s_with_reconnects"])
-    scale = 10_000 / clients
-    return (
-        f"``python -m bench.sse_polls --clients {clients} --jobs {jobs} --runs {len(runs)}"
-        f" --json bench/sse_polls.json``, {found['when']}, medians of {len(runs)} run"
-        f"{'s' if len(runs) > 1 else ''}: the same {clients:,} clients of {jobs} jobs (each"
-        " reporting progress once a second) first poll once a second, then hold event streams."
-        f" Polling, the server answered {polled:,.0f} requests a second and its database ran"
-        f" {polling_queries:,.0f} queries a second; streaming, no request (one a stream every"
-        f" ``ASYNC_REQUEST_STREAM_MAX_DURATION``, {reconnects:.1f} a second at its 5 minutes) and"
-        f" {streaming_queries:.1f} queries a second, besides the progress writes both pay."
-        f" So streams spare the server {polled / reconnects:,.0f} times the requests and"
-        f" {polling_queries / streaming_queries:,.0f} times the queries. Beside 10,000 clients"
-        f" polling every second (more than this 2-core machine serves, so scaled from"
-        f" {clients:,}, {scale:.0f} times: a poll costs one request and one query, whatever"
-        f" the number; a stream costs no query, its job's change one for all its streams):"
-        f" {polled * scale:,.0f} requests and {polling_queries * scale:,.0f} queries a second"
-        f" against {reconnects * scale:.0f} requests and, for {jobs} jobs changing once a"
-        f" second, about {streaming_queries:.0f} queries a second."
+    per_change = streaming_queries / jobs
+    big = 10_000
+    text = (
+        f"Measured beside polling: ``python -m bench.sse_polls --clients {clients} --jobs {jobs}"
+        f" --runs {len(runs)} --json bench/sse_polls.json``, {found['when']}, medians of"
+        f" {len(runs)} runs. The same {clients:,} clients of {jobs} jobs, each job reporting"
+        " progress once a second, first poll once a second (keep-alive, spread over the"
+        f" second), then hold event streams, {runs[0]['polling']['seconds']:.0f} s each;"
+        " requests are counted by the client, queries as the database's transactions"
+        " (``pg_stat_database``, less the progress writes, which both pay). Polling, the"
+        f" process answered {polled:,.0f} requests a second, all it could: of the"
+        f" {clients:,} a second asked, a client whose answer had not come by its next turn"
+        f" skipped it; each poll cost {per_poll:.2f} queries, {polling_queries:,.0f} a second."
+        f" Streaming: no request while the streams are open (one a stream every"
+        f" ``ASYNC_REQUEST_STREAM_MAX_DURATION``, {reconnects:.1f} a second at its default 5"
+        f" minutes) and {streaming_queries:.1f} queries a second, {per_change:.2f} per change"
+        " of a job (the changes announced together are read in one query). Here streams"
+        f" spare {polled / reconnects:,.0f} times the requests and"
+        f" {polling_queries / streaming_queries:,.0f} times the queries the process could"
+        f" serve. {big:,} clients polling every second are more than this 2-core machine"
+        f" serves; scaled by the costs measured (a poll: one request, {per_poll:.2f} queries;"
+        " a stream: a request each 5 minutes, and its job's change one query at most,"
+        f" shared by every stream of that job), {big:,} pollers of 100 jobs ask"
+        f" {big:,} requests and {big * per_poll:,.0f} queries a second, {big:,} streams"
+        f" {big / 300:.0f} requests and at most 100 queries a second: {300:,} times fewer"
+        f" requests and {big * per_poll / 100:,.0f} times fewer queries (or"
+        f" {big * per_poll / (100 * per_change):,.0f} times at the"
+        f" {per_change:.2f} queries per change measured here)."
     )
+    return textwrap.fill(text, width=92, break_on_hyphens=False, break_long_words=False)
 
 
 def _report(run: dict[str, Any]) -> None:
