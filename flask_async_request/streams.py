@@ -212,7 +212,12 @@ def stream(
             woken.at = 0.0
             try:
                 taken = read(since)
-            except (sqlalchemy.exc.DBAPIError, DatabaseUnavailable, InvalidJobRow):
+            except (
+                sqlalchemy.exc.DBAPIError,
+                sqlalchemy.exc.TimeoutError,  # no connection of the pool came free
+                DatabaseUnavailable,
+                InvalidJobRow,
+            ):
                 logger.warning("An event stream could not read job %s; ending it.", job_id)
                 yield f"retry: {UNAVAILABLE_RETRY_AFTER * 1000}\n\n"
                 return
