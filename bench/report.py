@@ -19,6 +19,7 @@ from typing import Any
 from bench.figures import TARGETS, met, ratio_spreads, render
 from bench.harness import GUNICORN, HERE
 from bench.scenarios import LONG_WAIT, WARM_UP_JOBS
+from bench.sse_polls import section as polls_section
 
 TEMPLATES = HERE / "templates"
 
@@ -314,6 +315,7 @@ def streams(path: Path, larger: Path | None = None) -> str:
         ratio=f"{first['streams'] // first['jobs']:,}",
         table=render(rows),
         growth=growth,
+        polling=polls_section(path.parent / "sse_polls.json"),
     )
 
 

@@ -215,20 +215,18 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """One run: the streams' events, the plain polls beside them, the floor."""
+def claimed_jobs(count: int) -> tuple[list[tuple[int, str]], dict[int, int]]:
+    """A fresh database with ``count`` jobs, claimed: their ids and tokens, and their attempts."""
     _reset()
     from bench import far
     from flask_async_request import Job, lifecycle
-    from flask_async_request.models import JobStatus
-    from flask_async_request.outcomes import Outcome
     from flask_async_request.state import get_state
 
     with far.app.app_context():
         far.db.engine.dispose()
         get_state().store().dispose()
         far.db.create_all()
-        jobs = [Job.create_and_enqueue(far.Noop) for _ in range(args.jobs)]
+        jobs = [Job.create_and_enqueue(far.Noop) for _ in range(count)]
         tokens = [(job.id, job.token) for job in jobs]
         store = get_state().store()
         attempts = {}
@@ -236,6 +234,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             claim = lifecycle.claim(store, job_id, timedelta(hours=1))
             assert claim is not None
             attempts[job_id] = claim.attempt
+    return tokens, attempts
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One run: the streams' events, the plain polls beside them, the floor."""
+    from bench import far
+    from flask_async_request import lifecycle
+    from flask_async_request.models import JobStatus
+    from flask_async_request.outcomes import Outcome
+    from flask_async_request.state import get_state
+
+    tokens, attempts = claimed_jobs(args.jobs)
+    store = get_state(far.app).store()
     server, port, _ = _server(args, "bench.far:app")
     written: dict[tuple[int, str], float] = {}
     try:

@@ -87,13 +87,21 @@ def check_same_job(claims: TokenClaims, reply: JobReply | None) -> None:
 
 @contextlib.contextmanager
 def database_errors() -> Iterator[None]:
-    """Turn a database that cannot be reached into a 503 refusal, and a corrupt row into 409."""
+    """Turn a database that cannot be reached into a 503 refusal, and a corrupt row into 409.
+
+    A pool with no connection free within its timeout is a 503 too.
+    """
     try:
         yield
     except (sqlalchemy.exc.DBAPIError, DatabaseUnavailable) as e:
         if isinstance(e, sqlalchemy.exc.DBAPIError) and not lost_connection(e):
             raise
         logger.warning("The jobs database is unreachable; answering 503.", exc_info=True)
+        raise Refusal(unavailable_answer()) from None
+    except sqlalchemy.exc.TimeoutError:
+        # Every connection of the pool is busy (a surge of requests): a 503 with
+        # Retry-After, as for a database out of reach, rather than a 500.
+        logger.warning("No database connection came free in time; answering 503.", exc_info=True)
         raise Refusal(unavailable_answer()) from None
     except InvalidJobRow as e:
         # Not the client's doing, and nothing it can fix by asking again soon; a

@@ -145,6 +145,10 @@ REPLY_COLUMNS = (
     Job.result_location,
 )
 REPLY = sa.select(*REPLY_COLUMNS).where(_ID)
+#: The reply columns of several jobs, each row led by its id: one read for the streams of all.
+REPLIES_OF = sa.select(Job.id, *REPLY_COLUMNS).where(
+    Job.id.in_(sa.bindparam("job_ids", expanding=True))
+)
 
 
 class JobReply(NamedTuple):

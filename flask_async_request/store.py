@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -32,6 +32,7 @@ from .statements import (
     CHANNEL,
     INSERT,
     PENDING_OF,
+    REPLIES_OF,
     REPLY,
     STATES_OF,
     NewRow,
@@ -109,6 +110,23 @@ class Unreachable:
             raise DatabaseUnavailable(f"{self.what}: the database is out of reach.") from error
 
 
+def _reply_of(job_id: int, row: Sequence[Any]) -> JobReply:
+    """Job ``job_id``'s reply columns as read (:data:`.statements.REPLY_COLUMNS`).
+
+    :raises InvalidJobRow: the row's status is not a :class:`JobStatus`.
+    """
+    uid, owner, status, *rest = row
+    try:
+        known = JobStatus(status)
+    except ValueError:
+        raise InvalidJobRow(
+            f"Job {job_id} has the status {status!r}, which is not one of"
+            f" {', '.join(s.value for s in JobStatus)}.",
+            job_id,
+        ) from None
+    return JobReply(uid, owner, known, *rest)
+
+
 def _ended_or_gone(reply: JobReply | None) -> bool:
     return reply is None or reply.status.finished
 
@@ -162,7 +180,9 @@ class JobStore:
         #: The reads of ended jobs' rows, shared by the requests their end woke.
         self.shared_reads = SharedReads(lambda job_id: self.fetch_reply(job_id), _ended_or_gone)
         #: The reads of followed jobs' rows, one for the event streams a change woke.
-        self.fresh_reads = FreshReads(lambda job_id: self.fetch_reply(job_id))
+        self.fresh_reads = FreshReads(
+            lambda job_id: self.fetch_reply(job_id), lambda ids: self.fetch_replies(ids)
+        )
 
     @classmethod
     def for_app(cls, app: Flask, engine: Engine) -> JobStore:
@@ -240,18 +260,20 @@ class JobStore:
         """
         params: Any = (job_id,) if self._positional else {"job_id": job_id}
         row = self._raw(self._reply_sql, params)
-        if row is None:
-            return None
-        uid, owner, status, *rest = row
-        try:
-            known = JobStatus(status)
-        except ValueError:
-            raise InvalidJobRow(
-                f"Job {job_id} has the status {status!r}, which is not one of"
-                f" {', '.join(s.value for s in JobStatus)}.",
-                job_id,
-            ) from None
-        return JobReply(uid, owner, known, *rest)
+        return None if row is None else _reply_of(job_id, row)
+
+    def fetch_replies(self, job_ids: list[int]) -> dict[int, JobReply]:
+        """The reply columns of the jobs ``job_ids`` that exist, by id: one query per batch.
+
+        :raises sqlalchemy.exc.DBAPIError: the database could not be reached or queried.
+        :raises InvalidJobRow: a row's status is not a :class:`JobStatus`.
+        """
+        replies: dict[int, JobReply] = {}
+        for start in range(0, len(job_ids), _CHECK_BATCH):
+            batch = job_ids[start : start + _CHECK_BATCH]
+            for job_id, *row in self.all(REPLIES_OF, {"job_ids": batch}):
+                replies[job_id] = _reply_of(job_id, row)
+        return replies
 
     def _raw(self, sql: str, params: Any, *, rowcount: bool = False, binary: bool = False) -> Any:
         """Run compiled ``sql`` on a raw pooled DBAPI cursor; its first row (or its rowcount).
@@ -437,7 +459,11 @@ class JobStore:
         with self._waiters_lock:
             if self._waiters is None:
                 if self.listen:
-                    self._waiters = Waiters(listen=self._listening)
+                    # The streams a change wakes find the job read for them, in one
+                    # query with the other jobs changed meanwhile.
+                    self._waiters = Waiters(
+                        listen=self._listening, refresh=self.fresh_reads.refresh
+                    )
                 else:
                     self._waiters = Waiters(check=self._ended_or_gone, changes=self._changed)
             return self._waiters

@@ -28,8 +28,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from functools import partial
+from typing import Any, NamedTuple
 
 import sqlalchemy.exc
 from flask import Response, request, stream_with_context
@@ -38,6 +39,7 @@ from .envelope import UNAVAILABLE_RETRY_AFTER
 from .exceptions import DatabaseUnavailable, InvalidJobRow
 from .models import JobStatus
 from .replies import PROGRESS_DIGITS
+from .shared_reads import Read
 from .state import get_state
 from .statements import JobReply
 from .values import finite
@@ -49,6 +51,8 @@ logger = logging.getLogger("flask_async_request")
 EVENT_STREAM = "text/event-stream"
 #: The id of a job's ``end`` event.
 END_ID = "end"
+#: The data of a ``gone`` event.
+_GONE = json.dumps({"errors": [{"message": "Job not found"}]}, separators=(",", ":"))
 #: A claim is not announced: a stream of a waiting job reads it again this often (seconds).
 WAITING_REREAD = 1.0
 
@@ -81,8 +85,10 @@ def event_stream(job_id: int, uid: str, final: Callable[[JobReply], dict[str, An
         waiters=store.waiters(),
         job_id=job_id,
         uid=uid,
-        read=lambda since: store.fresh_reads.read(job_id, since),
+        read=lambda since: store.fresh_reads.take(job_id, since),
         final=final,
+        # The body of the end names the request's url (its links): shared by the same url's streams.
+        final_key=("end", request.url),
         first_id=next_event_id(request.headers.get("Last-Event-ID")),
         heartbeat=settings.stream_heartbeat.total_seconds(),
         max_duration=settings.stream_max_duration.total_seconds(),
@@ -129,14 +135,37 @@ def next_event_id(last_event_id: str | None) -> int:
     return 1
 
 
-def _event(name: str, data: object, event_id: str) -> str:
-    payload = json.dumps(data, separators=(",", ":"))
+def _data(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _event(name: str, payload: str, event_id: str) -> str:
     return f"id: {event_id}\nevent: {name}\ndata: {payload}\n\n"
 
 
-def _progress(reply: JobReply) -> tuple[float | None, str | None]:
+class _Shown(NamedTuple):
+    """What a stream shows of one read of its job, made once for every stream taking that read."""
+
+    status: tuple[JobStatus, int]
+    progress: tuple[float | None, str | None]
+    #: The ``status`` and ``progress`` events' data, encoded.
+    status_data: str
+    progress_data: str
+
+
+def _shown(reply: JobReply) -> _Shown:
     progress = finite(reply.progress)
-    return (None if progress is None else round(progress, PROGRESS_DIGITS)), reply.message
+    value = (None if progress is None else round(progress, PROGRESS_DIGITS)), reply.message
+    return _Shown(
+        (reply.status, reply.attempts),
+        value,
+        _data({"status": reply.status.value, "attempts": reply.attempts}),
+        _data({"progress": value[0], "message": value[1]}),
+    )
+
+
+def _final_data(final: Callable[[JobReply], dict[str, Any]], reply: JobReply) -> str:
+    return _data(final(reply))
 
 
 def stream(
@@ -144,8 +173,9 @@ def stream(
     waiters: Waiters,
     job_id: int,
     uid: str,
-    read: Callable[[float], JobReply | None],
+    read: Callable[[float], Read[JobReply | None]],
     final: Callable[[JobReply], dict[str, Any]],
+    final_key: Hashable = END_ID,
     first_id: int,
     heartbeat: float,
     max_duration: float,
@@ -155,11 +185,14 @@ def stream(
 ) -> Iterator[str]:
     """The text of job ``job_id``'s event stream, event by event, until its end or the time is up.
 
-    :param read: the job's reply columns (``None``: gone), as read no earlier
-        than the ``time.monotonic`` it is given. Called once the stream watches
-        the job, then once per wake; a database out of reach ends the stream
-        with a ``retry:`` hint.
+    :param read: a read of the job's reply columns (``None``: gone) begun no
+        earlier than the ``time.monotonic`` it is given, which the streams of
+        the same job may share (see :class:`.shared_reads.FreshReads`). Called
+        once the stream watches the job, then once per wake; a database out of
+        reach ends the stream with a ``retry:`` hint.
     :param final: the body of a poll of the finished job.
+    :param final_key: what ``final`` depends on besides the reply: the streams
+        of one read with the same key share one encoding of it.
     :param first_id: the id of the first event (see :func:`next_event_id`).
     :param reread_waiting: read a waiting job again this often, where the claim
         wakes no one (PostgreSQL); ``None``: only when woken.
@@ -178,35 +211,38 @@ def stream(
             since = woken.at if woken.at else clock()
             woken.at = 0.0
             try:
-                reply = read(since)
-            except (sqlalchemy.exc.DBAPIError, DatabaseUnavailable, InvalidJobRow):
+                taken = read(since)
+            except (
+                sqlalchemy.exc.DBAPIError,
+                sqlalchemy.exc.TimeoutError,  # no connection of the pool came free
+                DatabaseUnavailable,
+                InvalidJobRow,
+            ):
                 logger.warning("An event stream could not read job %s; ending it.", job_id)
                 yield f"retry: {UNAVAILABLE_RETRY_AFTER * 1000}\n\n"
                 return
+            reply = taken.reply
             if reply is None or reply.uid != uid:
-                yield _event("gone", {"errors": [{"message": "Job not found"}]}, END_ID)
+                yield _event("gone", _GONE, END_ID)
                 return
+            # Every stream that takes this read shows the same: made once, for all of them.
+            shown = taken.shared(_Shown, partial(_shown, reply))
             if reply.status.finished:
-                progress = _progress(reply)
-                if shown_status is not None and progress != shown_progress:
+                if shown_status is not None and shown.progress != shown_progress:
                     # The last report, stored just before the end: it is still told.
-                    value = {"progress": progress[0], "message": progress[1]}
-                    yield _event("progress", value, str(event_id))
-                yield _event("end", final(reply), END_ID)
+                    yield _event("progress", shown.progress_data, str(event_id))
+                end = taken.shared(final_key, partial(_final_data, final, reply))
+                yield _event("end", end, END_ID)
                 return
-            status = (reply.status, reply.attempts)
-            if status != shown_status:
-                state = {"status": reply.status.value, "attempts": reply.attempts}
-                yield _event("status", state, str(event_id))
+            if shown.status != shown_status:
+                yield _event("status", shown.status_data, str(event_id))
                 event_id += 1
-                shown_status = status
+                shown_status = shown.status
                 last_sent = clock()
-            progress = _progress(reply)
-            if progress != shown_progress:
-                value = {"progress": progress[0], "message": progress[1]}
-                yield _event("progress", value, str(event_id))
+            if shown.progress != shown_progress:
+                yield _event("progress", shown.progress_data, str(event_id))
                 event_id += 1
-                shown_progress = progress
+                shown_progress = shown.progress
                 last_sent = clock()
             reread = clock() + reread_waiting if reread_waiting is not None else None
             if reply.status is not JobStatus.WAITING:

@@ -14,9 +14,11 @@ So a thousand waiting requests cost one connection (or one query per
 interval), not a thousand.
 
 Event streams *watch* a job instead: they are woken by any change, not only
-its end. On PostgreSQL the same listener wakes them for the changes announced
-as :class:`Changed` ids (a progress write, a retry); elsewhere the poller asks,
-in one more query per interval, which of the watched jobs changed.
+its end. On PostgreSQL the same listener hears the changes announced as
+:class:`Changed` ids (a progress write, a retry) and the ends; a second thread
+reads those jobs, all those announced meanwhile in one query, and then wakes
+their streams, which find the job read for them. Elsewhere the poller asks, in
+one more query per interval, which of the watched jobs changed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ MAX_RECONNECT_DELAY = 5.0
 Listen = Callable[[], AbstractContextManager[Callable[[float], Iterable[int]]]]
 #: Of the ids given, those whose jobs have ended or no longer exist.
 Check = Callable[[list[int]], Iterable[int]]
+#: Reads the jobs of the ids given for their watchers; when that read began.
+Refresh = Callable[[list[int]], float]
 
 
 class Wake(threading.Event):
@@ -83,6 +87,11 @@ class Waiters:
         have changed (or ended, or gone) since it was last asked about them; a
         job it is asked about for the first time counts as changed. Without it,
         watchers are woken at ends only.
+    :param refresh: with ``listen``: reads the given watched jobs, which changed
+        or ended, for their watchers to share, and tells when that read began
+        (``time.monotonic``). A thread of its own calls it, with every job
+        announced meanwhile, then wakes their watchers as of that time; the
+        listener goes on at once, and long polls are woken as ends arrive.
     """
 
     def __init__(
@@ -91,12 +100,17 @@ class Waiters:
         listen: Listen | None = None,
         check: Check | None = None,
         changes: Check | None = None,
+        refresh: Refresh | None = None,
     ) -> None:
         if (listen is None) == (check is None):
             raise ValueError("Waiters needs exactly one of listen= and check=.")
         self._listen = listen
         self._check = check
         self._changes = changes
+        self._refresh = refresh if listen is not None else None
+        #: The watched jobs announced since the last refresh, and the event that says there are.
+        self._to_refresh: set[int] = set()
+        self._refresh_due = threading.Event()
         self._lock = threading.Lock()
         self._waiting: dict[int, set[Wake]] = {}
         #: The event streams' events, woken by any change of their job.
@@ -169,13 +183,32 @@ class Waiters:
                 for event in self._watching.get(job_id, ()):
                     event.set_at(at)
 
-    def wake_watchers(self, job_ids: Iterable[int]) -> None:
-        """Wake the watchers of ``job_ids``, which changed (long polls wait on)."""
+    def wake_watchers(self, job_ids: Iterable[int], at: float | None = None) -> None:
+        """Wake the watchers of ``job_ids``, which changed (long polls wait on).
+
+        :param at: the time of the wake (``time.monotonic``), if not now: a read
+            begun then sees the change.
+        """
         with self._lock:
-            at = time.monotonic()
+            if at is None:
+                at = time.monotonic()
             for job_id in job_ids:
                 for event in self._watching.get(job_id, ()):
                     event.set_at(at)
+
+    def _wake_waiting(self, job_id: int) -> None:
+        """Wake the requests waiting for job ``job_id``, which ended (not its watchers)."""
+        with self._lock:
+            at = time.monotonic()
+            for event in self._waiting.get(job_id, ()):
+                event.set_at(at)
+
+    def _refresh_later(self, job_id: int) -> None:
+        """Have the refresher read job ``job_id`` for its watchers, then wake them."""
+        with self._lock:
+            if job_id in self._watching:
+                self._to_refresh.add(job_id)
+                self._refresh_due.set()
 
     def wake_all(self) -> None:
         """Wake every waiting request, to look again."""
@@ -195,8 +228,13 @@ class Waiters:
         self._waiting.clear()
         self._watching.clear()
         self._ready.clear()
+        self._to_refresh.clear()
         target = self._run_listener if self._listen is not None else self._run_poller
         threading.Thread(target=target, name="flask-async-request-waiters", daemon=True).start()
+        if self._refresh is not None:
+            threading.Thread(
+                target=self._run_refresher, name="flask-async-request-refresher", daemon=True
+            ).start()
         return True
 
     def _run_listener(self) -> None:
@@ -213,7 +251,11 @@ class Waiters:
                     while self._pid == pid:
                         # Each end wakes its waiters as it arrives, not at the slice's end.
                         for job_id in announced(LISTEN_SLICE):
-                            if isinstance(job_id, Changed):
+                            if self._refresh is not None:
+                                if not isinstance(job_id, Changed):
+                                    self._wake_waiting(job_id)
+                                self._refresh_later(job_id)
+                            elif isinstance(job_id, Changed):
                                 self.wake_watchers((job_id,))
                             else:
                                 self.wake((job_id,))
@@ -226,6 +268,26 @@ class Waiters:
                 self.wake_all()
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    def _run_refresher(self) -> None:
+        """Read the announced jobs for their watchers, all those announced meanwhile at once."""
+        assert self._refresh is not None
+        pid = os.getpid()
+        while self._pid == pid:
+            self._refresh_due.wait()
+            with self._lock:
+                self._refresh_due.clear()
+                job_ids = [job_id for job_id in self._to_refresh if job_id in self._watching]
+                self._to_refresh.clear()
+            if not job_ids:
+                continue
+            at = time.monotonic()
+            try:
+                at = self._refresh(job_ids)
+            except Exception:
+                # Woken all the same: each reads for itself, and tells its client if it cannot.
+                logger.warning("Reading the changed jobs for their streams failed.", exc_info=True)
+            self.wake_watchers(job_ids, at)
 
     def _run_poller(self) -> None:
         assert self._check is not None

@@ -81,10 +81,11 @@ def test_another_job_with_the_same_id_is_not_found(app: Flask) -> None:
             503,
         ),
         (InvalidJobRow("bad row", 1), 409),
+        (sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached"), 503),
     ],
 )
 def test_database_errors_become_refusals(app: Flask, error: Exception, status: int) -> None:
-    """A database out of reach is a 503 refusal, a corrupt row a 409."""
+    """A database out of reach (or no connection of the pool free) is a 503, a corrupt row a 409."""
     with app.test_request_context("/"), pytest.raises(Refusal) as caught, database_errors():
         raise error
     assert _status(caught.value) == status

@@ -69,3 +69,19 @@ def test_the_streams_section_shows_each_figure_against_its_floor() -> None:
     found = json.loads((HERE / "sse.json").read_text())
     assert f"``python -m bench.sse --streams {found['runs'][0]['streams']} " in section
     assert "$" not in section
+
+
+def test_the_streams_section_tells_what_polling_would_cost() -> None:
+    """bench/sse_polls.json's runs become the paragraph on polling beside the streams."""
+    from bench.harness import HERE
+    from bench.report import streams
+    from bench.sse_polls import section
+
+    found = json.loads((HERE / "sse_polls.json").read_text())
+    paragraph = section(HERE / "sse_polls.json")
+    assert paragraph.startswith("Measured beside polling: ``python -m bench.sse_polls")
+    assert f"{found['runs'][0]['clients']:,} clients of {found['runs'][0]['jobs']} jobs" in (
+        " ".join(paragraph.split())
+    )
+    assert paragraph in streams(HERE / "sse.json")
+    assert section(HERE / "no such runs.json") == ""

@@ -160,7 +160,7 @@ def test_streams_woken_before_a_read_began_share_it() -> None:
         thread.join(5)
     assert answers == ["row 7"] * 20
     assert calls == [7]
-    assert reads.reading == {}
+    assert list(reads.reading) == [7] and reads.reading[7].done.is_set()
 
 
 def test_a_stream_woken_after_a_read_began_reads_again() -> None:
@@ -216,3 +216,107 @@ def test_a_failed_read_is_not_shared() -> None:
     answers.append(reads.read(3, since))
     leader.join(5)
     assert len(errors) == 1 and answers == ["fine"]
+
+
+def test_a_stream_woken_before_a_read_began_takes_it_once_done() -> None:
+    """A read done by the time a stream woken before it runs is still its answer: no read again."""
+    calls: list[int] = []
+
+    def read(job_id: int) -> str:
+        calls.append(job_id)
+        return f"row {job_id} read {len(calls)}"
+
+    reads: FreshReads[str] = FreshReads(read)
+    since = time.monotonic()
+    first = reads.read(4, since)
+    assert [reads.read(4, since) for _ in range(5)] == [first] * 5
+    assert calls == [4]
+    assert reads.read(4, time.monotonic()) == "row 4 read 2"
+
+
+def test_a_failed_read_is_not_kept() -> None:
+    """A read that raised is forgotten: the next stream reads, even one woken before it."""
+    outcomes: list[str | Exception] = [RuntimeError("lost"), "fine"]
+
+    def read(job_id: int) -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    reads: FreshReads[str] = FreshReads(read)
+    since = time.monotonic()
+    with pytest.raises(RuntimeError):
+        reads.read(2, since)
+    assert reads.reading == {}
+    assert reads.read(2, since) == "fine"
+
+
+def test_kept_reads_are_forgotten_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads begun long enough ago are dropped when the next read begins."""
+    import flask_async_request.shared_reads as module
+
+    reads: FreshReads[int] = FreshReads(lambda job_id: job_id)
+    for job_id in range(10):
+        reads.read(job_id, time.monotonic())
+    assert len(reads.reading) == 10
+    monkeypatch.setattr(module, "SHARED_FOR", 0.0)  # every read so far is old now
+    reads.read(99, time.monotonic())
+    assert list(reads.reading) == [99]
+
+
+def test_what_the_takers_of_a_read_derive_is_made_once() -> None:
+    """Every taker of one read gets the same derived value, made once per key."""
+    made: list[str] = []
+
+    def make(key: str) -> str:
+        made.append(key)
+        return f"{key} of the read"
+
+    reads: FreshReads[str] = FreshReads(lambda job_id: "row")
+    since = time.monotonic()
+    takers = [reads.take(1, since) for _ in range(3)]
+    derived = [taken.shared("a", lambda: make("a")) for taken in takers]
+    assert derived == ["a of the read"] * 3
+    assert takers[0].shared("b", lambda: make("b")) == "b of the read"
+    assert made == ["a", "b"]
+    assert reads.take(1, time.monotonic()).shared("a", lambda: make("a")) == "a of the read"
+    assert made == ["a", "b", "a"]
+
+
+def test_a_refresh_is_taken_by_the_streams_woken_as_of_it() -> None:
+    """refresh reads the jobs in one call; streams woken as of its start take it, later ones not."""
+    many: list[list[int]] = []
+    single: list[int] = []
+
+    def read_many(job_ids: list[int]) -> dict[int, str]:
+        many.append(list(job_ids))
+        return {job_id: f"row {job_id}" for job_id in job_ids if job_id != 3}
+
+    def read(job_id: int) -> str | None:
+        single.append(job_id)
+        return "read alone"
+
+    reads: FreshReads[str | None] = FreshReads(read, read_many)
+    began = reads.refresh([1, 2, 3])
+    assert [reads.read(job_id, began) for job_id in (1, 2, 3)] == ["row 1", "row 2", None]
+    assert many == [[1, 2, 3]] and single == []
+    assert reads.read(1, time.monotonic()) == "read alone"
+
+
+def test_a_refresh_keeps_a_newer_read() -> None:
+    """A read begun after a refresh began is not replaced by the refresh's older answer."""
+    reads: FreshReads[str] = FreshReads(lambda job_id: "newer", lambda job_ids: {1: "older"})
+    refreshed = reads.take(1, 0.0)
+    gate = threading.Event()
+
+    def read_many(job_ids: list[int]) -> dict[int, str]:
+        nonlocal refreshed
+        refreshed = reads.take(1, time.monotonic())  # a stream reads meanwhile
+        gate.set()
+        return {1: "older"}
+
+    reads._read_many = read_many
+    reads.refresh([1])
+    assert gate.is_set()
+    assert reads.reading[1] is refreshed and refreshed.reply == "newer"

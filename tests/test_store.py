@@ -401,6 +401,26 @@ def test_fetch_reply_of_a_missing_job_is_none(app: Flask, job_store: JobStore) -
     assert job_store.fetch_reply(12345) is None
 
 
+def test_fetch_replies_reads_several_jobs_at_once(app: Flask, job_store: JobStore) -> None:
+    """fetch_replies answers each existing job's reply columns by id, as fetch_reply does."""
+    first = add_job(status=JobStatus.PROCESSED, status_code=200, response="hi")
+    second = add_job()
+    replies = job_store.fetch_replies([first.id, 12345, second.id])
+    assert replies == {
+        first.id: job_store.fetch_reply(first.id),
+        second.id: job_store.fetch_reply(second.id),
+    }
+    assert job_store.fetch_replies([]) == {}
+
+
+def test_fresh_reads_refresh_reads_for_the_streams(app: Flask, job_store: JobStore) -> None:
+    """The store's refresh reads the jobs in one go; a stream woken then takes that read."""
+    job = add_job()
+    began = job_store.fresh_reads.refresh([job.id, 12345])
+    assert job_store.fresh_reads.read(job.id, began) == job_store.fetch_reply(job.id)
+    assert job_store.fresh_reads.read(12345, began) is None
+
+
 def test_fetch_reply_refuses_a_status_that_is_no_job_status(
     app: Flask, job_store: JobStore, engine: Engine
 ) -> None:

@@ -351,3 +351,40 @@ def test_the_last_report_before_the_end_is_still_told(app: Flask) -> None:
         )
         assert next(events)["data"] == {"progress": 1.0, "message": "last"}
         assert next(events)["event"] == "end"
+
+
+def test_a_pool_with_no_connection_free_is_503_not_500(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll or a stream that finds every pooled connection busy answers 503 with Retry-After."""
+    with app.app_context():
+        job = add_job()
+        token = job.token
+
+    def exhausted(self: JobStore, job_id: int) -> None:
+        raise sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+    monkeypatch.setattr(JobStore, "fetch_reply", exhausted)
+    for headers in ({}, STREAM):
+        answer = app.test_client().get(f"/async_request/job/{token}", headers=headers)
+        assert answer.status_code == 503
+        assert "Retry-After" in answer.headers
+        assert answer.json == {
+            "errors": [{"message": "The job store is unavailable; try again later."}]
+        }
+
+
+def test_a_stream_whose_read_finds_no_connection_free_ends_with_a_retry(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once streaming, a pool with no connection free ends the stream with a retry: hint."""
+    with app.app_context():
+        job = add_job()
+        _, events = _stream(app, job)
+        assert next(events)["retry"] == "1000"
+        monkeypatch.setattr(JobStore, "fetch_reply", lambda self, job_id: _exhausted())
+        assert list(events) == [{"retry": "5000"}]
+
+
+def _exhausted() -> None:
+    raise sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")

@@ -438,3 +438,75 @@ def test_watchers_woken_together_are_told_one_time() -> None:
         channel.announcements.put(Changed(8))
         assert first.wait(PATIENCE) and second.wait(PATIENCE)
         assert first.at == second.at >= before
+
+
+class Refresh:
+    """A stand-in refresh: the ids it was asked to read, and when each read began."""
+
+    def __init__(self, *, gate: threading.Event | None = None, fails: bool = False) -> None:
+        self.calls: list[list[int]] = []
+        self.began: list[float] = []
+        self.gate, self.fails = gate, fails
+
+    def __call__(self, job_ids: list[int]) -> float:
+        self.calls.append(sorted(job_ids))
+        self.began.append(time.monotonic())
+        if self.gate is not None:
+            self.gate.wait(PATIENCE)
+        if self.fails:
+            raise RuntimeError("the database is away")
+        return self.began[-1]
+
+
+def test_watchers_are_woken_once_their_job_is_read_for_them() -> None:
+    """With refresh, a change is read first; its watchers are woken as of that read's start."""
+    channel, gate = Channel(), threading.Event()
+    refresh = Refresh(gate=gate)
+    waiters = Waiters(listen=channel.listen, refresh=refresh)
+    with waiters.watching(4) as watching:
+        channel.announcements.put(Changed(4))
+        _until(lambda: refresh.calls == [[4]])
+        assert not watching.wait(0.1)
+        gate.set()
+        assert watching.wait(PATIENCE)
+        assert watching.at == refresh.began[0]
+
+
+def test_an_end_wakes_long_polls_without_waiting_for_the_refresh() -> None:
+    """Long polls are woken as the end arrives; the watchers of the job once it is read."""
+    channel, gate = Channel(), threading.Event()
+    refresh = Refresh(gate=gate)
+    waiters = Waiters(listen=channel.listen, refresh=refresh)
+    with waiters.waiting_for(6) as waiting, waiters.watching(6) as watching:
+        channel.announcements.put(6)
+        assert waiting.wait(PATIENCE)
+        _until(lambda: refresh.calls == [[6]])
+        assert not watching.is_set()
+        gate.set()
+        assert watching.wait(PATIENCE)
+
+
+def test_changes_announced_during_a_refresh_are_read_together_after_it() -> None:
+    """Jobs announced while a read runs are read in one next read; unwatched ones not at all."""
+    channel, gate = Channel(), threading.Event()
+    refresh = Refresh(gate=gate)
+    waiters = Waiters(listen=channel.listen, refresh=refresh)
+    with waiters.watching(1), waiters.watching(2) as second, waiters.watching(3) as third:
+        channel.announcements.put(Changed(1))
+        _until(lambda: refresh.calls == [[1]])
+        for job_id in (2, 3, 99):
+            channel.announcements.put(Changed(job_id))
+        _until(lambda: waiters._to_refresh == {2, 3})
+        gate.set()
+        assert second.wait(PATIENCE) and third.wait(PATIENCE)
+        assert refresh.calls == [[1], [2, 3]]
+
+
+def test_a_failed_refresh_still_wakes_the_watchers(caplog: pytest.LogCaptureFixture) -> None:
+    """When the read fails, the watchers are woken all the same, to read for themselves."""
+    channel = Channel()
+    waiters = Waiters(listen=channel.listen, refresh=Refresh(fails=True))
+    with waiters.watching(9) as watching:
+        channel.announcements.put(Changed(9))
+        assert watching.wait(PATIENCE)
+    assert "Reading the changed jobs for their streams failed" in caplog.text
