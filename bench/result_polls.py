@@ -10,13 +10,28 @@ Each round times ``--ops`` polls of each, in turn, with Flask's test client
 (process CPU time, ``time.process_time``, and wall time per poll, as
 ``bench.inprocess`` does); the medians of the rounds and the ratio of the stored
 result's CPU to the text's are printed.
+
+Process CPU on a machine shared with other work varies by more than the
+difference measured; ``--instructions`` counts instead the instructions a poll
+executes, the same from one run to the next whatever else runs: each kind of
+poll is made ``--ops`` times in a process of its own under ``valgrind --tool=callgrind``,
+beside one that makes none, and the difference, divided by ``--ops``, is the poll's. The
+objects of the set-up are frozen out of the garbage collector's scans first
+(``gc.freeze``): a full scan of them costs as much as hundreds of polls, and would fall
+on one kind or the other by chance.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 
 from bench.inprocess import _repeat, _reset
 from flask_async_request import Job, Worker
@@ -30,11 +45,12 @@ class StoredBytes(Worker):
         return 200, b"\0" * (1024 * 1024), "application/octet-stream"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--ops", type=int, default=300)
-    args = parser.parse_args()
+#: The kinds of poll, by name: what ``--polls`` names.
+KINDS = ("text reply", "stored result")
+
+
+def _jobs() -> dict[str, str]:
+    """The two finished jobs' tokens, by kind, in a fresh jobs table."""
     _reset()
     from bench import far
 
@@ -44,7 +60,83 @@ def main() -> None:
         with JobRunner(far.app) as runner:
             runner.run(text)
             runner.run(stored)
-        tokens = {"text reply": text.token, "stored result": stored.token}
+        return dict(zip(KINDS, (text.token, stored.token), strict=True))
+
+
+def _polls(kind: str, ops: int) -> None:
+    """Make ``ops`` polls of ``kind`` (none for ``"none"``), after 20 of each to warm up."""
+    from bench import far
+
+    tokens = _jobs()
+    client = far.app.test_client()
+    for _ in range(20):
+        for token in tokens.values():
+            client.get("/async_request/job", headers={"X-JOB-AUTHORIZATION": token})
+    # What the set-up left is no poll's: the collections that follow scan what the
+    # polls allocate, not a heap whose full scans would fall on one kind or the other.
+    gc.collect()
+    gc.freeze()
+    for _ in range(ops if kind != "none" else 0):
+        client.get("/async_request/job", headers={"X-JOB-AUTHORIZATION": tokens[kind]})
+
+
+def _instructions(kind: str, ops: int) -> int:
+    """The instructions a process making ``ops`` polls of ``kind`` executes, by callgrind."""
+    with tempfile.TemporaryDirectory() as directory:
+        run = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={directory}/out",
+                sys.executable,
+                "-m",
+                "bench.result_polls",
+                "--polls",
+                kind,
+                "--ops",
+                str(ops),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    assert found, run.stderr[-2000:]
+    return int(found.group(1))
+
+
+def instructions(ops: int) -> None:
+    """Print the instructions per poll of each kind, and their ratio."""
+    baseline = _instructions("none", ops)
+    per_poll = {kind: (_instructions(kind, ops) - baseline) / ops for kind in KINDS}
+    print(f"{'poll of a finished job':<24} {'instructions':>12}")
+    for kind, count in per_poll.items():
+        print(f"{kind:<24} {count:>12,.0f}")
+    ratio = per_poll["stored result"] / per_poll["text reply"]
+    print(f"ratio, stored result / text reply: {ratio:.3f} (target <= 1.0)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--ops", type=int, default=300)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count each poll's instructions under valgrind instead of timing it",
+    )
+    parser.add_argument("--polls", choices=[*KINDS, "none"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.polls:
+        _polls(args.polls, args.ops)
+        return
+    if args.instructions:
+        instructions(args.ops)
+        return
+    from bench import far
+
+    tokens = _jobs()
     client = far.app.test_client()
     cases = {
         name: _repeat(
