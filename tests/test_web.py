@@ -263,6 +263,26 @@ def test_a_new_job_s_token_polls_it(app: Flask, sent: list[Any]) -> None:
     assert answer.json is not None and answer.json["status"] == "waiting"
 
 
+def test_a_new_job_is_the_stored_row_its_columns_read_on_first_access(
+    pg_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job of one autocommitted INSERT is the session's persistent object of its row, as
+    one loaded by id then expired: nothing to flush, every column but the id read on access."""
+    monkeypatch.setattr(web, "publish", lambda message: None)
+    session = _db(pg_app).session
+    job = create_job(workers.Echo, [7], {})
+    state = sa.inspect(job)
+    assert state.persistent and job in session and not state.modified
+    assert state.key == (Job, (job.id,), None)
+    assert state.unloaded == {column.key for column in sa.inspect(Job).column_attrs} - {"id"}
+    assert session.get(Job, job.id) is job
+    assert (job.status, job.params) == (JobStatus.WAITING, {"args": [7], "kwargs": {}})
+    # Nothing of the job's is written back: a commit leaves the row as it was stored.
+    updated_at = job.updated_at
+    session.commit()
+    assert reload_job(job.id).updated_at == updated_at
+
+
 # Idempotency ---------------------------------------------------------------------------
 
 
