@@ -316,8 +316,8 @@ def _differences(engine: sa.Engine, metadata: sa.MetaData) -> list[Any]:
 
 def test_results_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
     """The result store's revision takes a jobs table of before it to the model, and back."""
-    from flask_async_request.migrations import RESULT_COLUMNS, results_revision_code
     from flask_async_request.models import Job, ResultChunk
+    from flask_async_request.revisions import RESULT_COLUMNS, RESULT_STORE
 
     jobs = cast(sa.Table, Job.__table__)
     before = sa.MetaData()
@@ -349,7 +349,7 @@ def test_results_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_pat
     try:
         before.create_all(engine)
         assert _differences(engine, now)
-        upgrade, downgrade = results_revision_code()
+        upgrade, downgrade = RESULT_STORE.code()
         _run_revision(engine, upgrade)
         assert _differences(engine, now) == []
         _run_revision(engine, downgrade)
@@ -387,7 +387,7 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
     project: Path, tmp_path: Path
 ) -> None:
     """A history whose jobs revision predates the result store gets the revision that adds it."""
-    from flask_async_request.migrations import COLUMN_REVISIONS
+    from flask_async_request.revisions import COLUMN_STEPS as COLUMN_REVISIONS
 
     url = f"sqlite:///{tmp_path}/app.db"
     flask(project, url, "db", "init")
@@ -436,8 +436,8 @@ def test_init_adds_the_result_store_to_a_history_made_before_it(
 
 def test_columns_revisions_upgrade_and_downgrade_a_table_made_before_them(tmp_path: Path) -> None:
     """Each revision of added columns takes a jobs table without them to the model, and back."""
-    from flask_async_request.migrations import COLUMN_REVISIONS, columns_revision_code
     from flask_async_request.models import Job
+    from flask_async_request.revisions import COLUMN_STEPS as COLUMN_REVISIONS
 
     jobs = cast(sa.Table, Job.__table__)
     for revision in COLUMN_REVISIONS:
@@ -463,7 +463,7 @@ def test_columns_revisions_upgrade_and_downgrade_a_table_made_before_them(tmp_pa
         engine = sa.create_engine(f"sqlite:///{tmp_path}/{revision.columns[0]}.db")
         try:
             before.create_all(engine)
-            upgrade, downgrade = columns_revision_code(revision)
+            upgrade, downgrade = revision.code()
             assert revision.marker in upgrade
             _run_revision(engine, upgrade)
             assert _differences(engine, now) == []
@@ -503,8 +503,8 @@ def test_a_new_table_needs_no_columns_revision(project: Path, tmp_path: Path) ->
 
 def test_location_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
     """The result_location revision adds the column to a jobs table without it, and removes it."""
-    from flask_async_request.migrations import LOCATION_COLUMN, location_revision_code
     from flask_async_request.models import Job, ResultChunk
+    from flask_async_request.revisions import LOCATION_COLUMN, RESULT_LOCATION
 
     jobs = cast(sa.Table, Job.__table__)
     now = sa.MetaData()
@@ -519,7 +519,7 @@ def test_location_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_pa
     try:
         before.create_all(engine)
         assert _differences(engine, now)
-        upgrade, downgrade = location_revision_code()
+        upgrade, downgrade = RESULT_LOCATION.code()
         assert "result_location" in upgrade
         _run_revision(engine, upgrade)
         assert _differences(engine, now) == []
@@ -574,7 +574,7 @@ def test_init_after_an_earlier_init_adds_one_line_of_revisions(
     Upgraded, the database is the model's (``db migrate`` finds no change);
     downgraded to the app's revision, it is the earlier table again.
     """
-    from flask_async_request.migrations import OWNER_INDEXES
+    from flask_async_request.revisions import OWNER_INDEXES
 
     flask(project, database_url, "async-request", "init")
     [path] = (project / "migrations" / "versions").glob("*.py")
@@ -630,8 +630,8 @@ def test_init_after_an_earlier_init_adds_one_line_of_revisions(
 
 def test_owner_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
     """The owner limits' revision adds their two indexes to a table made before them, and back."""
-    from flask_async_request.migrations import OWNER_INDEXES, owner_revision_code
     from flask_async_request.models import Job, ResultChunk
+    from flask_async_request.revisions import OWNER_INDEXES, OWNER_LIMITS
 
     now = sa.MetaData()
     for table in (cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)):
@@ -648,7 +648,7 @@ def test_owner_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path:
     try:
         before.create_all(engine)
         assert _differences(engine, now)
-        upgrade, downgrade = owner_revision_code()
+        upgrade, downgrade = OWNER_LIMITS.code()
         _run_revision(engine, upgrade)
         assert _differences(engine, now) == []
         assert set(OWNER_INDEXES) <= set(_indexes(str(engine.url)))
