@@ -15,6 +15,17 @@ from typing import Any, cast
 import pytest
 import sqlalchemy as sa
 
+from flask_async_request.revisions import (
+    COLUMN_STEPS,
+    HOT_INDEXES,
+    OWNER_INDEXES,
+    OWNER_LIMITS,
+    RESULT_LOCATION,
+    RESULT_STORE,
+    STEPS,
+    Step,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
     "FAR_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -257,6 +268,57 @@ def _created_by_the_model(url: str, tmp_path: Path) -> dict[str, tuple[Any, ...]
             admin.dispose()
 
 
+def _revision_id(text: str, field: str = "revision") -> str:
+    """The revision id (or ``down_revision``) a revision's ``text`` declares."""
+    found = re.search(rf"^{field} = '(\w+)'", text, re.M)
+    assert found is not None, field
+    return found.group(1)
+
+
+def _chain(project: Path, first: str) -> list[str]:
+    """The texts of the revisions after ``first``, in the one line of history they make."""
+    revises = {
+        t: re.search(r"^down_revision = '(\w+)'", t, re.M) for t in _versions(project).values()
+    }
+    after = {found.group(1): t for t, found in revises.items() if found is not None}
+    chain, parent = [], first
+    while parent in after:
+        chain.append(after[parent])
+        parent = _revision_id(after[parent])
+    return chain
+
+
+def _schema(url: str) -> dict[str, Any]:
+    """The jobs table's columns and indexes (and table options), and the results table's columns."""
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        tables = {
+            name: sorted(str(c["name"]) for c in inspector.get_columns(name))
+            for name in inspector.get_table_names()
+            if name.startswith("async_request_")
+        }
+    finally:
+        engine.dispose()
+    return {"tables": tables, "indexes": _indexes(url)}
+
+
+def _upgrade_then_back(project: Path, url: str, first: str) -> dict[str, Any]:
+    """Upgrade to the head, which ``db migrate`` finds the model's, then downgrade to ``first``.
+
+    Returns the schema at the head; asserts the downgrade gives back the schema at ``first``.
+    """
+    before = _schema(url)
+    flask(project, url, "db", "upgrade")
+    upgraded = _schema(url)
+    migrate = flask(project, url, "db", "migrate", "-m", "check")
+    assert "No changes in schema detected" in migrate
+    assert not [n for n in _versions(project) if "check" in n]
+    flask(project, url, "db", "downgrade", first)
+    assert _schema(url) == before
+    return upgraded
+
+
 def test_table_with_index_on_status_gets_a_revision_to_the_models_indexes(
     project: Path, database_url: str, tmp_path: Path
 ) -> None:
@@ -274,22 +336,15 @@ def test_table_with_index_on_status_gets_a_revision_to_the_models_indexes(
     assert "ix_async_request_jobs_status_id" in before
 
     output = flask(project, database_url, "async-request", "init")
-    assert "Wrote the revision of the jobs table's new indexes" in output
+    assert f"Wrote {HOT_INDEXES.wrote}" in output
     assert len(_versions(project)) == 2
     again = flask(project, database_url, "async-request", "init")
     assert "new indexes" not in again
     assert len(_versions(project)) == 2
 
-    flask(project, database_url, "db", "upgrade")
-    assert _indexes(database_url) == _created_by_the_model(database_url, tmp_path)
-    assert _indexes(database_url) != before
-    migrate = flask(project, database_url, "db", "migrate", "-m", "check")
-    assert "No changes in schema detected" in migrate
-
-    created = re.search(r"^revision = '(\w+)'", text, re.MULTILINE)
-    assert created is not None
-    flask(project, database_url, "db", "downgrade", created.group(1))
-    assert _indexes(database_url) == before
+    upgraded = _upgrade_then_back(project, database_url, _revision_id(text))
+    assert upgraded["indexes"] == _created_by_the_model(database_url, tmp_path)
+    assert upgraded["indexes"] != before
 
 
 def _run_revision(engine: sa.Engine, code: str) -> None:
@@ -314,46 +369,30 @@ def _differences(engine: sa.Engine, metadata: sa.MetaData) -> list[Any]:
         return list(compare_metadata(MigrationContext.configure(conn), metadata))
 
 
-def test_results_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
-    """The result store's revision takes a jobs table of before it to the model, and back."""
+@pytest.mark.parametrize("step", STEPS, ids=[step.message for step in STEPS])
+def test_a_step_takes_an_earlier_table_to_the_model_and_back(step: Step, database_url: str) -> None:
+    """Each step's upgrade takes the table before it to the model's, and its downgrade back.
+
+    The table before it is the model's downgraded by the step: without the
+    columns the step adds, and different from the model's.
+    """
     from flask_async_request.models import Job, ResultChunk
-    from flask_async_request.revisions import RESULT_COLUMNS, RESULT_STORE
 
-    jobs = cast(sa.Table, Job.__table__)
-    before = sa.MetaData()
-    old = sa.Table(
-        jobs.name,
-        before,
-        *(
-            sa.Column(
-                c.name,
-                c.type,
-                primary_key=c.primary_key,
-                nullable=c.nullable,
-                unique=c.unique,
-                index=c.index,
-            )
-            for c in jobs.columns
-            if c.name not in RESULT_COLUMNS
-        ),
-    )
-    made = {index.name for index in old.indexes}
-    for index in jobs.indexes:
-        if index.name not in made:
-            sa.Index(index.name, *(old.c[c.name] for c in index.columns), unique=index.unique)
-    now = sa.MetaData()
-    for table in (jobs, cast(sa.Table, ResultChunk.__table__)):
-        table.to_metadata(now)
-
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
+    model = sa.MetaData()
+    for table in (cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)):
+        table.to_metadata(model)
+    upgrade, downgrade = step.code()
+    engine = sa.create_engine(database_url)
     try:
-        before.create_all(engine)
-        assert _differences(engine, now)
-        upgrade, downgrade = RESULT_STORE.code()
-        _run_revision(engine, upgrade)
-        assert _differences(engine, now) == []
+        model.create_all(engine)
         _run_revision(engine, downgrade)
-        assert _differences(engine, before) == []
+        earlier = _schema(database_url)
+        assert not set(step.columns) & set(earlier["tables"][Job.__tablename__])
+        assert _differences(engine, model)
+        _run_revision(engine, upgrade)
+        assert _differences(engine, model) == []
+        _run_revision(engine, downgrade)
+        assert _schema(database_url) == earlier
     finally:
         engine.dispose()
 
@@ -383,276 +422,85 @@ def downgrade():
 '''
 
 
-def test_init_adds_the_result_store_to_a_history_made_before_it(
+def test_init_writes_every_step_for_a_history_made_before_them(
     project: Path, tmp_path: Path
 ) -> None:
-    """A history whose jobs revision predates the result store gets the revision that adds it."""
-    from flask_async_request.revisions import COLUMN_STEPS as COLUMN_REVISIONS
-
+    """A history whose jobs revision predates every step gets them all, in one line, once."""
     url = f"sqlite:///{tmp_path}/app.db"
     flask(project, url, "db", "init")
     (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
     output = flask(project, url, "async-request", "init")
     assert "The jobs table revision exists already" in output
-    assert "Wrote the result store revision" in output
-    # After the revision of the new indexes, which that history lacks too.
-    added = {
-        re.search(r"^revision = '(\w+)'", text, re.M).group(1): text  # type: ignore[union-attr]
-        for name, text in _versions(project).items()
-        if "before01" not in name
-    }
-    # One line of history, from the app's own revision: the indexes, the result
-    # store, the result's location, each column revision in its order, then the
-    # indexes of the owner limits.
-    after = {
-        re.search(r"^down_revision = '(\w+)'", text, re.M).group(1): revision  # type: ignore[union-attr]
-        for revision, text in added.items()
-    }
-    assert len(after) == len(added)
-    chain, parent = [], "before01"
-    while parent in after:
-        parent = after[parent]
-        chain.append(added[parent])
-    assert len(chain) == len(added) == 4 + len(COLUMN_REVISIONS)
-    indexes, results, location, *columns, owners = chain
-    assert "create_index" in indexes and "create_table" not in indexes
-    assert "create_table('async_request_results'" in results
-    assert "owner_created_at" in owners and "owner_unfinished" in owners
-    assert "add_column" not in owners
-    assert "from sqlalchemy.dialects import mysql" in results
-    assert "add_column('async_request_jobs', sa.Column('result_location'" in location
-    for text, revision in zip(columns, COLUMN_REVISIONS, strict=True):
-        assert revision.marker in text
-        assert f"add_column('async_request_jobs', sa.Column('{revision.columns[0]}'" in text
-    assert "Wrote the result location revision" in output
-    assert "Wrote the revision of the owner limits' indexes" in output
+    chain = _chain(project, "before01")
+    assert len(chain) == len(_versions(project)) - 1 == len(STEPS)
+    for text, step in zip(chain, STEPS, strict=True):
+        assert text.count(f"# {step.marker}\n") == 2
+        assert "from sqlalchemy.dialects import mysql" in text
+        assert f"Wrote {step.wrote}: " in output
+        assert f"Next: run `flask db upgrade` to {step.upgrade}." in output
+    assert "create_table('async_request_results'" in chain[STEPS.index(RESULT_STORE)]
     again = flask(project, url, "async-request", "init")
-    assert "result store revision" not in again
-    assert "result location revision" not in again
-    assert "Wrote the revision of" not in again
-    assert "owner limits" not in again
-    assert len(_versions(project)) == 5 + len(COLUMN_REVISIONS)
+    assert "Wrote " not in again
+    assert len(_versions(project)) == 1 + len(STEPS)
 
 
-def test_columns_revisions_upgrade_and_downgrade_a_table_made_before_them(tmp_path: Path) -> None:
-    """Each revision of added columns takes a jobs table without them to the model, and back."""
-    from flask_async_request.models import Job
-    from flask_async_request.revisions import COLUMN_STEPS as COLUMN_REVISIONS
-
-    jobs = cast(sa.Table, Job.__table__)
-    for revision in COLUMN_REVISIONS:
-        before = sa.MetaData()
-        sa.Table(
-            jobs.name,
-            before,
-            *(
-                sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                for c in jobs.columns
-                if c.name not in revision.columns
-            ),
-        )
-        now = sa.MetaData()
-        sa.Table(
-            jobs.name,
-            now,
-            *(
-                sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                for c in jobs.columns
-            ),
-        )
-        engine = sa.create_engine(f"sqlite:///{tmp_path}/{revision.columns[0]}.db")
-        try:
-            before.create_all(engine)
-            upgrade, downgrade = revision.code()
-            assert revision.marker in upgrade
-            _run_revision(engine, upgrade)
-            assert _differences(engine, now) == []
-            _run_revision(engine, downgrade)
-            assert _differences(engine, before) == []
-        finally:
-            engine.dispose()
-
-
-def test_init_adds_the_new_columns_after_the_current_head_once(
-    project: Path, tmp_path: Path
-) -> None:
-    """A history whose jobs table predates the trace context gets one revision that adds it."""
-    url = f"sqlite:///{tmp_path}/app.db"
-    flask(project, url, "db", "init")
-    (project / "migrations" / "versions" / "before01_create.py").write_text(OLD_REVISION)
-    output = flask(project, url, "async-request", "init")
-    assert "Wrote the revision of the jobs' trace context" in output
-    [added] = [
-        text
-        for text in _versions(project).values()
-        if "add_column('async_request_jobs', sa.Column('trace_context'" in text
-    ]
-    assert "drop_column('async_request_jobs', 'trace_context')" in added
-    again = flask(project, url, "async-request", "init")
-    assert "trace context" not in again
-
-
-def test_a_new_table_needs_no_columns_revision(project: Path, tmp_path: Path) -> None:
-    """init on a new app writes the table with every column, and no revision adding them."""
+def test_a_new_table_needs_no_step(project: Path, tmp_path: Path) -> None:
+    """init on a new app writes the table with every column, and no step's revision."""
     url = f"sqlite:///{tmp_path}/app.db"
     output = flask(project, url, "async-request", "init")
-    assert "Wrote the revision of" not in output
+    assert not [step for step in STEPS if step.wrote in output]
     [created] = _versions(project).values()
     assert "sa.Column('trace_context'" in created
 
 
-def test_location_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
-    """The result_location revision adds the column to a jobs table without it, and removes it."""
-    from flask_async_request.models import Job, ResultChunk
-    from flask_async_request.revisions import LOCATION_COLUMN, RESULT_LOCATION
-
-    jobs = cast(sa.Table, Job.__table__)
-    now = sa.MetaData()
-    for table in (jobs, cast(sa.Table, ResultChunk.__table__)):
-        table.to_metadata(now)
-    before = sa.MetaData()
-    for table in now.tables.values():
-        table.to_metadata(before)
-    before.tables[jobs.name]._columns.remove(before.tables[jobs.name].c[LOCATION_COLUMN])
-
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
-    try:
-        before.create_all(engine)
-        assert _differences(engine, now)
-        upgrade, downgrade = RESULT_LOCATION.code()
-        assert "result_location" in upgrade
-        _run_revision(engine, upgrade)
-        assert _differences(engine, now) == []
-        _run_revision(engine, downgrade)
-        assert _differences(engine, before) == []
-    finally:
-        engine.dispose()
+def _as_before(text: str, step: Step) -> str:
+    """The creating revision's ``text`` as an earlier init wrote it, before ``step``."""
+    for column in step.columns:
+        text, count = re.subn(rf"^ *sa\.Column\('{column}'.*\n", "", text, flags=re.M)
+        assert count == 1, column
+    if step is OWNER_LIMITS:
+        for index in OWNER_INDEXES:
+            text, count = re.subn(
+                rf"^ *op\.(create|drop)_index\('{index}'.*\n", "", text, flags=re.M
+            )
+            assert count == 2, index
+    return text
 
 
-def test_init_adds_the_location_to_a_history_with_the_result_store(
-    project: Path, tmp_path: Path
-) -> None:
-    """A history whose revisions have the result store but no result_location gets one more."""
-    url = f"sqlite:///{tmp_path}/app.db"
-    flask(project, url, "async-request", "init")
-    [first] = _versions(project).values()
-    path = next((project / "migrations" / "versions").glob("*.py"))
-    path.write_text(
-        first.replace("sa.Column('result_location', sa.String(length=1024), nullable=True),\n", "")
-    )
-    assert "result_location" not in path.read_text()
-    output = flask(project, url, "async-request", "init")
-    assert "Wrote the result location revision" in output
-    assert len(_versions(project)) == 2
-    flask(project, url, "db", "upgrade")
-    engine = sa.create_engine(url)
-    try:
-        columns = {
-            column["name"] for column in sa.inspect(engine).get_columns("async_request_jobs")
-        }
-    finally:
-        engine.dispose()
-    assert "result_location" in columns
+#: Tables an earlier init created, by the first step they lack: each lacks the later ones too.
+EARLIER_TABLES = (RESULT_LOCATION, COLUMN_STEPS[0], OWNER_LIMITS)
 
 
-#: What the jobs table an earlier ``init`` created lacks, in the order the revisions add it:
-#: from before the result's location, from after it, and from after the traces. Each
-#: lacks the indexes of the owner limits too, whose revision comes last.
-EARLIER_TABLES = {
-    "before-location": ("result_location", "trace_context", "callback_deliveries", "traceback"),
-    "before-traces": ("trace_context", "callback_deliveries", "traceback"),
-    "before-limits": (),
-}
-
-
-@pytest.mark.parametrize("missing", EARLIER_TABLES.values(), ids=EARLIER_TABLES)
+@pytest.mark.parametrize("first", EARLIER_TABLES, ids=[step.message for step in EARLIER_TABLES])
 def test_init_after_an_earlier_init_adds_one_line_of_revisions(
-    project: Path, database_url: str, missing: tuple[str, ...]
+    project: Path, database_url: str, first: Step
 ) -> None:
     """An app upgraded with an earlier init's table gets what it lacks in order, after its head.
 
     Upgraded, the database is the model's (``db migrate`` finds no change);
     downgraded to the app's revision, it is the earlier table again.
     """
-    from flask_async_request.revisions import OWNER_INDEXES
-
+    missing = STEPS[STEPS.index(first) :]
     flask(project, database_url, "async-request", "init")
     [path] = (project / "migrations" / "versions").glob("*.py")
     text = path.read_text()
-    for column in missing:
-        text, count = re.subn(rf"^ *sa\.Column\('{column}'.*\n", "", text, flags=re.M)
-        assert count == 1, column
-    for index in OWNER_INDEXES:
-        text, count = re.subn(rf"^ *op\.(create|drop)_index\('{index}'.*\n", "", text, flags=re.M)
-        assert count == 2, index
+    for step in missing:
+        text = _as_before(text, step)
     path.write_text(text)
-    first = re.search(r"^revision = '(\w+)'", text, re.M).group(1)  # type: ignore[union-attr]
     flask(project, database_url, "db", "upgrade")
 
     output = flask(project, database_url, "async-request", "init")
-    assert "exists already" in output and "result store revision" not in output
-    assert "Wrote the revision of the owner limits' indexes" in output
-    added = {
-        re.search(r"^down_revision = '(\w+)'", t, re.M).group(1): t  # type: ignore[union-attr]
-        for name, t in _versions(project).items()
-        if name != path.name
-    }
-    assert len(added) == len(missing) + 1
-    parent, chain = first, []
-    while parent in added:
-        chain.append(added[parent])
-        parent = re.search(r"^revision = '(\w+)'", added[parent], re.M).group(1)  # type: ignore[union-attr]
-    *columns_added, owners = chain
-    assert len(columns_added) == len(missing)
-    for revision, column in zip(columns_added, missing, strict=True):
-        assert f"add_column('async_request_jobs', sa.Column('{column}'" in revision
-    assert all(f"op.create_index('{index}'" in owners for index in OWNER_INDEXES)
+    assert "exists already" in output
+    assert [step for step in STEPS if f"Wrote {step.wrote}" in output] == list(missing)
+    chain = _chain(project, _revision_id(text))
+    assert [step for text in chain for step in STEPS if step.made_in(text)] == list(missing)
 
-    def columns() -> set[str]:
-        engine = sa.create_engine(database_url)
-        try:
-            return {c["name"] for c in sa.inspect(engine).get_columns("async_request_jobs")}
-        finally:
-            engine.dispose()
-
-    before = columns()
-    assert not before & set(missing)
-    assert not set(OWNER_INDEXES) & set(_indexes(database_url))
-    flask(project, database_url, "db", "upgrade")
-    assert columns() == before | set(missing)
-    assert set(OWNER_INDEXES) <= set(_indexes(database_url))
-    migrate = flask(project, database_url, "db", "migrate", "-m", "check")
-    assert "No changes in schema detected" in migrate
-    flask(project, database_url, "db", "downgrade", first)
-    assert columns() == before
-    assert not set(OWNER_INDEXES) & set(_indexes(database_url))
-
-
-def test_owner_revision_upgrades_and_downgrades_a_table_made_before_it(tmp_path: Path) -> None:
-    """The owner limits' revision adds their two indexes to a table made before them, and back."""
-    from flask_async_request.models import Job, ResultChunk
-    from flask_async_request.revisions import OWNER_INDEXES, OWNER_LIMITS
-
-    now = sa.MetaData()
-    for table in (cast(sa.Table, Job.__table__), cast(sa.Table, ResultChunk.__table__)):
-        table.to_metadata(now)
-    before = sa.MetaData()
-    for table in now.tables.values():
-        table.to_metadata(before)
-    jobs_before = before.tables["async_request_jobs"]
-    for index in list(jobs_before.indexes):
-        if index.name in OWNER_INDEXES:
-            jobs_before.indexes.remove(index)
-
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/before.db")
-    try:
-        before.create_all(engine)
-        assert _differences(engine, now)
-        upgrade, downgrade = OWNER_LIMITS.code()
-        _run_revision(engine, upgrade)
-        assert _differences(engine, now) == []
-        assert set(OWNER_INDEXES) <= set(_indexes(str(engine.url)))
-        _run_revision(engine, downgrade)
-        assert _differences(engine, before) == []
-    finally:
-        engine.dispose()
+    added = {column for step in missing for column in step.columns}
+    before = _schema(database_url)
+    assert not added & set(before["tables"]["async_request_jobs"])
+    assert not set(OWNER_INDEXES) & set(before["indexes"])
+    upgraded = _upgrade_then_back(project, database_url, _revision_id(text))
+    assert set(upgraded["tables"]["async_request_jobs"]) == (
+        set(before["tables"]["async_request_jobs"]) | added
+    )
+    assert set(OWNER_INDEXES) <= set(upgraded["indexes"])
