@@ -3,6 +3,8 @@
     python bench/results.py --size-mb 200 --database-url postgresql+psycopg://postgres@127.0.0.1/test
     python bench/results.py --store directory
     python bench/results.py --store s3          # moto's server, started here, on loopback
+    python bench/results.py --data random --compression pglz
+
 
 A worker (run eagerly, in this process) returns a generator of ``--size-mb`` MiB,
 which the result store writes (the database's 1 MiB chunks, a directory's file,
@@ -15,15 +17,23 @@ reset before each phase (``/proc/self/clear_refs``), and the growth is that peak
 less the resident set at the phase's start. Each run is made ``--repeat`` times
 (write, then the two downloads in turn); prints one JSON object with every run
 and the medians.
+
+The blocks repeat a 32-byte pattern, so they compress very well; ``--data csv``
+makes them windows of a CSV export (as compressible as one), ``--data random``
+random bytes, the same from one run to the next.
+On PostgreSQL, ``--compression pglz`` (or ``lz4``) sets the compression of the
+results' ``data`` after the tables are created, in place of the model's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -36,6 +46,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -45,8 +57,37 @@ DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MIB = 1024 * 1024
 
 
-def _block(index: int) -> bytes:
-    """1 MiB that differs from one index to the next, made without holding the result."""
+@functools.cache
+def _csv() -> bytes:
+    """4 MiB of a CSV export: an id, a name, an amount, a date and a status a row."""
+    rows = random.Random(0)
+    names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
+    statuses = ["paid", "pending", "refunded", "failed"]
+    lines = ["id,customer,amount,created_at,status"]
+    size = len(lines[0])
+    while size < 4 * MIB:
+        lines.append(
+            f"{len(lines)},{rows.choice(names)}-{rows.randrange(10_000)},"
+            f"{rows.randrange(100_000) / 100:.2f},2024-{rows.randrange(1, 13):02d}-"
+            f"{rows.randrange(1, 29):02d}T{rows.randrange(24):02d}:{rows.randrange(60):02d}:00Z,"
+            f"{rows.choice(statuses)}"
+        )
+        size += len(lines[-1]) + 1
+    return "\n".join(lines).encode()
+
+
+def _block(index: int, data: str = "repeated") -> bytes:
+    """1 MiB that differs from one index to the next, made without holding the result.
+
+    ``repeated``: a 32-byte pattern over and over; ``csv``: a window of a CSV export, at an
+    offset of its own; ``random``: random bytes, seeded by ``index``.
+    """
+    if data == "random":
+        return random.Random(index).randbytes(MIB)
+    if data == "csv":
+        export = _csv()
+        start = index * 7919 % (len(export) - MIB)
+        return export[start : start + MIB]
     seed = hashlib.sha256(index.to_bytes(8, "big")).digest()
     return seed * (MIB // len(seed))
 
@@ -54,10 +95,10 @@ def _block(index: int) -> bytes:
 class Generate(Worker):
     """Returns ``size_mb`` MiB as a generator of 1 MiB blocks."""
 
-    def execute(self, size_mb: int) -> Any:
+    def execute(self, size_mb: int, data: str = "repeated") -> Any:
         def blocks() -> Iterator[bytes]:
             for index in range(size_mb):
-                yield _block(index)
+                yield _block(index, data)
 
         return 200, blocks(), "application/octet-stream"
 
@@ -158,6 +199,13 @@ def main() -> None:
     )
     parser.add_argument("--store", choices=["database", "directory", "s3"], default="database")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data", choices=["repeated", "csv", "random"], default="repeated")
+    parser.add_argument(
+        "--compression",
+        choices=["model", "pglz", "lz4"],
+        default="model",
+        help="the results' compression on PostgreSQL [default: as the model creates it]",
+    )
     options = parser.parse_args()
 
     from flask import Flask, send_file
@@ -195,9 +243,15 @@ def main() -> None:
     with app.app_context():
         db.drop_all()
         db.create_all()
+        if options.compression != "model":
+            from flask_async_request.models import results_compression
+
+            db.session.execute(sa.text(results_compression(options.compression)))
+            db.session.commit()
+        compression = _compression(db)
     with path.open("wb") as file:
         for index in range(options.size_mb):
-            file.write(_block(index))
+            file.write(_block(index, options.data))
 
     # The server's access log is not the figures'.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -238,12 +292,28 @@ def main() -> None:
                 "store": options.store,
                 "database": options.database_url.partition(":")[0],
                 "size_mib": options.size_mb,
+                "data": options.data,
+                "compression": compression,
                 "median": medians,
                 "runs": runs,
             },
             indent=2,
         )
     )
+
+
+def _compression(db: Any) -> str | None:
+    """The results' compression on PostgreSQL: ``lz4``, ``pglz``, or the server's default."""
+    if db.engine.dialect.name != "postgresql":
+        return None
+    column = db.session.execute(
+        sa.text(
+            "SELECT attcompression FROM pg_attribute WHERE attname = 'data'"
+            " AND attrelid = 'async_request_results'::regclass"
+        )
+    ).scalar()
+    db.session.commit()
+    return {"l": "lz4", "p": "pglz"}.get(column or "", "default")
 
 
 def _free_port() -> int:
@@ -258,7 +328,7 @@ def _run(app: Any, db: Any, job_model: Any, base: str, options: Any, *, follow: 
         _reset_peak()
         start = _status("VmRSS")
         began = time.perf_counter()
-        job = job_model.create_and_enqueue(Generate, options.size_mb)
+        job = job_model.create_and_enqueue(Generate, options.size_mb, options.data)
         write_seconds = time.perf_counter() - began
         write_growth = _growth(start)
         token = job.token

@@ -403,6 +403,36 @@ class ResultChunk(_Base):
         return f"<ResultChunk {self.job_id}/{self.attempt}/{self.seq}>"
 
 
+#: How PostgreSQL compresses the chunks of a stored result, where it can (14 and
+#: later, built with lz4), in place of its default pglz: results are often
+#: exports (CSV, JSON) that compress well, and pglz is slow at them both ways
+#: (``bench/results.py --data csv --compression pglz``, then ``lz4``).
+RESULTS_COMPRESSION = "lz4"
+
+
+def results_compression(method: str, table: str = RESULTS_TABLE_NAME) -> str:
+    """The statement that sets ``method`` as the compression of ``table``'s ``data``.
+
+    PostgreSQL only; it does nothing on a server without lz4 (before 14, or
+    built without it), and ``ALTER`` is run by ``EXECUTE`` so that a server that
+    does not know ``SET COMPRESSION`` never parses it. Values already written
+    keep the compression they were written with.
+    """
+    return (
+        "DO $$ BEGIN IF EXISTS (SELECT FROM pg_settings WHERE name = 'default_toast_compression'"
+        " AND 'lz4' = ANY(enumvals)) THEN EXECUTE 'ALTER TABLE"
+        f" {table} ALTER COLUMN data SET COMPRESSION {method}'; END IF; END $$"
+    )
+
+
+# Kept by the copy that init_app makes in the app's metadata (propagate).
+@sa.event.listens_for(ResultChunk.__table__, "after_create", propagate=True)
+def _compress_results(table: sa.Table, connection: sa.Connection, **kwargs: Any) -> None:
+    """Give the new results table's chunks :data:`RESULTS_COMPRESSION`, on PostgreSQL."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(results_compression(RESULTS_COMPRESSION, table.name))
+
+
 def column_length(name: str) -> int | None:
     """The most characters column ``name`` of the jobs table holds (``None``: no set size)."""
     length: int | None = getattr(Job.__table__.c[name].type, "length", None)

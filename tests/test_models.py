@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from flask_async_request.models import TABLE_NAME, Job, JobStatus, column_length
+from flask_async_request.models import (
+    TABLE_NAME,
+    Job,
+    JobStatus,
+    ResultChunk,
+    column_length,
+    results_compression,
+)
 from flask_async_request.values import (
     as_utc,
     utcnow,
@@ -269,3 +277,30 @@ def test_params_round_trip_through_the_table(session: Session) -> None:
     assert session.get(Job, job.id).params == params  # type: ignore[union-attr]
     raw = session.execute(sa.text(f"SELECT params FROM {TABLE_NAME}")).scalar_one()
     assert json.loads(raw) == params
+
+
+def test_create_all_sets_no_compression_but_on_postgresql(tmp_path: Path) -> None:
+    """On SQLite the tables are created with no statement of PostgreSQL's compression."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/tables.db")
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(str(args[2])))
+    try:
+        metadata = sa.MetaData()
+        for table in (Job.__table__, ResultChunk.__table__):
+            cast(sa.Table, table).to_metadata(metadata)
+        metadata.create_all(engine)
+    finally:
+        engine.dispose()
+    assert any("CREATE TABLE async_request_results" in s for s in statements)
+    assert not [s for s in statements if "COMPRESSION" in s or "fillfactor" in s]
+
+
+def test_the_compression_statement_runs_only_where_the_server_has_lz4() -> None:
+    """The statement asks the server for lz4 and sets it by EXECUTE, so older servers skip it."""
+    statement = results_compression("lz4")
+    assert statement.startswith("DO $$ BEGIN IF EXISTS (SELECT FROM pg_settings")
+    assert "'lz4' = ANY(enumvals)" in statement
+    assert (
+        "EXECUTE 'ALTER TABLE async_request_results ALTER COLUMN data SET COMPRESSION lz4'"
+        in statement
+    )

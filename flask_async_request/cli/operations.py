@@ -48,21 +48,9 @@ def init_command(config_file: Path, force: bool) -> None:
         click.echo("Next: run `flask db upgrade` to create the table.")
     else:
         click.echo(f"The jobs table revision exists already, left as is: {result.revision}")
-    if result.hot_revision is not None:
-        click.echo(f"Wrote the revision of the jobs table's new indexes: {result.hot_revision}")
-        click.echo("Next: run `flask db upgrade` to change them.")
-    if result.results_revision is not None:
-        click.echo(f"Wrote the result store revision: {result.results_revision}")
-        click.echo("Next: run `flask db upgrade` to add the result store.")
-    if result.location_revision is not None:
-        click.echo(f"Wrote the result location revision: {result.location_revision}")
-        click.echo("Next: run `flask db upgrade` to add the jobs table's result_location.")
-    for what, path in result.column_revisions:
-        click.echo(f"Wrote the revision of {what}: {path}")
-        click.echo("Next: run `flask db upgrade` to add its columns.")
-    if result.owner_revision is not None:
-        click.echo(f"Wrote the revision of the owner limits' indexes: {result.owner_revision}")
-        click.echo("Next: run `flask db upgrade` to add them.")
+    for step, path in result.steps:
+        click.echo(f"Wrote {step.wrote}: {path}")
+        click.echo(f"Next: run `flask db upgrade` to {step.upgrade}.")
     if result.config_written:
         click.echo(f"Wrote the settings snippet: {result.config}")
     else:

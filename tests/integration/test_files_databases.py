@@ -114,6 +114,34 @@ def test_postgresql_reads_chunks_in_binary(db_app: Flask, monkeypatch: pytest.Mo
     assert formats == ["BINARY"] * 4
 
 
+def test_chunks_are_compressed_with_lz4_on_postgresql_only(db_app: Flask) -> None:
+    """PostgreSQL keeps the chunks with lz4 (the column's and each value's); MariaDB as it was.
+
+    A result that compresses well reads back identical either way.
+    """
+    client = db_app.test_client()
+    job = Job.create_and_enqueue(workers.ReturnChunks, 3, 1024 * 1024)
+    expected = b"".join(bytes([i]) * 1024 * 1024 for i in range(3))
+    assert _download(client, job.token).data == expected
+    session = current_db().session
+    if db_app.config["SQLALCHEMY_DATABASE_URI"] == DATABASE_URL:
+        column = session.execute(
+            sa.text(
+                "SELECT attcompression FROM pg_attribute WHERE attname = 'data'"
+                " AND attrelid = 'async_request_results'::regclass"
+            )
+        ).scalar_one()
+        values = session.execute(
+            sa.text("SELECT DISTINCT pg_column_compression(data) FROM async_request_results")
+        ).scalars()
+        assert (column, list(values)) == ("l", ["lz4"])
+    else:
+        created = session.execute(sa.text("SHOW CREATE TABLE async_request_results")).one()[1]
+        assert "COMPRESS" not in created.upper()
+        assert "`data` longblob NOT NULL" in created
+    session.commit()
+
+
 def test_every_kind_round_trips(db_app: Flask, tmp_path: Path) -> None:
     """Bytes, a path, a file object, chunks and a response: each byte-identical."""
     client = db_app.test_client()
