@@ -203,9 +203,9 @@ def events(
 ) -> Iterator[JobEvent]:
     """The job's events as they happen, until its end: a stream of server-sent events.
 
-    Yields :class:`~flask_async_request.client_events.StatusEvent`,
-    :class:`~flask_async_request.client_events.ProgressEvent` and, last,
-    :class:`~flask_async_request.client_events.EndEvent`, whose ``result`` is
+    Yields :class:`~flask_async_request.client_event_steps.StatusEvent`,
+    :class:`~flask_async_request.client_event_steps.ProgressEvent` and, last,
+    :class:`~flask_async_request.client_event_steps.EndEvent`, whose ``result`` is
     what :func:`wait_for` would return::
 
         for event in events(requests.post(".../reports", json={"month": 3})):
