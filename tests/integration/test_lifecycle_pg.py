@@ -229,9 +229,12 @@ def test_poll_after_transactional_job(pg_app: Flask) -> None:
 
 
 def _wal_syncs(store: Any) -> int:
-    """WAL flushes so far, with this connection's own counts reported first."""
-    with store.engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+    """WAL flushes so far, with the counts of this thread's statements' connection reported first.
+
+    The store's statements run on the connection the thread keeps; its backend
+    reports its counts when it goes idle after a forced flush.
+    """
+    store._raw("SELECT pg_stat_force_next_flush()", ())
     with store.engine.connect() as conn:
         return int(conn.execute(sa.text("SELECT wal_sync FROM pg_stat_wal")).scalar_one())
 
@@ -406,7 +409,7 @@ def test_a_lost_connection_takes_the_stale_idle_ones_with_it(
 
 
 def test_a_statement_that_fails_keeps_its_connection(pg_app: Flask, internals: Internals) -> None:
-    """A constraint error is the statement's, not the connection's: it stays in the pool."""
+    """A constraint error is the statement's, not the connection's: the next statement's is it."""
     from flask_async_request import lifecycle
 
     store = internals.job_store(pg_app)
@@ -414,12 +417,9 @@ def test_a_statement_that_fails_keeps_its_connection(pg_app: Flask, internals: I
     store.engine.pool.dispose()
 
     def backend() -> int:
-        connection = store.engine.raw_connection()
-        try:
-            assert connection.driver_connection is not None
-            return int(connection.driver_connection.info.backend_pid)
-        finally:
-            connection.close()
+        """The backend of the connection the store's statements run on, in this thread."""
+        (pid,) = store._raw("SELECT pg_backend_pid()", ())
+        return int(pid)
 
     before = backend()
     job = lifecycle.new_job("tests.workers:Echo", {"args": [], "kwargs": {}})
