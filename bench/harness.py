@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime as dt
+import json
 import os
+import platform
 import re
 import signal
 import socket
@@ -279,3 +282,12 @@ def server_versions() -> dict[str, str]:
     engine.dispose()
     info = redis.Redis.from_url(settings.REDIS_URL).info("server")
     return {"postgresql": str(postgresql).split()[0], "redis": str(info["redis_version"])}
+
+
+def write_runs(path: Path | None, runs: list[dict[str, Any]]) -> None:
+    """Write every run's figures to ``path`` (``--json``), dated, with Python's version."""
+    if path is None:
+        return
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    document = {"when": when, "python": platform.python_version(), "runs": runs}
+    path.write_text(json.dumps(document, indent=2) + "\n")

@@ -19,11 +19,8 @@ database, and how soon they were answered.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
-import json
 import os
-import platform
 import selectors
 import socket
 import statistics
@@ -39,6 +36,7 @@ from typing import Any
 
 import psycopg
 
+from bench.harness import write_runs
 from bench.inprocess import DATABASE_NAME, _reset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,18 +324,7 @@ def main() -> None:
             print(f"run {number} of {args.runs}")
             runs.append(measure(args, server))
             _report(runs[-1])
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "python": platform.python_version(),
-                    "runs": runs,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_runs(args.json, runs)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ events from memory, with no job, token or database.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
 import json
 import os
-import platform
 import selectors
 import socket
 import statistics
@@ -38,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.harness import write_runs
 from bench.inprocess import _reset
 from bench.longpoll import PATH, _free_port, _get, _percentile, _plain_polls
 
@@ -353,18 +352,7 @@ def main() -> None:
         print(f"run {number} of {args.runs}")
         runs.append(measure(args))
         _report(runs[-1])
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "python": platform.python_version(),
-                    "runs": runs,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_runs(args.json, runs)
 
 
 if __name__ == "__main__":

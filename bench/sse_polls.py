@@ -18,9 +18,7 @@ over the streams'.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import selectors
 import socket
 import statistics
@@ -33,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness import write_runs
 from bench.inprocess import DATABASE_NAME
 from bench.longpoll import PATH, _get
 from bench.sse import _open, _server, claimed_jobs
@@ -308,10 +307,7 @@ def main() -> None:
         print(f"run {number} of {args.runs}")
         runs.append(measure(args))
         _report(runs[-1])
-    if args.json is not None:
-        when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        document = {"when": when, "python": platform.python_version(), "runs": runs}
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    write_runs(args.json, runs)
 
 
 if __name__ == "__main__":
