@@ -100,14 +100,13 @@ class KeptConnections:
             return self._checkout(), False
         kept: _Kept | None = getattr(self._local, "kept", None)
         if kept is not None:
-            fresh = self.max_age is None or time.monotonic() - kept.since < self.max_age
-            if kept.generation == self._generation and fresh:
-                return kept.connection, True
-            if fresh:
-                self.drop()
-            else:
+            if kept.generation != self._generation:
+                self.drop()  # lost with the others: closed, whatever its age
+            elif self.max_age is not None and time.monotonic() - kept.since >= self.max_age:
                 # Old, not lost: back to the pool, which recycles it at its checkout.
                 self._local.__dict__.pop("kept").give_back()
+            else:
+                return kept.connection, True
         connection = self._checkout()
         with self._lock:
             if self._kept >= self.limit:

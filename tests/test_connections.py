@@ -125,3 +125,21 @@ def test_a_connection_kept_past_its_age_goes_back_to_the_pool(
     assert first.dbapi_connection is None  # given back, not left open
     assert kept.kept == 1
     assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+
+
+def test_a_connection_dropped_with_the_others_is_closed_even_past_its_age(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After drop_all, an old kept connection is invalidated, not handed back to the pool."""
+    now = [1000.0]
+    monkeypatch.setattr("flask_async_request.connections.time.monotonic", lambda: now[0])
+    kept = KeptConnections(engine.raw_connection, 4, max_age=60)
+    first, _ = kept.take()
+    record = first._connection_record
+    opened = record.dbapi_connection
+    with kept._lock:
+        kept._generation += 1  # another thread's lost connection: every kept one is stale
+    now[0] += 120
+    second, keeps = kept.take()
+    assert keeps and second is not first
+    assert record.dbapi_connection is not opened  # invalidated, so never checked out again
