@@ -59,6 +59,36 @@ def check_json(value: Any, where: str = "arguments") -> None:
     :raises UnstorableValue: for a str with a lone surrogate, which is not valid
         Unicode (a NUL character is stored, escaped, as JSON does).
     """
+    if _round_trips(value):
+        return
+    _explain(value, where)
+
+
+def _round_trips(value: Any) -> bool:
+    """Whether :func:`check_json` accepts ``value``, found with no message built.
+
+    Each value's place (``args[0]['key']``) is named only for the one refused:
+    naming every one on the way cost the decorator's stored request more than
+    its JSON round trip.
+    """
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, str):
+        return not lone_surrogate(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str) and not lone_surrogate(key) and _round_trips(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, (list, tuple)):
+        return all(_round_trips(item) for item in value)
+    return False
+
+
+def _explain(value: Any, where: str) -> None:
+    """Raise :func:`check_json`'s error for the first value refused in ``value``, if any."""
     if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, str):
@@ -78,11 +108,11 @@ def check_json(value: Any, where: str = "arguments") -> None:
                     " JSON object keys must be str."
                 )
             _check_unicode(key, f"{where} key {short_repr(key)}")
-            check_json(item, f"{where}[{key!r}]")
+            _explain(item, f"{where}[{key!r}]")
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            check_json(item, f"{where}[{index}]")
+            _explain(item, f"{where}[{index}]")
         return
     raise TypeError(
         f"{where} is {value!r} of type {type(value).__name__}, which is not JSON-serialisable."
