@@ -9,7 +9,7 @@ from flask import Flask, url_for
 from flask_sqlalchemy import SQLAlchemy
 
 from bench.settings import DATABASE_URL, FAR_QUEUE, REDIS_URL, SECRET_KEY
-from flask_async_request import AsyncRequest, Job, Worker
+from flask_async_request import AsyncRequest, Job, Worker, asynchronous
 
 db = SQLAlchemy()
 
@@ -42,6 +42,13 @@ def create_app() -> Flask:
     def submit() -> tuple[dict[str, Any], int]:
         job = Job.create_and_enqueue(Noop)
         return {"token": job.token, "url": url_for("async_request.job", _external=True)}, 202
+
+    # The same submission through the decorator, whose view runs in the worker: the
+    # request is stored with the job, and the 202 is the library's own.
+    @app.post("/submit-view")
+    @asynchronous
+    def submit_view() -> dict[str, bool]:
+        return {"ok": True}
 
     return app
 

@@ -22,8 +22,19 @@ CPU to the peer's and to bare Flask's. ``--json`` adds the run, under
 ``--label``, to a file that ``bench/report.py`` reads for the page.
 ``--profile`` prints cProfile's view of one operation instead (CPU time).
 
+Process CPU on a machine shared with other work varies by more than the
+differences measured (a submission's follows its ``INSERT``'s wait for the WAL
+flush); ``--instructions`` counts instead the instructions a submission of this
+library (with its view's ``Job.create_and_enqueue``, and through ``@asynchronous``)
+and one of the peer's execute, as ``bench/result_polls.py`` does: each
+system's submissions are made ``--ops`` times in a process of its own under
+``valgrind --tool=callgrind``, beside one that makes none, after the same set-up
+and warm-up, with the set-up's objects frozen out of the garbage collector's
+scans (``gc.freeze``); the difference, divided by ``--ops``, is a submission's.
+
     .venv/bin/python -m bench.inprocess --rounds 5 --ops 300
     .venv/bin/python -m bench.inprocess --profile submission --ops 1000
+    .venv/bin/python -m bench.inprocess --instructions --ops 200
 """
 
 from __future__ import annotations
@@ -33,11 +44,16 @@ import contextlib
 import cProfile
 import datetime
 import functools
+import gc
 import json
+import os
 import platform
 import pstats
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -272,6 +288,66 @@ def _print_table(figures: dict[str, dict[str, dict[str, list[float]]]], rounds: 
         )  # fmt: skip
 
 
+#: This library's submission through ``@asynchronous`` (``POST /submit-view``).
+DECORATED = "flask-async-request, @asynchronous"
+#: The systems whose submissions ``--instructions`` counts.
+COUNTED = ("peer", "flask-async-request", DECORATED)
+
+
+def _submissions(system: str, ops: int) -> None:
+    """Make ``ops`` submissions of ``system`` (none for ``"none"``), after the same warm-up."""
+    from bench import far
+
+    _reset()
+    cases = _cases(("submission",))
+    decorated = functools.partial(far.app.test_client().post, "/submit-view")
+    cases["submission", DECORATED] = _repeat(decorated, far.celery_app)
+    for counted in COUNTED:
+        cases["submission", counted](20)
+    # What the set-up left is no submission's: the collections that follow scan what
+    # the submissions allocate, not a heap whose full scans would fall on one or the other.
+    gc.collect()
+    gc.freeze()
+    if system != "none":
+        cases["submission", system](ops)
+
+
+def _instructions(system: str, ops: int) -> int:
+    """The instructions a process making ``ops`` submissions of ``system`` executes."""
+    with tempfile.TemporaryDirectory() as directory:
+        run = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={directory}/out",
+                sys.executable,
+                "-m",
+                "bench.inprocess",
+                "--submissions",
+                system,
+                "--ops",
+                str(ops),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    assert found, run.stderr[-2000:]
+    return int(found.group(1))
+
+
+def instructions(ops: int) -> None:
+    """Print the instructions per submission of this library and of the peer, and their ratio."""
+    baseline = _instructions("none", ops)
+    per_op = {system: (_instructions(system, ops) - baseline) / ops for system in COUNTED}
+    print(f"{'submission':<36} {'instructions':>12} {'vs peer':>8}")
+    for system, count in per_op.items():
+        print(f"{system:<36} {count:>12,.0f} {count / per_op['peer']:>8.3f}")
+    print("target: flask-async-request <= 1.0x the peer")
+
+
 def _save(path: Path, run: dict[str, Any]) -> None:
     """Add ``run`` to the runs kept in ``path``."""
     found = json.loads(path.read_text()) if path.exists() else {"runs": []}
@@ -299,9 +375,21 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="add the run's figures to this file")
     parser.add_argument("--label", default="flask-async-request", help="the run's name in --json")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count a submission's instructions under valgrind, this library's and the peer's",
+    )
+    parser.add_argument("--submissions", choices=[*COUNTED, "none"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not DATABASE_NAME.startswith("far_"):
         sys.exit("Error: BENCH_DATABASE_URL must name a far_* database, which is reset.")
+    if args.submissions:
+        _submissions(args.submissions, args.ops)
+        return
+    if args.instructions:
+        instructions(args.ops)
+        return
     _reset()
     if args.profile:
         operation = SHORT_NAMES[args.profile]

@@ -36,7 +36,7 @@ from .payloads import kept_headers
 from .state import current_flask_app, get_state
 from .store import lost_connection
 from .views import accepted, preferences, requested_wait
-from .web import create_job
+from .web import NewJob, submit_job
 from .worker import Reply, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,7 +83,7 @@ def asynchronous(
             ):
                 return error_answer(f"The request body is larger than {max_body_size} bytes.", 413)
             try:
-                job = create_job(
+                job = submit_job(
                     ViewWorker,
                     [capture_request(kept)],
                     {},
@@ -109,7 +109,7 @@ def asynchronous(
     return decorate(view) if view is not None else decorate
 
 
-def _answer(job: Job) -> Any:
+def _answer(job: Job | NewJob) -> Any:
     """202 for the new job; the view's own response if it finishes within ``Prefer: wait``."""
     wait = requested_wait()
     if wait and "respond-async" not in preferences():

@@ -34,7 +34,7 @@ from .replies import finished_body, pending_body
 from .state import get_state
 from .store import JobReply
 from .streams import END_ID, can_hold, event_stream, wants_stream
-from .web import cancel_job
+from .web import NewJob, cancel_job
 
 logger = logging.getLogger("flask_async_request")
 
@@ -307,7 +307,7 @@ def openapi() -> Any:
     return openapi_document()
 
 
-def job_url(job: Job) -> str:
+def job_url(job: Job | NewJob) -> str:
     """The url of ``job``'s status: its own (the token in the path), or the shared one.
 
     With ``ASYNC_REQUEST_TOKEN_IN_URL`` (the default) it names the job by
@@ -320,7 +320,7 @@ def job_url(job: Job) -> str:
     return state.urls.external("async_request.job")
 
 
-def accepted(job: Job, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
+def accepted(job: Job | NewJob, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
     """The 202 answer of a view that started ``job``: token, url, Location, Retry-After.
 
     Extra keyword arguments join the JSON body::

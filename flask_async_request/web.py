@@ -10,7 +10,7 @@ import math
 import urllib.parse
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -59,6 +59,36 @@ def check_json(value: Any, where: str = "arguments") -> None:
     :raises UnstorableValue: for a str with a lone surrogate, which is not valid
         Unicode (a NUL character is stored, escaped, as JSON does).
     """
+    if _round_trips(value):
+        return
+    _explain(value, where)
+
+
+def _round_trips(value: Any) -> bool:
+    """Whether :func:`check_json` accepts ``value``, found with no message built.
+
+    Each value's place (``args[0]['key']``) is named only for the one refused:
+    naming every one on the way cost the decorator's stored request more than
+    its JSON round trip.
+    """
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, str):
+        return not lone_surrogate(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str) and not lone_surrogate(key) and _round_trips(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, (list, tuple)):
+        return all(_round_trips(item) for item in value)
+    return False
+
+
+def _explain(value: Any, where: str) -> None:
+    """Raise :func:`check_json`'s error for the first value refused in ``value``, if any."""
     if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, str):
@@ -78,11 +108,11 @@ def check_json(value: Any, where: str = "arguments") -> None:
                     " JSON object keys must be str."
                 )
             _check_unicode(key, f"{where} key {short_repr(key)}")
-            check_json(item, f"{where}[{key!r}]")
+            _explain(item, f"{where}[{key!r}]")
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            check_json(item, f"{where}[{index}]")
+            _explain(item, f"{where}[{index}]")
         return
     raise TypeError(
         f"{where} is {value!r} of type {type(value).__name__}, which is not JSON-serialisable."
@@ -145,6 +175,29 @@ def _explicit_transaction(session: Session) -> bool:
     return transaction is not None and transaction.origin is SessionTransactionOrigin.BEGIN
 
 
+class NewJob(NamedTuple):
+    """A job just stored and published, as a 202 answers it: its id and its token."""
+
+    id: int
+    token: str
+
+
+def submit_job(
+    worker_class: type,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+) -> Job | NewJob:
+    """Validate, store and publish a job, for a view that answers 202 for it at once.
+
+    As :func:`create_job`; a job stored by one autocommitted ``INSERT`` in a
+    request that has not opened the session is answered as its id and token:
+    no ORM object is made for it and no session is opened (and closed) for it.
+    """
+    return _create(worker_class, args, kwargs, idempotency_key=idempotency_key, attach=False)
+
+
 def create_job(
     worker_class: type,
     args: Sequence[Any],
@@ -165,6 +218,29 @@ def create_job(
         out of reach. Not tried again: an INSERT whose connection was lost may
         have been stored, and a job stored twice would run twice.
     """
+    job = _create(
+        worker_class,
+        args,
+        kwargs,
+        commit=commit,
+        idempotency_key=idempotency_key,
+        callback_url=callback_url,
+    )
+    # Attached, a new job is always the ORM object.
+    return cast("Job", job)
+
+
+def _create(
+    worker_class: type,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    commit: bool = True,
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+    attach: bool = True,
+) -> Job | NewJob:
+    """:func:`create_job`; with ``attach=False``, as :func:`submit_job` answers."""
     state = get_state()
     path = worker_path(worker_class)
     checked_class = cast("type[Worker]", worker_class)
@@ -191,12 +267,17 @@ def create_job(
             raise UnstorableValue(
                 f"The current identity cannot be stored as the job's owner: {reason}."
             )
-    session: Session = state.db.session()
+    sessions = state.db.session
+    # A request that has not opened the session holds nothing of the caller's in
+    # it: none is opened only to find that out, nor to hold a job no one reads.
+    light = not attach and idempotency_key is None and not sessions.registry.has()
+    session: Session | None = None if light else sessions()
     # Whether the session holds work of the caller's, before this reads anything.
-    callers = _caller_transaction(session)
+    callers = session is not None and _caller_transaction(session)
     scope = None
     unreachable = Unreachable(f"Job {path} could not be stored")
     if idempotency_key is not None:
+        assert session is not None
         scope = idempotency_scope(idempotency_key, owner)
         with unreachable:
             existing = _job_with_scope(session, scope)
@@ -217,7 +298,7 @@ def create_job(
     )
     store = state.store()
     # Published on the caller's commit rather than ours.
-    deferred = not commit or _explicit_transaction(session)
+    deferred = not commit or (session is not None and _explicit_transaction(session))
     # The owner's admission limits, if any apply: the row is stored only under them.
     caps = limits.admission_params(state.settings, owner, row.created_at)
     with unreachable:
@@ -236,10 +317,17 @@ def create_job(
                     job_id = limits.insert_admitted(store, row, caps)
         except _REFUSED_VALUES as e:
             raise _refused(e) from None
-        job = _stored_job(session, job_id)
-        job.keep_token(state.sign_token(job_id, row.uid, row.owner))
-        _publish_new(lifecycle.message_of_row(job_id, row), job, held_for=owner if held else None)
-        return job
+        token = state.sign_token(job_id, row.uid, row.owner)
+        new: Job | NewJob
+        if session is None:
+            new = NewJob(job_id, token)
+        else:
+            new = _stored_job(session, job_id)
+            new.keep_token(token)
+        _publish_new(lifecycle.message_of_row(job_id, row), new, held_for=owner if held else None)
+        return new
+    if session is None:
+        session = sessions()
     try:
         with unreachable:
             if caps is None:
@@ -318,7 +406,9 @@ def _refused(error: Exception) -> UnstorableValue:
     )
 
 
-def _publish_new(message: Message, job: Job | None = None, *, held_for: str | None = None) -> None:
+def _publish_new(
+    message: Message, job: Job | NewJob | None = None, *, held_for: str | None = None
+) -> None:
     """Publish a newly stored job and announce it (``job_enqueued``).
 
     A job held back by the running cap of its owner, ``held_for``, is stored

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask, abort, g, jsonify, request
 
-from flask_async_request import Job, asynchronous
+from flask_async_request import Job, JobStatus, asynchronous
 from flask_async_request.asyncview import ViewWorker
-from tests.conftest import AppFactory, current_db, json_of, poll
+from flask_async_request.broker import PROCESS_TASK
+from tests.conftest import (
+    INTERNALS,
+    PG_DATABASE_URL,
+    AppFactory,
+    current_db,
+    json_of,
+    poll,
+    reload_job,
+)
 
 
 @pytest.fixture
@@ -70,6 +80,71 @@ def test_json_request_is_replayed(views_app: Flask) -> None:
         "payload": {"pages": 3},
         "user": "fr",
     }
+
+
+@pytest.fixture
+def pg_views_app(make_app: AppFactory) -> Iterator[Flask]:
+    """An app on PostgreSQL, with an asynchronous view ``POST /exports`` and no app context."""
+    app = make_app(create_tables=False, SQLALCHEMY_DATABASE_URI=PG_DATABASE_URL)
+    db = app.extensions["sqlalchemy"]
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+
+    @app.post("/exports")
+    @asynchronous
+    def export() -> str:
+        return "exported"
+
+    yield app
+    INTERNALS.job_store(app).dispose()
+
+
+def test_a_submission_opens_no_session(
+    pg_views_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job stored by one autocommitted INSERT is answered 202 with no session opened for it."""
+    app = pg_views_app
+    db = app.extensions["sqlalchemy"]
+    sent: list[Any] = []
+    task = app.extensions["celery"].tasks[PROCESS_TASK]
+    monkeypatch.setattr(task, "apply_async", lambda args, **options: sent.append(args[0]))
+    opened: list[Any] = []
+    make_session = db.session.registry.createfunc
+
+    def counted() -> Any:
+        opened.append(1)
+        return make_session()
+
+    monkeypatch.setattr(db.session.registry, "createfunc", counted)
+    response = app.test_client().post("/exports")
+    assert response.status_code == 202 and not opened
+    monkeypatch.undo()
+    with app.app_context():
+        assert reload_job(sent[0]).status is JobStatus.WAITING
+        answer = poll(app.test_client(), json_of(response)["token"])
+        assert answer.status_code == 202
+        db.session.remove()
+
+
+def test_a_submission_whose_publish_fails_is_202(
+    pg_views_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job stored with no session whose message the broker refused is answered 202 anyway."""
+
+    def refuse(args: Any, **options: Any) -> None:
+        raise ConnectionError("broker down")
+
+    task = pg_views_app.extensions["celery"].tasks[PROCESS_TASK]
+    monkeypatch.setattr(task, "apply_async", refuse)
+    monkeypatch.setitem(pg_views_app.extensions["celery"].conf, "task_always_eager", False)
+    response = pg_views_app.test_client().post("/exports")
+    assert response.status_code == 202
+    token = json_of(response)["token"]
+    assert response.headers["Location"].endswith(token)
+    monkeypatch.undo()
+    answer = poll(pg_views_app.test_client(), token)
+    assert answer.status_code == 202
 
 
 def test_form_request_is_replayed(views_app: Flask) -> None:
