@@ -182,6 +182,7 @@ def stream(
     retry_ms: int,
     reread_waiting: float | None = WAITING_REREAD,
     clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], None] | None = None,
 ) -> Iterator[str]:
     """The text of job ``job_id``'s event stream, event by event, until its end or the time is up.
 
@@ -196,6 +197,9 @@ def stream(
     :param first_id: the id of the first event (see :func:`next_event_id`).
     :param reread_waiting: read a waiting job again this often, where the claim
         wakes no one (PostgreSQL); ``None``: only when woken.
+    :param pause: called with 0 once the end is sent, before the stream ends;
+        ``None``: ``time.sleep`` as it is then (gevent's once it patched it),
+        which lets the other threads or greenlets run.
     """
     deadline = clock() + max_duration
     event_id = first_id
@@ -233,6 +237,11 @@ def stream(
                     yield _event("progress", shown.progress_data, str(event_id))
                 end = taken.shared(final_key, partial(_final_data, final, reply))
                 yield _event("end", end, END_ID)
+                # An end wakes every stream of its job at once, and closing a stream
+                # (its request's teardown, its socket) costs as much again as sending
+                # its end: each lets the others send theirs before it closes, so the
+                # last end is not sent behind every close before it.
+                (pause or time.sleep)(0)
                 return
             if shown.status != shown_status:
                 yield _event("status", shown.status_data, str(event_id))

@@ -14,8 +14,11 @@ import sqlalchemy as sa
 from flask import Flask, request
 
 from flask_async_request import AsyncRequest, Job, JobStatus
+from flask_async_request.shared_reads import Read
+from flask_async_request.statements import JobReply
 from flask_async_request.store import JobStore
-from flask_async_request.streams import can_hold, next_event_id
+from flask_async_request.streams import can_hold, next_event_id, stream
+from flask_async_request.waiting import Waiters
 from tests import workers
 from tests.conftest import INTERNALS, SECRET, AppFactory, add_job, current_db, json_of
 
@@ -388,3 +391,27 @@ def test_a_stream_whose_read_finds_no_connection_free_ends_with_a_retry(
 
 def _exhausted() -> None:
     raise sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+
+def test_an_ending_stream_lets_the_others_send_their_ends_before_it_closes() -> None:
+    """Once its end is sent, a stream pauses (``time.sleep(0)``) before it ends."""
+    reply = JobReply("u" * 32, None, JobStatus.PROCESSED, 200, "done", None, None)
+    done: Read[JobReply | None] = Read(0.0)
+    done.reply = reply
+    done.done.set()
+    happened: list[str] = []
+    texts = stream(
+        waiters=Waiters(check=lambda job_ids: []),
+        job_id=1,
+        uid=reply.uid,
+        read=lambda since: done,
+        final=lambda finished: {"status": finished.status.value},
+        first_id=1,
+        heartbeat=60.0,
+        max_duration=60.0,
+        retry_ms=1000,
+        pause=lambda seconds: happened.append(f"pause {seconds}"),
+    )
+    for text in texts:
+        happened.append(text.split("\n", 1)[0])
+    assert happened == ["retry: 1000", "id: end", "pause 0"]
