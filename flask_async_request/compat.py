@@ -116,12 +116,15 @@ class Precompiled:
             for index, column in enumerate(columns)
             if (process := column.type.result_processor(dialect, None)) is not None
         ]
-        #: The SQL's parameters each key of the caller's fills (SQLAlchemy looks a
-        #: parameter up by its key, then by its name in the SQL), with the type's processor.
-        self._by_key: dict[str, list[tuple[str, Any]]] = {}
-        self._by_name: dict[str, list[tuple[str, Any]]] = {}
+        #: The SQL's parameters each key of the caller's fills, with the type's
+        #: processor: SQLAlchemy looks a parameter up by its key, then by its name
+        #: in the SQL, so one found by its name is skipped when its key is given too.
+        self._targets: dict[str, list[tuple[str, Any, str | None]]] = {}
+        raw_targets: dict[str, list[tuple[str, Any, str | None]]] = {}
         #: The keys the caller must give.
-        self._required: set[str] = set()
+        self._required: frozenset[str] = frozenset(
+            bind.key for bind in compiled.bind_names if bind.required
+        )
         #: The parameters made by a function when not given: their keys, SQL name, function.
         self._made: list[tuple[tuple[str, ...], str, Any]] = []
         #: The statement's constants, as the driver is sent them and as they are.
@@ -130,18 +133,23 @@ class Precompiled:
         for bind, name in compiled.bind_names.items():
             sql_name = escaped.get(name, name)
             process = self._binds.get(sql_name)
-            self._by_key.setdefault(bind.key, []).append((sql_name, process))
+            lookups: list[tuple[str, str | None]] = [(bind.key, None)]
             if name != bind.key:
-                self._by_name.setdefault(name, []).append((sql_name, process))
-            if bind.required:
-                self._required.add(bind.key)
-            elif bind.callable is not None:
+                lookups.append((name, bind.key))
+            for key, unless in lookups:
+                self._targets.setdefault(key, []).append((sql_name, process, unless))
+                raw_targets.setdefault(key, []).append((sql_name, None, unless))
+            if bind.callable is not None and not bind.required:
                 keys = (bind.key,) if name == bind.key else (bind.key, name)
                 self._made.append((keys, sql_name, bind.callable))
-            else:
+            elif not bind.required:
                 raw_constants[sql_name] = bind.value
                 value = bind.value
                 self._constants[sql_name] = value if process is None else process(value)
+        #: The Python defaults of the columns SQLAlchemy fills in, with their processors.
+        self._made_defaults = [
+            (name, default, self._binds.get(name)) for name, default in self._defaults.items()
+        ]
         #: The names of the SQL's parameters in their order, for a positional driver.
         self._order: tuple[str, ...] | None = None
         if compiled.positional:
@@ -149,11 +157,11 @@ class Precompiled:
         # Called once here, so that a changed signature is found now, not at
         # each execution; and the plan checked against it.
         self._planned = True
-        given_all = {key: object() for key in (*self._by_key, *self._by_name)}
+        given_all = {key: object() for key in self._targets}
         given_required = {key: object() for key in self._required}
         for given in (given_all, given_required):
             expected = self._compiled.construct_params(given)
-            if self._bind(given, raw_constants, processed=False) != expected:
+            if self._bind(given, raw_constants, raw_targets) != expected:
                 _changed(
                     "SQLAlchemy's SQLCompiler.construct_params (a plan of the parameters"
                     " differs from its own)",
@@ -163,29 +171,31 @@ class Precompiled:
                 self._planned = False
                 break
 
-    def _bind(self, values: dict[str, Any], constants: dict[str, Any], *, processed: bool) -> Any:
-        """The parameters of ``values`` by the plan, each processed by its type if ``processed``."""
-        missing = self._required.difference(values)
-        if missing:
+    def _bind(
+        self,
+        values: dict[str, Any],
+        constants: dict[str, Any],
+        targets: dict[str, list[tuple[str, Any, str | None]]],
+    ) -> dict[str, Any]:
+        """The parameters of ``values``: ``constants``, and each value where the plan puts it."""
+        if not values.keys() >= self._required:
+            missing = min(self._required.difference(values))
             # As SQLAlchemy says it, with its code.
             raise sa_exc.InvalidRequestError(
-                f"A value is required for bind parameter {min(missing)!r}", code="cd3x"
+                f"A value is required for bind parameter {missing!r}", code="cd3x"
             )
         params = constants.copy()
         for keys, sql_name, make in self._made:
             if not any(key in values for key in keys):
                 value = make()
-                process = self._binds.get(sql_name) if processed else None
+                process = targets[keys[0]][0][1]
                 params[sql_name] = value if process is None else process(value)
-        # By name first, so that a parameter's own key wins, as in SQLAlchemy.
-        for targets in (self._by_name, self._by_key) if self._by_name else (self._by_key,):
-            for key, value in values.items():
-                found = targets.get(key)
-                if found is not None:
-                    for sql_name, process in found:
-                        params[sql_name] = (
-                            value if process is None or not processed else process(value)
-                        )
+        for key, value in values.items():
+            found = targets.get(key)
+            if found is not None:
+                for sql_name, process, unless in found:
+                    if unless is None or unless not in values:
+                        params[sql_name] = value if process is None else process(value)
         return params
 
     def params(self, values: dict[str, Any]) -> Any:
@@ -194,10 +204,9 @@ class Precompiled:
         A dict by the SQL's names, or, for a positional driver, a tuple in their order.
         """
         if self._planned:
-            params = self._bind(values, self._constants, processed=True)
-            for name, default in self._defaults.items():
+            params = self._bind(values, self._constants, self._targets)
+            for name, default, process in self._made_defaults:
                 value = default()
-                process = self._binds.get(name)
                 params[name] = value if process is None else process(value)
         else:
             params = self._compiled.construct_params(values)
