@@ -21,9 +21,14 @@ and the medians of the rounds are printed, with the ratios of this library's
 CPU to the peer's and to bare Flask's. ``--json`` adds the run, under
 ``--label``, to a file that ``bench/report.py`` reads for the page.
 ``--profile`` prints cProfile's view of one operation instead (CPU time).
+``--instructions`` counts instead the instructions a worker's job executes in
+this process, this library's and the peer's, under ``valgrind --tool=callgrind``
+(as ``bench/result_polls.py`` does for polls): the same from one run to the next
+whatever else runs, and blind to the time spent waiting for the database.
 
     .venv/bin/python -m bench.inprocess --rounds 5 --ops 300
     .venv/bin/python -m bench.inprocess --profile submission --ops 1000
+    .venv/bin/python -m bench.inprocess --instructions --ops 300
 """
 
 from __future__ import annotations
@@ -33,11 +38,16 @@ import contextlib
 import cProfile
 import datetime
 import functools
+import gc
 import json
+import os
 import platform
 import pstats
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -249,6 +259,82 @@ def _nothing() -> None:
     """A task that does nothing and stores nothing: Celery's own cost per task."""
 
 
+#: The systems ``--instructions`` counts a worker's job of.
+COUNTED = ("peer", "flask-async-request")
+
+
+def _counted_jobs(system: str, ops: int, run: bool) -> None:
+    """Set up ``ops`` worker's jobs of ``system``, 5 more run to warm up; run them if ``run``."""
+    from bench import far, peer
+    from flask_async_request import Job
+    from flask_async_request.broker import PROCESS_TASK
+
+    _reset()
+    if system == "peer":
+        run_peer = _tracer(peer.celery_app, peer.noop.name)
+        peer.celery_app.set_current()
+        calls = [functools.partial(run_peer, None) for _ in range(ops + 5)]
+    else:
+        with far.app.app_context():
+            far.db.create_all()
+        run_far = _tracer(far.celery_app, PROCESS_TASK)
+        far.celery_app.set_current()
+        with far.app.app_context():
+            ids = [Job.create_and_enqueue(far.Noop).id for _ in range(ops + 5)]
+        redis.Redis.from_url(REDIS_URL).delete(FAR_QUEUE)
+        calls = [functools.partial(run_far, job_id) for job_id in ids]
+    for call in calls[:5]:
+        call()
+    # What the set-up left is no job's: see bench/result_polls.py.
+    gc.collect()
+    gc.freeze()
+    for call in calls[5:] if run else ():
+        call()
+
+
+def _instructions(system: str, ops: int, run: bool) -> int:
+    """The instructions of a process that sets up ``ops`` jobs of ``system``, run if ``run``."""
+    with tempfile.TemporaryDirectory() as directory:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={directory}/out",
+            sys.executable,
+            "-m",
+            "bench.inprocess",
+            "--count-jobs",
+            system,
+            "--ops",
+            str(ops),
+        ]
+        if run:
+            command.append("--run-counted")
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    assert found, done.stderr[-2000:]
+    return int(found.group(1))
+
+
+def instructions(ops: int) -> None:
+    """Print the instructions per worker's job of this library and of the peer, and their ratio."""
+    per_job = {
+        system: (_instructions(system, ops, True) - _instructions(system, ops, False)) / ops
+        for system in COUNTED
+    }
+    print(f"{OPERATIONS[-1]:<22} {'instructions':>12}")
+    for system, count in per_job.items():
+        print(f"{system:<22} {count:>12,.0f}")
+    print(
+        f"ratio, flask-async-request / peer: {per_job['flask-async-request'] / per_job['peer']:.3f}"
+    )
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -299,9 +385,22 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="add the run's figures to this file")
     parser.add_argument("--label", default="flask-async-request", help="the run's name in --json")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count a worker's job's instructions under valgrind instead of timing it",
+    )
+    parser.add_argument("--count-jobs", choices=COUNTED, help=argparse.SUPPRESS)
+    parser.add_argument("--run-counted", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not DATABASE_NAME.startswith("far_"):
         sys.exit("Error: BENCH_DATABASE_URL must name a far_* database, which is reset.")
+    if args.count_jobs:
+        _counted_jobs(args.count_jobs, args.ops, args.run_counted)
+        return
+    if args.instructions:
+        instructions(args.ops)
+        return
     _reset()
     if args.profile:
         operation = SHORT_NAMES[args.profile]
