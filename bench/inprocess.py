@@ -21,20 +21,23 @@ and the medians of the rounds are printed, with the ratios of this library's
 CPU to the peer's and to bare Flask's. ``--json`` adds the run, under
 ``--label``, to a file that ``bench/report.py`` reads for the page.
 ``--profile`` prints cProfile's view of one operation instead (CPU time).
-
-Process CPU on a machine shared with other work varies by more than the
-differences measured (a submission's follows its ``INSERT``'s wait for the WAL
-flush); ``--instructions`` counts instead the instructions a submission of this
-library (with its view's ``Job.create_and_enqueue``, and through ``@asynchronous``)
-and one of the peer's execute, as ``bench/result_polls.py`` does: each
-system's submissions are made ``--ops`` times in a process of its own under
-``valgrind --tool=callgrind``, beside one that makes none, after the same set-up
-and warm-up, with the set-up's objects frozen out of the garbage collector's
-scans (``gc.freeze``); the difference, divided by ``--ops``, is a submission's.
+``--instructions`` counts instead the instructions a submission and a worker's
+job execute (``--only`` either), this library's and the peer's: process CPU on
+a machine shared with other work varies by more than the differences measured
+(a submission's follows its ``INSERT``'s wait for the WAL flush), instructions
+do not, and are blind to the time spent waiting for the database. As
+``bench/result_polls.py`` does for polls, each system's operations are made
+``--ops`` times in a process of its own under ``valgrind --tool=callgrind``,
+beside one that makes none, after the same set-up and warm-up, with the
+set-up's objects frozen out of the garbage collector's scans (``gc.freeze``);
+the difference, divided by ``--ops``, is an operation's. Submissions are this
+library's through its view's ``Job.create_and_enqueue`` and through
+``@asynchronous``, and the peer's.
 
     .venv/bin/python -m bench.inprocess --rounds 5 --ops 300
     .venv/bin/python -m bench.inprocess --profile submission --ops 1000
-    .venv/bin/python -m bench.inprocess --instructions --ops 200
+    .venv/bin/python -m bench.inprocess --instructions --ops 300
+    .venv/bin/python -m bench.inprocess --instructions --only submission --ops 200
 """
 
 from __future__ import annotations
@@ -265,6 +268,83 @@ def _nothing() -> None:
     """A task that does nothing and stores nothing: Celery's own cost per task."""
 
 
+#: The systems ``--instructions`` counts a worker's job of.
+#: The systems whose worker's jobs ``--instructions`` counts.
+COUNTED_JOBS = ("peer", "flask-async-request")
+
+
+def _counted_jobs(system: str, ops: int, run: bool) -> None:
+    """Set up ``ops`` worker's jobs of ``system``, 5 more run to warm up; run them if ``run``."""
+    from bench import far, peer
+    from flask_async_request import Job
+    from flask_async_request.broker import PROCESS_TASK
+
+    _reset()
+    if system == "peer":
+        run_peer = _tracer(peer.celery_app, peer.noop.name)
+        peer.celery_app.set_current()
+        calls = [functools.partial(run_peer, None) for _ in range(ops + 5)]
+    else:
+        with far.app.app_context():
+            far.db.create_all()
+        run_far = _tracer(far.celery_app, PROCESS_TASK)
+        far.celery_app.set_current()
+        with far.app.app_context():
+            ids = [Job.create_and_enqueue(far.Noop).id for _ in range(ops + 5)]
+        redis.Redis.from_url(REDIS_URL).delete(FAR_QUEUE)
+        calls = [functools.partial(run_far, job_id) for job_id in ids]
+    for call in calls[:5]:
+        call()
+    # What the set-up left is no job's: see bench/result_polls.py.
+    gc.collect()
+    gc.freeze()
+    for call in calls[5:] if run else ():
+        call()
+
+
+def _job_instructions(system: str, ops: int, run: bool) -> int:
+    """The instructions of a process that sets up ``ops`` jobs of ``system``, run if ``run``."""
+    with tempfile.TemporaryDirectory() as directory:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={directory}/out",
+            sys.executable,
+            "-m",
+            "bench.inprocess",
+            "--count-jobs",
+            system,
+            "--ops",
+            str(ops),
+        ]
+        if run:
+            command.append("--run-counted")
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    assert found, done.stderr[-2000:]
+    return int(found.group(1))
+
+
+def job_instructions(ops: int) -> None:
+    """Print the instructions per worker's job of this library and of the peer, and their ratio."""
+    per_job = {
+        system: (_job_instructions(system, ops, True) - _job_instructions(system, ops, False)) / ops
+        for system in COUNTED_JOBS
+    }
+    print(f"{OPERATIONS[-1]:<22} {'instructions':>12}")
+    for system, count in per_job.items():
+        print(f"{system:<22} {count:>12,.0f}")
+    print(
+        f"ratio, flask-async-request / peer: {per_job['flask-async-request'] / per_job['peer']:.3f}"
+    )
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -291,7 +371,7 @@ def _print_table(figures: dict[str, dict[str, dict[str, list[float]]]], rounds: 
 #: This library's submission through ``@asynchronous`` (``POST /submit-view``).
 DECORATED = "flask-async-request, @asynchronous"
 #: The systems whose submissions ``--instructions`` counts.
-COUNTED = ("peer", "flask-async-request", DECORATED)
+COUNTED_SUBMISSIONS = ("peer", "flask-async-request", DECORATED)
 
 
 def _submissions(system: str, ops: int) -> None:
@@ -302,7 +382,7 @@ def _submissions(system: str, ops: int) -> None:
     cases = _cases(("submission",))
     decorated = functools.partial(far.app.test_client().post, "/submit-view")
     cases["submission", DECORATED] = _repeat(decorated, far.celery_app)
-    for counted in COUNTED:
+    for counted in COUNTED_SUBMISSIONS:
         cases["submission", counted](20)
     # What the set-up left is no submission's: the collections that follow scan what
     # the submissions allocate, not a heap whose full scans would fall on one or the other.
@@ -312,7 +392,7 @@ def _submissions(system: str, ops: int) -> None:
         cases["submission", system](ops)
 
 
-def _instructions(system: str, ops: int) -> int:
+def _submission_instructions(system: str, ops: int) -> int:
     """The instructions a process making ``ops`` submissions of ``system`` executes."""
     with tempfile.TemporaryDirectory() as directory:
         run = subprocess.run(
@@ -338,10 +418,13 @@ def _instructions(system: str, ops: int) -> int:
     return int(found.group(1))
 
 
-def instructions(ops: int) -> None:
+def submission_instructions(ops: int) -> None:
     """Print the instructions per submission of this library and of the peer, and their ratio."""
-    baseline = _instructions("none", ops)
-    per_op = {system: (_instructions(system, ops) - baseline) / ops for system in COUNTED}
+    baseline = _submission_instructions("none", ops)
+    per_op = {
+        system: (_submission_instructions(system, ops) - baseline) / ops
+        for system in COUNTED_SUBMISSIONS
+    }
     print(f"{'submission':<36} {'instructions':>12} {'vs peer':>8}")
     for system, count in per_op.items():
         print(f"{system:<36} {count:>12,.0f} {count / per_op['peer']:>8.3f}")
@@ -378,17 +461,28 @@ def main() -> None:
     parser.add_argument(
         "--instructions",
         action="store_true",
-        help="count a submission's instructions under valgrind, this library's and the peer's",
+        help="count instructions per submission and per worker's job under valgrind instead",
     )
-    parser.add_argument("--submissions", choices=[*COUNTED, "none"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--submissions", choices=[*COUNTED_SUBMISSIONS, "none"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--count-jobs", choices=COUNTED_JOBS, help=argparse.SUPPRESS)
+    parser.add_argument("--run-counted", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not DATABASE_NAME.startswith("far_"):
         sys.exit("Error: BENCH_DATABASE_URL must name a far_* database, which is reset.")
     if args.submissions:
         _submissions(args.submissions, args.ops)
         return
+    if args.count_jobs:
+        _counted_jobs(args.count_jobs, args.ops, args.run_counted)
+        return
     if args.instructions:
-        instructions(args.ops)
+        counted = args.only or ["submission", "job"]
+        if "submission" in counted:
+            submission_instructions(args.ops)
+        if "job" in counted:
+            job_instructions(args.ops)
         return
     _reset()
     if args.profile:

@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import PoolProxiedConnection
@@ -37,6 +37,9 @@ class _Kept:
     ) -> None:
         self.connection = connection
         self.generation = generation
+        #: The thread's cursor on it, made at its first statement and used for the
+        #: next: a cursor made and closed for each costs a claim more than binding it.
+        self.cursor: Any = None
         #: When the pool handed it out (``time.monotonic``).
         self.since = time.monotonic()
         # Not a method of self: the finalizer must not keep self alive.
@@ -114,6 +117,17 @@ class KeptConnections:
             self._kept += 1
         self._local.kept = _Kept(connection, self._generation, self._given_back)
         return connection, True
+
+    def cursor(self) -> Any:
+        """A cursor of the connection this thread keeps, the same from one statement to the next.
+
+        Only after :meth:`take` said the thread keeps its connection. The
+        cursor holds the last statement's rows until the next one.
+        """
+        kept: _Kept = self._local.kept
+        if kept.cursor is None:
+            kept.cursor = kept.connection.cursor()
+        return kept.cursor
 
     def _given_back(self) -> None:
         with self._lock:

@@ -292,14 +292,21 @@ class JobStore:
             # The pool hands out unwrapped driver errors.
             raise sa.exc.DBAPIError.instance(None, None, e, self._dbapi_error) from e
         cursor = None
+        # A kept connection's text cursor serves the thread's next statements too.
+        reused = kept and not binary
         try:
-            # Raw statements run on psycopg only, whose cursors take binary=.
-            cursor = connection.cursor(binary=True) if binary else connection.cursor()
+            if reused:
+                assert self._kept is not None
+                cursor = self._kept.cursor()
+            else:
+                # Binary rows are read on psycopg only, whose cursors take binary=.
+                cursor = connection.cursor(binary=True) if binary else connection.cursor()
             try:
                 cursor.execute(sql, params)
                 return cursor.rowcount if rowcount else cursor.fetchone()
             finally:
-                cursor.close()
+                if not reused:
+                    cursor.close()
         except self._dbapi_error as e:
             # As SQLAlchemy does: a lost connection is dropped, and so is every idle
             # one of the pool and every one a thread keeps (after a database

@@ -40,6 +40,10 @@ except ImportError:  # pragma: no cover - exercised by the test run without the 
 
 #: Whether OpenTelemetry's API can be imported.
 AVAILABLE = _trace is not None
+#: The tracer providers whose spans record nothing: the API's own, before one is set.
+_NOT_RECORDING: tuple[type[Any], ...] = (
+    (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider) if _trace is not None else ()
+)
 #: The instrumentation scope of the library's spans.
 TRACER_NAME = "flask_async_request"
 #: Longest carrier stored; a larger one (a huge baggage) is not stored at all.
@@ -92,23 +96,32 @@ def job_span(
         if _trace is None:
             yield
             return
+        provider = _trace.get_tracer_provider()
+        recording = not isinstance(provider, _NOT_RECORDING)
         extracted = _extracted(stored)
         parent = _context.Context()
         links = []
         if extracted is not None:
-            span_context = _trace.get_current_span(extracted).get_span_context()
             if child:
                 parent = extracted
             else:
                 # A new trace, with the baggage the request gave it.
                 for key, value in _baggage.get_all(extracted).items():
                     parent = _baggage.set_baggage(key, value, parent)
-                if span_context.is_valid:
+                span_context = _trace.get_current_span(extracted).get_span_context()
+                if recording and span_context.is_valid:
                     links.append(_trace.Link(span_context))
-        tracer = _trace.get_tracer(TRACER_NAME)
-        attributes = {"async_request.job_id": job_id, **attributes}
         token = _context.attach(parent)
         try:
+            if not recording:
+                # No tracer provider yet (the API's proxy) or a no-op one: its span
+                # would record nothing and leave the context as it is (the parent's
+                # span current), and making it costs a job more than binding its
+                # claim's parameters. A provider set later is found at the next job.
+                yield
+                return
+            tracer = provider.get_tracer(TRACER_NAME)
+            attributes = {"async_request.job_id": job_id, **attributes}
             with tracer.start_as_current_span(
                 name, kind=_trace.SpanKind.CONSUMER, links=links, attributes=attributes
             ):

@@ -3,6 +3,7 @@ says so once in the log."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -21,12 +22,13 @@ import sqlalchemy as sa
 from celery import Celery
 from celery.utils.dispatch import Signal
 from flask import Flask
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session, scoped_session
 
 from flask_async_request import Job, JobStatus, compat, statements
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.publisher import sender_for
+from flask_async_request.statements import NewRow
 from flask_async_request.store import JobStore
 from flask_async_request.tasks import _adopt
 from tests import workers
@@ -121,6 +123,101 @@ def test_an_expanding_parameter_is_no_change_of_sqlalchemy(
     statement = sa.select(Job.id).where(Job.id.in_(sa.bindparam("ids", expanding=True)))
     assert compat.precompile(statement, _PG) is None
     assert _warnings(caplog) == []
+
+
+_NOW = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.timezone.utc)
+#: Every key a job's hot statements take, with a value of its column's type.
+_VALUES: dict[str, Any] = {
+    "job_id": 7,
+    "message_uid": "u" * 32,
+    "now": _NOW,
+    "lease_until": _NOW,
+    "attempt": 2,
+    "status": JobStatus.PROCESSED,
+    "status_code": 200,
+    "response": "body",
+    "content_type": "text/plain",
+    "progress": 0.5,
+    "message": "half",
+    "due_at": _NOW,
+    "seq": 0,
+    **NewRow(
+        "u" * 32, "tests.workers:Echo", {"args": [1]}, JobStatus.WAITING, None, None, None,
+        None, None, 0, _NOW, _NOW, _NOW,
+    )._asdict(),
+}  # fmt: skip
+_DIALECTS = {
+    "psycopg": _PG,
+    "sqlite": sqlite.dialect(),
+    "pymysql": mysql.pymysql.dialect(),
+}
+
+
+def _comparable(params: Any) -> Any:
+    """``params`` with psycopg's JSON wrappers, which do not compare, unwrapped."""
+    values = params.items() if isinstance(params, dict) else enumerate(params)
+    unwrapped = {key: getattr(value, "obj", value) for key, value in values}
+    return unwrapped if isinstance(params, dict) else tuple(unwrapped.values())
+
+
+def _precompiled_hot_statements(dialect: Any) -> list[compat.Precompiled]:
+    """The library's hot statements, precompiled for ``dialect`` (not those of other tests)."""
+    found = [compat.precompile(statement, dialect) for statement in statements._HOT.values()]
+    return [p for p in found if p is not None and p._required <= _VALUES.keys()]
+
+
+@pytest.mark.parametrize("driver", _DIALECTS)
+def test_precompiled_parameters_are_those_sqlalchemy_binds(
+    driver: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bound by the plan made once, a hot statement's parameters are those SQLAlchemy's
+    construct_params gives, processed by their types, in the driver's order."""
+    precompiled_statements = _precompiled_hot_statements(_DIALECTS[driver])
+    assert len(precompiled_statements) > 10
+    for precompiled in precompiled_statements:
+        # The columns' onupdate (the time now) the same for both.
+        precompiled._defaults = dict.fromkeys(precompiled._defaults, lambda: _NOW)
+        precompiled._made_defaults = [
+            (name, lambda: _NOW, process) for name, _, process in precompiled._made_defaults
+        ]
+        planned = _comparable(precompiled.params(_VALUES))
+        precompiled._planned = False
+        assert planned == _comparable(precompiled.params(_VALUES)), precompiled.sql
+    assert _warnings(caplog) == []
+
+
+def test_a_missing_parameter_is_refused_as_sqlalchemy_refuses_it() -> None:
+    """A parameter a precompiled statement needs and is not given raises SQLAlchemy's error."""
+    precompiled = compat.precompile(statements.CLAIM.no_wait, _PG)
+    assert precompiled is not None
+    with pytest.raises(sa.exc.InvalidRequestError, match="'lease_until'"):
+        precompiled.params({"job_id": 1, "now": _NOW})
+
+
+def test_a_plan_that_differs_from_sqlalchemy_s_leaves_binding_to_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where SQLAlchemy binds otherwise than the plan, its construct_params binds each
+    execution's parameters: one warning for all."""
+    changed = [statements.STATUS, statements.HELD_NOW]
+    for statement in changed:
+        compile_ = statement.compile
+
+        def compile_more(*, compile_: Any = compile_, **kw: Any) -> Any:
+            compiled = compile_(**kw)
+            construct = compiled.construct_params
+            monkeypatch.setattr(
+                compiled, "construct_params", lambda params: {**construct(params), "extra": 1}
+            )
+            return compiled
+
+        monkeypatch.setitem(statement.__dict__, "compile", compile_more)
+    for statement in changed:
+        precompiled = compat.precompile(statement, _PG)
+        assert precompiled is not None
+        assert precompiled.params(_VALUES)["extra"] == 1
+    (warning,) = _warnings(caplog)
+    assert "construct_params" in warning
 
 
 @pytest.mark.integration

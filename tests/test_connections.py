@@ -143,3 +143,16 @@ def test_a_connection_dropped_with_the_others_is_closed_even_past_its_age(
     second, keeps = kept.take()
     assert keeps and second is not first
     assert record.dbapi_connection is not opened  # invalidated, so never checked out again
+
+
+def test_a_thread_keeps_one_cursor_on_its_connection(engine: sa.Engine) -> None:
+    """A thread's kept connection has one cursor for all its statements; a dropped
+    connection's cursor goes with it."""
+    kept = KeptConnections(engine.raw_connection, 4)
+    kept.take()
+    cursor = kept.cursor()
+    cursor.execute("SELECT 1")
+    assert kept.take()[1] and kept.cursor() is cursor
+    kept.drop()
+    kept.take()
+    assert kept.cursor() is not cursor

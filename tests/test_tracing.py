@@ -252,3 +252,77 @@ def test_a_message_the_sweeper_sent_again_runs_in_a_linked_trace(
     assert parent is not None and parent.span_id == submitted.span_id
     assert runs[resent].parent is None
     assert [link.context.span_id for link in runs[resent].links] == [submitted.span_id]
+
+
+def test_no_span_is_started_until_a_provider_is_set(tmp_path: Path) -> None:
+    """With no tracer provider a job starts no span and keeps the request's baggage;
+    a provider set later traces the next job."""
+    # Not this module's Baggage: importing this module sets a provider.
+    (tmp_path / "baggage_worker.py").write_text(
+        "import json\n"
+        "from opentelemetry import baggage\n"
+        "from flask_async_request import Worker\n"
+        "class Baggage(Worker):\n"
+        "    def execute(self):\n"
+        "        return 200, json.dumps(dict(baggage.get_all()))\n"
+    )
+    script = f"""
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from opentelemetry import baggage, context, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from flask_async_request import AsyncRequest, Job
+from baggage_worker import Baggage
+
+started = []
+def counted(method):
+    def start(self, *args, **kwargs):
+        started.append(args)
+        return method(self, *args, **kwargs)
+    return start
+for tracer_class in (trace.ProxyTracer, trace.NoOpTracer):
+    tracer_class.start_as_current_span = counted(tracer_class.start_as_current_span)
+    tracer_class.start_span = counted(tracer_class.start_span)
+
+app = Flask(__name__)
+app.config.update(
+    SECRET_KEY="x" * 64, SQLALCHEMY_DATABASE_URI="sqlite:///{tmp_path}/app.db",
+    CELERY={{"task_always_eager": True}},
+)
+db = SQLAlchemy(app)
+AsyncRequest(app)
+
+def run():
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        job = Job.create_and_enqueue(Baggage)
+    finally:
+        context.detach(token)
+    db.session.refresh(job)
+    assert job.status.value == "processed", job
+    return job.response
+
+with app.app_context():
+    db.create_all()
+    assert run() == '{{"tenant": "acme"}}'
+    assert started == [], started
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    assert run() == '{{"tenant": "acme"}}'
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names == ["async_request.run"], names
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout.strip() == "ok", result.stderr

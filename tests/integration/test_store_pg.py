@@ -201,6 +201,33 @@ def test_a_thread_s_statements_share_one_connection(store: JobStore) -> None:
     assert len(checkouts) <= 1
 
 
+def test_a_thread_s_statements_share_one_cursor(store: JobStore) -> None:
+    """A thread's raw statements run on one cursor of its kept connection; a binary read on
+    a cursor of its own; a statement refused on it leaves it good for the next."""
+    made: list[Any] = []
+    store._raw("SELECT 1", ())
+    assert store._kept is not None
+    shared = store._kept.cursor()
+    original = shared.connection.cursor
+
+    def cursor(*args: Any, **kwargs: Any) -> Any:
+        made.append(kwargs)
+        return original(*args, **kwargs)
+
+    shared.connection.cursor = cursor
+    try:
+        job_id = add_job().id
+        assert store.fetch_reply(job_id) is not None
+        store.run(CLAIM, _claim_params(job_id))
+        with pytest.raises(sa.exc.DataError):
+            store._raw("SELECT 1 / 0", {})
+        assert store._raw("SELECT 2", ()) == (2,)
+        assert store._raw("SELECT 3", (), binary=True) == (3,)
+    finally:
+        shared.connection.cursor = original
+    assert made == [{"binary": True}]
+
+
 def test_a_lost_connection_drops_those_other_threads_keep(pg_app: Flask, store: JobStore) -> None:
     """After a restart's lost connection, another thread's next statement opens a fresh one."""
     pids: list[int] = []
