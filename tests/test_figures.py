@@ -85,3 +85,12 @@ def test_the_streams_section_tells_what_polling_would_cost() -> None:
     )
     assert paragraph in streams(HERE / "sse.json")
     assert section(HERE / "no such runs.json") == ""
+
+
+def test_the_results_page_is_what_its_templates_and_figures_render() -> None:
+    """``bench/README.rst`` is rewritten by ``bench/run.py`` from the templates and the
+    JSON figures: text written into the page alone would be lost at the next run."""
+    from bench.report import page
+
+    written = (RESULTS.parent / "README.rst").read_text()
+    assert page(_results(), figures.table(_results())) == written
