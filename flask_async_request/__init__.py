@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
     AsyncRequestError,
+    BrokerUnavailable,
     ConfigurationError,
     DatabaseUnavailable,
     EnqueueError,
@@ -74,6 +75,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AsyncRequest",
     "AsyncRequestError",
+    "BrokerUnavailable",
     "ConfigurationError",
     "DatabaseUnavailable",
     "DirectoryStore",

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, render_template
 
+from .exceptions import BrokerUnavailable
 from .maintenance import consumers
 from .reading import queue_depths
 from .state import get_state
@@ -22,7 +23,13 @@ INSPECT_TIMEOUT = 1.0
 def queues_view() -> Any:
     """Each queue's waiting jobs, the oldest's wait, and whether any worker consumes it."""
     default = get_state().celery.conf.task_default_queue
-    workers = consumers(INSPECT_TIMEOUT)
+    unreachable = None
+    try:
+        workers = consumers(INSPECT_TIMEOUT)
+    except BrokerUnavailable as e:
+        # The queues' depths are the database's: still shown, the workers unknown.
+        unreachable = str(e)
+        workers = {}
     consumed_by: dict[str, list[str]] = {}
     for name, names in (workers or {}).items():
         for queue in names:
@@ -33,6 +40,7 @@ def queues_view() -> Any:
         depths=depths,
         workers=workers,
         consumed_by=consumed_by,
+        unreachable=unreachable,
     )
 
 

@@ -56,6 +56,16 @@ class DatabaseUnavailable(AsyncRequestError):
     """
 
 
+class BrokerUnavailable(AsyncRequestError):
+    """The broker could not be reached to ask the worker processes (Celery's inspect).
+
+    The operator's reads raise it (:func:`~flask_async_request.maintenance.consumers`,
+    the ``stats`` command); the dashboard says so on its page. A connection the
+    broker closed meanwhile (a restart) is tried once again first. The error of
+    kombu or the driver is its ``__cause__``.
+    """
+
+
 class WorkerResolutionError(AsyncRequestError):
     """A stored worker path does not name an importable :class:`Worker` subclass."""
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import kombu.exceptions
 
 from . import lifecycle, rows
 from .broker import publish
-from .exceptions import EnqueueError
+from .exceptions import BrokerUnavailable, EnqueueError
 from .reading import JobStats, job_stats, list_jobs
 from .retention import (
     FINISHED_STATUSES,
@@ -72,20 +74,47 @@ def unconsumed_queues(waiting_by_queue: dict[str | None, int], timeout: float = 
     wanted = {queue or default for queue, count in waiting_by_queue.items() if count}
     if not wanted:
         return []
-    answers = state.celery.control.inspect(timeout=timeout).active_queues() or {}
+    answers = _active_queues(timeout)
     consumed = {queue["name"] for queues in answers.values() for queue in queues or ()}
     return sorted(wanted - consumed)
+
+
+def _active_queues(timeout: float) -> dict[str, Any]:
+    """The worker processes' answers to Celery's ``active_queues`` inspect, within ``timeout``.
+
+    :raises BrokerUnavailable: the broker could not be reached (after kombu's
+        own retries to connect). A pooled connection that the broker closed
+        meanwhile (a restart) fails once, and the next try connects afresh.
+    """
+    celery = get_state().celery
+    with celery.connection_for_write() as connection:  # Not connected: its errors' types.
+        errors = (kombu.exceptions.OperationalError, OSError, *connection.connection_errors)
+    for attempt in (1, 2):
+        try:
+            answers: dict[str, Any] = celery.control.inspect(timeout=timeout).active_queues()
+            return answers or {}
+        except errors as e:
+            # kombu's OperationalError: its own retries to connect ran out, the
+            # broker is down. Another is a pooled connection the broker cut.
+            if attempt == 2 or isinstance(e, kombu.exceptions.OperationalError):
+                raise BrokerUnavailable(
+                    f"The broker could not be reached to ask the workers ({type(e).__name__})."
+                ) from e
+            logger.info("Inspecting the workers: the broker connection failed (%s); again.", e)
+    raise AssertionError("unreachable")
 
 
 def consumers(timeout: float = 1.0) -> dict[str, list[str]] | None:
     """The worker processes that answer Celery's inspect, each with the queues it consumes.
 
     ``None`` without a broker (embedded or eager mode), where jobs run in process.
+
+    :raises BrokerUnavailable: the broker could not be reached.
     """
     state = get_state()
     if state.embedded is not None or state.celery.conf.task_always_eager:
         return None
-    answers = state.celery.control.inspect(timeout=timeout).active_queues() or {}
+    answers = _active_queues(timeout)
     return {
         str(name): sorted(str(queue["name"]) for queue in queues or ())
         for name, queues in sorted(answers.items())

@@ -50,3 +50,22 @@ def test_the_workers_seen_and_a_queue_no_one_consumes(
     rows: dict[str, Any] = dict(re.findall(r'<tr data-queue="([^"]+)">(.*?)</tr>', html, re.S))
     assert "w1@host" in rows["celery"] and "no worker" in rows["reports"]
     assert re.search(r'<table id="workers">.*w1@host.*celery', html, re.S)
+
+
+def test_a_broker_out_of_reach_is_said_and_the_depths_still_shown(
+    dash: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers cannot be asked: the page says so (200, not a 500), the depths are shown."""
+    from flask_async_request import BrokerUnavailable, dashboard_queues
+
+    def consumers(timeout: float) -> dict[str, list[str]]:
+        raise BrokerUnavailable("The broker could not be reached to ask the workers (Error).")
+
+    monkeypatch.setattr(dashboard_queues, "consumers", consumers)
+    add(dash, status=JobStatus.WAITING)
+    answer = dash.test_client().get(f"{PREFIX}/queues")
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 200
+    assert re.search(r'id="broker-unreachable">The broker could not be reached', html)
+    rows = dict(re.findall(r'<tr data-queue="([^"]+)">(.*?)</tr>', html, re.S))
+    assert "unknown" in rows["celery"] and "no worker" not in rows["celery"]

@@ -5,16 +5,27 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
+import kombu.exceptions
 import pytest
+import redis
 from flask import Flask
 
-from flask_async_request import EnqueueError, Job, JobStatus, maintenance, reading, retention
+from flask_async_request import (
+    BrokerUnavailable,
+    EnqueueError,
+    Job,
+    JobStatus,
+    maintenance,
+    reading,
+    retention,
+)
 from flask_async_request.broker import PROCESS_TASK
 from flask_async_request.exceptions import JobNotFailed, JobNotFound
 from flask_async_request.maintenance import (
     SweepResult,
+    consumers,
     job_stats,
     list_jobs,
     retry_job,
@@ -392,6 +403,34 @@ def test_no_waiting_job_asks_no_worker(brokered: Flask, monkeypatch: pytest.Monk
     timeouts = _workers_answer(brokered, monkeypatch, {})
     assert unconsumed_queues({None: 0, "slow": 0}) == []
     assert timeouts == []
+
+
+def test_a_connection_the_broker_closed_is_tried_once_again(
+    brokered: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection cut by a broker restart fails once; the next inspect answers."""
+    answers: list[Any] = [
+        redis.ConnectionError("Connection closed by server."),
+        {"w1@host": [{"name": "celery"}]},
+    ]
+
+    class Inspect:
+        def active_queues(self) -> dict[str, Any] | None:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return cast("dict[str, Any]", answer)
+
+    monkeypatch.setattr(brokered.extensions["celery"].control, "inspect", lambda **_: Inspect())
+    assert consumers(timeout=0.1) == {"w1@host": ["celery"]}
+    assert answers == []
+
+
+def test_a_broker_out_of_reach_is_a_typed_error(brokered: Flask) -> None:
+    """Nothing listens at the broker's address: BrokerUnavailable, the driver's error its cause."""
+    with pytest.raises(BrokerUnavailable, match="could not be reached") as raised:
+        consumers(timeout=0.1)
+    assert isinstance(raised.value.__cause__, kombu.exceptions.OperationalError)
 
 
 # The read side, importable from here ------------------------------------------------------------
