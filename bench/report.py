@@ -87,8 +87,9 @@ REASONS = {
         " All three go through the same Celery machinery. Both statements run precompiled"
         " on a raw cursor; in process a job's claim and reply cost a worker about 300 us of"
         " CPU and 750 us of wall time, nearly all of it the two round trips and"
-        " PostgreSQL's work on them (each changes the indexed status column, so each"
-        " UPDATE writes a new entry in every index of the table)."
+        " PostgreSQL's work on them (the claim is a HOT update, which writes no index"
+        " entry; the reply sets finished_at, which partial indexes depend on, so it writes"
+        " an entry into every index whose WHERE it meets)."
     ),
     "web_rss_vs_peer_max": (
         "A web process of flask-async-request loads Flask-SQLAlchemy, SQLAlchemy's ORM, the"
@@ -96,16 +97,19 @@ REASONS = {
         " connections; once a client long-polls it also runs a listener thread on a"
         " connection of its own. The peer's web process loads Celery and its Redis client."
         " Measured by importing them in turn in the benchmark's venv: Flask, Celery and"
-        " Redis take a process to 46 MB; SQLAlchemy's ORM with Flask-SQLAlchemy add 17 MB,"
-        " psycopg 11 MB, PyJWT 1 MB and this library with the app 3 MB. The SQL stack is"
-        " the difference, and peer-db carries the same."
+        " Redis take a process to 47 MB; SQLAlchemy's ORM with Flask-SQLAlchemy add 17 MB,"
+        " psycopg 10 MB, PyJWT 1 MB, this library 9 MB (4 MB of it SQLAlchemy's MySQL,"
+        " PostgreSQL and SQLite dialects, which it loads) and the app 2 MB. The SQL stack"
+        " is most of the difference; peer-db carries it too, and its web process is about"
+        " 4 MB below flask-async-request's."
     ),
     "worker_rss_vs_peer_max": (
         "Each process of a flask-async-request worker loads the Flask app with"
         " Flask-SQLAlchemy, SQLAlchemy's ORM and psycopg, and each pool child opens a"
         " connection pool of its own; the peer's worker loads Celery and its Redis client."
-        " As for the web process, SQLAlchemy's ORM and psycopg are 28 MB of each of the"
-        " three processes."
+        " As for the web process, SQLAlchemy's ORM and psycopg are 27 MB of each of the"
+        " three processes, and peer-db's worker carries them too; each of its processes is"
+        " about 4 MB below flask-async-request's."
     ),
     "poll_1m_vs_10k_max": (
         "The lookup is by primary key: a million rows add at most one B-tree level; a miss"
