@@ -291,3 +291,31 @@ def write_runs(path: Path | None, runs: list[dict[str, Any]]) -> None:
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     document = {"when": when, "python": platform.python_version(), "runs": runs}
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def callgrind_instructions(module: str, *arguments: str) -> int:
+    """The instructions ``python -m module arguments`` executes, counted by callgrind.
+
+    The same from one run to the next whatever else the machine runs (string
+    hashing fixed): the benchmarks' ``--instructions`` run each kind of operation
+    this way, in a process of its own, and subtract one that makes none.
+    """
+    with tempfile.TemporaryDirectory() as directory:
+        run = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={directory}/out",
+                sys.executable,
+                "-m",
+                module,
+                *arguments,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    assert found, run.stderr[-2000:]
+    return int(found.group(1))

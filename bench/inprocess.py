@@ -49,14 +49,10 @@ import datetime
 import functools
 import gc
 import json
-import os
 import platform
 import pstats
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,6 +64,7 @@ import redis
 from celery import Celery, Task
 from celery.app.trace import build_tracer
 
+from bench.harness import callgrind_instructions
 from bench.settings import DATABASE_URL, FAR_QUEUE, REDIS_URL
 
 DATABASE_NAME = DATABASE_URL.rsplit("/", 1)[-1]
@@ -304,31 +301,8 @@ def _counted_jobs(system: str, ops: int, run: bool) -> None:
 
 def _job_instructions(system: str, ops: int, run: bool) -> int:
     """The instructions of a process that sets up ``ops`` jobs of ``system``, run if ``run``."""
-    with tempfile.TemporaryDirectory() as directory:
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={directory}/out",
-            sys.executable,
-            "-m",
-            "bench.inprocess",
-            "--count-jobs",
-            system,
-            "--ops",
-            str(ops),
-        ]
-        if run:
-            command.append("--run-counted")
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-        )
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    assert found, done.stderr[-2000:]
-    return int(found.group(1))
+    counted = ["--count-jobs", system, "--ops", str(ops)]
+    return callgrind_instructions("bench.inprocess", *counted, *(["--run-counted"] if run else []))
 
 
 def job_instructions(ops: int) -> None:
@@ -394,28 +368,7 @@ def _submissions(system: str, ops: int) -> None:
 
 def _submission_instructions(system: str, ops: int) -> int:
     """The instructions a process making ``ops`` submissions of ``system`` executes."""
-    with tempfile.TemporaryDirectory() as directory:
-        run = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={directory}/out",
-                sys.executable,
-                "-m",
-                "bench.inprocess",
-                "--submissions",
-                system,
-                "--ops",
-                str(ops),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-        )
-    found = re.search(r"Collected : (\d+)", run.stderr)
-    assert found, run.stderr[-2000:]
-    return int(found.group(1))
+    return callgrind_instructions("bench.inprocess", "--submissions", system, "--ops", str(ops))
 
 
 def submission_instructions(ops: int) -> None:

@@ -26,13 +26,9 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import os
-import re
 import statistics
-import subprocess
-import sys
-import tempfile
 
+from bench.harness import callgrind_instructions
 from bench.inprocess import _repeat, _reset
 from flask_async_request import Job, Worker
 from flask_async_request.testing import JobRunner
@@ -82,28 +78,7 @@ def _polls(kind: str, ops: int) -> None:
 
 def _instructions(kind: str, ops: int) -> int:
     """The instructions a process making ``ops`` polls of ``kind`` executes, by callgrind."""
-    with tempfile.TemporaryDirectory() as directory:
-        run = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={directory}/out",
-                sys.executable,
-                "-m",
-                "bench.result_polls",
-                "--polls",
-                kind,
-                "--ops",
-                str(ops),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-        )
-    found = re.search(r"Collected : (\d+)", run.stderr)
-    assert found, run.stderr[-2000:]
-    return int(found.group(1))
+    return callgrind_instructions("bench.result_polls", "--polls", kind, "--ops", str(ops))
 
 
 def instructions(ops: int) -> None:
