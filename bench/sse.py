@@ -131,15 +131,93 @@ def _rss_of_children(parent: int) -> int:
     return total
 
 
+def _worker(parent: int) -> int:
+    """The pid of ``parent``'s child (gunicorn's one worker); 0 if none is found."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    return int(entry.name)
+            except (OSError, IndexError, ValueError):
+                continue
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used so far, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Progress:
+    """The web process's CPU during the progress seconds, and the events delivered meanwhile.
+
+    Of that CPU, the garbage collections begun meanwhile (``bench.gc_probe``):
+    all of them, and the full ones (their count and the longest). With
+    ``--py-spy``, py-spy samples the process over those seconds (which slows
+    it: a profiled run's figures are not comparable).
+    """
+
+    def __init__(self, args: argparse.Namespace, server: Any, log: Path, name: str) -> None:
+        self.pid, self.profile = _worker(server.pid), None
+        self.collections = log.with_name("gc.log")
+        self.started_cpu, self.started = _cpu_seconds(self.pid), time.monotonic()
+        self.cpu, self.ended = 0.0, self.started
+        if args.py_spy is not None and self.pid:
+            self.profile = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(self.pid),
+                 "--rate", "100", "--duration", str(args.seconds), "-f", "raw",
+                 "-o", str(args.py_spy.with_name(f"{args.py_spy.name}.{name}.txt"))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def end(self) -> None:
+        """The progress seconds are over (before the ends are written)."""
+        self.cpu = _cpu_seconds(self.pid) - self.started_cpu
+        self.ended = time.monotonic()
+        if self.profile is not None:
+            self.profile.wait(60)
+
+    def figures(self, streams: _Streams) -> dict[str, Any]:
+        delivered = sum(
+            1
+            for _, event, _, at in streams.events
+            if event == "progress" and self.started <= at <= self.ended
+        )
+        collected, full = 0.0, []
+        lines = self.collections.read_text().split("\n") if self.collections.exists() else []
+        for line in filter(None, lines):
+            at, cpu, generation = line.split()
+            if self.started <= float(at) <= self.ended:
+                collected += float(cpu)
+                if generation == "2":
+                    full.append(float(cpu))
+        return {
+            "cpu_s": round(self.cpu, 3),
+            "events": delivered,
+            "cpu_us_per_event": round(self.cpu * 1e6 / delivered, 1) if delivered else None,
+            "gc_cpu_s": round(collected, 3),
+            "full_collections": len(full),
+            "longest_full_collection_s": round(max(full), 3) if full else None,
+        }
+
+
 def _server(args: argparse.Namespace, target: str) -> tuple[Any, int, Path]:
     port = _free_port()
     log = Path(tempfile.mkdtemp()) / "gunicorn.log"
+    collections = log.with_name("gc.log")
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "--backlog", "4096",
          "--worker-connections", str(args.streams * 2 + 100),
-         "-b", f"127.0.0.1:{port}", "--log-level", "warning", target],
+         "-b", f"127.0.0.1:{port}", "--log-level", "warning", "-c", "python:bench.gc_probe",
+         target],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "BENCH_APPLICATION_NAME": APPLICATION_NAME},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "BENCH_APPLICATION_NAME": APPLICATION_NAME,
+             "BENCH_GC_LOG": str(collections)},
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while True:
@@ -184,13 +262,14 @@ def _open(port: int, paths: list[tuple[int, str]], headers: dict[str, str]) -> _
 
 def floor(args: argparse.Namespace) -> dict[str, Any]:
     """Bare Flask on the same server: as many streams, fed the same events from memory."""
-    server, port, _ = _server(args, "bench.bare:app")
+    server, port, log = _server(args, "bench.bare:app")
     written: dict[tuple[int, str], float] = {}
     try:
         per_job = args.streams // args.jobs
         paths = [(job, f"/events/{job}") for job in range(args.jobs) for _ in range(per_job)]
         streams = _open(port, paths, {})
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        progress = _Progress(args, server, log, "floor")
         for second in range(1, args.seconds + 1):
             started = time.monotonic()
             for job in range(args.jobs):
@@ -199,6 +278,7 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
                 connection.request("POST", f"/publish/{job}/{value}")
                 connection.getresponse().read()
             time.sleep(max(0.0, 1 - (time.monotonic() - started)))
+        progress.end()
         for job in range(args.jobs):
             written[(job, "end")] = time.monotonic()
             connection.request("POST", f"/publish/{job}/end")
@@ -211,6 +291,7 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "progress_ms": _spread(_delays(streams, written, "progress")),
         "end_ms": _spread(_delays(streams, written, "end")),
+        "progress_cpu": progress.figures(streams),
     }
 
 
@@ -246,7 +327,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     tokens, attempts = claimed_jobs(args.jobs)
     store = get_state(far.app).store()
-    server, port, _ = _server(args, "bench.far:app")
+    server, port, log = _server(args, "bench.far:app")
     written: dict[tuple[int, str], float] = {}
     try:
         poll = {"X-JOB-AUTHORIZATION": tokens[0][1]}
@@ -263,6 +344,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # threads are not running while the events' times are taken.
         beside = _plain_polls(port, poll, args.pollers, 3)
         with far.app.app_context():
+            progress = _Progress(args, server, log, "far")
             for second in range(1, args.seconds + 1):
                 started = time.monotonic()
                 for job_id, _ in tokens:
@@ -270,6 +352,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     written[(job_id, str(value))] = time.monotonic()
                     lifecycle.set_progress(store, job_id, attempts[job_id], value, None)
                 time.sleep(max(0.0, 1 - (time.monotonic() - started)))
+            progress.end()
             for job_id, _ in tokens:
                 written[(job_id, "end")] = time.monotonic()
                 outcome = Outcome(JobStatus.PROCESSED, 200, "{}")
@@ -288,6 +371,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "progress_ms": _spread(_delays(streams, written, "progress")),
         "progress_expected": len(paths) * args.seconds,
         "end_ms": _spread(_delays(streams, written, "end")),
+        "progress_cpu": progress.figures(streams),
         "plain_alone_p99_ms": _percentile(alone, 0.99),
         "plain_beside_p99_ms": _percentile(beside, 0.99) if beside else None,
         "database_connections": connections,
@@ -327,6 +411,14 @@ def _report(run: dict[str, Any]) -> None:
         f"end events: {end['count']}, p50 {end['p50']} ms, p99 {end['p99']} ms"
         f" (floor p50 {floor_end['p50']}, p99 {floor_end['p99']})"
     )
+    cpu, floor_cpu = run["progress_cpu"], run["floor"]["progress_cpu"]
+    for name, figures in (("ours", cpu), ("floor", floor_cpu)):
+        print(
+            f"web process CPU over the progress seconds, {name}: {figures['cpu_s']} s for"
+            f" {figures['events']} progress events, {figures['cpu_us_per_event']} us per event;"
+            f" garbage collection {figures['gc_cpu_s']} s, {figures['full_collections']} full"
+            f" (longest {figures['longest_full_collection_s']} s)"
+        )
     print(
         f"plain polls p99: alone {run['plain_alone_p99_ms']:.1f} ms,"
         f" beside {run['plain_beside_p99_ms']} ms"
@@ -346,6 +438,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="of progress, once a second")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        help="record the progress seconds to PATH.far.txt, PATH.floor.txt",
+    )
     args = parser.parse_args()
     runs = []
     for number in range(1, args.runs + 1):

@@ -264,7 +264,7 @@ def stream(
                 wake_at = min(deadline, last_sent + heartbeat)
                 if reread is not None:
                     wake_at = min(wake_at, reread)
-                if woken.wait(max(wake_at - now, 0.0)):
+                if waiters.sleep(woken, max(wake_at - now, 0.0)):
                     break
                 now = clock()
                 if now >= last_sent + heartbeat:

@@ -18,7 +18,9 @@ its end. On PostgreSQL the same listener hears the changes announced as
 :class:`Changed` ids (a progress write, a retry) and the ends; a second thread
 reads those jobs, all those announced meanwhile in one query, and then wakes
 their streams, which find the job read for them. Elsewhere the poller asks, in
-one more query per interval, which of the watched jobs changed.
+one more query per interval, which of the watched jobs changed. A stream's wait
+until its next heartbeat is untimed until its last second: a ticker thread
+ends it then (see :meth:`Waiters.sleep`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ LISTEN_SLICE = 1.0
 READY_TIMEOUT = 5.0
 #: Longest pause before the listener connects again after losing its connection.
 MAX_RECONNECT_DELAY = 5.0
+#: Seconds between two looks of the ticker, which ends the watchers' long waits (see
+#: :meth:`Waiters.sleep`); a wait shorter than twice this is timed.
+TICK = 0.5
 
 #: Opens a connection that LISTENs; it gives a function yielding the ids of the jobs
 #: that end within a timeout, each as soon as it is announced.
@@ -62,11 +67,17 @@ class Wake(threading.Event):
         super().__init__()
         #: When the event was last set; 0 before that.
         self.at = 0.0
+        #: When the ticker is to set it, if nothing did (``time.monotonic``): see
+        #: :meth:`Waiters.sleep`.
+        self.due = _NEVER
 
     def set_at(self, at: float) -> None:
         """Set the event, woken at ``at``."""
         self.at = at
         self.set()
+
+
+_NEVER = float("inf")
 
 
 class Changed(int):
@@ -119,6 +130,7 @@ class Waiters:
         #: Set once the thread listens (or polls): waiters registered after it miss nothing.
         self._ready = threading.Event()
         self._pid: int | None = None
+        self._ticker_pid: int | None = None
 
     @contextmanager
     def waiting_for(self, job_id: int) -> Iterator[Wake]:
@@ -164,6 +176,32 @@ class Waiters:
                         del table[job_id]
                 if not self._waiting and not self._watching:
                     self._someone_waits.clear()
+
+    def sleep(self, event: Wake, timeout: float) -> bool:
+        """Wait on a watcher's ``event`` up to ``timeout`` seconds; whether a change woke it.
+
+        A timed wait costs an allocation that outlives it (gevent's ``Timeout``, a
+        thread's lock): with thousands of streams woken each second, enough to make
+        full garbage collections frequent. So a long wait is untimed: the ticker, a
+        thread of this process, sets the event when the wait nears its end, and the
+        rest (under ``2 * TICK``) is timed.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining < 2 * TICK:
+                return event.wait(max(remaining, 0.0))
+            with self._lock:
+                self._start_ticker_if_needed()
+            event.due = deadline - 2 * TICK
+            event.wait()
+            event.due = _NEVER
+            # A change sets ``at`` before the event; the ticker sets only the event.
+            if event.at:
+                return True
+            event.clear()
+            if event.at:
+                return True
 
     @property
     def count(self) -> int:
@@ -218,6 +256,28 @@ class Waiters:
                 for events in table.values():
                     for event in events:
                         event.set_at(at)
+
+    def _start_ticker_if_needed(self) -> None:
+        """Start the ticker unless it runs in this process (under the lock)."""
+        if self._ticker_pid != os.getpid():
+            self._ticker_pid = os.getpid()
+            threading.Thread(
+                target=self._run_ticker, name="flask-async-request-ticker", daemon=True
+            ).start()
+
+    def _run_ticker(self) -> None:
+        """Set the events of the watchers whose untimed wait is due, every :data:`TICK`."""
+        pid = os.getpid()
+        while self._ticker_pid == pid:
+            self._someone_waits.wait()
+            time.sleep(TICK)
+            with self._lock:
+                now = time.monotonic()
+                for events in self._watching.values():
+                    for event in events:
+                        if event.due <= now:
+                            event.due = _NEVER
+                            event.set()
 
     def _start_if_needed(self) -> bool:
         """Start the waking thread unless it runs in this process; whether it was started."""

@@ -170,6 +170,19 @@ def test_a_silent_stream_sends_heartbeats(app: Flask) -> None:
         assert next(events) == {"comment": "keep-alive"}
 
 
+def test_heartbeats_come_when_the_ticker_ends_the_long_waits(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait longer than two ticks is untimed until its end nears: the heartbeats still come."""
+    monkeypatch.setattr("flask_async_request.waiting.TICK", 0.05)
+    with app.app_context():
+        job = add_job(status=JobStatus.PROCESSING)
+        _, events = _stream(app, job)
+        next(events), next(events)
+        assert next(events) == {"comment": "keep-alive"}
+        assert next(events) == {"comment": "keep-alive"}
+
+
 def test_a_stream_ends_after_its_longest_duration(make_app: AppFactory) -> None:
     """At ASYNC_REQUEST_STREAM_MAX_DURATION the stream ends with a retry hint."""
     app = make_app(ASYNC_REQUEST_STREAMS=True, ASYNC_REQUEST_STREAM_MAX_DURATION=0.3)

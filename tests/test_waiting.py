@@ -510,3 +510,37 @@ def test_a_failed_refresh_still_wakes_the_watchers(caplog: pytest.LogCaptureFixt
         channel.announcements.put(Changed(9))
         assert watching.wait(PATIENCE)
     assert "Reading the changed jobs for their streams failed" in caplog.text
+
+
+def test_a_watchers_long_wait_holds_no_timer_and_ends_on_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ticker ends a watcher's long wait; only its last moments are a timed wait."""
+    monkeypatch.setattr("flask_async_request.waiting.TICK", 0.05)
+    waiters = Waiters(check=lambda job_ids: [])
+    timeouts: list[float | None] = []
+    with waiters.watching(1) as woken:
+        wait = woken.wait
+
+        def recorded(timeout: float | None = None) -> bool:
+            timeouts.append(timeout)
+            return wait(timeout)
+
+        monkeypatch.setattr(woken, "wait", recorded)
+        started = time.monotonic()
+        assert waiters.sleep(woken, 0.5) is False
+        assert time.monotonic() - started >= 0.5
+    assert timeouts[0] is None
+    assert all(timeout is None or timeout < 0.1 for timeout in timeouts)
+
+
+def test_a_change_ends_a_watchers_long_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Woken by a change, a long wait ends at once and says so."""
+    monkeypatch.setattr("flask_async_request.waiting.TICK", 0.05)
+    waiters = Waiters(check=lambda job_ids: [])
+    with waiters.watching(1) as woken, waiters.watching(1) as other:
+        threading.Timer(0.3, lambda: waiters.wake_watchers([1])).start()
+        started = time.monotonic()
+        assert waiters.sleep(woken, PATIENCE) is True
+        assert time.monotonic() - started < PATIENCE
+        assert other.at > 0
