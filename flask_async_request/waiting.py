@@ -70,6 +70,8 @@ class Wake(threading.Event):
         #: When the ticker is to set it, if nothing did (``time.monotonic``): see
         #: :meth:`Waiters.sleep`.
         self.due = _NEVER
+        #: Whether the ticker set it: any other set is a change.
+        self.ticked = False
 
     def set_at(self, at: float) -> None:
         """Set the event, woken at ``at``."""
@@ -196,7 +198,13 @@ class Waiters:
             event.due = deadline - 2 * TICK
             event.wait()
             event.due = _NEVER
-            # A change sets ``at`` before the event; the ticker sets only the event.
+            # Set by anyone but the ticker, it was a change, whatever its ``at`` says
+            # (a stream zeroes ``at`` as it reads, unlocked: a change may land between).
+            if not event.ticked:
+                return True
+            event.ticked = False
+            # The ticker sets only an event that was not set; a change after that
+            # sets ``at`` before the event.
             if event.at:
                 return True
             event.clear()
@@ -260,23 +268,30 @@ class Waiters:
     def _start_ticker_if_needed(self) -> None:
         """Start the ticker unless it runs in this process (under the lock)."""
         if self._ticker_pid != os.getpid():
-            self._ticker_pid = os.getpid()
             threading.Thread(
-                target=self._run_ticker, name="flask-async-request-ticker", daemon=True
+                target=self._run_ticker,
+                args=(os.getpid(),),
+                name="flask-async-request-ticker",
+                daemon=True,
             ).start()
+            # Only once it runs: a thread that could not start is started by the next wait.
+            self._ticker_pid = os.getpid()
 
-    def _run_ticker(self) -> None:
+    def _run_ticker(self, pid: int) -> None:
         """Set the events of the watchers whose untimed wait is due, every :data:`TICK`."""
-        pid = os.getpid()
-        while self._ticker_pid == pid:
+        while True:
             self._someone_waits.wait()
             time.sleep(TICK)
             with self._lock:
+                # Started under the lock, which saw its pid stored before this.
+                if self._ticker_pid != pid:
+                    return
                 now = time.monotonic()
                 for events in self._watching.values():
                     for event in events:
-                        if event.due <= now:
+                        if event.due <= now and not event.is_set():
                             event.due = _NEVER
+                            event.ticked = True
                             event.set()
 
     def _start_if_needed(self) -> bool:

@@ -544,3 +544,41 @@ def test_a_change_ends_a_watchers_long_wait(monkeypatch: pytest.MonkeyPatch) -> 
         assert waiters.sleep(woken, PATIENCE) is True
         assert time.monotonic() - started < PATIENCE
         assert other.at > 0
+
+
+def test_a_wake_whose_time_the_stream_cleared_still_ends_its_long_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set by a change whose ``at`` the stream zeroed as it read: a wake, not a tick."""
+    monkeypatch.setattr("flask_async_request.waiting.TICK", 0.05)
+    waiters = Waiters(check=lambda job_ids: [])
+    with waiters.watching(1) as woken:
+        # A change landed between the stream's read of ``at`` and its zeroing.
+        woken.set_at(time.monotonic())
+        woken.at = 0.0
+        started = time.monotonic()
+        assert waiters.sleep(woken, 1.0) is True
+        assert time.monotonic() - started < 0.5
+
+
+def test_a_ticker_that_could_not_start_is_started_by_the_next_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread limit met once does not leave every later long wait without its ticker."""
+    monkeypatch.setattr("flask_async_request.waiting.TICK", 0.05)
+    waiters = Waiters(check=lambda job_ids: [])
+    real_start = threading.Thread.start
+    refusals = [RuntimeError("can't start new thread")]
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "flask-async-request-ticker" and refusals:
+            raise refusals.pop()
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with waiters.watching(1) as woken:
+        with pytest.raises(RuntimeError):
+            waiters.sleep(woken, 0.5)
+        started = time.monotonic()
+        assert waiters.sleep(woken, 0.5) is False
+        assert 0.5 <= time.monotonic() - started < PATIENCE
