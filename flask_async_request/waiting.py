@@ -193,8 +193,9 @@ class Waiters:
             remaining = deadline - time.monotonic()
             if remaining < 2 * TICK:
                 return event.wait(max(remaining, 0.0))
-            with self._lock:
-                self._start_ticker_if_needed()
+            if self._ticker_pid != os.getpid():  # Checked again under the lock.
+                with self._lock:
+                    self._start_ticker_if_needed()
             event.due = deadline - 2 * TICK
             event.wait()
             event.due = _NEVER
