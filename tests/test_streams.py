@@ -160,21 +160,21 @@ def test_resuming_after_the_end_is_204(app: Flask) -> None:
         assert response.data == b""
 
 
-def test_a_silent_stream_sends_heartbeats(app: Flask) -> None:
-    """After ASYNC_REQUEST_STREAM_HEARTBEAT of silence the stream sends a comment."""
-    with app.app_context():
-        job = add_job(status=JobStatus.PROCESSING)
-        _, events = _stream(app, job)
-        next(events), next(events)
-        assert next(events) == {"comment": "keep-alive"}
-        assert next(events) == {"comment": "keep-alive"}
-
-
-def test_heartbeats_come_when_the_ticker_ends_the_long_waits(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "tick",
+    [
+        # The heartbeat (0.3 s) is under two ticks: the whole wait is timed.
+        pytest.param(None, id="timed wait"),
+        # Over two ticks: untimed until the ticker ends it as its end nears.
+        pytest.param(0.05, id="the ticker"),
+    ],
+)
+def test_a_silent_stream_sends_heartbeats(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, tick: float | None
 ) -> None:
-    """A wait longer than two ticks is untimed until its end nears: the heartbeats still come."""
-    monkeypatch.setattr("flask_async_request.waiting.TICK", 0.05)
+    """After ASYNC_REQUEST_STREAM_HEARTBEAT of silence the stream sends a comment."""
+    if tick is not None:
+        monkeypatch.setattr("flask_async_request.waiting.TICK", tick)
     with app.app_context():
         job = add_job(status=JobStatus.PROCESSING)
         _, events = _stream(app, job)

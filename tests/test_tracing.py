@@ -191,6 +191,19 @@ def test_the_filter_gives_a_handler_s_other_records_the_fields() -> None:
     assert record.__dict__["job_id"] == 3
 
 
+def _prints_ok(script: str, *paths: Path) -> None:
+    """Run ``script`` in a fresh interpreter (this tree and ``paths`` importable): it prints ok."""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": ":".join(map(str, (ROOT, *paths))), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout.strip() == "ok", result.stderr
+
+
 def test_without_opentelemetry_nothing_is_stored_and_jobs_run(tmp_path: Path) -> None:
     """With OpenTelemetry not importable, the module is a no-op and a job runs as ever."""
     script = f"""
@@ -215,15 +228,7 @@ with app.app_context():
     assert job.status.value == "processed" and job.trace_context is None, job
 print("ok")
 """
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert result.stdout.strip() == "ok", result.stderr
+    _prints_ok(script)
 
 
 def test_a_message_the_sweeper_sent_again_runs_in_a_linked_trace(
@@ -317,12 +322,4 @@ with app.app_context():
     assert names == ["async_request.run"], names
 print("ok")
 """
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin"},
-    )
-    assert result.stdout.strip() == "ok", result.stderr
+    _prints_ok(script, tmp_path)
